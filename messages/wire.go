@@ -1,0 +1,72 @@
+package messages
+
+import "encoding/json"
+
+// WireVersion is the version of the signaling wire format. A message with another version is refused.
+const WireVersion = 1
+
+// MaxWireSize caps every signaling message, envelope included. Larger messages are refused unread.
+const MaxWireSize = 16 << 10
+
+// Envelope wraps every signaling message. Type names the body's type.
+type Envelope struct {
+	Version int             `json:"v"`
+	Type    string          `json:"type"`
+	Body    json.RawMessage `json:"body"`
+}
+
+// Types of signaling messages.
+const (
+	TypeSessionRequest  = "session.request"
+	TypeSessionResponse = "session.response"
+	TypeSessionClose    = "session.close"
+	TypeError           = "error"
+)
+
+// SessionRequest asks an exit for a tunnel session. Sent by a client to the exit's RPC subject.
+type SessionRequest struct {
+	SessionID   string `json:"session_id"`    // 32 hex characters chosen by the client
+	ExitID      string `json:"exit_id"`       // the exit asked
+	ClientID    string `json:"client_id"`     // the client's long-term ed25519 public key, base64
+	WGPublicKey string `json:"wg_public_key"` // the session's fresh WireGuard public key, base64
+	Timestamp   int64  `json:"ts"`            // Unix milliseconds when signed
+	Signature   string `json:"sig"`           // ed25519 signature by ClientID over the fields above, base64
+}
+
+// SessionResponse grants a session: everything the client needs to configure its device.
+type SessionResponse struct {
+	SessionID       string   `json:"session_id"`
+	ExitWGPublicKey string   `json:"exit_wg_public_key"` // base64
+	Endpoint        string   `json:"endpoint"`           // the exit's WireGuard UDP endpoint, ip:port
+	ClientAddresses []string `json:"client_addresses"`   // the client's tunnel addresses
+	ExitAddresses   []string `json:"exit_addresses"`     // the exit's tunnel addresses; the connect service listens on the first
+	ConnectPort     uint16   `json:"connect_port"`       // TCP port of the exit's connect service
+	MTU             int      `json:"mtu"`
+}
+
+// SessionClose ends a session: a goodbye from whichever side is leaving.
+type SessionClose struct {
+	SessionID string `json:"session_id"`
+	ClientID  string `json:"client_id"`
+	Reason    string `json:"reason"`
+	Timestamp int64  `json:"ts"`
+	Signature string `json:"sig"` // by ClientID when the client says goodbye
+}
+
+// Error codes of ErrorResponse.
+const (
+	ErrCodeBadRequest  = "bad_request"  // malformed, or a field failed validation
+	ErrCodeTooLarge    = "too_large"    // over MaxWireSize
+	ErrCodeVersion     = "version"      // unsupported wire version
+	ErrCodeUnknownType = "unknown_type" // a type this side does not handle
+	ErrCodeForbidden   = "forbidden"    // bad signature, stale timestamp, or client not allowed
+	ErrCodeExhausted   = "exhausted"    // no tunnel addresses left
+	ErrCodeInternal    = "internal"
+	ErrCodeUnavailable = "unavailable" // the exit is shutting down
+)
+
+// ErrorResponse answers a request that was refused. It changes no state on either side.
+type ErrorResponse struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}

@@ -1,0 +1,122 @@
+package signaling
+
+import (
+	"encoding/base64"
+	"encoding/hex"
+	"fmt"
+	"net/netip"
+
+	"github.com/warren-tunnel/warren/messages"
+)
+
+// Limits on field contents, beyond the overall size cap.
+const (
+	maxAddresses = 8
+	maxReason    = 256
+	maxErrorText = 1024
+	minMTU       = 1280 // IPv6 minimum; also safe for IPv4
+	maxMTU       = 9000
+)
+
+// Validate checks every field of a decoded message. It is called by Decode; callers that build
+// messages themselves may call it before sending.
+func Validate(m any) error {
+	switch m := m.(type) {
+	case *messages.SessionRequest:
+		return firstErr(
+			validSessionID(m.SessionID),
+			ValidID(m.ExitID),
+			validClientID(m.ClientID),
+			validKey("wg_public_key", m.WGPublicKey),
+			positive("ts", m.Timestamp),
+			validSignature(m.Signature),
+		)
+	case *messages.SessionResponse:
+		if _, err := netip.ParseAddrPort(m.Endpoint); err != nil {
+			return fmt.Errorf("endpoint: %w", err)
+		}
+		if m.ConnectPort == 0 {
+			return fmt.Errorf("connect_port: must not be 0")
+		}
+		if m.MTU < minMTU || m.MTU > maxMTU {
+			return fmt.Errorf("mtu: %d not in [%d, %d]", m.MTU, minMTU, maxMTU)
+		}
+		return firstErr(
+			validSessionID(m.SessionID),
+			validKey("exit_wg_public_key", m.ExitWGPublicKey),
+			validAddrs("client_addresses", m.ClientAddresses),
+			validAddrs("exit_addresses", m.ExitAddresses),
+		)
+	case *messages.SessionClose:
+		if len(m.Reason) > maxReason {
+			return fmt.Errorf("reason: longer than %d", maxReason)
+		}
+		return firstErr(validSessionID(m.SessionID), validClientID(m.ClientID), positive("ts", m.Timestamp), validSignature(m.Signature))
+	case *messages.ErrorResponse:
+		if m.Code == "" || len(m.Code) > 64 {
+			return fmt.Errorf("code: must be 1-64 characters")
+		}
+		if len(m.Message) > maxErrorText {
+			return fmt.Errorf("message: longer than %d", maxErrorText)
+		}
+		return nil
+	default:
+		return fmt.Errorf("%T: %w", m, ErrUnknownType)
+	}
+}
+
+func firstErr(errs ...error) error {
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func validSessionID(s string) error {
+	if b, err := hex.DecodeString(s); err != nil || len(b) != 16 {
+		return fmt.Errorf("session_id: must be 32 hex characters")
+	}
+	return nil
+}
+
+func validClientID(s string) error {
+	if b, err := base64.RawURLEncoding.DecodeString(s); err != nil || len(b) != 32 {
+		return fmt.Errorf("client_id: must be a base64url ed25519 public key")
+	}
+	return nil
+}
+
+func validKey(field, s string) error {
+	if _, err := ParseKey(s); err != nil {
+		return fmt.Errorf("%s: %w", field, err)
+	}
+	return nil
+}
+
+func validSignature(s string) error {
+	if b, err := base64.RawURLEncoding.DecodeString(s); err != nil || len(b) != 64 {
+		return fmt.Errorf("sig: must be a base64url ed25519 signature")
+	}
+	return nil
+}
+
+func positive(field string, v int64) error {
+	if v <= 0 {
+		return fmt.Errorf("%s: must be positive", field)
+	}
+	return nil
+}
+
+func validAddrs(field string, addrs []string) error {
+	if len(addrs) == 0 || len(addrs) > maxAddresses {
+		return fmt.Errorf("%s: need 1-%d addresses", field, maxAddresses)
+	}
+	for _, a := range addrs {
+		if _, err := netip.ParseAddr(a); err != nil {
+			return fmt.Errorf("%s: %w", field, err)
+		}
+	}
+	return nil
+}
