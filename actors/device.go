@@ -1,0 +1,283 @@
+package actors
+
+// The device actor owns a WireGuard device, the gVisor netstack it runs on, and its UDP bind; on
+// the exit also the connect-service listener and its accept loop. Peers are its children.
+//
+//	Started ──created──▶ running ──Stopping──▶ (listener closed, peers stop) ──Stopped──▶ released
+//	   └──failed──▶ deviceFailed to parent, stop
+//
+// Release order (Stopping, then Stopped after every child has stopped):
+// connect-service listener → peers (each removes its WireGuard peer) → netstack → device → UDP bind.
+// wireguard-go's Device.Close closes the tun.Device (our netstack) before the bind, and waits for
+// its goroutines; it runs when the actor stops, never later.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"golang.zx2c4.com/wireguard/device"
+
+	"github.com/warren-tunnel/warren/netstack"
+	"github.com/warren-tunnel/warren/signaling"
+)
+
+type deviceRole int
+
+const (
+	roleClient deviceRole = iota + 1
+	roleExit
+)
+
+type deviceConfig struct {
+	role        deviceRole
+	owner       string // tunnel or exit id, for logs
+	privateKey  signaling.Key
+	listen      netip.AddrPort // UDP bind address; port 0 picks one
+	addresses   []netip.Addr   // the device's tunnel addresses
+	mtu         int
+	logger      *slog.Logger
+	connTimeout time.Duration // setup bound for connections
+
+	// exit
+	connectPort   uint16
+	egress        *netstack.EgressPolicy
+	allowLoopback bool
+	udpIdle       time.Duration
+}
+
+// deviceReady tells the parent the device is up.
+type deviceReady struct {
+	stack     *netstack.Stack // alive until the device actor stops
+	endpoint  netip.AddrPort  // the bound UDP address
+	publicKey signaling.Key
+}
+
+type deviceFailed struct{ err error }
+
+// addPeer configures a WireGuard peer on the device and spawns the peer actor that owns it.
+type addPeer struct {
+	publicKey  signaling.Key
+	allowedIPs []netip.Prefix
+	endpoint   netip.AddrPort // client: the exit's endpoint; exit: unset (learned from handshakes)
+	keepalive  int            // seconds; 0 off
+	sessionID  string
+	probe      *netstack.Dialer // client: prove the data plane and report HandshakeCompleted to notify
+	notify     *actor.PID
+	probeLimit time.Duration
+}
+
+type addPeerResponse struct {
+	pid *actor.PID
+	err error
+}
+
+type flowTCP struct{ f *netstack.TCPFlow }
+type flowUDP struct{ f *netstack.UDPFlow }
+type serviceConn struct{ c net.Conn }
+
+type deviceActor struct {
+	cfg        deviceConfig
+	stack      *netstack.Stack // alive until Stopped
+	bind       *netstack.Bind
+	dev        *device.Device
+	listener   net.Listener  // exit connect service; closed in Stopping
+	stopAccept chan struct{} // closed in Stopping, before the listener
+	acceptEnd  chan struct{} // closed when the accept loop has returned
+	peers      map[netip.Addr]*actor.PID
+	nextConn   uint64
+}
+
+func newDeviceActor(cfg deviceConfig) actor.Producer {
+	return func() actor.Actor { return &deviceActor{cfg: cfg, peers: map[netip.Addr]*actor.PID{}} }
+}
+
+func (d *deviceActor) Receive(ctx actor.Context) {
+	switch m := ctx.Message().(type) {
+	case *actor.Started:
+		if err := d.create(ctx); err != nil {
+			d.release()
+			ctx.Send(ctx.Parent(), &deviceFailed{err: err})
+			ctx.Stop(ctx.Self())
+			return
+		}
+		d.cfg.logger.Debug("device up", "role", d.cfg.role, "udp", d.bind.LocalAddrPort(), "addresses", d.cfg.addresses)
+		ctx.Send(ctx.Parent(), &deviceReady{stack: d.stack, endpoint: d.bind.LocalAddrPort(), publicKey: d.cfg.privateKey.Public()})
+	case *addPeer:
+		pid, err := d.addPeer(ctx, m)
+		ctx.Respond(&addPeerResponse{pid: pid, err: err})
+	case *actor.Terminated:
+		for a, pid := range d.peers {
+			if pid.Equal(m.Who) {
+				delete(d.peers, a)
+			}
+		}
+	case *flowTCP:
+		if pid := d.route(m.f.Src.Addr()); pid != nil {
+			ctx.Send(pid, m)
+		} else {
+			m.f.Reject()
+		}
+	case *flowUDP:
+		if pid := d.route(m.f.Src.Addr()); pid != nil {
+			ctx.Send(pid, m)
+		} else {
+			m.f.Reject()
+		}
+	case *serviceConn:
+		src, _ := netip.ParseAddrPort(m.c.RemoteAddr().String())
+		if pid := d.route(src.Addr()); pid != nil {
+			ctx.Send(pid, m)
+		} else {
+			_ = m.c.Close()
+		}
+	case *actor.Stopping:
+		if d.listener != nil {
+			close(d.stopAccept)
+			_ = d.listener.Close()
+			<-d.acceptEnd
+		}
+	case *actor.Stopped:
+		d.release()
+	}
+}
+
+func (d *deviceActor) route(src netip.Addr) *actor.PID { return d.peers[src.Unmap()] }
+
+func (d *deviceActor) create(ctx actor.Context) error {
+	var handler netstack.FlowHandler
+	if d.cfg.role == roleExit {
+		handler = flowForwarder{system: ctx.ActorSystem(), device: ctx.Self()}
+	}
+	stack, err := netstack.New(netstack.Config{Addresses: d.cfg.addresses, MTU: d.cfg.mtu, Handler: handler, AllowLoopback: d.cfg.allowLoopback})
+	if err != nil {
+		return fmt.Errorf("netstack: %w", err)
+	}
+	d.stack = stack
+	d.bind = netstack.NewBind(d.cfg.listen.Addr())
+	d.dev = device.NewDevice(stack, d.bind, wireguardLogger(d.cfg.logger))
+	conf := fmt.Sprintf("private_key=%s\nlisten_port=%d\n", d.cfg.privateKey.Hex(), d.cfg.listen.Port())
+	if err := d.dev.IpcSet(conf); err != nil {
+		return fmt.Errorf("configure device: %w", err)
+	}
+	if err := d.dev.Up(); err != nil {
+		return fmt.Errorf("bring device up on %s: %w", d.cfg.listen, err)
+	}
+	if !d.bind.LocalAddrPort().IsValid() {
+		return fmt.Errorf("bind UDP %s: %w", d.cfg.listen, errors.New("bind did not open"))
+	}
+	if d.cfg.role == roleExit {
+		svc := netip.AddrPortFrom(d.cfg.addresses[0], d.cfg.connectPort)
+		ln, err := stack.ListenTCP(svc)
+		if err != nil {
+			return fmt.Errorf("connect service on %s: %w", svc, err)
+		}
+		d.listener, d.stopAccept, d.acceptEnd = ln, make(chan struct{}), make(chan struct{})
+		go acceptLoop(ln, d.stopAccept, d.acceptEnd, func(c net.Conn) { ctx.ActorSystem().Root.Send(ctx.Self(), &serviceConn{c: c}) })
+	}
+	return nil
+}
+
+// release closes the device, which closes the netstack first and the UDP bind last.
+func (d *deviceActor) release() {
+	if d.dev != nil {
+		d.dev.Close()
+		d.dev = nil
+		return
+	}
+	if d.stack != nil {
+		_ = d.stack.Close()
+	}
+	if d.bind != nil {
+		_ = d.bind.Close()
+	}
+}
+
+func (d *deviceActor) addPeer(ctx actor.Context, m *addPeer) (*actor.PID, error) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "public_key=%s\nreplace_allowed_ips=true\n", m.publicKey.Hex())
+	if m.endpoint.IsValid() {
+		fmt.Fprintf(&b, "endpoint=%s\n", m.endpoint)
+	}
+	if m.keepalive > 0 {
+		fmt.Fprintf(&b, "persistent_keepalive_interval=%d\n", m.keepalive)
+	}
+	for _, p := range m.allowedIPs {
+		fmt.Fprintf(&b, "allowed_ip=%s\n", p)
+	}
+	if err := d.dev.IpcSet(b.String()); err != nil {
+		return nil, fmt.Errorf("add peer: %w", err)
+	}
+	d.cfg.logger.Debug("peer added", "session", m.sessionID, "endpoint", m.endpoint, "allowed", m.allowedIPs)
+	pid := ctx.Spawn(props(newPeerActor(peerConfig{
+		dev: d.dev, publicKey: m.publicKey, sessionID: m.sessionID, owner: d.cfg.owner,
+		probe: m.probe, probeLimit: m.probeLimit, notify: m.notify, logger: d.cfg.logger,
+		egress: d.cfg.egress, connTimeout: d.cfg.connTimeout, udpIdle: d.cfg.udpIdle,
+	})))
+	ctx.Watch(pid)
+	for _, p := range m.allowedIPs {
+		if p.IsSingleIP() {
+			d.peers[p.Addr().Unmap()] = pid
+		}
+	}
+	return pid, nil
+}
+
+// flowForwarder hands the netstack's new flows (on gVisor goroutines) to the device actor.
+type flowForwarder struct {
+	system *actor.ActorSystem
+	device *actor.PID
+}
+
+func (f flowForwarder) HandleTCP(fl *netstack.TCPFlow) { f.system.Root.Send(f.device, &flowTCP{f: fl}) }
+func (f flowForwarder) HandleUDP(fl *netstack.UDPFlow) { f.system.Root.Send(f.device, &flowUDP{f: fl}) }
+
+// acceptLoop hands each accepted connection to deliver until the listener is closed, then closes end.
+// It is owned by the actor that owns the listener: that actor closes the listener and waits on end.
+// A transient failure (out of file descriptors) backs off like net/http's server instead of spinning
+// or giving up; that wait paces retries, it synchronises nothing.
+func acceptLoop(ln net.Listener, stop <-chan struct{}, end chan<- struct{}, deliver func(net.Conn)) {
+	defer close(end)
+	var backoff time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			select {
+			case <-stop: // the owner closed the listener
+				return
+			default:
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			t := time.NewTimer(backoff)
+			select {
+			case <-t.C:
+			case <-stop:
+				t.Stop()
+				return
+			}
+			continue
+		}
+		backoff = 0
+		deliver(c)
+	}
+}
+
+// wireguardLogger routes wireguard-go's log to slog at debug level, formatting nothing unless debug
+// is enabled (wireguard-go logs per handshake and keepalive, never per data packet).
+func wireguardLogger(l *slog.Logger) *device.Logger {
+	logf := func(format string, args ...any) {
+		if l.Enabled(context.Background(), slog.LevelDebug) {
+			l.Debug("wireguard: " + fmt.Sprintf(format, args...))
+		}
+	}
+	return &device.Logger{Verbosef: logf, Errorf: logf}
+}

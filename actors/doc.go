@@ -1,0 +1,14 @@
+// Package actors holds Warren's actors: each owns one piece of state and the resources that go with it, and releases them when it stops.
+//
+// The tree (docs/architecture.md):
+//
+//	engine ─┬─ signaling (NATS connection, subscriptions, embedded server)
+//	        ├─ exit ── device ─┬─ peer (one per session or static peer) ── connection (one per flow)
+//	        │                  └─ connect-service accept loop
+//	        └─ tunnel ─┬─ device ── peer (the exit; runs the handshake probe)
+//	                   ├─ connection (one per proxied connection)
+//	                   └─ proxy accept loops
+//
+// Every actor is spawned with a supervisor that stops, never restarts, a failed child: a restart
+// would re-create resources the failed incarnation still holds.
+package actors

@@ -1,0 +1,162 @@
+package actors
+
+// The engine actor is the root supervisor: it spawns the signaling actor, the exit (if any) and the
+// tunnels, hands their events to the embedding program, and shuts them down in order.
+//
+//	Running ──Shutdown──▶ StoppingTunnels ──all tunnels terminated──▶ StoppingExit
+//	        ──exit terminated──▶ StoppingSignaling ──signaling terminated──▶ ShutdownResponse
+//
+// Tunnels go first so their goodbyes still reach exits; signaling goes last because everything
+// before it may still publish.
+
+import (
+	"log/slog"
+
+	"github.com/asynkron/protoactor-go/actor"
+)
+
+// EngineConfig configures the engine actor.
+type EngineConfig struct {
+	Signaling SignalingConfig
+	Exit      *ExitConfig // nil: no exit role
+	Sink      func(any)   // receives every event; called from the engine actor only, must not block
+	Logger    *slog.Logger
+}
+
+// StartEngine starts the exit (if configured); the reply is *EngineStarted once it serves.
+type StartEngine struct{}
+
+// EngineStarted answers StartEngine.
+type EngineStarted struct {
+	Signaling *actor.PID
+	Exit      *ExitReady // nil without an exit
+	Err       error
+}
+
+// OpenTunnel spawns a tunnel; the reply is *TunnelSpawned at once, and Config.ReplyTo later hears
+// *messages.OpenTunnelResponse.
+type OpenTunnel struct{ Config TunnelConfig }
+
+// TunnelSpawned answers OpenTunnel.
+type TunnelSpawned struct{ PID *actor.PID }
+
+// Shutdown stops everything in order; the reply is *ShutdownResponse when all has stopped.
+type Shutdown struct{}
+
+// ShutdownResponse answers Shutdown.
+type ShutdownResponse struct{}
+
+type engineActor struct {
+	cfg       EngineConfig
+	behavior  actor.Behavior
+	signaling *actor.PID
+	exit      *actor.PID
+	tunnels   map[string]*actor.PID
+	starter   *actor.PID // waiting for EngineStarted
+	stopper   *actor.PID // waiting for ShutdownResponse
+}
+
+// NewEngineProps returns the props of the engine actor.
+func NewEngineProps(cfg EngineConfig) *actor.Props {
+	cfg.Logger = orDiscard(cfg.Logger)
+	return props(func() actor.Actor {
+		e := &engineActor{cfg: cfg, behavior: actor.NewBehavior(), tunnels: map[string]*actor.PID{}}
+		e.behavior.Become(e.running)
+		return e
+	})
+}
+
+func (e *engineActor) Receive(ctx actor.Context) {
+	switch m := ctx.Message().(type) {
+	case *ExitReady:
+		if e.starter != nil {
+			ctx.Send(e.starter, &EngineStarted{Signaling: e.signaling, Exit: m, Err: m.Err})
+			e.starter = nil
+		}
+		return
+	case *actor.Terminated, *actor.Started, *actor.Stopping, *actor.Stopped:
+	default:
+		if e.cfg.Sink != nil && isEvent(m) {
+			e.cfg.Sink(m)
+			return
+		}
+	}
+	e.behavior.Receive(ctx)
+}
+
+func (e *engineActor) running(ctx actor.Context) {
+	switch m := ctx.Message().(type) {
+	case *actor.Started:
+		e.signaling = ctx.Spawn(NewSignalingProps(e.cfg.Signaling))
+		ctx.Watch(e.signaling)
+	case *StartEngine:
+		if e.cfg.Exit == nil {
+			ctx.Respond(&EngineStarted{Signaling: e.signaling})
+			return
+		}
+		xc := *e.cfg.Exit
+		xc.Signaling, xc.Events, xc.ReadyTo = e.signaling, ctx.Self(), ctx.Self()
+		if xc.Logger == nil {
+			xc.Logger = e.cfg.Logger
+		}
+		e.starter = ctx.Sender()
+		e.exit = ctx.Spawn(NewExitProps(xc))
+		ctx.Watch(e.exit)
+	case *OpenTunnel:
+		tc := m.Config
+		tc.Signaling, tc.Events = e.signaling, ctx.Self()
+		if tc.Logger == nil {
+			tc.Logger = e.cfg.Logger
+		}
+		pid := ctx.Spawn(NewTunnelProps(tc))
+		ctx.Watch(pid)
+		e.tunnels[pid.Id] = pid
+		ctx.Respond(&TunnelSpawned{PID: pid})
+	case *actor.Terminated:
+		delete(e.tunnels, m.Who.Id)
+		if e.exit != nil && m.Who.Equal(e.exit) {
+			e.exit = nil
+		}
+	case *Shutdown:
+		e.stopper = ctx.Sender()
+		e.behavior.Become(e.shuttingDown)
+		for _, pid := range e.tunnels {
+			ctx.Stop(pid)
+		}
+		e.advance(ctx)
+	}
+}
+
+func (e *engineActor) shuttingDown(ctx actor.Context) {
+	switch m := ctx.Message().(type) {
+	case *actor.Terminated:
+		delete(e.tunnels, m.Who.Id)
+		switch {
+		case e.exit != nil && m.Who.Equal(e.exit):
+			e.exit = nil
+		case e.signaling != nil && m.Who.Equal(e.signaling):
+			e.signaling = nil
+		}
+		e.advance(ctx)
+	case *OpenTunnel:
+		ctx.Respond(&TunnelSpawned{})
+	case *Shutdown:
+		ctx.Respond(&ShutdownResponse{}) // a second caller; the first one waits for the real end
+	}
+}
+
+// advance moves shutdown to its next phase once the current one has finished.
+func (e *engineActor) advance(ctx actor.Context) {
+	switch {
+	case len(e.tunnels) > 0:
+	case e.exit != nil:
+		ctx.Stop(e.exit)
+	case e.signaling != nil:
+		ctx.Stop(e.signaling)
+	default:
+		if e.stopper != nil {
+			ctx.Send(e.stopper, &ShutdownResponse{})
+			e.stopper = nil
+		}
+	}
+}

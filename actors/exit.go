@@ -1,0 +1,292 @@
+package actors
+
+// The exit actor owns an exit's identity, its address pool and its session table. Its device (a
+// child) runs one WireGuard device for every client; each session or static peer is a peer actor
+// under the device, and each forwarded flow a connection actor under its peer.
+//
+//	Starting ──device ready, static peers added, subscribed──▶ Serving ──Stopping──▶ (children stop)
+//	    └──device or subscription failed──▶ ExitFailed to ReadyTo, stop
+//
+// A session request is checked (signature, clock, allowed clients, duplicate id), given addresses,
+// and its peer added before it is answered. A client's goodbye stops that peer at once: the
+// WireGuard peer is removed and its flows end, with no handshake or keepalive timeout involved.
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+
+	"github.com/warren-tunnel/warren/messages"
+	"github.com/warren-tunnel/warren/netstack"
+	"github.com/warren-tunnel/warren/signaling"
+)
+
+// StaticPeer is a standard WireGuard client configured on the exit, with no signaling.
+type StaticPeer struct {
+	Name      string
+	PublicKey signaling.Key
+	Addresses []netip.Addr
+}
+
+// ExitConfig is an exit, resolved and validated by the engine.
+type ExitConfig struct {
+	ID             string
+	PrivateKey     signaling.Key
+	Listen         netip.AddrPort // UDP bind
+	Endpoint       netip.AddrPort // advertised to clients; invalid: the bound address
+	Subnet         netip.Prefix   // tunnel addresses; the exit takes the first host address
+	MTU            int
+	ConnectPort    uint16
+	Egress         netstack.EgressPolicy
+	StaticPeers    []StaticPeer
+	AllowedClients []string // identity ids; empty admits any client with a valid signature
+	ConnectTimeout time.Duration
+	UDPIdle        time.Duration
+	Signaling      *actor.PID
+	Events         *actor.PID
+	Logger         *slog.Logger
+	ReadyTo        *actor.PID // hears one *ExitReady
+}
+
+// ExitReady tells the engine the exit serves (Err nil) or could not start.
+type ExitReady struct {
+	Endpoint  netip.AddrPort
+	PublicKey signaling.Key
+	Address   netip.Addr
+	Err       error
+}
+
+type exitSession struct {
+	id, clientID string
+	peer         *actor.PID
+	addrs        []netip.Addr
+}
+
+type exitActor struct {
+	cfg      ExitConfig
+	behavior actor.Behavior
+	addr     netip.Addr // the exit's own tunnel address
+	device   *actor.PID
+	endpoint netip.AddrPort
+	used     map[netip.Addr]bool
+	next     netip.Addr
+	sessions map[string]*exitSession // by session id
+	byPeer   map[string]*exitSession // by peer PID id
+	pending  map[string]bool         // session ids being set up
+	static   map[string]*actor.PID   // by name
+}
+
+// NewExitProps returns the props of an exit actor.
+func NewExitProps(cfg ExitConfig) *actor.Props {
+	cfg.Logger = orDiscard(cfg.Logger).With("exit", cfg.ID)
+	return props(func() actor.Actor {
+		e := &exitActor{cfg: cfg, behavior: actor.NewBehavior(), used: map[netip.Addr]bool{},
+			sessions: map[string]*exitSession{}, byPeer: map[string]*exitSession{}, pending: map[string]bool{},
+			static: map[string]*actor.PID{}}
+		e.behavior.Become(e.starting)
+		return e
+	})
+}
+
+func (e *exitActor) Receive(ctx actor.Context) {
+	if _, ok := ctx.Message().(*actor.Stopping); ok {
+		e.behavior.Become(func(actor.Context) {}) // children are stopping because we are; nothing to react to
+		return
+	}
+	e.behavior.Receive(ctx)
+}
+
+func (e *exitActor) starting(ctx actor.Context) {
+	switch m := ctx.Message().(type) {
+	case *actor.Started:
+		e.addr = e.cfg.Subnet.Masked().Addr().Next()
+		e.used[e.addr], e.next = true, e.addr.Next()
+		for _, sp := range e.cfg.StaticPeers {
+			for _, a := range sp.Addresses {
+				e.used[a] = true
+			}
+		}
+		e.device = ctx.Spawn(props(newDeviceActor(deviceConfig{
+			role: roleExit, owner: e.cfg.ID, privateKey: e.cfg.PrivateKey, listen: e.cfg.Listen,
+			addresses: []netip.Addr{e.addr}, mtu: e.cfg.MTU, logger: e.cfg.Logger,
+			connTimeout: e.cfg.ConnectTimeout, connectPort: e.cfg.ConnectPort, egress: &e.cfg.Egress,
+			allowLoopback: e.cfg.Egress.AllowLoopback, udpIdle: e.cfg.UDPIdle,
+		})))
+		ctx.Watch(e.device)
+	case *deviceReady:
+		e.endpoint = e.cfg.Endpoint
+		if !e.endpoint.IsValid() {
+			e.endpoint = m.endpoint
+		}
+		for _, sp := range e.cfg.StaticPeers {
+			var allowed []netip.Prefix
+			for _, a := range sp.Addresses {
+				allowed = append(allowed, netip.PrefixFrom(a, a.BitLen()))
+			}
+			name := sp.Name
+			f := ctx.RequestFuture(e.device, &addPeer{publicKey: sp.PublicKey, allowedIPs: allowed, sessionID: "static-" + name}, 5*time.Second)
+			ctx.ReenterAfter(f, func(res any, err error) {
+				if r, ok := res.(*addPeerResponse); ok {
+					if err = r.err; err == nil {
+						e.static[name] = r.pid
+					}
+				}
+				if err != nil {
+					e.cfg.Logger.Error("static peer not added", "peer", name, "err", err)
+				}
+			})
+		}
+		f := ctx.RequestFuture(e.cfg.Signaling, &serveExit{exitID: e.cfg.ID, exit: ctx.Self()}, 5*time.Second)
+		ctx.ReenterAfter(f, func(res any, err error) {
+			if r, ok := res.(*serveExitResponse); ok {
+				err = r.err
+			}
+			if err != nil {
+				e.failStart(ctx, fmt.Errorf("subscribe %s: %w", signaling.ExitSubject(e.cfg.ID), err))
+				return
+			}
+			e.behavior.Become(e.serving)
+			e.cfg.Logger.Info("exit serving", "endpoint", e.endpoint, "address", e.addr, "public_key", m.publicKey.String())
+			ctx.Send(e.cfg.ReadyTo, &ExitReady{Endpoint: e.endpoint, PublicKey: m.publicKey, Address: e.addr})
+		})
+	case *deviceFailed:
+		e.failStart(ctx, m.err)
+	case *sessionRequested:
+		ctx.Respond(&sessionGranted{err: &signaling.WireError{Code: messages.ErrCodeUnavailable, Message: "exit starting"}})
+	}
+}
+
+func (e *exitActor) failStart(ctx actor.Context, err error) {
+	ctx.Send(e.cfg.ReadyTo, &ExitReady{Err: fmt.Errorf("exit %s: %w", e.cfg.ID, err)})
+	e.behavior.Become(func(actor.Context) {})
+	ctx.Stop(ctx.Self())
+}
+
+func (e *exitActor) serving(ctx actor.Context) {
+	switch m := ctx.Message().(type) {
+	case *sessionRequested:
+		e.grant(ctx, m.req)
+	case *sessionClosedByClient:
+		c := m.close
+		if err := signaling.VerifySessionClose(c, time.Now()); err != nil {
+			e.cfg.Logger.Warn("goodbye refused", "session", c.SessionID, "err", err)
+			return
+		}
+		s := e.sessions[c.SessionID]
+		if s == nil || s.clientID != c.ClientID {
+			e.cfg.Logger.Debug("goodbye for unknown session", "session", c.SessionID)
+			return
+		}
+		e.cfg.Logger.Info("client said goodbye", "session", c.SessionID, "reason", c.Reason)
+		ctx.Stop(s.peer)
+	case *actor.Terminated:
+		if m.Who.Equal(e.device) {
+			e.cfg.Logger.Error("exit device stopped; exit stops")
+			ctx.Stop(ctx.Self())
+			return
+		}
+		if s := e.byPeer[m.Who.Id]; s != nil {
+			delete(e.byPeer, m.Who.Id)
+			delete(e.sessions, s.id)
+			for _, a := range s.addrs {
+				delete(e.used, a)
+			}
+			emit(ctx, e.cfg.Events, &messages.SessionClosed{ExitID: e.cfg.ID, SessionID: s.id, Reason: "peer released"})
+		}
+	}
+}
+
+func (e *exitActor) grant(ctx actor.Context, req *messages.SessionRequest) {
+	refuse := func(code, format string, args ...any) {
+		msg := fmt.Sprintf(format, args...)
+		e.cfg.Logger.Warn("session refused", "session", req.SessionID, "client", req.ClientID, "code", code, "reason", msg)
+		ctx.Respond(&sessionGranted{err: &signaling.WireError{Code: code, Message: msg}})
+	}
+	if req.ExitID != e.cfg.ID {
+		refuse(messages.ErrCodeBadRequest, "request for exit %q reached exit %q", req.ExitID, e.cfg.ID)
+		return
+	}
+	if err := signaling.VerifySessionRequest(req, time.Now()); err != nil {
+		refuse(messages.ErrCodeForbidden, "%v", err)
+		return
+	}
+	if !e.admits(req.ClientID) {
+		refuse(messages.ErrCodeForbidden, "client not allowed")
+		return
+	}
+	if e.sessions[req.SessionID] != nil || e.pending[req.SessionID] {
+		refuse(messages.ErrCodeBadRequest, "session id in use")
+		return
+	}
+	addr, err := e.allocate()
+	if err != nil {
+		refuse(messages.ErrCodeExhausted, "%v", err)
+		return
+	}
+	key, _ := signaling.ParseKey(req.WGPublicKey) // validated by the codec
+	e.pending[req.SessionID] = true
+	f := ctx.RequestFuture(e.device, &addPeer{
+		publicKey: key, allowedIPs: []netip.Prefix{netip.PrefixFrom(addr, addr.BitLen())}, sessionID: req.SessionID,
+	}, 5*time.Second)
+	ctx.ReenterAfter(f, func(res any, err error) {
+		delete(e.pending, req.SessionID)
+		if r, ok := res.(*addPeerResponse); ok {
+			err = r.err
+			if err == nil {
+				s := &exitSession{id: req.SessionID, clientID: req.ClientID, peer: r.pid, addrs: []netip.Addr{addr}}
+				e.sessions[s.id], e.byPeer[r.pid.Id] = s, s
+				ctx.Watch(r.pid)
+				ctx.Respond(&sessionGranted{resp: &messages.SessionResponse{
+					SessionID: req.SessionID, ExitWGPublicKey: e.cfg.PrivateKey.Public().String(),
+					Endpoint: e.endpoint.String(), ClientAddresses: []string{addr.String()},
+					ExitAddresses: []string{e.addr.String()}, ConnectPort: e.cfg.ConnectPort, MTU: e.cfg.MTU,
+				}})
+				e.cfg.Logger.Info("session opened", "session", s.id, "client", s.clientID, "address", addr)
+				emit(ctx, e.cfg.Events, &messages.SessionOpened{ExitID: e.cfg.ID, SessionID: s.id, ClientID: s.clientID, ClientAddresses: s.addrs})
+				return
+			}
+		}
+		delete(e.used, addr)
+		refuse(messages.ErrCodeInternal, "add peer: %v", err)
+	})
+}
+
+func (e *exitActor) admits(clientID string) bool {
+	if len(e.cfg.AllowedClients) == 0 {
+		return true
+	}
+	for _, id := range e.cfg.AllowedClients {
+		if id == clientID {
+			return true
+		}
+	}
+	return false
+}
+
+var errPoolExhausted = errors.New("tunnel address pool exhausted")
+
+// allocate takes the next free address of the subnet, wrapping around once.
+func (e *exitActor) allocate() (netip.Addr, error) {
+	first := e.cfg.Subnet.Masked().Addr().Next()
+	size := 1 << min(e.cfg.Subnet.Addr().BitLen()-e.cfg.Subnet.Bits(), 20)
+	a := e.next
+	for range size {
+		if !a.IsValid() || !e.cfg.Subnet.Contains(a) {
+			a = first
+		}
+		if !e.used[a] && !isBroadcast(e.cfg.Subnet, a) {
+			e.used[a], e.next = true, a.Next()
+			return a, nil
+		}
+		a = a.Next()
+	}
+	return netip.Addr{}, fmt.Errorf("%w: %s", errPoolExhausted, e.cfg.Subnet)
+}
+
+func isBroadcast(p netip.Prefix, a netip.Addr) bool {
+	return a.Is4() && p.Bits() < 31 && !p.Contains(a.Next())
+}

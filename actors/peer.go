@@ -1,0 +1,104 @@
+package actors
+
+// The peer actor owns one WireGuard peer on its device: on the exit, a client session or a static
+// peer, with the connections of its flows as children; on the client, the exit, and the probe that
+// proves the data plane after the first handshake.
+//
+//	Started ──(client) probe ok──▶ HandshakeCompleted to notify
+//	   │        probe failed ────▶ probeFailed to notify
+//	Stopping: cancel the probe and wait; remove the peer from the device; children (flows) stop.
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"golang.zx2c4.com/wireguard/device"
+
+	"github.com/warren-tunnel/warren/messages"
+	"github.com/warren-tunnel/warren/netstack"
+	"github.com/warren-tunnel/warren/signaling"
+)
+
+type peerConfig struct {
+	dev        *device.Device // owned by the parent device actor, alive while this actor is
+	publicKey  signaling.Key
+	sessionID  string
+	owner      string
+	probe      *netstack.Dialer
+	probeLimit time.Duration
+	notify     *actor.PID
+	logger     *slog.Logger
+
+	egress      *netstack.EgressPolicy
+	connTimeout time.Duration
+	udpIdle     time.Duration
+}
+
+// probeFailed: the data plane could not be proven within the limit.
+type probeFailed struct{ err error }
+
+type probeDone struct {
+	err error
+	rtt time.Duration
+}
+
+type peerActor struct {
+	cfg      peerConfig
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	nextConn uint64
+}
+
+func newPeerActor(cfg peerConfig) actor.Producer {
+	return func() actor.Actor { return &peerActor{cfg: cfg} }
+}
+
+func (p *peerActor) Receive(ctx actor.Context) {
+	switch m := ctx.Message().(type) {
+	case *actor.Started:
+		if p.cfg.probe != nil {
+			pctx, cancel := context.WithTimeout(context.Background(), p.cfg.probeLimit)
+			p.cancel = cancel
+			p.wg.Add(1)
+			system, self, dialer := ctx.ActorSystem(), ctx.Self(), *p.cfg.probe
+			go func() {
+				defer p.wg.Done()
+				start := time.Now()
+				err := dialer.Ping(pctx)
+				system.Root.Send(self, &probeDone{err: err, rtt: time.Since(start)})
+			}()
+		}
+	case *probeDone:
+		p.cfg.logger.Debug("probe", "session", p.cfg.sessionID, "rtt", m.rtt, "err", m.err)
+		if m.err != nil {
+			ctx.Send(p.cfg.notify, &probeFailed{err: m.err})
+			return
+		}
+		ctx.Send(p.cfg.notify, &messages.HandshakeCompleted{SessionID: p.cfg.sessionID, RTT: m.rtt})
+	case *flowTCP:
+		p.spawnConn(ctx, connConfig{kind: connFlowTCP, tcpFlow: m.f})
+	case *flowUDP:
+		p.spawnConn(ctx, connConfig{kind: connFlowUDP, udpFlow: m.f, idle: p.cfg.udpIdle})
+	case *serviceConn:
+		p.spawnConn(ctx, connConfig{kind: connService, in: m.c})
+	case *actor.Stopping:
+		if p.cancel != nil {
+			p.cancel()
+		}
+		p.wg.Wait()
+		if err := p.cfg.dev.IpcSet(fmt.Sprintf("public_key=%s\nremove=true\n", p.cfg.publicKey.Hex())); err != nil {
+			p.cfg.logger.Debug("remove peer", "session", p.cfg.sessionID, "err", err)
+		}
+	}
+}
+
+func (p *peerActor) spawnConn(ctx actor.Context, cfg connConfig) {
+	p.nextConn++
+	cfg.id, cfg.owner, cfg.logger = p.nextConn, p.cfg.owner+"/"+p.cfg.sessionID, p.cfg.logger
+	cfg.egress, cfg.setupTime = p.cfg.egress, p.cfg.connTimeout
+	ctx.Spawn(props(newConnActor(cfg)))
+}

@@ -1,0 +1,225 @@
+package actors
+
+// The signaling actor is the bridge between actors and NATS. It owns the NATS connection, every
+// subscription, the goroutines of outstanding requests, and the embedded NATS server when the
+// engine runs one. Incoming messages are decoded and validated here before any actor sees them; a
+// malformed, oversized or unknown message is answered with an error (or dropped when it has no
+// reply subject), logged with the reason, and changes no state.
+//
+//	Started ──▶ serving ──Stopping──▶ cancel requests, wait; unsubscribe; close connection; shut server down
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"github.com/warren-tunnel/warren/messages"
+	"github.com/warren-tunnel/warren/signaling"
+)
+
+// SignalingConfig hands the actor its resources; it owns them from then on.
+type SignalingConfig struct {
+	Conn   *nats.Conn
+	Server *server.Server // embedded server, or nil
+	Logger *slog.Logger
+}
+
+// requestSession asks an exit for a session; the requester hears one *sessionReply.
+type requestSession struct {
+	exitID  string
+	req     *messages.SessionRequest
+	timeout time.Duration
+}
+
+type sessionReply struct {
+	resp *messages.SessionResponse
+	err  error
+}
+
+// sendGoodbye publishes a session close to an exit; fire and forget.
+type sendGoodbye struct {
+	exitID string
+	close  *messages.SessionClose
+}
+
+// serveExit subscribes to an exit's RPC subject and routes valid requests to exit; reply serveExitResponse.
+type serveExit struct {
+	exitID string
+	exit   *actor.PID
+}
+
+type serveExitResponse struct{ err error }
+
+// sessionRequested is a validated session request for the exit actor; it replies *sessionGranted.
+type sessionRequested struct{ req *messages.SessionRequest }
+
+// sessionGranted answers sessionRequested: a response, or a refusal with its wire code.
+type sessionGranted struct {
+	resp *messages.SessionResponse
+	err  *signaling.WireError
+}
+
+// sessionClosedByClient is a validated goodbye for the exit actor.
+type sessionClosedByClient struct{ close *messages.SessionClose }
+
+type inboundRPC struct {
+	msg  *nats.Msg
+	exit *actor.PID
+}
+
+type signalingActor struct {
+	cfg    SignalingConfig
+	subs   []*nats.Subscription
+	ctx    context.Context // cancelled in Stopping; ends outstanding requests
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // outstanding request goroutines
+}
+
+// NewSignalingProps returns the props of the signaling actor.
+func NewSignalingProps(cfg SignalingConfig) *actor.Props {
+	cfg.Logger = orDiscard(cfg.Logger).With("actor", "signaling")
+	return props(func() actor.Actor { return &signalingActor{cfg: cfg} })
+}
+
+func (s *signalingActor) Receive(ctx actor.Context) {
+	switch m := ctx.Message().(type) {
+	case *actor.Started:
+		s.ctx, s.cancel = context.WithCancel(context.Background())
+	case *serveExit:
+		system, self, exit := ctx.ActorSystem(), ctx.Self(), m.exit
+		sub, err := s.cfg.Conn.Subscribe(signaling.ExitSubject(m.exitID), func(msg *nats.Msg) {
+			system.Root.Send(self, &inboundRPC{msg: msg, exit: exit})
+		})
+		if err == nil {
+			_ = sub.SetPendingLimits(4096, 8<<20)
+			s.subs = append(s.subs, sub)
+		}
+		ctx.Respond(&serveExitResponse{err: err})
+	case *inboundRPC:
+		s.handleRPC(ctx, m)
+	case *requestSession:
+		s.request(ctx, m)
+	case *sendGoodbye:
+		data, err := signaling.Encode(messages.TypeSessionClose, m.close)
+		if err == nil {
+			err = s.cfg.Conn.Publish(signaling.ExitSubject(m.exitID), data)
+		}
+		if err != nil {
+			s.cfg.Logger.Warn("goodbye not sent", "exit", m.exitID, "session", m.close.SessionID, "err", err)
+		}
+	case *actor.Stopping:
+		s.cancel()
+		s.wg.Wait()
+		for _, sub := range s.subs {
+			_ = sub.Unsubscribe()
+		}
+		_ = s.cfg.Conn.FlushTimeout(time.Second) // deliver goodbyes already published
+		s.cfg.Conn.Close()
+		if s.cfg.Server != nil {
+			s.cfg.Server.Shutdown()
+			s.cfg.Server.WaitForShutdown()
+		}
+	}
+}
+
+func (s *signalingActor) refuse(msg *nats.Msg, code, text string) {
+	s.cfg.Logger.Warn("signaling message refused", "subject", msg.Subject, "code", code, "reason", text, "bytes", len(msg.Data))
+	if msg.Reply == "" {
+		return
+	}
+	_ = msg.Respond(signaling.EncodeError(code, text))
+}
+
+func (s *signalingActor) handleRPC(ctx actor.Context, m *inboundRPC) {
+	body, err := signaling.Decode(m.msg.Data)
+	if err != nil {
+		var we *signaling.WireError
+		if errors.As(err, &we) {
+			s.refuse(m.msg, we.Code, we.Message)
+		} else {
+			s.refuse(m.msg, messages.ErrCodeBadRequest, err.Error())
+		}
+		return
+	}
+	switch b := body.(type) {
+	case *messages.SessionRequest:
+		if m.msg.Reply == "" {
+			s.refuse(m.msg, messages.ErrCodeBadRequest, "session request without a reply subject")
+			return
+		}
+		msg := m.msg
+		f := ctx.RequestFuture(m.exit, &sessionRequested{req: b}, 5*time.Second)
+		ctx.ReenterAfter(f, func(res any, err error) {
+			g, ok := res.(*sessionGranted)
+			switch {
+			case err != nil || !ok:
+				s.refuse(msg, messages.ErrCodeUnavailable, fmt.Sprintf("exit did not answer: %v", err))
+			case g.err != nil:
+				s.refuse(msg, g.err.Code, g.err.Message)
+			default:
+				data, err := signaling.Encode(messages.TypeSessionResponse, g.resp)
+				if err != nil {
+					s.refuse(msg, messages.ErrCodeInternal, err.Error())
+					return
+				}
+				_ = msg.Respond(data)
+			}
+		})
+	case *messages.SessionClose:
+		ctx.Send(m.exit, &sessionClosedByClient{close: b})
+	default:
+		s.refuse(m.msg, messages.ErrCodeUnknownType, fmt.Sprintf("%T is not a request", body))
+	}
+}
+
+// request runs one NATS request in a goroutine the actor owns (cancelled and awaited in Stopping)
+// and sends the outcome straight to the requester.
+func (s *signalingActor) request(ctx actor.Context, m *requestSession) {
+	data, err := signaling.Encode(messages.TypeSessionRequest, m.req)
+	requester, system := ctx.Sender(), ctx.ActorSystem()
+	if err != nil {
+		ctx.Send(requester, &sessionReply{err: err})
+		return
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		rctx, cancel := context.WithTimeout(s.ctx, m.timeout)
+		defer cancel()
+		reply := &sessionReply{}
+		msg, err := s.cfg.Conn.RequestWithContext(rctx, signaling.ExitSubject(m.exitID), data)
+		switch {
+		case errors.Is(err, nats.ErrNoResponders):
+			reply.err = fmt.Errorf("%w: no exit %q is serving", ErrExitUnreachable, m.exitID)
+		case err != nil:
+			reply.err = fmt.Errorf("%w: exit %q: %w", ErrExitUnreachable, m.exitID, err)
+		default:
+			reply.resp, reply.err = decodeSessionReply(msg.Data, m.req.SessionID)
+		}
+		system.Root.Send(requester, reply)
+	}()
+}
+
+func decodeSessionReply(data []byte, sessionID string) (*messages.SessionResponse, error) {
+	body, err := signaling.Decode(data)
+	if err != nil {
+		return nil, fmt.Errorf("%w: malformed reply: %w", ErrSessionRefused, err)
+	}
+	switch b := body.(type) {
+	case *messages.SessionResponse:
+		if b.SessionID != sessionID {
+			return nil, fmt.Errorf("%w: reply for another session", ErrSessionRefused)
+		}
+		return b, nil
+	case *messages.ErrorResponse:
+		return nil, fmt.Errorf("%w: %w", ErrSessionRefused, &signaling.WireError{Code: b.Code, Message: b.Message})
+	}
+	return nil, fmt.Errorf("%w: unexpected reply %T", ErrSessionRefused, body)
+}

@@ -1,0 +1,203 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/warren-tunnel/warren/engine"
+	"github.com/warren-tunnel/warren/signaling"
+)
+
+// shutdownGrace bounds the graceful part of a shutdown after the first signal.
+const shutdownGrace = 30 * time.Second
+
+func demo(args []string) int {
+	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	socks := fs.String("socks", "127.0.0.1:1080", "SOCKS5 proxy listen address")
+	httpAddr := fs.String("http", "127.0.0.1:8080", "HTTP proxy listen address")
+	level := fs.String("log-level", "warn", "log level: debug, info, warn, error")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	cfg := engine.Config{
+		LogLevel: *level,
+		Exit: &engine.ExitConfig{
+			ID:     "demo-exit",
+			Listen: "127.0.0.1:0",
+			// Everything runs on the user's own machine, so the exit may reach loopback services.
+			Egress: engine.EgressConfig{AllowLoopback: true},
+		},
+		Tunnels: []engine.TunnelSpec{{Name: "demo", Exit: "demo-exit", SOCKS: *socks, HTTP: *httpAddr, UDPBind: "127.0.0.1"}},
+	}
+	return serve(cfg)
+}
+
+func run(args []string) int {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	path := fs.String("config", "", "YAML config file")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	if *path == "" {
+		fmt.Fprintln(os.Stderr, "engine run: --config FILE is required")
+		return exitUsage
+	}
+	cfg, err := loadConfig(*path)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "engine run: %v\n", err)
+		return exitUsage
+	}
+	return serve(cfg)
+}
+
+func loadConfig(path string) (engine.Config, error) {
+	var cfg engine.Config
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return cfg, err
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+		return cfg, fmt.Errorf("%s: %w", path, err)
+	}
+	if err := cfg.Validate(); err != nil {
+		return cfg, fmt.Errorf("%s: %w", path, err)
+	}
+	if cfg.Exit == nil && len(cfg.Tunnels) == 0 {
+		return cfg, fmt.Errorf("%s: config: exit: nothing to run: configure an exit, tunnels, or both", path)
+	}
+	return cfg, nil
+}
+
+// serve starts the engine and its tunnels, prints the ready line, and shuts down on a signal: the
+// first SIGINT or SIGTERM gracefully, a second at once.
+func serve(cfg engine.Config) int {
+	if err := cfg.Validate(); err != nil {
+		fmt.Fprintf(os.Stderr, "engine: %v\n", err)
+		return exitUsage
+	}
+	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: parseLevel(cfg.LogLevel)}))
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+
+	eng, err := engine.New(cfg)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "engine: %v\n", err)
+		return exitUsage
+	}
+	go func() { // drain events into the log so the engine never drops them silently
+		for ev := range eng.Events() {
+			cfg.Logger.Debug("event", "kind", ev.Kind, "tunnel", ev.Tunnel, "from", ev.From, "to", ev.To, "cause", ev.Cause, "session", ev.Session)
+		}
+	}()
+	startCtx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	startErr := make(chan error, 1)
+	go func() { startErr <- start(startCtx, eng, cfg) }()
+	select {
+	case err := <-startErr:
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "engine: %v\n", err)
+			_ = eng.Close(context.Background())
+			return exitFailure
+		}
+	case sig := <-sigs:
+		fmt.Fprintf(os.Stderr, "engine: %v during start; shutting down\n", sig)
+		cancel()
+		<-startErr
+		return shutdown(eng, sigs)
+	}
+	sig := <-sigs
+	fmt.Fprintf(os.Stderr, "engine: %v: shutting down gracefully (again to force)\n", sig)
+	return shutdown(eng, sigs)
+}
+
+func start(ctx context.Context, eng *engine.Engine, cfg engine.Config) error {
+	if err := eng.Start(ctx); err != nil {
+		return err
+	}
+	if x, ok := eng.Exit(); ok {
+		fmt.Printf("exit %s serving: endpoint=%s public_key=%s nats=%s\n", x.ID, x.Endpoint, x.PublicKey, eng.NATSURL())
+	}
+	line := "ready"
+	for _, spec := range cfg.Tunnels {
+		t, err := eng.OpenTunnel(ctx, spec)
+		if err != nil {
+			return err
+		}
+		if len(cfg.Tunnels) > 1 {
+			line += " tunnel=" + t.ID()
+		}
+		if a := t.SOCKSAddr(); a != "" {
+			line += fmt.Sprintf(" socks5=%s", a)
+		}
+		if a := t.HTTPAddr(); a != "" {
+			line += fmt.Sprintf(" http=%s", a)
+		}
+	}
+	fmt.Println(line)
+	return nil
+}
+
+func shutdown(eng *engine.Engine, sigs <-chan os.Signal) int {
+	ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- eng.Close(ctx) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "engine: shutdown: %v\n", err)
+			return exitFailure
+		}
+		return exitOK
+	case sig := <-sigs:
+		fmt.Fprintf(os.Stderr, "engine: %v again: forcing exit\n", sig)
+		return exitForced
+	}
+}
+
+func parseLevel(s string) slog.Level {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return slog.LevelWarn
+	}
+	return l
+}
+
+func keygen(args []string) int {
+	fs := flag.NewFlagSet("keygen", flag.ContinueOnError)
+	identity := fs.Bool("identity", false, "print a client identity (ed25519) instead of a WireGuard key pair")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	if *identity {
+		id, err := signaling.NewIdentity()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "engine keygen:", err)
+			return exitFailure
+		}
+		fmt.Printf("identity: %s\nclient_id: %s\n", id, id.ID())
+		return exitOK
+	}
+	k, err := signaling.NewPrivateKey()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "engine keygen:", err)
+		return exitFailure
+	}
+	fmt.Printf("private_key: %s\npublic_key: %s\n", k, k.Public())
+	return exitOK
+}

@@ -1,0 +1,352 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"time"
+
+	"github.com/warren-tunnel/warren/netstack"
+	"github.com/warren-tunnel/warren/signaling"
+)
+
+// ErrInvalidConfig is wrapped by every configuration error; a *FieldError names the field.
+var ErrInvalidConfig = errors.New("invalid config")
+
+// FieldError is a configuration error in one field, named by its YAML path (exit.subnet, tunnels[0].socks).
+type FieldError struct {
+	Field string
+	Err   error
+}
+
+func (e *FieldError) Error() string   { return "config: " + e.Field + ": " + e.Err.Error() }
+func (e *FieldError) Unwrap() []error { return []error{ErrInvalidConfig, e.Err} }
+
+func fieldErr(field string, format string, args ...any) error {
+	return &FieldError{Field: field, Err: fmt.Errorf(format, args...)}
+}
+
+// Duration is a time.Duration written as "10s" or "1m30s" in YAML.
+type Duration time.Duration
+
+// UnmarshalText parses a Go duration string.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalText prints the duration as Go does.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+// Config configures an engine: its signaling, optionally an exit, and tunnels to open at start (`engine run`).
+type Config struct {
+	NATS NATSConfig `yaml:"nats"`
+	// Identity is this engine's long-term client identity (base64 ed25519 seed, `engine keygen`
+	// prints one). Empty: a fresh identity for every start.
+	Identity string       `yaml:"identity"`
+	Exit     *ExitConfig  `yaml:"exit"`
+	Tunnels  []TunnelSpec `yaml:"tunnels"`
+	Logger   *slog.Logger `yaml:"-"`         // nil: discard
+	LogLevel string       `yaml:"log_level"` // for cmd/engine: debug, info, warn, error
+}
+
+// NATSConfig says where signaling runs.
+type NATSConfig struct {
+	// URLs of NATS servers (several for a cluster). Empty: start an embedded server.
+	URLs []string `yaml:"urls"`
+	// EmbeddedHost is the address the embedded server listens on (random port). Default 127.0.0.1.
+	EmbeddedHost   string   `yaml:"embedded_host"`
+	ConnectTimeout Duration `yaml:"connect_timeout"` // default 5s
+}
+
+// ExitConfig makes this engine an exit.
+type ExitConfig struct {
+	ID string `yaml:"id"` // 1-64 of A-Z a-z 0-9 _ -
+	// PrivateKey is the exit's WireGuard key (base64). Empty: fresh for every start (static peers then need it set).
+	PrivateKey string `yaml:"private_key"`
+	// Listen is the UDP address of the WireGuard device. Default 127.0.0.1:0 (a random port on loopback).
+	Listen string `yaml:"listen"`
+	// Endpoint is the address clients are told to send WireGuard packets to. Default: the bound
+	// Listen address; required when Listen's address is unspecified (0.0.0.0 or ::).
+	Endpoint       string       `yaml:"endpoint"`
+	Subnet         string       `yaml:"subnet"`       // tunnel addresses; default 10.77.0.0/16; the exit takes the first
+	MTU            int          `yaml:"mtu"`          // default 1420
+	ConnectPort    uint16       `yaml:"connect_port"` // default 7070
+	Egress         EgressConfig `yaml:"egress"`
+	StaticPeers    []StaticPeer `yaml:"static_peers"`
+	AllowedClients []string     `yaml:"allowed_clients"`  // client identity ids; empty admits any signed client
+	ConnectTimeout Duration     `yaml:"connect_timeout"`  // per destination dial; default 10s
+	UDPIdleTimeout Duration     `yaml:"udp_idle_timeout"` // default 60s
+}
+
+// EgressConfig is the exit's egress policy: which destinations it refuses. By default it refuses
+// loopback, private, link-local, CGNAT and multicast destinations.
+type EgressConfig struct {
+	AllowLoopback  bool     `yaml:"allow_loopback"`
+	AllowPrivate   bool     `yaml:"allow_private"`
+	AllowLinkLocal bool     `yaml:"allow_link_local"`
+	AllowCGNAT     bool     `yaml:"allow_cgnat"`
+	AllowMulticast bool     `yaml:"allow_multicast"`
+	Allow          []string `yaml:"allow"` // CIDRs allowed even if a category refuses them
+	Deny           []string `yaml:"deny"`  // CIDRs always refused
+}
+
+// StaticPeer is a standard WireGuard client of the exit (as a wg-quick [Peer] section), with no signaling.
+type StaticPeer struct {
+	Name       string   `yaml:"name"`
+	PublicKey  string   `yaml:"public_key"`
+	AllowedIPs []string `yaml:"allowed_ips"` // the peer's tunnel addresses, e.g. 10.77.200.2/32
+}
+
+// TunnelSpec asks for a client tunnel to an exit, behind local proxies.
+type TunnelSpec struct {
+	Name string `yaml:"name"` // default: tunnel-N
+	Exit string `yaml:"exit"` // exit id
+	// SOCKS and HTTP are the proxies' listen addresses; at least one. Port 0 picks a free port.
+	SOCKS string `yaml:"socks"`
+	HTTP  string `yaml:"http"`
+	// UDPBind is the local address of the WireGuard UDP socket. Default: the local address the host
+	// routes towards the exit's endpoint (127.0.0.1 for an exit on loopback). Never every interface.
+	UDPBind          string   `yaml:"udp_bind"`
+	HandshakeTimeout Duration `yaml:"handshake_timeout"` // session and first handshake; default 10s
+	ConnectTimeout   Duration `yaml:"connect_timeout"`   // each proxied connection's dial; default 10s
+	Keepalive        int      `yaml:"keepalive"`         // WireGuard persistent keepalive seconds; default 25, -1 off
+}
+
+// Defaults.
+const (
+	DefaultSubnet           = "10.77.0.0/16"
+	DefaultConnectPort      = netstack.DefaultConnPort
+	DefaultHandshakeTimeout = 10 * time.Second
+	DefaultConnectTimeout   = 10 * time.Second
+	DefaultUDPIdleTimeout   = 60 * time.Second
+	DefaultKeepalive        = 25
+)
+
+func orDuration(d Duration, def time.Duration) time.Duration {
+	if d <= 0 {
+		return def
+	}
+	return time.Duration(d)
+}
+
+// Validate checks the whole configuration; the error names the first bad field.
+func (c *Config) Validate() error {
+	if c.Identity != "" {
+		if _, err := signaling.ParseIdentity(c.Identity); err != nil {
+			return fieldErr("identity", "%v", err)
+		}
+	}
+	for i, u := range c.NATS.URLs {
+		if u == "" {
+			return fieldErr(fmt.Sprintf("nats.urls[%d]", i), "empty")
+		}
+	}
+	if h := c.NATS.EmbeddedHost; h != "" {
+		if _, err := netip.ParseAddr(h); err != nil {
+			return fieldErr("nats.embedded_host", "%v", err)
+		}
+	}
+	switch c.LogLevel {
+	case "", "debug", "info", "warn", "error":
+	default:
+		return fieldErr("log_level", "%q is not one of debug, info, warn, error", c.LogLevel)
+	}
+	if c.Exit != nil {
+		if _, err := c.Exit.resolve(); err != nil {
+			return err
+		}
+	}
+	names := map[string]bool{}
+	for i := range c.Tunnels {
+		t, err := c.Tunnels[i].resolve(fmt.Sprintf("tunnels[%d]", i), i)
+		if err != nil {
+			return err
+		}
+		if names[t.name] {
+			return fieldErr(fmt.Sprintf("tunnels[%d].name", i), "%q used twice", t.name)
+		}
+		names[t.name] = true
+	}
+	return nil
+}
+
+type resolvedTunnel struct {
+	name             string
+	udpBind          netip.Addr
+	handshakeTimeout time.Duration
+	connectTimeout   time.Duration
+	keepalive        int
+}
+
+func (t *TunnelSpec) resolve(path string, index int) (resolvedTunnel, error) {
+	r := resolvedTunnel{name: t.Name, handshakeTimeout: orDuration(t.HandshakeTimeout, DefaultHandshakeTimeout),
+		connectTimeout: orDuration(t.ConnectTimeout, DefaultConnectTimeout), keepalive: t.Keepalive}
+	if r.name == "" {
+		r.name = "tunnel-" + strconv.Itoa(index)
+	} else if err := signaling.ValidID(r.name); err != nil {
+		return r, fieldErr(path+".name", "%v", err)
+	}
+	if err := signaling.ValidID(t.Exit); err != nil {
+		return r, fieldErr(path+".exit", "%v", err)
+	}
+	if t.SOCKS == "" && t.HTTP == "" {
+		return r, fieldErr(path+".socks", "set socks or http (or both)")
+	}
+	for field, addr := range map[string]string{"socks": t.SOCKS, "http": t.HTTP} {
+		if addr == "" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return r, fieldErr(path+"."+field, "%v", err)
+		}
+	}
+	if t.UDPBind != "" {
+		a, err := netip.ParseAddr(t.UDPBind)
+		if err != nil {
+			return r, fieldErr(path+".udp_bind", "%v", err)
+		}
+		if a.IsUnspecified() {
+			return r, fieldErr(path+".udp_bind", "must be one address, not %s (every interface)", a)
+		}
+		r.udpBind = a
+	}
+	switch {
+	case t.Keepalive == 0:
+		r.keepalive = DefaultKeepalive
+	case t.Keepalive < 0:
+		r.keepalive = 0
+	case t.Keepalive > 65535:
+		return r, fieldErr(path+".keepalive", "%d is over 65535", t.Keepalive)
+	}
+	return r, nil
+}
+
+type resolvedExit struct {
+	key      signaling.Key
+	listen   netip.AddrPort
+	endpoint netip.AddrPort
+	subnet   netip.Prefix
+	mtu      int
+	port     uint16
+	egress   netstack.EgressPolicy
+	static   []staticPeer
+}
+
+type staticPeer struct {
+	name  string
+	key   signaling.Key
+	addrs []netip.Addr
+}
+
+func (x *ExitConfig) resolve() (resolvedExit, error) {
+	var r resolvedExit
+	var err error
+	if err := signaling.ValidID(x.ID); err != nil {
+		return r, fieldErr("exit.id", "%v", err)
+	}
+	if x.PrivateKey != "" {
+		if r.key, err = signaling.ParseKey(x.PrivateKey); err != nil {
+			return r, fieldErr("exit.private_key", "%v", err)
+		}
+	}
+	listen := x.Listen
+	if listen == "" {
+		listen = "127.0.0.1:0"
+	}
+	if r.listen, err = netip.ParseAddrPort(listen); err != nil {
+		return r, fieldErr("exit.listen", "%v", err)
+	}
+	if x.Endpoint != "" {
+		if r.endpoint, err = netip.ParseAddrPort(x.Endpoint); err != nil {
+			return r, fieldErr("exit.endpoint", "%v", err)
+		}
+		if r.endpoint.Addr().IsUnspecified() || r.endpoint.Port() == 0 {
+			return r, fieldErr("exit.endpoint", "must be a reachable address and port, not %s", r.endpoint)
+		}
+	} else if r.listen.Addr().IsUnspecified() {
+		return r, fieldErr("exit.endpoint", "required when exit.listen is %s (clients cannot dial it)", r.listen.Addr())
+	}
+	subnet := x.Subnet
+	if subnet == "" {
+		subnet = DefaultSubnet
+	}
+	if r.subnet, err = netip.ParsePrefix(subnet); err != nil {
+		return r, fieldErr("exit.subnet", "%v", err)
+	}
+	if host := r.subnet.Addr().BitLen() - r.subnet.Bits(); host < 2 {
+		return r, fieldErr("exit.subnet", "%s is too small: need room for the exit and clients", r.subnet)
+	}
+	r.mtu = x.MTU
+	if r.mtu == 0 {
+		r.mtu = netstack.DefaultMTU
+	}
+	if r.mtu < 1280 || r.mtu > 9000 {
+		return r, fieldErr("exit.mtu", "%d not in [1280, 9000]", r.mtu)
+	}
+	r.port = x.ConnectPort
+	if r.port == 0 {
+		r.port = DefaultConnectPort
+	}
+	e := x.Egress
+	r.egress = netstack.EgressPolicy{AllowLoopback: e.AllowLoopback, AllowPrivate: e.AllowPrivate,
+		AllowLinkLocal: e.AllowLinkLocal, AllowCGNAT: e.AllowCGNAT, AllowMulticast: e.AllowMulticast}
+	for i, s := range e.Allow {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return r, fieldErr(fmt.Sprintf("exit.egress.allow[%d]", i), "%v", err)
+		}
+		r.egress.Allow = append(r.egress.Allow, p)
+	}
+	for i, s := range e.Deny {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return r, fieldErr(fmt.Sprintf("exit.egress.deny[%d]", i), "%v", err)
+		}
+		r.egress.Deny = append(r.egress.Deny, p)
+	}
+	if len(x.StaticPeers) > 0 && x.PrivateKey == "" {
+		return r, fieldErr("exit.private_key", "required with static_peers: their configs name the exit's public key")
+	}
+	for i, sp := range x.StaticPeers {
+		path := fmt.Sprintf("exit.static_peers[%d]", i)
+		p := staticPeer{name: sp.Name}
+		if p.name == "" {
+			p.name = "static-" + strconv.Itoa(i)
+		}
+		if p.key, err = signaling.ParseKey(sp.PublicKey); err != nil {
+			return r, fieldErr(path+".public_key", "%v", err)
+		}
+		if len(sp.AllowedIPs) == 0 {
+			return r, fieldErr(path+".allowed_ips", "at least one address")
+		}
+		for j, s := range sp.AllowedIPs {
+			pf, err := netip.ParsePrefix(s)
+			if err != nil {
+				a, aerr := netip.ParseAddr(s)
+				if aerr != nil {
+					return r, fieldErr(fmt.Sprintf("%s.allowed_ips[%d]", path, j), "%v", err)
+				}
+				pf = netip.PrefixFrom(a, a.BitLen())
+			}
+			if !pf.IsSingleIP() {
+				return r, fieldErr(fmt.Sprintf("%s.allowed_ips[%d]", path, j), "%s: give the peer's own address (/32 or /128)", pf)
+			}
+			p.addrs = append(p.addrs, pf.Addr())
+		}
+		r.static = append(r.static, p)
+	}
+	for i, id := range x.AllowedClients {
+		if err := signaling.ValidID(id); err != nil {
+			return r, fieldErr(fmt.Sprintf("exit.allowed_clients[%d]", i), "%v", err)
+		}
+	}
+	return r, nil
+}

@@ -1,0 +1,302 @@
+// Package engine is Warren's embedding API: start an engine, open tunnels behind local proxies, serve as an exit.
+package engine
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/warren-tunnel/warren/actors"
+	"github.com/warren-tunnel/warren/messages"
+	"github.com/warren-tunnel/warren/signaling"
+)
+
+// Errors callers branch on.
+var (
+	ErrNotStarted       = errors.New("engine not started")
+	ErrEngineClosed     = errors.New("engine closed")
+	ErrTunnelClosed     = actors.ErrTunnelClosed
+	ErrHandshakeTimeout = actors.ErrHandshakeTimeout
+	ErrSessionRefused   = actors.ErrSessionRefused
+	ErrExitUnreachable  = actors.ErrExitUnreachable
+	ErrDeviceFailed     = actors.ErrDeviceFailed
+	ErrNATSUnavailable  = signaling.ErrNATSUnavailable
+)
+
+// EventKind names a kind of Event.
+type EventKind string
+
+// Kinds of events.
+const (
+	EventTunnelState   EventKind = "tunnel_state"
+	EventSessionOpened EventKind = "session_opened"
+	EventSessionClosed EventKind = "session_closed"
+)
+
+// Event is something that happened in the engine.
+type Event struct {
+	Time     time.Time
+	Kind     EventKind
+	Tunnel   string               // tunnel events
+	From, To messages.TunnelState // EventTunnelState
+	Cause    string
+	Exit     string // session events
+	Session  string
+	Client   string
+}
+
+// ExitInfo describes this engine's exit once it serves.
+type ExitInfo struct {
+	ID        string
+	Endpoint  netip.AddrPort
+	PublicKey string
+	Address   netip.Addr // the exit's tunnel address
+}
+
+// Engine runs Warren's actors. Create it with New, then Start; Close releases everything.
+type Engine struct {
+	cfg      Config
+	logger   *slog.Logger
+	identity *signaling.Identity
+	events   chan Event // closed by Close once shutdown has completely finished
+	dropped  atomic.Int64
+
+	// set by Start, read-only afterwards
+	system  *actor.ActorSystem
+	pid     *actor.PID
+	natsURL string
+	exit    *ExitInfo
+	started atomic.Bool
+
+	closeOnce sync.Once
+	closed    chan struct{} // closed when Close has finished
+	closeErr  error
+}
+
+// New checks cfg and makes an engine; it opens nothing.
+func New(cfg Config) (*Engine, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	e := &Engine{cfg: cfg, logger: cfg.Logger, events: make(chan Event, 1024), closed: make(chan struct{})}
+	if e.logger == nil {
+		e.logger = slog.New(slog.DiscardHandler)
+	}
+	var err error
+	if cfg.Identity != "" {
+		e.identity, err = signaling.ParseIdentity(cfg.Identity)
+	} else {
+		e.identity, err = signaling.NewIdentity()
+	}
+	if err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// Events delivers the engine's events. It is closed only after Close has completely finished. A
+// consumer that falls more than 1024 events behind loses the newest ones (counted by DroppedEvents);
+// the engine never blocks on it.
+func (e *Engine) Events() <-chan Event { return e.events }
+
+// DroppedEvents counts events lost to a slow Events consumer.
+func (e *Engine) DroppedEvents() int64 { return e.dropped.Load() }
+
+// ClientID is this engine's identity as exits see it.
+func (e *Engine) ClientID() string { return e.identity.ID() }
+
+// NATSURL is the signaling server in use (the embedded one's URL when none was configured).
+func (e *Engine) NATSURL() string { return e.natsURL }
+
+// Exit describes the exit this engine serves, if any.
+func (e *Engine) Exit() (ExitInfo, bool) {
+	if e.exit == nil {
+		return ExitInfo{}, false
+	}
+	return *e.exit, true
+}
+
+// Start connects signaling (starting the embedded NATS server if no URL is configured), starts the
+// actors, and brings the exit up if one is configured. It returns when the exit serves.
+func (e *Engine) Start(ctx context.Context) error {
+	if !e.started.CompareAndSwap(false, true) {
+		return errors.New("engine already started")
+	}
+	var srv *server.Server
+	urls := e.cfg.NATS.URLs
+	timeout := orDuration(e.cfg.NATS.ConnectTimeout, 5*time.Second)
+	if len(urls) == 0 {
+		host := e.cfg.NATS.EmbeddedHost
+		if host == "" {
+			host = "127.0.0.1"
+		}
+		var err error
+		if srv, err = signaling.StartEmbedded(host, timeout); err != nil {
+			return err
+		}
+		urls = []string{srv.ClientURL()}
+	}
+	e.natsURL = urls[0]
+	nc, err := signaling.Connect(urls, "warren-"+e.identity.ID()[:8], timeout, e.logger, func(s signaling.ConnState) {
+		e.logger.Info("nats connection", "status", s.Status.String(), "url", s.URL, "err", s.Err)
+	})
+	if err != nil {
+		if srv != nil {
+			srv.Shutdown()
+			srv.WaitForShutdown()
+		}
+		return err
+	}
+
+	protoLog := e.logger.With("component", "protoactor")
+	e.system = actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger {
+		return slog.New(levelFloor{protoLog.Handler(), slog.LevelWarn})
+	}))
+	ecfg := actors.EngineConfig{
+		Signaling: actors.SignalingConfig{Conn: nc, Server: srv, Logger: e.logger},
+		Sink:      e.sink,
+		Logger:    e.logger,
+	}
+	if x := e.cfg.Exit; x != nil {
+		xc, err := e.exitConfig(x)
+		if err != nil {
+			nc.Close()
+			if srv != nil {
+				srv.Shutdown()
+				srv.WaitForShutdown()
+			}
+			return err
+		}
+		ecfg.Exit = &xc
+	}
+	// From here on the signaling actor owns nc and srv; Close releases them.
+	e.pid, err = e.system.Root.SpawnNamed(actors.NewEngineProps(ecfg), "engine")
+	if err != nil {
+		return fmt.Errorf("spawn engine: %w", err)
+	}
+	res, err := e.system.Root.RequestFuture(e.pid, &actors.StartEngine{}, untilDeadline(ctx, 30*time.Second)).Result()
+	if err == nil {
+		if st, ok := res.(*actors.EngineStarted); ok {
+			err = st.Err
+			if st.Exit != nil && st.Err == nil {
+				e.exit = &ExitInfo{ID: e.cfg.Exit.ID, Endpoint: st.Exit.Endpoint, PublicKey: st.Exit.PublicKey.String(), Address: st.Exit.Address}
+			}
+		}
+	}
+	if err == nil {
+		err = nc.FlushTimeout(timeout) // subscriptions are registered with the server before Start returns
+	}
+	if err != nil {
+		_ = e.Close(context.Background())
+		return fmt.Errorf("start engine: %w", err)
+	}
+	return nil
+}
+
+func (e *Engine) exitConfig(x *ExitConfig) (actors.ExitConfig, error) {
+	r, err := x.resolve()
+	if err != nil {
+		return actors.ExitConfig{}, err
+	}
+	if x.PrivateKey == "" {
+		if r.key, err = signaling.NewPrivateKey(); err != nil {
+			return actors.ExitConfig{}, err
+		}
+	}
+	xc := actors.ExitConfig{ID: x.ID, PrivateKey: r.key, Listen: r.listen, Endpoint: r.endpoint, Subnet: r.subnet,
+		MTU: r.mtu, ConnectPort: r.port, Egress: r.egress, AllowedClients: x.AllowedClients,
+		ConnectTimeout: orDuration(x.ConnectTimeout, DefaultConnectTimeout),
+		UDPIdle:        orDuration(x.UDPIdleTimeout, DefaultUDPIdleTimeout), Logger: e.logger}
+	for _, sp := range r.static {
+		xc.StaticPeers = append(xc.StaticPeers, actors.StaticPeer{Name: sp.name, PublicKey: sp.key, Addresses: sp.addrs})
+	}
+	return xc, nil
+}
+
+// sink runs on the engine actor only, so sends never race with the close of e.events in Close.
+func (e *Engine) sink(m any) {
+	ev := Event{Time: time.Now()}
+	switch m := m.(type) {
+	case *messages.TunnelStateChanged:
+		ev.Kind, ev.Tunnel, ev.From, ev.To, ev.Cause, ev.Time = EventTunnelState, m.TunnelID, m.From, m.To, m.Cause, m.At
+	case *messages.SessionOpened:
+		ev.Kind, ev.Exit, ev.Session, ev.Client = EventSessionOpened, m.ExitID, m.SessionID, m.ClientID
+	case *messages.SessionClosed:
+		ev.Kind, ev.Exit, ev.Session, ev.Cause = EventSessionClosed, m.ExitID, m.SessionID, m.Reason
+	default:
+		return
+	}
+	select {
+	case e.events <- ev:
+	default:
+		e.dropped.Add(1)
+	}
+}
+
+// Close shuts down gracefully: tunnels first (each says goodbye to its exit), then the exit, then
+// signaling and the embedded NATS server. It returns when everything has been released, or when ctx
+// ends (then the rest is stopped at once, still before Close returns). Events() is closed after.
+// Close is idempotent.
+func (e *Engine) Close(ctx context.Context) error {
+	e.closeOnce.Do(func() {
+		defer close(e.closed)
+		defer close(e.events)
+		if e.system == nil {
+			return
+		}
+		if e.pid != nil {
+			_, err := e.system.Root.RequestFuture(e.pid, &actors.Shutdown{}, untilDeadline(ctx, time.Minute)).Result()
+			if err != nil {
+				e.closeErr = fmt.Errorf("graceful shutdown: %w", err)
+			}
+			_ = e.system.Root.StopFuture(e.pid).Wait() // forced when the graceful part timed out
+		}
+		e.system.Shutdown()
+	})
+	<-e.closed
+	return e.closeErr
+}
+
+func untilDeadline(ctx context.Context, def time.Duration) time.Duration {
+	if dl, ok := ctx.Deadline(); ok {
+		if d := time.Until(dl); d > 0 {
+			return d
+		}
+		return time.Millisecond
+	}
+	return def
+}
+
+// levelFloor drops records below a level (protoactor logs routine INFO lines).
+type levelFloor struct {
+	slog.Handler
+	min slog.Level
+}
+
+func (h levelFloor) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= h.min && h.Handler.Enabled(ctx, l)
+}
+
+func (h levelFloor) WithAttrs(a []slog.Attr) slog.Handler {
+	return levelFloor{h.Handler.WithAttrs(a), h.min}
+}
+
+func (h levelFloor) WithGroup(n string) slog.Handler {
+	return levelFloor{h.Handler.WithGroup(n), h.min}
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}

@@ -1,0 +1,110 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+
+	"github.com/warren-tunnel/warren/actors"
+	"github.com/warren-tunnel/warren/messages"
+)
+
+// TunnelInfo describes a tunnel at one moment.
+type TunnelInfo = messages.TunnelInfo
+
+// Tunnel is an open client tunnel. Its methods are safe for concurrent use.
+type Tunnel struct {
+	e    *Engine
+	pid  *actor.PID
+	info TunnelInfo // as it was when the tunnel came up
+}
+
+// ID names the tunnel.
+func (t *Tunnel) ID() string { return t.info.ID }
+
+// SOCKSAddr is the bound address of the tunnel's SOCKS5 proxy ("" if none).
+func (t *Tunnel) SOCKSAddr() string { return t.info.SOCKSAddr }
+
+// HTTPAddr is the bound address of the tunnel's HTTP proxy ("" if none).
+func (t *Tunnel) HTTPAddr() string { return t.info.HTTPAddr }
+
+// OpenTunnel opens a tunnel to spec.Exit and returns once it is Up: session granted, first
+// handshake completed and a probe through the tunnel answered. The proxy listeners are bound
+// first, so an address in use fails at once with an error naming it. ctx bounds the whole open.
+func (e *Engine) OpenTunnel(ctx context.Context, spec TunnelSpec) (*Tunnel, error) {
+	if !e.started.Load() || e.pid == nil {
+		return nil, ErrNotStarted
+	}
+	select {
+	case <-e.closed:
+		return nil, ErrEngineClosed
+	default:
+	}
+	r, err := spec.resolve("tunnel", 0)
+	if err != nil {
+		return nil, err
+	}
+	if spec.Name == "" {
+		r.name = "tunnel-" + randomHex(4)
+	}
+	limit := r.handshakeTimeout
+	if d := untilDeadline(ctx, limit); d < limit {
+		limit = d
+	}
+	up := actor.NewFuture(e.system, limit+time.Second)
+	cfg := actors.TunnelConfig{ID: r.name, ExitID: spec.Exit, SOCKSAddr: spec.SOCKS, HTTPAddr: spec.HTTP,
+		UDPBind: r.udpBind, HandshakeTimeout: limit, ConnectTimeout: r.connectTimeout, Keepalive: r.keepalive,
+		Identity: e.identity, ReplyTo: up.PID()}
+	res, err := e.system.Root.RequestFuture(e.pid, &actors.OpenTunnel{Config: cfg}, 5*time.Second).Result()
+	if err != nil {
+		return nil, fmt.Errorf("open tunnel: %w", err)
+	}
+	spawned, _ := res.(*actors.TunnelSpawned)
+	if spawned == nil || spawned.PID == nil {
+		return nil, ErrEngineClosed
+	}
+	res, err = up.Result()
+	if err != nil { // the tunnel did not answer in time: close it and wait until it has released everything
+		_ = (&Tunnel{e: e, pid: spawned.PID, info: TunnelInfo{ID: r.name}}).Close(context.Background())
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("open tunnel %s: %w", r.name, ctx.Err())
+		}
+		return nil, fmt.Errorf("open tunnel %s: %w: %w", r.name, ErrHandshakeTimeout, err)
+	}
+	resp := res.(*messages.OpenTunnelResponse)
+	if resp.Err != nil { // sent once the failed tunnel has released everything
+		return nil, fmt.Errorf("open tunnel %s: %w", r.name, resp.Err)
+	}
+	return &Tunnel{e: e, pid: spawned.PID, info: resp.Info}, nil
+}
+
+// Info asks the tunnel for its current state. A closed tunnel answers ErrTunnelClosed.
+func (t *Tunnel) Info(ctx context.Context) (TunnelInfo, error) {
+	res, err := t.e.system.Root.RequestFuture(t.pid, &messages.GetTunnelInfo{}, untilDeadline(ctx, 5*time.Second)).Result()
+	if err != nil {
+		if errors.Is(err, actor.ErrDeadLetter) {
+			return TunnelInfo{}, ErrTunnelClosed
+		}
+		return TunnelInfo{}, err
+	}
+	return res.(*messages.TunnelInfoResponse).Info, nil
+}
+
+// Close closes the tunnel: it says goodbye to the exit and releases the listeners, connections,
+// netstack, device and UDP bind in that order before returning. Closing a closed tunnel is a no-op.
+func (t *Tunnel) Close(ctx context.Context) error {
+	// The tunnel answers once it has released everything; a dead letter means it already had.
+	_, err := t.e.system.Root.RequestFuture(t.pid, &messages.CloseTunnel{Reason: "closed by owner"}, untilDeadline(ctx, 30*time.Second)).Result()
+	if err == nil || errors.Is(err, actor.ErrDeadLetter) {
+		return nil
+	}
+	_ = t.e.system.Root.StopFuture(t.pid).Wait() // out of time: stop it now
+	return fmt.Errorf("close tunnel %s: %w", t.info.ID, err)
+}
+
+// ExitAddr is the exit's WireGuard endpoint as the exit announced it.
+func (t *Tunnel) ExitAddr() netip.AddrPort { return t.info.ExitEndpoint }

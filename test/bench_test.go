@@ -1,0 +1,78 @@
+package test
+
+import (
+	"encoding/binary"
+	"io"
+	"net"
+	"testing"
+
+	"golang.org/x/net/proxy"
+)
+
+// sinkServer accepts TCP connections on 127.0.0.1, discards what arrives and, at EOF, answers with
+// the byte count (8 bytes, big endian).
+func sinkServer(tb testing.TB) net.Listener {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				n, _ := io.Copy(io.Discard, c)
+				_ = binary.Write(c, binary.BigEndian, n)
+			}()
+		}
+	}()
+	tb.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+// pushThrough writes chunks×chunk bytes on c, half-closes, and checks the sink's count.
+func pushThrough(tb testing.TB, c net.Conn, chunks int, chunk []byte) {
+	for range chunks {
+		if _, err := c.Write(chunk); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	if err := c.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
+		tb.Fatal(err)
+	}
+	var got int64
+	if err := binary.Read(c, binary.BigEndian, &got); err != nil {
+		tb.Fatal(err)
+	}
+	if want := int64(chunks) * int64(len(chunk)); got != want {
+		tb.Fatalf("sink got %d bytes, want %d", got, want)
+	}
+}
+
+// BenchmarkTunnelThroughput: bulk TCP upload through SOCKS5 → tunnel → exit → sink on 127.0.0.1,
+// MTU 1420 on both devices. Compare with BenchmarkNetstackBaseline (two bare devices).
+func BenchmarkTunnelThroughput(b *testing.B) {
+	sink := sinkServer(b)
+	e := startExitEngine(b, "bench", nil)
+	tun := openTunnel(b, e, "bench")
+	d, err := proxy.SOCKS5("tcp", tun.SOCKSAddr(), nil, proxy.Direct)
+	if err != nil {
+		b.Fatal(err)
+	}
+	chunk := make([]byte, 1<<20)
+	for i := range chunk {
+		chunk[i] = byte(i * 7)
+	}
+	c, err := d.Dial("tcp", sink.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	b.SetBytes(int64(len(chunk)))
+	b.ReportAllocs()
+	b.ResetTimer()
+	pushThrough(b, c, b.N, chunk)
+}

@@ -1,0 +1,84 @@
+package test
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/warren-tunnel/warren/engine"
+)
+
+// testLogger logs to stderr when WARREN_TEST_LOG=debug, else discards.
+func testLogger() *slog.Logger {
+	if os.Getenv("WARREN_TEST_LOG") == "" {
+		return slog.New(slog.DiscardHandler)
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// startExitEngine starts an engine with an embedded NATS server and an exit that may reach loopback.
+func startExitEngine(t testing.TB, exitID string, mutate func(*engine.Config)) *engine.Engine {
+	t.Helper()
+	cfg := engine.Config{
+		Logger: testLogger(),
+		Exit:   &engine.ExitConfig{ID: exitID, Listen: "127.0.0.1:0", Egress: engine.EgressConfig{AllowLoopback: true}},
+	}
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	return startEngine(t, cfg)
+}
+
+func startEngine(t testing.TB, cfg engine.Config) *engine.Engine {
+	t.Helper()
+	if cfg.Logger == nil {
+		cfg.Logger = testLogger()
+	}
+	e, err := engine.New(cfg)
+	if err != nil {
+		t.Fatalf("engine.New: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := e.Start(ctx); err != nil {
+		t.Fatalf("engine.Start: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := e.Close(ctx); err != nil {
+			t.Errorf("engine.Close: %v", err)
+		}
+	})
+	return e
+}
+
+// openTunnel opens a tunnel from e to exitID with both proxies on random loopback ports.
+func openTunnel(t testing.TB, e *engine.Engine, exitID string) *engine.Tunnel {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	tun, err := e.OpenTunnel(ctx, engine.TunnelSpec{Exit: exitID, SOCKS: "127.0.0.1:0", HTTP: "127.0.0.1:0", UDPBind: "127.0.0.1"})
+	if err != nil {
+		t.Fatalf("OpenTunnel: %v", err)
+	}
+	return tun
+}
+
+// startEngineNoCleanup starts an exit engine "leak" that the test closes itself.
+func startEngineNoCleanup(t testing.TB) *engine.Engine {
+	t.Helper()
+	e, err := engine.New(engine.Config{Logger: testLogger(),
+		Exit: &engine.ExitConfig{ID: "leak", Listen: "127.0.0.1:0", Egress: engine.EgressConfig{AllowLoopback: true}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := e.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
