@@ -60,7 +60,8 @@ type GetTunnelInfo struct{}
 // TunnelInfoResponse answers GetTunnelInfo.
 type TunnelInfoResponse struct{ Info TunnelInfo }
 
-// CloseTunnel asks a tunnel to close; the reply is CloseTunnelResponse once it has said goodbye and is stopping.
+// CloseTunnel asks a tunnel to close; the reply is CloseTunnelResponse once it has said goodbye and
+// released every resource.
 type CloseTunnel struct{ Reason string }
 
 // CloseTunnelResponse answers CloseTunnel.
