@@ -1,7 +1,9 @@
 package actors
 
 import (
+	"fmt"
 	"log/slog"
+	"runtime/debug"
 
 	"github.com/asynkron/protoactor-go/actor"
 
@@ -14,7 +16,29 @@ var stopOnFailure = actor.NewOneForOneStrategy(0, 0, func(reason interface{}) ac
 })
 
 func props(producer actor.Producer) *actor.Props {
-	return actor.PropsFromProducer(producer, actor.WithSupervisor(stopOnFailure))
+	return actor.PropsFromProducer(producer, actor.WithSupervisor(stopOnFailure), actor.WithReceiverMiddleware(recoverPanics))
+}
+
+// recoverPanics logs a panic in Receive at error level with its stack (protoactor logs it only at
+// info). A panic while handling Stopping or Stopped is contained, so the rest of the release and the
+// stop itself still complete; any other panic goes on to the supervisor, which stops the actor.
+func recoverPanics(next actor.ReceiverFunc) actor.ReceiverFunc {
+	return func(c actor.ReceiverContext, env *actor.MessageEnvelope) {
+		defer func() {
+			r := recover()
+			if r == nil {
+				return
+			}
+			c.Logger().Error("actor panicked", "actor", c.Self().String(), "message", fmt.Sprintf("%T", env.Message),
+				"panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			switch env.Message.(type) {
+			case *actor.Stopping, *actor.Stopped:
+				return
+			}
+			panic(r)
+		}()
+		next(c, env)
+	}
 }
 
 // emit sends an event towards the engine, which hands it to the embedding program.

@@ -197,7 +197,9 @@ func (c *connActor) logEnd() {
 		"duration", time.Since(c.started).Round(time.Millisecond), "bytes_in", c.bytesIn.Load(),
 		"bytes_out", c.bytesOut.Load(), "reason", c.reason}
 	if c.in != nil {
-		attrs = append(attrs, "source", c.in.RemoteAddr().String())
+		if a := c.in.RemoteAddr(); a != nil {
+			attrs = append(attrs, "source", a.String())
+		}
 	}
 	if c.err != nil {
 		attrs = append(attrs, "err", c.err.Error())
@@ -304,7 +306,7 @@ func (c *connActor) setupFlow(ctx context.Context) any {
 	if c.cfg.kind == connFlowUDP {
 		in, err = c.cfg.udpFlow.Accept()
 	} else {
-		in, err = c.cfg.tcpFlow.Accept()
+		in, err = c.cfg.tcpFlow.AcceptContext(ctx)
 	}
 	if err != nil {
 		closeQuietly(out)
