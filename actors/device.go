@@ -91,6 +91,7 @@ type deviceActor struct {
 	stopAccept chan struct{} // closed in Stopping, before the listener
 	acceptEnd  chan struct{} // closed when the accept loop has returned
 	peers      map[netip.Addr]*actor.PID
+	stopping   bool // set in Stopping: no new peer; flows are refused
 	nextConn   uint64
 }
 
@@ -110,6 +111,10 @@ func (d *deviceActor) Receive(ctx actor.Context) {
 		d.cfg.logger.Debug("device up", "role", d.cfg.role, "udp", d.bind.LocalAddrPort(), "addresses", d.cfg.addresses)
 		ctx.Send(ctx.Parent(), &deviceReady{stack: d.stack, endpoint: d.bind.LocalAddrPort(), publicKey: d.cfg.privateKey.Public()})
 	case *addPeer:
+		if d.stopping || d.dev == nil {
+			ctx.Respond(&addPeerResponse{err: errors.New("device stopping")})
+			return
+		}
 		pid, err := d.addPeer(ctx, m)
 		ctx.Respond(&addPeerResponse{pid: pid, err: err})
 	case *actor.Terminated:
@@ -138,6 +143,7 @@ func (d *deviceActor) Receive(ctx actor.Context) {
 			_ = m.c.Close()
 		}
 	case *actor.Stopping:
+		d.stopping = true
 		if d.listener != nil {
 			close(d.stopAccept)
 			_ = d.listener.Close()
@@ -148,7 +154,12 @@ func (d *deviceActor) Receive(ctx actor.Context) {
 	}
 }
 
-func (d *deviceActor) route(src netip.Addr) *actor.PID { return d.peers[src.Unmap()] }
+func (d *deviceActor) route(src netip.Addr) *actor.PID {
+	if d.stopping {
+		return nil
+	}
+	return d.peers[src.Unmap()]
+}
 
 func (d *deviceActor) create(ctx actor.Context) error {
 	var handler netstack.FlowHandler

@@ -59,11 +59,12 @@ type engineActor struct {
 // NewEngineProps returns the props of the engine actor.
 func NewEngineProps(cfg EngineConfig) *actor.Props {
 	cfg.Logger = orDiscard(cfg.Logger)
+	// A root actor is supervised by its guardian; the default one would restart the engine.
 	return props(func() actor.Actor {
 		e := &engineActor{cfg: cfg, behavior: actor.NewBehavior(), tunnels: map[string]*actor.PID{}}
 		e.behavior.Become(e.running)
 		return e
-	})
+	}).Configure(actor.WithGuardian(stopOnFailure))
 }
 
 func (e *engineActor) Receive(ctx actor.Context) {

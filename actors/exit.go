@@ -62,6 +62,7 @@ type ExitReady struct {
 
 type exitSession struct {
 	id, clientID string
+	key          signaling.Key
 	peer         *actor.PID
 	addrs        []netip.Addr
 }
@@ -74,10 +75,13 @@ type exitActor struct {
 	endpoint netip.AddrPort
 	used     map[netip.Addr]bool
 	next     netip.Addr
-	sessions map[string]*exitSession // by session id
-	byPeer   map[string]*exitSession // by peer PID id
-	pending  map[string]bool         // session ids being set up
-	static   map[string]*actor.PID   // by name
+	sessions map[string]*exitSession  // by session id
+	byPeer   map[string]*exitSession  // by peer PID id
+	pending  map[string]bool          // session ids being set up; true once the client said goodbye
+	static   map[string]*actor.PID    // by name
+	keys     map[signaling.Key]string // WireGuard public keys in use (sessions, static peers, the exit's own)
+	waiting  int                      // static peers and the subscription still to confirm in Starting
+	ready    *ExitReady               // what to announce once waiting reaches 0
 }
 
 // NewExitProps returns the props of an exit actor.
@@ -86,7 +90,7 @@ func NewExitProps(cfg ExitConfig) *actor.Props {
 	return props(func() actor.Actor {
 		e := &exitActor{cfg: cfg, behavior: actor.NewBehavior(), used: map[netip.Addr]bool{},
 			sessions: map[string]*exitSession{}, byPeer: map[string]*exitSession{}, pending: map[string]bool{},
-			static: map[string]*actor.PID{}}
+			static: map[string]*actor.PID{}, keys: map[signaling.Key]string{}}
 		e.behavior.Become(e.starting)
 		return e
 	})
@@ -122,7 +126,11 @@ func (e *exitActor) starting(ctx actor.Context) {
 		if !e.endpoint.IsValid() {
 			e.endpoint = m.endpoint
 		}
+		e.keys[e.cfg.PrivateKey.Public()] = "exit"
+		e.ready = &ExitReady{Endpoint: e.endpoint, PublicKey: m.publicKey, Address: e.addr}
+		e.waiting = len(e.cfg.StaticPeers) + 1
 		for _, sp := range e.cfg.StaticPeers {
+			e.keys[sp.PublicKey] = "static"
 			var allowed []netip.Prefix
 			for _, a := range sp.Addresses {
 				allowed = append(allowed, netip.PrefixFrom(a, a.BitLen()))
@@ -136,8 +144,10 @@ func (e *exitActor) starting(ctx actor.Context) {
 					}
 				}
 				if err != nil {
-					e.cfg.Logger.Error("static peer not added", "peer", name, "err", err)
+					e.failStart(ctx, fmt.Errorf("static peer %s: %w", name, err))
+					return
 				}
+				e.confirmed(ctx)
 			})
 		}
 		f := ctx.RequestFuture(e.cfg.Signaling, &serveExit{exitID: e.cfg.ID, exit: ctx.Self()}, 5*time.Second)
@@ -149,9 +159,7 @@ func (e *exitActor) starting(ctx actor.Context) {
 				e.failStart(ctx, fmt.Errorf("subscribe %s: %w", signaling.ExitSubject(e.cfg.ID), err))
 				return
 			}
-			e.behavior.Become(e.serving)
-			e.cfg.Logger.Info("exit serving", "endpoint", e.endpoint, "address", e.addr, "public_key", m.publicKey.String())
-			ctx.Send(e.cfg.ReadyTo, &ExitReady{Endpoint: e.endpoint, PublicKey: m.publicKey, Address: e.addr})
+			e.confirmed(ctx)
 		})
 	case *deviceFailed:
 		e.failStart(ctx, m.err)
@@ -160,7 +168,21 @@ func (e *exitActor) starting(ctx actor.Context) {
 	}
 }
 
+// confirmed counts one static peer or the subscription in place; with all of them, the exit serves.
+func (e *exitActor) confirmed(ctx actor.Context) {
+	if e.waiting--; e.waiting > 0 || e.ready == nil {
+		return
+	}
+	e.behavior.Become(e.serving)
+	e.cfg.Logger.Info("exit serving", "endpoint", e.endpoint, "address", e.addr, "public_key", e.ready.PublicKey.String())
+	ctx.Send(e.cfg.ReadyTo, e.ready)
+}
+
 func (e *exitActor) failStart(ctx actor.Context, err error) {
+	if e.ready == nil && e.waiting < 0 {
+		return
+	}
+	e.ready, e.waiting = nil, -1 // report once
 	ctx.Send(e.cfg.ReadyTo, &ExitReady{Err: fmt.Errorf("exit %s: %w", e.cfg.ID, err)})
 	e.behavior.Become(func(actor.Context) {})
 	ctx.Stop(ctx.Self())
@@ -174,6 +196,10 @@ func (e *exitActor) serving(ctx actor.Context) {
 		c := m.close
 		if err := signaling.VerifySessionClose(c, time.Now()); err != nil {
 			e.cfg.Logger.Warn("goodbye refused", "session", c.SessionID, "err", err)
+			return
+		}
+		if _, ok := e.pending[c.SessionID]; ok {
+			e.pending[c.SessionID] = true // the grant completes, then the session is released at once
 			return
 		}
 		s := e.sessions[c.SessionID]
@@ -192,6 +218,7 @@ func (e *exitActor) serving(ctx actor.Context) {
 		if s := e.byPeer[m.Who.Id]; s != nil {
 			delete(e.byPeer, m.Who.Id)
 			delete(e.sessions, s.id)
+			delete(e.keys, s.key)
 			for _, a := range s.addrs {
 				delete(e.used, a)
 			}
@@ -218,8 +245,14 @@ func (e *exitActor) grant(ctx actor.Context, req *messages.SessionRequest) {
 		refuse(messages.ErrCodeForbidden, "client not allowed")
 		return
 	}
-	if e.sessions[req.SessionID] != nil || e.pending[req.SessionID] {
+	if _, busy := e.pending[req.SessionID]; busy || e.sessions[req.SessionID] != nil {
 		refuse(messages.ErrCodeBadRequest, "session id in use")
+		return
+	}
+	key, _ := signaling.ParseKey(req.WGPublicKey) // validated by the codec
+	if _, used := e.keys[key]; used {
+		// wireguard-go would update the existing peer (and take its address): refuse instead.
+		refuse(messages.ErrCodeBadRequest, "wireguard key in use")
 		return
 	}
 	addr, err := e.allocate()
@@ -227,17 +260,18 @@ func (e *exitActor) grant(ctx actor.Context, req *messages.SessionRequest) {
 		refuse(messages.ErrCodeExhausted, "%v", err)
 		return
 	}
-	key, _ := signaling.ParseKey(req.WGPublicKey) // validated by the codec
-	e.pending[req.SessionID] = true
+	e.pending[req.SessionID] = false
+	e.keys[key] = req.SessionID
 	f := ctx.RequestFuture(e.device, &addPeer{
 		publicKey: key, allowedIPs: []netip.Prefix{netip.PrefixFrom(addr, addr.BitLen())}, sessionID: req.SessionID,
 	}, 5*time.Second)
 	ctx.ReenterAfter(f, func(res any, err error) {
+		goneAlready := e.pending[req.SessionID]
 		delete(e.pending, req.SessionID)
 		if r, ok := res.(*addPeerResponse); ok {
 			err = r.err
 			if err == nil {
-				s := &exitSession{id: req.SessionID, clientID: req.ClientID, peer: r.pid, addrs: []netip.Addr{addr}}
+				s := &exitSession{id: req.SessionID, clientID: req.ClientID, key: key, peer: r.pid, addrs: []netip.Addr{addr}}
 				e.sessions[s.id], e.byPeer[r.pid.Id] = s, s
 				ctx.Watch(r.pid)
 				ctx.Respond(&sessionGranted{resp: &messages.SessionResponse{
@@ -247,10 +281,15 @@ func (e *exitActor) grant(ctx actor.Context, req *messages.SessionRequest) {
 				}})
 				e.cfg.Logger.Info("session opened", "session", s.id, "client", s.clientID, "address", addr)
 				emit(ctx, e.cfg.Events, &messages.SessionOpened{ExitID: e.cfg.ID, SessionID: s.id, ClientID: s.clientID, ClientAddresses: s.addrs})
+				if goneAlready {
+					e.cfg.Logger.Info("client said goodbye during setup", "session", s.id)
+					ctx.Stop(r.pid)
+				}
 				return
 			}
 		}
 		delete(e.used, addr)
+		delete(e.keys, key)
 		refuse(messages.ErrCodeInternal, "add peer: %v", err)
 	})
 }

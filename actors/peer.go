@@ -51,6 +51,7 @@ type peerActor struct {
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 	nextConn uint64
+	stopping bool // set in Stopping: flows that still arrive are refused, not spawned
 }
 
 func newPeerActor(cfg peerConfig) actor.Producer {
@@ -80,12 +81,25 @@ func (p *peerActor) Receive(ctx actor.Context) {
 		}
 		ctx.Send(p.cfg.notify, &messages.HandshakeCompleted{SessionID: p.cfg.sessionID, RTT: m.rtt})
 	case *flowTCP:
+		if p.stopping {
+			m.f.Reject()
+			return
+		}
 		p.spawnConn(ctx, connConfig{kind: connFlowTCP, tcpFlow: m.f})
 	case *flowUDP:
+		if p.stopping {
+			m.f.Reject()
+			return
+		}
 		p.spawnConn(ctx, connConfig{kind: connFlowUDP, udpFlow: m.f, idle: p.cfg.udpIdle})
 	case *serviceConn:
+		if p.stopping {
+			_ = m.c.Close()
+			return
+		}
 		p.spawnConn(ctx, connConfig{kind: connService, in: m.c})
 	case *actor.Stopping:
+		p.stopping = true
 		if p.cancel != nil {
 			p.cancel()
 		}

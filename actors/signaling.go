@@ -74,12 +74,17 @@ type inboundRPC struct {
 	exit *actor.PID
 }
 
+// maxInFlight bounds session requests waiting for their exit's answer; more are refused with
+// "unavailable" instead of piling up in the mailbox.
+const maxInFlight = 256
+
 type signalingActor struct {
-	cfg    SignalingConfig
-	subs   []*nats.Subscription
-	ctx    context.Context // cancelled in Stopping; ends outstanding requests
-	cancel context.CancelFunc
-	wg     sync.WaitGroup // outstanding request goroutines
+	cfg      SignalingConfig
+	inFlight int
+	subs     []*nats.Subscription
+	ctx      context.Context // cancelled in Stopping; ends outstanding requests
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup // outstanding request goroutines
 }
 
 // NewSignalingProps returns the props of the signaling actor.
@@ -154,9 +159,15 @@ func (s *signalingActor) handleRPC(ctx actor.Context, m *inboundRPC) {
 			s.refuse(m.msg, messages.ErrCodeBadRequest, "session request without a reply subject")
 			return
 		}
+		if s.inFlight >= maxInFlight {
+			s.refuse(m.msg, messages.ErrCodeUnavailable, "too many session requests in flight")
+			return
+		}
+		s.inFlight++
 		msg := m.msg
 		f := ctx.RequestFuture(m.exit, &sessionRequested{req: b}, 5*time.Second)
 		ctx.ReenterAfter(f, func(res any, err error) {
+			s.inFlight--
 			g, ok := res.(*sessionGranted)
 			switch {
 			case err != nil || !ok:

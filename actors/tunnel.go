@@ -20,7 +20,9 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/asynkron/protoactor-go/actor"
 
@@ -57,6 +59,9 @@ type TunnelConfig struct {
 	ReplyTo          *actor.PID // hears one messages.OpenTunnelResponse
 }
 
+// setupExpired: the setup deadline passed before the tunnel came Up.
+type setupExpired struct{}
+
 type connAccepted struct {
 	c    net.Conn
 	kind proxy.Kind
@@ -70,21 +75,25 @@ type proxyListener struct {
 }
 
 type tunnelActor struct {
-	cfg       TunnelConfig
-	behavior  actor.Behavior
-	state     messages.TunnelState
-	listeners []*proxyListener // bound in Started, closed in Stopping
-	sessionID string
-	session   *messages.SessionResponse
-	wgKey     signaling.Key
-	device    *actor.PID
-	stack     *netstack.Stack // the device's; alive while device is
-	dialer    netstack.Dialer
-	info      messages.TunnelInfo
-	replied   bool
-	failErr   error        // why the tunnel failed; answered to the opener once released
-	closers   []*actor.PID // CloseTunnel callers, answered once released
-	nextConn  uint64
+	cfg         TunnelConfig
+	behavior    actor.Behavior
+	state       messages.TunnelState
+	listeners   []*proxyListener // bound in Started, closed in Stopping
+	sessionID   string
+	session     *messages.SessionResponse
+	wgKey       signaling.Key
+	device      *actor.PID
+	stack       *netstack.Stack // the device's; alive while device is
+	dialer      netstack.Dialer
+	info        messages.TunnelInfo
+	replied     bool
+	deadline    time.Time   // setup (Negotiating + Handshaking) must finish by then
+	timer       *time.Timer // fires setupExpired at deadline; stopped when Up and in Stopping
+	stopping    bool        // set in Stopping: nothing new is started
+	saidGoodbye bool
+	failErr     error        // why the tunnel failed; answered to the opener once released
+	closers     []*actor.PID // CloseTunnel callers, answered once released
+	nextConn    uint64
 }
 
 // NewTunnelProps returns the props of a tunnel actor.
@@ -99,7 +108,29 @@ func NewTunnelProps(cfg TunnelConfig) *actor.Props {
 
 func (t *tunnelActor) Receive(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
+	case *connAccepted:
+		// Handled here in every state: a connection accepted just before the listener closed must
+		// not be left open in the mailbox.
+		if t.state != messages.StateUp || t.stopping {
+			_ = m.c.Close()
+			return
+		}
+		t.nextConn++
+		ctx.Spawn(props(newConnActor(connConfig{
+			kind: connProxy, id: t.nextConn, owner: t.cfg.ID, logger: t.cfg.Logger,
+			setupTime: t.cfg.ConnectTimeout, proxyKind: m.kind, client: m.c, dialer: t.dialer,
+		})))
+		return
 	case *actor.Stopping:
+		t.stopping = true
+		if t.timer != nil {
+			t.timer.Stop()
+		}
+		if t.state != messages.StateClosing && t.state != messages.StateFailed {
+			// stopped by its parent (engine shutdown): still release the exit's session
+			t.goodbye(ctx, "engine shutdown")
+			t.transition(ctx, messages.StateClosing, "engine shutdown")
+		}
 		for _, l := range t.listeners {
 			if l.stop != nil {
 				close(l.stop)
@@ -152,7 +183,9 @@ func (t *tunnelActor) negotiating(ctx actor.Context) {
 			t.fail(ctx, err)
 			return
 		}
-		ctx.SetReceiveTimeout(t.cfg.HandshakeTimeout)
+		t.deadline = time.Now().Add(t.cfg.HandshakeTimeout)
+		system, self := ctx.ActorSystem(), ctx.Self()
+		t.timer = time.AfterFunc(t.cfg.HandshakeTimeout, func() { system.Root.Send(self, &setupExpired{}) })
 		t.requestSession(ctx)
 	case *sessionReply:
 		if m.err != nil {
@@ -167,7 +200,7 @@ func (t *tunnelActor) negotiating(ctx actor.Context) {
 		}
 		t.transition(ctx, messages.StateHandshaking, "session granted")
 		t.behavior.Become(t.handshaking)
-	case *actor.ReceiveTimeout:
+	case *setupExpired:
 		t.fail(ctx, fmt.Errorf("%w: no session within %v", ErrHandshakeTimeout, t.cfg.HandshakeTimeout))
 	}
 }
@@ -183,7 +216,7 @@ func (t *tunnelActor) handshaking(ctx actor.Context) {
 			publicKey:  exitKey,
 			allowedIPs: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")},
 			endpoint:   t.info.ExitEndpoint, keepalive: t.cfg.Keepalive, sessionID: t.sessionID,
-			probe: &t.dialer, notify: ctx.Self(), probeLimit: t.cfg.HandshakeTimeout,
+			probe: &t.dialer, notify: ctx.Self(), probeLimit: time.Until(t.deadline),
 		}, t.cfg.HandshakeTimeout)
 		ctx.ReenterAfter(f, func(res any, err error) {
 			if r, ok := res.(*addPeerResponse); ok && r.err != nil {
@@ -198,13 +231,13 @@ func (t *tunnelActor) handshaking(ctx actor.Context) {
 	case *probeFailed:
 		t.fail(ctx, fmt.Errorf("%w: first handshake and probe: %w", ErrHandshakeTimeout, m.err))
 	case *messages.HandshakeCompleted:
-		ctx.CancelReceiveTimeout()
+		t.timer.Stop()
 		t.info.UpSince = time.Now()
 		t.transition(ctx, messages.StateUp, fmt.Sprintf("handshake completed, probe rtt %v", m.RTT.Round(time.Microsecond)))
 		t.behavior.Become(t.up)
 		t.startAccepting(ctx)
 		t.reply(ctx, nil)
-	case *actor.ReceiveTimeout:
+	case *setupExpired:
 		t.fail(ctx, fmt.Errorf("%w: no handshake within %v", ErrHandshakeTimeout, t.cfg.HandshakeTimeout))
 	case *actor.Terminated:
 		if m.Who.Equal(t.device) {
@@ -215,12 +248,6 @@ func (t *tunnelActor) handshaking(ctx actor.Context) {
 
 func (t *tunnelActor) up(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
-	case *connAccepted:
-		t.nextConn++
-		ctx.Spawn(props(newConnActor(connConfig{
-			kind: connProxy, id: t.nextConn, owner: t.cfg.ID, logger: t.cfg.Logger,
-			setupTime: t.cfg.ConnectTimeout, proxyKind: m.kind, client: m.c, dialer: t.dialer,
-		})))
 	case *actor.Terminated:
 		if m.Who.Equal(t.device) {
 			t.fail(ctx, fmt.Errorf("%w: device stopped", ErrDeviceFailed))
@@ -256,11 +283,13 @@ func (t *tunnelActor) fail(ctx actor.Context, err error) {
 }
 
 // goodbye tells the exit the session is over, so it releases the peer now rather than on a timeout.
+// It is sent as soon as a session was requested: a grant still in flight is released too.
 func (t *tunnelActor) goodbye(ctx actor.Context, reason string) {
-	if t.session == nil {
+	if t.sessionID == "" || t.saidGoodbye {
 		return
 	}
-	c := &messages.SessionClose{SessionID: t.sessionID, Reason: truncateString(reason, 200)}
+	t.saidGoodbye = true
+	c := &messages.SessionClose{SessionID: t.sessionID, Reason: truncateUTF8(reason, 200)}
 	t.cfg.Identity.SignSessionClose(c, time.Now())
 	ctx.Send(t.cfg.Signaling, &sendGoodbye{exitID: t.cfg.ExitID, close: c})
 }
@@ -363,9 +392,15 @@ func localAddrTowards(ep netip.AddrPort) (netip.Addr, error) {
 	return c.LocalAddr().(*net.UDPAddr).AddrPort().Addr().Unmap(), nil
 }
 
-func truncateString(s string, n int) string {
-	if len(s) > n {
-		return s[:n]
+// truncateUTF8 cuts s to at most n bytes on a character boundary, so that what is signed is what
+// JSON carries.
+func truncateUTF8(s string, n int) string {
+	s = strings.ToValidUTF8(s, "?")
+	if len(s) <= n {
+		return s
 	}
-	return s
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }

@@ -70,6 +70,10 @@ type Engine struct {
 	identity *signaling.Identity
 	events   chan Event // closed by Close once shutdown has completely finished
 	dropped  atomic.Int64
+	// sinkMu orders the engine actor's sends on events with Close's close of it, for the case where
+	// a shutdown that ran out of time leaves the engine actor alive for a moment.
+	sinkMu     sync.Mutex
+	sinkClosed bool
 
 	// set by Start, read-only afterwards
 	system  *actor.ActorSystem
@@ -129,6 +133,11 @@ func (e *Engine) Exit() (ExitInfo, bool) {
 // Start connects signaling (starting the embedded NATS server if no URL is configured), starts the
 // actors, and brings the exit up if one is configured. It returns when the exit serves.
 func (e *Engine) Start(ctx context.Context) error {
+	select {
+	case <-e.closed:
+		return ErrEngineClosed
+	default:
+	}
 	if !e.started.CompareAndSwap(false, true) {
 		return errors.New("engine already started")
 	}
@@ -182,9 +191,16 @@ func (e *Engine) Start(ctx context.Context) error {
 	// From here on the signaling actor owns nc and srv; Close releases them.
 	e.pid, err = e.system.Root.SpawnNamed(actors.NewEngineProps(ecfg), "engine")
 	if err != nil {
+		nc.Close()
+		if srv != nil {
+			srv.Shutdown()
+			srv.WaitForShutdown()
+		}
+		e.system.Shutdown()
+		e.system = nil
 		return fmt.Errorf("spawn engine: %w", err)
 	}
-	res, err := e.system.Root.RequestFuture(e.pid, &actors.StartEngine{}, untilDeadline(ctx, 30*time.Second)).Result()
+	res, err := await(ctx, e.system.Root.RequestFuture(e.pid, &actors.StartEngine{}, untilDeadline(ctx, 30*time.Second)))
 	if err == nil {
 		if st, ok := res.(*actors.EngineStarted); ok {
 			err = st.Err
@@ -236,6 +252,11 @@ func (e *Engine) sink(m any) {
 	default:
 		return
 	}
+	e.sinkMu.Lock()
+	defer e.sinkMu.Unlock()
+	if e.sinkClosed {
+		return
+	}
 	select {
 	case e.events <- ev:
 	default:
@@ -250,7 +271,12 @@ func (e *Engine) sink(m any) {
 func (e *Engine) Close(ctx context.Context) error {
 	e.closeOnce.Do(func() {
 		defer close(e.closed)
-		defer close(e.events)
+		defer func() {
+			e.sinkMu.Lock()
+			e.sinkClosed = true
+			close(e.events)
+			e.sinkMu.Unlock()
+		}()
 		if e.system == nil {
 			return
 		}
@@ -265,6 +291,26 @@ func (e *Engine) Close(ctx context.Context) error {
 	})
 	<-e.closed
 	return e.closeErr
+}
+
+// await waits for f, or for ctx to end, whichever comes first. The goroutine it leaves behind when
+// ctx wins ends when the future completes or times out (futures always do).
+func await(ctx context.Context, f *actor.Future) (any, error) {
+	type result struct {
+		v   any
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		v, err := f.Result()
+		ch <- result{v, err}
+	}()
+	select {
+	case r := <-ch:
+		return r.v, r.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 func untilDeadline(ctx context.Context, def time.Duration) time.Duration {

@@ -67,7 +67,7 @@ func (e *Engine) OpenTunnel(ctx context.Context, spec TunnelSpec) (*Tunnel, erro
 	if spawned == nil || spawned.PID == nil {
 		return nil, ErrEngineClosed
 	}
-	res, err = up.Result()
+	res, err = await(ctx, up)
 	if err != nil { // the tunnel did not answer in time: close it and wait until it has released everything
 		_ = (&Tunnel{e: e, pid: spawned.PID, info: TunnelInfo{ID: r.name}}).Close(context.Background())
 		if ctx.Err() != nil {

@@ -100,6 +100,17 @@ func TestMalformedSignalingIsRefused(t *testing.T) {
 	if !ok || len(resp.ClientAddresses) != 1 || resp.ClientAddresses[0] != "10.77.0.2" {
 		t.Fatalf("valid request got %#v; the first address must still be free", body)
 	}
+	// Another session with the same WireGuard key would take over the first one's peer: refused.
+	again := valid()
+	again.SessionID = strings.Repeat("ef", 16)
+	id.SignSessionRequest(again, time.Now())
+	msg, err = nc.Request(subject, encode(messages.TypeSessionRequest, again), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body, _ := signaling.Decode(msg.Data); body == nil || body.(*messages.ErrorResponse).Code != messages.ErrCodeBadRequest {
+		t.Fatalf("duplicate WireGuard key: reply %#v, want bad_request", body)
+	}
 	opened := 0
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()

@@ -115,9 +115,14 @@ func serve(cfg engine.Config) int {
 			return exitFailure
 		}
 	case sig := <-sigs:
-		fmt.Fprintf(os.Stderr, "engine: %v during start; shutting down\n", sig)
+		fmt.Fprintf(os.Stderr, "engine: %v during start; shutting down (again to force)\n", sig)
 		cancel()
-		<-startErr
+		select {
+		case <-startErr:
+		case sig := <-sigs:
+			fmt.Fprintf(os.Stderr, "engine: %v again: forcing exit\n", sig)
+			return exitForced
+		}
 		return shutdown(eng, sigs)
 	}
 	sig := <-sigs
@@ -134,6 +139,9 @@ func start(ctx context.Context, eng *engine.Engine, cfg engine.Config) error {
 	}
 	line := "ready"
 	for _, spec := range cfg.Tunnels {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		t, err := eng.OpenTunnel(ctx, spec)
 		if err != nil {
 			return err
