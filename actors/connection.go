@@ -1,19 +1,23 @@
 package actors
 
 // The connection actor owns one proxied connection (client) or forwarded flow (exit): both of its
-// sockets and the goroutines that move its bytes. Bytes never pass through a mailbox; the actor hears
-// only of setup, each direction's end, idle checks, and the end.
+// sockets, the goroutines that move its bytes, and its timers. Bytes never pass through a mailbox;
+// the actor hears only of setup, each direction's end, idle checks, timers and the end.
 //
-//	Started ──setup ok──▶ relaying ──both directions done──▶ stop
-//	   │                     │ one direction failed, idle, stopped by owner
-//	   └──setup failed───────┴──────────────────────────────▶ stop
+//	Setup ──established──▶ Relaying ──both directions at EOF──────────────────────▶ stop
+//	  │                       │  a side failed (reset, error) ── both closed at once ──▶ stop
+//	  │                       │  inactivity / max lifetime / EndConnection
+//	  │                       ▼
+//	  │                    Ending: FIN both ways; the grace period runs ──both done──▶ stop
+//	  │                       └── grace expired: reset both ────────────────────────▶ stop
+//	  └──refused (limit, policy, dial failed, bad request, timeout)─────────────────▶ stop
 //
-// Stopping closes both sockets, which ends the goroutines, then waits for them; the end is logged once.
+// Each side's end reason is recorded once, by the first thing that ends it. Stopping (by the
+// owner, or after any of the above) closes both sockets, stops the timers and waits for the
+// goroutines; Stopped logs one line and reports ConnectionEnded.
 
 import (
 	"context"
-	"errors"
-	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -32,31 +36,32 @@ type connKind int
 
 const (
 	connProxy   connKind = iota + 1 // client: a local proxy connection relayed through the tunnel
+	connRefuse                      // client: a proxy connection refused over a limit
 	connService                     // exit: a connect-service request from a client
 	connFlowTCP                     // exit: a TCP flow to any destination (e.g. a static peer's)
 	connFlowUDP                     // exit: a UDP flow
 )
 
-// End reasons (issue #3 grows this into the full documented set).
-const (
-	reasonNormal      = "normal"
-	reasonReset       = "reset"
-	reasonError       = "error"
-	reasonDialFailed  = "dial_failed"
-	reasonPolicy      = "policy_denied"
-	reasonHandshake   = "handshake_failed"
-	reasonInactivity  = "inactivity"
-	reasonStopped     = "tunnel_closed"
-	reasonBadProtocol = "bad_request"
-)
+// ConnTimeouts are a connection's time limits.
+type ConnTimeouts struct {
+	Setup         time.Duration // proxy handshake and dial (client); request and dial (exit)
+	Idle          time.Duration // no bytes either way for this long ends the connection; 0 never
+	KeepaliveIdle time.Duration // Idle for connections whose client sends TCP keep-alive probes
+	MaxLifetime   time.Duration // 0: none
+	Grace         time.Duration // after a graceful end (FIN), how long before a reset
+	IdleExempt    func(target string) bool
+}
 
 type connConfig struct {
-	kind      connKind
-	id        uint64
-	owner     string // tunnel id or session id, for the log line
-	logger    *slog.Logger
-	setupTime time.Duration // bound on handshake and dial
-	idle      time.Duration // ends the connection after this long without bytes (0: never)
+	kind    connKind
+	role    string // "client" or "exit"
+	id      uint64
+	owner   string // tunnel id or exit/session id, for the log line and stats
+	logger  *slog.Logger
+	limits  ConnTimeouts
+	events  *actor.PID                          // hears ConnectionEnded (the engine's stats), besides the parent
+	stopWhy *atomic.Pointer[messages.EndReason] // the owner's reason when it stops its children
+	refusal error                               // connRefuse: the error to answer with
 
 	// client
 	proxyKind proxy.Kind
@@ -70,44 +75,52 @@ type connConfig struct {
 	egress  *netstack.EgressPolicy
 }
 
+// EndConnection asks a connection to end gracefully for a reason (a drain that ran out of time).
+type EndConnection struct{ Reason messages.EndReason }
+
 type connActor struct {
-	cfg       connConfig
-	system    *actor.ActorSystem
-	self      *actor.PID
-	cancel    context.CancelFunc
-	wg        sync.WaitGroup
-	in, out   net.Conn // alive until Stopping; in faces the client/tunnel, out the destination/tunnel
-	target    string
-	started   time.Time
-	bytesIn   atomic.Int64 // in → out
-	bytesOut  atomic.Int64 // out → in
-	lastTotal int64
-	idleSince time.Time
-	done      int      // directions finished
-	result    chan any // setup's outcome; buffered 1, so setup never blocks and Stopping can reclaim it
-	reason    string
-	err       error
+	cfg      connConfig
+	system   *actor.ActorSystem
+	self     *actor.PID
+	cancel   context.CancelFunc // cancels setup
+	wg       sync.WaitGroup     // setup and pump goroutines
+	result   chan any           // setup's outcome; buffered 1, so Stopping can reclaim it
+	in, out  net.Conn           // alive until Stopping; in faces the client/tunnel, out the destination/tunnel
+	target   string
+	source   string
+	started  time.Time
+	bytesIn  atomic.Int64 // in → out, as accepted by out
+	bytesOut atomic.Int64 // out → in, as accepted by in
+	pumps    int          // directions still running
+	ending   bool         // graceful end under way
+	refused  bool
+	inWhy    messages.EndReason // set once
+	outWhy   messages.EndReason // set once
+	timers   []*time.Timer      // lifetime and grace; stopped in Stopping
+
+	// idle checks
+	lastTotal  int64
+	idleSince  time.Time
+	lastSegs   uint32
+	keepalive  bool
+	exemptIdle bool
 }
+
+type connSetupDone struct{}
+type connLifetimeExpired struct{}
+type connGraceExpired struct{}
 
 type connEstablished struct {
 	in, out            net.Conn
-	inReader           io.Reader
+	inReader           interface{ Read([]byte) (int, error) }
 	target             string
 	closeAfterResponse bool
 }
 
 type connSetupFailed struct {
-	reason string
+	reason messages.EndReason
 	target string
 	err    error
-}
-
-type connSetupDone struct{}
-
-type connDirectionDone struct {
-	toOut  bool // in → out finished
-	err    error
-	endAll bool // this direction's end ends the connection (no half-close possible)
 }
 
 func newConnActor(cfg connConfig) actor.Producer {
@@ -122,39 +135,50 @@ func (c *connActor) Receive(ctx actor.Context) {
 		if c.cfg.in != nil {
 			c.in = c.cfg.in
 		}
+		if c.in != nil && c.in.RemoteAddr() != nil {
+			c.source = c.in.RemoteAddr().String()
+		}
 		var setupCtx context.Context
-		setupCtx, c.cancel = context.WithTimeout(context.Background(), c.cfg.setupTime)
+		setupCtx, c.cancel = context.WithTimeout(context.Background(), c.cfg.limits.Setup)
 		c.result = make(chan any, 1)
 		c.wg.Add(1)
 		go c.setup(setupCtx)
+		if c.cfg.limits.MaxLifetime > 0 {
+			c.after(c.cfg.limits.MaxLifetime, &connLifetimeExpired{})
+		}
+		emit(ctx, c.cfg.events, &messages.ConnectionOpened{Owner: c.cfg.owner, Role: c.cfg.role, ID: c.cfg.id})
 	case *connSetupDone:
 		c.adopt(ctx, <-c.result)
-	case *connDirectionDone:
-		c.done++
-		switch {
-		case m.err != nil:
-			c.end(ctx, classify(m.err), m.err)
-		case m.endAll || c.done == 2:
-			c.end(ctx, reasonNormal, nil)
-		}
+	case *pumpDone:
+		c.pumpEnded(ctx, m)
 	case *actor.ReceiveTimeout:
-		total := c.bytesIn.Load() + c.bytesOut.Load()
-		if total != c.lastTotal {
-			c.lastTotal, c.idleSince = total, time.Now()
-		} else if time.Since(c.idleSince) >= c.cfg.idle {
-			c.end(ctx, reasonInactivity, nil)
-			return
-		}
-		ctx.SetReceiveTimeout(c.cfg.idle / 4) // fires once; re-arm
+		c.idleCheck(ctx)
+	case *connLifetimeExpired:
+		c.endGracefully(ctx, messages.EndMaxLifetime)
+	case *EndConnection:
+		c.endGracefully(ctx, m.Reason)
+	case *connGraceExpired:
+		abort(c.in) // the other sides did not finish in time: reset
+		abort(c.out)
 	case *actor.Stopping:
-		if c.reason == "" {
-			c.reason = reasonStopped
+		why := messages.EndTunnelClosed
+		if c.cfg.stopWhy != nil {
+			if r := c.cfg.stopWhy.Load(); r != nil {
+				why = *r
+			}
 		}
-		if c.cancel != nil {
-			c.cancel()
+		c.setBoth(why)
+		for _, t := range c.timers {
+			t.Stop()
 		}
-		closeQuietly(c.in)
-		closeQuietly(c.out)
+		c.cancel()
+		if c.pumps > 0 { // stopped while relaying: the owner is going away, no grace
+			abort(c.in)
+			abort(c.out)
+		} else {
+			closeQuietly(c.in)
+			closeQuietly(c.out)
+		}
 		c.wg.Wait()
 		select { // setup finished but its report was not handled: release what it opened
 		case r := <-c.result:
@@ -165,9 +189,29 @@ func (c *connActor) Receive(ctx actor.Context) {
 		default:
 		}
 	case *actor.Stopped:
-		c.logEnd()
+		c.report(ctx)
 	}
 }
+
+// after arms a timer that sends msg to the actor; Stopping stops it.
+func (c *connActor) after(d time.Duration, msg any) {
+	system, self := c.system, c.self
+	c.timers = append(c.timers, time.AfterFunc(d, func() { system.Root.Send(self, msg) }))
+}
+
+func (c *connActor) setIn(r messages.EndReason) {
+	if c.inWhy == "" {
+		c.inWhy = r
+	}
+}
+
+func (c *connActor) setOut(r messages.EndReason) {
+	if c.outWhy == "" {
+		c.outWhy = r
+	}
+}
+
+func (c *connActor) setBoth(r messages.EndReason) { c.setIn(r); c.setOut(r) }
 
 // adopt takes over setup's outcome.
 func (c *connActor) adopt(ctx actor.Context, r any) {
@@ -175,48 +219,131 @@ func (c *connActor) adopt(ctx actor.Context, r any) {
 	case *connEstablished:
 		c.in, c.out, c.target = m.in, m.out, m.target
 		c.cancel()
+		c.pumps = 2
 		c.wg.Add(2)
-		go c.pump(c.out, m.inReader, true, false)
-		go c.pump(c.in, c.out, false, m.closeAfterResponse)
-		if c.cfg.idle > 0 {
+		report := func(d *pumpDone) { c.system.Root.Send(c.self, d) }
+		go func() {
+			defer c.wg.Done()
+			pump(c.out, m.inReader, &c.bytesIn, false, func(d *pumpDone) { d.toOut = true; report(d) })
+		}()
+		go func() { defer c.wg.Done(); pump(c.in, c.out, &c.bytesOut, m.closeAfterResponse, report) }()
+		if c.cfg.limits.Idle > 0 {
+			c.exemptIdle = c.cfg.limits.IdleExempt != nil && c.cfg.limits.IdleExempt(c.target)
 			c.idleSince = time.Now()
-			ctx.SetReceiveTimeout(c.cfg.idle / 4)
+			c.lastSegs, _ = segmentsIn(c.in)
+			if !c.exemptIdle {
+				ctx.SetReceiveTimeout(c.idleInterval())
+			}
 		}
 	case *connSetupFailed:
-		c.target = m.target
-		c.end(ctx, m.reason, m.err)
+		c.target, c.refused = m.target, true
+		c.setBoth(m.reason)
+		c.cfg.logger.Debug("connection refused", "conn", c.cfg.id, "target", m.target, "reason", m.reason, "err", m.err)
+		ctx.Stop(ctx.Self())
 	}
 }
 
-func (c *connActor) logEnd() {
-	lvl := slog.LevelDebug
-	if c.reason != reasonNormal {
-		lvl = slog.LevelInfo
+// pumpEnded records which side ended and how, and decides whether the connection is over.
+func (c *connActor) pumpEnded(ctx actor.Context, d *pumpDone) {
+	c.pumps--
+	src, dst := c.setIn, c.setOut // in → out reads in, writes out
+	if !d.toOut {
+		src, dst = c.setOut, c.setIn
 	}
-	attrs := []any{"conn", c.cfg.id, "owner", c.cfg.owner, "target", c.target,
-		"duration", time.Since(c.started).Round(time.Millisecond), "bytes_in", c.bytesIn.Load(),
-		"bytes_out", c.bytesOut.Load(), "reason", c.reason}
-	if c.in != nil {
-		if a := c.in.RemoteAddr(); a != nil {
-			attrs = append(attrs, "source", a.String())
+	switch {
+	case d.readErr != nil:
+		src(classify(d.readErr))
+	case d.writeErr != nil:
+		dst(classify(d.writeErr))
+	case d.eof:
+		src(messages.EndNormal)
+	}
+	switch {
+	case d.readErr != nil || d.writeErr != nil:
+		// One side failed: the other one cannot be completed. End both at once.
+		why := c.inWhy
+		if why == "" || why == messages.EndNormal {
+			why = c.outWhy
 		}
+		c.setBoth(why)
+		abort(c.in)
+		abort(c.out)
+	case d.endAll:
+		c.setBoth(messages.EndNormal)
+		closeQuietly(c.in)
+		closeQuietly(c.out)
 	}
-	if c.err != nil {
-		attrs = append(attrs, "err", c.err.Error())
+	if c.pumps == 0 {
+		c.setBoth(messages.EndNormal)
+		ctx.Stop(ctx.Self())
 	}
-	c.cfg.logger.Log(context.Background(), lvl, "connection ended", attrs...)
 }
 
-// end records the reason (once) and stops the actor.
-func (c *connActor) end(ctx actor.Context, reason string, err error) {
-	if c.reason != "" {
+// endGracefully ends the connection for reason: FIN both ways now, reset after the grace period.
+func (c *connActor) endGracefully(ctx actor.Context, reason messages.EndReason) {
+	if c.ending {
 		return
 	}
-	c.reason, c.err = reason, err
-	ctx.Stop(ctx.Self())
+	c.ending = true
+	c.setBoth(reason)
+	if c.pumps == 0 { // still in setup
+		ctx.Stop(ctx.Self())
+		return
+	}
+	for _, s := range []net.Conn{c.in, c.out} {
+		if cw, ok := s.(closeWriter); ok {
+			_ = cw.CloseWrite()
+		} else {
+			closeQuietly(s)
+		}
+	}
+	c.after(c.cfg.limits.Grace, &connGraceExpired{})
 }
 
-func (c *connActor) send(msg any) { c.system.Root.Send(c.self, msg) }
+func (c *connActor) idleInterval() time.Duration {
+	return max(min(c.cfg.limits.Idle, c.cfg.limits.KeepaliveIdle)/4, 10*time.Millisecond)
+}
+
+// idleCheck runs on ReceiveTimeout, which fires once: it re-arms it.
+func (c *connActor) idleCheck(ctx actor.Context) {
+	if c.pumps == 0 || c.ending {
+		return
+	}
+	now := time.Now()
+	total := c.bytesIn.Load() + c.bytesOut.Load()
+	segs, ok := segmentsIn(c.in)
+	switch {
+	case total != c.lastTotal:
+		c.lastTotal, c.idleSince = total, now
+	case ok && segs != c.lastSegs:
+		c.keepalive = true // segments arrived but no bytes: keep-alive probes
+	}
+	c.lastSegs = segs
+	limit := c.cfg.limits.Idle
+	if c.keepalive && c.cfg.limits.KeepaliveIdle > limit {
+		limit = c.cfg.limits.KeepaliveIdle
+	}
+	if now.Sub(c.idleSince) >= limit {
+		c.endGracefully(ctx, messages.EndInactivity)
+		return
+	}
+	ctx.SetReceiveTimeout(c.idleInterval())
+}
+
+func (c *connActor) report(ctx actor.Context) {
+	ev := &messages.ConnectionEnded{Owner: c.cfg.owner, Role: c.cfg.role, ID: c.cfg.id, Source: c.source,
+		Target: c.target, Duration: time.Since(c.started), BytesIn: c.bytesIn.Load(), BytesOut: c.bytesOut.Load(),
+		Incoming: c.inWhy, Outgoing: c.outWhy, Refused: c.refused, Keepalive: c.keepalive}
+	lvl := slog.LevelDebug
+	if ev.Incoming != messages.EndNormal || ev.Outgoing != messages.EndNormal {
+		lvl = slog.LevelInfo
+	}
+	c.cfg.logger.Log(context.Background(), lvl, "connection ended", "conn", ev.ID, "role", ev.Role, "owner", ev.Owner,
+		"source", ev.Source, "target", ev.Target, "duration", ev.Duration.Round(time.Millisecond),
+		"bytes_in", ev.BytesIn, "bytes_out", ev.BytesOut, "incoming", ev.Incoming, "outgoing", ev.Outgoing)
+	ctx.Send(ctx.Parent(), ev)
+	emit(ctx, c.cfg.events, ev)
+}
 
 // setup runs the handshake and dial in its own goroutine and leaves one connEstablished or
 // connSetupFailed in c.result. Sockets it opens belong to the actor from then on: adopted on
@@ -227,13 +354,16 @@ func (c *connActor) setup(ctx context.Context) {
 	switch c.cfg.kind {
 	case connProxy:
 		msg = c.setupProxy(ctx)
+	case connRefuse:
+		_ = proxy.Refuse(ctx, c.cfg.proxyKind, c.cfg.client, c.cfg.refusal)
+		msg = &connSetupFailed{reason: messages.EndLimit, err: c.cfg.refusal}
 	case connService:
 		msg = c.setupService(ctx)
 	case connFlowTCP, connFlowUDP:
 		msg = c.setupFlow(ctx)
 	}
 	c.result <- msg
-	c.send(&connSetupDone{})
+	c.system.Root.Send(c.self, &connSetupDone{})
 }
 
 func (c *connActor) setupProxy(ctx context.Context) any {
@@ -244,12 +374,14 @@ func (c *connActor) setupProxy(ctx context.Context) any {
 	}
 	sess, err := proxy.Handshake(ctx, c.cfg.proxyKind, c.cfg.client, dial)
 	if err != nil {
-		reason := reasonHandshake
-		if target != "" {
-			reason = reasonDialFailed
-			if proxy.ReplyCodeOf(err) == messages.ReplyNotAllowed {
-				reason = reasonPolicy
-			}
+		reason := messages.EndProtocolError
+		switch {
+		case target != "":
+			reason = dialReason(proxy.ReplyCodeOf(err))
+		case classify(err) == messages.EndTimeout:
+			reason = messages.EndTimeout
+		case classify(err) != messages.EndError:
+			reason = classify(err)
 		}
 		return &connSetupFailed{reason: reason, target: target, err: err}
 	}
@@ -265,18 +397,18 @@ func (c *connActor) setupService(ctx context.Context) any {
 	req, err := netstack.ReadConnectRequest(in)
 	_ = in.SetReadDeadline(time.Time{})
 	if err != nil {
-		return &connSetupFailed{reason: reasonBadProtocol, err: err}
+		return &connSetupFailed{reason: messages.EndProtocolError, err: err}
 	}
 	target := net.JoinHostPort(req.Host, itoa(req.Port))
 	if req.Cmd == netstack.ConnectCmdPing {
 		_ = netstack.WriteConnectReply(in, messages.ReplySucceeded)
-		return &connSetupFailed{reason: reasonNormal, target: "ping"}
+		return &connSetupFailed{reason: messages.EndNormal, target: "ping"}
 	}
-	out, err := c.cfg.egress.DialEgress(ctx, "tcp", req.Host, req.Port, c.cfg.setupTime)
+	out, err := c.cfg.egress.DialEgress(ctx, "tcp", req.Host, req.Port, c.cfg.limits.Setup)
 	code := netstack.ReplyCodeForDial(err)
 	if werr := netstack.WriteConnectReply(in, code); werr != nil && err == nil {
 		closeQuietly(out)
-		return &connSetupFailed{reason: reasonError, target: target, err: werr}
+		return &connSetupFailed{reason: classify(werr), target: target, err: werr}
 	}
 	if err != nil {
 		return &connSetupFailed{reason: dialReason(code), target: target, err: err}
@@ -293,7 +425,7 @@ func (c *connActor) setupFlow(ctx context.Context) any {
 		dst = c.cfg.tcpFlow.Dst
 	}
 	target := dst.String()
-	out, err := c.cfg.egress.DialEgress(ctx, network, dst.Addr().String(), dst.Port(), c.cfg.setupTime)
+	out, err := c.cfg.egress.DialEgress(ctx, network, dst.Addr().String(), dst.Port(), c.cfg.limits.Setup)
 	if err != nil {
 		if c.cfg.kind == connFlowUDP {
 			c.cfg.udpFlow.Reject()
@@ -310,75 +442,17 @@ func (c *connActor) setupFlow(ctx context.Context) any {
 	}
 	if err != nil {
 		closeQuietly(out)
-		return &connSetupFailed{reason: reasonError, target: target, err: err}
+		return &connSetupFailed{reason: classify(err), target: target, err: err}
 	}
 	return &connEstablished{in: in, out: out, inReader: in, target: target}
 }
 
-func dialReason(code messages.ReplyCode) string {
-	if code == messages.ReplyNotAllowed {
-		return reasonPolicy
+func dialReason(code messages.ReplyCode) messages.EndReason {
+	switch code {
+	case messages.ReplyNotAllowed:
+		return messages.EndPolicyDenied
+	case messages.ReplyTTLExpired:
+		return messages.EndTimeout
 	}
-	return reasonDialFailed
-}
-
-type closeWriter interface{ CloseWrite() error }
-
-// pump copies src to dst with a pooled buffer until EOF or error. On EOF it half-closes dst so the
-// other side sees the end of this direction while the opposite direction goes on.
-func (c *connActor) pump(dst net.Conn, src io.Reader, toOut, closeAll bool) {
-	defer c.wg.Done()
-	bufp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bufp)
-	buf := *bufp
-	counter := &c.bytesOut
-	if toOut {
-		counter = &c.bytesIn
-	}
-	var err error
-	for {
-		nr, er := src.Read(buf)
-		if nr > 0 {
-			nw, ew := dst.Write(buf[:nr])
-			counter.Add(int64(nw))
-			if ew != nil {
-				err = ew
-				break
-			}
-		}
-		if er != nil {
-			if er != io.EOF {
-				err = er
-			}
-			break
-		}
-	}
-	endAll := false
-	if err == nil {
-		if cw, ok := dst.(closeWriter); ok && !closeAll {
-			_ = cw.CloseWrite()
-		} else {
-			endAll = true // no half-close (UDP), or one request per connection
-		}
-	}
-	c.send(&connDirectionDone{toOut: toOut, err: err, endAll: endAll})
-}
-
-// bufPool holds relay buffers: big enough for any UDP datagram, so one pool serves both protocols.
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
-
-func classify(err error) string {
-	switch {
-	case errors.Is(err, net.ErrClosed):
-		return reasonStopped
-	case isReset(err):
-		return reasonReset
-	}
-	return reasonError
-}
-
-func closeQuietly(c net.Conn) {
-	if c != nil {
-		_ = c.Close()
-	}
+	return messages.EndDialFailed
 }

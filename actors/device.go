@@ -19,11 +19,13 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
 	"golang.zx2c4.com/wireguard/device"
 
+	"github.com/warren-tunnel/warren/messages"
 	"github.com/warren-tunnel/warren/netstack"
 	"github.com/warren-tunnel/warren/signaling"
 )
@@ -36,20 +38,22 @@ const (
 )
 
 type deviceConfig struct {
-	role        deviceRole
-	owner       string // tunnel or exit id, for logs
-	privateKey  signaling.Key
-	listen      netip.AddrPort // UDP bind address; port 0 picks one
-	addresses   []netip.Addr   // the device's tunnel addresses
-	mtu         int
-	logger      *slog.Logger
-	connTimeout time.Duration // setup bound for connections
-
+	role       deviceRole
+	owner      string // tunnel or exit id, for logs
+	privateKey signaling.Key
+	listen     netip.AddrPort // UDP bind address; port 0 picks one
+	addresses  []netip.Addr   // the device's tunnel addresses
+	mtu        int
+	logger     *slog.Logger
 	// exit
 	connectPort   uint16
 	egress        *netstack.EgressPolicy
 	allowLoopback bool
+	conn          ConnTimeouts
 	udpIdle       time.Duration
+	maxConns      int // per peer
+	events        *actor.PID
+	stopWhy       *atomic.Pointer[messages.EndReason]
 }
 
 // deviceReady tells the parent the device is up.
@@ -229,7 +233,8 @@ func (d *deviceActor) addPeer(ctx actor.Context, m *addPeer) (*actor.PID, error)
 	pid := ctx.Spawn(props(newPeerActor(peerConfig{
 		dev: d.dev, publicKey: m.publicKey, sessionID: m.sessionID, owner: d.cfg.owner,
 		probe: m.probe, probeLimit: m.probeLimit, notify: m.notify, logger: d.cfg.logger,
-		egress: d.cfg.egress, connTimeout: d.cfg.connTimeout, udpIdle: d.cfg.udpIdle,
+		egress: d.cfg.egress, conn: d.cfg.conn, udpIdle: d.cfg.udpIdle, maxConns: d.cfg.maxConns,
+		events: d.cfg.events, stopWhy: d.cfg.stopWhy,
 	})))
 	ctx.Watch(pid)
 	for _, p := range m.allowedIPs {

@@ -13,6 +13,8 @@ import (
 	"log/slog"
 
 	"github.com/asynkron/protoactor-go/actor"
+
+	"github.com/warren-tunnel/warren/messages"
 )
 
 // EngineConfig configures the engine actor.
@@ -52,8 +54,26 @@ type engineActor struct {
 	signaling *actor.PID
 	exit      *actor.PID
 	tunnels   map[string]*actor.PID
-	starter   *actor.PID // waiting for EngineStarted
-	stopper   *actor.PID // waiting for ShutdownResponse
+	starter   *actor.PID                           // waiting for EngineStarted
+	stopper   *actor.PID                           // waiting for ShutdownResponse
+	stats     map[string]*messages.ConnectionStats // by role: "client", "exit"
+}
+
+// GetEngineStats asks for connection statistics by role; the reply is *EngineStatsResponse.
+type GetEngineStats struct{}
+
+// EngineStatsResponse answers GetEngineStats.
+type EngineStatsResponse struct {
+	ByRole map[string]messages.ConnectionStats
+}
+
+func (e *engineActor) roleStats(role string) *messages.ConnectionStats {
+	st := e.stats[role]
+	if st == nil {
+		st = &messages.ConnectionStats{ByEnd: newByEnd()}
+		e.stats[role] = st
+	}
+	return st
 }
 
 // NewEngineProps returns the props of the engine actor.
@@ -61,7 +81,8 @@ func NewEngineProps(cfg EngineConfig) *actor.Props {
 	cfg.Logger = orDiscard(cfg.Logger)
 	// A root actor is supervised by its guardian; the default one would restart the engine.
 	return props(func() actor.Actor {
-		e := &engineActor{cfg: cfg, behavior: actor.NewBehavior(), tunnels: map[string]*actor.PID{}}
+		e := &engineActor{cfg: cfg, behavior: actor.NewBehavior(), tunnels: map[string]*actor.PID{},
+			stats: map[string]*messages.ConnectionStats{}}
 		e.behavior.Become(e.running)
 		return e
 	}).Configure(actor.WithGuardian(stopOnFailure))
@@ -74,6 +95,29 @@ func (e *engineActor) Receive(ctx actor.Context) {
 			ctx.Send(e.starter, &EngineStarted{Signaling: e.signaling, Exit: m, Err: m.Err})
 			e.starter = nil
 		}
+		return
+	case *messages.ConnectionOpened:
+		st := e.roleStats(m.Role)
+		st.Opened++
+		st.Active++
+		return
+	case *messages.ConnectionEnded:
+		st := e.roleStats(m.Role)
+		st.Active--
+		st.Ended++
+		st.ByEnd[messages.SideIncoming][m.Incoming]++
+		st.ByEnd[messages.SideOutgoing][m.Outgoing]++
+		st.Bytes.In += m.BytesIn
+		st.Bytes.Out += m.BytesOut
+		return
+	case *GetEngineStats:
+		out := map[string]messages.ConnectionStats{}
+		for role, st := range e.stats {
+			c := *st
+			c.ByEnd = cloneByEnd(st.ByEnd)
+			out[role] = c
+		}
+		ctx.Respond(&EngineStatsResponse{ByRole: out})
 		return
 	case *actor.Terminated, *actor.Started, *actor.Stopping, *actor.Stopped:
 	default:

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -34,22 +35,23 @@ type StaticPeer struct {
 
 // ExitConfig is an exit, resolved and validated by the engine.
 type ExitConfig struct {
-	ID             string
-	PrivateKey     signaling.Key
-	Listen         netip.AddrPort // UDP bind
-	Endpoint       netip.AddrPort // advertised to clients; invalid: the bound address
-	Subnet         netip.Prefix   // tunnel addresses; the exit takes the first host address
-	MTU            int
-	ConnectPort    uint16
-	Egress         netstack.EgressPolicy
-	StaticPeers    []StaticPeer
-	AllowedClients []string // identity ids; empty admits any client with a valid signature
-	ConnectTimeout time.Duration
-	UDPIdle        time.Duration
-	Signaling      *actor.PID
-	Events         *actor.PID
-	Logger         *slog.Logger
-	ReadyTo        *actor.PID // hears one *ExitReady
+	ID                 string
+	PrivateKey         signaling.Key
+	Listen             netip.AddrPort // UDP bind
+	Endpoint           netip.AddrPort // advertised to clients; invalid: the bound address
+	Subnet             netip.Prefix   // tunnel addresses; the exit takes the first host address
+	MTU                int
+	ConnectPort        uint16
+	Egress             netstack.EgressPolicy
+	StaticPeers        []StaticPeer
+	AllowedClients     []string     // identity ids; empty admits any client with a valid signature
+	Conn               ConnTimeouts // for forwarded connections (Setup is the destination dial)
+	UDPIdle            time.Duration
+	MaxConnsPerSession int // flows at once per session or static peer; 0 unlimited
+	Signaling          *actor.PID
+	Events             *actor.PID
+	Logger             *slog.Logger
+	ReadyTo            *actor.PID // hears one *ExitReady
 }
 
 // ExitReady tells the engine the exit serves (Err nil) or could not start.
@@ -75,13 +77,14 @@ type exitActor struct {
 	endpoint netip.AddrPort
 	used     map[netip.Addr]bool
 	next     netip.Addr
-	sessions map[string]*exitSession  // by session id
-	byPeer   map[string]*exitSession  // by peer PID id
-	pending  map[string]bool          // session ids being set up; true once the client said goodbye
-	static   map[string]*actor.PID    // by name
-	keys     map[signaling.Key]string // WireGuard public keys in use (sessions, static peers, the exit's own)
-	waiting  int                      // static peers and the subscription still to confirm in Starting
-	ready    *ExitReady               // what to announce once waiting reaches 0
+	sessions map[string]*exitSession            // by session id
+	byPeer   map[string]*exitSession            // by peer PID id
+	pending  map[string]bool                    // session ids being set up; true once the client said goodbye
+	static   map[string]*actor.PID              // by name
+	keys     map[signaling.Key]string           // WireGuard public keys in use (sessions, static peers, the exit's own)
+	waiting  int                                // static peers and the subscription still to confirm in Starting
+	ready    *ExitReady                         // what to announce once waiting reaches 0
+	stopWhy  atomic.Pointer[messages.EndReason] // engine_shutdown once the exit stops; read by its connections
 }
 
 // NewExitProps returns the props of an exit actor.
@@ -98,6 +101,8 @@ func NewExitProps(cfg ExitConfig) *actor.Props {
 
 func (e *exitActor) Receive(ctx actor.Context) {
 	if _, ok := ctx.Message().(*actor.Stopping); ok {
+		why := messages.EndEngineShutdown
+		e.stopWhy.Store(&why)
 		e.behavior.Become(func(actor.Context) {}) // children are stopping because we are; nothing to react to
 		return
 	}
@@ -117,8 +122,9 @@ func (e *exitActor) starting(ctx actor.Context) {
 		e.device = ctx.Spawn(props(newDeviceActor(deviceConfig{
 			role: roleExit, owner: e.cfg.ID, privateKey: e.cfg.PrivateKey, listen: e.cfg.Listen,
 			addresses: []netip.Addr{e.addr}, mtu: e.cfg.MTU, logger: e.cfg.Logger,
-			connTimeout: e.cfg.ConnectTimeout, connectPort: e.cfg.ConnectPort, egress: &e.cfg.Egress,
-			allowLoopback: e.cfg.Egress.AllowLoopback, udpIdle: e.cfg.UDPIdle,
+			conn: e.cfg.Conn, connectPort: e.cfg.ConnectPort, egress: &e.cfg.Egress,
+			allowLoopback: e.cfg.Egress.AllowLoopback, udpIdle: e.cfg.UDPIdle, maxConns: e.cfg.MaxConnsPerSession,
+			events: e.cfg.Events, stopWhy: &e.stopWhy,
 		})))
 		ctx.Watch(e.device)
 	case *deviceReady:

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -33,9 +34,12 @@ type peerConfig struct {
 	notify     *actor.PID
 	logger     *slog.Logger
 
-	egress      *netstack.EgressPolicy
-	connTimeout time.Duration
-	udpIdle     time.Duration
+	egress   *netstack.EgressPolicy
+	conn     ConnTimeouts // for flows; UDP flows use udpIdle as their inactivity timeout
+	udpIdle  time.Duration
+	maxConns int // flows at once; 0 unlimited
+	events   *actor.PID
+	stopWhy  *atomic.Pointer[messages.EndReason] // the exit's reason when it shuts down
 }
 
 // probeFailed: the data plane could not be proven within the limit.
@@ -51,6 +55,7 @@ type peerActor struct {
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 	nextConn uint64
+	active   int  // connection children
 	stopping bool // set in Stopping: flows that still arrive are refused, not spawned
 }
 
@@ -81,23 +86,31 @@ func (p *peerActor) Receive(ctx actor.Context) {
 		}
 		ctx.Send(p.cfg.notify, &messages.HandshakeCompleted{SessionID: p.cfg.sessionID, RTT: m.rtt})
 	case *flowTCP:
-		if p.stopping {
+		if p.stopping || p.full() {
 			m.f.Reject()
+			p.refusedForLimit(ctx)
 			return
 		}
 		p.spawnConn(ctx, connConfig{kind: connFlowTCP, tcpFlow: m.f})
 	case *flowUDP:
-		if p.stopping {
+		if p.stopping || p.full() {
 			m.f.Reject()
+			p.refusedForLimit(ctx)
 			return
 		}
-		p.spawnConn(ctx, connConfig{kind: connFlowUDP, udpFlow: m.f, idle: p.cfg.udpIdle})
+		cfg := connConfig{kind: connFlowUDP, udpFlow: m.f}
+		cfg.limits = p.cfg.conn
+		cfg.limits.Idle, cfg.limits.KeepaliveIdle = p.cfg.udpIdle, p.cfg.udpIdle
+		p.spawnConn(ctx, cfg)
 	case *serviceConn:
-		if p.stopping {
+		if p.stopping || p.full() {
 			_ = m.c.Close()
+			p.refusedForLimit(ctx)
 			return
 		}
 		p.spawnConn(ctx, connConfig{kind: connService, in: m.c})
+	case *messages.ConnectionEnded:
+		p.active--
 	case *actor.Stopping:
 		p.stopping = true
 		if p.cancel != nil {
@@ -110,9 +123,27 @@ func (p *peerActor) Receive(ctx actor.Context) {
 	}
 }
 
+func (p *peerActor) full() bool { return p.cfg.maxConns > 0 && p.active >= p.cfg.maxConns }
+
+// refusedForLimit counts a flow refused over the session's limit (or while stopping).
+func (p *peerActor) refusedForLimit(ctx actor.Context) {
+	p.nextConn++
+	why := messages.EndLimit
+	if p.stopping {
+		why = messages.EndTunnelClosed
+	}
+	emit(ctx, p.cfg.events, &messages.ConnectionOpened{Owner: p.cfg.owner + "/" + p.cfg.sessionID, Role: "exit", ID: p.nextConn})
+	emit(ctx, p.cfg.events, &messages.ConnectionEnded{Owner: p.cfg.owner + "/" + p.cfg.sessionID, Role: "exit",
+		ID: p.nextConn, Incoming: why, Outgoing: why, Refused: true})
+}
+
 func (p *peerActor) spawnConn(ctx actor.Context, cfg connConfig) {
 	p.nextConn++
-	cfg.id, cfg.owner, cfg.logger = p.nextConn, p.cfg.owner+"/"+p.cfg.sessionID, p.cfg.logger
-	cfg.egress, cfg.setupTime = p.cfg.egress, p.cfg.connTimeout
+	p.active++
+	cfg.id, cfg.role, cfg.owner, cfg.logger = p.nextConn, "exit", p.cfg.owner+"/"+p.cfg.sessionID, p.cfg.logger
+	if cfg.limits.Setup == 0 {
+		cfg.limits = p.cfg.conn
+	}
+	cfg.egress, cfg.events, cfg.stopWhy = p.cfg.egress, p.cfg.events, p.cfg.stopWhy
 	ctx.Spawn(props(newConnActor(cfg)))
 }

@@ -21,6 +21,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -43,20 +44,115 @@ var (
 
 // TunnelConfig is a client tunnel, resolved and validated by the engine.
 type TunnelConfig struct {
-	ID               string
-	ExitID           string
-	SOCKSAddr        string     // "" disables the SOCKS5 proxy
-	HTTPAddr         string     // "" disables the HTTP proxy
-	UDPBind          netip.Addr // the device's UDP address; invalid: the local address routed to the exit
-	MTU              int
-	HandshakeTimeout time.Duration // session request and first handshake together
-	ConnectTimeout   time.Duration // each proxied connection's handshake and dial
-	Keepalive        int           // WireGuard persistent keepalive, seconds
-	Identity         *signaling.Identity
-	Signaling        *actor.PID
-	Events           *actor.PID
-	Logger           *slog.Logger
-	ReplyTo          *actor.PID // hears one messages.OpenTunnelResponse
+	ID                string
+	ExitID            string
+	SOCKSAddr         string     // "" disables the SOCKS5 proxy
+	HTTPAddr          string     // "" disables the HTTP proxy
+	UDPBind           netip.Addr // the device's UDP address; invalid: the local address routed to the exit
+	MTU               int
+	HandshakeTimeout  time.Duration // session request and first handshake together
+	Conn              ConnTimeouts  // each proxied connection's limits (Setup: its handshake and dial)
+	MaxConns          int           // proxied connections at once; 0 unlimited
+	MaxConnsPerSource int           // from one source address at once; 0 unlimited
+	Keepalive         int           // WireGuard persistent keepalive, seconds
+	Identity          *signaling.Identity
+	Signaling         *actor.PID
+	Events            *actor.PID
+	Logger            *slog.Logger
+	ReplyTo           *actor.PID // hears one messages.OpenTunnelResponse
+}
+
+// errLimit refuses a proxy connection over a limit: SOCKS5 general failure, HTTP 503.
+type errLimit struct{ what string }
+
+func (e errLimit) Error() string               { return "connection limit reached: " + e.what }
+func (errLimit) ReplyCode() messages.ReplyCode { return messages.ReplyGeneralFailure }
+func (errLimit) HTTPStatus() int               { return 503 }
+
+// accept spawns a connection actor for a proxy connection, or a refusal over a limit.
+func (t *tunnelActor) accept(ctx actor.Context, m *connAccepted) {
+	if t.state != messages.StateUp || t.stopping {
+		_ = m.c.Close()
+		return
+	}
+	src := hostOf(m.c.RemoteAddr())
+	t.nextConn++
+	t.stats.Opened++
+	cfg := connConfig{kind: connProxy, role: "client", id: t.nextConn, owner: t.cfg.ID, logger: t.cfg.Logger,
+		limits: t.cfg.Conn, proxyKind: m.kind, client: m.c, dialer: t.dialer, events: t.cfg.Events, stopWhy: &t.stopWhy}
+	var over string
+	switch {
+	case t.cfg.MaxConns > 0 && t.stats.Active >= t.cfg.MaxConns:
+		over = fmt.Sprintf("tunnel has %d connections", t.stats.Active)
+	case t.cfg.MaxConnsPerSource > 0 && t.sources[src] >= t.cfg.MaxConnsPerSource:
+		over = fmt.Sprintf("source %s has %d connections", src, t.sources[src])
+	}
+	if over != "" {
+		if t.refusing >= max(t.cfg.MaxConns, 64) { // refusals are bounded too: beyond this, just close
+			_ = m.c.Close()
+			ev := &messages.ConnectionEnded{Owner: t.cfg.ID, Role: "client", ID: t.nextConn,
+				Incoming: messages.EndLimit, Outgoing: messages.EndLimit, Refused: true}
+			t.ended(ctx, ev)
+			emit(ctx, t.cfg.Events, &messages.ConnectionOpened{Owner: t.cfg.ID, Role: "client", ID: t.nextConn})
+			emit(ctx, t.cfg.Events, ev)
+			return
+		}
+		t.refusing++
+		cfg.kind, cfg.refusal = connRefuse, errLimit{over}
+		pid := ctx.Spawn(props(newConnActor(cfg)))
+		t.sourceOf[pid.Id] = "\x00refusal"
+		return
+	}
+	t.stats.Active++
+	t.sources[src]++
+	pid := ctx.Spawn(props(newConnActor(cfg)))
+	t.sourceOf[pid.Id] = src
+}
+
+// ended counts a connection that ended (its actor has stopped and released its sockets).
+func (t *tunnelActor) ended(ctx actor.Context, m *messages.ConnectionEnded) {
+	if sender := ctx.Sender(); sender != nil {
+		if src, ok := t.sourceOf[sender.Id]; ok {
+			delete(t.sourceOf, sender.Id)
+			if src == "\x00refusal" {
+				t.refusing--
+			} else {
+				t.stats.Active--
+				if t.sources[src]--; t.sources[src] <= 0 {
+					delete(t.sources, src)
+				}
+			}
+		}
+	}
+	t.stats.Ended++
+	t.stats.ByEnd[messages.SideIncoming][m.Incoming]++
+	t.stats.ByEnd[messages.SideOutgoing][m.Outgoing]++
+	t.stats.Bytes.In += m.BytesIn
+	t.stats.Bytes.Out += m.BytesOut
+}
+
+func hostOf(a net.Addr) string {
+	if a == nil {
+		return ""
+	}
+	if h, _, err := net.SplitHostPort(a.String()); err == nil {
+		return h
+	}
+	return a.String()
+}
+
+func newByEnd() map[messages.Side]map[messages.EndReason]uint64 {
+	return map[messages.Side]map[messages.EndReason]uint64{messages.SideIncoming: {}, messages.SideOutgoing: {}}
+}
+
+func cloneByEnd(m map[messages.Side]map[messages.EndReason]uint64) map[messages.Side]map[messages.EndReason]uint64 {
+	out := newByEnd()
+	for side, reasons := range m {
+		for r, n := range reasons {
+			out[side][r] = n
+		}
+	}
+	return out
 }
 
 // setupExpired: the setup deadline passed before the tunnel came Up.
@@ -91,8 +187,13 @@ type tunnelActor struct {
 	timer       *time.Timer // fires setupExpired at deadline; stopped when Up and in Stopping
 	stopping    bool        // set in Stopping: nothing new is started
 	saidGoodbye bool
-	failErr     error        // why the tunnel failed; answered to the opener once released
-	closers     []*actor.PID // CloseTunnel callers, answered once released
+	stopWhy     atomic.Pointer[messages.EndReason] // why children are being stopped; read by them
+	stats       messages.ConnectionStats
+	sources     map[string]int    // active connections per source address
+	sourceOf    map[string]string // connection child PID id → its source address
+	refusing    int               // refusal actors running
+	failErr     error             // why the tunnel failed; answered to the opener once released
+	closers     []*actor.PID      // CloseTunnel callers, answered once released
 	nextConn    uint64
 }
 
@@ -100,7 +201,9 @@ type tunnelActor struct {
 func NewTunnelProps(cfg TunnelConfig) *actor.Props {
 	cfg.Logger = orDiscard(cfg.Logger).With("tunnel", cfg.ID)
 	return props(func() actor.Actor {
-		t := &tunnelActor{cfg: cfg, behavior: actor.NewBehavior(), state: messages.StateNegotiating}
+		t := &tunnelActor{cfg: cfg, behavior: actor.NewBehavior(), state: messages.StateNegotiating,
+			sources: map[string]int{}, sourceOf: map[string]string{}}
+		t.stats.ByEnd = newByEnd()
 		t.behavior.Become(t.negotiating)
 		return t
 	})
@@ -111,15 +214,15 @@ func (t *tunnelActor) Receive(ctx actor.Context) {
 	case *connAccepted:
 		// Handled here in every state: a connection accepted just before the listener closed must
 		// not be left open in the mailbox.
-		if t.state != messages.StateUp || t.stopping {
-			_ = m.c.Close()
-			return
-		}
-		t.nextConn++
-		ctx.Spawn(props(newConnActor(connConfig{
-			kind: connProxy, id: t.nextConn, owner: t.cfg.ID, logger: t.cfg.Logger,
-			setupTime: t.cfg.ConnectTimeout, proxyKind: m.kind, client: m.c, dialer: t.dialer,
-		})))
+		t.accept(ctx, m)
+		return
+	case *messages.ConnectionEnded:
+		t.ended(ctx, m)
+		return
+	case *messages.GetStats:
+		st := t.stats
+		st.ByEnd = cloneByEnd(t.stats.ByEnd)
+		ctx.Respond(&messages.StatsResponse{Stats: st})
 		return
 	case *actor.Stopping:
 		t.stopping = true
@@ -128,6 +231,8 @@ func (t *tunnelActor) Receive(ctx actor.Context) {
 		}
 		if t.state != messages.StateClosing && t.state != messages.StateFailed {
 			// stopped by its parent (engine shutdown): still release the exit's session
+			why := messages.EndEngineShutdown
+			t.stopWhy.Store(&why)
 			t.goodbye(ctx, "engine shutdown")
 			t.transition(ctx, messages.StateClosing, "engine shutdown")
 		}
@@ -376,7 +481,7 @@ func (t *tunnelActor) startDevice(ctx actor.Context) error {
 	}
 	t.device = ctx.Spawn(props(newDeviceActor(deviceConfig{
 		role: roleClient, owner: t.cfg.ID, privateKey: t.wgKey, listen: netip.AddrPortFrom(bindAddr, 0),
-		addresses: addrs, mtu: t.session.MTU, logger: t.cfg.Logger, connTimeout: t.cfg.ConnectTimeout,
+		addresses: addrs, mtu: t.session.MTU, logger: t.cfg.Logger,
 	})))
 	ctx.Watch(t.device)
 	return nil

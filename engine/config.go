@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/warren-tunnel/warren/actors"
 	"github.com/warren-tunnel/warren/netstack"
 	"github.com/warren-tunnel/warren/signaling"
 )
@@ -84,6 +85,20 @@ type ExitConfig struct {
 	AllowedClients []string     `yaml:"allowed_clients"`  // client identity ids; empty admits any signed client
 	ConnectTimeout Duration     `yaml:"connect_timeout"`  // per destination dial; default 10s
 	UDPIdleTimeout Duration     `yaml:"udp_idle_timeout"` // default 60s
+	Connections    ConnLimits   `yaml:"connections"`      // forwarded TCP connections
+	// MaxConnectionsPerSession bounds a session's (or static peer's) flows at once; 0 unlimited.
+	MaxConnectionsPerSession int `yaml:"max_connections_per_session"`
+}
+
+// ConnLimits are the time limits of proxied or forwarded connections.
+type ConnLimits struct {
+	IdleTimeout          Duration `yaml:"idle_timeout"`           // no bytes either way; default 5m; negative: off
+	KeepaliveIdleTimeout Duration `yaml:"keepalive_idle_timeout"` // for connections whose client sends TCP keep-alive probes; default 2h
+	MaxLifetime          Duration `yaml:"max_lifetime"`           // default 0: none
+	CloseGrace           Duration `yaml:"close_grace"`            // after a graceful end (FIN), reset after this; default 1s
+	// IdleExempt lists targets never ended for inactivity: host:port patterns ("*.example.com:443",
+	// "*:22", "10.0.0.0/8:*", "[2001:db8::1]:5222").
+	IdleExempt []string `yaml:"idle_exempt"`
 }
 
 // EgressConfig is the exit's egress policy: which destinations it refuses. By default it refuses
@@ -114,10 +129,13 @@ type TunnelSpec struct {
 	HTTP  string `yaml:"http"`
 	// UDPBind is the local address of the WireGuard UDP socket. Default: the local address the host
 	// routes towards the exit's endpoint (127.0.0.1 for an exit on loopback). Never every interface.
-	UDPBind          string   `yaml:"udp_bind"`
-	HandshakeTimeout Duration `yaml:"handshake_timeout"` // session and first handshake; default 10s
-	ConnectTimeout   Duration `yaml:"connect_timeout"`   // each proxied connection's dial; default 10s
-	Keepalive        int      `yaml:"keepalive"`         // WireGuard persistent keepalive seconds; default 25, -1 off
+	UDPBind                 string     `yaml:"udp_bind"`
+	HandshakeTimeout        Duration   `yaml:"handshake_timeout"` // session and first handshake; default 10s
+	ConnectTimeout          Duration   `yaml:"connect_timeout"`   // each proxied connection's dial; default 10s
+	Keepalive               int        `yaml:"keepalive"`         // WireGuard persistent keepalive seconds; default 25, -1 off
+	Connections             ConnLimits `yaml:"connections"`
+	MaxConnections          int        `yaml:"max_connections"`            // at once through this tunnel; default 4096, -1 unlimited
+	MaxConnectionsPerSource int        `yaml:"max_connections_per_source"` // at once from one source address; 0 unlimited
 }
 
 // Defaults.
@@ -128,7 +146,38 @@ const (
 	DefaultConnectTimeout   = 10 * time.Second
 	DefaultUDPIdleTimeout   = 60 * time.Second
 	DefaultKeepalive        = 25
+	DefaultIdleTimeout      = 5 * time.Minute
+	DefaultKeepaliveIdle    = 2 * time.Hour
+	DefaultCloseGrace       = time.Second
+	DefaultMaxConnections   = 4096
 )
+
+type resolvedLimits struct {
+	idle, keepaliveIdle, lifetime, grace time.Duration
+	exempt                               []actors.TargetPattern
+}
+
+func (l *ConnLimits) resolve(path string) (resolvedLimits, error) {
+	r := resolvedLimits{idle: orDuration(l.IdleTimeout, DefaultIdleTimeout),
+		keepaliveIdle: orDuration(l.KeepaliveIdleTimeout, DefaultKeepaliveIdle),
+		lifetime:      time.Duration(max(l.MaxLifetime, 0)), grace: orDuration(l.CloseGrace, DefaultCloseGrace)}
+	if l.IdleTimeout < 0 {
+		r.idle = 0
+	}
+	for i, p := range l.IdleExempt {
+		tp, err := actors.ParseTargetPattern(p)
+		if err != nil {
+			return r, fieldErr(fmt.Sprintf("%s.idle_exempt[%d]", path, i), "%v", err)
+		}
+		r.exempt = append(r.exempt, tp)
+	}
+	return r, nil
+}
+
+func (r resolvedLimits) timeouts(setup time.Duration) actors.ConnTimeouts {
+	return actors.ConnTimeouts{Setup: setup, Idle: r.idle, KeepaliveIdle: r.keepaliveIdle, MaxLifetime: r.lifetime,
+		Grace: r.grace, IdleExempt: actors.MatchAny(r.exempt)}
+}
 
 func orDuration(d Duration, def time.Duration) time.Duration {
 	if d <= 0 {
@@ -180,6 +229,8 @@ func (c *Config) Validate() error {
 
 type resolvedTunnel struct {
 	name             string
+	limits           resolvedLimits
+	maxConns         int
 	udpBind          netip.Addr
 	handshakeTimeout time.Duration
 	connectTimeout   time.Duration
@@ -187,6 +238,7 @@ type resolvedTunnel struct {
 }
 
 func (t *TunnelSpec) resolve(path string, index int) (resolvedTunnel, error) {
+	var err error
 	r := resolvedTunnel{name: t.Name, handshakeTimeout: orDuration(t.HandshakeTimeout, DefaultHandshakeTimeout),
 		connectTimeout: orDuration(t.ConnectTimeout, DefaultConnectTimeout), keepalive: t.Keepalive}
 	if r.name == "" {
@@ -209,7 +261,8 @@ func (t *TunnelSpec) resolve(path string, index int) (resolvedTunnel, error) {
 		}
 	}
 	if t.UDPBind != "" {
-		a, err := netip.ParseAddr(t.UDPBind)
+		var a netip.Addr
+		a, err = netip.ParseAddr(t.UDPBind)
 		if err != nil {
 			return r, fieldErr(path+".udp_bind", "%v", err)
 		}
@@ -217,6 +270,18 @@ func (t *TunnelSpec) resolve(path string, index int) (resolvedTunnel, error) {
 			return r, fieldErr(path+".udp_bind", "must be one address, not %s (every interface)", a)
 		}
 		r.udpBind = a
+	}
+	if r.limits, err = t.Connections.resolve(path + ".connections"); err != nil {
+		return r, err
+	}
+	switch {
+	case t.MaxConnections == 0:
+		r.maxConns = DefaultMaxConnections
+	case t.MaxConnections > 0:
+		r.maxConns = t.MaxConnections
+	}
+	if t.MaxConnectionsPerSource < 0 {
+		return r, fieldErr(path+".max_connections_per_source", "must not be negative")
 	}
 	switch {
 	case t.Keepalive == 0:
@@ -230,6 +295,7 @@ func (t *TunnelSpec) resolve(path string, index int) (resolvedTunnel, error) {
 }
 
 type resolvedExit struct {
+	limits   resolvedLimits
 	key      signaling.Key
 	listen   netip.AddrPort
 	endpoint netip.AddrPort
@@ -342,6 +408,12 @@ func (x *ExitConfig) resolve() (resolvedExit, error) {
 			p.addrs = append(p.addrs, pf.Addr())
 		}
 		r.static = append(r.static, p)
+	}
+	if r.limits, err = x.Connections.resolve("exit.connections"); err != nil {
+		return r, err
+	}
+	if x.MaxConnectionsPerSession < 0 {
+		return r, fieldErr("exit.max_connections_per_session", "must not be negative")
 	}
 	for i, id := range x.AllowedClients {
 		if err := signaling.ValidID(id); err != nil {

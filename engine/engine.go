@@ -231,8 +231,9 @@ func (e *Engine) exitConfig(x *ExitConfig) (actors.ExitConfig, error) {
 	}
 	xc := actors.ExitConfig{ID: x.ID, PrivateKey: r.key, Listen: r.listen, Endpoint: r.endpoint, Subnet: r.subnet,
 		MTU: r.mtu, ConnectPort: r.port, Egress: r.egress, AllowedClients: x.AllowedClients,
-		ConnectTimeout: orDuration(x.ConnectTimeout, DefaultConnectTimeout),
-		UDPIdle:        orDuration(x.UDPIdleTimeout, DefaultUDPIdleTimeout), Logger: e.logger}
+		Conn:    r.limits.timeouts(orDuration(x.ConnectTimeout, DefaultConnectTimeout)),
+		UDPIdle: orDuration(x.UDPIdleTimeout, DefaultUDPIdleTimeout), MaxConnsPerSession: x.MaxConnectionsPerSession,
+		Logger: e.logger}
 	for _, sp := range r.static {
 		xc.StaticPeers = append(xc.StaticPeers, actors.StaticPeer{Name: sp.name, PublicKey: sp.key, Addresses: sp.addrs})
 	}
@@ -262,6 +263,34 @@ func (e *Engine) sink(m any) {
 	default:
 		e.dropped.Add(1)
 	}
+}
+
+// Stats are connection statistics by role.
+type Stats struct {
+	Client messages.ConnectionStats // connections proxied by this engine's tunnels
+	Exit   messages.ConnectionStats // connections forwarded by this engine's exit
+}
+
+// Stats returns connection counters by role, side and end reason, and the active connections.
+func (e *Engine) Stats(ctx context.Context) (Stats, error) {
+	if e.pid == nil {
+		return Stats{}, ErrNotStarted
+	}
+	res, err := await(ctx, e.system.Root.RequestFuture(e.pid, &actors.GetEngineStats{}, untilDeadline(ctx, 5*time.Second)))
+	if err != nil {
+		if errors.Is(err, actor.ErrDeadLetter) {
+			return Stats{}, ErrEngineClosed
+		}
+		return Stats{}, err
+	}
+	by := res.(*actors.EngineStatsResponse).ByRole
+	fill := func(s messages.ConnectionStats) messages.ConnectionStats {
+		if s.ByEnd == nil {
+			s.ByEnd = map[messages.Side]map[messages.EndReason]uint64{messages.SideIncoming: {}, messages.SideOutgoing: {}}
+		}
+		return s
+	}
+	return Stats{Client: fill(by["client"]), Exit: fill(by["exit"])}, nil
 }
 
 // Close shuts down gracefully: tunnels first (each says goodbye to its exit), then the exit, then

@@ -57,7 +57,8 @@ func (e *Engine) OpenTunnel(ctx context.Context, spec TunnelSpec) (*Tunnel, erro
 	}
 	up := actor.NewFuture(e.system, limit+time.Second)
 	cfg := actors.TunnelConfig{ID: r.name, ExitID: spec.Exit, SOCKSAddr: spec.SOCKS, HTTPAddr: spec.HTTP,
-		UDPBind: r.udpBind, HandshakeTimeout: limit, ConnectTimeout: r.connectTimeout, Keepalive: r.keepalive,
+		UDPBind: r.udpBind, HandshakeTimeout: limit, Conn: r.limits.timeouts(r.connectTimeout), Keepalive: r.keepalive,
+		MaxConns: r.maxConns, MaxConnsPerSource: spec.MaxConnectionsPerSource,
 		Identity: e.identity, ReplyTo: up.PID()}
 	res, err := e.system.Root.RequestFuture(e.pid, &actors.OpenTunnel{Config: cfg}, 5*time.Second).Result()
 	if err != nil {
@@ -104,6 +105,18 @@ func (t *Tunnel) Close(ctx context.Context) error {
 	}
 	_ = t.e.system.Root.StopFuture(t.pid).Wait() // out of time: stop it now
 	return fmt.Errorf("close tunnel %s: %w", t.info.ID, err)
+}
+
+// Stats returns the tunnel's connection counters. A closed tunnel answers ErrTunnelClosed.
+func (t *Tunnel) Stats(ctx context.Context) (messages.ConnectionStats, error) {
+	res, err := await(ctx, t.e.system.Root.RequestFuture(t.pid, &messages.GetStats{}, untilDeadline(ctx, 5*time.Second)))
+	if err != nil {
+		if errors.Is(err, actor.ErrDeadLetter) {
+			return messages.ConnectionStats{}, ErrTunnelClosed
+		}
+		return messages.ConnectionStats{}, err
+	}
+	return res.(*messages.StatsResponse).Stats, nil
 }
 
 // ExitAddr is the exit's WireGuard endpoint as the exit announced it.

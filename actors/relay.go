@@ -1,0 +1,104 @@
+package actors
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+
+	"github.com/warren-tunnel/warren/messages"
+)
+
+// bufPool holds relay buffers: big enough for any UDP datagram, so one pool serves both protocols.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
+
+type closeWriter interface{ CloseWrite() error }
+
+// aborter is a connection that can end with a reset instead of a FIN (netstack TCP conns).
+type aborter interface{ Abort() error }
+
+// pumpDone reports the end of one direction: which socket failed, if one did.
+type pumpDone struct {
+	toOut    bool  // the in → out direction
+	eof      bool  // the source sent all it had (clean end of this direction)
+	readErr  error // reading the source failed
+	writeErr error // writing the destination failed
+	endAll   bool  // this direction's end ends the connection (no half-close possible)
+}
+
+// pump copies src to dst with a pooled buffer until EOF or error, counting what dst accepted. On
+// EOF it half-closes dst so the other side sees the end of this direction while the opposite
+// direction goes on. It allocates nothing per read and reports once, at the end.
+func pump(dst net.Conn, src io.Reader, counter interface{ Add(int64) int64 }, closeAll bool, report func(*pumpDone)) {
+	bufp := bufPool.Get().(*[]byte)
+	buf := *bufp
+	d := &pumpDone{}
+	for {
+		nr, er := src.Read(buf)
+		if nr > 0 {
+			nw, ew := dst.Write(buf[:nr])
+			counter.Add(int64(nw))
+			if ew != nil {
+				d.writeErr = ew
+				break
+			}
+		}
+		if er != nil {
+			if er == io.EOF {
+				d.eof = true
+			} else {
+				d.readErr = er
+			}
+			break
+		}
+	}
+	bufPool.Put(bufp)
+	if d.eof {
+		if cw, ok := dst.(closeWriter); ok && !closeAll {
+			_ = cw.CloseWrite()
+		} else {
+			d.endAll = true
+		}
+	}
+	report(d)
+}
+
+// classify maps an I/O error to an end reason.
+func classify(err error) messages.EndReason {
+	switch {
+	case err == nil:
+		return messages.EndNormal
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE), errors.Is(err, syscall.ECONNABORTED):
+		return messages.EndReset
+	case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, context.DeadlineExceeded), errors.Is(err, syscall.ETIMEDOUT):
+		return messages.EndTimeout
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return messages.EndTimeout
+	}
+	return messages.EndError
+}
+
+// abort ends c with a reset where the transport allows it, else closes it.
+func abort(c net.Conn) {
+	switch c := c.(type) {
+	case nil:
+	case *net.TCPConn:
+		_ = c.SetLinger(0)
+		_ = c.Close()
+	case aborter:
+		_ = c.Abort()
+	default:
+		_ = c.Close()
+	}
+}
+
+func closeQuietly(c net.Conn) {
+	if c != nil {
+		_ = c.Close()
+	}
+}

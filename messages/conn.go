@@ -1,0 +1,76 @@
+package messages
+
+import "time"
+
+// Side names one of a connection's two sockets.
+type Side string
+
+// Sides. On a client, incoming is the local proxy client and outgoing the tunnel; on an exit,
+// incoming is the tunnel and outgoing the destination.
+const (
+	SideIncoming Side = "incoming"
+	SideOutgoing Side = "outgoing"
+)
+
+// EndReason says why one side of a connection ended. The set is closed; docs/connections.md
+// describes when each is recorded.
+type EndReason string
+
+// End reasons.
+const (
+	EndNormal         EndReason = "normal"          // the side closed its stream (EOF) and everything was delivered
+	EndReset          EndReason = "reset"           // the side reset the connection (ECONNRESET, EPIPE)
+	EndTimeout        EndReason = "timeout"         // a handshake, dial or write did not finish in time
+	EndInactivity     EndReason = "inactivity"      // no bytes either way for the inactivity timeout
+	EndMaxLifetime    EndReason = "max_lifetime"    // the connection reached its maximum lifetime
+	EndLimit          EndReason = "limit"           // refused: too many connections
+	EndPolicyDenied   EndReason = "policy_denied"   // refused: the exit's egress policy
+	EndDialFailed     EndReason = "dial_failed"     // the destination could not be reached
+	EndTunnelClosed   EndReason = "tunnel_closed"   // the tunnel (or exit session) under it closed
+	EndDrainTimeout   EndReason = "drain_timeout"   // still open when a drain ran out of time
+	EndEngineShutdown EndReason = "engine_shutdown" // the engine shut down
+	EndProtocolError  EndReason = "protocol_error"  // the client's proxy or connect request was malformed
+	EndError          EndReason = "error"           // any other I/O error
+)
+
+// AllEndReasons lists the set, for documentation and exhaustive stats.
+var AllEndReasons = []EndReason{EndNormal, EndReset, EndTimeout, EndInactivity, EndMaxLifetime, EndLimit,
+	EndPolicyDenied, EndDialFailed, EndTunnelClosed, EndDrainTimeout, EndEngineShutdown, EndProtocolError, EndError}
+
+// ConnectionEnded is emitted once per connection when its actor has stopped and released both sockets.
+type ConnectionEnded struct {
+	Owner     string // tunnel id, or exit id/session id
+	Role      string // "client" or "exit"
+	ID        uint64
+	Source    string
+	Target    string
+	Duration  time.Duration
+	BytesIn   int64 // incoming → outgoing, as delivered to the outgoing side
+	BytesOut  int64 // outgoing → incoming, as delivered to the incoming side
+	Incoming  EndReason
+	Outgoing  EndReason
+	Refused   bool // never relayed: refused at setup (limit, policy, dial failure, bad request)
+	Keepalive bool // the incoming side was seen sending TCP keep-alive probes
+}
+
+// ConnectionOpened is emitted when a connection actor starts (refusals included).
+type ConnectionOpened struct {
+	Owner string
+	Role  string
+	ID    uint64
+}
+
+// ConnectionStats counts connections by side and end reason.
+type ConnectionStats struct {
+	Active int                           // relaying or setting up now
+	Opened uint64                        // accepted so far
+	Ended  uint64                        // ended so far (refusals included)
+	ByEnd  map[Side]map[EndReason]uint64 // per side, per reason
+	Bytes  struct{ In, Out int64 }       // delivered by ended connections
+}
+
+// GetStats asks a tunnel (or the engine) for its ConnectionStats; the reply is StatsResponse.
+type GetStats struct{}
+
+// StatsResponse answers GetStats.
+type StatsResponse struct{ Stats ConnectionStats }
