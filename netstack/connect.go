@@ -1,0 +1,161 @@
+package netstack
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/warren-tunnel/warren/messages"
+)
+
+// The connect protocol runs inside the tunnel, from a client to its exit's connect service, at the
+// start of each TCP connection:
+//
+//	request: 'W' version cmd hostlen host[hostlen] port[2, big endian]
+//	reply:   'W' version code
+//
+// cmd is ConnectCmdTCP (then the stream carries the connection's bytes) or ConnectCmdPing (a
+// liveness probe; host is empty, port 0; the exit replies and closes). The host is an IP literal or a
+// name the exit resolves, so names never leak to the client's network. code is a messages.ReplyCode.
+const (
+	connectMagic    = 'W'
+	connectVersion  = 1
+	ConnectCmdTCP   = 1
+	ConnectCmdPing  = 2
+	maxConnectHost  = 255
+	DefaultConnPort = 7070 // the exit's connect service port on its tunnel address
+)
+
+// ErrBadConnectRequest: a malformed connect-protocol request.
+var ErrBadConnectRequest = errors.New("bad connect request")
+
+// ConnectRequest is a parsed request header.
+type ConnectRequest struct {
+	Cmd  byte
+	Host string
+	Port uint16
+}
+
+// ReadConnectRequest reads one request header from r.
+func ReadConnectRequest(r io.Reader) (ConnectRequest, error) {
+	var hdr [4]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return ConnectRequest{}, fmt.Errorf("%w: header: %w", ErrBadConnectRequest, err)
+	}
+	if hdr[0] != connectMagic || hdr[1] != connectVersion {
+		return ConnectRequest{}, fmt.Errorf("%w: magic/version %#x %d", ErrBadConnectRequest, hdr[0], hdr[1])
+	}
+	req := ConnectRequest{Cmd: hdr[2]}
+	buf := make([]byte, int(hdr[3])+2)
+	if _, err := io.ReadFull(r, buf); err != nil {
+		return ConnectRequest{}, fmt.Errorf("%w: host/port: %w", ErrBadConnectRequest, err)
+	}
+	req.Host = string(buf[:hdr[3]])
+	req.Port = binary.BigEndian.Uint16(buf[hdr[3]:])
+	switch req.Cmd {
+	case ConnectCmdTCP:
+		if req.Host == "" || req.Port == 0 {
+			return req, fmt.Errorf("%w: empty host or port 0", ErrBadConnectRequest)
+		}
+	case ConnectCmdPing:
+	default:
+		return req, fmt.Errorf("%w: command %d", ErrBadConnectRequest, req.Cmd)
+	}
+	return req, nil
+}
+
+// WriteConnectReply answers a request.
+func WriteConnectReply(w io.Writer, code messages.ReplyCode) error {
+	_, err := w.Write([]byte{connectMagic, connectVersion, byte(code)})
+	return err
+}
+
+func writeConnectRequest(w io.Writer, req ConnectRequest) error {
+	if len(req.Host) > maxConnectHost {
+		return fmt.Errorf("%w: host longer than %d", ErrBadConnectRequest, maxConnectHost)
+	}
+	buf := make([]byte, 0, 6+len(req.Host))
+	buf = append(buf, connectMagic, connectVersion, req.Cmd, byte(len(req.Host)))
+	buf = append(buf, req.Host...)
+	buf = binary.BigEndian.AppendUint16(buf, req.Port)
+	_, err := w.Write(buf)
+	return err
+}
+
+func readConnectReply(r io.Reader) (messages.ReplyCode, error) {
+	var rep [3]byte
+	if _, err := io.ReadFull(r, rep[:]); err != nil {
+		return 0, fmt.Errorf("connect reply: %w", err)
+	}
+	if rep[0] != connectMagic || rep[1] != connectVersion {
+		return 0, fmt.Errorf("connect reply: bad magic/version %#x %d", rep[0], rep[1])
+	}
+	return messages.ReplyCode(rep[2]), nil
+}
+
+// Dialer opens connections through a tunnel by asking the exit's connect service.
+type Dialer struct {
+	Stack   *Stack         // the client's stack; alive while the device that owns it is
+	Service netip.AddrPort // the exit's connect service
+}
+
+// DialTCP connects to host:port via the exit. A refusal by the exit is a *DialError with its code.
+func (d Dialer) DialTCP(ctx context.Context, host string, port uint16) (net.Conn, error) {
+	c, err := d.exchange(ctx, ConnectRequest{Cmd: ConnectCmdTCP, Host: host, Port: port})
+	if err != nil {
+		return nil, fmt.Errorf("dial %s via exit: %w", net.JoinHostPort(host, fmt.Sprint(port)), err)
+	}
+	return c, nil
+}
+
+// Ping proves the data plane end to end: a TCP round trip to the exit's connect service.
+func (d Dialer) Ping(ctx context.Context) error {
+	c, err := d.exchange(ctx, ConnectRequest{Cmd: ConnectCmdPing})
+	if err != nil {
+		return fmt.Errorf("ping exit: %w", err)
+	}
+	return c.Close()
+}
+
+func (d Dialer) exchange(ctx context.Context, req ConnectRequest) (net.Conn, error) {
+	if d.Stack == nil {
+		return nil, &DialError{Code: messages.ReplyNetworkUnreachable, Err: errors.New("no tunnel device")}
+	}
+	c, err := d.Stack.DialContext(ctx, "tcp", d.Service)
+	if err != nil {
+		return nil, &DialError{Code: ReplyCodeForDial(err), Err: fmt.Errorf("reach exit connect service %s: %w", d.Service, err)}
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		_ = c.SetDeadline(dl)
+	}
+	// A cancelled ctx without a deadline must still unblock the exchange.
+	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	if err := writeConnectRequest(c, req); err != nil {
+		c.Close()
+		return nil, err
+	}
+	code, err := readConnectReply(c)
+	if err != nil {
+		c.Close()
+		if ctx.Err() != nil {
+			err = fmt.Errorf("%w: %w", ctx.Err(), err)
+		}
+		return nil, &DialError{Code: ReplyCodeForDial(err), Err: err}
+	}
+	if code != messages.ReplySucceeded {
+		c.Close()
+		return nil, &DialError{Code: code}
+	}
+	if !stop() {
+		c.Close()
+		return nil, ctx.Err()
+	}
+	_ = c.SetDeadline(time.Time{})
+	return c, nil
+}
