@@ -341,7 +341,7 @@ func (c *connActor) report(ctx actor.Context) {
 	c.cfg.logger.Log(context.Background(), lvl, "connection ended", "conn", ev.ID, "role", ev.Role, "owner", ev.Owner,
 		"source", ev.Source, "target", ev.Target, "duration", ev.Duration.Round(time.Millisecond),
 		"bytes_in", ev.BytesIn, "bytes_out", ev.BytesOut, "incoming", ev.Incoming, "outgoing", ev.Outgoing)
-	ctx.Send(ctx.Parent(), ev)
+	ctx.Request(ctx.Parent(), ev) // Request, not Send: the parent keys its bookkeeping by sender
 	emit(ctx, c.cfg.events, ev)
 }
 
@@ -361,6 +361,11 @@ func (c *connActor) setup(ctx context.Context) {
 		msg = c.setupService(ctx)
 	case connFlowTCP, connFlowUDP:
 		msg = c.setupFlow(ctx)
+	}
+	if _, ok := msg.(*connSetupFailed); ok && c.cfg.client != nil {
+		// The refusal reply is written; closing with the client's request still unread would send a
+		// reset that can overtake it. Half-close, discard what is left for a moment, then close.
+		lingerClose(c.cfg.client, 500*time.Millisecond)
 	}
 	c.result <- msg
 	c.system.Root.Send(c.self, &connSetupDone{})

@@ -108,12 +108,12 @@ func (d *deviceActor) Receive(ctx actor.Context) {
 	case *actor.Started:
 		if err := d.create(ctx); err != nil {
 			d.release()
-			ctx.Send(ctx.Parent(), &deviceFailed{err: err})
+			ctx.Request(ctx.Parent(), &deviceFailed{err: err}) // Request carries the sender: the parent keys legs by device
 			ctx.Stop(ctx.Self())
 			return
 		}
 		d.cfg.logger.Debug("device up", "role", d.cfg.role, "udp", d.bind.LocalAddrPort(), "addresses", d.cfg.addresses)
-		ctx.Send(ctx.Parent(), &deviceReady{stack: d.stack, endpoint: d.bind.LocalAddrPort(), publicKey: d.cfg.privateKey.Public()})
+		ctx.Request(ctx.Parent(), &deviceReady{stack: d.stack, endpoint: d.bind.LocalAddrPort(), publicKey: d.cfg.privateKey.Public()})
 	case *addPeer:
 		if d.stopping || d.dev == nil {
 			ctx.Respond(&addPeerResponse{err: errors.New("device stopping")})

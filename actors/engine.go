@@ -6,8 +6,9 @@ package actors
 //	Running ──Shutdown──▶ StoppingTunnels ──all tunnels terminated──▶ StoppingExit
 //	        ──exit terminated──▶ StoppingSignaling ──signaling terminated──▶ ShutdownResponse
 //
-// Tunnels go first so their goodbyes still reach exits; signaling goes last because everything
-// before it may still publish.
+// Tunnels go first and drain, so that downloads in flight through this process's own exit finish
+// and their goodbyes still reach exits; the exit then says goodbye to its remaining clients;
+// signaling goes last because everything before it may still publish.
 
 import (
 	"log/slog"
@@ -159,14 +160,20 @@ func (e *engineActor) running(ctx actor.Context) {
 		ctx.Respond(&TunnelSpawned{PID: pid})
 	case *actor.Terminated:
 		delete(e.tunnels, m.Who.Id)
-		if e.exit != nil && m.Who.Equal(e.exit) {
+		switch {
+		case e.exit != nil && m.Who.Equal(e.exit):
 			e.exit = nil
+		case e.signaling != nil && m.Who.Equal(e.signaling):
+			e.signaling = nil
+			e.cfg.Logger.Error("signaling stopped unexpectedly; tunnels and exit can no longer negotiate")
 		}
 	case *Shutdown:
 		e.stopper = ctx.Sender()
 		e.behavior.Become(e.shuttingDown)
 		for _, pid := range e.tunnels {
-			ctx.Stop(pid)
+			// Each tunnel drains (its proxies refuse new connections, active ones may finish within
+			// its drain timeout), says goodbye, and stops; Terminated moves shutdown on.
+			ctx.Send(pid, &messages.CloseTunnel{Reason: "engine shutdown", Why: messages.EndEngineShutdown})
 		}
 		e.advance(ctx)
 	}

@@ -51,7 +51,8 @@ type ExitConfig struct {
 	Signaling          *actor.PID
 	Events             *actor.PID
 	Logger             *slog.Logger
-	ReadyTo            *actor.PID // hears one *ExitReady
+	ReadyTo            *actor.PID          // hears one *ExitReady
+	Identity           *signaling.Identity // signs the exit's goodbyes; announced in session responses
 }
 
 // ExitReady tells the engine the exit serves (Err nil) or could not start.
@@ -103,6 +104,13 @@ func (e *exitActor) Receive(ctx actor.Context) {
 	if _, ok := ctx.Message().(*actor.Stopping); ok {
 		why := messages.EndEngineShutdown
 		e.stopWhy.Store(&why)
+		// Goodbye to every client session, before the peers go: clients leave Up at once instead
+		// of waiting for a handshake or keepalive timeout.
+		for _, s := range e.sessions {
+			c := &messages.SessionClose{SessionID: s.id, Reason: "exit shutting down"}
+			e.cfg.Identity.SignSessionClose(c, time.Now())
+			ctx.Send(e.cfg.Signaling, &sendExitGoodbye{clientID: s.clientID, close: c})
+		}
 		e.behavior.Become(func(actor.Context) {}) // children are stopping because we are; nothing to react to
 		return
 	}
@@ -209,7 +217,7 @@ func (e *exitActor) serving(ctx actor.Context) {
 			return
 		}
 		s := e.sessions[c.SessionID]
-		if s == nil || s.clientID != c.ClientID {
+		if s == nil || s.clientID != c.Signer {
 			e.cfg.Logger.Debug("goodbye for unknown session", "session", c.SessionID)
 			return
 		}
@@ -284,6 +292,7 @@ func (e *exitActor) grant(ctx actor.Context, req *messages.SessionRequest) {
 					SessionID: req.SessionID, ExitWGPublicKey: e.cfg.PrivateKey.Public().String(),
 					Endpoint: e.endpoint.String(), ClientAddresses: []string{addr.String()},
 					ExitAddresses: []string{e.addr.String()}, ConnectPort: e.cfg.ConnectPort, MTU: e.cfg.MTU,
+					ExitIdentity: e.cfg.Identity.ID(),
 				}})
 				e.cfg.Logger.Info("session opened", "session", s.id, "client", s.clientID, "address", addr)
 				emit(ctx, e.cfg.Events, &messages.SessionOpened{ExitID: e.cfg.ID, SessionID: s.id, ClientID: s.clientID, ClientAddresses: s.addrs})

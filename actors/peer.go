@@ -43,7 +43,10 @@ type peerConfig struct {
 }
 
 // probeFailed: the data plane could not be proven within the limit.
-type probeFailed struct{ err error }
+type probeFailed struct {
+	sessionID string
+	err       error
+}
 
 type probeDone struct {
 	err error
@@ -81,7 +84,7 @@ func (p *peerActor) Receive(ctx actor.Context) {
 	case *probeDone:
 		p.cfg.logger.Debug("probe", "session", p.cfg.sessionID, "rtt", m.rtt, "err", m.err)
 		if m.err != nil {
-			ctx.Send(p.cfg.notify, &probeFailed{err: m.err})
+			ctx.Send(p.cfg.notify, &probeFailed{sessionID: p.cfg.sessionID, err: m.err})
 			return
 		}
 		ctx.Send(p.cfg.notify, &messages.HandshakeCompleted{SessionID: p.cfg.sessionID, RTT: m.rtt})

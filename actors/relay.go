@@ -8,6 +8,7 @@ import (
 	"os"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/warren-tunnel/warren/messages"
 )
@@ -101,4 +102,21 @@ func closeQuietly(c net.Conn) {
 	if c != nil {
 		_ = c.Close()
 	}
+}
+
+// lingerClose half-closes c, reads and discards what the peer still sends for up to d (so the
+// kernel does not answer unread data with a reset that destroys a reply in flight), then closes.
+func lingerClose(c net.Conn, d time.Duration) {
+	if cw, ok := c.(closeWriter); ok {
+		_ = cw.CloseWrite()
+		_ = c.SetReadDeadline(time.Now().Add(d))
+		bufp := bufPool.Get().(*[]byte)
+		for i := 0; i < 16; i++ { // at most 1 MiB
+			if _, err := c.Read(*bufp); err != nil {
+				break
+			}
+		}
+		bufPool.Put(bufp)
+	}
+	_ = c.Close()
 }

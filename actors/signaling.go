@@ -26,9 +26,39 @@ import (
 
 // SignalingConfig hands the actor its resources; it owns them from then on.
 type SignalingConfig struct {
-	Conn   *nats.Conn
-	Server *server.Server // embedded server, or nil
-	Logger *slog.Logger
+	Conn     *nats.Conn
+	Server   *server.Server // embedded server, or nil
+	Logger   *slog.Logger
+	ClientID string // this engine's identity: exits' goodbyes arrive on its events subject
+}
+
+// sendExitGoodbye publishes an exit's goodbye to a client; fire and forget.
+type sendExitGoodbye struct {
+	clientID string
+	close    *messages.SessionClose
+}
+
+// watchSession routes the exit's goodbye for a session to the sender (a tunnel), once verified
+// against the exit's identity; unwatchSession stops that.
+type watchSession struct {
+	sessionID    string
+	exitIdentity string
+	tunnel       *actor.PID
+}
+
+type unwatchSession struct{ sessionID string }
+
+// exitSaidGoodbye tells a tunnel that the exit ended one of its sessions.
+type exitSaidGoodbye struct {
+	sessionID string
+	reason    string
+}
+
+type inboundClientEvent struct{ msg *nats.Msg }
+
+type watchedSession struct {
+	tunnel       *actor.PID
+	exitIdentity string
 }
 
 // requestSession asks an exit for a session; the requester hears one *sessionReply.
@@ -36,9 +66,11 @@ type requestSession struct {
 	exitID  string
 	req     *messages.SessionRequest
 	timeout time.Duration
+	tag     int // returned in the reply
 }
 
 type sessionReply struct {
+	tag  int
 	resp *messages.SessionResponse
 	err  error
 }
@@ -81,6 +113,7 @@ const maxInFlight = 256
 type signalingActor struct {
 	cfg      SignalingConfig
 	inFlight int
+	watched  map[string]watchedSession // session id → the tunnel to tell of the exit's goodbye
 	subs     []*nats.Subscription
 	ctx      context.Context // cancelled in Stopping; ends outstanding requests
 	cancel   context.CancelFunc
@@ -97,6 +130,32 @@ func (s *signalingActor) Receive(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *actor.Started:
 		s.ctx, s.cancel = context.WithCancel(context.Background())
+		s.watched = map[string]watchedSession{}
+		if s.cfg.ClientID != "" {
+			system, self := ctx.ActorSystem(), ctx.Self()
+			sub, err := s.cfg.Conn.Subscribe(signaling.ClientSubject(s.cfg.ClientID), func(msg *nats.Msg) {
+				system.Root.Send(self, &inboundClientEvent{msg: msg})
+			})
+			if err != nil {
+				s.cfg.Logger.Error("subscribe to client events", "err", err)
+			} else {
+				s.subs = append(s.subs, sub)
+			}
+		}
+	case *watchSession:
+		s.watched[m.sessionID] = watchedSession{tunnel: m.tunnel, exitIdentity: m.exitIdentity}
+	case *unwatchSession:
+		delete(s.watched, m.sessionID)
+	case *inboundClientEvent:
+		s.handleClientEvent(ctx, m.msg)
+	case *sendExitGoodbye:
+		data, err := signaling.Encode(messages.TypeSessionClose, m.close)
+		if err == nil {
+			err = s.cfg.Conn.Publish(signaling.ClientSubject(m.clientID), data)
+		}
+		if err != nil {
+			s.cfg.Logger.Warn("exit goodbye not sent", "client", m.clientID, "session", m.close.SessionID, "err", err)
+		}
 	case *serveExit:
 		system, self, exit := ctx.ActorSystem(), ctx.Self(), m.exit
 		sub, err := s.cfg.Conn.Subscribe(signaling.ExitSubject(m.exitID), func(msg *nats.Msg) {
@@ -132,6 +191,35 @@ func (s *signalingActor) Receive(ctx actor.Context) {
 			s.cfg.Server.WaitForShutdown()
 		}
 	}
+}
+
+// handleClientEvent takes an exit's goodbye: valid, for a watched session, signed by that session's exit.
+func (s *signalingActor) handleClientEvent(ctx actor.Context, msg *nats.Msg) {
+	body, err := signaling.Decode(msg.Data)
+	if err != nil {
+		s.cfg.Logger.Warn("client event refused", "subject", msg.Subject, "reason", err)
+		return
+	}
+	c, ok := body.(*messages.SessionClose)
+	if !ok {
+		s.cfg.Logger.Warn("client event refused", "subject", msg.Subject, "reason", fmt.Sprintf("unexpected %T", body))
+		return
+	}
+	w, ok := s.watched[c.SessionID]
+	if !ok {
+		s.cfg.Logger.Debug("exit goodbye for unknown session", "session", c.SessionID)
+		return
+	}
+	if c.Signer != w.exitIdentity {
+		s.cfg.Logger.Warn("exit goodbye refused", "session", c.SessionID, "reason", "not signed by the session's exit")
+		return
+	}
+	if err := signaling.VerifySessionClose(c, time.Now()); err != nil {
+		s.cfg.Logger.Warn("exit goodbye refused", "session", c.SessionID, "reason", err)
+		return
+	}
+	delete(s.watched, c.SessionID)
+	ctx.Send(w.tunnel, &exitSaidGoodbye{sessionID: c.SessionID, reason: c.Reason})
 }
 
 func (s *signalingActor) refuse(msg *nats.Msg, code, text string) {
@@ -196,7 +284,7 @@ func (s *signalingActor) request(ctx actor.Context, m *requestSession) {
 	data, err := signaling.Encode(messages.TypeSessionRequest, m.req)
 	requester, system := ctx.Sender(), ctx.ActorSystem()
 	if err != nil {
-		ctx.Send(requester, &sessionReply{err: err})
+		ctx.Send(requester, &sessionReply{tag: m.tag, err: err})
 		return
 	}
 	s.wg.Add(1)
@@ -204,7 +292,7 @@ func (s *signalingActor) request(ctx actor.Context, m *requestSession) {
 		defer s.wg.Done()
 		rctx, cancel := context.WithTimeout(s.ctx, m.timeout)
 		defer cancel()
-		reply := &sessionReply{}
+		reply := &sessionReply{tag: m.tag}
 		msg, err := s.cfg.Conn.RequestWithContext(rctx, signaling.ExitSubject(m.exitID), data)
 		switch {
 		case errors.Is(err, nats.ErrNoResponders):

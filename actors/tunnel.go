@@ -1,20 +1,25 @@
 package actors
 
-// The tunnel actor owns one client tunnel: its proxy listeners and accept loops, its device (a
-// child), and the connections proxied through it (children).
+// The tunnel actor owns one client tunnel: its proxy listeners and accept loops, its legs (a session
+// with an exit and the device that carries it: tunnel_leg.go), and the connections proxied through
+// it (children: tunnel_conns.go).
 //
-//	Negotiating ──session granted──▶ Handshaking ──HandshakeCompleted──▶ Up
-//	     │                               │                               │
-//	     └──refused / timeout / error────┴──device or probe failed──▶ Failed ──(released)──▶ Closed
-//	Any state ──CloseTunnel──▶ Closing ──(released)──▶ Closed
+//	Negotiating ──session granted──▶ Handshaking ──HandshakeCompleted──▶ Up ◀──────────────┐
+//	     │                               │                               │                 │
+//	     └──refused / timeout / error────┴──────▶ Failed(cause)          ├─Switch──▶ Switching ──new leg up / failed──┘
+//	                                                 │                   ├─Reconfigure──▶ Reconfiguring ──new leg up──┘
+//	                                                 │                   │  (old leg released first)     └─failed──▶ Failed
+//	                                                 │                   ├─exit goodbye / device lost──▶ Failed
+//	                                                 │                   └─Close──▶ Draining ──last connection ended,
+//	                                                 ▼                                        or drain timeout + grace──▶ Closing
+//	                                              Closed ◀──────────────(released)────────────────────────────────────┘
 //
-// The proxy listeners are bound synchronously in Started, so a port in use fails the open at once.
-// Release order when the actor stops: listeners (Stopping) → connections and device (children; the
-// device releases netstack → device → UDP bind) → Closed is emitted (Stopped).
+// The proxy listeners are bound synchronously in Started, so a port in use fails the open at once;
+// they keep their port across switches and reconfigurations. Release order when the actor stops:
+// listeners (Draining or Stopping) → connections and devices (children; each device releases
+// netstack → device → UDP bind) → Closed is emitted and the opener and closers are answered (Stopped).
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -28,7 +33,6 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 
 	"github.com/warren-tunnel/warren/messages"
-	"github.com/warren-tunnel/warren/netstack"
 	"github.com/warren-tunnel/warren/proxy"
 	"github.com/warren-tunnel/warren/signaling"
 )
@@ -40,17 +44,20 @@ var (
 	ErrExitUnreachable  = errors.New("exit unreachable over signaling")
 	ErrDeviceFailed     = errors.New("tunnel device failed")
 	ErrTunnelClosed     = errors.New("tunnel closed")
+	ErrExitGone         = errors.New("exit ended the session")
+	ErrBusy             = errors.New("tunnel is switching or reconfiguring")
+	ErrNotUp            = errors.New("tunnel is not up")
 )
 
 // TunnelConfig is a client tunnel, resolved and validated by the engine.
 type TunnelConfig struct {
 	ID                string
 	ExitID            string
-	SOCKSAddr         string     // "" disables the SOCKS5 proxy
-	HTTPAddr          string     // "" disables the HTTP proxy
-	UDPBind           netip.Addr // the device's UDP address; invalid: the local address routed to the exit
-	MTU               int
-	HandshakeTimeout  time.Duration // session request and first handshake together
+	SOCKSAddr         string        // "" disables the SOCKS5 proxy
+	HTTPAddr          string        // "" disables the HTTP proxy
+	UDPBind           netip.Addr    // the device's UDP address; invalid: the local address routed to the exit
+	HandshakeTimeout  time.Duration // session request and first handshake together, per leg
+	DrainTimeout      time.Duration // default for Close and Switch
 	Conn              ConnTimeouts  // each proxied connection's limits (Setup: its handshake and dial)
 	MaxConns          int           // proxied connections at once; 0 unlimited
 	MaxConnsPerSource int           // from one source address at once; 0 unlimited
@@ -62,102 +69,6 @@ type TunnelConfig struct {
 	ReplyTo           *actor.PID // hears one messages.OpenTunnelResponse
 }
 
-// errLimit refuses a proxy connection over a limit: SOCKS5 general failure, HTTP 503.
-type errLimit struct{ what string }
-
-func (e errLimit) Error() string               { return "connection limit reached: " + e.what }
-func (errLimit) ReplyCode() messages.ReplyCode { return messages.ReplyGeneralFailure }
-func (errLimit) HTTPStatus() int               { return 503 }
-
-// accept spawns a connection actor for a proxy connection, or a refusal over a limit.
-func (t *tunnelActor) accept(ctx actor.Context, m *connAccepted) {
-	if t.state != messages.StateUp || t.stopping {
-		_ = m.c.Close()
-		return
-	}
-	src := hostOf(m.c.RemoteAddr())
-	t.nextConn++
-	t.stats.Opened++
-	cfg := connConfig{kind: connProxy, role: "client", id: t.nextConn, owner: t.cfg.ID, logger: t.cfg.Logger,
-		limits: t.cfg.Conn, proxyKind: m.kind, client: m.c, dialer: t.dialer, events: t.cfg.Events, stopWhy: &t.stopWhy}
-	var over string
-	switch {
-	case t.cfg.MaxConns > 0 && t.stats.Active >= t.cfg.MaxConns:
-		over = fmt.Sprintf("tunnel has %d connections", t.stats.Active)
-	case t.cfg.MaxConnsPerSource > 0 && t.sources[src] >= t.cfg.MaxConnsPerSource:
-		over = fmt.Sprintf("source %s has %d connections", src, t.sources[src])
-	}
-	if over != "" {
-		if t.refusing >= max(t.cfg.MaxConns, 64) { // refusals are bounded too: beyond this, just close
-			_ = m.c.Close()
-			ev := &messages.ConnectionEnded{Owner: t.cfg.ID, Role: "client", ID: t.nextConn,
-				Incoming: messages.EndLimit, Outgoing: messages.EndLimit, Refused: true}
-			t.ended(ctx, ev)
-			emit(ctx, t.cfg.Events, &messages.ConnectionOpened{Owner: t.cfg.ID, Role: "client", ID: t.nextConn})
-			emit(ctx, t.cfg.Events, ev)
-			return
-		}
-		t.refusing++
-		cfg.kind, cfg.refusal = connRefuse, errLimit{over}
-		pid := ctx.Spawn(props(newConnActor(cfg)))
-		t.sourceOf[pid.Id] = "\x00refusal"
-		return
-	}
-	t.stats.Active++
-	t.sources[src]++
-	pid := ctx.Spawn(props(newConnActor(cfg)))
-	t.sourceOf[pid.Id] = src
-}
-
-// ended counts a connection that ended (its actor has stopped and released its sockets).
-func (t *tunnelActor) ended(ctx actor.Context, m *messages.ConnectionEnded) {
-	if sender := ctx.Sender(); sender != nil {
-		if src, ok := t.sourceOf[sender.Id]; ok {
-			delete(t.sourceOf, sender.Id)
-			if src == "\x00refusal" {
-				t.refusing--
-			} else {
-				t.stats.Active--
-				if t.sources[src]--; t.sources[src] <= 0 {
-					delete(t.sources, src)
-				}
-			}
-		}
-	}
-	t.stats.Ended++
-	t.stats.ByEnd[messages.SideIncoming][m.Incoming]++
-	t.stats.ByEnd[messages.SideOutgoing][m.Outgoing]++
-	t.stats.Bytes.In += m.BytesIn
-	t.stats.Bytes.Out += m.BytesOut
-}
-
-func hostOf(a net.Addr) string {
-	if a == nil {
-		return ""
-	}
-	if h, _, err := net.SplitHostPort(a.String()); err == nil {
-		return h
-	}
-	return a.String()
-}
-
-func newByEnd() map[messages.Side]map[messages.EndReason]uint64 {
-	return map[messages.Side]map[messages.EndReason]uint64{messages.SideIncoming: {}, messages.SideOutgoing: {}}
-}
-
-func cloneByEnd(m map[messages.Side]map[messages.EndReason]uint64) map[messages.Side]map[messages.EndReason]uint64 {
-	out := newByEnd()
-	for side, reasons := range m {
-		for r, n := range reasons {
-			out[side][r] = n
-		}
-	}
-	return out
-}
-
-// setupExpired: the setup deadline passed before the tunnel came Up.
-type setupExpired struct{}
-
 type connAccepted struct {
 	c    net.Conn
 	kind proxy.Kind
@@ -166,35 +77,37 @@ type connAccepted struct {
 type proxyListener struct {
 	ln   net.Listener
 	kind proxy.Kind
-	stop chan struct{} // closed in Stopping, before the listener
+	stop chan struct{} // closed before the listener; nil until the loop starts
 	end  chan struct{} // closed when its accept loop returned; nil until the loop starts
 }
 
+type tunnelDrainExpired struct{}
+
 type tunnelActor struct {
-	cfg         TunnelConfig
-	behavior    actor.Behavior
-	state       messages.TunnelState
-	listeners   []*proxyListener // bound in Started, closed in Stopping
-	sessionID   string
-	session     *messages.SessionResponse
-	wgKey       signaling.Key
-	device      *actor.PID
-	stack       *netstack.Stack // the device's; alive while device is
-	dialer      netstack.Dialer
-	info        messages.TunnelInfo
-	replied     bool
-	deadline    time.Time   // setup (Negotiating + Handshaking) must finish by then
-	timer       *time.Timer // fires setupExpired at deadline; stopped when Up and in Stopping
-	stopping    bool        // set in Stopping: nothing new is started
-	saidGoodbye bool
-	stopWhy     atomic.Pointer[messages.EndReason] // why children are being stopped; read by them
-	stats       messages.ConnectionStats
-	sources     map[string]int    // active connections per source address
-	sourceOf    map[string]string // connection child PID id → its source address
-	refusing    int               // refusal actors running
-	failErr     error             // why the tunnel failed; answered to the opener once released
-	closers     []*actor.PID      // CloseTunnel callers, answered once released
-	nextConn    uint64
+	cfg        TunnelConfig
+	behavior   actor.Behavior
+	state      messages.TunnelState
+	listeners  []*proxyListener // bound in Started, closed when draining starts or in Stopping
+	legs       map[int]*leg
+	nextLeg    int
+	current    *leg       // the leg new connections go to; nil before Up and while reconfiguring
+	pending    *leg       // the leg a Switch or Reconfigure is bringing up
+	waiter     *actor.PID // the Switch or Reconfigure caller
+	waitReconf bool       // the waiter asked for Reconfigure (else Switch)
+	drainFor   time.Duration
+	drainT     *time.Timer
+	drainWhy   messages.EndReason // recorded for connections still open when the drain ends
+	info       messages.TunnelInfo
+	replied    bool
+	stopping   bool
+	failErr    error        // why the tunnel failed; answered to the opener once released
+	closers    []*actor.PID // CloseTunnel callers, answered once released
+	stopWhy    atomic.Pointer[messages.EndReason]
+	nextConn   uint64
+	stats      messages.ConnectionStats
+	conns      map[string]connEntry // connection children by PID id
+	sources    map[string]int       // active connections per source address
+	refusing   int
 }
 
 // NewTunnelProps returns the props of a tunnel actor.
@@ -202,85 +115,65 @@ func NewTunnelProps(cfg TunnelConfig) *actor.Props {
 	cfg.Logger = orDiscard(cfg.Logger).With("tunnel", cfg.ID)
 	return props(func() actor.Actor {
 		t := &tunnelActor{cfg: cfg, behavior: actor.NewBehavior(), state: messages.StateNegotiating,
-			sources: map[string]int{}, sourceOf: map[string]string{}}
+			legs: map[int]*leg{}, conns: map[string]connEntry{}, sources: map[string]int{}}
 		t.stats.ByEnd = newByEnd()
-		t.behavior.Become(t.negotiating)
+		t.behavior.Become(t.opening)
 		return t
 	})
 }
 
 func (t *tunnelActor) Receive(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
-	case *connAccepted:
-		// Handled here in every state: a connection accepted just before the listener closed must
-		// not be left open in the mailbox.
-		t.accept(ctx, m)
-		return
-	case *messages.ConnectionEnded:
-		t.ended(ctx, m)
-		return
+	case *actor.Stopping:
+		t.onStopping(ctx)
+	case *actor.Stopped:
+		// Everything is released now: only now do the opener (on failure), the waiter and closers hear back.
+		t.transition(ctx, messages.StateClosed, "released")
+		err := t.failErr
+		if err == nil {
+			err = fmt.Errorf("%w: before it came up", ErrTunnelClosed)
+		}
+		t.reply(ctx, err)
+		t.answerWaiter(ctx, fmt.Errorf("%w", ErrTunnelClosed))
+		for _, c := range t.closers {
+			ctx.Send(c, &messages.CloseTunnelResponse{})
+		}
+	case *messages.GetTunnelInfo:
+		ctx.Respond(&messages.TunnelInfoResponse{Info: t.snapshot()})
 	case *messages.GetStats:
 		st := t.stats
 		st.ByEnd = cloneByEnd(t.stats.ByEnd)
 		ctx.Respond(&messages.StatsResponse{Stats: st})
-		return
-	case *actor.Stopping:
-		t.stopping = true
-		if t.timer != nil {
-			t.timer.Stop()
-		}
-		if t.state != messages.StateClosing && t.state != messages.StateFailed {
-			// stopped by its parent (engine shutdown): still release the exit's session
-			why := messages.EndEngineShutdown
-			t.stopWhy.Store(&why)
-			t.goodbye(ctx, "engine shutdown")
-			t.transition(ctx, messages.StateClosing, "engine shutdown")
-		}
-		for _, l := range t.listeners {
-			if l.stop != nil {
-				close(l.stop)
-			}
-			_ = l.ln.Close()
-			if l.end != nil {
-				<-l.end
-			}
-		}
-		return
-	case *actor.Stopped:
-		// Everything is released now: only now do the opener (on failure) and closers hear back.
-		t.transition(ctx, messages.StateClosed, "released")
-		if t.failErr != nil {
-			t.reply(ctx, t.failErr)
-		} else {
-			t.reply(ctx, fmt.Errorf("%w: before it came up", ErrTunnelClosed))
-		}
-		for _, c := range t.closers {
-			ctx.Send(c, &messages.CloseTunnelResponse{})
-		}
-		return
-	case *messages.GetTunnelInfo:
-		info := t.info
-		info.State = t.state
-		ctx.Respond(&messages.TunnelInfoResponse{Info: info})
-		return
+	case *connAccepted:
+		// Handled in every state: one accepted as the listener closed must not stay open in the mailbox.
+		t.accept(ctx, m)
+	case *messages.ConnectionEnded:
+		t.ended(ctx, m)
+	case *sessionReply, *deviceReady, *deviceFailed, *messages.HandshakeCompleted, *probeFailed,
+		*legTimedOut, *legDrainExpired, *exitSaidGoodbye, *actor.Terminated:
+		t.legEvent(ctx, m)
 	case *messages.CloseTunnel:
 		if ctx.Sender() != nil {
 			t.closers = append(t.closers, ctx.Sender())
 		}
-		t.close(ctx, m.Reason)
-		return
+		t.behavior.Receive(ctx)
+	default:
+		t.behavior.Receive(ctx)
 	}
-	t.behavior.Receive(ctx)
 }
 
 func (t *tunnelActor) transition(ctx actor.Context, to messages.TunnelState, cause string) {
 	from := t.state
+	if from == to {
+		return
+	}
 	t.state = to
 	t.cfg.Logger.Info("tunnel state", "from", from, "to", to, "cause", cause)
 	emit(ctx, t.cfg.Events, &messages.TunnelStateChanged{TunnelID: t.cfg.ID, From: from, To: to, Cause: cause, At: time.Now()})
 }
 
-func (t *tunnelActor) negotiating(ctx actor.Context) {
+// opening is Negotiating and Handshaking: the first leg is coming up.
+func (t *tunnelActor) opening(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *actor.Started:
 		t.info = messages.TunnelInfo{ID: t.cfg.ID, ExitID: t.cfg.ExitID}
@@ -288,89 +181,173 @@ func (t *tunnelActor) negotiating(ctx actor.Context) {
 			t.fail(ctx, err)
 			return
 		}
-		t.deadline = time.Now().Add(t.cfg.HandshakeTimeout)
-		system, self := ctx.ActorSystem(), ctx.Self()
-		t.timer = time.AfterFunc(t.cfg.HandshakeTimeout, func() { system.Root.Send(self, &setupExpired{}) })
-		t.requestSession(ctx)
-	case *sessionReply:
-		if m.err != nil {
-			t.fail(ctx, m.err)
-			return
-		}
-		t.session = m.resp
-		t.info.SessionID = t.sessionID
-		if err := t.startDevice(ctx); err != nil {
-			t.fail(ctx, err)
-			return
-		}
-		t.transition(ctx, messages.StateHandshaking, "session granted")
-		t.behavior.Become(t.handshaking)
-	case *setupExpired:
-		t.fail(ctx, fmt.Errorf("%w: no session within %v", ErrHandshakeTimeout, t.cfg.HandshakeTimeout))
-	}
-}
-
-func (t *tunnelActor) handshaking(ctx actor.Context) {
-	switch m := ctx.Message().(type) {
-	case *deviceReady:
-		t.stack = m.stack
-		exitAddr, _ := netip.ParseAddr(t.session.ExitAddresses[0])
-		t.dialer = netstack.Dialer{Stack: m.stack, Service: netip.AddrPortFrom(exitAddr, t.session.ConnectPort)}
-		exitKey, _ := signaling.ParseKey(t.session.ExitWGPublicKey)
-		f := ctx.RequestFuture(t.device, &addPeer{
-			publicKey:  exitKey,
-			allowedIPs: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")},
-			endpoint:   t.info.ExitEndpoint, keepalive: t.cfg.Keepalive, sessionID: t.sessionID,
-			probe: &t.dialer, notify: ctx.Self(), probeLimit: time.Until(t.deadline),
-		}, t.cfg.HandshakeTimeout)
-		ctx.ReenterAfter(f, func(res any, err error) {
-			if r, ok := res.(*addPeerResponse); ok && r.err != nil {
-				err = r.err
-			}
-			if err != nil && t.state == messages.StateHandshaking {
-				t.fail(ctx, fmt.Errorf("%w: %w", ErrDeviceFailed, err))
-			}
-		})
-	case *deviceFailed:
-		t.fail(ctx, fmt.Errorf("%w: %w", ErrDeviceFailed, m.err))
-	case *probeFailed:
-		t.fail(ctx, fmt.Errorf("%w: first handshake and probe: %w", ErrHandshakeTimeout, m.err))
-	case *messages.HandshakeCompleted:
-		t.timer.Stop()
-		t.info.UpSince = time.Now()
-		t.transition(ctx, messages.StateUp, fmt.Sprintf("handshake completed, probe rtt %v", m.RTT.Round(time.Microsecond)))
-		t.behavior.Become(t.up)
-		t.startAccepting(ctx)
-		t.reply(ctx, nil)
-	case *setupExpired:
-		t.fail(ctx, fmt.Errorf("%w: no handshake within %v", ErrHandshakeTimeout, t.cfg.HandshakeTimeout))
-	case *actor.Terminated:
-		if m.Who.Equal(t.device) {
-			t.fail(ctx, fmt.Errorf("%w: device stopped", ErrDeviceFailed))
-		}
+		t.current = t.startLeg(ctx, t.cfg.ExitID, legOpen)
+	case *messages.CloseTunnel:
+		t.closeNow(ctx, reasonOr(m.Reason))
+	case *messages.SwitchTunnel:
+		ctx.Respond(&messages.SwitchTunnelResponse{Err: ErrNotUp})
+	case *messages.ReconfigureTunnel:
+		ctx.Respond(&messages.ReconfigureTunnelResponse{Err: ErrNotUp})
 	}
 }
 
 func (t *tunnelActor) up(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
-	case *actor.Terminated:
-		if m.Who.Equal(t.device) {
-			t.fail(ctx, fmt.Errorf("%w: device stopped", ErrDeviceFailed))
+	case *messages.CloseTunnel:
+		t.drain(ctx, m)
+	case *messages.SwitchTunnel:
+		if err := signaling.ValidID(m.ExitID); err != nil {
+			ctx.Respond(&messages.SwitchTunnelResponse{Err: err})
+			return
+		}
+		t.waiter, t.waitReconf, t.drainFor = ctx.Sender(), false, t.drainTimeout(m.Drain)
+		t.transition(ctx, messages.StateSwitching, "switch to "+m.ExitID)
+		t.behavior.Become(t.changing)
+		t.pending = t.startLeg(ctx, m.ExitID, legSwitch)
+	case *messages.ReconfigureTunnel:
+		t.waiter, t.waitReconf = ctx.Sender(), true
+		t.transition(ctx, messages.StateReconfiguring, "reconfigure")
+		t.behavior.Become(t.changing)
+		old := t.current
+		t.current = nil // new connections are refused until the new leg is up
+		t.releaseLeg(ctx, old)
+	}
+}
+
+// changing is Switching and Reconfiguring: a new leg is coming up.
+func (t *tunnelActor) changing(ctx actor.Context) {
+	switch m := ctx.Message().(type) {
+	case *messages.CloseTunnel:
+		t.answerWaiter(ctx, fmt.Errorf("%w: closed during %s", ErrTunnelClosed, t.state))
+		if t.pending != nil {
+			t.releaseLeg(ctx, t.pending)
+			t.pending = nil
+		}
+		if t.current == nil {
+			t.closeNow(ctx, reasonOr(m.Reason))
+			return
+		}
+		t.drain(ctx, m)
+	case *messages.SwitchTunnel:
+		ctx.Respond(&messages.SwitchTunnelResponse{Err: ErrBusy})
+	case *messages.ReconfigureTunnel:
+		ctx.Respond(&messages.ReconfigureTunnelResponse{Err: ErrBusy})
+	}
+}
+
+func (t *tunnelActor) draining(ctx actor.Context) {
+	if _, ok := ctx.Message().(*tunnelDrainExpired); ok {
+		for _, e := range t.conns {
+			ctx.Send(e.pid, &EndConnection{Reason: t.drainWhy})
 		}
 	}
 }
 
-// closing and failed ignore everything but the lifecycle messages Receive handles.
+// closing and failed ignore everything but what Receive handles.
 func (t *tunnelActor) closing(actor.Context) {}
 
-func (t *tunnelActor) close(ctx actor.Context, reason string) {
+// legUp is called when a leg's data plane is proven.
+func (t *tunnelActor) legUp(ctx actor.Context, l *leg, rtt time.Duration) {
+	switch {
+	case l.purpose == legOpen && l == t.current:
+		t.info.UpSince = time.Now()
+		t.transition(ctx, messages.StateUp, fmt.Sprintf("handshake completed with %s, probe rtt %v", l.exitID, rtt.Round(time.Microsecond)))
+		t.behavior.Become(t.up)
+		t.startAccepting(ctx)
+		t.reply(ctx, nil)
+	case l == t.pending && l.purpose == legSwitch:
+		old := t.current
+		t.current, t.pending = l, nil
+		t.info.ExitID = l.exitID
+		t.transition(ctx, messages.StateUp, fmt.Sprintf("switched to %s (probe rtt %v); draining %s", l.exitID, rtt.Round(time.Microsecond), old.exitID))
+		t.behavior.Become(t.up)
+		t.answerWaiter(ctx, nil)
+		t.drainLeg(ctx, old, t.drainFor)
+	case l == t.pending && l.purpose == legReconfigure:
+		t.current, t.pending = l, nil
+		t.transition(ctx, messages.StateUp, fmt.Sprintf("reconfigured with %s (probe rtt %v)", l.exitID, rtt.Round(time.Microsecond)))
+		t.behavior.Become(t.up)
+		t.answerWaiter(ctx, nil)
+	default:
+		t.releaseLeg(ctx, l) // no longer wanted
+	}
+}
+
+// legFailed is called when a leg could not come up.
+func (t *tunnelActor) legFailed(ctx actor.Context, l *leg, err error) {
+	t.releaseLeg(ctx, l)
+	switch {
+	case l.purpose == legOpen && l == t.current:
+		t.fail(ctx, err)
+	case l == t.pending && l.purpose == legSwitch:
+		t.pending = nil
+		t.transition(ctx, messages.StateUp, "switch failed, staying on "+t.current.exitID+": "+err.Error())
+		t.behavior.Become(t.up)
+		t.answerWaiter(ctx, err)
+	case l == t.pending && l.purpose == legReconfigure:
+		t.pending = nil
+		t.answerWaiter(ctx, err)
+		t.fail(ctx, err)
+	}
+}
+
+// legReleased is called when a leg's device has terminated (or it never had one).
+func (t *tunnelActor) legReleased(ctx actor.Context, l *leg) {
+	if t.state == messages.StateReconfiguring && t.pending == nil && t.current == nil && !t.stopping && l.purpose != legReconfigure {
+		// The old device, netstack and bind are gone: only now create the new ones.
+		t.pending = t.startLeg(ctx, t.info.ExitID, legReconfigure)
+	}
+}
+
+// drain stops accepting, lets active connections finish for the drain timeout, ends the rest with
+// drain_timeout (graceful, then forced after the grace period), and then closes.
+func (t *tunnelActor) drain(ctx actor.Context, m *messages.CloseTunnel) {
+	d := t.drainTimeout(m.Drain)
+	t.drainWhy = m.Why
+	switch {
+	case t.drainWhy != "":
+	case d == 0:
+		t.drainWhy = messages.EndTunnelClosed
+	default:
+		t.drainWhy = messages.EndDrainTimeout
+	}
+	if t.drainWhy == messages.EndEngineShutdown {
+		t.stopWhy.Store(&t.drainWhy)
+	}
+	t.transition(ctx, messages.StateDraining, reasonOr(m.Reason))
+	t.behavior.Become(t.draining)
+	t.closeListeners()
+	for _, l := range t.legs {
+		if l != t.current && l.state != legDraining {
+			t.releaseLeg(ctx, l) // a leg still coming up is not wanted any more
+		}
+	}
+	if len(t.conns) == 0 {
+		t.finishClose(ctx)
+		return
+	}
+	t.drainT = t.sendAfter(ctx, d, &tunnelDrainExpired{})
+}
+
+func (t *tunnelActor) drainTimeout(d time.Duration) time.Duration {
+	switch {
+	case d == 0:
+		return t.cfg.DrainTimeout
+	case d < 0:
+		return 0
+	}
+	return d
+}
+
+// finishClose ends a drain: everything left is released by stopping.
+func (t *tunnelActor) finishClose(ctx actor.Context) {
+	t.closeNow(ctx, "drained")
+}
+
+func (t *tunnelActor) closeNow(ctx actor.Context, reason string) {
 	if t.state == messages.StateClosing || t.state == messages.StateFailed {
 		return
 	}
-	if reason == "" {
-		reason = "closed by owner"
-	}
-	t.goodbye(ctx, reason)
 	t.transition(ctx, messages.StateClosing, reason)
 	t.behavior.Become(t.closing)
 	ctx.Stop(ctx.Self())
@@ -380,23 +357,65 @@ func (t *tunnelActor) fail(ctx actor.Context, err error) {
 	if t.state == messages.StateClosing || t.state == messages.StateFailed {
 		return
 	}
-	t.goodbye(ctx, "failed: "+err.Error())
 	t.failErr = err
 	t.transition(ctx, messages.StateFailed, err.Error())
 	t.behavior.Become(t.closing)
 	ctx.Stop(ctx.Self())
 }
 
-// goodbye tells the exit the session is over, so it releases the peer now rather than on a timeout.
-// It is sent as soon as a session was requested: a grant still in flight is released too.
-func (t *tunnelActor) goodbye(ctx actor.Context, reason string) {
-	if t.sessionID == "" || t.saidGoodbye {
-		return
+func (t *tunnelActor) onStopping(ctx actor.Context) {
+	t.stopping = true
+	if t.state != messages.StateClosing && t.state != messages.StateFailed {
+		// stopped by its parent: the engine is shutting down without a drain
+		why := messages.EndEngineShutdown
+		t.stopWhy.Store(&why)
+		t.transition(ctx, messages.StateClosing, "engine shutdown")
 	}
-	t.saidGoodbye = true
-	c := &messages.SessionClose{SessionID: t.sessionID, Reason: truncateUTF8(reason, 200)}
-	t.cfg.Identity.SignSessionClose(c, time.Now())
-	ctx.Send(t.cfg.Signaling, &sendGoodbye{exitID: t.cfg.ExitID, close: c})
+	if t.drainT != nil {
+		t.drainT.Stop()
+	}
+	for _, l := range t.legs {
+		if l.timer != nil {
+			l.timer.Stop()
+		}
+		t.legGoodbye(ctx, l, t.closeReason())
+	}
+	t.closeListeners()
+	for _, l := range t.listeners {
+		if l.end != nil {
+			<-l.end
+		}
+	}
+}
+
+func (t *tunnelActor) closeReason() string {
+	if t.failErr != nil {
+		return "failed: " + t.failErr.Error()
+	}
+	return "closed"
+}
+
+func (t *tunnelActor) closeListeners() {
+	for _, l := range t.listeners {
+		if l.stop != nil {
+			select {
+			case <-l.stop:
+				continue // closed already
+			default:
+				close(l.stop)
+			}
+		}
+		_ = l.ln.Close()
+	}
+}
+
+func (t *tunnelActor) snapshot() messages.TunnelInfo {
+	info := t.info
+	info.State = t.state
+	if l := t.current; l != nil {
+		info.SessionID, info.ExitID, info.ClientAddresses, info.ExitEndpoint = l.sessionID, l.exitID, l.addrs, l.endpoint
+	}
+	return info
 }
 
 func (t *tunnelActor) reply(ctx actor.Context, err error) {
@@ -404,12 +423,20 @@ func (t *tunnelActor) reply(ctx actor.Context, err error) {
 		return
 	}
 	t.replied = true
-	info := t.info
-	info.State = t.state
-	if err == nil {
-		info.State = messages.StateUp
+	ctx.Send(t.cfg.ReplyTo, &messages.OpenTunnelResponse{Info: t.snapshot(), Err: err})
+}
+
+func (t *tunnelActor) answerWaiter(ctx actor.Context, err error) {
+	if t.waiter == nil {
+		return
 	}
-	ctx.Send(t.cfg.ReplyTo, &messages.OpenTunnelResponse{Info: info, Err: err})
+	w := t.waiter
+	t.waiter = nil
+	if t.waitReconf {
+		ctx.Send(w, &messages.ReconfigureTunnelResponse{Info: t.snapshot(), Err: err})
+		return
+	}
+	ctx.Send(w, &messages.SwitchTunnelResponse{Info: t.snapshot(), Err: err})
 }
 
 func (t *tunnelActor) bindListeners() error {
@@ -443,58 +470,11 @@ func (t *tunnelActor) startAccepting(ctx actor.Context) {
 	}
 }
 
-func (t *tunnelActor) requestSession(ctx actor.Context) {
-	var id [16]byte
-	_, _ = rand.Read(id[:])
-	t.sessionID = hex.EncodeToString(id[:])
-	key, err := signaling.NewPrivateKey()
-	if err != nil {
-		t.fail(ctx, err)
-		return
+func reasonOr(r string) string {
+	if r == "" {
+		return "closed by owner"
 	}
-	t.wgKey = key
-	req := &messages.SessionRequest{SessionID: t.sessionID, ExitID: t.cfg.ExitID, WGPublicKey: key.Public().String()}
-	t.cfg.Identity.SignSessionRequest(req, time.Now())
-	ctx.Request(t.cfg.Signaling, &requestSession{exitID: t.cfg.ExitID, req: req, timeout: t.cfg.HandshakeTimeout})
-}
-
-func (t *tunnelActor) startDevice(ctx actor.Context) error {
-	endpoint, err := netip.ParseAddrPort(t.session.Endpoint)
-	if err != nil {
-		return fmt.Errorf("%w: endpoint: %w", ErrSessionRefused, err)
-	}
-	t.info.ExitEndpoint = endpoint
-	var addrs []netip.Addr
-	for _, a := range t.session.ClientAddresses {
-		addr, err := netip.ParseAddr(a)
-		if err != nil {
-			return fmt.Errorf("%w: client address: %w", ErrSessionRefused, err)
-		}
-		addrs = append(addrs, addr)
-	}
-	t.info.ClientAddresses = addrs
-	bindAddr := t.cfg.UDPBind
-	if !bindAddr.IsValid() {
-		if bindAddr, err = localAddrTowards(endpoint); err != nil {
-			return fmt.Errorf("%w: %w", ErrDeviceFailed, err)
-		}
-	}
-	t.device = ctx.Spawn(props(newDeviceActor(deviceConfig{
-		role: roleClient, owner: t.cfg.ID, privateKey: t.wgKey, listen: netip.AddrPortFrom(bindAddr, 0),
-		addresses: addrs, mtu: t.session.MTU, logger: t.cfg.Logger,
-	})))
-	ctx.Watch(t.device)
-	return nil
-}
-
-// localAddrTowards is the local address the host routes towards ep (no packet is sent).
-func localAddrTowards(ep netip.AddrPort) (netip.Addr, error) {
-	c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(ep))
-	if err != nil {
-		return netip.Addr{}, fmt.Errorf("no route to exit endpoint %s: %w", ep, err)
-	}
-	defer c.Close()
-	return c.LocalAddr().(*net.UDPAddr).AddrPort().Addr().Unmap(), nil
+	return r
 }
 
 // truncateUTF8 cuts s to at most n bytes on a character boundary, so that what is signed is what

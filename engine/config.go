@@ -129,13 +129,15 @@ type TunnelSpec struct {
 	HTTP  string `yaml:"http"`
 	// UDPBind is the local address of the WireGuard UDP socket. Default: the local address the host
 	// routes towards the exit's endpoint (127.0.0.1 for an exit on loopback). Never every interface.
-	UDPBind                 string     `yaml:"udp_bind"`
-	HandshakeTimeout        Duration   `yaml:"handshake_timeout"` // session and first handshake; default 10s
-	ConnectTimeout          Duration   `yaml:"connect_timeout"`   // each proxied connection's dial; default 10s
-	Keepalive               int        `yaml:"keepalive"`         // WireGuard persistent keepalive seconds; default 25, -1 off
-	Connections             ConnLimits `yaml:"connections"`
-	MaxConnections          int        `yaml:"max_connections"`            // at once through this tunnel; default 4096, -1 unlimited
-	MaxConnectionsPerSource int        `yaml:"max_connections_per_source"` // at once from one source address; 0 unlimited
+	UDPBind          string     `yaml:"udp_bind"`
+	HandshakeTimeout Duration   `yaml:"handshake_timeout"` // session and first handshake; default 10s
+	ConnectTimeout   Duration   `yaml:"connect_timeout"`   // each proxied connection's dial; default 10s
+	Keepalive        int        `yaml:"keepalive"`         // WireGuard persistent keepalive seconds; default 25, -1 off
+	Connections      ConnLimits `yaml:"connections"`
+	// DrainTimeout is how long Close and Switch let active connections finish; default 5s.
+	DrainTimeout            Duration `yaml:"drain_timeout"`
+	MaxConnections          int      `yaml:"max_connections"`            // at once through this tunnel; default 4096, -1 unlimited
+	MaxConnectionsPerSource int      `yaml:"max_connections_per_source"` // at once from one source address; 0 unlimited
 }
 
 // Defaults.
@@ -150,6 +152,7 @@ const (
 	DefaultKeepaliveIdle    = 2 * time.Hour
 	DefaultCloseGrace       = time.Second
 	DefaultMaxConnections   = 4096
+	DefaultDrainTimeout     = 5 * time.Second
 )
 
 type resolvedLimits struct {

@@ -31,6 +31,9 @@ var (
 	ErrExitUnreachable  = actors.ErrExitUnreachable
 	ErrDeviceFailed     = actors.ErrDeviceFailed
 	ErrNATSUnavailable  = signaling.ErrNATSUnavailable
+	ErrExitGone         = actors.ErrExitGone
+	ErrBusy             = actors.ErrBusy
+	ErrNotUp            = actors.ErrNotUp
 )
 
 // EventKind names a kind of Event.
@@ -172,7 +175,7 @@ func (e *Engine) Start(ctx context.Context) error {
 		return slog.New(levelFloor{protoLog.Handler(), slog.LevelWarn})
 	}))
 	ecfg := actors.EngineConfig{
-		Signaling: actors.SignalingConfig{Conn: nc, Server: srv, Logger: e.logger},
+		Signaling: actors.SignalingConfig{Conn: nc, Server: srv, Logger: e.logger, ClientID: e.identity.ID()},
 		Sink:      e.sink,
 		Logger:    e.logger,
 	}
@@ -233,7 +236,7 @@ func (e *Engine) exitConfig(x *ExitConfig) (actors.ExitConfig, error) {
 		MTU: r.mtu, ConnectPort: r.port, Egress: r.egress, AllowedClients: x.AllowedClients,
 		Conn:    r.limits.timeouts(orDuration(x.ConnectTimeout, DefaultConnectTimeout)),
 		UDPIdle: orDuration(x.UDPIdleTimeout, DefaultUDPIdleTimeout), MaxConnsPerSession: x.MaxConnectionsPerSession,
-		Logger: e.logger}
+		Logger: e.logger, Identity: e.identity}
 	for _, sp := range r.static {
 		xc.StaticPeers = append(xc.StaticPeers, actors.StaticPeer{Name: sp.name, PublicKey: sp.key, Addresses: sp.addrs})
 	}

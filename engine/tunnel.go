@@ -59,7 +59,8 @@ func (e *Engine) OpenTunnel(ctx context.Context, spec TunnelSpec) (*Tunnel, erro
 	cfg := actors.TunnelConfig{ID: r.name, ExitID: spec.Exit, SOCKSAddr: spec.SOCKS, HTTPAddr: spec.HTTP,
 		UDPBind: r.udpBind, HandshakeTimeout: limit, Conn: r.limits.timeouts(r.connectTimeout), Keepalive: r.keepalive,
 		MaxConns: r.maxConns, MaxConnsPerSource: spec.MaxConnectionsPerSource,
-		Identity: e.identity, ReplyTo: up.PID()}
+		DrainTimeout: orDuration(spec.DrainTimeout, DefaultDrainTimeout),
+		Identity:     e.identity, ReplyTo: up.PID()}
 	res, err := e.system.Root.RequestFuture(e.pid, &actors.OpenTunnel{Config: cfg}, 5*time.Second).Result()
 	if err != nil {
 		return nil, fmt.Errorf("open tunnel: %w", err)
@@ -70,7 +71,7 @@ func (e *Engine) OpenTunnel(ctx context.Context, spec TunnelSpec) (*Tunnel, erro
 	}
 	res, err = await(ctx, up)
 	if err != nil { // the tunnel did not answer in time: close it and wait until it has released everything
-		_ = (&Tunnel{e: e, pid: spawned.PID, info: TunnelInfo{ID: r.name}}).Close(context.Background())
+		_ = (&Tunnel{e: e, pid: spawned.PID, info: TunnelInfo{ID: r.name}}).Close(context.Background(), WithDrainTimeout(0))
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("open tunnel %s: %w", r.name, ctx.Err())
 		}
@@ -95,16 +96,77 @@ func (t *Tunnel) Info(ctx context.Context) (TunnelInfo, error) {
 	return res.(*messages.TunnelInfoResponse).Info, nil
 }
 
-// Close closes the tunnel: it says goodbye to the exit and releases the listeners, connections,
-// netstack, device and UDP bind in that order before returning. Closing a closed tunnel is a no-op.
-func (t *Tunnel) Close(ctx context.Context) error {
+// CloseOption changes how Close closes.
+type CloseOption func(*messages.CloseTunnel)
+
+// WithDrainTimeout lets active connections finish for d before they are ended (drain_timeout); d ≤ 0
+// closes them at once. Without it, the tunnel's configured drain timeout (default 5 s) applies.
+func WithDrainTimeout(d time.Duration) CloseOption {
+	return func(c *messages.CloseTunnel) {
+		c.Drain = d
+		if d <= 0 {
+			c.Drain = -1
+		}
+	}
+}
+
+// Close closes the tunnel. It drains first: the proxies refuse new connections at once, and active
+// connections may finish within the drain timeout; those still open then are ended gracefully
+// (FIN) and reset after the close grace. Then the tunnel says goodbye to its exit and releases its
+// listeners, connections, netstack, device and UDP bind, in that order, before Close returns.
+// Closing a closed tunnel is a no-op.
+func (t *Tunnel) Close(ctx context.Context, opts ...CloseOption) error {
+	msg := &messages.CloseTunnel{Reason: "closed by owner"}
+	for _, o := range opts {
+		o(msg)
+	}
 	// The tunnel answers once it has released everything; a dead letter means it already had.
-	_, err := t.e.system.Root.RequestFuture(t.pid, &messages.CloseTunnel{Reason: "closed by owner"}, untilDeadline(ctx, 30*time.Second)).Result()
+	_, err := await(ctx, t.e.system.Root.RequestFuture(t.pid, msg, untilDeadline(ctx, 2*time.Minute)))
 	if err == nil || errors.Is(err, actor.ErrDeadLetter) {
 		return nil
 	}
 	_ = t.e.system.Root.StopFuture(t.pid).Wait() // out of time: stop it now
 	return fmt.Errorf("close tunnel %s: %w", t.info.ID, err)
+}
+
+// Switch moves the tunnel to exitID, make-before-break: a session and device with the new exit come
+// up first; once its handshake completes, new proxy connections go to it (the proxies keep their
+// addresses) and the old session drains for the drain timeout, then is released. If the new exit
+// cannot be reached, the tunnel stays Up on the old one and Switch returns the error.
+func (t *Tunnel) Switch(ctx context.Context, exitID string, opts ...CloseOption) error {
+	var c messages.CloseTunnel
+	for _, o := range opts {
+		o(&c)
+	}
+	res, err := await(ctx, t.e.system.Root.RequestFuture(t.pid, &messages.SwitchTunnel{ExitID: exitID, Drain: c.Drain}, untilDeadline(ctx, time.Minute)))
+	if err != nil {
+		if errors.Is(err, actor.ErrDeadLetter) {
+			return ErrTunnelClosed
+		}
+		return fmt.Errorf("switch tunnel %s: %w", t.info.ID, err)
+	}
+	if r := res.(*messages.SwitchTunnelResponse); r.Err != nil {
+		return fmt.Errorf("switch tunnel %s to %s: %w", t.info.ID, exitID, r.Err)
+	}
+	return nil
+}
+
+// Reconfigure renews the tunnel's session with the same exit (fresh keys, and whatever endpoint
+// and addresses the exit gives now). The old device, netstack and UDP bind are released before the
+// new ones are created; connections on the old session end (tunnel_closed); the proxies keep their
+// ports and refuse connections (503 / SOCKS5 0x03) until the new session is up.
+func (t *Tunnel) Reconfigure(ctx context.Context) error {
+	res, err := await(ctx, t.e.system.Root.RequestFuture(t.pid, &messages.ReconfigureTunnel{}, untilDeadline(ctx, time.Minute)))
+	if err != nil {
+		if errors.Is(err, actor.ErrDeadLetter) {
+			return ErrTunnelClosed
+		}
+		return fmt.Errorf("reconfigure tunnel %s: %w", t.info.ID, err)
+	}
+	if r := res.(*messages.ReconfigureTunnelResponse); r.Err != nil {
+		return fmt.Errorf("reconfigure tunnel %s: %w", t.info.ID, r.Err)
+	}
+	return nil
 }
 
 // Stats returns the tunnel's connection counters. A closed tunnel answers ErrTunnelClosed.

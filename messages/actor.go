@@ -10,12 +10,15 @@ type TunnelState string
 
 // Tunnel states.
 const (
-	StateNegotiating TunnelState = "negotiating" // asking the exit for a session over signaling
-	StateHandshaking TunnelState = "handshaking" // device configured, waiting for the first handshake
-	StateUp          TunnelState = "up"          // data plane proven; proxies accept
-	StateClosing     TunnelState = "closing"     // Close called; releasing
-	StateClosed      TunnelState = "closed"      // every resource released
-	StateFailed      TunnelState = "failed"      // could not come up; Cause says why
+	StateNegotiating   TunnelState = "negotiating"   // asking the exit for a session over signaling
+	StateHandshaking   TunnelState = "handshaking"   // device configured, waiting for the first handshake
+	StateUp            TunnelState = "up"            // data plane proven; proxies accept
+	StateSwitching     TunnelState = "switching"     // Up on the old exit while a session with the new one comes up
+	StateReconfiguring TunnelState = "reconfiguring" // old device released, new session with the same exit coming up
+	StateDraining      TunnelState = "draining"      // Close called: proxies refuse, active connections finish
+	StateClosing       TunnelState = "closing"       // Close called; releasing
+	StateClosed        TunnelState = "closed"        // every resource released
+	StateFailed        TunnelState = "failed"        // could not come up; Cause says why
 )
 
 // TunnelStateChanged is emitted on every transition of a tunnel.
@@ -61,8 +64,38 @@ type GetTunnelInfo struct{}
 type TunnelInfoResponse struct{ Info TunnelInfo }
 
 // CloseTunnel asks a tunnel to close; the reply is CloseTunnelResponse once it has said goodbye and
-// released every resource.
-type CloseTunnel struct{ Reason string }
+// released every resource. Active connections may finish for Drain first: 0 means the tunnel's
+// configured drain timeout, a negative value none.
+type CloseTunnel struct {
+	Reason string
+	Drain  time.Duration
+	// Why is recorded for connections still open when the drain ends: drain_timeout by default,
+	// tunnel_closed with no drain, engine_shutdown when the engine shuts down.
+	Why EndReason
+}
+
+// SwitchTunnel moves a tunnel to another exit, make-before-break; the reply is SwitchTunnelResponse.
+type SwitchTunnel struct {
+	ExitID string
+	Drain  time.Duration // for the old session's connections; 0: the configured drain timeout
+}
+
+// SwitchTunnelResponse answers SwitchTunnel: Err is nil once new connections go to the new exit.
+type SwitchTunnelResponse struct {
+	Info TunnelInfo
+	Err  error
+}
+
+// ReconfigureTunnel renews a tunnel's session with the same exit (new keys, endpoint, addresses): the
+// old device is released before the new one is created; the proxy listeners stay. The reply is
+// ReconfigureTunnelResponse.
+type ReconfigureTunnel struct{}
+
+// ReconfigureTunnelResponse answers ReconfigureTunnel.
+type ReconfigureTunnelResponse struct {
+	Info TunnelInfo
+	Err  error
+}
 
 // CloseTunnelResponse answers CloseTunnel.
 type CloseTunnelResponse struct{}

@@ -42,15 +42,17 @@ type SessionResponse struct {
 	ExitAddresses   []string `json:"exit_addresses"`     // the exit's tunnel addresses; the connect service listens on the first
 	ConnectPort     uint16   `json:"connect_port"`       // TCP port of the exit's connect service
 	MTU             int      `json:"mtu"`
+	ExitIdentity    string   `json:"exit_identity"` // the exit's ed25519 identity: it signs the exit's goodbye
 }
 
-// SessionClose ends a session: a goodbye from whichever side is leaving.
+// SessionClose ends a session: a goodbye from whichever side is leaving. A client sends it to the
+// exit's RPC subject, an exit to the client's events subject.
 type SessionClose struct {
 	SessionID string `json:"session_id"`
-	ClientID  string `json:"client_id"`
+	Signer    string `json:"signer"` // the identity that signed: the client's, or the exit's
 	Reason    string `json:"reason"`
 	Timestamp int64  `json:"ts"`
-	Signature string `json:"sig"` // by ClientID when the client says goodbye
+	Signature string `json:"sig"`
 }
 
 // Error codes of ErrorResponse.

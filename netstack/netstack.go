@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"golang.zx2c4.com/wireguard/tun"
@@ -119,8 +120,16 @@ func New(cfg Config) (*Stack, error) {
 		return nil, err
 	}
 	s.events <- tun.EventUp
+	liveStacks.Add(1)
 	return s, nil
 }
+
+// liveStacks counts stacks made by New and not yet closed.
+var liveStacks atomic.Int64
+
+// LiveStacks returns how many stacks are open in this process: each WireGuard device Warren runs has
+// one, so a count that does not return to its starting level shows an orphaned device.
+func LiveStacks() int64 { return liveStacks.Load() }
 
 func (s *Stack) setup(cfg Config) error {
 	if err := tuneTCP(s.stack); err != nil {
@@ -234,6 +243,7 @@ func (s *Stack) Write(bufs [][]byte, offset int) (int, error) {
 // return os.ErrClosed. Idempotent.
 func (s *Stack) Close() error {
 	s.closeOnce.Do(func() {
+		defer liveStacks.Add(-1)
 		if s.flows != nil {
 			s.flows.close()
 		}

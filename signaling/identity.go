@@ -56,7 +56,7 @@ func requestSigningBytes(r *messages.SessionRequest) []byte {
 }
 
 func closeSigningBytes(c *messages.SessionClose) []byte {
-	return []byte(strings.Join([]string{"warren-session-close-v1", c.SessionID, c.ClientID, c.Reason, strconv.FormatInt(c.Timestamp, 10)}, "\n"))
+	return []byte(strings.Join([]string{"warren-session-close-v1", c.SessionID, c.Signer, c.Reason, strconv.FormatInt(c.Timestamp, 10)}, "\n"))
 }
 
 // SignSessionRequest fills ClientID, Timestamp and Signature.
@@ -66,9 +66,9 @@ func (id *Identity) SignSessionRequest(r *messages.SessionRequest, now time.Time
 	r.Signature = base64.RawURLEncoding.EncodeToString(ed25519.Sign(id.priv, requestSigningBytes(r)))
 }
 
-// SignSessionClose fills ClientID, Timestamp and Signature.
+// SignSessionClose fills Signer, Timestamp and Signature.
 func (id *Identity) SignSessionClose(c *messages.SessionClose, now time.Time) {
-	c.ClientID = id.ID()
+	c.Signer = id.ID()
 	c.Timestamp = now.UnixMilli()
 	c.Signature = base64.RawURLEncoding.EncodeToString(ed25519.Sign(id.priv, closeSigningBytes(c)))
 }
@@ -78,9 +78,10 @@ func VerifySessionRequest(r *messages.SessionRequest, now time.Time) error {
 	return verify(r.ClientID, r.Signature, r.Timestamp, requestSigningBytes(r), now)
 }
 
-// VerifySessionClose checks a client's goodbye.
+// VerifySessionClose checks a goodbye's signature by its Signer; the receiver checks that the signer
+// is the session's other party.
 func VerifySessionClose(c *messages.SessionClose, now time.Time) error {
-	return verify(c.ClientID, c.Signature, c.Timestamp, closeSigningBytes(c), now)
+	return verify(c.Signer, c.Signature, c.Timestamp, closeSigningBytes(c), now)
 }
 
 func verify(clientID, sig string, ts int64, msg []byte, now time.Time) error {

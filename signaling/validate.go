@@ -46,12 +46,13 @@ func Validate(m any) error {
 			validKey("exit_wg_public_key", m.ExitWGPublicKey),
 			validAddrs("client_addresses", m.ClientAddresses),
 			validAddrs("exit_addresses", m.ExitAddresses),
+			validClientID(m.ExitIdentity),
 		)
 	case *messages.SessionClose:
 		if len(m.Reason) > maxReason {
 			return fmt.Errorf("reason: longer than %d", maxReason)
 		}
-		return firstErr(validSessionID(m.SessionID), validClientID(m.ClientID), positive("ts", m.Timestamp), validSignature(m.Signature))
+		return firstErr(validSessionID(m.SessionID), validClientID(m.Signer), positive("ts", m.Timestamp), validSignature(m.Signature))
 	case *messages.ErrorResponse:
 		if m.Code == "" || len(m.Code) > 64 {
 			return fmt.Errorf("code: must be 1-64 characters")
@@ -83,7 +84,7 @@ func validSessionID(s string) error {
 
 func validClientID(s string) error {
 	if b, err := base64.RawURLEncoding.DecodeString(s); err != nil || len(b) != 32 {
-		return fmt.Errorf("client_id: must be a base64url ed25519 public key")
+		return fmt.Errorf("identity %q: must be a base64url ed25519 public key", truncate(s, 64))
 	}
 	return nil
 }

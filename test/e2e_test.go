@@ -241,7 +241,7 @@ func TestEventsAndInfo(t *testing.T) {
 		t.Fatalf("second Close: %v", err)
 	}
 	var got []string
-	want := "negotiating>handshaking handshaking>up up>closing closing>closed"
+	want := "negotiating>handshaking handshaking>up up>draining draining>closing closing>closed"
 	deadline := time.After(10 * time.Second)
 	for strings.Join(got, " ") != want {
 		select {

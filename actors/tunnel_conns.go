@@ -1,0 +1,139 @@
+package actors
+
+// The tunnel's connections: accepting proxy connections onto the current leg, limits, and the
+// counters behind Tunnel.Stats.
+
+import (
+	"fmt"
+	"net"
+
+	"github.com/asynkron/protoactor-go/actor"
+
+	"github.com/warren-tunnel/warren/messages"
+)
+
+// errLimit refuses a proxy connection over a limit: SOCKS5 general failure, HTTP 503.
+type errLimit struct{ what string }
+
+func (e errLimit) Error() string               { return "connection limit reached: " + e.what }
+func (errLimit) ReplyCode() messages.ReplyCode { return messages.ReplyGeneralFailure }
+func (errLimit) HTTPStatus() int               { return 503 }
+
+// errNotReady refuses a proxy connection while the tunnel has no session (reconfiguring).
+type errNotReady struct{}
+
+func (errNotReady) Error() string                 { return "tunnel is re-establishing its session" }
+func (errNotReady) ReplyCode() messages.ReplyCode { return messages.ReplyNetworkUnreachable }
+func (errNotReady) HTTPStatus() int               { return 503 }
+
+type connEntry struct {
+	pid     *actor.PID
+	leg     int // 0 for refusals
+	source  string
+	refusal bool
+}
+
+// accept spawns a connection actor for a proxy connection on the current leg, or a refusal.
+func (t *tunnelActor) accept(ctx actor.Context, m *connAccepted) {
+	if t.stopping || t.state == messages.StateDraining || t.state == messages.StateClosing ||
+		t.state == messages.StateFailed || t.state == messages.StateClosed {
+		_ = m.c.Close()
+		return
+	}
+	src := hostOf(m.c.RemoteAddr())
+	t.nextConn++
+	t.stats.Opened++
+	cfg := connConfig{kind: connProxy, role: "client", id: t.nextConn, owner: t.cfg.ID, logger: t.cfg.Logger,
+		limits: t.cfg.Conn, proxyKind: m.kind, client: m.c, events: t.cfg.Events, stopWhy: &t.stopWhy}
+	var refusal error
+	switch {
+	case t.current == nil || t.current.state != legUp:
+		refusal = errNotReady{}
+	case t.cfg.MaxConns > 0 && t.stats.Active >= t.cfg.MaxConns:
+		refusal = errLimit{fmt.Sprintf("tunnel has %d connections", t.stats.Active)}
+	case t.cfg.MaxConnsPerSource > 0 && t.sources[src] >= t.cfg.MaxConnsPerSource:
+		refusal = errLimit{fmt.Sprintf("source %s has %d connections", src, t.sources[src])}
+	}
+	if refusal != nil {
+		if t.refusing >= max(t.cfg.MaxConns, 64) { // refusals are bounded too: beyond this, just close
+			_ = m.c.Close()
+			ev := &messages.ConnectionEnded{Owner: t.cfg.ID, Role: "client", ID: t.nextConn,
+				Incoming: messages.EndLimit, Outgoing: messages.EndLimit, Refused: true}
+			t.count(ev)
+			emit(ctx, t.cfg.Events, &messages.ConnectionOpened{Owner: t.cfg.ID, Role: "client", ID: t.nextConn})
+			emit(ctx, t.cfg.Events, ev)
+			return
+		}
+		t.refusing++
+		cfg.kind, cfg.refusal = connRefuse, refusal
+		pid := ctx.Spawn(props(newConnActor(cfg)))
+		t.conns[pid.Id] = connEntry{pid: pid, refusal: true}
+		return
+	}
+	cfg.dialer = t.current.dialer
+	t.stats.Active++
+	t.sources[src]++
+	pid := ctx.Spawn(props(newConnActor(cfg)))
+	t.conns[pid.Id] = connEntry{pid: pid, leg: t.current.id, source: src}
+	t.current.conns[pid.Id] = pid
+}
+
+// ended counts a connection that ended (its actor has stopped and released its sockets), and
+// finishes a drain that was waiting for it.
+func (t *tunnelActor) ended(ctx actor.Context, m *messages.ConnectionEnded) {
+	if sender := ctx.Sender(); sender != nil {
+		if e, ok := t.conns[sender.Id]; ok {
+			delete(t.conns, sender.Id)
+			if e.refusal {
+				t.refusing--
+			} else {
+				t.stats.Active--
+				if t.sources[e.source]--; t.sources[e.source] <= 0 {
+					delete(t.sources, e.source)
+				}
+				if l := t.legs[e.leg]; l != nil {
+					delete(l.conns, sender.Id)
+					if l.state == legDraining && len(l.conns) == 0 {
+						t.releaseLeg(ctx, l)
+					}
+				}
+			}
+		}
+	}
+	t.count(m)
+	if t.state == messages.StateDraining && len(t.conns) == 0 {
+		t.finishClose(ctx)
+	}
+}
+
+func (t *tunnelActor) count(m *messages.ConnectionEnded) {
+	t.stats.Ended++
+	t.stats.ByEnd[messages.SideIncoming][m.Incoming]++
+	t.stats.ByEnd[messages.SideOutgoing][m.Outgoing]++
+	t.stats.Bytes.In += m.BytesIn
+	t.stats.Bytes.Out += m.BytesOut
+}
+
+func hostOf(a net.Addr) string {
+	if a == nil {
+		return ""
+	}
+	if h, _, err := net.SplitHostPort(a.String()); err == nil {
+		return h
+	}
+	return a.String()
+}
+
+func newByEnd() map[messages.Side]map[messages.EndReason]uint64 {
+	return map[messages.Side]map[messages.EndReason]uint64{messages.SideIncoming: {}, messages.SideOutgoing: {}}
+}
+
+func cloneByEnd(m map[messages.Side]map[messages.EndReason]uint64) map[messages.Side]map[messages.EndReason]uint64 {
+	out := newByEnd()
+	for side, reasons := range m {
+		for r, n := range reasons {
+			out[side][r] = n
+		}
+	}
+	return out
+}
