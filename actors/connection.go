@@ -94,6 +94,7 @@ type connActor struct {
 	pumps    int          // directions still running
 	ending   bool         // graceful end under way
 	refused  bool
+	ping     bool               // a connect-protocol ping (a health probe): not a connection, not counted
 	inWhy    messages.EndReason // set once
 	outWhy   messages.EndReason // set once
 	timers   []*time.Timer      // lifetime and grace; stopped in Stopping
@@ -107,6 +108,9 @@ type connActor struct {
 }
 
 type connSetupDone struct{}
+
+// pingServed tells the parent a ping ended: it held a slot but is no connection.
+type pingServed struct{}
 type connLifetimeExpired struct{}
 type connGraceExpired struct{}
 
@@ -118,6 +122,7 @@ type connEstablished struct {
 }
 
 type connSetupFailed struct {
+	ping   bool
 	reason messages.EndReason
 	target string
 	err    error
@@ -146,9 +151,15 @@ func (c *connActor) Receive(ctx actor.Context) {
 		if c.cfg.limits.MaxLifetime > 0 {
 			c.after(c.cfg.limits.MaxLifetime, &connLifetimeExpired{})
 		}
-		emit(ctx, c.cfg.events, &messages.ConnectionOpened{Owner: c.cfg.owner, Role: c.cfg.role, ID: c.cfg.id})
+		if c.cfg.kind != connService { // a service connection may turn out to be a ping; counted when set up
+			emit(ctx, c.cfg.events, &messages.ConnectionOpened{Owner: c.cfg.owner, Role: c.cfg.role, ID: c.cfg.id})
+		}
 	case *connSetupDone:
-		c.adopt(ctx, <-c.result)
+		r := <-c.result
+		if f, ok := r.(*connSetupFailed); !(ok && f.ping) && c.cfg.kind == connService {
+			emit(ctx, c.cfg.events, &messages.ConnectionOpened{Owner: c.cfg.owner, Role: c.cfg.role, ID: c.cfg.id})
+		}
+		c.adopt(ctx, r)
 	case *pumpDone:
 		c.pumpEnded(ctx, m)
 	case *actor.ReceiveTimeout:
@@ -236,7 +247,7 @@ func (c *connActor) adopt(ctx actor.Context, r any) {
 			}
 		}
 	case *connSetupFailed:
-		c.target, c.refused = m.target, true
+		c.target, c.refused, c.ping = m.target, true, m.ping
 		c.setBoth(m.reason)
 		c.cfg.logger.Debug("connection refused", "conn", c.cfg.id, "target", m.target, "reason", m.reason, "err", m.err)
 		ctx.Stop(ctx.Self())
@@ -331,6 +342,10 @@ func (c *connActor) idleCheck(ctx actor.Context) {
 }
 
 func (c *connActor) report(ctx actor.Context) {
+	if c.ping {
+		ctx.Request(ctx.Parent(), &pingServed{})
+		return
+	}
 	ev := &messages.ConnectionEnded{Owner: c.cfg.owner, Role: c.cfg.role, ID: c.cfg.id, Source: c.source,
 		Target: c.target, Duration: time.Since(c.started), BytesIn: c.bytesIn.Load(), BytesOut: c.bytesOut.Load(),
 		Incoming: c.inWhy, Outgoing: c.outWhy, Refused: c.refused, Keepalive: c.keepalive}
@@ -407,7 +422,7 @@ func (c *connActor) setupService(ctx context.Context) any {
 	target := net.JoinHostPort(req.Host, itoa(req.Port))
 	if req.Cmd == netstack.ConnectCmdPing {
 		_ = netstack.WriteConnectReply(in, messages.ReplySucceeded)
-		return &connSetupFailed{reason: messages.EndNormal, target: "ping"}
+		return &connSetupFailed{reason: messages.EndNormal, target: "ping", ping: true}
 	}
 	out, err := c.cfg.egress.DialEgress(ctx, "tcp", req.Host, req.Port, c.cfg.limits.Setup)
 	code := netstack.ReplyCodeForDial(err)

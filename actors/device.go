@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -82,6 +83,15 @@ type addPeerResponse struct {
 	err error
 }
 
+// getPeerStats asks the device for its peers' receive counters; the reply is *peerStats.
+type getPeerStats struct{}
+
+type peerStats struct {
+	rxBytes       int64     // summed over peers
+	lastHandshake time.Time // the most recent of any peer
+	err           error
+}
+
 type flowTCP struct{ f *netstack.TCPFlow }
 type flowUDP struct{ f *netstack.UDPFlow }
 type serviceConn struct{ c net.Conn }
@@ -114,6 +124,12 @@ func (d *deviceActor) Receive(ctx actor.Context) {
 		}
 		d.cfg.logger.Debug("device up", "role", d.cfg.role, "udp", d.bind.LocalAddrPort(), "addresses", d.cfg.addresses)
 		ctx.Request(ctx.Parent(), &deviceReady{stack: d.stack, endpoint: d.bind.LocalAddrPort(), publicKey: d.cfg.privateKey.Public()})
+	case *getPeerStats:
+		if d.stopping || d.dev == nil {
+			ctx.Respond(&peerStats{err: errors.New("device stopping")})
+			return
+		}
+		ctx.Respond(readPeerStats(d.dev))
 	case *addPeer:
 		if d.stopping || d.dev == nil {
 			ctx.Respond(&addPeerResponse{err: errors.New("device stopping")})
@@ -296,4 +312,29 @@ func wireguardLogger(l *slog.Logger) *device.Logger {
 		}
 	}
 	return &device.Logger{Verbosef: logf, Errorf: logf}
+}
+
+// readPeerStats parses wireguard-go's IPC dump (a few lines per peer; called about once a second).
+func readPeerStats(dev *device.Device) *peerStats {
+	dump, err := dev.IpcGet()
+	if err != nil {
+		return &peerStats{err: fmt.Errorf("read peer stats: %w", err)}
+	}
+	st := &peerStats{}
+	for _, line := range strings.Split(dump, "\n") {
+		k, v, ok := strings.Cut(line, "=")
+		if !ok {
+			continue
+		}
+		switch k {
+		case "rx_bytes":
+			n, _ := strconv.ParseInt(v, 10, 64)
+			st.rxBytes += n
+		case "last_handshake_time_sec":
+			if sec, _ := strconv.ParseInt(v, 10, 64); sec > 0 && time.Unix(sec, 0).After(st.lastHandshake) {
+				st.lastHandshake = time.Unix(sec, 0)
+			}
+		}
+	}
+	return st
 }

@@ -179,6 +179,8 @@ func (e *exitActor) starting(ctx actor.Context) {
 		e.failStart(ctx, m.err)
 	case *sessionRequested:
 		ctx.Respond(&sessionGranted{err: &signaling.WireError{Code: messages.ErrCodeUnavailable, Message: "exit starting"}})
+	case *sessionPinged:
+		ctx.Respond(&sessionPong{})
 	}
 }
 
@@ -206,6 +208,9 @@ func (e *exitActor) serving(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *sessionRequested:
 		e.grant(ctx, m.req)
+	case *sessionPinged:
+		_, known := e.sessions[m.sessionID]
+		ctx.Respond(&sessionPong{known: known})
 	case *sessionClosedByClient:
 		c := m.close
 		if err := signaling.VerifySessionClose(c, time.Now()); err != nil {

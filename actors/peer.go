@@ -112,7 +112,7 @@ func (p *peerActor) Receive(ctx actor.Context) {
 			return
 		}
 		p.spawnConn(ctx, connConfig{kind: connService, in: m.c})
-	case *messages.ConnectionEnded:
+	case *messages.ConnectionEnded, *pingServed:
 		p.active--
 	case *actor.Stopping:
 		p.stopping = true

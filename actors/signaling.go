@@ -56,6 +56,33 @@ type exitSaidGoodbye struct {
 
 type inboundClientEvent struct{ msg *nats.Msg }
 
+// pingExit asks an exit whether it still holds a session; the requester hears one *pingReply.
+type pingExit struct {
+	exitID, sessionID string
+	timeout           time.Duration
+}
+
+type pingReply struct {
+	known bool
+	err   error
+}
+
+// sessionPinged asks the exit actor whether it holds a session; it replies *sessionPong.
+type sessionPinged struct{ sessionID string }
+
+type sessionPong struct{ known bool }
+
+// NATSState is a change of the NATS connection's state, as the engine hears it from nats.go.
+type NATSState struct {
+	Connected bool
+	URL       string
+	Err       error
+}
+
+// watchNATS subscribes pid to NATSState changes (the current state is sent at once); unwatchNATS ends it.
+type watchNATS struct{ pid *actor.PID }
+type unwatchNATS struct{ pid *actor.PID }
+
 type watchedSession struct {
 	tunnel       *actor.PID
 	exitIdentity string
@@ -114,6 +141,8 @@ type signalingActor struct {
 	cfg      SignalingConfig
 	inFlight int
 	watched  map[string]watchedSession // session id → the tunnel to tell of the exit's goodbye
+	natsUp   NATSState
+	natsSubs map[string]*actor.PID // watchers of NATSState, by PID id
 	subs     []*nats.Subscription
 	ctx      context.Context // cancelled in Stopping; ends outstanding requests
 	cancel   context.CancelFunc
@@ -131,6 +160,8 @@ func (s *signalingActor) Receive(ctx actor.Context) {
 	case *actor.Started:
 		s.ctx, s.cancel = context.WithCancel(context.Background())
 		s.watched = map[string]watchedSession{}
+		s.natsSubs = map[string]*actor.PID{}
+		s.natsUp = NATSState{Connected: s.cfg.Conn.IsConnected(), URL: s.cfg.Conn.ConnectedUrlRedacted()}
 		if s.cfg.ClientID != "" {
 			system, self := ctx.ActorSystem(), ctx.Self()
 			sub, err := s.cfg.Conn.Subscribe(signaling.ClientSubject(s.cfg.ClientID), func(msg *nats.Msg) {
@@ -142,6 +173,26 @@ func (s *signalingActor) Receive(ctx actor.Context) {
 				s.subs = append(s.subs, sub)
 			}
 		}
+	case *NATSState:
+		if m.Connected != s.natsUp.Connected {
+			lvl := slog.LevelWarn
+			if m.Connected {
+				lvl = slog.LevelInfo
+			}
+			s.cfg.Logger.Log(context.Background(), lvl, "nats connection", "connected", m.Connected, "url", m.URL, "err", m.Err)
+		}
+		s.natsUp = *m
+		for _, pid := range s.natsSubs {
+			ctx.Send(pid, m)
+		}
+	case *watchNATS:
+		s.natsSubs[m.pid.Id] = m.pid
+		st := s.natsUp
+		ctx.Send(m.pid, &st)
+	case *unwatchNATS:
+		delete(s.natsSubs, m.pid.Id)
+	case *pingExit:
+		s.ping(ctx, m)
 	case *watchSession:
 		s.watched[m.sessionID] = watchedSession{tunnel: m.tunnel, exitIdentity: m.exitIdentity}
 	case *unwatchSession:
@@ -273,6 +324,22 @@ func (s *signalingActor) handleRPC(ctx actor.Context, m *inboundRPC) {
 		})
 	case *messages.SessionClose:
 		ctx.Send(m.exit, &sessionClosedByClient{close: b})
+	case *messages.SessionPing:
+		if m.msg.Reply == "" {
+			return
+		}
+		msg, id := m.msg, b.SessionID
+		f := ctx.RequestFuture(m.exit, &sessionPinged{sessionID: id}, 2*time.Second)
+		ctx.ReenterAfter(f, func(res any, err error) {
+			p, ok := res.(*sessionPong)
+			if err != nil || !ok {
+				s.refuse(msg, messages.ErrCodeUnavailable, fmt.Sprintf("exit did not answer: %v", err))
+				return
+			}
+			if data, err := signaling.Encode(messages.TypeSessionPong, &messages.SessionPong{SessionID: id, Known: p.known}); err == nil {
+				_ = msg.Respond(data)
+			}
+		})
 	default:
 		s.refuse(m.msg, messages.ErrCodeUnknownType, fmt.Sprintf("%T is not a request", body))
 	}
@@ -301,6 +368,37 @@ func (s *signalingActor) request(ctx actor.Context, m *requestSession) {
 			reply.err = fmt.Errorf("%w: exit %q: %w", ErrExitUnreachable, m.exitID, err)
 		default:
 			reply.resp, reply.err = decodeSessionReply(msg.Data, m.req.SessionID)
+		}
+		system.Root.Send(requester, reply)
+	}()
+}
+
+// ping runs one session ping in a goroutine the actor owns and answers the requester directly.
+func (s *signalingActor) ping(ctx actor.Context, m *pingExit) {
+	requester, system := ctx.Sender(), ctx.ActorSystem()
+	data, err := signaling.Encode(messages.TypeSessionPing, &messages.SessionPing{SessionID: m.sessionID})
+	if err != nil || !s.cfg.Conn.IsConnected() {
+		if err == nil {
+			err = fmt.Errorf("%w: not connected", signaling.ErrNATSUnavailable)
+		}
+		ctx.Send(requester, &pingReply{err: err})
+		return
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		rctx, cancel := context.WithTimeout(s.ctx, m.timeout)
+		defer cancel()
+		reply := &pingReply{}
+		msg, err := s.cfg.Conn.RequestWithContext(rctx, signaling.ExitSubject(m.exitID), data)
+		if err != nil {
+			reply.err = fmt.Errorf("ping exit %q: %w", m.exitID, err)
+		} else if body, err := signaling.Decode(msg.Data); err != nil {
+			reply.err = fmt.Errorf("ping exit %q: %w", m.exitID, err)
+		} else if p, ok := body.(*messages.SessionPong); ok && p.SessionID == m.sessionID {
+			reply.known = p.Known
+		} else {
+			reply.err = fmt.Errorf("ping exit %q: unexpected reply %T", m.exitID, body)
 		}
 		system.Root.Send(requester, reply)
 	}()

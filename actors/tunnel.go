@@ -62,6 +62,10 @@ type TunnelConfig struct {
 	MaxConns          int           // proxied connections at once; 0 unlimited
 	MaxConnsPerSource int           // from one source address at once; 0 unlimited
 	Keepalive         int           // WireGuard persistent keepalive, seconds
+	Exits             []string      // failover exits after ExitID
+	Health            HealthPolicy
+	Backoff           Backoff
+	ReconnectWait     time.Duration // how long a proxy connection waits for a reconnect
 	Identity          *signaling.Identity
 	Signaling         *actor.PID
 	Events            *actor.PID
@@ -108,6 +112,15 @@ type tunnelActor struct {
 	conns      map[string]connEntry // connection children by PID id
 	sources    map[string]int       // active connections per source address
 	refusing   int
+
+	keepalive *actor.PID   // child: judges the current leg's health
+	sigOK     bool         // signaling as last reported
+	attempt   int          // reconnection attempts that failed so far
+	exitBase  int          // index in exits() of the first exit to try
+	released  *leg         // the old leg whose release a reconnect waits for
+	retryT    *time.Timer  // next reconnection attempt
+	parkT     *time.Timer  // next parked-connection deadline
+	parked    []parkedConn // proxy connections waiting for a reconnect; owned until handed on
 }
 
 // NewTunnelProps returns the props of a tunnel actor.
@@ -152,6 +165,8 @@ func (t *tunnelActor) Receive(ctx actor.Context) {
 	case *sessionReply, *deviceReady, *deviceFailed, *messages.HandshakeCompleted, *probeFailed,
 		*legTimedOut, *legDrainExpired, *exitSaidGoodbye, *actor.Terminated:
 		t.legEvent(ctx, m)
+	case *signalingHealth, *dataPlaneFailed, *sessionLost:
+		t.health(ctx, m)
 	case *messages.CloseTunnel:
 		if ctx.Sender() != nil {
 			t.closers = append(t.closers, ctx.Sender())
@@ -181,6 +196,8 @@ func (t *tunnelActor) opening(ctx actor.Context) {
 			t.fail(ctx, err)
 			return
 		}
+		t.sigOK = true
+		t.keepalive = ctx.Spawn(props(newKeepaliveActor(t.cfg.Health, t.cfg.Signaling, t.cfg.Logger)))
 		t.current = t.startLeg(ctx, t.cfg.ExitID, legOpen)
 	case *messages.CloseTunnel:
 		t.closeNow(ctx, reasonOr(m.Reason))
@@ -254,6 +271,7 @@ func (t *tunnelActor) legUp(ctx actor.Context, l *leg, rtt time.Duration) {
 		t.transition(ctx, messages.StateUp, fmt.Sprintf("handshake completed with %s, probe rtt %v", l.exitID, rtt.Round(time.Microsecond)))
 		t.behavior.Become(t.up)
 		t.startAccepting(ctx)
+		t.monitor(ctx, l)
 		t.reply(ctx, nil)
 	case l == t.pending && l.purpose == legSwitch:
 		old := t.current
@@ -261,13 +279,17 @@ func (t *tunnelActor) legUp(ctx actor.Context, l *leg, rtt time.Duration) {
 		t.info.ExitID = l.exitID
 		t.transition(ctx, messages.StateUp, fmt.Sprintf("switched to %s (probe rtt %v); draining %s", l.exitID, rtt.Round(time.Microsecond), old.exitID))
 		t.behavior.Become(t.up)
+		t.monitor(ctx, l)
 		t.answerWaiter(ctx, nil)
 		t.drainLeg(ctx, old, t.drainFor)
 	case l == t.pending && l.purpose == legReconfigure:
 		t.current, t.pending = l, nil
 		t.transition(ctx, messages.StateUp, fmt.Sprintf("reconfigured with %s (probe rtt %v)", l.exitID, rtt.Round(time.Microsecond)))
 		t.behavior.Become(t.up)
+		t.monitor(ctx, l)
 		t.answerWaiter(ctx, nil)
+	case l == t.pending && l.purpose == legReconnect:
+		t.reconnected(ctx, l, rtt)
 	default:
 		t.releaseLeg(ctx, l) // no longer wanted
 	}
@@ -288,11 +310,18 @@ func (t *tunnelActor) legFailed(ctx actor.Context, l *leg, err error) {
 		t.pending = nil
 		t.answerWaiter(ctx, err)
 		t.fail(ctx, err)
+	case l == t.pending && l.purpose == legReconnect:
+		t.reconnectFailed(ctx, err)
 	}
 }
 
 // legReleased is called when a leg's device has terminated (or it never had one).
 func (t *tunnelActor) legReleased(ctx actor.Context, l *leg) {
+	if t.state == messages.StateReconnecting && l == t.released && !t.stopping {
+		t.released = nil
+		t.nextAttempt(ctx) // the old device, netstack and bind are gone: now the first attempt
+		return
+	}
 	if t.state == messages.StateReconfiguring && t.pending == nil && t.current == nil && !t.stopping && l.purpose != legReconfigure {
 		// The old device, netstack and bind are gone: only now create the new ones.
 		t.pending = t.startLeg(ctx, t.info.ExitID, legReconfigure)
@@ -371,9 +400,15 @@ func (t *tunnelActor) onStopping(ctx actor.Context) {
 		t.stopWhy.Store(&why)
 		t.transition(ctx, messages.StateClosing, "engine shutdown")
 	}
-	if t.drainT != nil {
-		t.drainT.Stop()
+	for _, tm := range []*time.Timer{t.drainT, t.retryT, t.parkT} {
+		if tm != nil {
+			tm.Stop()
+		}
 	}
+	for _, p := range t.parked {
+		_ = p.c.Close()
+	}
+	t.parked = nil
 	for _, l := range t.legs {
 		if l.timer != nil {
 			l.timer.Stop()

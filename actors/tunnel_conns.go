@@ -10,6 +10,7 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 
 	"github.com/warren-tunnel/warren/messages"
+	"github.com/warren-tunnel/warren/proxy"
 )
 
 // errLimit refuses a proxy connection over a limit: SOCKS5 general failure, HTTP 503.
@@ -40,6 +41,10 @@ func (t *tunnelActor) accept(ctx actor.Context, m *connAccepted) {
 		_ = m.c.Close()
 		return
 	}
+	if t.state == messages.StateReconnecting {
+		t.park(ctx, m) // waits for the new leg, up to ReconnectWait
+		return
+	}
 	src := hostOf(m.c.RemoteAddr())
 	t.nextConn++
 	t.stats.Opened++
@@ -55,19 +60,7 @@ func (t *tunnelActor) accept(ctx actor.Context, m *connAccepted) {
 		refusal = errLimit{fmt.Sprintf("source %s has %d connections", src, t.sources[src])}
 	}
 	if refusal != nil {
-		if t.refusing >= max(t.cfg.MaxConns, 64) { // refusals are bounded too: beyond this, just close
-			_ = m.c.Close()
-			ev := &messages.ConnectionEnded{Owner: t.cfg.ID, Role: "client", ID: t.nextConn,
-				Incoming: messages.EndLimit, Outgoing: messages.EndLimit, Refused: true}
-			t.count(ev)
-			emit(ctx, t.cfg.Events, &messages.ConnectionOpened{Owner: t.cfg.ID, Role: "client", ID: t.nextConn})
-			emit(ctx, t.cfg.Events, ev)
-			return
-		}
-		t.refusing++
-		cfg.kind, cfg.refusal = connRefuse, refusal
-		pid := ctx.Spawn(props(newConnActor(cfg)))
-		t.conns[pid.Id] = connEntry{pid: pid, refusal: true}
+		t.spawnRefusal(ctx, cfg, refusal)
 		return
 	}
 	cfg.dialer = t.current.dialer
@@ -76,6 +69,30 @@ func (t *tunnelActor) accept(ctx actor.Context, m *connAccepted) {
 	pid := ctx.Spawn(props(newConnActor(cfg)))
 	t.conns[pid.Id] = connEntry{pid: pid, leg: t.current.id, source: src}
 	t.current.conns[pid.Id] = pid
+}
+
+// refuse answers a proxy connection with err's reply (SOCKS5 code, HTTP status) without relaying it.
+func (t *tunnelActor) refuse(ctx actor.Context, c net.Conn, kind proxy.Kind, err error) {
+	t.nextConn++
+	t.stats.Opened++
+	t.spawnRefusal(ctx, connConfig{role: "client", id: t.nextConn, owner: t.cfg.ID, logger: t.cfg.Logger,
+		limits: t.cfg.Conn, proxyKind: kind, client: c, events: t.cfg.Events, stopWhy: &t.stopWhy}, err)
+}
+
+func (t *tunnelActor) spawnRefusal(ctx actor.Context, cfg connConfig, refusal error) {
+	if t.refusing >= max(t.cfg.MaxConns, 64) { // refusals are bounded too: beyond this, just close
+		_ = cfg.client.Close()
+		ev := &messages.ConnectionEnded{Owner: t.cfg.ID, Role: "client", ID: cfg.id,
+			Incoming: messages.EndLimit, Outgoing: messages.EndLimit, Refused: true}
+		t.count(ev)
+		emit(ctx, t.cfg.Events, &messages.ConnectionOpened{Owner: t.cfg.ID, Role: "client", ID: cfg.id})
+		emit(ctx, t.cfg.Events, ev)
+		return
+	}
+	t.refusing++
+	cfg.kind, cfg.refusal = connRefuse, refusal
+	pid := ctx.Spawn(props(newConnActor(cfg)))
+	t.conns[pid.Id] = connEntry{pid: pid, refusal: true}
 }
 
 // ended counts a connection that ended (its actor has stopped and released its sockets), and

@@ -13,6 +13,7 @@ package actors
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -41,6 +42,7 @@ const (
 	legOpen legPurpose = iota
 	legSwitch
 	legReconfigure
+	legReconnect
 )
 
 type leg struct {
@@ -204,8 +206,8 @@ func (t *tunnelActor) legGone(ctx actor.Context, l *leg, err error) {
 	case legNegotiating, legHandshaking:
 		t.legFailed(ctx, l, err)
 	case legUp:
-		if l == t.current {
-			t.fail(ctx, err) // issue 5 turns this into Reconnecting
+		if l == t.current && t.isUp() {
+			t.reconnect(ctx, err.Error(), errors.Is(err, ErrExitGone))
 			return
 		}
 		t.releaseLeg(ctx, l)

@@ -138,6 +138,41 @@ type TunnelSpec struct {
 	DrainTimeout            Duration `yaml:"drain_timeout"`
 	MaxConnections          int      `yaml:"max_connections"`            // at once through this tunnel; default 4096, -1 unlimited
 	MaxConnectionsPerSource int      `yaml:"max_connections_per_source"` // at once from one source address; 0 unlimited
+	// Exits are failover exits, tried in order after Exit when the tunnel has to reconnect.
+	Exits  []string     `yaml:"exits"`
+	Health HealthConfig `yaml:"health"`
+}
+
+// HealthConfig is a tunnel's health policy (docs/health.md). Zero values take the defaults.
+type HealthConfig struct {
+	Interval          Duration `yaml:"interval"`           // data-plane check period; default 1s
+	ProbeTimeout      Duration `yaml:"probe_timeout"`      // one probe through the tunnel; default 1s
+	Failures          int      `yaml:"failures"`           // failed checks in a row before reconnecting; default 3
+	SignalingInterval Duration `yaml:"signaling_interval"` // session ping period; default 2s
+	SignalingTimeout  Duration `yaml:"signaling_timeout"`  // one ping; default 2s
+	SignalingFailures int      `yaml:"signaling_failures"` // failed pings in a row before Degraded; default 2
+	ReconnectWait     Duration `yaml:"reconnect_wait"`     // how long new proxy connections wait for a reconnect; default 10s
+	BackoffMin        Duration `yaml:"backoff_min"`        // first wait between reconnection attempts; default 250ms
+	BackoffMax        Duration `yaml:"backoff_max"`        // longest wait; default 10s
+}
+
+func (h HealthConfig) resolve(path string) (actors.HealthPolicy, actors.Backoff, time.Duration, error) {
+	p := actors.HealthPolicy{
+		Interval: orDuration(h.Interval, time.Second), ProbeTimeout: orDuration(h.ProbeTimeout, time.Second),
+		Failures: h.Failures, SignalingInterval: orDuration(h.SignalingInterval, 2*time.Second),
+		SignalingTimeout: orDuration(h.SignalingTimeout, 2*time.Second), SignalingFailures: h.SignalingFailures,
+	}
+	if p.Failures <= 0 {
+		p.Failures = 3
+	}
+	if p.SignalingFailures <= 0 {
+		p.SignalingFailures = 2
+	}
+	b := actors.Backoff{Min: orDuration(h.BackoffMin, 250*time.Millisecond), Max: orDuration(h.BackoffMax, 10*time.Second)}
+	if b.Max < b.Min {
+		return p, b, 0, fieldErr(path+".backoff_max", "%v is below backoff_min %v", b.Max, b.Min)
+	}
+	return p, b, orDuration(h.ReconnectWait, 10*time.Second), nil
 }
 
 // Defaults.
@@ -232,6 +267,9 @@ func (c *Config) Validate() error {
 
 type resolvedTunnel struct {
 	name             string
+	health           actors.HealthPolicy
+	backoff          actors.Backoff
+	reconnectWait    time.Duration
 	limits           resolvedLimits
 	maxConns         int
 	udpBind          netip.Addr
@@ -276,6 +314,14 @@ func (t *TunnelSpec) resolve(path string, index int) (resolvedTunnel, error) {
 	}
 	if r.limits, err = t.Connections.resolve(path + ".connections"); err != nil {
 		return r, err
+	}
+	if r.health, r.backoff, r.reconnectWait, err = t.Health.resolve(path + ".health"); err != nil {
+		return r, err
+	}
+	for i, x := range t.Exits {
+		if err := signaling.ValidID(x); err != nil {
+			return r, fieldErr(fmt.Sprintf("%s.exits[%d]", path, i), "%v", err)
+		}
 	}
 	switch {
 	case t.MaxConnections == 0:

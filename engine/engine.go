@@ -15,6 +15,7 @@ import (
 
 	"github.com/asynkron/protoactor-go/actor"
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 
 	"github.com/warren-tunnel/warren/actors"
 	"github.com/warren-tunnel/warren/messages"
@@ -84,6 +85,8 @@ type Engine struct {
 	natsURL string
 	exit    *ExitInfo
 	started atomic.Bool
+
+	sigPID atomic.Pointer[actor.PID] // the signaling actor, once started: hears NATS state changes
 
 	closeOnce sync.Once
 	closed    chan struct{} // closed when Close has finished
@@ -160,7 +163,10 @@ func (e *Engine) Start(ctx context.Context) error {
 	}
 	e.natsURL = urls[0]
 	nc, err := signaling.Connect(urls, "warren-"+e.identity.ID()[:8], timeout, e.logger, func(s signaling.ConnState) {
-		e.logger.Info("nats connection", "status", s.Status.String(), "url", s.URL, "err", s.Err)
+		// nats.go's goroutine: hand the change to the signaling actor as a message.
+		if pid := e.sigPID.Load(); pid != nil && e.system != nil {
+			e.system.Root.Send(pid, &actors.NATSState{Connected: s.Status == nats.CONNECTED, URL: s.URL, Err: s.Err})
+		}
 	})
 	if err != nil {
 		if srv != nil {
@@ -173,7 +179,10 @@ func (e *Engine) Start(ctx context.Context) error {
 	protoLog := e.logger.With("component", "protoactor")
 	e.system = actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger {
 		return slog.New(levelFloor{protoLog.Handler(), slog.LevelWarn})
-	}))
+	}),
+		// A dead letter (a message to an actor that just stopped, normal during shutdown) starts a
+		// throttle goroutine that lives one interval: keep it short so Close leaves nothing behind.
+		actor.WithDeadLetterThrottleInterval(50*time.Millisecond))
 	ecfg := actors.EngineConfig{
 		Signaling: actors.SignalingConfig{Conn: nc, Server: srv, Logger: e.logger, ClientID: e.identity.ID()},
 		Sink:      e.sink,
@@ -207,6 +216,7 @@ func (e *Engine) Start(ctx context.Context) error {
 	if err == nil {
 		if st, ok := res.(*actors.EngineStarted); ok {
 			err = st.Err
+			e.sigPID.Store(st.Signaling)
 			if st.Exit != nil && st.Err == nil {
 				e.exit = &ExitInfo{ID: e.cfg.Exit.ID, Endpoint: st.Exit.Endpoint, PublicKey: st.Exit.PublicKey.String(), Address: st.Exit.Address}
 			}

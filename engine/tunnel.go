@@ -60,7 +60,8 @@ func (e *Engine) OpenTunnel(ctx context.Context, spec TunnelSpec) (*Tunnel, erro
 		UDPBind: r.udpBind, HandshakeTimeout: limit, Conn: r.limits.timeouts(r.connectTimeout), Keepalive: r.keepalive,
 		MaxConns: r.maxConns, MaxConnsPerSource: spec.MaxConnectionsPerSource,
 		DrainTimeout: orDuration(spec.DrainTimeout, DefaultDrainTimeout),
-		Identity:     e.identity, ReplyTo: up.PID()}
+		Exits:        spec.Exits, Health: r.health, Backoff: r.backoff, ReconnectWait: r.reconnectWait,
+		Identity: e.identity, ReplyTo: up.PID()}
 	res, err := e.system.Root.RequestFuture(e.pid, &actors.OpenTunnel{Config: cfg}, 5*time.Second).Result()
 	if err != nil {
 		return nil, fmt.Errorf("open tunnel: %w", err)

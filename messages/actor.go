@@ -16,6 +16,8 @@ const (
 	StateSwitching     TunnelState = "switching"     // Up on the old exit while a session with the new one comes up
 	StateReconfiguring TunnelState = "reconfiguring" // old device released, new session with the same exit coming up
 	StateDraining      TunnelState = "draining"      // Close called: proxies refuse, active connections finish
+	StateDegraded      TunnelState = "degraded"      // data plane healthy, signaling failing: traffic flows
+	StateReconnecting  TunnelState = "reconnecting"  // data plane lost: renegotiating, with backoff, over the configured exits
 	StateClosing       TunnelState = "closing"       // Close called; releasing
 	StateClosed        TunnelState = "closed"        // every resource released
 	StateFailed        TunnelState = "failed"        // could not come up; Cause says why
@@ -55,6 +57,7 @@ type TunnelInfo struct {
 	ClientAddresses       []netip.Addr
 	ExitEndpoint          netip.AddrPort
 	UpSince               time.Time
+	Reconnects            int // completed reconnections since the tunnel opened
 }
 
 // GetTunnelInfo asks a tunnel for its TunnelInfo; the reply is TunnelInfoResponse.

@@ -20,6 +20,8 @@ const (
 	TypeSessionRequest  = "session.request"
 	TypeSessionResponse = "session.response"
 	TypeSessionClose    = "session.close"
+	TypeSessionPing     = "session.ping"
+	TypeSessionPong     = "session.pong"
 	TypeError           = "error"
 )
 
@@ -53,6 +55,19 @@ type SessionClose struct {
 	Reason    string `json:"reason"`
 	Timestamp int64  `json:"ts"`
 	Signature string `json:"sig"`
+}
+
+// SessionPing asks an exit whether it still holds a session: the signaling half of a tunnel's
+// health check. It changes no state.
+type SessionPing struct {
+	SessionID string `json:"session_id"`
+}
+
+// SessionPong answers SessionPing. Known is false when the exit has no such session (it restarted,
+// or released it): the tunnel's data plane cannot work any more.
+type SessionPong struct {
+	SessionID string `json:"session_id"`
+	Known     bool   `json:"known"`
 }
 
 // Error codes of ErrorResponse.

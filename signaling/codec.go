@@ -98,6 +98,10 @@ func Decode(data []byte) (any, error) {
 		body = new(messages.SessionResponse)
 	case messages.TypeSessionClose:
 		body = new(messages.SessionClose)
+	case messages.TypeSessionPing:
+		body = new(messages.SessionPing)
+	case messages.TypeSessionPong:
+		body = new(messages.SessionPong)
 	case messages.TypeError:
 		body = new(messages.ErrorResponse)
 	default:

@@ -53,6 +53,10 @@ func Validate(m any) error {
 			return fmt.Errorf("reason: longer than %d", maxReason)
 		}
 		return firstErr(validSessionID(m.SessionID), validClientID(m.Signer), positive("ts", m.Timestamp), validSignature(m.Signature))
+	case *messages.SessionPing:
+		return validSessionID(m.SessionID)
+	case *messages.SessionPong:
+		return validSessionID(m.SessionID)
 	case *messages.ErrorResponse:
 		if m.Code == "" || len(m.Code) > 64 {
 			return fmt.Errorf("code: must be 1-64 characters")

@@ -1,0 +1,254 @@
+package actors
+
+// The keepalive actor watches one tunnel's current leg and reports two separate facts to the tunnel:
+//
+//   - data plane: is the WireGuard path to the exit carrying packets? Each interval it reads the
+//     device's receive counter; if nothing arrived since the last check it probes (a connect-protocol
+//     ping through the tunnel to the exit). Failures in a row ≥ policy.Failures → dataPlaneFailed.
+//   - signaling: can the exit be reached over NATS, and does it still hold the session? A
+//     session.ping every SignalingInterval, and nats.go's connection state as messages. Failures in
+//     a row ≥ SignalingFailures, or a disconnect → signalingHealth{ok: false}; the next successful
+//     ping → signalingHealth{ok: true}. An exit that answers but no longer knows the session
+//     (it restarted) → sessionLost, which is a data-plane fact: the tunnel cannot work.
+//
+//	idle ──monitorLeg──▶ watching ──dataPlaneFailed / sessionLost sent──▶ idle (until the next monitorLeg)
+//
+// Its timers and the probe goroutine are its own: stopped and awaited in Stopping.
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+
+	"github.com/warren-tunnel/warren/netstack"
+)
+
+// HealthPolicy says how a tunnel judges its health. The defaults detect a dead data plane within
+// about 4 s (3 failed checks 1 s apart, each probe bounded by 1 s).
+type HealthPolicy struct {
+	Interval          time.Duration // data-plane check period
+	ProbeTimeout      time.Duration // one probe through the tunnel
+	Failures          int           // failed data-plane checks in a row before Reconnecting
+	SignalingInterval time.Duration // session.ping period
+	SignalingTimeout  time.Duration // one session.ping
+	SignalingFailures int           // failed pings in a row before Degraded
+}
+
+// monitorLeg starts watching a leg (replacing any other).
+type monitorLeg struct {
+	device            *actor.PID
+	dialer            netstack.Dialer
+	exitID, sessionID string
+}
+
+// stopMonitoring stops watching (reconnecting, draining).
+type stopMonitoring struct{}
+
+// dataPlaneFailed: the watched leg's data plane failed policy.Failures checks in a row.
+type dataPlaneFailed struct {
+	sessionID string
+	cause     string
+}
+
+// sessionLost: the exit answered a ping but no longer holds the session.
+type sessionLost struct{ sessionID string }
+
+// signalingHealth reports a change of the signaling signal.
+type signalingHealth struct {
+	ok    bool
+	cause string
+}
+
+type kaTick struct{ gen int }
+type kaSigTick struct{ gen int }
+type kaProbeDone struct {
+	gen int
+	err error
+}
+
+type keepaliveActor struct {
+	policy    HealthPolicy
+	signaling *actor.PID
+	logger    *slog.Logger
+
+	leg      *monitorLeg // nil while idle
+	gen      int         // bumped on every monitorLeg/stop: stale ticks and probes are ignored
+	lastRx   int64
+	failures int
+	probing  bool
+	sigFails int
+	sigOK    bool // as last reported to the tunnel
+	natsUp   bool
+	dpTimer  *time.Timer        // next data-plane check; stopped in reset
+	sigTimer *time.Timer        // next signaling ping; stopped in reset
+	cancel   context.CancelFunc // of the probe in flight
+	wg       sync.WaitGroup     // the probe goroutine
+}
+
+func newKeepaliveActor(policy HealthPolicy, signaling *actor.PID, logger *slog.Logger) actor.Producer {
+	return func() actor.Actor {
+		return &keepaliveActor{policy: policy, signaling: signaling, logger: logger, sigOK: true, natsUp: true}
+	}
+}
+
+func (k *keepaliveActor) Receive(ctx actor.Context) {
+	switch m := ctx.Message().(type) {
+	case *actor.Started:
+		ctx.Send(k.signaling, &watchNATS{pid: ctx.Self()})
+	case *monitorLeg:
+		k.reset()
+		k.leg, k.lastRx, k.failures, k.sigFails = m, -1, 0, 0
+		k.after(ctx, k.policy.Interval, &kaTick{gen: k.gen})
+		k.after(ctx, k.policy.SignalingInterval, &kaSigTick{gen: k.gen})
+	case *stopMonitoring:
+		k.reset()
+		k.leg = nil
+	case *kaTick:
+		if m.gen == k.gen && k.leg != nil {
+			k.checkDataPlane(ctx)
+		}
+	case *kaProbeDone:
+		k.probing = false
+		if m.gen != k.gen || k.leg == nil {
+			return
+		}
+		if m.err == nil {
+			k.failures = 0
+		} else {
+			k.failed(ctx, fmt.Sprintf("probe through the tunnel: %v", m.err))
+		}
+		k.after(ctx, k.policy.Interval, &kaTick{gen: k.gen})
+	case *kaSigTick:
+		if m.gen == k.gen && k.leg != nil {
+			gen := k.gen
+			f := ctx.RequestFuture(k.signaling, &pingExit{exitID: k.leg.exitID, sessionID: k.leg.sessionID, timeout: k.policy.SignalingTimeout},
+				k.policy.SignalingTimeout+time.Second)
+			ctx.ReenterAfter(f, func(res any, err error) {
+				if gen != k.gen || k.leg == nil {
+					return
+				}
+				if r, ok := res.(*pingReply); ok {
+					err = r.err
+					if err == nil && !r.known {
+						ctx.Send(ctx.Parent(), &sessionLost{sessionID: k.leg.sessionID})
+						return
+					}
+				}
+				k.signalingResult(ctx, err)
+				k.after(ctx, k.policy.SignalingInterval, &kaSigTick{gen: k.gen})
+			})
+		}
+	case *NATSState:
+		k.natsUp = m.Connected
+		if !m.Connected {
+			k.sigFails = k.policy.SignalingFailures
+			k.report(ctx, false, fmt.Sprintf("nats disconnected: %v", m.Err))
+		} else if k.leg != nil { // check at once rather than at the next tick
+			ctx.Send(ctx.Self(), &kaSigTick{gen: k.gen})
+		}
+	case *actor.Stopping:
+		ctx.Send(k.signaling, &unwatchNATS{pid: ctx.Self()})
+		k.reset()
+	}
+}
+
+func (k *keepaliveActor) reset() {
+	k.gen++
+	for _, t := range []*time.Timer{k.dpTimer, k.sigTimer} {
+		if t != nil {
+			t.Stop()
+		}
+	}
+	if k.cancel != nil {
+		k.cancel()
+	}
+	k.wg.Wait()
+	k.probing = false
+}
+
+// after arms the data-plane or the signaling timer (one of each at most), replacing the previous one.
+func (k *keepaliveActor) after(ctx actor.Context, d time.Duration, msg any) {
+	system, self := ctx.ActorSystem(), ctx.Self()
+	t := time.AfterFunc(d, func() { system.Root.Send(self, msg) })
+	slot := &k.dpTimer
+	if _, ok := msg.(*kaSigTick); ok {
+		slot = &k.sigTimer
+	}
+	if *slot != nil {
+		(*slot).Stop()
+	}
+	*slot = t
+}
+
+// checkDataPlane: receive progress since the last check proves the path; otherwise probe.
+func (k *keepaliveActor) checkDataPlane(ctx actor.Context) {
+	gen := k.gen
+	f := ctx.RequestFuture(k.leg.device, &getPeerStats{}, k.policy.Interval)
+	ctx.ReenterAfter(f, func(res any, err error) {
+		if gen != k.gen || k.leg == nil {
+			return
+		}
+		st, ok := res.(*peerStats)
+		if err == nil && ok && st.err == nil && k.lastRx >= 0 && st.rxBytes > k.lastRx {
+			k.lastRx, k.failures = st.rxBytes, 0
+			k.after(ctx, k.policy.Interval, &kaTick{gen: gen})
+			return
+		}
+		if ok && st.err == nil {
+			k.lastRx = st.rxBytes
+		}
+		k.probe(ctx)
+	})
+}
+
+func (k *keepaliveActor) probe(ctx actor.Context) {
+	if k.probing {
+		return
+	}
+	k.probing = true
+	pctx, cancel := context.WithTimeout(context.Background(), k.policy.ProbeTimeout)
+	k.cancel = cancel
+	system, self, gen, dialer := ctx.ActorSystem(), ctx.Self(), k.gen, k.leg.dialer
+	k.wg.Add(1)
+	go func() {
+		defer k.wg.Done()
+		defer cancel()
+		err := dialer.Ping(pctx)
+		system.Root.Send(self, &kaProbeDone{gen: gen, err: err})
+	}()
+}
+
+func (k *keepaliveActor) failed(ctx actor.Context, cause string) {
+	k.failures++
+	k.logger.Debug("data-plane check failed", "session", k.leg.sessionID, "failures", k.failures, "cause", cause)
+	if k.failures >= k.policy.Failures {
+		ctx.Send(ctx.Parent(), &dataPlaneFailed{sessionID: k.leg.sessionID,
+			cause: fmt.Sprintf("%d data-plane checks failed in a row; last: %s", k.failures, cause)})
+		k.reset()
+		k.leg = nil
+	}
+}
+
+func (k *keepaliveActor) signalingResult(ctx actor.Context, err error) {
+	if err == nil {
+		k.sigFails = 0
+		k.report(ctx, true, "signaling answers")
+		return
+	}
+	k.sigFails++
+	if k.sigFails >= k.policy.SignalingFailures {
+		k.report(ctx, false, fmt.Sprintf("%d signaling pings failed; last: %v", k.sigFails, err))
+	}
+}
+
+func (k *keepaliveActor) report(ctx actor.Context, ok bool, cause string) {
+	if ok == k.sigOK {
+		return
+	}
+	k.sigOK = ok
+	ctx.Send(ctx.Parent(), &signalingHealth{ok: ok, cause: cause})
+}

@@ -1,0 +1,181 @@
+package actors
+
+// Health and reconnection of a tunnel (see keepalive.go for how health is judged).
+//
+//	Up ──signaling failing──▶ Degraded ──signaling answers──▶ Up       (traffic flows throughout)
+//	Up / Degraded ──data plane failed, session lost, exit goodbye, device lost──▶ Reconnecting
+//	Reconnecting: release the leg (goodbye; netstack → device → bind), then try exits in turn —
+//	the same exit first after a data-plane failure, the next one after a goodbye — with exponential
+//	backoff and jitter between attempts, until one comes up ──▶ Up. Proxy connections that arrive
+//	meanwhile wait (up to ReconnectWait) and then go to the new leg, or get a clear failure.
+
+import (
+	"math/rand/v2"
+	"net"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+
+	"github.com/warren-tunnel/warren/messages"
+	"github.com/warren-tunnel/warren/proxy"
+)
+
+// Backoff bounds the wait between reconnection attempts: Min doubles per failed attempt up to Max,
+// with ±20% jitter.
+type Backoff struct{ Min, Max time.Duration }
+
+type reconnectAttempt struct{}
+type parkExpired struct{}
+
+// parkedConn is a proxy connection accepted while reconnecting, owned by the tunnel until it goes
+// to a connection actor (or is refused) — closed in Stopping otherwise.
+type parkedConn struct {
+	c        net.Conn
+	kind     proxy.Kind
+	deadline time.Time
+}
+
+// exits is the tunnel's failover list: the configured exit first, then the others.
+func (t *tunnelActor) exits() []string { return append([]string{t.cfg.ExitID}, t.cfg.Exits...) }
+
+// reconnect leaves Up (or Degraded) for Reconnecting. next selects the exit after the current one
+// first (it said goodbye); otherwise the same exit is tried first.
+func (t *tunnelActor) reconnect(ctx actor.Context, cause string, next bool) {
+	old := t.current
+	t.transition(ctx, messages.StateReconnecting, cause)
+	t.behavior.Become(t.reconnecting)
+	ctx.Send(t.keepalive, &stopMonitoring{})
+	exits := t.exits()
+	t.attempt, t.exitBase = 0, 0
+	for i, x := range exits {
+		if old != nil && x == old.exitID {
+			t.exitBase = i
+		}
+	}
+	if next {
+		t.exitBase++
+	}
+	t.current = nil
+	if old != nil && old.state != legReleasing && old.device != nil {
+		t.released = old
+		t.releaseLeg(ctx, old) // the first attempt starts once its device has terminated (legReleased)
+		return
+	}
+	t.nextAttempt(ctx)
+}
+
+func (t *tunnelActor) reconnecting(ctx actor.Context) {
+	switch m := ctx.Message().(type) {
+	case *reconnectAttempt:
+		if t.pending == nil && t.current == nil {
+			t.nextAttempt(ctx)
+		}
+	case *parkExpired:
+		t.refuseExpired(ctx)
+	case *messages.CloseTunnel:
+		if t.retryT != nil {
+			t.retryT.Stop()
+		}
+		if t.pending != nil {
+			t.releaseLeg(ctx, t.pending)
+			t.pending = nil
+		}
+		t.closeNow(ctx, reasonOr(m.Reason))
+	case *messages.SwitchTunnel:
+		ctx.Respond(&messages.SwitchTunnelResponse{Err: ErrBusy})
+	case *messages.ReconfigureTunnel:
+		ctx.Respond(&messages.ReconfigureTunnelResponse{Err: ErrBusy})
+	}
+}
+
+func (t *tunnelActor) nextAttempt(ctx actor.Context) {
+	exits := t.exits()
+	exit := exits[(t.exitBase+t.attempt)%len(exits)]
+	t.cfg.Logger.Info("reconnect attempt", "attempt", t.attempt+1, "exit", exit)
+	t.pending = t.startLeg(ctx, exit, legReconnect)
+}
+
+// reconnectFailed schedules the next attempt after the backoff.
+func (t *tunnelActor) reconnectFailed(ctx actor.Context, err error) {
+	t.pending = nil
+	t.attempt++
+	wait := t.cfg.Backoff.Min << min(t.attempt-1, 20)
+	if wait > t.cfg.Backoff.Max || wait <= 0 {
+		wait = t.cfg.Backoff.Max
+	}
+	wait = time.Duration(float64(wait) * (0.8 + 0.4*rand.Float64()))
+	t.cfg.Logger.Warn("reconnect attempt failed", "attempt", t.attempt, "retry_in", wait.Round(time.Millisecond), "err", err)
+	t.retryT = t.sendAfter(ctx, wait, &reconnectAttempt{})
+}
+
+// reconnected makes the new leg current and hands it the connections that waited.
+func (t *tunnelActor) reconnected(ctx actor.Context, l *leg, rtt time.Duration) {
+	t.current, t.pending = l, nil
+	t.info.Reconnects++
+	t.transition(ctx, messages.StateUp, "reconnected to "+l.exitID+" after "+itoa(uint16(min(t.attempt+1, 65535)))+" attempt(s), probe rtt "+rtt.Round(time.Microsecond).String())
+	t.behavior.Become(t.up)
+	t.monitor(ctx, l)
+	parked := t.parked
+	t.parked = nil
+	for _, p := range parked {
+		t.accept(ctx, &connAccepted{c: p.c, kind: p.kind})
+	}
+}
+
+// park holds a proxy connection accepted while reconnecting.
+func (t *tunnelActor) park(ctx actor.Context, m *connAccepted) {
+	t.parked = append(t.parked, parkedConn{c: m.c, kind: m.kind, deadline: time.Now().Add(t.cfg.ReconnectWait)})
+	if len(t.parked) == 1 {
+		t.parkT = t.sendAfter(ctx, t.cfg.ReconnectWait, &parkExpired{})
+	}
+}
+
+// refuseExpired answers connections that waited ReconnectWait with a clear failure.
+func (t *tunnelActor) refuseExpired(ctx actor.Context) {
+	now := time.Now()
+	keep := t.parked[:0]
+	for _, p := range t.parked {
+		if now.Before(p.deadline) {
+			keep = append(keep, p)
+			continue
+		}
+		t.refuse(ctx, p.c, p.kind, errNotReady{})
+	}
+	t.parked = keep
+	if len(keep) > 0 {
+		t.parkT = t.sendAfter(ctx, time.Until(keep[0].deadline), &parkExpired{})
+	}
+}
+
+// monitor points the keepalive actor at the current leg.
+func (t *tunnelActor) monitor(ctx actor.Context, l *leg) {
+	ctx.Send(t.keepalive, &monitorLeg{device: l.device, dialer: l.dialer, exitID: l.exitID, sessionID: l.sessionID})
+}
+
+// health handles the keepalive actor's reports.
+func (t *tunnelActor) health(ctx actor.Context, msg any) {
+	switch m := msg.(type) {
+	case *signalingHealth:
+		t.sigOK = m.ok
+		switch {
+		case !m.ok && t.state == messages.StateUp:
+			t.cfg.Logger.Warn("signaling failing; data plane healthy, staying up", "cause", m.cause)
+			t.transition(ctx, messages.StateDegraded, m.cause)
+		case m.ok && t.state == messages.StateDegraded:
+			t.transition(ctx, messages.StateUp, m.cause)
+		}
+	case *dataPlaneFailed:
+		if t.current != nil && t.current.sessionID == m.sessionID && t.isUp() {
+			t.reconnect(ctx, "data plane failed: "+m.cause, false)
+		}
+	case *sessionLost:
+		if t.current != nil && t.current.sessionID == m.sessionID && t.isUp() {
+			t.current.saidBye = true // the exit has no such session: nothing to say goodbye to
+			t.reconnect(ctx, "the exit no longer holds the session", false)
+		}
+	}
+}
+
+func (t *tunnelActor) isUp() bool {
+	return t.state == messages.StateUp || t.state == messages.StateDegraded
+}
