@@ -28,7 +28,8 @@ import (
 )
 
 // HealthPolicy says how a tunnel judges its health. The defaults detect a dead data plane within
-// about 4 s (3 failed checks 1 s apart, each probe bounded by 1 s).
+// 5 s: checks every second; the first after the cut may still see packets from before it; then 3
+// probes, each bounded by 750 ms, must fail (1 + 2 + 0.75 s at worst).
 type HealthPolicy struct {
 	Interval          time.Duration // data-plane check period
 	ProbeTimeout      time.Duration // one probe through the tunnel
@@ -109,7 +110,11 @@ func (k *keepaliveActor) Receive(ctx actor.Context) {
 		k.leg = nil
 	case *kaTick:
 		if m.gen == k.gen && k.leg != nil {
-			k.checkDataPlane(ctx)
+			// Fixed cadence: the next check is armed now, not when this one's probe finishes.
+			k.after(ctx, k.policy.Interval, &kaTick{gen: k.gen})
+			if !k.probing {
+				k.checkDataPlane(ctx)
+			}
 		}
 	case *kaProbeDone:
 		k.probing = false
@@ -121,7 +126,7 @@ func (k *keepaliveActor) Receive(ctx actor.Context) {
 		} else {
 			k.failed(ctx, fmt.Sprintf("probe through the tunnel: %v", m.err))
 		}
-		k.after(ctx, k.policy.Interval, &kaTick{gen: k.gen})
+		k.rebase(ctx) // the probe's own reply is not progress: measure from here
 	case *kaSigTick:
 		if m.gen == k.gen && k.leg != nil {
 			gen := k.gen
@@ -195,13 +200,23 @@ func (k *keepaliveActor) checkDataPlane(ctx actor.Context) {
 		st, ok := res.(*peerStats)
 		if err == nil && ok && st.err == nil && k.lastRx >= 0 && st.rxBytes > k.lastRx {
 			k.lastRx, k.failures = st.rxBytes, 0
-			k.after(ctx, k.policy.Interval, &kaTick{gen: gen})
 			return
 		}
 		if ok && st.err == nil {
 			k.lastRx = st.rxBytes
 		}
 		k.probe(ctx)
+	})
+}
+
+// rebase reads the receive counter as the new baseline.
+func (k *keepaliveActor) rebase(ctx actor.Context) {
+	gen := k.gen
+	f := ctx.RequestFuture(k.leg.device, &getPeerStats{}, k.policy.Interval)
+	ctx.ReenterAfter(f, func(res any, err error) {
+		if st, ok := res.(*peerStats); gen == k.gen && err == nil && ok && st.err == nil {
+			k.lastRx = st.rxBytes
+		}
 	})
 }
 

@@ -146,7 +146,7 @@ type TunnelSpec struct {
 // HealthConfig is a tunnel's health policy (docs/health.md). Zero values take the defaults.
 type HealthConfig struct {
 	Interval          Duration `yaml:"interval"`           // data-plane check period; default 1s
-	ProbeTimeout      Duration `yaml:"probe_timeout"`      // one probe through the tunnel; default 1s
+	ProbeTimeout      Duration `yaml:"probe_timeout"`      // one probe through the tunnel; default 750ms
 	Failures          int      `yaml:"failures"`           // failed checks in a row before reconnecting; default 3
 	SignalingInterval Duration `yaml:"signaling_interval"` // session ping period; default 2s
 	SignalingTimeout  Duration `yaml:"signaling_timeout"`  // one ping; default 2s
@@ -158,7 +158,7 @@ type HealthConfig struct {
 
 func (h HealthConfig) resolve(path string) (actors.HealthPolicy, actors.Backoff, time.Duration, error) {
 	p := actors.HealthPolicy{
-		Interval: orDuration(h.Interval, time.Second), ProbeTimeout: orDuration(h.ProbeTimeout, time.Second),
+		Interval: orDuration(h.Interval, time.Second), ProbeTimeout: orDuration(h.ProbeTimeout, 750*time.Millisecond),
 		Failures: h.Failures, SignalingInterval: orDuration(h.SignalingInterval, 2*time.Second),
 		SignalingTimeout: orDuration(h.SignalingTimeout, 2*time.Second), SignalingFailures: h.SignalingFailures,
 	}

@@ -87,6 +87,7 @@ type Engine struct {
 	started atomic.Bool
 
 	sigPID atomic.Pointer[actor.PID] // the signaling actor, once started: hears NATS state changes
+	nc     *nats.Conn                // owned by the signaling actor; kept here only for Kill
 
 	closeOnce sync.Once
 	closed    chan struct{} // closed when Close has finished
@@ -124,6 +125,14 @@ func (e *Engine) DroppedEvents() int64 { return e.dropped.Load() }
 
 // ClientID is this engine's identity as exits see it.
 func (e *Engine) ClientID() string { return e.identity.ID() }
+
+// NATSConnectedURL is the NATS server the engine is connected to right now ("" while disconnected).
+func (e *Engine) NATSConnectedURL() string {
+	if e.nc == nil {
+		return ""
+	}
+	return e.nc.ConnectedUrl()
+}
 
 // NATSURL is the signaling server in use (the embedded one's URL when none was configured).
 func (e *Engine) NATSURL() string { return e.natsURL }
@@ -200,6 +209,7 @@ func (e *Engine) Start(ctx context.Context) error {
 		}
 		ecfg.Exit = &xc
 	}
+	e.nc = nc
 	// From here on the signaling actor owns nc and srv; Close releases them.
 	e.pid, err = e.system.Root.SpawnNamed(actors.NewEngineProps(ecfg), "engine")
 	if err != nil {
@@ -306,6 +316,35 @@ func (e *Engine) Stats(ctx context.Context) (Stats, error) {
 	return Stats{Client: fill(by["client"]), Exit: fill(by["exit"])}, nil
 }
 
+// Kill stops the engine at once, as if its process had died: the NATS connection is closed first,
+// so no goodbye is sent, and nothing drains; then every actor stops and releases its resources.
+// Peers notice only through their own health checks. Meant for fault tests and emergencies; Close
+// is the normal way. Events() is closed after.
+func (e *Engine) Kill() {
+	if e.nc != nil {
+		e.nc.Close()
+	}
+	e.closeOnce.Do(func() {
+		defer close(e.closed)
+		defer e.closeEvents()
+		if e.system == nil {
+			return
+		}
+		if e.pid != nil {
+			_ = e.system.Root.StopFuture(e.pid).Wait()
+		}
+		e.system.Shutdown()
+	})
+	<-e.closed
+}
+
+func (e *Engine) closeEvents() {
+	e.sinkMu.Lock()
+	e.sinkClosed = true
+	close(e.events)
+	e.sinkMu.Unlock()
+}
+
 // Close shuts down gracefully: tunnels first (each says goodbye to its exit), then the exit, then
 // signaling and the embedded NATS server. It returns when everything has been released, or when ctx
 // ends (then the rest is stopped at once, still before Close returns). Events() is closed after.
@@ -313,12 +352,7 @@ func (e *Engine) Stats(ctx context.Context) (Stats, error) {
 func (e *Engine) Close(ctx context.Context) error {
 	e.closeOnce.Do(func() {
 		defer close(e.closed)
-		defer func() {
-			e.sinkMu.Lock()
-			e.sinkClosed = true
-			close(e.events)
-			e.sinkMu.Unlock()
-		}()
+		defer e.closeEvents()
 		if e.system == nil {
 			return
 		}

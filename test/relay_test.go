@@ -1,0 +1,134 @@
+package test
+
+import (
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"testing"
+)
+
+// Relay is a UDP relay between WireGuard clients and an exit on 127.0.0.1 that a test can
+// blackhole, make lossy, or restore. Point the exit's advertised endpoint (ExitConfig.Endpoint) at
+// Addr() and the relay at the exit's real UDP address; every client then goes through it.
+type Relay struct {
+	t      testing.TB
+	ln     *net.UDPConn
+	target atomic.Pointer[netip.AddrPort]
+	drop   atomic.Int64 // per mille of datagrams dropped, both ways; 1000 = blackhole
+	mu     sync.Mutex
+	ups    map[netip.AddrPort]*net.UDPConn // one upstream socket per client address
+	wg     sync.WaitGroup
+	closed atomic.Bool
+	Passed atomic.Int64 // datagrams forwarded
+}
+
+// NewRelay listens on 127.0.0.1 with a random port; it is closed at the test's end.
+func NewRelay(t testing.TB) *Relay {
+	ln, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &Relay{t: t, ln: ln, ups: map[netip.AddrPort]*net.UDPConn{}}
+	r.wg.Add(1)
+	go r.fromClients()
+	t.Cleanup(r.Close)
+	return r
+}
+
+// Addr is where clients should send.
+func (r *Relay) Addr() netip.AddrPort { return r.ln.LocalAddr().(*net.UDPAddr).AddrPort() }
+
+// SetTarget says where the exit listens.
+func (r *Relay) SetTarget(ap netip.AddrPort) { r.target.Store(&ap) }
+
+// Blackhole drops everything from now on; Restore passes everything again; Lossy drops perMille/1000.
+func (r *Relay) Blackhole()           { r.drop.Store(1000) }
+func (r *Relay) Restore()             { r.drop.Store(0) }
+func (r *Relay) Lossy(perMille int64) { r.drop.Store(perMille) }
+
+func (r *Relay) dropped() bool {
+	d := r.drop.Load()
+	return d >= 1000 || (d > 0 && rand.Int64N(1000) < d)
+}
+
+func (r *Relay) fromClients() {
+	defer r.wg.Done()
+	buf := make([]byte, 65535)
+	for {
+		n, src, err := r.ln.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			return
+		}
+		tgt := r.target.Load()
+		if tgt == nil || r.dropped() {
+			continue
+		}
+		up := r.upstream(src)
+		if up == nil {
+			return
+		}
+		if _, err := up.WriteToUDPAddrPort(buf[:n], *tgt); err == nil {
+			r.Passed.Add(1)
+		}
+	}
+}
+
+func (r *Relay) upstream(client netip.AddrPort) *net.UDPConn {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed.Load() {
+		return nil
+	}
+	if up := r.ups[client]; up != nil {
+		return up
+	}
+	up, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		return nil
+	}
+	r.ups[client] = up
+	r.wg.Add(1)
+	go func() { // exit → this client
+		defer r.wg.Done()
+		buf := make([]byte, 65535)
+		for {
+			n, _, err := up.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			if r.dropped() {
+				continue
+			}
+			if _, err := r.ln.WriteToUDPAddrPort(buf[:n], client); err == nil {
+				r.Passed.Add(1)
+			}
+		}
+	}()
+	return up
+}
+
+// Close stops the relay and waits for its goroutines.
+func (r *Relay) Close() {
+	if r.closed.Swap(true) {
+		return
+	}
+	_ = r.ln.Close()
+	r.mu.Lock()
+	for _, up := range r.ups {
+		_ = up.Close()
+	}
+	r.mu.Unlock()
+	r.wg.Wait()
+}
+
+// freeUDPPort finds a UDP port on 127.0.0.1 that is free right now.
+func freeUDPPort(t testing.TB) netip.AddrPort {
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	return c.LocalAddr().(*net.UDPAddr).AddrPort()
+}
