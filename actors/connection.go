@@ -95,19 +95,23 @@ type connActor struct {
 	ending   bool         // graceful end under way
 	refused  bool
 	ping     bool               // a connect-protocol ping (a health probe): not a connection, not counted
+	opened   bool               // ConnectionOpened was emitted
+	idleT    *time.Timer        // next idle check; stopped in Stopping
 	inWhy    messages.EndReason // set once
 	outWhy   messages.EndReason // set once
 	timers   []*time.Timer      // lifetime and grace; stopped in Stopping
 
 	// idle checks
-	lastTotal  int64
-	idleSince  time.Time
-	lastSegs   uint32
-	keepalive  bool
-	exemptIdle bool
+	lastTotal   int64
+	idleSince   time.Time
+	lastSegsIn  uint32
+	lastSegsOut uint32
+	keepalive   bool
+	exemptIdle  bool
 }
 
 type connSetupDone struct{}
+type connIdleCheck struct{}
 
 // pingServed tells the parent a ping ended: it held a slot but is no connection.
 type pingServed struct{}
@@ -152,17 +156,17 @@ func (c *connActor) Receive(ctx actor.Context) {
 			c.after(c.cfg.limits.MaxLifetime, &connLifetimeExpired{})
 		}
 		if c.cfg.kind != connService { // a service connection may turn out to be a ping; counted when set up
-			emit(ctx, c.cfg.events, &messages.ConnectionOpened{Owner: c.cfg.owner, Role: c.cfg.role, ID: c.cfg.id})
+			c.emitOpened(ctx)
 		}
 	case *connSetupDone:
 		r := <-c.result
-		if f, ok := r.(*connSetupFailed); !(ok && f.ping) && c.cfg.kind == connService {
-			emit(ctx, c.cfg.events, &messages.ConnectionOpened{Owner: c.cfg.owner, Role: c.cfg.role, ID: c.cfg.id})
+		if f, ok := r.(*connSetupFailed); !(ok && f.ping) {
+			c.emitOpened(ctx)
 		}
 		c.adopt(ctx, r)
 	case *pumpDone:
 		c.pumpEnded(ctx, m)
-	case *actor.ReceiveTimeout:
+	case *connIdleCheck:
 		c.idleCheck(ctx)
 	case *connLifetimeExpired:
 		c.endGracefully(ctx, messages.EndMaxLifetime)
@@ -182,6 +186,9 @@ func (c *connActor) Receive(ctx actor.Context) {
 		for _, t := range c.timers {
 			t.Stop()
 		}
+		if c.idleT != nil {
+			c.idleT.Stop()
+		}
 		c.cancel()
 		if c.pumps > 0 { // stopped while relaying: the owner is going away, no grace
 			abort(c.in)
@@ -193,9 +200,12 @@ func (c *connActor) Receive(ctx actor.Context) {
 		c.wg.Wait()
 		select { // setup finished but its report was not handled: release what it opened
 		case r := <-c.result:
-			if est, ok := r.(*connEstablished); ok {
-				closeQuietly(est.in)
-				closeQuietly(est.out)
+			switch r := r.(type) {
+			case *connEstablished:
+				closeQuietly(r.in)
+				closeQuietly(r.out)
+			case *connSetupFailed:
+				c.ping = r.ping
 			}
 		default:
 		}
@@ -210,6 +220,7 @@ func (c *connActor) after(d time.Duration, msg any) {
 	c.timers = append(c.timers, time.AfterFunc(d, func() { system.Root.Send(self, msg) }))
 }
 
+// setIn and setOut record a side's reason once.
 func (c *connActor) setIn(r messages.EndReason) {
 	if c.inWhy == "" {
 		c.inWhy = r
@@ -218,6 +229,21 @@ func (c *connActor) setIn(r messages.EndReason) {
 
 func (c *connActor) setOut(r messages.EndReason) {
 	if c.outWhy == "" {
+		c.outWhy = r
+	}
+}
+
+// failIn and failOut record an I/O failure seen on a side. The one exception to "once": a side
+// recorded "normal" (it finished sending) whose socket then fails (a write to it is reset) did not
+// get everything delivered, so the failure replaces "normal".
+func (c *connActor) failIn(r messages.EndReason) {
+	if c.inWhy == "" || c.inWhy == messages.EndNormal {
+		c.inWhy = r
+	}
+}
+
+func (c *connActor) failOut(r messages.EndReason) {
+	if c.outWhy == "" || c.outWhy == messages.EndNormal {
 		c.outWhy = r
 	}
 }
@@ -241,9 +267,9 @@ func (c *connActor) adopt(ctx actor.Context, r any) {
 		if c.cfg.limits.Idle > 0 {
 			c.exemptIdle = c.cfg.limits.IdleExempt != nil && c.cfg.limits.IdleExempt(c.target)
 			c.idleSince = time.Now()
-			c.lastSegs, _ = segmentsIn(c.in)
+			c.lastSegsIn, c.lastSegsOut, _ = segments(c.in)
 			if !c.exemptIdle {
-				ctx.SetReceiveTimeout(c.idleInterval())
+				c.armIdle()
 			}
 		}
 	case *connSetupFailed:
@@ -257,15 +283,18 @@ func (c *connActor) adopt(ctx actor.Context, r any) {
 // pumpEnded records which side ended and how, and decides whether the connection is over.
 func (c *connActor) pumpEnded(ctx actor.Context, d *pumpDone) {
 	c.pumps--
-	src, dst := c.setIn, c.setOut // in → out reads in, writes out
+	srcFail, dstFail, src := c.failIn, c.failOut, c.setIn // in → out reads in, writes out
 	if !d.toOut {
-		src, dst = c.setOut, c.setIn
+		srcFail, dstFail, src = c.failOut, c.failIn, c.setOut
 	}
 	switch {
+	case c.ending:
+		// we are ending it (FIN, then reset after the grace): its reasons are set; errors from our
+		// own reset are not the peer's doing
 	case d.readErr != nil:
-		src(classify(d.readErr))
+		srcFail(classify(d.readErr))
 	case d.writeErr != nil:
-		dst(classify(d.writeErr))
+		dstFail(classify(d.writeErr))
 	case d.eof:
 		src(messages.EndNormal)
 	}
@@ -315,21 +344,23 @@ func (c *connActor) idleInterval() time.Duration {
 	return max(min(c.cfg.limits.Idle, c.cfg.limits.KeepaliveIdle)/4, 10*time.Millisecond)
 }
 
-// idleCheck runs on ReceiveTimeout, which fires once: it re-arms it.
+// idleCheck runs on the idle timer and re-arms it.
 func (c *connActor) idleCheck(ctx actor.Context) {
 	if c.pumps == 0 || c.ending {
 		return
 	}
 	now := time.Now()
 	total := c.bytesIn.Load() + c.bytesOut.Load()
-	segs, ok := segmentsIn(c.in)
+	in, out, ok := segments(c.in)
 	switch {
 	case total != c.lastTotal:
 		c.lastTotal, c.idleSince = total, now
-	case ok && segs != c.lastSegs:
-		c.keepalive = true // segments arrived but no bytes: keep-alive probes
+	case ok && in != c.lastSegsIn && out != c.lastSegsOut:
+		// Segments came and went with no bytes: the kernel answered keep-alive probes. (A delayed
+		// ACK of our last data moves only the received count: we do not answer an ACK.)
+		c.keepalive = true
 	}
-	c.lastSegs = segs
+	c.lastSegsIn, c.lastSegsOut = in, out
 	limit := c.cfg.limits.Idle
 	if c.keepalive && c.cfg.limits.KeepaliveIdle > limit {
 		limit = c.cfg.limits.KeepaliveIdle
@@ -338,7 +369,21 @@ func (c *connActor) idleCheck(ctx actor.Context) {
 		c.endGracefully(ctx, messages.EndInactivity)
 		return
 	}
-	ctx.SetReceiveTimeout(c.idleInterval())
+	c.armIdle()
+}
+
+// armIdle schedules the next idle check on the actor's own timer (protoactor's ReceiveTimeout is
+// racy at the pinned commit: asynkron/protoactor-go#1139).
+func (c *connActor) armIdle() {
+	system, self := c.system, c.self
+	c.idleT = time.AfterFunc(c.idleInterval(), func() { system.Root.Send(self, &connIdleCheck{}) })
+}
+
+func (c *connActor) emitOpened(ctx actor.Context) {
+	if !c.opened {
+		c.opened = true
+		emit(ctx, c.cfg.events, &messages.ConnectionOpened{Owner: c.cfg.owner, Role: c.cfg.role, ID: c.cfg.id})
+	}
 }
 
 func (c *connActor) report(ctx actor.Context) {
@@ -346,6 +391,7 @@ func (c *connActor) report(ctx actor.Context) {
 		ctx.Request(ctx.Parent(), &pingServed{})
 		return
 	}
+	c.emitOpened(ctx) // stopped during setup: it was a connection all the same
 	ev := &messages.ConnectionEnded{Owner: c.cfg.owner, Role: c.cfg.role, ID: c.cfg.id, Source: c.source,
 		Target: c.target, Duration: time.Since(c.started), BytesIn: c.bytesIn.Load(), BytesOut: c.bytesOut.Load(),
 		Incoming: c.inWhy, Outgoing: c.outWhy, Refused: c.refused, Keepalive: c.keepalive}
@@ -355,7 +401,8 @@ func (c *connActor) report(ctx actor.Context) {
 	}
 	c.cfg.logger.Log(context.Background(), lvl, "connection ended", "conn", ev.ID, "role", ev.Role, "owner", ev.Owner,
 		"source", ev.Source, "target", ev.Target, "duration", ev.Duration.Round(time.Millisecond),
-		"bytes_in", ev.BytesIn, "bytes_out", ev.BytesOut, "incoming", ev.Incoming, "outgoing", ev.Outgoing)
+		"bytes_in", ev.BytesIn, "bytes_out", ev.BytesOut, "incoming", ev.Incoming, "outgoing", ev.Outgoing,
+		"keepalive", ev.Keepalive)
 	ctx.Request(ctx.Parent(), ev) // Request, not Send: the parent keys its bookkeeping by sender
 	emit(ctx, c.cfg.events, ev)
 }
@@ -371,7 +418,11 @@ func (c *connActor) setup(ctx context.Context) {
 		msg = c.setupProxy(ctx)
 	case connRefuse:
 		_ = proxy.Refuse(ctx, c.cfg.proxyKind, c.cfg.client, c.cfg.refusal)
-		msg = &connSetupFailed{reason: messages.EndLimit, err: c.cfg.refusal}
+		reason := messages.EndLimit
+		if r, ok := c.cfg.refusal.(interface{ EndReason() messages.EndReason }); ok {
+			reason = r.EndReason()
+		}
+		msg = &connSetupFailed{reason: reason, err: c.cfg.refusal}
 	case connService:
 		msg = c.setupService(ctx)
 	case connFlowTCP, connFlowUDP:

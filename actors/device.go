@@ -101,9 +101,11 @@ type deviceActor struct {
 	stack      *netstack.Stack // alive until Stopped
 	bind       *netstack.Bind
 	dev        *device.Device
-	listener   net.Listener  // exit connect service; closed in Stopping
-	stopAccept chan struct{} // closed in Stopping, before the listener
-	acceptEnd  chan struct{} // closed when the accept loop has returned
+	listener   net.Listener   // exit connect service; closed in Stopping
+	stopAccept chan struct{}  // closed in Stopping, before the listener
+	echo       net.PacketConn // exit: the probe echo service; closed in Stopping
+	echoEnd    chan struct{}  // closed when the echo loop has returned
+	acceptEnd  chan struct{}  // closed when the accept loop has returned
 	peers      map[netip.Addr]*actor.PID
 	stopping   bool // set in Stopping: no new peer; flows are refused
 	nextConn   uint64
@@ -169,6 +171,10 @@ func (d *deviceActor) Receive(ctx actor.Context) {
 			_ = d.listener.Close()
 			<-d.acceptEnd
 		}
+		if d.echo != nil {
+			_ = d.echo.Close()
+			<-d.echoEnd
+		}
 	case *actor.Stopped:
 		d.release()
 	}
@@ -209,7 +215,15 @@ func (d *deviceActor) create(ctx actor.Context) error {
 		if err != nil {
 			return fmt.Errorf("connect service on %s: %w", svc, err)
 		}
-		d.listener, d.stopAccept, d.acceptEnd = ln, make(chan struct{}), make(chan struct{})
+		echo, err := stack.ListenUDP(svc)
+		if err != nil {
+			_ = ln.Close()
+			return fmt.Errorf("probe echo on %s: %w", svc, err)
+		}
+		d.echo, d.echoEnd, d.stopAccept = echo, make(chan struct{}), make(chan struct{})
+		stopEcho := d.stopAccept
+		go func() { defer close(d.echoEnd); netstack.ServeEcho(echo, stopEcho) }()
+		d.listener, d.acceptEnd = ln, make(chan struct{})
 		go acceptLoop(ln, d.stopAccept, d.acceptEnd, func(c net.Conn) { ctx.ActorSystem().Root.Send(ctx.Self(), &serviceConn{c: c}) })
 	}
 	return nil

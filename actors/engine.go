@@ -43,8 +43,9 @@ type OpenTunnel struct{ Config TunnelConfig }
 // TunnelSpawned answers OpenTunnel.
 type TunnelSpawned struct{ PID *actor.PID }
 
-// Shutdown stops everything in order; the reply is *ShutdownResponse when all has stopped.
-type Shutdown struct{}
+// Shutdown stops everything in order; the reply is *ShutdownResponse when all has stopped. Force
+// skips what is left of the tunnels' drains.
+type Shutdown struct{ Force bool }
 
 // ShutdownResponse answers Shutdown.
 type ShutdownResponse struct{}
@@ -193,7 +194,15 @@ func (e *engineActor) shuttingDown(ctx actor.Context) {
 	case *OpenTunnel:
 		ctx.Respond(&TunnelSpawned{})
 	case *Shutdown:
-		ctx.Respond(&ShutdownResponse{}) // a second caller; the first one waits for the real end
+		if m.Force {
+			// The graceful part ran out of time: stop what is left now, still in order (tunnels
+			// say goodbye as they stop, before signaling goes).
+			for _, pid := range e.tunnels {
+				ctx.Stop(pid)
+			}
+			e.advance(ctx)
+		}
+		ctx.Respond(&ShutdownResponse{}) // the first caller still waits for the real end
 	}
 }
 

@@ -3,8 +3,8 @@ package actors
 // The keepalive actor watches one tunnel's current leg and reports two separate facts to the tunnel:
 //
 //   - data plane: is the WireGuard path to the exit carrying packets? Each interval it reads the
-//     device's receive counter; if nothing arrived since the last check it probes (a connect-protocol
-//     ping through the tunnel to the exit). Failures in a row ≥ policy.Failures → dataPlaneFailed.
+//     device's receive counter; if nothing arrived since the last check it probes (one UDP datagram
+//     echoed by the exit through the tunnel). Failures in a row ≥ policy.Failures → dataPlaneFailed.
 //   - signaling: can the exit be reached over NATS, and does it still hold the session? A
 //     session.ping every SignalingInterval, and nats.go's connection state as messages. Failures in
 //     a row ≥ SignalingFailures, or a disconnect → signalingHealth{ok: false}; the next successful
@@ -232,7 +232,7 @@ func (k *keepaliveActor) probe(ctx actor.Context) {
 	go func() {
 		defer k.wg.Done()
 		defer cancel()
-		err := dialer.Ping(pctx)
+		err := dialer.PingUDP(pctx)
 		system.Root.Send(self, &kaProbeDone{gen: gen, err: err})
 	}()
 }

@@ -4,6 +4,6 @@ package actors
 
 import "net"
 
-// segmentsIn is not available here: keep-alive probes cannot be seen, so the keep-alive inactivity
+// segments is not available here: keep-alive probes cannot be seen, so the keep-alive inactivity
 // allowance never applies.
-func segmentsIn(net.Conn) (uint32, bool) { return 0, false }
+func segments(net.Conn) (in, out uint32, ok bool) { return 0, 0, false }

@@ -72,6 +72,13 @@ type sessionPinged struct{ sessionID string }
 
 type sessionPong struct{ known bool }
 
+// DropConnection closes the NATS connection at once, without flushing: nothing more is published
+// (Engine.Kill). The reply is *DropConnectionResponse.
+type DropConnection struct{}
+
+// DropConnectionResponse answers DropConnection.
+type DropConnectionResponse struct{}
+
 // NATSState is a change of the NATS connection's state, as the engine hears it from nats.go.
 type NATSState struct {
 	Connected bool
@@ -193,6 +200,9 @@ func (s *signalingActor) Receive(ctx actor.Context) {
 		delete(s.natsSubs, m.pid.Id)
 	case *pingExit:
 		s.ping(ctx, m)
+	case *DropConnection:
+		s.cfg.Conn.Close()
+		ctx.Respond(&DropConnectionResponse{})
 	case *watchSession:
 		s.watched[m.sessionID] = watchedSession{tunnel: m.tunnel, exitIdentity: m.exitIdentity}
 	case *unwatchSession:

@@ -9,7 +9,9 @@ package actors
 //	     └──refused / timeout / error────┴──────▶ Failed(cause)          ├─Switch──▶ Switching ──new leg up / failed──┘
 //	                                                 │                   ├─Reconfigure──▶ Reconfiguring ──new leg up──┘
 //	                                                 │                   │  (old leg released first)     └─failed──▶ Failed
-//	                                                 │                   ├─exit goodbye / device lost──▶ Failed
+//	                                                 │                   ├─signaling failing ◀──▶ Degraded (traffic flows)
+//	                                                 │                   ├─data plane failed / exit goodbye / session or device lost
+//	                                                 │                   │     ──▶ Reconnecting ──new leg up──▶ Up   (tunnel_reconnect.go)
 //	                                                 │                   └─Close──▶ Draining ──last connection ended,
 //	                                                 ▼                                        or drain timeout + grace──▶ Closing
 //	                                              Closed ◀──────────────(released)────────────────────────────────────┘
@@ -57,6 +59,7 @@ type TunnelConfig struct {
 	HTTPAddr          string        // "" disables the HTTP proxy
 	UDPBind           netip.Addr    // the device's UDP address; invalid: the local address routed to the exit
 	HandshakeTimeout  time.Duration // session request and first handshake together, per leg
+	OpenDeadline      time.Time     // OpenTunnel's context deadline: bounds the first leg only
 	DrainTimeout      time.Duration // default for Close and Switch
 	Conn              ConnTimeouts  // each proxied connection's limits (Setup: its handshake and dial)
 	MaxConns          int           // proxied connections at once; 0 unlimited
@@ -227,6 +230,7 @@ func (t *tunnelActor) up(ctx actor.Context) {
 		t.behavior.Become(t.changing)
 		old := t.current
 		t.current = nil // new connections are refused until the new leg is up
+		ctx.Send(t.keepalive, &stopMonitoring{})
 		t.releaseLeg(ctx, old)
 	}
 }
@@ -257,11 +261,20 @@ func (t *tunnelActor) draining(ctx actor.Context) {
 		for _, e := range t.conns {
 			ctx.Send(e.pid, &EndConnection{Reason: t.drainWhy})
 		}
+		return
 	}
+	t.closing(ctx)
 }
 
-// closing and failed ignore everything but what Receive handles.
-func (t *tunnelActor) closing(actor.Context) {}
+// closing (and failed) answers commands with ErrTunnelClosed and ignores the rest.
+func (t *tunnelActor) closing(ctx actor.Context) {
+	switch ctx.Message().(type) {
+	case *messages.SwitchTunnel:
+		ctx.Respond(&messages.SwitchTunnelResponse{Err: ErrTunnelClosed})
+	case *messages.ReconfigureTunnel:
+		ctx.Respond(&messages.ReconfigureTunnelResponse{Err: ErrTunnelClosed})
+	}
+}
 
 // legUp is called when a leg's data plane is proven.
 func (t *tunnelActor) legUp(ctx actor.Context, l *leg, rtt time.Duration) {
@@ -277,17 +290,21 @@ func (t *tunnelActor) legUp(ctx actor.Context, l *leg, rtt time.Duration) {
 		old := t.current
 		t.current, t.pending = l, nil
 		t.info.ExitID = l.exitID
-		t.transition(ctx, messages.StateUp, fmt.Sprintf("switched to %s (probe rtt %v); draining %s", l.exitID, rtt.Round(time.Microsecond), old.exitID))
+		t.transition(ctx, messages.StateUp, fmt.Sprintf("switched to %s (probe rtt %v)", l.exitID, rtt.Round(time.Microsecond)))
 		t.behavior.Become(t.up)
 		t.monitor(ctx, l)
 		t.answerWaiter(ctx, nil)
-		t.drainLeg(ctx, old, t.drainFor)
+		if old != nil && old.state == legUp {
+			t.drainLeg(ctx, old, t.drainFor)
+		}
+		t.restoreDegraded(ctx)
 	case l == t.pending && l.purpose == legReconfigure:
 		t.current, t.pending = l, nil
 		t.transition(ctx, messages.StateUp, fmt.Sprintf("reconfigured with %s (probe rtt %v)", l.exitID, rtt.Round(time.Microsecond)))
 		t.behavior.Become(t.up)
 		t.monitor(ctx, l)
 		t.answerWaiter(ctx, nil)
+		t.restoreDegraded(ctx)
 	case l == t.pending && l.purpose == legReconnect:
 		t.reconnected(ctx, l, rtt)
 	default:
@@ -303,9 +320,17 @@ func (t *tunnelActor) legFailed(ctx actor.Context, l *leg, err error) {
 		t.fail(ctx, err)
 	case l == t.pending && l.purpose == legSwitch:
 		t.pending = nil
+		t.answerWaiter(ctx, err)
+		if t.current == nil || t.current.state != legUp { // the old leg was lost meanwhile
+			t.transition(ctx, messages.StateUp, "switch failed: "+err.Error()) // (Reconnecting follows at once)
+			t.behavior.Become(t.up)
+			t.reconnect(ctx, "switch failed and the old exit was lost", false)
+			return
+		}
 		t.transition(ctx, messages.StateUp, "switch failed, staying on "+t.current.exitID+": "+err.Error())
 		t.behavior.Become(t.up)
-		t.answerWaiter(ctx, err)
+		t.monitor(ctx, t.current) // the keepalive may have gone quiet on it during the switch
+		t.restoreDegraded(ctx)
 	case l == t.pending && l.purpose == legReconfigure:
 		t.pending = nil
 		t.answerWaiter(ctx, err)

@@ -27,6 +27,9 @@ func (errNotReady) Error() string                 { return "tunnel is re-establi
 func (errNotReady) ReplyCode() messages.ReplyCode { return messages.ReplyNetworkUnreachable }
 func (errNotReady) HTTPStatus() int               { return 503 }
 
+// EndReason: the connection had no session under it.
+func (errNotReady) EndReason() messages.EndReason { return messages.EndTunnelClosed }
+
 type connEntry struct {
 	pid     *actor.PID
 	leg     int // 0 for refusals

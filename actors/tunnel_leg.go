@@ -58,8 +58,9 @@ type leg struct {
 	endpoint  netip.AddrPort
 	addrs     []netip.Addr
 	deadline  time.Time
-	timer     *time.Timer // setup deadline, then drain deadline; stopped on release and in Stopping
-	saidBye   bool
+	timer     *time.Timer           // setup deadline, then drain deadline; stopped on release and in Stopping
+	saidBye   bool                  // the exit knows the session is over (we said goodbye, or it did)
+	unwatched bool                  // signaling no longer routes the exit's goodbye for it
 	conns     map[string]*actor.PID // connection children relaying over this leg
 }
 
@@ -80,11 +81,15 @@ func (t *tunnelActor) startLeg(ctx actor.Context, exitID string, purpose legPurp
 		return l
 	}
 	l.wgKey = key
-	l.deadline = time.Now().Add(t.cfg.HandshakeTimeout)
-	l.timer = t.sendAfter(ctx, t.cfg.HandshakeTimeout, &legTimedOut{leg: l.id})
+	limit := t.cfg.HandshakeTimeout
+	if purpose == legOpen && !t.cfg.OpenDeadline.IsZero() {
+		limit = min(limit, max(time.Until(t.cfg.OpenDeadline), time.Millisecond)) // OpenTunnel's context
+	}
+	l.deadline = time.Now().Add(limit)
+	l.timer = t.sendAfter(ctx, limit, &legTimedOut{leg: l.id})
 	req := &messages.SessionRequest{SessionID: l.sessionID, ExitID: exitID, WGPublicKey: key.Public().String()}
 	t.cfg.Identity.SignSessionRequest(req, time.Now())
-	ctx.Request(t.cfg.Signaling, &requestSession{exitID: exitID, req: req, timeout: t.cfg.HandshakeTimeout, tag: l.id})
+	ctx.Request(t.cfg.Signaling, &requestSession{exitID: exitID, req: req, timeout: limit, tag: l.id})
 	return l
 }
 
@@ -115,6 +120,9 @@ func (t *tunnelActor) legBySession(id string) *leg {
 // legEvent handles what the legs' helpers report: signaling replies, device and probe results,
 // timers, the exit's goodbye, and the devices' termination.
 func (t *tunnelActor) legEvent(ctx actor.Context, msg any) {
+	if _, term := msg.(*actor.Terminated); t.stopping && !term {
+		return // a stopping tunnel starts nothing: its children were stopped once, already
+	}
 	switch m := msg.(type) {
 	case *sessionReply:
 		l := t.legs[m.tag]
@@ -148,7 +156,7 @@ func (t *tunnelActor) legEvent(ctx actor.Context, msg any) {
 			allowedIPs: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")},
 			endpoint:   l.endpoint, keepalive: t.cfg.Keepalive, sessionID: l.sessionID,
 			probe: &l.dialer, notify: ctx.Self(), probeLimit: time.Until(l.deadline),
-		}, t.cfg.HandshakeTimeout)
+		}, max(time.Until(l.deadline), time.Millisecond))
 		ctx.ReenterAfter(f, func(res any, err error) {
 			if r, ok := res.(*addPeerResponse); ok && r.err != nil {
 				err = r.err
@@ -175,7 +183,7 @@ func (t *tunnelActor) legEvent(ctx actor.Context, msg any) {
 		t.legUp(ctx, l, m.RTT)
 	case *legTimedOut:
 		if l := t.legs[m.leg]; l != nil && (l.state == legNegotiating || l.state == legHandshaking) {
-			t.legFailed(ctx, l, fmt.Errorf("%w: %s did not come up within %v", ErrHandshakeTimeout, l.exitID, t.cfg.HandshakeTimeout))
+			t.legFailed(ctx, l, fmt.Errorf("%w: %s did not come up in time", ErrHandshakeTimeout, l.exitID))
 		}
 	case *legDrainExpired:
 		if l := t.legs[m.leg]; l != nil && l.state == legDraining {
@@ -206,8 +214,12 @@ func (t *tunnelActor) legGone(ctx actor.Context, l *leg, err error) {
 	case legNegotiating, legHandshaking:
 		t.legFailed(ctx, l, err)
 	case legUp:
-		if l == t.current && t.isUp() {
+		switch {
+		case l == t.current && t.isUp():
 			t.reconnect(ctx, err.Error(), errors.Is(err, ErrExitGone))
+			return
+		case l == t.current:
+			t.currentLost(ctx, err.Error()) // switching: the switch decides what comes next
 			return
 		}
 		t.releaseLeg(ctx, l)
@@ -251,11 +263,17 @@ func (t *tunnelActor) releaseLeg(ctx actor.Context, l *leg) {
 // legGoodbye tells the leg's exit the session is over, so it releases the peer now rather than on
 // a timeout. It goes out as soon as a session was requested: a grant still in flight is released too.
 func (t *tunnelActor) legGoodbye(ctx actor.Context, l *leg, reason string) {
-	if l.saidBye || l.sessionID == "" {
+	if l.sessionID == "" {
+		return
+	}
+	if !l.unwatched {
+		l.unwatched = true
+		ctx.Send(t.cfg.Signaling, &unwatchSession{sessionID: l.sessionID})
+	}
+	if l.saidBye {
 		return
 	}
 	l.saidBye = true
-	ctx.Send(t.cfg.Signaling, &unwatchSession{sessionID: l.sessionID})
 	c := &messages.SessionClose{SessionID: l.sessionID, Reason: truncateUTF8(reason, 200)}
 	t.cfg.Identity.SignSessionClose(c, time.Now())
 	ctx.Send(t.cfg.Signaling, &sendGoodbye{exitID: l.exitID, close: c})

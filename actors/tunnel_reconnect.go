@@ -112,6 +112,10 @@ func (t *tunnelActor) reconnectFailed(ctx actor.Context, err error) {
 func (t *tunnelActor) reconnected(ctx actor.Context, l *leg, rtt time.Duration) {
 	t.current, t.pending = l, nil
 	t.info.Reconnects++
+	t.info.ExitID = l.exitID
+	if t.parkT != nil {
+		t.parkT.Stop()
+	}
 	t.transition(ctx, messages.StateUp, "reconnected to "+l.exitID+" after "+itoa(uint16(min(t.attempt+1, 65535)))+" attempt(s), probe rtt "+rtt.Round(time.Microsecond).String())
 	t.behavior.Become(t.up)
 	t.monitor(ctx, l)
@@ -120,10 +124,33 @@ func (t *tunnelActor) reconnected(ctx actor.Context, l *leg, rtt time.Duration) 
 	for _, p := range parked {
 		t.accept(ctx, &connAccepted{c: p.c, kind: p.kind})
 	}
+	t.restoreDegraded(ctx)
+}
+
+// restoreDegraded puts a tunnel that came back Up into Degraded if signaling is still failing.
+func (t *tunnelActor) restoreDegraded(ctx actor.Context) {
+	if !t.sigOK && t.state == messages.StateUp {
+		t.transition(ctx, messages.StateDegraded, "signaling still failing")
+	}
+}
+
+// currentLost handles the current leg failing while a switch is under way: it is released, and the
+// switch's outcome decides (its success makes the new leg current; its failure reconnects).
+func (t *tunnelActor) currentLost(ctx actor.Context, cause string) {
+	old := t.current
+	t.current = nil
+	t.cfg.Logger.Warn("current exit lost during a switch", "cause", cause)
+	if old != nil {
+		t.releaseLeg(ctx, old)
+	}
 }
 
 // park holds a proxy connection accepted while reconnecting.
 func (t *tunnelActor) park(ctx actor.Context, m *connAccepted) {
+	if len(t.parked) >= max(t.cfg.MaxConns, 64) { // bounded like refusals: beyond it, refuse now
+		t.refuse(ctx, m.c, m.kind, errNotReady{})
+		return
+	}
 	t.parked = append(t.parked, parkedConn{c: m.c, kind: m.kind, deadline: time.Now().Add(t.cfg.ReconnectWait)})
 	if len(t.parked) == 1 {
 		t.parkT = t.sendAfter(ctx, t.cfg.ReconnectWait, &parkExpired{})
@@ -165,14 +192,25 @@ func (t *tunnelActor) health(ctx actor.Context, msg any) {
 			t.transition(ctx, messages.StateUp, m.cause)
 		}
 	case *dataPlaneFailed:
-		if t.current != nil && t.current.sessionID == m.sessionID && t.isUp() {
-			t.reconnect(ctx, "data plane failed: "+m.cause, false)
+		if t.current != nil && t.current.sessionID == m.sessionID {
+			t.lostCurrent(ctx, "data plane failed: "+m.cause)
 		}
 	case *sessionLost:
-		if t.current != nil && t.current.sessionID == m.sessionID && t.isUp() {
+		if t.current != nil && t.current.sessionID == m.sessionID {
 			t.current.saidBye = true // the exit has no such session: nothing to say goodbye to
-			t.reconnect(ctx, "the exit no longer holds the session", false)
+			t.lostCurrent(ctx, "the exit no longer holds the session")
 		}
+	}
+}
+
+// lostCurrent: the current leg cannot carry traffic. Up or Degraded reconnect; a switch under way
+// decides for itself (currentLost).
+func (t *tunnelActor) lostCurrent(ctx actor.Context, cause string) {
+	switch {
+	case t.isUp():
+		t.reconnect(ctx, cause, false)
+	case t.state == messages.StateSwitching:
+		t.currentLost(ctx, cause)
 	}
 }
 

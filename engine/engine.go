@@ -87,7 +87,7 @@ type Engine struct {
 	started atomic.Bool
 
 	sigPID atomic.Pointer[actor.PID] // the signaling actor, once started: hears NATS state changes
-	nc     *nats.Conn                // owned by the signaling actor; kept here only for Kill
+	nc     *nats.Conn                // owned by the signaling actor; read here only for NATSConnectedURL
 
 	closeOnce sync.Once
 	closed    chan struct{} // closed when Close has finished
@@ -321,8 +321,8 @@ func (e *Engine) Stats(ctx context.Context) (Stats, error) {
 // Peers notice only through their own health checks. Meant for fault tests and emergencies; Close
 // is the normal way. Events() is closed after.
 func (e *Engine) Kill() {
-	if e.nc != nil {
-		e.nc.Close()
+	if pid := e.sigPID.Load(); pid != nil {
+		_, _ = await(context.Background(), e.system.Root.RequestFuture(pid, &actors.DropConnection{}, 2*time.Second))
 	}
 	e.closeOnce.Do(func() {
 		defer close(e.closed)
@@ -357,11 +357,14 @@ func (e *Engine) Close(ctx context.Context) error {
 			return
 		}
 		if e.pid != nil {
-			_, err := e.system.Root.RequestFuture(e.pid, &actors.Shutdown{}, untilDeadline(ctx, time.Minute)).Result()
-			if err != nil {
+			done := resultOf(e.system.Root.RequestFuture(e.pid, &actors.Shutdown{}, untilDeadline(ctx, time.Minute)+forceGrace))
+			if _, err := awaitResult(ctx, done); err != nil {
 				e.closeErr = fmt.Errorf("graceful shutdown: %w", err)
+				// Out of time: skip the drains but keep the order, so goodbyes still go out.
+				e.system.Root.Send(e.pid, &actors.Shutdown{Force: true})
+				<-done
 			}
-			_ = e.system.Root.StopFuture(e.pid).Wait() // forced when the graceful part timed out
+			_ = e.system.Root.StopFuture(e.pid).Wait()
 		}
 		e.system.Shutdown()
 	})
@@ -369,18 +372,25 @@ func (e *Engine) Close(ctx context.Context) error {
 	return e.closeErr
 }
 
-// await waits for f, or for ctx to end, whichever comes first. The goroutine it leaves behind when
-// ctx wins ends when the future completes or times out (futures always do).
-func await(ctx context.Context, f *actor.Future) (any, error) {
-	type result struct {
-		v   any
-		err error
-	}
-	ch := make(chan result, 1)
+type futureResult struct {
+	v   any
+	err error
+}
+
+// resultOf waits for f in a goroutine and delivers its result once. It must be f's only waiter:
+// protoactor's Future wakes waiters with sync.Cond.Signal, so a second Result() on the same
+// future can block forever. The goroutine ends when f completes or times out (futures always do).
+func resultOf(f *actor.Future) <-chan futureResult {
+	ch := make(chan futureResult, 1)
 	go func() {
 		v, err := f.Result()
-		ch <- result{v, err}
+		ch <- futureResult{v, err}
 	}()
+	return ch
+}
+
+// awaitResult waits for a result from resultOf, or for ctx to end, whichever comes first.
+func awaitResult(ctx context.Context, ch <-chan futureResult) (any, error) {
 	select {
 	case r := <-ch:
 		return r.v, r.err
@@ -388,6 +398,9 @@ func await(ctx context.Context, f *actor.Future) (any, error) {
 		return nil, ctx.Err()
 	}
 }
+
+// await waits for f, or for ctx to end: resultOf and awaitResult in one, for a future waited on once.
+func await(ctx context.Context, f *actor.Future) (any, error) { return awaitResult(ctx, resultOf(f)) }
 
 func untilDeadline(ctx context.Context, def time.Duration) time.Duration {
 	if dl, ok := ctx.Deadline(); ok {
@@ -398,6 +411,10 @@ func untilDeadline(ctx context.Context, def time.Duration) time.Duration {
 	}
 	return def
 }
+
+// forceGrace bounds a forced shutdown after Close's context ended: tunnels stop without draining,
+// then the exit, then signaling.
+const forceGrace = 3 * time.Second
 
 // levelFloor drops records below a level (protoactor logs routine INFO lines).
 type levelFloor struct {

@@ -55,9 +55,10 @@ func (e *Engine) OpenTunnel(ctx context.Context, spec TunnelSpec) (*Tunnel, erro
 	if d := untilDeadline(ctx, limit); d < limit {
 		limit = d
 	}
+	openDeadline, _ := ctx.Deadline()
 	up := actor.NewFuture(e.system, limit+time.Second)
 	cfg := actors.TunnelConfig{ID: r.name, ExitID: spec.Exit, SOCKSAddr: spec.SOCKS, HTTPAddr: spec.HTTP,
-		UDPBind: r.udpBind, HandshakeTimeout: limit, Conn: r.limits.timeouts(r.connectTimeout), Keepalive: r.keepalive,
+		UDPBind: r.udpBind, HandshakeTimeout: r.handshakeTimeout, OpenDeadline: openDeadline, Conn: r.limits.timeouts(r.connectTimeout), Keepalive: r.keepalive,
 		MaxConns: r.maxConns, MaxConnsPerSource: spec.MaxConnectionsPerSource,
 		DrainTimeout: orDuration(spec.DrainTimeout, DefaultDrainTimeout),
 		Exits:        spec.Exits, Health: r.health, Backoff: r.backoff, ReconnectWait: r.reconnectWait,

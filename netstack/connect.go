@@ -113,6 +113,67 @@ func (d Dialer) DialTCP(ctx context.Context, host string, port uint16) (net.Conn
 	return c, nil
 }
 
+// Echo is the probe datagram's prefix: the exit's echo service answers datagrams that start with it
+// (at most maxEcho bytes) and drops the rest.
+var echoMagic = [2]byte{'W', 'E'}
+
+const maxEcho = 64
+
+// ServeEcho answers probe datagrams on pc until its owner closes stop and then pc. Run by the
+// exit's device actor.
+func ServeEcho(pc net.PacketConn, stop <-chan struct{}) {
+	var buf [maxEcho + 1]byte
+	for {
+		n, from, err := pc.ReadFrom(buf[:])
+		if err != nil {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue
+		}
+		if n < len(echoMagic) || n > maxEcho || buf[0] != echoMagic[0] || buf[1] != echoMagic[1] {
+			continue
+		}
+		_, _ = pc.WriteTo(buf[:n], from)
+	}
+}
+
+// PingUDP proves the data plane with one datagram round trip to the exit's echo service (same
+// address as the connect service): cheaper than a TCP ping, and no connection on the exit.
+func (d Dialer) PingUDP(ctx context.Context) error {
+	if d.Stack == nil {
+		return errors.New("ping exit: no tunnel device")
+	}
+	c, err := d.Stack.DialContext(ctx, "udp", d.Service)
+	if err != nil {
+		return fmt.Errorf("ping exit: %w", err)
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = c.SetDeadline(dl)
+	}
+	var probe, reply [10]byte
+	copy(probe[:], echoMagic[:])
+	binary.BigEndian.PutUint64(probe[2:], uint64(time.Now().UnixNano()))
+	if _, err := c.Write(probe[:]); err != nil {
+		return fmt.Errorf("ping exit: %w", err)
+	}
+	for {
+		n, err := c.Read(reply[:])
+		if err != nil {
+			return fmt.Errorf("ping exit: %w", err)
+		}
+		if n == len(probe) && reply == probe {
+			return nil
+		}
+	}
+}
+
 // Ping proves the data plane end to end: a TCP round trip to the exit's connect service.
 func (d Dialer) Ping(ctx context.Context) error {
 	c, err := d.exchange(ctx, ConnectRequest{Cmd: ConnectCmdPing})

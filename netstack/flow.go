@@ -137,7 +137,7 @@ func (f *TCPFlow) take() *tcp.ForwarderRequest {
 }
 
 // Accept completes the handshake with the peer and returns the connection, a
-// *gonet.TCPConn whose LocalAddr is Dst and RemoteAddr is Src.
+// *TCPConn whose LocalAddr is Dst and RemoteAddr is Src.
 func (f *TCPFlow) Accept() (net.Conn, error) {
 	r := f.take()
 	if r == nil {
@@ -150,7 +150,7 @@ func (f *TCPFlow) Accept() (net.Conn, error) {
 		return nil, fmt.Errorf("netstack: accept %v->%v: %w", f.Src, f.Dst, tcpipError(err))
 	}
 	r.Complete(false)
-	return gonet.NewTCPConn(&wq, ep), nil
+	return newTCPConn(&wq, ep), nil
 }
 
 // createEndpoint runs r's handshake, which gVisor blocks on until the peer's

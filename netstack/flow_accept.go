@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 
-	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/waiter"
 )
 
@@ -49,7 +48,7 @@ func (f *TCPFlow) AcceptContext(ctx context.Context) (net.Conn, error) {
 			return
 		}
 		r.Complete(false)
-		c := gonet.NewTCPConn(&wq, ep)
+		c := newTCPConn(&wq, ep)
 		select {
 		case done <- result{c: c}:
 		case <-abandon:

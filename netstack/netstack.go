@@ -276,8 +276,8 @@ func fullAddr(ap netip.AddrPort) (tcpip.FullAddress, tcpip.NetworkProtocolNumber
 }
 
 // DialContext opens a TCP ("tcp", "tcp4", "tcp6") or UDP ("udp", "udp4",
-// "udp6") connection through the stack. TCP conns are *gonet.TCPConn (with
-// CloseRead/CloseWrite); UDP conns are connected *gonet.UDPConn.
+// "udp6") connection through the stack. TCP conns are *TCPConn (with
+// CloseRead/CloseWrite/Abort); UDP conns are connected *gonet.UDPConn.
 func (s *Stack) DialContext(ctx context.Context, network string, addr netip.AddrPort) (net.Conn, error) {
 	if !addr.IsValid() || addr.Addr().IsUnspecified() || addr.Port() == 0 {
 		return nil, fmt.Errorf("netstack: dial %s %v: invalid address", network, addr)
@@ -302,7 +302,7 @@ func (s *Stack) DialContext(ctx context.Context, network string, addr netip.Addr
 
 // dialTCP is gonet.DialContextTCP with errors that wrap syscall errnos, so
 // callers can test errors.Is(err, syscall.ECONNREFUSED).
-func (s *Stack) dialTCP(ctx context.Context, fa tcpip.FullAddress, proto tcpip.NetworkProtocolNumber) (*gonet.TCPConn, error) {
+func (s *Stack) dialTCP(ctx context.Context, fa tcpip.FullAddress, proto tcpip.NetworkProtocolNumber) (*TCPConn, error) {
 	opErr := func(err error) error {
 		return fmt.Errorf("netstack: %w", &net.OpError{Op: "dial", Net: "tcp", Addr: fullToTCPAddr(fa), Err: err})
 	}
@@ -331,7 +331,7 @@ func (s *Stack) dialTCP(ctx context.Context, fa tcpip.FullAddress, proto tcpip.N
 		ep.Close()
 		return nil, opErr(tcpipError(terr))
 	}
-	return gonet.NewTCPConn(&wq, ep), nil
+	return newTCPConn(&wq, ep), nil
 }
 
 func fullToTCPAddr(fa tcpip.FullAddress) *net.TCPAddr {
@@ -365,14 +365,23 @@ func tcpipError(err tcpip.Error) error {
 }
 
 // ListenTCP listens on addr (an address of the stack, or unspecified for all).
-// Accepted conns are *gonet.TCPConn.
+// Accepted conns are *TCPConn.
 func (s *Stack) ListenTCP(addr netip.AddrPort) (net.Listener, error) {
 	fa, proto := fullAddr(addr)
-	l, err := gonet.ListenTCP(s.stack, fa, proto)
-	if err != nil {
-		return nil, fmt.Errorf("netstack: listen tcp %v: %w", addr, err)
+	var wq waiter.Queue
+	ep, terr := s.stack.NewEndpoint(tcp.ProtocolNumber, proto, &wq)
+	if terr != nil {
+		return nil, fmt.Errorf("netstack: listen tcp %v: %w", addr, tcpipError(terr))
 	}
-	return l, nil
+	if terr := ep.Bind(fa); terr != nil {
+		ep.Close()
+		return nil, fmt.Errorf("netstack: listen tcp %v: %w", addr, tcpipError(terr))
+	}
+	if terr := ep.Listen(1024); terr != nil {
+		ep.Close()
+		return nil, fmt.Errorf("netstack: listen tcp %v: %w", addr, tcpipError(terr))
+	}
+	return &tcpListener{ep: ep, wq: &wq, addr: fullToTCPAddr(fa), cancel: make(chan struct{})}, nil
 }
 
 // ListenUDP binds a UDP socket on addr; the result is a *gonet.UDPConn.

@@ -233,7 +233,13 @@ func TestGoodbyes(t *testing.T) {
 	start = time.Now()
 	closeCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	go func() { _ = exitEng.Close(closeCtx) }()
+	closed := make(chan error, 1)
+	go func() { closed <- exitEng.Close(closeCtx) }()
+	defer func() {
+		if err := <-closed; err != nil {
+			t.Errorf("exit engine Close: %v", err)
+		}
+	}()
 	var left time.Duration
 	for left == 0 {
 		select {
