@@ -120,8 +120,15 @@ func (t *tunnelActor) legBySession(id string) *leg {
 // legEvent handles what the legs' helpers report: signaling replies, device and probe results,
 // timers, the exit's goodbye, and the devices' termination.
 func (t *tunnelActor) legEvent(ctx actor.Context, msg any) {
-	if _, term := msg.(*actor.Terminated); t.stopping && !term {
-		return // a stopping tunnel starts nothing: its children were stopped once, already
+	if t.stopping {
+		// A stopping tunnel starts nothing (its children were stopped once, already) and reacts to
+		// nothing: its devices terminating is the release it asked for.
+		if m, ok := msg.(*actor.Terminated); ok {
+			if l := t.legByDevice(m.Who); l != nil {
+				delete(t.legs, l.id)
+			}
+		}
+		return
 	}
 	switch m := msg.(type) {
 	case *sessionReply:
