@@ -315,3 +315,23 @@ func TestFailover(t *testing.T) {
 		t.Errorf("failover after goodbye took %v to %q, want under 1 s to fo-2", graceful, info2.ExitID)
 	}
 }
+
+// TestLossyPathStaysUp: a path that drops 3% of datagrams both ways is slow, not dead: the tunnel
+// must not reconnect, and a download still arrives intact.
+func TestLossyPathStaysUp(t *testing.T) {
+	srv, _ := slowServer(t)
+	ns := startNATS(t, nil)
+	_, relay := relayedExit(t, "lossy", ns.URL())
+	client := startEngine(t, engine.Config{NATS: engine.NATSConfig{URLs: []string{ns.URL()}}})
+	tun := openSpec(t, client, engine.TunnelSpec{Exit: "lossy", Health: fastHealth()})
+	relay.Lossy(30)
+	if err := slowDownload(socksClient(t, tun), srv.URL, 51, 512<<10, 10); err != nil {
+		t.Fatalf("download over a lossy path: %v", err)
+	}
+	outage(3 * time.Second) // three health intervals of loss with no traffic: probes only
+	info, err := tun.Info(context.Background())
+	if err != nil || info.Reconnects != 0 || (info.State != messages.StateUp && info.State != messages.StateDegraded) {
+		t.Fatalf("after 3 s at 3%% loss: %+v, %v", info, err)
+	}
+	t.Logf("relay passed %d datagrams at 3%% loss; tunnel %s, %d reconnects", relay.Passed.Load(), info.State, info.Reconnects)
+}
