@@ -13,6 +13,7 @@ package actors
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -87,8 +88,9 @@ type addPeerResponse struct {
 type getPeerStats struct{}
 
 type peerStats struct {
-	rxBytes       int64     // summed over peers
-	lastHandshake time.Time // the most recent of any peer
+	rxBytes       int64                   // summed over peers
+	lastHandshake time.Time               // the most recent of any peer
+	rxByPeer      map[signaling.Key]int64 // per peer public key
 	err           error
 }
 
@@ -334,16 +336,22 @@ func readPeerStats(dev *device.Device) *peerStats {
 	if err != nil {
 		return &peerStats{err: fmt.Errorf("read peer stats: %w", err)}
 	}
-	st := &peerStats{}
+	st := &peerStats{rxByPeer: map[signaling.Key]int64{}}
+	var peer signaling.Key
 	for _, line := range strings.Split(dump, "\n") {
 		k, v, ok := strings.Cut(line, "=")
 		if !ok {
 			continue
 		}
 		switch k {
+		case "public_key":
+			if b, err := hex.DecodeString(v); err == nil && len(b) == len(peer) {
+				copy(peer[:], b)
+			}
 		case "rx_bytes":
 			n, _ := strconv.ParseInt(v, 10, 64)
 			st.rxBytes += n
+			st.rxByPeer[peer] = n
 		case "last_handshake_time_sec":
 			if sec, _ := strconv.ParseInt(v, 10, 64); sec > 0 && time.Unix(sec, 0).After(st.lastHandshake) {
 				st.lastHandshake = time.Unix(sec, 0)

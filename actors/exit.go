@@ -48,11 +48,14 @@ type ExitConfig struct {
 	Conn               ConnTimeouts // for forwarded connections (Setup is the destination dial)
 	UDPIdle            time.Duration
 	MaxConnsPerSession int // flows at once per session or static peer; 0 unlimited
-	Signaling          *actor.PID
-	Events             *actor.PID
-	Logger             *slog.Logger
-	ReadyTo            *actor.PID          // hears one *ExitReady
-	Identity           *signaling.Identity // signs the exit's goodbyes; announced in session responses
+	// SessionIdle releases a session whose client sent nothing for this long (it died without a
+	// goodbye: live tunnels send keepalives and health probes). 0: never.
+	SessionIdle time.Duration
+	Signaling   *actor.PID
+	Events      *actor.PID
+	Logger      *slog.Logger
+	ReadyTo     *actor.PID          // hears one *ExitReady
+	Identity    *signaling.Identity // signs the exit's goodbyes; announced in session responses
 }
 
 // ExitReady tells the engine the exit serves (Err nil) or could not start.
@@ -66,6 +69,8 @@ type ExitReady struct {
 type exitSession struct {
 	id, clientID string
 	key          signaling.Key
+	lastRx       int64     // the peer's receive counter at the last sweep
+	lastActive   time.Time // when it last moved (or the session opened)
 	peer         *actor.PID
 	addrs        []netip.Addr
 }
@@ -86,6 +91,7 @@ type exitActor struct {
 	waiting  int                                // static peers and the subscription still to confirm in Starting
 	ready    *ExitReady                         // what to announce once waiting reaches 0
 	stopWhy  atomic.Pointer[messages.EndReason] // engine_shutdown once the exit stops; read by its connections
+	sweepT   *time.Timer                        // next idle-session sweep; stopped in Stopping
 }
 
 // NewExitProps returns the props of an exit actor.
@@ -104,6 +110,9 @@ func (e *exitActor) Receive(ctx actor.Context) {
 	if _, ok := ctx.Message().(*actor.Stopping); ok {
 		why := messages.EndEngineShutdown
 		e.stopWhy.Store(&why)
+		if e.sweepT != nil {
+			e.sweepT.Stop()
+		}
 		// Goodbye to every client session, before the peers go: clients leave Up at once instead
 		// of waiting for a handshake or keepalive timeout.
 		for _, s := range e.sessions {
@@ -190,6 +199,7 @@ func (e *exitActor) confirmed(ctx actor.Context) {
 		return
 	}
 	e.behavior.Become(e.serving)
+	e.armSweep(ctx)
 	e.cfg.Logger.Info("exit serving", "endpoint", e.endpoint, "address", e.addr, "public_key", e.ready.PublicKey.String())
 	ctx.Send(e.cfg.ReadyTo, e.ready)
 }
@@ -211,6 +221,8 @@ func (e *exitActor) serving(ctx actor.Context) {
 	case *sessionPinged:
 		_, known := e.sessions[m.sessionID]
 		ctx.Respond(&sessionPong{known: known})
+	case *sweepSessions:
+		e.sweep(ctx)
 	case *sessionClosedByClient:
 		c := m.close
 		if err := signaling.VerifySessionClose(c, time.Now()); err != nil {
@@ -290,7 +302,8 @@ func (e *exitActor) grant(ctx actor.Context, req *messages.SessionRequest) {
 		if r, ok := res.(*addPeerResponse); ok {
 			err = r.err
 			if err == nil {
-				s := &exitSession{id: req.SessionID, clientID: req.ClientID, key: key, peer: r.pid, addrs: []netip.Addr{addr}}
+				s := &exitSession{id: req.SessionID, clientID: req.ClientID, key: key, peer: r.pid, addrs: []netip.Addr{addr},
+					lastRx: -1, lastActive: time.Now()}
 				e.sessions[s.id], e.byPeer[r.pid.Id] = s, s
 				ctx.Watch(r.pid)
 				ctx.Respond(&sessionGranted{resp: &messages.SessionResponse{
@@ -311,6 +324,42 @@ func (e *exitActor) grant(ctx actor.Context, req *messages.SessionRequest) {
 		delete(e.used, addr)
 		delete(e.keys, key)
 		refuse(messages.ErrCodeInternal, "add peer: %v", err)
+	})
+}
+
+type sweepSessions struct{}
+
+// armSweep schedules the next idle-session sweep.
+func (e *exitActor) armSweep(ctx actor.Context) {
+	if e.cfg.SessionIdle <= 0 {
+		return
+	}
+	system, self := ctx.ActorSystem(), ctx.Self()
+	e.sweepT = time.AfterFunc(max(e.cfg.SessionIdle/4, 10*time.Millisecond), func() { system.Root.Send(self, &sweepSessions{}) })
+}
+
+// sweep releases sessions whose client has sent nothing for SessionIdle: a client that died
+// without a goodbye would otherwise keep its WireGuard peer and address for the exit's lifetime.
+func (e *exitActor) sweep(ctx actor.Context) {
+	f := ctx.RequestFuture(e.device, &getPeerStats{}, time.Second)
+	ctx.ReenterAfter(f, func(res any, err error) {
+		defer e.armSweep(ctx)
+		st, ok := res.(*peerStats)
+		if err != nil || !ok || st.err != nil {
+			return
+		}
+		now := time.Now()
+		for _, s := range e.sessions {
+			rx, seen := st.rxByPeer[s.key]
+			if seen && rx != s.lastRx {
+				s.lastRx, s.lastActive = rx, now
+				continue
+			}
+			if idle := now.Sub(s.lastActive); idle >= e.cfg.SessionIdle {
+				e.cfg.Logger.Info("session released: client silent", "session", s.id, "client", s.clientID, "idle", idle.Round(time.Millisecond))
+				ctx.Stop(s.peer) // Terminated frees its address and key
+			}
+		}
 	})
 }
 

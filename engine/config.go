@@ -88,6 +88,9 @@ type ExitConfig struct {
 	Connections    ConnLimits   `yaml:"connections"`      // forwarded TCP connections
 	// MaxConnectionsPerSession bounds a session's (or static peer's) flows at once; 0 unlimited.
 	MaxConnectionsPerSession int `yaml:"max_connections_per_session"`
+	// SessionIdleTimeout releases a session whose client sent nothing for this long (a client
+	// that died without a goodbye; live tunnels send keepalives and probes). Default 3m; negative: never.
+	SessionIdleTimeout Duration `yaml:"session_idle_timeout"`
 }
 
 // ConnLimits are the time limits of proxied or forwarded connections.

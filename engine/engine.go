@@ -256,11 +256,19 @@ func (e *Engine) exitConfig(x *ExitConfig) (actors.ExitConfig, error) {
 		MTU: r.mtu, ConnectPort: r.port, Egress: r.egress, AllowedClients: x.AllowedClients,
 		Conn:    r.limits.timeouts(orDuration(x.ConnectTimeout, DefaultConnectTimeout)),
 		UDPIdle: orDuration(x.UDPIdleTimeout, DefaultUDPIdleTimeout), MaxConnsPerSession: x.MaxConnectionsPerSession,
-		Logger: e.logger, Identity: e.identity}
+		SessionIdle: sessionIdle(x.SessionIdleTimeout),
+		Logger:      e.logger, Identity: e.identity}
 	for _, sp := range r.static {
 		xc.StaticPeers = append(xc.StaticPeers, actors.StaticPeer{Name: sp.name, PublicKey: sp.key, Addresses: sp.addrs})
 	}
 	return xc, nil
+}
+
+func sessionIdle(d Duration) time.Duration {
+	if d < 0 {
+		return 0
+	}
+	return orDuration(d, 3*time.Minute)
 }
 
 // sink runs on the engine actor only, so sends never race with the close of e.events in Close.

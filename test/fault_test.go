@@ -335,3 +335,57 @@ func TestLossyPathStaysUp(t *testing.T) {
 	}
 	t.Logf("relay passed %d datagrams at 3%% loss; tunnel %s, %d reconnects", relay.Passed.Load(), info.State, info.Reconnects)
 }
+
+// TestExitReleasesSilentSessions: a client that dies without a goodbye has its session (WireGuard
+// peer, address) released by the exit after session_idle_timeout; a live but idle tunnel keeps its
+// session, because its keepalives and health probes reach the exit.
+func TestExitReleasesSilentSessions(t *testing.T) {
+	srv, _ := slowServer(t)
+	ns := startNATS(t, nil)
+	exitEng := startExitEngine(t, "reaper", func(c *engine.Config) {
+		c.NATS.URLs = []string{ns.URL()}
+		c.Exit.SessionIdleTimeout = engine.Duration(1500 * time.Millisecond)
+	})
+	live := startEngine(t, engine.Config{NATS: engine.NATSConfig{URLs: []string{ns.URL()}}})
+	liveTun := openSpec(t, live, engine.TunnelSpec{Exit: "reaper"})
+	doomed := startEngine(t, engine.Config{NATS: engine.NATSConfig{URLs: []string{ns.URL()}}})
+	openSpec(t, doomed, engine.TunnelSpec{Exit: "reaper"})
+	opened := map[string]bool{}
+	for len(opened) < 2 {
+		select {
+		case ev := <-exitEng.Events():
+			if ev.Kind == engine.EventSessionOpened {
+				opened[ev.Session] = true
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("sessions not opened")
+		}
+	}
+	doomed.Kill() // no goodbye
+	killed := time.Now()
+	var closed []string
+	deadline := time.After(10 * time.Second)
+	for len(closed) == 0 {
+		select {
+		case ev := <-exitEng.Events():
+			if ev.Kind == engine.EventSessionClosed {
+				closed = append(closed, ev.Session)
+			}
+		case <-deadline:
+			t.Fatal("the exit kept a dead client's session")
+		}
+	}
+	released := time.Since(killed)
+	outage(2 * time.Second) // the live tunnel idles past the timeout
+	select {
+	case ev := <-exitEng.Events():
+		if ev.Kind == engine.EventSessionClosed {
+			t.Fatalf("a live idle tunnel's session was released too: %+v", ev)
+		}
+	default:
+	}
+	if err := slowDownload(socksClient(t, liveTun), srv.URL, 61, 64<<10, 10); err != nil {
+		t.Fatalf("live tunnel after the sweep: %v", err)
+	}
+	t.Logf("dead client's session released %v after it died (timeout 1.5 s)", released.Round(time.Millisecond))
+}
