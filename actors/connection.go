@@ -93,6 +93,7 @@ type connActor struct {
 	bytesOut atomic.Int64 // out → in, as accepted by in
 	pumps    int          // directions still running
 	ending   bool         // graceful end under way
+	closedUs bool         // we closed or reset both sockets: later I/O errors are our own doing
 	refused  bool
 	ping     bool               // a connect-protocol ping (a health probe): not a connection, not counted
 	opened   bool               // ConnectionOpened was emitted
@@ -267,7 +268,7 @@ func (c *connActor) adopt(ctx actor.Context, r any) {
 		if c.cfg.limits.Idle > 0 {
 			c.exemptIdle = c.cfg.limits.IdleExempt != nil && c.cfg.limits.IdleExempt(c.target)
 			c.idleSince = time.Now()
-			c.lastSegsIn, c.lastSegsOut, _ = segments(c.in)
+			c.lastSegsIn, c.lastSegsOut, _, _ = segments(c.in)
 			if !c.exemptIdle {
 				c.armIdle()
 			}
@@ -288,9 +289,9 @@ func (c *connActor) pumpEnded(ctx actor.Context, d *pumpDone) {
 		srcFail, dstFail, src = c.failOut, c.failIn, c.setOut
 	}
 	switch {
-	case c.ending:
-		// we are ending it (FIN, then reset after the grace): its reasons are set; errors from our
-		// own reset are not the peer's doing
+	case c.ending || c.closedUs:
+		// we ended it (FIN then reset, or closed both after a failure or a one-request end): its
+		// reasons are set; errors from our own close are not the peer's doing
 	case d.readErr != nil:
 		srcFail(classify(d.readErr))
 	case d.writeErr != nil:
@@ -306,10 +307,12 @@ func (c *connActor) pumpEnded(ctx actor.Context, d *pumpDone) {
 			why = c.outWhy
 		}
 		c.setBoth(why)
+		c.closedUs = true
 		abort(c.in)
 		abort(c.out)
 	case d.endAll:
 		c.setBoth(messages.EndNormal)
+		c.closedUs = true
 		closeQuietly(c.in)
 		closeQuietly(c.out)
 	}
@@ -351,13 +354,14 @@ func (c *connActor) idleCheck(ctx actor.Context) {
 	}
 	now := time.Now()
 	total := c.bytesIn.Load() + c.bytesOut.Load()
-	in, out, ok := segments(c.in)
+	in, out, quiet, ok := segments(c.in)
 	switch {
 	case total != c.lastTotal:
 		c.lastTotal, c.idleSince = total, now
-	case ok && in != c.lastSegsIn && out != c.lastSegsOut:
-		// Segments came and went with no bytes: the kernel answered keep-alive probes. (A delayed
-		// ACK of our last data moves only the received count: we do not answer an ACK.)
+	case ok && quiet && in != c.lastSegsIn && out != c.lastSegsOut:
+		// Segments came and went with no bytes while nothing was queued either way: the kernel
+		// answered keep-alive probes. (A delayed ACK moves only the received count; zero-window
+		// probes and retransmissions happen only with data queued, which quiet rules out.)
 		c.keepalive = true
 	}
 	c.lastSegsIn, c.lastSegsOut = in, out

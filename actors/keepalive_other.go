@@ -6,4 +6,4 @@ import "net"
 
 // segments is not available here: keep-alive probes cannot be seen, so the keep-alive inactivity
 // allowance never applies.
-func segments(net.Conn) (in, out uint32, ok bool) { return 0, 0, false }
+func segments(net.Conn) (in, out uint32, quiet, ok bool) { return 0, 0, false, false }

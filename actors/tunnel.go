@@ -322,9 +322,7 @@ func (t *tunnelActor) legFailed(ctx actor.Context, l *leg, err error) {
 		t.pending = nil
 		t.answerWaiter(ctx, err)
 		if t.current == nil || t.current.state != legUp { // the old leg was lost meanwhile
-			t.transition(ctx, messages.StateUp, "switch failed: "+err.Error()) // (Reconnecting follows at once)
-			t.behavior.Become(t.up)
-			t.reconnect(ctx, "switch failed and the old exit was lost", false)
+			t.reconnect(ctx, "switch failed ("+err.Error()+") and the old exit was lost", false)
 			return
 		}
 		t.transition(ctx, messages.StateUp, "switch failed, staying on "+t.current.exitID+": "+err.Error())

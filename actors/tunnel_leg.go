@@ -225,8 +225,8 @@ func (t *tunnelActor) legGone(ctx actor.Context, l *leg, err error) {
 		case l == t.current && t.isUp():
 			t.reconnect(ctx, err.Error(), errors.Is(err, ErrExitGone))
 			return
-		case l == t.current:
-			t.currentLost(ctx, err.Error()) // switching: the switch decides what comes next
+		case l == t.current && t.state == messages.StateSwitching:
+			t.currentLost(ctx, err.Error()) // the switch decides what comes next
 			return
 		}
 		t.releaseLeg(ctx, l)

@@ -139,6 +139,7 @@ func (t *tunnelActor) restoreDegraded(ctx actor.Context) {
 func (t *tunnelActor) currentLost(ctx actor.Context, cause string) {
 	old := t.current
 	t.current = nil
+	ctx.Send(t.keepalive, &stopMonitoring{})
 	t.cfg.Logger.Warn("current exit lost during a switch", "cause", cause)
 	if old != nil {
 		t.releaseLeg(ctx, old)

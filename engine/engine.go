@@ -366,11 +366,16 @@ func (e *Engine) Close(ctx context.Context) error {
 		}
 		if e.pid != nil {
 			done := resultOf(e.system.Root.RequestFuture(e.pid, &actors.Shutdown{}, untilDeadline(ctx, time.Minute)+forceGrace))
-			if _, err := awaitResult(ctx, done); err != nil {
-				e.closeErr = fmt.Errorf("graceful shutdown: %w", err)
+			select {
+			case r := <-done:
+				if r.err != nil {
+					e.closeErr = fmt.Errorf("graceful shutdown: %w", r.err)
+				}
+			case <-ctx.Done():
+				e.closeErr = fmt.Errorf("graceful shutdown: %w", ctx.Err())
 				// Out of time: skip the drains but keep the order, so goodbyes still go out.
 				e.system.Root.Send(e.pid, &actors.Shutdown{Force: true})
-				<-done
+				<-done // the future's own timeout bounds this
 			}
 			_ = e.system.Root.StopFuture(e.pid).Wait()
 		}

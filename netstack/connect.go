@@ -131,7 +131,7 @@ func ServeEcho(pc net.PacketConn, stop <-chan struct{}) {
 				return
 			default:
 			}
-			if errors.Is(err, net.ErrClosed) {
+			if errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF) { // gonet's UDP read after Close: EOF
 				return
 			}
 			continue
@@ -157,6 +157,8 @@ func (d Dialer) PingUDP(ctx context.Context) error {
 	if dl, ok := ctx.Deadline(); ok {
 		_ = c.SetDeadline(dl)
 	}
+	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) }) // cancellation, too
+	defer stop()
 	var probe, reply [10]byte
 	copy(probe[:], echoMagic[:])
 	binary.BigEndian.PutUint64(probe[2:], uint64(time.Now().UnixNano()))

@@ -1,6 +1,7 @@
 package netstack
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -34,11 +35,17 @@ func (c *TCPConn) Read(b []byte) (int, error) {
 	return n, err
 }
 
-// Write is gonet's, with resets mapped to errnos (on the error path only).
+// Write is gonet's, with resets mapped to errnos (on the error path only). gVisor hands a peer's
+// reset to the first Read or Write only; a later write sees "closed for send", which a kernel socket
+// reports as EPIPE.
 func (c *TCPConn) Write(b []byte) (int, error) {
 	n, err := c.TCPConn.Write(b)
 	if err != nil {
 		err = mapReset(err)
+		if !errors.Is(err, syscall.ECONNRESET) && !errors.Is(err, syscall.ECONNABORTED) &&
+			strings.Contains(err.Error(), (&tcpip.ErrClosedForSend{}).String()) {
+			err = fmt.Errorf("%w: %w", err, syscall.EPIPE)
+		}
 	}
 	return n, err
 }

@@ -132,6 +132,18 @@ func TestConcurrentConnections(t *testing.T) {
 	if failed > 0 {
 		t.Fatalf("%d of %d connections failed", failed, conns)
 	}
+	// Every one ended normally on both sides — plain-HTTP ones included, whose connection ends
+	// with the response (one request per connection).
+	var st messages.ConnectionStats
+	waitFor(t, 10*time.Second, "the tunnel to count every connection", func() bool {
+		st, _ = tun.Stats(context.Background())
+		return st.Ended >= conns
+	})
+	for _, side := range []messages.Side{messages.SideIncoming, messages.SideOutgoing} {
+		if n := st.ByEnd[side][messages.EndNormal]; n != conns {
+			t.Errorf("%s normal = %d of %d: %v", side, n, conns, st.ByEnd[side])
+		}
+	}
 }
 
 func TestPortConflictFailsOpenAtOnce(t *testing.T) {
