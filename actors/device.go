@@ -110,7 +110,6 @@ type deviceActor struct {
 	acceptEnd  chan struct{}  // closed when the accept loop has returned
 	peers      map[netip.Addr]*actor.PID
 	stopping   bool // set in Stopping: no new peer; flows are refused
-	nextConn   uint64
 }
 
 func newDeviceActor(cfg deviceConfig) actor.Producer {

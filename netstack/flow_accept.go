@@ -2,10 +2,7 @@ package netstack
 
 import (
 	"context"
-	"fmt"
 	"net"
-
-	"gvisor.dev/gvisor/pkg/waiter"
 )
 
 // AcceptContext is Accept that gives up when ctx ends. gVisor's handshake (CreateEndpoint) blocks
@@ -29,30 +26,13 @@ func (f *TCPFlow) AcceptContext(ctx context.Context) (net.Conn, error) {
 	abandon := make(chan struct{})
 	go func() {
 		defer t.handlers.Done()
-		r := f.take()
-		if r == nil {
-			select {
-			case done <- result{err: ErrFlowDone}:
-			case <-abandon:
-			}
-			return
-		}
-		var wq waiter.Queue
-		ep, err := f.table.createEndpoint(r, &wq)
-		if err != nil {
-			r.Complete(true)
-			select {
-			case done <- result{err: fmt.Errorf("netstack: accept %v->%v: %w", f.Src, f.Dst, tcpipError(err))}:
-			case <-abandon:
-			}
-			return
-		}
-		r.Complete(false)
-		c := newTCPConn(&wq, ep)
+		c, err := f.Accept()
 		select {
-		case done <- result{c: c}:
+		case done <- result{c: c, err: err}:
 		case <-abandon:
-			_ = c.Close()
+			if c != nil {
+				_ = c.Close()
+			}
 		}
 	}()
 	select {
