@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -284,20 +285,8 @@ func TestExitUDP(t *testing.T) {
 	buf := make([]byte, 2048)
 	for i := range count {
 		msg := bytes.Repeat([]byte{byte(i)}, 10+i*7)
-		for try := 0; try < 5; try++ {
-			if _, err := c.Write(msg); err != nil {
-				t.Fatal(err)
-			}
-			_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
-			n, err := c.Read(buf)
-			if err != nil {
-				continue
-			}
-			if !bytes.Equal(buf[:n], msg) {
-				t.Fatalf("echo %d: got %d bytes, want %d", i, n, len(msg))
-			}
+		if udpRoundTrip(t, c, buf, msg, msg, fmt.Sprintf("echo %d", i)) {
 			got++
-			break
 		}
 	}
 	if err := waitFor(t, handlerDone, "handler"); err != nil {

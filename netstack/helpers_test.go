@@ -1,12 +1,14 @@
 package netstack
 
 import (
+	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"io"
 	mrand "math/rand/v2"
+	"net"
 	"net/netip"
 	"testing"
 	"time"
@@ -153,4 +155,25 @@ func recv[T any](ch <-chan T) (T, bool) {
 		var zero T
 		return zero, false
 	}
+}
+
+// udpRoundTrip sends msg on c and expects want back. UDP may drop, so it resends up to 5 times,
+// each with a 2 s read deadline; a reply that differs fails the test. It reports whether one came.
+func udpRoundTrip(t testing.TB, c net.Conn, buf, msg, want []byte, what string) bool {
+	t.Helper()
+	for try := 0; try < 5; try++ {
+		if _, err := c.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		n, err := c.Read(buf)
+		if err != nil {
+			continue
+		}
+		if !bytes.Equal(buf[:n], want) {
+			t.Fatalf("%s: got %d bytes, want %d", what, n, len(want))
+		}
+		return true
+	}
+	return false
 }

@@ -1,10 +1,10 @@
 package netstack
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
+	"fmt"
 	"io"
 	mrand "math/rand/v2"
 	"net/netip"
@@ -167,21 +167,8 @@ func TestUDPBothWays(t *testing.T) {
 			msg[j] = byte(i + j)
 		}
 		want := append([]byte("re:"), msg...)
-		// UDP may drop; resend a few times, each with a deadline.
-		for try := 0; try < 5; try++ {
-			if _, err := c.Write(msg); err != nil {
-				t.Fatal(err)
-			}
-			_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
-			n, err := c.Read(buf)
-			if err != nil {
-				continue
-			}
-			if !bytes.Equal(buf[:n], want) {
-				t.Fatalf("datagram %d: got %d bytes, want %d", i, n, len(want))
-			}
+		if udpRoundTrip(t, c, buf, msg, want, fmt.Sprintf("datagram %d", i)) {
 			got++
-			break
 		}
 	}
 	if got != count {

@@ -323,33 +323,30 @@ func TestConnReasonLimit(t *testing.T) {
 func TestConnReasonPolicyDenied(t *testing.T) {
 	echo := startServer(t, echoHandler)
 	env := newConnEnv(t, "policy", func(c *engine.Config) { c.Exit.Egress = engine.EgressConfig{} }, nil)
-	base := settled(t, env.e)
-	c, code, err := socksConnect(env.tun.SOCKSAddr(), echo.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.Close()
-	if code != socksNotAllowed {
-		t.Errorf("socks5 reply %#x, want %#x", code, socksNotAllowed)
-	}
-	wantEnds(t, "client", env.tunnelStats(t, 1), 1, ec{rPolicy: 1}, ec{rPolicy: 1})
-	wantEnds(t, "exit", engineDelta(t, env.e, base, 1, 1).Exit, 1, ec{rPolicy: 1}, ec{rPolicy: 1})
+	refusedViaSOCKS(t, env, echo.Addr(), socksNotAllowed, rPolicy)
 }
 
 // TestConnReasonDialFailed: nothing listens on the destination port.
 func TestConnReasonDialFailed(t *testing.T) {
 	env := newConnEnv(t, "dialfail", nil, nil)
+	refusedViaSOCKS(t, env, closedPort(t), socksConnRefused, rDialFailed)
+}
+
+// refusedViaSOCKS asks for target through env's SOCKS5 proxy, expects the reply code wantCode, and
+// one connection ended with reason why on both sides of the client and of the exit.
+func refusedViaSOCKS(t *testing.T, env *connEnv, target string, wantCode byte, why messages.EndReason) {
+	t.Helper()
 	base := settled(t, env.e)
-	c, code, err := socksConnect(env.tun.SOCKSAddr(), closedPort(t))
+	c, code, err := socksConnect(env.tun.SOCKSAddr(), target)
 	if err != nil {
 		t.Fatal(err)
 	}
 	c.Close()
-	if code != socksConnRefused {
-		t.Errorf("socks5 reply %#x, want %#x", code, socksConnRefused)
+	if code != wantCode {
+		t.Errorf("socks5 reply %#x, want %#x", code, wantCode)
 	}
-	wantEnds(t, "client", env.tunnelStats(t, 1), 1, ec{rDialFailed: 1}, ec{rDialFailed: 1})
-	wantEnds(t, "exit", engineDelta(t, env.e, base, 1, 1).Exit, 1, ec{rDialFailed: 1}, ec{rDialFailed: 1})
+	wantEnds(t, "client", env.tunnelStats(t, 1), 1, ec{why: 1}, ec{why: 1})
+	wantEnds(t, "exit", engineDelta(t, env.e, base, 1, 1).Exit, 1, ec{why: 1}, ec{why: 1})
 }
 
 // TestConnReasonProtocolError: garbage on the SOCKS5 port and on the HTTP port.
