@@ -11,9 +11,14 @@ package actors
 //     ping → signalingHealth{ok: true}. An exit that answers but no longer knows the session
 //     (it restarted) → sessionLost, which is a data-plane fact: the tunnel cannot work.
 //
-//	idle ──monitorLeg──▶ watching ──dataPlaneFailed / sessionLost sent──▶ idle (until the next monitorLeg)
+//	idle ──monitorLeg──▶ watching ──dataPlaneFailed / sessionLost sent, or stopMonitoring──▶ idle
+//	                      └──monitorLeg (another leg)──▶ watching (new generation)
 //
-// Its timers and the probe goroutine are its own: stopped and awaited in Stopping.
+// Every monitorLeg or stop starts a new generation: ticks, probe results and replies of an older
+// generation, which may still arrive, are ignored (current). Its timers and the probe goroutine
+// are its own: stopped in reset, the goroutine awaited in Stopping (bounded by ProbeTimeout).
+// The tunnel watches it: if it stops without being asked to, the tunnel spawns a fresh one
+// (tunnel_health.go).
 
 import (
 	"context"
@@ -90,9 +95,11 @@ type keepaliveActor struct {
 	wg       sync.WaitGroup     // the probe goroutine
 }
 
-func newKeepaliveActor(policy HealthPolicy, signaling *actor.PID, logger *slog.Logger) actor.Producer {
+// newKeepaliveActor: sigOK is signaling's health as the tunnel last heard it, so that a keepalive
+// spawned in place of a lost one reports a change from there.
+func newKeepaliveActor(policy HealthPolicy, signaling *actor.PID, logger *slog.Logger, sigOK bool) actor.Producer {
 	return func() actor.Actor {
-		return &keepaliveActor{policy: policy, signaling: signaling, logger: logger, sigOK: true, natsUp: true}
+		return &keepaliveActor{policy: policy, signaling: signaling, logger: logger, sigOK: sigOK, natsUp: true}
 	}
 }
 
@@ -106,21 +113,21 @@ func (k *keepaliveActor) Receive(ctx actor.Context) {
 		k.after(ctx, k.policy.Interval, &kaTick{gen: k.gen})
 		k.after(ctx, k.policy.SignalingInterval, &kaSigTick{gen: k.gen})
 	case *stopMonitoring:
-		k.reset()
-		k.leg = nil
+		k.idle()
 	case *kaTick:
-		if m.gen == k.gen && k.leg != nil {
-			// Fixed cadence: the next check is armed now, not when this one's probe finishes.
-			k.after(ctx, k.policy.Interval, &kaTick{gen: k.gen})
-			if !k.probing {
-				k.checkDataPlane(ctx)
-			}
+		if !k.current(m.gen) {
+			return // a tick of a leg no longer watched
+		}
+		// Fixed cadence: the next check is armed now, not when this one's probe finishes.
+		k.after(ctx, k.policy.Interval, &kaTick{gen: k.gen})
+		if !k.probing {
+			k.checkDataPlane(ctx)
 		}
 	case *kaProbeDone:
-		k.probing = false
-		if m.gen != k.gen || k.leg == nil {
-			return
+		if !k.current(m.gen) {
+			return // the result of a probe on a leg no longer watched
 		}
+		k.probing = false
 		if m.err == nil {
 			k.failures = 0
 		} else {
@@ -128,24 +135,8 @@ func (k *keepaliveActor) Receive(ctx actor.Context) {
 		}
 		k.rebase(ctx) // the probe's own reply is not progress: measure from here
 	case *kaSigTick:
-		if m.gen == k.gen && k.leg != nil {
-			gen := k.gen
-			f := ctx.RequestFuture(k.signaling, &pingExit{exitID: k.leg.exitID, sessionID: k.leg.sessionID, timeout: k.policy.SignalingTimeout},
-				k.policy.SignalingTimeout+time.Second)
-			ctx.ReenterAfter(f, func(res any, err error) {
-				if gen != k.gen || k.leg == nil {
-					return
-				}
-				if r, ok := res.(*pingReply); ok {
-					err = r.err
-					if err == nil && !r.known {
-						ctx.Send(ctx.Parent(), &sessionLost{sessionID: k.leg.sessionID})
-						return
-					}
-				}
-				k.signalingResult(ctx, err)
-				k.after(ctx, k.policy.SignalingInterval, &kaSigTick{gen: k.gen})
-			})
+		if k.current(m.gen) {
+			k.ping(ctx)
 		}
 	case *NATSState:
 		k.natsUp = m.Connected
@@ -158,9 +149,24 @@ func (k *keepaliveActor) Receive(ctx actor.Context) {
 	case *actor.Stopping:
 		ctx.Send(k.signaling, &unwatchNATS{pid: ctx.Self()})
 		k.reset()
+		k.wg.Wait() // bounded: the probe in flight was cancelled, and is bounded by ProbeTimeout anyway
 	}
 }
 
+// current reports whether a tick or result of generation gen is about the leg watched now. Every
+// late message (ticks, probe results, stats and ping replies) goes through it, so none can act on a
+// leg that was replaced or dropped meanwhile.
+func (k *keepaliveActor) current(gen int) bool { return gen == k.gen && k.leg != nil }
+
+// idle stops watching: timers stopped, probe cancelled, the leg forgotten.
+func (k *keepaliveActor) idle() {
+	k.reset()
+	k.leg = nil
+}
+
+// reset starts a new generation: timers stopped and the probe in flight cancelled (its result, if
+// it still comes, is of the old generation and ignored). It never waits: only Stopping waits for
+// the probe goroutine.
 func (k *keepaliveActor) reset() {
 	k.gen++
 	for _, t := range []*time.Timer{k.dpTimer, k.sigTimer} {
@@ -168,11 +174,34 @@ func (k *keepaliveActor) reset() {
 			t.Stop()
 		}
 	}
+	k.dpTimer, k.sigTimer = nil, nil
 	if k.cancel != nil {
 		k.cancel()
+		k.cancel = nil
 	}
-	k.wg.Wait()
 	k.probing = false
+}
+
+// ping asks the exit over signaling whether it still holds the session, and arms the next ping.
+func (k *keepaliveActor) ping(ctx actor.Context) {
+	gen, sessionID := k.gen, k.leg.sessionID
+	f := ctx.RequestFuture(k.signaling, &pingExit{exitID: k.leg.exitID, sessionID: sessionID, timeout: k.policy.SignalingTimeout},
+		k.policy.SignalingTimeout+time.Second)
+	ctx.ReenterAfter(f, func(res any, err error) {
+		if !k.current(gen) {
+			return
+		}
+		if r, ok := res.(*pingReply); ok {
+			err = r.err
+			if err == nil && !r.known {
+				ctx.Send(ctx.Parent(), &sessionLost{sessionID: sessionID})
+				k.idle() // the tunnel decides what comes next; it sends monitorLeg for a new leg
+				return
+			}
+		}
+		k.signalingResult(ctx, err)
+		k.after(ctx, k.policy.SignalingInterval, &kaSigTick{gen: k.gen})
+	})
 }
 
 // after arms the data-plane or the signaling timer (one of each at most), replacing the previous one.
@@ -194,7 +223,7 @@ func (k *keepaliveActor) checkDataPlane(ctx actor.Context) {
 	gen := k.gen
 	f := ctx.RequestFuture(k.leg.device, &getPeerStats{}, k.policy.Interval)
 	ctx.ReenterAfter(f, func(res any, err error) {
-		if gen != k.gen || k.leg == nil {
+		if !k.current(gen) || k.probing {
 			return
 		}
 		st, ok := res.(*peerStats)
@@ -209,12 +238,16 @@ func (k *keepaliveActor) checkDataPlane(ctx actor.Context) {
 	})
 }
 
-// rebase reads the receive counter as the new baseline.
+// rebase reads the receive counter as the new baseline. It does nothing once the leg is no longer
+// watched (a failure that reached policy.Failures has just dropped it).
 func (k *keepaliveActor) rebase(ctx actor.Context) {
+	if k.leg == nil {
+		return
+	}
 	gen := k.gen
 	f := ctx.RequestFuture(k.leg.device, &getPeerStats{}, k.policy.Interval)
 	ctx.ReenterAfter(f, func(res any, err error) {
-		if st, ok := res.(*peerStats); gen == k.gen && err == nil && ok && st.err == nil {
+		if st, ok := res.(*peerStats); k.current(gen) && err == nil && ok && st.err == nil {
 			k.lastRx = st.rxBytes
 		}
 	})
@@ -243,8 +276,7 @@ func (k *keepaliveActor) failed(ctx actor.Context, cause string) {
 	if k.failures >= k.policy.Failures {
 		ctx.Send(ctx.Parent(), &dataPlaneFailed{sessionID: k.leg.sessionID,
 			cause: fmt.Sprintf("%d data-plane checks failed in a row; last: %s", k.failures, cause)})
-		k.reset()
-		k.leg = nil
+		k.idle() // the tunnel decides what comes next; it sends monitorLeg for a new leg
 	}
 }
 
