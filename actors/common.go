@@ -58,7 +58,7 @@ func orDiscard(l *slog.Logger) *slog.Logger {
 // isEvent reports whether m is an event for the embedding program (messages package events).
 func isEvent(m any) bool {
 	switch m.(type) {
-	case *messages.TunnelStateChanged, *messages.SessionOpened, *messages.SessionClosed:
+	case *messages.TunnelStateChanged, *messages.SessionOpened, *messages.SessionClosed, *messages.ChildLost, *messages.ActorPanicked:
 		return true
 	}
 	return false

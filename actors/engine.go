@@ -11,7 +11,9 @@ package actors
 // signaling goes last because everything before it may still publish.
 
 import (
+	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
 
@@ -59,7 +61,15 @@ type engineActor struct {
 	starter   *actor.PID                           // waiting for EngineStarted
 	stopper   *actor.PID                           // waiting for ShutdownResponse
 	stats     map[string]*messages.ConnectionStats // by role: "client", "exit"
+	// exitRespawns: when the exit was replaced after stopping unexpectedly, within exitRespawnWindow
+	exitRespawns []time.Time
 }
+
+// An exit lost more than exitRespawnLimit times within exitRespawnWindow is not replaced again.
+const (
+	exitRespawnLimit  = 3
+	exitRespawnWindow = time.Minute
+)
 
 // GetEngineStats asks for connection statistics by role; the reply is *EngineStatsResponse.
 type GetEngineStats struct{}
@@ -96,6 +106,8 @@ func (e *engineActor) Receive(ctx actor.Context) {
 		if e.starter != nil {
 			ctx.Send(e.starter, &EngineStarted{Signaling: e.signaling, Exit: m, Err: m.Err})
 			e.starter = nil
+		} else if m.Err != nil {
+			e.cfg.Logger.Error("respawned exit failed to start", "err", m.Err)
 		}
 		return
 	case *messages.ConnectionOpened:
@@ -141,14 +153,8 @@ func (e *engineActor) running(ctx actor.Context) {
 			ctx.Respond(&EngineStarted{Signaling: e.signaling})
 			return
 		}
-		xc := *e.cfg.Exit
-		xc.Signaling, xc.Events, xc.ReadyTo = e.signaling, ctx.Self(), ctx.Self()
-		if xc.Logger == nil {
-			xc.Logger = e.cfg.Logger
-		}
 		e.starter = ctx.Sender()
-		e.exit = ctx.Spawn(NewExitProps(xc))
-		ctx.Watch(e.exit)
+		e.spawnExit(ctx)
 	case *OpenTunnel:
 		tc := m.Config
 		tc.Signaling, tc.Events = e.signaling, ctx.Self()
@@ -163,10 +169,14 @@ func (e *engineActor) running(ctx actor.Context) {
 		delete(e.tunnels, m.Who.Id)
 		switch {
 		case e.exit != nil && m.Who.Equal(e.exit):
-			e.exit = nil
+			e.exitLost(ctx)
 		case e.signaling != nil && m.Who.Equal(e.signaling):
 			e.signaling = nil
-			e.cfg.Logger.Error("signaling stopped unexpectedly; tunnels and exit can no longer negotiate")
+			// Signaling owns the NATS connection and the embedded server, released as it stopped:
+			// nothing can replace it in this engine. Tunnels keep their data planes (and go Degraded).
+			action := "not replaced: tunnels keep their data planes but cannot negotiate; restart the engine"
+			e.cfg.Logger.Error("signaling stopped unexpectedly", "action", action)
+			e.lost(ctx, "signaling", action)
 		}
 	case *Shutdown:
 		e.stopper = ctx.Sender()
@@ -204,6 +214,49 @@ func (e *engineActor) shuttingDown(ctx actor.Context) {
 		}
 		ctx.Respond(&ShutdownResponse{}) // the first caller still waits for the real end
 	}
+}
+
+// exitLost: the exit stopped while the engine runs (it panicked; its devices released the sessions
+// as they stopped). A fresh exit with the same configuration takes over, so its clients (whose
+// pings now find their sessions unknown) reconnect to it — unless exits were lost too often, when
+// the role is given up rather than restarted in a loop.
+func (e *engineActor) exitLost(ctx actor.Context) {
+	e.exit = nil
+	now := time.Now()
+	recent := e.exitRespawns[:0]
+	for _, at := range e.exitRespawns {
+		if now.Sub(at) < exitRespawnWindow {
+			recent = append(recent, at)
+		}
+	}
+	e.exitRespawns = recent
+	if len(recent) >= exitRespawnLimit {
+		action := fmt.Sprintf("not replaced: lost %d times within %v", len(recent)+1, exitRespawnWindow)
+		e.cfg.Logger.Error("exit stopped unexpectedly", "action", action)
+		e.lost(ctx, "exit", action)
+		return
+	}
+	e.exitRespawns = append(e.exitRespawns, now)
+	e.spawnExit(ctx)
+	e.cfg.Logger.Error("exit stopped unexpectedly", "action", "respawned")
+	e.lost(ctx, "exit", "respawned")
+}
+
+func (e *engineActor) lost(ctx actor.Context, child, action string) {
+	if e.cfg.Sink != nil {
+		e.cfg.Sink(&messages.ChildLost{Parent: "engine", Child: child, Action: action, At: time.Now()})
+	}
+}
+
+// spawnExit starts the exit role; it reports ExitReady to the engine.
+func (e *engineActor) spawnExit(ctx actor.Context) {
+	xc := *e.cfg.Exit
+	xc.Signaling, xc.Events, xc.ReadyTo = e.signaling, ctx.Self(), ctx.Self()
+	if xc.Logger == nil {
+		xc.Logger = e.cfg.Logger
+	}
+	e.exit = ctx.Spawn(NewExitProps(xc))
+	ctx.Watch(e.exit)
 }
 
 // advance moves shutdown to its next phase once the current one has finished.

@@ -116,7 +116,8 @@ type tunnelActor struct {
 	sources    map[string]int       // active connections per source address
 	refusing   int
 
-	keepalive *actor.PID   // child: judges the current leg's health
+	keepalive *actor.PID   // child: judges the current leg's health; alive until the tunnel stops (respawned if lost)
+	respawns  int          // keepalives lost and replaced
 	sigOK     bool         // signaling as last reported
 	attempt   int          // reconnection attempts that failed so far
 	exitBase  int          // index in exits() of the first exit to try
@@ -156,6 +157,8 @@ func (t *tunnelActor) Receive(ctx actor.Context) {
 		}
 	case *messages.GetTunnelInfo:
 		ctx.Respond(&messages.TunnelInfoResponse{Info: t.snapshot()})
+	case *GetTunnelChildren:
+		ctx.Respond(t.children())
 	case *messages.GetStats:
 		st := t.stats
 		st.ByEnd = cloneByEnd(t.stats.ByEnd)
@@ -165,8 +168,16 @@ func (t *tunnelActor) Receive(ctx actor.Context) {
 		t.accept(ctx, m)
 	case *messages.ConnectionEnded:
 		t.ended(ctx, m)
+	case *actor.Terminated:
+		if t.keepalive != nil && m.Who.Equal(t.keepalive) {
+			if !t.stopping {
+				t.keepaliveLost(ctx)
+			}
+			return
+		}
+		t.legEvent(ctx, m)
 	case *sessionReply, *deviceReady, *deviceFailed, *messages.HandshakeCompleted, *probeFailed,
-		*legTimedOut, *legDrainExpired, *exitSaidGoodbye, *actor.Terminated:
+		*legTimedOut, *legDrainExpired, *exitSaidGoodbye:
 		t.legEvent(ctx, m)
 	case *signalingHealth, *dataPlaneFailed, *sessionLost:
 		t.health(ctx, m)
@@ -200,7 +211,7 @@ func (t *tunnelActor) opening(ctx actor.Context) {
 			return
 		}
 		t.sigOK = true
-		t.keepalive = ctx.Spawn(props(newKeepaliveActor(t.cfg.Health, t.cfg.Signaling, t.cfg.Logger)))
+		t.spawnKeepalive(ctx)
 		t.current = t.startLeg(ctx, t.cfg.ExitID, legOpen)
 	case *messages.CloseTunnel:
 		t.closeNow(ctx, reasonOr(m.Reason))

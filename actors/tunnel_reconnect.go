@@ -127,13 +127,6 @@ func (t *tunnelActor) reconnected(ctx actor.Context, l *leg, rtt time.Duration) 
 	t.restoreDegraded(ctx)
 }
 
-// restoreDegraded puts a tunnel that came back Up into Degraded if signaling is still failing.
-func (t *tunnelActor) restoreDegraded(ctx actor.Context) {
-	if !t.sigOK && t.state == messages.StateUp {
-		t.transition(ctx, messages.StateDegraded, "signaling still failing")
-	}
-}
-
 // currentLost handles the current leg failing while a switch is under way: it is released, and the
 // switch's outcome decides (its success makes the new leg current; its failure reconnects).
 func (t *tunnelActor) currentLost(ctx actor.Context, cause string) {
@@ -173,48 +166,4 @@ func (t *tunnelActor) refuseExpired(ctx actor.Context) {
 	if len(keep) > 0 {
 		t.parkT = t.sendAfter(ctx, time.Until(keep[0].deadline), &parkExpired{})
 	}
-}
-
-// monitor points the keepalive actor at the current leg.
-func (t *tunnelActor) monitor(ctx actor.Context, l *leg) {
-	ctx.Send(t.keepalive, &monitorLeg{device: l.device, dialer: l.dialer, exitID: l.exitID, sessionID: l.sessionID})
-}
-
-// health handles the keepalive actor's reports.
-func (t *tunnelActor) health(ctx actor.Context, msg any) {
-	switch m := msg.(type) {
-	case *signalingHealth:
-		t.sigOK = m.ok
-		switch {
-		case !m.ok && t.state == messages.StateUp:
-			t.cfg.Logger.Warn("signaling failing; data plane healthy, staying up", "cause", m.cause)
-			t.transition(ctx, messages.StateDegraded, m.cause)
-		case m.ok && t.state == messages.StateDegraded:
-			t.transition(ctx, messages.StateUp, m.cause)
-		}
-	case *dataPlaneFailed:
-		if t.current != nil && t.current.sessionID == m.sessionID {
-			t.lostCurrent(ctx, "data plane failed: "+m.cause)
-		}
-	case *sessionLost:
-		if t.current != nil && t.current.sessionID == m.sessionID {
-			t.current.saidBye = true // the exit has no such session: nothing to say goodbye to
-			t.lostCurrent(ctx, "the exit no longer holds the session")
-		}
-	}
-}
-
-// lostCurrent: the current leg cannot carry traffic. Up or Degraded reconnect; a switch under way
-// decides for itself (currentLost).
-func (t *tunnelActor) lostCurrent(ctx actor.Context, cause string) {
-	switch {
-	case t.isUp():
-		t.reconnect(ctx, cause, false)
-	case t.state == messages.StateSwitching:
-		t.currentLost(ctx, cause)
-	}
-}
-
-func (t *tunnelActor) isUp() bool {
-	return t.state == messages.StateUp || t.state == messages.StateDegraded
 }

@@ -45,6 +45,12 @@ const (
 	EventTunnelState   EventKind = "tunnel_state"
 	EventSessionOpened EventKind = "session_opened"
 	EventSessionClosed EventKind = "session_closed"
+	// EventChildLost: an actor stopped without being asked to and its parent reacted (Actor names
+	// it, Cause says what the parent did). Logged at error too.
+	EventChildLost EventKind = "child_lost"
+	// EventActorPanicked: an actor panicked and was stopped by its supervisor (Actor is its PID,
+	// Cause the panic). Counted by ActorPanics.
+	EventActorPanicked EventKind = "actor_panicked"
 )
 
 // Event is something that happened in the engine.
@@ -57,6 +63,7 @@ type Event struct {
 	Exit     string // session events
 	Session  string
 	Client   string
+	Actor    string // EventChildLost, EventActorPanicked
 }
 
 // ExitInfo describes this engine's exit once it serves.
@@ -74,6 +81,7 @@ type Engine struct {
 	identity *signaling.Identity
 	events   chan Event // closed by Close once shutdown has completely finished
 	dropped  atomic.Int64
+	panics   atomic.Int64 // actor panics seen by supervisors (a statistic; no lifecycle state)
 	// sinkMu orders the engine actor's sends on events with Close's close of it, for the case where
 	// a shutdown that ran out of time leaves the engine actor alive for a moment.
 	sinkMu     sync.Mutex
@@ -85,6 +93,8 @@ type Engine struct {
 	natsURL string
 	exit    *ExitInfo
 	started atomic.Bool
+	// unsubscribe ends the supervision-event subscription; called by Close and Kill
+	unsubscribe func()
 
 	sigPID atomic.Pointer[actor.PID] // the signaling actor, once started: hears NATS state changes
 	nc     *nats.Conn                // owned by the signaling actor; read here only for NATSConnectedURL
@@ -122,6 +132,10 @@ func (e *Engine) Events() <-chan Event { return e.events }
 
 // DroppedEvents counts events lost to a slow Events consumer.
 func (e *Engine) DroppedEvents() int64 { return e.dropped.Load() }
+
+// ActorPanics counts actors that panicked and were stopped by their supervisors since Start. Each
+// is logged at error with its stack and reported as EventActorPanicked; a healthy engine has none.
+func (e *Engine) ActorPanics() int64 { return e.panics.Load() }
 
 // ClientID is this engine's identity as exits see it.
 func (e *Engine) ClientID() string { return e.identity.ID() }
@@ -192,6 +206,17 @@ func (e *Engine) Start(ctx context.Context) error {
 		// A dead letter (a message to an actor that just stopped, normal during shutdown) starts a
 		// throttle goroutine that lives one interval: keep it short so Close leaves nothing behind.
 		actor.WithDeadLetterThrottleInterval(50*time.Millisecond))
+	// Every supervisor directive (here always a stop after a panic) is counted and reported as an
+	// event through the engine actor, whose name is fixed, so the PID is known before it exists.
+	enginePID := actor.NewPID(e.system.Address(), "engine")
+	system := e.system
+	panicSub := e.system.EventStream.Subscribe(func(evt any) {
+		if se, ok := evt.(*actor.SupervisorEvent); ok {
+			e.panics.Add(1)
+			system.Root.Send(enginePID, &messages.ActorPanicked{Actor: se.Child.String(), Reason: fmt.Sprint(se.Reason), At: time.Now()})
+		}
+	})
+	e.unsubscribe = func() { system.EventStream.Unsubscribe(panicSub) }
 	ecfg := actors.EngineConfig{
 		Signaling: actors.SignalingConfig{Conn: nc, Server: srv, Logger: e.logger, ClientID: e.identity.ID()},
 		Sink:      e.sink,
@@ -218,6 +243,7 @@ func (e *Engine) Start(ctx context.Context) error {
 			srv.Shutdown()
 			srv.WaitForShutdown()
 		}
+		e.unsubscribe()
 		e.system.Shutdown()
 		e.system = nil
 		return fmt.Errorf("spawn engine: %w", err)
@@ -281,6 +307,10 @@ func (e *Engine) sink(m any) {
 		ev.Kind, ev.Exit, ev.Session, ev.Client = EventSessionOpened, m.ExitID, m.SessionID, m.ClientID
 	case *messages.SessionClosed:
 		ev.Kind, ev.Exit, ev.Session, ev.Cause = EventSessionClosed, m.ExitID, m.SessionID, m.Reason
+	case *messages.ChildLost:
+		ev.Kind, ev.Tunnel, ev.Actor, ev.Cause, ev.Time = EventChildLost, m.TunnelID, m.Parent+"/"+m.Child, m.Action, m.At
+	case *messages.ActorPanicked:
+		ev.Kind, ev.Actor, ev.Cause, ev.Time = EventActorPanicked, m.Actor, m.Reason, m.At
 	default:
 		return
 	}
@@ -341,6 +371,7 @@ func (e *Engine) Kill() {
 		if e.pid != nil {
 			_ = e.system.Root.StopFuture(e.pid).Wait()
 		}
+		e.unsubscribe()
 		e.system.Shutdown()
 	})
 	<-e.closed
@@ -379,6 +410,7 @@ func (e *Engine) Close(ctx context.Context) error {
 			}
 			_ = e.system.Root.StopFuture(e.pid).Wait()
 		}
+		e.unsubscribe()
 		e.system.Shutdown()
 	})
 	<-e.closed

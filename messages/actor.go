@@ -31,6 +31,24 @@ type TunnelStateChanged struct {
 	At       time.Time
 }
 
+// ChildLost is emitted when an actor stopped without its parent asking (it panicked and its
+// supervisor stopped it, which also released what it held) and the parent reacted: Action says how
+// (a fresh one spawned, the tunnel reconnecting, the role given up).
+type ChildLost struct {
+	Parent   string // e.g. "tunnel t1", "engine"
+	Child    string // its role: "keepalive", "exit", "signaling"
+	TunnelID string // when the parent is a tunnel
+	Action   string
+	At       time.Time
+}
+
+// ActorPanicked is emitted for every panic in an actor's Receive, after its supervisor stopped it.
+type ActorPanicked struct {
+	Actor  string // the actor's PID
+	Reason string
+	At     time.Time
+}
+
 // HandshakeCompleted: the first WireGuard handshake with the peer completed and a round trip
 // through the tunnel to the exit's connect service succeeded.
 type HandshakeCompleted struct {

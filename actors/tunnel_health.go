@@ -1,0 +1,107 @@
+package actors
+
+// The tunnel's side of health (keepalive.go judges it): the keepalive child is pointed at the
+// current leg, its reports move the tunnel between Up, Degraded and Reconnecting, and the tunnel
+// watches the keepalive itself. A keepalive that stops without being asked to (it panicked and its
+// supervisor stopped it) would leave the tunnel blind: the tunnel spawns a fresh one at once,
+// points it at the current leg, logs at error and emits ChildLost. The tunnel never stops its
+// keepalive itself except by stopping (its children stop with it).
+
+import (
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+
+	"github.com/warren-tunnel/warren/messages"
+)
+
+// GetTunnelChildren asks a tunnel for the PIDs of its long-lived children (for diagnostics and
+// supervision tests); the reply is *TunnelChildren.
+type GetTunnelChildren struct{}
+
+// TunnelChildren answers GetTunnelChildren.
+type TunnelChildren struct {
+	Keepalive *actor.PID
+	Devices   []*actor.PID // one per leg that has a device
+}
+
+func (t *tunnelActor) children() *TunnelChildren {
+	c := &TunnelChildren{Keepalive: t.keepalive}
+	for _, l := range t.legs {
+		if l.device != nil {
+			c.Devices = append(c.Devices, l.device)
+		}
+	}
+	return c
+}
+
+// spawnKeepalive starts the keepalive child (in Started, and in place of a lost one).
+func (t *tunnelActor) spawnKeepalive(ctx actor.Context) {
+	t.keepalive = ctx.Spawn(props(newKeepaliveActor(t.cfg.Health, t.cfg.Signaling, t.cfg.Logger, t.sigOK)))
+}
+
+// keepaliveLost: the keepalive stopped while the tunnel was not stopping. A fresh one takes over
+// with fresh state; if a leg is current and serving, it is watched again at once.
+func (t *tunnelActor) keepaliveLost(ctx actor.Context) {
+	t.respawns++
+	t.spawnKeepalive(ctx)
+	action := "respawned; no leg to watch"
+	if l := t.current; l != nil && l.state == legUp {
+		t.monitor(ctx, l)
+		action = "respawned; watching " + l.exitID
+	}
+	t.cfg.Logger.Error("keepalive stopped unexpectedly", "action", action, "respawns", t.respawns)
+	emit(ctx, t.cfg.Events, &messages.ChildLost{Parent: "tunnel " + t.cfg.ID, Child: "keepalive", TunnelID: t.cfg.ID,
+		Action: action, At: time.Now()})
+}
+
+// restoreDegraded puts a tunnel that came back Up into Degraded if signaling is still failing.
+func (t *tunnelActor) restoreDegraded(ctx actor.Context) {
+	if !t.sigOK && t.state == messages.StateUp {
+		t.transition(ctx, messages.StateDegraded, "signaling still failing")
+	}
+}
+
+// monitor points the keepalive actor at the current leg.
+func (t *tunnelActor) monitor(ctx actor.Context, l *leg) {
+	ctx.Send(t.keepalive, &monitorLeg{device: l.device, dialer: l.dialer, exitID: l.exitID, sessionID: l.sessionID})
+}
+
+// health handles the keepalive actor's reports.
+func (t *tunnelActor) health(ctx actor.Context, msg any) {
+	switch m := msg.(type) {
+	case *signalingHealth:
+		t.sigOK = m.ok
+		switch {
+		case !m.ok && t.state == messages.StateUp:
+			t.cfg.Logger.Warn("signaling failing; data plane healthy, staying up", "cause", m.cause)
+			t.transition(ctx, messages.StateDegraded, m.cause)
+		case m.ok && t.state == messages.StateDegraded:
+			t.transition(ctx, messages.StateUp, m.cause)
+		}
+	case *dataPlaneFailed:
+		if t.current != nil && t.current.sessionID == m.sessionID {
+			t.lostCurrent(ctx, "data plane failed: "+m.cause)
+		}
+	case *sessionLost:
+		if t.current != nil && t.current.sessionID == m.sessionID {
+			t.current.saidBye = true // the exit has no such session: nothing to say goodbye to
+			t.lostCurrent(ctx, "the exit no longer holds the session")
+		}
+	}
+}
+
+// lostCurrent: the current leg cannot carry traffic. Up or Degraded reconnect; a switch under way
+// decides for itself (currentLost).
+func (t *tunnelActor) lostCurrent(ctx actor.Context, cause string) {
+	switch {
+	case t.isUp():
+		t.reconnect(ctx, cause, false)
+	case t.state == messages.StateSwitching:
+		t.currentLost(ctx, cause)
+	}
+}
+
+func (t *tunnelActor) isUp() bool {
+	return t.state == messages.StateUp || t.state == messages.StateDegraded
+}
