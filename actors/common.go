@@ -63,3 +63,19 @@ func isEvent(m any) bool {
 	}
 	return false
 }
+
+// reenter is ctx.ReenterAfter with the panic handling of recoverPanics: a continuation runs outside
+// the receiver middleware, so a panic there would reach the supervisor without an error log or a
+// stack. It is logged here, then goes on to the supervisor, which stops the actor.
+func reenter(ctx actor.Context, f *actor.Future, cont func(res any, err error)) {
+	ctx.ReenterAfter(f, func(res any, err error) {
+		defer func() {
+			if r := recover(); r != nil {
+				ctx.Logger().Error("actor panicked in a continuation", "actor", ctx.Self().String(),
+					"panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+				panic(r)
+			}
+		}()
+		cont(res, err)
+	})
+}

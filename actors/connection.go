@@ -18,9 +18,11 @@ package actors
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -416,7 +418,26 @@ func (c *connActor) report(ctx actor.Context) {
 // connSetupDone, or released in Stopping if the actor stops first.
 func (c *connActor) setup(ctx context.Context) {
 	defer c.wg.Done()
-	var msg any
+	msg := c.setupRecovered(ctx)
+	if _, ok := msg.(*connSetupFailed); ok && c.cfg.client != nil {
+		// The refusal reply is written; closing with the client's request still unread would send a
+		// reset that can overtake it. Half-close, discard what is left for a moment, then close.
+		lingerClose(c.cfg.client, 500*time.Millisecond)
+	}
+	c.result <- msg
+	c.system.Root.Send(c.self, &connSetupDone{})
+}
+
+// setupRecovered runs the setup, which parses untrusted input (a proxy client's handshake, a
+// tunnel client's connect request): a panic there is logged with its stack and ends this
+// connection with internal_error; the process and every other connection go on.
+func (c *connActor) setupRecovered(ctx context.Context) (msg any) {
+	defer func() {
+		if r := recover(); r != nil {
+			c.cfg.logger.Error("connection setup panicked", "conn", c.cfg.id, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			msg = &connSetupFailed{reason: messages.EndInternalError, err: fmt.Errorf("internal error: %v", r)}
+		}
+	}()
 	switch c.cfg.kind {
 	case connProxy:
 		msg = c.setupProxy(ctx)
@@ -432,13 +453,7 @@ func (c *connActor) setup(ctx context.Context) {
 	case connFlowTCP, connFlowUDP:
 		msg = c.setupFlow(ctx)
 	}
-	if _, ok := msg.(*connSetupFailed); ok && c.cfg.client != nil {
-		// The refusal reply is written; closing with the client's request still unread would send a
-		// reset that can overtake it. Half-close, discard what is left for a moment, then close.
-		lingerClose(c.cfg.client, 500*time.Millisecond)
-	}
-	c.result <- msg
-	c.system.Root.Send(c.self, &connSetupDone{})
+	return msg
 }
 
 func (c *connActor) setupProxy(ctx context.Context) any {

@@ -11,6 +11,7 @@ package actors
 // signaling goes last because everything before it may still publish.
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -42,8 +43,14 @@ type EngineStarted struct {
 // *messages.OpenTunnelResponse.
 type OpenTunnel struct{ Config TunnelConfig }
 
-// TunnelSpawned answers OpenTunnel.
-type TunnelSpawned struct{ PID *actor.PID }
+// TunnelSpawned answers OpenTunnel: the tunnel's PID, or why none was spawned.
+type TunnelSpawned struct {
+	PID *actor.PID
+	Err error
+}
+
+// ErrNoSignaling: the engine lost its signaling actor and can negotiate nothing any more.
+var ErrNoSignaling = errors.New("engine has no signaling (lost): restart it")
 
 // Shutdown stops everything in order; the reply is *ShutdownResponse when all has stopped. Force
 // skips what is left of the tunnels' drains.
@@ -63,6 +70,7 @@ type engineActor struct {
 	stats     map[string]*messages.ConnectionStats // by role: "client", "exit"
 	// exitRespawns: when the exit was replaced after stopping unexpectedly, within exitRespawnWindow
 	exitRespawns []time.Time
+	exitServing  bool // the exit said it serves (ExitReady without Err): only then is its stop a loss
 }
 
 // An exit lost more than exitRespawnLimit times within exitRespawnWindow is not replaced again.
@@ -103,6 +111,7 @@ func NewEngineProps(cfg EngineConfig) *actor.Props {
 func (e *engineActor) Receive(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *ExitReady:
+		e.exitServing = m.Err == nil
 		if e.starter != nil {
 			ctx.Send(e.starter, &EngineStarted{Signaling: e.signaling, Exit: m, Err: m.Err})
 			e.starter = nil
@@ -156,6 +165,10 @@ func (e *engineActor) running(ctx actor.Context) {
 		e.starter = ctx.Sender()
 		e.spawnExit(ctx)
 	case *OpenTunnel:
+		if e.signaling == nil {
+			ctx.Respond(&TunnelSpawned{Err: ErrNoSignaling})
+			return
+		}
 		tc := m.Config
 		tc.Signaling, tc.Events = e.signaling, ctx.Self()
 		if tc.Logger == nil {
@@ -169,6 +182,10 @@ func (e *engineActor) running(ctx actor.Context) {
 		delete(e.tunnels, m.Who.Id)
 		switch {
 		case e.exit != nil && m.Who.Equal(e.exit):
+			if !e.exitServing {
+				e.exit = nil // it failed to start and said so (ExitReady with Err): nothing to replace
+				return
+			}
 			e.exitLost(ctx)
 		case e.signaling != nil && m.Who.Equal(e.signaling):
 			e.signaling = nil
@@ -221,7 +238,13 @@ func (e *engineActor) shuttingDown(ctx actor.Context) {
 // pings now find their sessions unknown) reconnect to it — unless exits were lost too often, when
 // the role is given up rather than restarted in a loop.
 func (e *engineActor) exitLost(ctx actor.Context) {
-	e.exit = nil
+	e.exit, e.exitServing = nil, false
+	if e.signaling == nil {
+		action := "not replaced: no signaling"
+		e.cfg.Logger.Error("exit stopped unexpectedly", "action", action)
+		e.lost(ctx, "exit", action)
+		return
+	}
 	now := time.Now()
 	recent := e.exitRespawns[:0]
 	for _, at := range e.exitRespawns {

@@ -154,27 +154,19 @@ func (e *exitActor) starting(ctx actor.Context) {
 		e.waiting = len(e.cfg.StaticPeers) + 1
 		for _, sp := range e.cfg.StaticPeers {
 			e.keys[sp.PublicKey] = "static"
-			var allowed []netip.Prefix
-			for _, a := range sp.Addresses {
-				allowed = append(allowed, netip.PrefixFrom(a, a.BitLen()))
-			}
-			name := sp.Name
-			f := ctx.RequestFuture(e.device, &addPeer{publicKey: sp.PublicKey, allowedIPs: allowed, sessionID: "static-" + name}, 5*time.Second)
-			ctx.ReenterAfter(f, func(res any, err error) {
-				if r, ok := res.(*addPeerResponse); ok {
-					if err = r.err; err == nil {
-						e.static[name] = r.pid
-					}
-				}
+			e.addStatic(ctx, sp, func(err error) {
 				if err != nil {
-					e.failStart(ctx, fmt.Errorf("static peer %s: %w", name, err))
+					e.failStart(ctx, fmt.Errorf("static peer %s: %w", sp.Name, err))
 					return
 				}
 				e.confirmed(ctx)
 			})
 		}
 		f := ctx.RequestFuture(e.cfg.Signaling, &serveExit{exitID: e.cfg.ID, exit: ctx.Self()}, 5*time.Second)
-		ctx.ReenterAfter(f, func(res any, err error) {
+		reenter(ctx, f, func(res any, err error) {
+			if e.stopped() {
+				return
+			}
 			if r, ok := res.(*serveExitResponse); ok {
 				err = r.err
 			}
@@ -186,6 +178,10 @@ func (e *exitActor) starting(ctx actor.Context) {
 		})
 	case *deviceFailed:
 		e.failStart(ctx, m.err)
+	case *actor.Terminated:
+		if m.Who.Equal(e.device) {
+			e.failStart(ctx, errors.New("device stopped while starting"))
+		}
 	case *sessionRequested:
 		ctx.Respond(&sessionGranted{err: &signaling.WireError{Code: messages.ErrCodeUnavailable, Message: "exit starting"}})
 	case *sessionPinged:
@@ -246,6 +242,10 @@ func (e *exitActor) serving(ctx actor.Context) {
 			ctx.Stop(ctx.Self())
 			return
 		}
+		if name, ok := e.staticByPID(m.Who); ok {
+			e.staticLost(ctx, name)
+			return
+		}
 		if s := e.byPeer[m.Who.Id]; s != nil {
 			delete(e.byPeer, m.Who.Id)
 			delete(e.sessions, s.id)
@@ -296,9 +296,16 @@ func (e *exitActor) grant(ctx actor.Context, req *messages.SessionRequest) {
 	f := ctx.RequestFuture(e.device, &addPeer{
 		publicKey: key, allowedIPs: []netip.Prefix{netip.PrefixFrom(addr, addr.BitLen())}, sessionID: req.SessionID,
 	}, 5*time.Second)
-	ctx.ReenterAfter(f, func(res any, err error) {
+	reenter(ctx, f, func(res any, err error) {
 		goneAlready := e.pending[req.SessionID]
 		delete(e.pending, req.SessionID)
+		if e.stopped() { // the exit is stopping: its goodbyes went out already; this session never starts
+			if r, ok := res.(*addPeerResponse); ok && r.err == nil {
+				ctx.Stop(r.pid)
+			}
+			err = errors.New("exit shutting down")
+			res = nil
+		}
 		if r, ok := res.(*addPeerResponse); ok {
 			err = r.err
 			if err == nil {
@@ -342,7 +349,10 @@ func (e *exitActor) armSweep(ctx actor.Context) {
 // without a goodbye would otherwise keep its WireGuard peer and address for the exit's lifetime.
 func (e *exitActor) sweep(ctx actor.Context) {
 	f := ctx.RequestFuture(e.device, &getPeerStats{}, time.Second)
-	ctx.ReenterAfter(f, func(res any, err error) {
+	reenter(ctx, f, func(res any, err error) {
+		if e.stopped() {
+			return
+		}
 		defer e.armSweep(ctx)
 		st, ok := res.(*peerStats)
 		if err != nil || !ok || st.err != nil {

@@ -222,7 +222,7 @@ func (k *keepaliveActor) after(ctx actor.Context, d time.Duration, msg any) {
 func (k *keepaliveActor) checkDataPlane(ctx actor.Context) {
 	gen := k.gen
 	f := ctx.RequestFuture(k.leg.device, &getPeerStats{}, k.policy.Interval)
-	ctx.ReenterAfter(f, func(res any, err error) {
+	reenter(ctx, f, func(res any, err error) {
 		if !k.current(gen) || k.probing {
 			return
 		}
@@ -246,7 +246,7 @@ func (k *keepaliveActor) rebase(ctx actor.Context) {
 	}
 	gen := k.gen
 	f := ctx.RequestFuture(k.leg.device, &getPeerStats{}, k.policy.Interval)
-	ctx.ReenterAfter(f, func(res any, err error) {
+	reenter(ctx, f, func(res any, err error) {
 		if st, ok := res.(*peerStats); k.current(gen) && err == nil && ok && st.err == nil {
 			k.lastRx = st.rxBytes
 		}

@@ -121,7 +121,7 @@ type tunnelActor struct {
 	sigOK     bool         // signaling as last reported
 	attempt   int          // reconnection attempts that failed so far
 	exitBase  int          // index in exits() of the first exit to try
-	released  *leg         // the old leg whose release a reconnect waits for
+	released  *leg         // the old leg whose release a reconnect or reconfigure waits for
 	retryT    *time.Timer  // next reconnection attempt
 	parkT     *time.Timer  // next parked-connection deadline
 	parked    []parkedConn // proxy connections waiting for a reconnect; owned until handed on
@@ -242,6 +242,7 @@ func (t *tunnelActor) up(ctx actor.Context) {
 		old := t.current
 		t.current = nil // new connections are refused until the new leg is up
 		ctx.Send(t.keepalive, &stopMonitoring{})
+		t.released = old // the new leg starts once this one's device has terminated (legReleased)
 		t.releaseLeg(ctx, old)
 	}
 }
@@ -356,9 +357,12 @@ func (t *tunnelActor) legReleased(ctx actor.Context, l *leg) {
 		t.nextAttempt(ctx) // the old device, netstack and bind are gone: now the first attempt
 		return
 	}
-	if t.state == messages.StateReconfiguring && t.pending == nil && t.current == nil && !t.stopping && l.purpose != legReconfigure {
-		// The old device, netstack and bind are gone: only now create the new ones.
-		t.pending = t.startLeg(ctx, t.info.ExitID, legReconfigure)
+	if l == t.released {
+		t.released = nil
+		if t.state == messages.StateReconfiguring && t.pending == nil && t.current == nil && !t.stopping {
+			// The old device, netstack and bind are gone: only now create the new ones.
+			t.pending = t.startLeg(ctx, t.info.ExitID, legReconfigure)
+		}
 	}
 }
 
@@ -443,17 +447,19 @@ func (t *tunnelActor) onStopping(ctx actor.Context) {
 		_ = p.c.Close()
 	}
 	t.parked = nil
-	for _, l := range t.legs {
-		if l.timer != nil {
-			l.timer.Stop()
-		}
-		t.legGoodbye(ctx, l, t.closeReason())
-	}
+	// Local resources first (bounded wait: the accept loops end when their listener closes), then
+	// the goodbyes, which only send messages.
 	t.closeListeners()
 	for _, l := range t.listeners {
 		if l.end != nil {
 			<-l.end
 		}
+	}
+	for _, l := range t.legs {
+		if l.timer != nil {
+			l.timer.Stop()
+		}
+		t.legGoodbye(ctx, l, t.closeReason())
 	}
 }
 

@@ -164,7 +164,7 @@ func (t *tunnelActor) legEvent(ctx actor.Context, msg any) {
 			endpoint:   l.endpoint, keepalive: t.cfg.Keepalive, sessionID: l.sessionID,
 			probe: &l.dialer, notify: ctx.Self(), probeLimit: time.Until(l.deadline),
 		}, max(time.Until(l.deadline), time.Millisecond))
-		ctx.ReenterAfter(f, func(res any, err error) {
+		reenter(ctx, f, func(res any, err error) {
 			if r, ok := res.(*addPeerResponse); ok && r.err != nil {
 				err = r.err
 			}
@@ -210,6 +210,10 @@ func (t *tunnelActor) legEvent(ctx actor.Context, msg any) {
 				t.legReleased(ctx, l)
 				return
 			}
+			// The device stopped by itself (it failed, or panicked): it is released already, so
+			// the leg has no device left to stop. (A watched child reports Terminated twice; the
+			// second finds no leg.)
+			l.device = nil
 			t.legGone(ctx, l, fmt.Errorf("%w: device stopped", ErrDeviceFailed))
 		}
 	}

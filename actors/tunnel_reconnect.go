@@ -61,6 +61,9 @@ func (t *tunnelActor) reconnect(ctx actor.Context, cause string, next bool) {
 		t.releaseLeg(ctx, old) // the first attempt starts once its device has terminated (legReleased)
 		return
 	}
+	if t.released != nil {
+		return // a leg lost during a switch is still being released: legReleased starts the first attempt
+	}
 	t.nextAttempt(ctx)
 }
 
@@ -135,6 +138,9 @@ func (t *tunnelActor) currentLost(ctx actor.Context, cause string) {
 	ctx.Send(t.keepalive, &stopMonitoring{})
 	t.cfg.Logger.Warn("current exit lost during a switch", "cause", cause)
 	if old != nil {
+		if old.device != nil && old.state != legReleasing {
+			t.released = old // a reconnect after a failed switch waits for its release
+		}
 		t.releaseLeg(ctx, old)
 	}
 }

@@ -31,11 +31,12 @@ const (
 	EndEngineShutdown EndReason = "engine_shutdown" // the engine shut down
 	EndProtocolError  EndReason = "protocol_error"  // the client's proxy or connect request was malformed
 	EndError          EndReason = "error"           // any other I/O error
+	EndInternalError  EndReason = "internal_error"  // Warren itself failed (a panic while setting up), logged with its stack
 )
 
 // AllEndReasons lists the set, for documentation and exhaustive stats.
 var AllEndReasons = []EndReason{EndNormal, EndReset, EndTimeout, EndInactivity, EndMaxLifetime, EndLimit,
-	EndPolicyDenied, EndDialFailed, EndTunnelClosed, EndDrainTimeout, EndEngineShutdown, EndProtocolError, EndError}
+	EndPolicyDenied, EndDialFailed, EndTunnelClosed, EndDrainTimeout, EndEngineShutdown, EndProtocolError, EndError, EndInternalError}
 
 // ConnectionEnded is emitted once per connection when its actor has stopped and released both sockets.
 type ConnectionEnded struct {
