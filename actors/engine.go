@@ -133,6 +133,13 @@ func (e *engineActor) Receive(ctx actor.Context) {
 		st.Bytes.In += m.BytesIn
 		st.Bytes.Out += m.BytesOut
 		return
+	case *GetExitStatus:
+		if e.exit == nil {
+			ctx.Respond(&ExitStatus{})
+			return
+		}
+		ctx.Forward(e.exit)
+		return
 	case *GetEngineStats:
 		out := map[string]messages.ConnectionStats{}
 		for role, st := range e.stats {

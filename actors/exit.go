@@ -35,19 +35,25 @@ type StaticPeer struct {
 
 // ExitConfig is an exit, resolved and validated by the engine.
 type ExitConfig struct {
-	ID                 string
-	PrivateKey         signaling.Key
-	Listen             netip.AddrPort // UDP bind
-	Endpoint           netip.AddrPort // advertised to clients; invalid: the bound address
-	Subnet             netip.Prefix   // tunnel addresses; the exit takes the first host address
-	MTU                int
-	ConnectPort        uint16
-	Egress             netstack.EgressPolicy
-	StaticPeers        []StaticPeer
-	AllowedClients     []string     // identity ids; empty admits any client with a valid signature
-	Conn               ConnTimeouts // for forwarded connections (Setup is the destination dial)
-	UDPIdle            time.Duration
-	MaxConnsPerSession int // flows at once per session or static peer; 0 unlimited
+	ID                   string
+	PrivateKey           signaling.Key
+	Listen               netip.AddrPort // UDP bind
+	Endpoint             netip.AddrPort // advertised to clients; invalid: the bound address
+	Subnet               netip.Prefix   // tunnel addresses; the exit takes the first host address
+	MTU                  int
+	ConnectPort          uint16
+	Egress               netstack.EgressPolicy
+	StaticPeers          []StaticPeer
+	AllowedClients       []string     // identity ids admitted (besides Open and operator-certified clients)
+	Open                 bool         // admit any client with a valid signature
+	Operators            []string     // operator public keys: clients they certify are admitted
+	Certificate          string       // this exit's operator certificate, presented in every response
+	MaxSessionsPerClient int          // sessions at once per client identity; 0 unlimited
+	RequestRate          float64      // session requests per second per client identity; 0 unlimited
+	RequestBurst         int          // the rate's burst
+	Conn                 ConnTimeouts // for forwarded connections (Setup is the destination dial)
+	UDPIdle              time.Duration
+	MaxConnsPerSession   int // flows at once per session or static peer; 0 unlimited
 	// SessionIdle releases a session whose client sent nothing for this long (it died without a
 	// goodbye: live tunnels send keepalives and health probes). 0: never.
 	SessionIdle time.Duration
@@ -71,6 +77,7 @@ type exitSession struct {
 	key          signaling.Key
 	lastRx       int64     // the peer's receive counter at the last sweep
 	lastActive   time.Time // when it last moved (or the session opened)
+	lastPing     int64     // timestamp of the last ping answered: older ones are replays
 	peer         *actor.PID
 	addrs        []netip.Addr
 }
@@ -92,6 +99,7 @@ type exitActor struct {
 	ready    *ExitReady                         // what to announce once waiting reaches 0
 	stopWhy  atomic.Pointer[messages.EndReason] // engine_shutdown once the exit stops; read by its connections
 	sweepT   *time.Timer                        // next idle-session sweep; stopped in Stopping
+	adm      admission                          // replay cache, rate buckets, sessions per client (exit_admission.go)
 }
 
 // NewExitProps returns the props of an exit actor.
@@ -100,13 +108,17 @@ func NewExitProps(cfg ExitConfig) *actor.Props {
 	return props(func() actor.Actor {
 		e := &exitActor{cfg: cfg, behavior: actor.NewBehavior(), used: map[netip.Addr]bool{},
 			sessions: map[string]*exitSession{}, byPeer: map[string]*exitSession{}, pending: map[string]bool{},
-			static: map[string]*actor.PID{}, keys: map[signaling.Key]string{}}
+			static: map[string]*actor.PID{}, keys: map[signaling.Key]string{}, adm: newAdmission()}
 		e.behavior.Become(e.starting)
 		return e
 	})
 }
 
 func (e *exitActor) Receive(ctx actor.Context) {
+	if _, ok := ctx.Message().(*GetExitStatus); ok {
+		ctx.Respond(e.status())
+		return
+	}
 	if _, ok := ctx.Message().(*actor.Stopping); ok {
 		why := messages.EndEngineShutdown
 		e.stopWhy.Store(&why)
@@ -215,8 +227,7 @@ func (e *exitActor) serving(ctx actor.Context) {
 	case *sessionRequested:
 		e.grant(ctx, m.req)
 	case *sessionPinged:
-		_, known := e.sessions[m.sessionID]
-		ctx.Respond(&sessionPong{known: known})
+		ctx.Respond(e.answerPing(m))
 	case *sweepSessions:
 		e.sweep(ctx)
 	case *sessionClosedByClient:
@@ -249,6 +260,7 @@ func (e *exitActor) serving(ctx actor.Context) {
 		if s := e.byPeer[m.Who.Id]; s != nil {
 			delete(e.byPeer, m.Who.Id)
 			delete(e.sessions, s.id)
+			e.releaseClient(s.clientID)
 			delete(e.keys, s.key)
 			for _, a := range s.addrs {
 				delete(e.used, a)
@@ -268,26 +280,29 @@ func (e *exitActor) grant(ctx actor.Context, req *messages.SessionRequest) {
 		refuse(messages.ErrCodeBadRequest, "request for exit %q reached exit %q", req.ExitID, e.cfg.ID)
 		return
 	}
-	if err := signaling.VerifySessionRequest(req, time.Now()); err != nil {
+	now := time.Now()
+	if err := signaling.VerifySessionRequest(req, now); err != nil {
 		refuse(messages.ErrCodeForbidden, "%v", err)
 		return
 	}
-	if !e.admits(req.ClientID) {
-		refuse(messages.ErrCodeForbidden, "client not allowed")
+	if _, busy := e.pending[req.SessionID]; busy {
+		refuse(messages.ErrCodeReplayed, "request already seen")
 		return
 	}
-	if _, busy := e.pending[req.SessionID]; busy || e.sessions[req.SessionID] != nil {
-		refuse(messages.ErrCodeBadRequest, "session id in use")
+	if code, text := e.admitRequest(req, now); code != "" {
+		refuse(code, "%s", text)
 		return
 	}
 	key, _ := signaling.ParseKey(req.WGPublicKey) // validated by the codec
 	if _, used := e.keys[key]; used {
 		// wireguard-go would update the existing peer (and take its address): refuse instead.
+		e.releaseClient(req.ClientID)
 		refuse(messages.ErrCodeBadRequest, "wireguard key in use")
 		return
 	}
 	addr, err := e.allocate()
 	if err != nil {
+		e.releaseClient(req.ClientID)
 		refuse(messages.ErrCodeExhausted, "%v", err)
 		return
 	}
@@ -313,12 +328,14 @@ func (e *exitActor) grant(ctx actor.Context, req *messages.SessionRequest) {
 					lastRx: -1, lastActive: time.Now()}
 				e.sessions[s.id], e.byPeer[r.pid.Id] = s, s
 				ctx.Watch(r.pid)
-				ctx.Respond(&sessionGranted{resp: &messages.SessionResponse{
+				resp := &messages.SessionResponse{
 					SessionID: req.SessionID, ExitWGPublicKey: e.cfg.PrivateKey.Public().String(),
 					Endpoint: e.endpoint.String(), ClientAddresses: []string{addr.String()},
 					ExitAddresses: []string{e.addr.String()}, ConnectPort: e.cfg.ConnectPort, MTU: e.cfg.MTU,
-					ExitIdentity: e.cfg.Identity.ID(),
-				}})
+					ExitID: e.cfg.ID, ClientID: req.ClientID, Certificate: e.cfg.Certificate,
+				}
+				e.cfg.Identity.SignSessionResponse(resp, time.Now())
+				ctx.Respond(&sessionGranted{resp: resp})
 				e.cfg.Logger.Info("session opened", "session", s.id, "client", s.clientID, "address", addr)
 				emit(ctx, e.cfg.Events, &messages.SessionOpened{ExitID: e.cfg.ID, SessionID: s.id, ClientID: s.clientID, ClientAddresses: s.addrs})
 				if goneAlready {
@@ -330,6 +347,11 @@ func (e *exitActor) grant(ctx actor.Context, req *messages.SessionRequest) {
 		}
 		delete(e.used, addr)
 		delete(e.keys, key)
+		e.releaseClient(req.ClientID)
+		if e.stopped() {
+			refuse(messages.ErrCodeUnavailable, "%v", err)
+			return
+		}
 		refuse(messages.ErrCodeInternal, "add peer: %v", err)
 	})
 }
@@ -371,18 +393,6 @@ func (e *exitActor) sweep(ctx actor.Context) {
 			}
 		}
 	})
-}
-
-func (e *exitActor) admits(clientID string) bool {
-	if len(e.cfg.AllowedClients) == 0 {
-		return true
-	}
-	for _, id := range e.cfg.AllowedClients {
-		if id == clientID {
-			return true
-		}
-	}
-	return false
 }
 
 var errPoolExhausted = errors.New("tunnel address pool exhausted")

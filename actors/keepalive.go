@@ -46,9 +46,10 @@ type HealthPolicy struct {
 
 // monitorLeg starts watching a leg (replacing any other).
 type monitorLeg struct {
-	device            *actor.PID
-	dialer            netstack.Dialer
-	exitID, sessionID string
+	device                          *actor.PID
+	dialer                          netstack.Dialer
+	exitID, sessionID, exitIdentity string // exitIdentity signs the pongs (verified when the session was granted)
+	sigOK                           bool   // signaling's health as the tunnel has it now
 }
 
 // stopMonitoring stops watching (reconnecting, draining).
@@ -109,7 +110,7 @@ func (k *keepaliveActor) Receive(ctx actor.Context) {
 		ctx.Send(k.signaling, &watchNATS{pid: ctx.Self()})
 	case *monitorLeg:
 		k.reset()
-		k.leg, k.lastRx, k.failures, k.sigFails = m, -1, 0, 0
+		k.leg, k.lastRx, k.failures, k.sigFails, k.sigOK = m, -1, 0, 0, m.sigOK
 		k.after(ctx, k.policy.Interval, &kaTick{gen: k.gen})
 		k.after(ctx, k.policy.SignalingInterval, &kaSigTick{gen: k.gen})
 	case *stopMonitoring:
@@ -185,9 +186,9 @@ func (k *keepaliveActor) reset() {
 // ping asks the exit over signaling whether it still holds the session, and arms the next ping.
 func (k *keepaliveActor) ping(ctx actor.Context) {
 	gen, sessionID := k.gen, k.leg.sessionID
-	f := ctx.RequestFuture(k.signaling, &pingExit{exitID: k.leg.exitID, sessionID: sessionID, timeout: k.policy.SignalingTimeout},
+	f := ctx.RequestFuture(k.signaling, &pingExit{exitID: k.leg.exitID, sessionID: sessionID, exitIdentity: k.leg.exitIdentity, timeout: k.policy.SignalingTimeout},
 		k.policy.SignalingTimeout+time.Second)
-	ctx.ReenterAfter(f, func(res any, err error) {
+	reenter(ctx, f, func(res any, err error) {
 		if !k.current(gen) {
 			return
 		}

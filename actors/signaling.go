@@ -10,7 +10,6 @@ package actors
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -30,6 +29,11 @@ type SignalingConfig struct {
 	Server   *server.Server // embedded server, or nil
 	Logger   *slog.Logger
 	ClientID string // this engine's identity: exits' goodbyes arrive on its events subject
+	// Identity signs this engine's pings (as a client) and its refusals and pongs (as an exit).
+	Identity *signaling.Identity
+	Stats    *SignalingStats // counted by the actor and its request goroutines; nil: not kept
+	// ExitCertificate is this engine's exit certificate, presented with its signed refusals.
+	ExitCertificate string
 }
 
 // sendExitGoodbye publishes an exit's goodbye to a client; fire and forget.
@@ -56,10 +60,11 @@ type exitSaidGoodbye struct {
 
 type inboundClientEvent struct{ msg *nats.Msg }
 
-// pingExit asks an exit whether it still holds a session; the requester hears one *pingReply.
+// pingExit asks an exit whether it still holds a session; the requester hears one *pingReply. Only
+// a pong signed by exitIdentity (the session's exit, trusted when the session was granted) counts.
 type pingExit struct {
-	exitID, sessionID string
-	timeout           time.Duration
+	exitID, sessionID, exitIdentity string
+	timeout                         time.Duration
 }
 
 type pingReply struct {
@@ -67,10 +72,17 @@ type pingReply struct {
 	err   error
 }
 
-// sessionPinged asks the exit actor whether it holds a session; it replies *sessionPong.
-type sessionPinged struct{ sessionID string }
+// sessionPinged asks the exit actor whether it holds a session for the client that signed the
+// ping at ts; it replies *sessionPong.
+type sessionPinged struct {
+	sessionID, clientID string
+	ts                  int64
+}
 
-type sessionPong struct{ known bool }
+type sessionPong struct {
+	known bool
+	err   *signaling.WireError // the ping is refused: another client's session, or replayed
+}
 
 // DropConnection closes the NATS connection at once, without flushing: nothing more is published
 // (Engine.Kill). The reply is *DropConnectionResponse.
@@ -95,10 +107,12 @@ type watchedSession struct {
 	exitIdentity string
 }
 
-// requestSession asks an exit for a session; the requester hears one *sessionReply.
+// requestSession asks an exit for a session; the requester hears one *sessionReply. Only an answer
+// signed by an identity that trust accepts for exitID counts.
 type requestSession struct {
 	exitID  string
 	req     *messages.SessionRequest
+	trust   signaling.ExitTrust
 	timeout time.Duration
 	tag     int // returned in the reply
 }
@@ -140,25 +154,26 @@ type inboundRPC struct {
 	exit *actor.PID
 }
 
-// maxInFlight bounds session requests waiting for their exit's answer; more are refused with
-// "unavailable" instead of piling up in the mailbox.
-const maxInFlight = 256
-
 type signalingActor struct {
-	cfg      SignalingConfig
-	inFlight int
-	watched  map[string]watchedSession // session id → the tunnel to tell of the exit's goodbye
-	natsUp   NATSState
-	natsSubs map[string]*actor.PID // watchers of NATSState, by PID id
-	subs     []*nats.Subscription
-	ctx      context.Context // cancelled in Stopping; ends outstanding requests
-	cancel   context.CancelFunc
-	wg       sync.WaitGroup // outstanding request goroutines
+	cfg       SignalingConfig
+	inFlight  int                       // session requests the exit actor is answering
+	queue     []queuedRequest           // session requests waiting their turn (signaling_exit.go)
+	watched   map[string]watchedSession // session id → the tunnel to tell of the exit's goodbye
+	natsUp    NATSState
+	natsSubs  map[string]*actor.PID // watchers of NATSState, by PID id
+	subs      []*nats.Subscription
+	clientSub *nats.Subscription // this engine's client subject; from the first watched session on
+	ctx       context.Context    // cancelled in Stopping; ends outstanding requests
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup // outstanding request goroutines
 }
 
 // NewSignalingProps returns the props of the signaling actor.
 func NewSignalingProps(cfg SignalingConfig) *actor.Props {
 	cfg.Logger = orDiscard(cfg.Logger).With("actor", "signaling")
+	if cfg.Stats == nil {
+		cfg.Stats = &SignalingStats{}
+	}
 	return props(func() actor.Actor { return &signalingActor{cfg: cfg} })
 }
 
@@ -169,17 +184,7 @@ func (s *signalingActor) Receive(ctx actor.Context) {
 		s.watched = map[string]watchedSession{}
 		s.natsSubs = map[string]*actor.PID{}
 		s.natsUp = NATSState{Connected: s.cfg.Conn.IsConnected(), URL: s.cfg.Conn.ConnectedUrlRedacted()}
-		if s.cfg.ClientID != "" {
-			system, self := ctx.ActorSystem(), ctx.Self()
-			sub, err := s.cfg.Conn.Subscribe(signaling.ClientSubject(s.cfg.ClientID), func(msg *nats.Msg) {
-				system.Root.Send(self, &inboundClientEvent{msg: msg})
-			})
-			if err != nil {
-				s.cfg.Logger.Error("subscribe to client events", "err", err)
-			} else {
-				s.subs = append(s.subs, sub)
-			}
-		}
+
 	case *NATSState:
 		if m.Connected != s.natsUp.Connected {
 			lvl := slog.LevelWarn
@@ -230,6 +235,7 @@ func (s *signalingActor) Receive(ctx actor.Context) {
 	case *inboundRPC:
 		s.handleRPC(ctx, m)
 	case *requestSession:
+		s.subscribeClientEvents(ctx)
 		s.request(ctx, m)
 	case *sendGoodbye:
 		data, err := signaling.Encode(messages.TypeSessionClose, m.close)
@@ -240,6 +246,10 @@ func (s *signalingActor) Receive(ctx actor.Context) {
 			s.cfg.Logger.Warn("goodbye not sent", "exit", m.exitID, "session", m.close.SessionID, "err", err)
 		}
 	case *actor.Stopping:
+		for _, q := range s.queue { // they would only time out: say so now (flushed below)
+			s.refuseSigned(q.msg, q.req.SessionID, q.req.ClientID, messages.ErrCodeUnavailable, "exit shutting down")
+		}
+		s.queue = nil
 		s.cancel()
 		s.wg.Wait()
 		for _, sub := range s.subs {
@@ -254,10 +264,32 @@ func (s *signalingActor) Receive(ctx actor.Context) {
 	}
 }
 
+// subscribeClientEvents subscribes to this engine's client subject (exits' goodbyes) at its first
+// session request: an engine that only serves an exit never subscribes, so NATS permissions for
+// exits need not name a client subject (docs/security.md). The subscription goes out on the
+// connection before the request does, so the server has it before any exit can answer. It stays
+// until the actor stops.
+func (s *signalingActor) subscribeClientEvents(ctx actor.Context) {
+	if s.clientSub != nil || s.cfg.ClientID == "" {
+		return
+	}
+	system, self := ctx.ActorSystem(), ctx.Self()
+	sub, err := s.cfg.Conn.Subscribe(signaling.ClientSubject(s.cfg.ClientID), func(msg *nats.Msg) {
+		system.Root.Send(self, &inboundClientEvent{msg: msg})
+	})
+	if err != nil {
+		s.cfg.Logger.Error("subscribe to client events", "err", err)
+		return
+	}
+	s.clientSub = sub
+	s.subs = append(s.subs, sub)
+}
+
 // handleClientEvent takes an exit's goodbye: valid, for a watched session, signed by that session's exit.
 func (s *signalingActor) handleClientEvent(ctx actor.Context, msg *nats.Msg) {
 	body, err := signaling.Decode(msg.Data)
 	if err != nil {
+		s.cfg.Stats.Forged.Add(1)
 		s.cfg.Logger.Warn("client event refused", "subject", msg.Subject, "reason", err)
 		return
 	}
@@ -272,161 +304,15 @@ func (s *signalingActor) handleClientEvent(ctx actor.Context, msg *nats.Msg) {
 		return
 	}
 	if c.Signer != w.exitIdentity {
+		s.cfg.Stats.Forged.Add(1)
 		s.cfg.Logger.Warn("exit goodbye refused", "session", c.SessionID, "reason", "not signed by the session's exit")
 		return
 	}
 	if err := signaling.VerifySessionClose(c, time.Now()); err != nil {
+		s.cfg.Stats.Forged.Add(1)
 		s.cfg.Logger.Warn("exit goodbye refused", "session", c.SessionID, "reason", err)
 		return
 	}
 	delete(s.watched, c.SessionID)
 	ctx.Send(w.tunnel, &exitSaidGoodbye{sessionID: c.SessionID, reason: c.Reason})
-}
-
-func (s *signalingActor) refuse(msg *nats.Msg, code, text string) {
-	s.cfg.Logger.Warn("signaling message refused", "subject", msg.Subject, "code", code, "reason", text, "bytes", len(msg.Data))
-	if msg.Reply == "" {
-		return
-	}
-	_ = msg.Respond(signaling.EncodeError(code, text))
-}
-
-func (s *signalingActor) handleRPC(ctx actor.Context, m *inboundRPC) {
-	body, err := signaling.Decode(m.msg.Data)
-	if err != nil {
-		var we *signaling.WireError
-		if errors.As(err, &we) {
-			s.refuse(m.msg, we.Code, we.Message)
-		} else {
-			s.refuse(m.msg, messages.ErrCodeBadRequest, err.Error())
-		}
-		return
-	}
-	switch b := body.(type) {
-	case *messages.SessionRequest:
-		if m.msg.Reply == "" {
-			s.refuse(m.msg, messages.ErrCodeBadRequest, "session request without a reply subject")
-			return
-		}
-		if s.inFlight >= maxInFlight {
-			s.refuse(m.msg, messages.ErrCodeUnavailable, "too many session requests in flight")
-			return
-		}
-		s.inFlight++
-		msg := m.msg
-		f := ctx.RequestFuture(m.exit, &sessionRequested{req: b}, 5*time.Second)
-		ctx.ReenterAfter(f, func(res any, err error) {
-			s.inFlight--
-			g, ok := res.(*sessionGranted)
-			switch {
-			case err != nil || !ok:
-				s.refuse(msg, messages.ErrCodeUnavailable, fmt.Sprintf("exit did not answer: %v", err))
-			case g.err != nil:
-				s.refuse(msg, g.err.Code, g.err.Message)
-			default:
-				data, err := signaling.Encode(messages.TypeSessionResponse, g.resp)
-				if err != nil {
-					s.refuse(msg, messages.ErrCodeInternal, err.Error())
-					return
-				}
-				_ = msg.Respond(data)
-			}
-		})
-	case *messages.SessionClose:
-		ctx.Send(m.exit, &sessionClosedByClient{close: b})
-	case *messages.SessionPing:
-		if m.msg.Reply == "" {
-			return
-		}
-		msg, id := m.msg, b.SessionID
-		f := ctx.RequestFuture(m.exit, &sessionPinged{sessionID: id}, 2*time.Second)
-		ctx.ReenterAfter(f, func(res any, err error) {
-			p, ok := res.(*sessionPong)
-			if err != nil || !ok {
-				s.refuse(msg, messages.ErrCodeUnavailable, fmt.Sprintf("exit did not answer: %v", err))
-				return
-			}
-			if data, err := signaling.Encode(messages.TypeSessionPong, &messages.SessionPong{SessionID: id, Known: p.known}); err == nil {
-				_ = msg.Respond(data)
-			}
-		})
-	default:
-		s.refuse(m.msg, messages.ErrCodeUnknownType, fmt.Sprintf("%T is not a request", body))
-	}
-}
-
-// request runs one NATS request in a goroutine the actor owns (cancelled and awaited in Stopping)
-// and sends the outcome straight to the requester.
-func (s *signalingActor) request(ctx actor.Context, m *requestSession) {
-	data, err := signaling.Encode(messages.TypeSessionRequest, m.req)
-	requester, system := ctx.Sender(), ctx.ActorSystem()
-	if err != nil {
-		ctx.Send(requester, &sessionReply{tag: m.tag, err: err})
-		return
-	}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		rctx, cancel := context.WithTimeout(s.ctx, m.timeout)
-		defer cancel()
-		reply := &sessionReply{tag: m.tag}
-		msg, err := s.cfg.Conn.RequestWithContext(rctx, signaling.ExitSubject(m.exitID), data)
-		switch {
-		case errors.Is(err, nats.ErrNoResponders):
-			reply.err = fmt.Errorf("%w: no exit %q is serving", ErrExitUnreachable, m.exitID)
-		case err != nil:
-			reply.err = fmt.Errorf("%w: exit %q: %w", ErrExitUnreachable, m.exitID, err)
-		default:
-			reply.resp, reply.err = decodeSessionReply(msg.Data, m.req.SessionID)
-		}
-		system.Root.Send(requester, reply)
-	}()
-}
-
-// ping runs one session ping in a goroutine the actor owns and answers the requester directly.
-func (s *signalingActor) ping(ctx actor.Context, m *pingExit) {
-	requester, system := ctx.Sender(), ctx.ActorSystem()
-	data, err := signaling.Encode(messages.TypeSessionPing, &messages.SessionPing{SessionID: m.sessionID})
-	if err != nil || !s.cfg.Conn.IsConnected() {
-		if err == nil {
-			err = fmt.Errorf("%w: not connected", signaling.ErrNATSUnavailable)
-		}
-		ctx.Send(requester, &pingReply{err: err})
-		return
-	}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		rctx, cancel := context.WithTimeout(s.ctx, m.timeout)
-		defer cancel()
-		reply := &pingReply{}
-		msg, err := s.cfg.Conn.RequestWithContext(rctx, signaling.ExitSubject(m.exitID), data)
-		if err != nil {
-			reply.err = fmt.Errorf("ping exit %q: %w", m.exitID, err)
-		} else if body, err := signaling.Decode(msg.Data); err != nil {
-			reply.err = fmt.Errorf("ping exit %q: %w", m.exitID, err)
-		} else if p, ok := body.(*messages.SessionPong); ok && p.SessionID == m.sessionID {
-			reply.known = p.Known
-		} else {
-			reply.err = fmt.Errorf("ping exit %q: unexpected reply %T", m.exitID, body)
-		}
-		system.Root.Send(requester, reply)
-	}()
-}
-
-func decodeSessionReply(data []byte, sessionID string) (*messages.SessionResponse, error) {
-	body, err := signaling.Decode(data)
-	if err != nil {
-		return nil, fmt.Errorf("%w: malformed reply: %w", ErrSessionRefused, err)
-	}
-	switch b := body.(type) {
-	case *messages.SessionResponse:
-		if b.SessionID != sessionID {
-			return nil, fmt.Errorf("%w: reply for another session", ErrSessionRefused)
-		}
-		return b, nil
-	case *messages.ErrorResponse:
-		return nil, fmt.Errorf("%w: %w", ErrSessionRefused, &signaling.WireError{Code: b.Code, Message: b.Message})
-	}
-	return nil, fmt.Errorf("%w: unexpected reply %T", ErrSessionRefused, body)
 }

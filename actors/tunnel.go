@@ -70,6 +70,8 @@ type TunnelConfig struct {
 	Backoff           Backoff
 	ReconnectWait     time.Duration // how long a proxy connection waits for a reconnect
 	Identity          *signaling.Identity
+	Trust             signaling.ExitTrust // which identities may answer for this tunnel's exits
+	Certificate       string              // this client's operator certificate, sent with requests
 	Signaling         *actor.PID
 	Events            *actor.PID
 	Logger            *slog.Logger
@@ -296,7 +298,7 @@ func (t *tunnelActor) legUp(ctx actor.Context, l *leg, rtt time.Duration) {
 		t.transition(ctx, messages.StateUp, fmt.Sprintf("handshake completed with %s, probe rtt %v", l.exitID, rtt.Round(time.Microsecond)))
 		t.behavior.Become(t.up)
 		t.startAccepting(ctx)
-		t.monitor(ctx, l)
+		t.watchNewLeg(ctx, l)
 		t.reply(ctx, nil)
 	case l == t.pending && l.purpose == legSwitch:
 		old := t.current
@@ -304,7 +306,7 @@ func (t *tunnelActor) legUp(ctx actor.Context, l *leg, rtt time.Duration) {
 		t.info.ExitID = l.exitID
 		t.transition(ctx, messages.StateUp, fmt.Sprintf("switched to %s (probe rtt %v)", l.exitID, rtt.Round(time.Microsecond)))
 		t.behavior.Become(t.up)
-		t.monitor(ctx, l)
+		t.watchNewLeg(ctx, l)
 		t.answerWaiter(ctx, nil)
 		if old != nil && old.state == legUp {
 			t.drainLeg(ctx, old, t.drainFor)
@@ -314,7 +316,7 @@ func (t *tunnelActor) legUp(ctx actor.Context, l *leg, rtt time.Duration) {
 		t.current, t.pending = l, nil
 		t.transition(ctx, messages.StateUp, fmt.Sprintf("reconfigured with %s (probe rtt %v)", l.exitID, rtt.Round(time.Microsecond)))
 		t.behavior.Become(t.up)
-		t.monitor(ctx, l)
+		t.watchNewLeg(ctx, l)
 		t.answerWaiter(ctx, nil)
 		t.restoreDegraded(ctx)
 	case l == t.pending && l.purpose == legReconnect:

@@ -62,9 +62,18 @@ func (t *tunnelActor) restoreDegraded(ctx actor.Context) {
 	}
 }
 
-// monitor points the keepalive actor at the current leg.
+// monitor points the keepalive actor at the current leg; signaling's health stays as last heard.
 func (t *tunnelActor) monitor(ctx actor.Context, l *leg) {
-	ctx.Send(t.keepalive, &monitorLeg{device: l.device, dialer: l.dialer, exitID: l.exitID, sessionID: l.sessionID})
+	ctx.Send(t.keepalive, &monitorLeg{device: l.device, dialer: l.dialer, exitID: l.exitID, sessionID: l.sessionID,
+		exitIdentity: l.session.ExitIdentity, sigOK: t.sigOK})
+}
+
+// watchNewLeg points the keepalive at a leg that has just been negotiated: its session request
+// and answer went through signaling, which proves signaling works now, so failures heard against
+// an earlier exit do not make the new leg Degraded.
+func (t *tunnelActor) watchNewLeg(ctx actor.Context, l *leg) {
+	t.sigOK = true
+	t.monitor(ctx, l)
 }
 
 // health handles the keepalive actor's reports.

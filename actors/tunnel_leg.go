@@ -87,9 +87,9 @@ func (t *tunnelActor) startLeg(ctx actor.Context, exitID string, purpose legPurp
 	}
 	l.deadline = time.Now().Add(limit)
 	l.timer = t.sendAfter(ctx, limit, &legTimedOut{leg: l.id})
-	req := &messages.SessionRequest{SessionID: l.sessionID, ExitID: exitID, WGPublicKey: key.Public().String()}
+	req := &messages.SessionRequest{SessionID: l.sessionID, ExitID: exitID, WGPublicKey: key.Public().String(), Certificate: t.cfg.Certificate}
 	t.cfg.Identity.SignSessionRequest(req, time.Now())
-	ctx.Request(t.cfg.Signaling, &requestSession{exitID: exitID, req: req, timeout: limit, tag: l.id})
+	ctx.Request(t.cfg.Signaling, &requestSession{exitID: exitID, req: req, trust: t.cfg.Trust, timeout: limit, tag: l.id})
 	return l
 }
 

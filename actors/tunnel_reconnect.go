@@ -121,7 +121,7 @@ func (t *tunnelActor) reconnected(ctx actor.Context, l *leg, rtt time.Duration) 
 	}
 	t.transition(ctx, messages.StateUp, "reconnected to "+l.exitID+" after "+itoa(uint16(min(t.attempt+1, 65535)))+" attempt(s), probe rtt "+rtt.Round(time.Microsecond).String())
 	t.behavior.Become(t.up)
-	t.monitor(ctx, l)
+	t.watchNewLeg(ctx, l)
 	parked := t.parked
 	t.parked = nil
 	for _, p := range parked {

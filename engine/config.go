@@ -54,17 +54,58 @@ type Config struct {
 	Identity string       `yaml:"identity"`
 	Exit     *ExitConfig  `yaml:"exit"`
 	Tunnels  []TunnelSpec `yaml:"tunnels"`
+	// Trust says which exits this engine's tunnels accept and which operators certify exits and
+	// clients (docs/security.md).
+	Trust    TrustConfig  `yaml:"trust"`
 	Logger   *slog.Logger `yaml:"-"`         // nil: discard
 	LogLevel string       `yaml:"log_level"` // for cmd/engine: debug, info, warn, error
 }
 
-// NATSConfig says where signaling runs.
+// TrustConfig is the engine's trust on a shared NATS bus (docs/security.md).
+type TrustConfig struct {
+	// Operators are operator public keys (`engine keygen --operator`). Their exit certificates make
+	// exits trusted by this engine's tunnels; their client certificates admit clients to this
+	// engine's exit.
+	Operators []string `yaml:"operators"`
+	// Certificate is this engine's client certificate from an operator (`engine certify --kind
+	// client`), sent with its session requests.
+	Certificate string `yaml:"certificate"`
+	// AnyExit accepts any identity for an exit that is not pinned and presents no certificate from
+	// a trusted operator. Insecure on a shared bus (anyone may answer as the exit): logged at warn
+	// on every start. Not needed with the embedded NATS server and no listener (a private bus).
+	AnyExit bool `yaml:"any_exit"`
+}
+
+// NATSConfig says where signaling runs and how the engine logs in (docs/security.md).
 type NATSConfig struct {
-	// URLs of NATS servers (several for a cluster). Empty: start an embedded server.
+	// URLs of NATS servers (several for a cluster). Empty: start an embedded server, which this
+	// engine reaches in-process (no TCP).
 	URLs []string `yaml:"urls"`
-	// EmbeddedHost is the address the embedded server listens on (random port). Default 127.0.0.1.
+	// EmbeddedListen is a TCP address (IP:port, port 0 picks one) on which the embedded server also
+	// takes other engines (of this process or others). Empty: no listener at all. Off loopback it needs User and
+	// Password, or Token, which the embedded server then requires of every client.
+	EmbeddedListen string `yaml:"embedded_listen"`
+	// Deprecated: replaced by EmbeddedListen (the embedded server no longer listens unless asked);
+	// setting it is a configuration error that says so.
 	EmbeddedHost   string   `yaml:"embedded_host"`
 	ConnectTimeout Duration `yaml:"connect_timeout"` // default 5s
+
+	// Credentials: at most one of User and Password, Token, NKeySeedFile, CredentialsFile.
+	User            string `yaml:"user"`
+	Password        string `yaml:"password"`
+	Token           string `yaml:"token"`
+	NKeySeedFile    string `yaml:"nkey_seed_file"`   // a file holding an NKey user seed (SU…)
+	CredentialsFile string `yaml:"credentials_file"` // a .creds file: user JWT and NKey seed
+	// TLS to the servers in URLs. Any field set turns TLS on.
+	TLS NATSTLSConfig `yaml:"tls"`
+}
+
+// NATSTLSConfig is the TLS of the connection to NATS.
+type NATSTLSConfig struct {
+	CAFile     string `yaml:"ca_file"`     // PEM CA certificates that sign the servers'; default: the system's roots
+	CertFile   string `yaml:"cert_file"`   // PEM client certificate, for servers that verify clients
+	KeyFile    string `yaml:"key_file"`    // its PEM private key
+	ServerName string `yaml:"server_name"` // the name the server's certificate must carry; default: the URL's host
 }
 
 // ExitConfig makes this engine an exit.
@@ -82,11 +123,26 @@ type ExitConfig struct {
 	ConnectPort    uint16       `yaml:"connect_port"` // default 7070
 	Egress         EgressConfig `yaml:"egress"`
 	StaticPeers    []StaticPeer `yaml:"static_peers"`
-	AllowedClients []string     `yaml:"allowed_clients"`  // client identity ids; empty admits any signed client
-	ConnectTimeout Duration     `yaml:"connect_timeout"`  // per destination dial; default 10s
-	UDPIdleTimeout Duration     `yaml:"udp_idle_timeout"` // default 60s
-	Connections    ConnLimits   `yaml:"connections"`      // forwarded TCP connections
-	// MaxConnectionsPerSession bounds a session's (or static peer's) flows at once; 0 unlimited.
+	AllowedClients []string     `yaml:"allowed_clients"` // client identity ids admitted (besides operator-certified clients)
+	// Open admits any client with a valid signature. Required for an exit on a shared bus (nats.urls
+	// or nats.embedded_listen) that has neither allowed_clients nor trust.operators; implied on a
+	// private embedded bus.
+	Open bool `yaml:"open"`
+	// Certificate is this exit's certificate from an operator (`engine certify --kind exit`),
+	// presented in every session response; clients that trust the operator then trust this exit.
+	Certificate string `yaml:"certificate"`
+	// MaxSessionsPerClient bounds the sessions one client identity holds at once; default 16, -1 unlimited.
+	MaxSessionsPerClient int `yaml:"max_sessions_per_client"`
+	// RequestsPerSecond bounds one client identity's session requests (a token bucket of
+	// RequestBurst); over it the request is refused "unavailable" and the client retries. Default
+	// 10, -1 unlimited.
+	RequestsPerSecond float64    `yaml:"requests_per_second"`
+	RequestBurst      int        `yaml:"request_burst"`    // default 20
+	ConnectTimeout    Duration   `yaml:"connect_timeout"`  // per destination dial; default 10s
+	UDPIdleTimeout    Duration   `yaml:"udp_idle_timeout"` // default 60s
+	Connections       ConnLimits `yaml:"connections"`      // forwarded TCP connections
+	// MaxConnectionsPerSession bounds a session's (or static peer's) flows at once; default 1024,
+	// -1 unlimited. Each flow holds a host socket on the exit.
 	MaxConnectionsPerSession int `yaml:"max_connections_per_session"`
 	// SessionIdleTimeout releases a session whose client sent nothing for this long (a client
 	// that died without a goodbye; live tunnels send keepalives and probes). Default 3m; negative: never.
@@ -142,8 +198,12 @@ type TunnelSpec struct {
 	MaxConnections          int      `yaml:"max_connections"`            // at once through this tunnel; default 4096, -1 unlimited
 	MaxConnectionsPerSource int      `yaml:"max_connections_per_source"` // at once from one source address; 0 unlimited
 	// Exits are failover exits, tried in order after Exit when the tunnel has to reconnect.
-	Exits  []string     `yaml:"exits"`
-	Health HealthConfig `yaml:"health"`
+	Exits []string `yaml:"exits"`
+	// Pins maps exit ids (Exit's and the failover exits') to the only identity accepted for each
+	// (the exit engine's `ClientID`, printed by `engine keygen --identity`). A pinned exit that
+	// answers with another identity is refused, even with a valid certificate.
+	Pins   map[string]string `yaml:"pins"`
+	Health HealthConfig      `yaml:"health"`
 }
 
 // HealthConfig is a tunnel's health policy (docs/health.md). Zero values take the defaults.
@@ -191,6 +251,11 @@ const (
 	DefaultCloseGrace       = time.Second
 	DefaultMaxConnections   = 4096
 	DefaultDrainTimeout     = 5 * time.Second
+	// Exit admission limits (docs/security.md).
+	DefaultMaxSessionsPerClient     = 16
+	DefaultRequestsPerSecond        = 10
+	DefaultRequestBurst             = 20
+	DefaultMaxConnectionsPerSession = 1024
 )
 
 type resolvedLimits struct {
@@ -234,24 +299,28 @@ func (c *Config) Validate() error {
 			return fieldErr("identity", "%v", err)
 		}
 	}
-	for i, u := range c.NATS.URLs {
-		if u == "" {
-			return fieldErr(fmt.Sprintf("nats.urls[%d]", i), "empty")
-		}
-	}
-	if h := c.NATS.EmbeddedHost; h != "" {
-		if _, err := netip.ParseAddr(h); err != nil {
-			return fieldErr("nats.embedded_host", "%v", err)
-		}
+	if _, err := c.NATS.resolve(); err != nil {
+		return err
 	}
 	switch c.LogLevel {
 	case "", "debug", "info", "warn", "error":
 	default:
 		return fieldErr("log_level", "%q is not one of debug, info, warn, error", c.LogLevel)
 	}
+	if err := c.Trust.validate(c.Identity); err != nil {
+		return err
+	}
 	if c.Exit != nil {
 		if _, err := c.Exit.resolve(); err != nil {
 			return err
+		}
+		if c.Exit.Certificate != "" {
+			if err := checkExitCert(c.Exit.Certificate, c.Exit.ID, c.Identity); err != nil {
+				return err
+			}
+		}
+		if c.NATS.shared() && !c.Exit.Open && len(c.Exit.AllowedClients) == 0 && len(c.Trust.Operators) == 0 {
+			return fieldErr("exit.allowed_clients", "an exit on a shared NATS bus must name allowed_clients, trust operators that certify clients, or declare open: true")
 		}
 	}
 	names := map[string]bool{}
@@ -263,7 +332,81 @@ func (c *Config) Validate() error {
 		if names[t.name] {
 			return fieldErr(fmt.Sprintf("tunnels[%d].name", i), "%q used twice", t.name)
 		}
+		if err := c.checkTunnelTrust(&c.Tunnels[i], fmt.Sprintf("tunnels[%d]", i)); err != nil {
+			return err
+		}
 		names[t.name] = true
+	}
+	return nil
+}
+
+// shared reports whether others may reach this engine's NATS bus: configured servers, or an
+// embedded server that listens. A private bus (the embedded server reached in-process only) has no
+// one else on it.
+func (n NATSConfig) shared() bool { return len(n.URLs) > 0 || n.EmbeddedListen != "" }
+
+func (t TrustConfig) validate(identity string) error {
+	for i, op := range t.Operators {
+		if err := signaling.ValidIdentity(op); err != nil {
+			return fieldErr(fmt.Sprintf("trust.operators[%d]", i), "%v", err)
+		}
+	}
+	if t.Certificate == "" {
+		return nil
+	}
+	if identity == "" {
+		return fieldErr("trust.certificate", "needs identity: a certificate certifies one identity, and without one the engine makes a fresh one at every start")
+	}
+	c, err := signaling.DecodeCertificate(t.Certificate, time.Now())
+	if err != nil {
+		return fieldErr("trust.certificate", "%v", err)
+	}
+	id, _ := signaling.ParseIdentity(identity) // checked before
+	if c.Kind != signaling.CertClient || c.Identity != id.ID() {
+		return fieldErr("trust.certificate", "must be a client certificate for this engine's identity")
+	}
+	return nil
+}
+
+func checkExitCert(cert, exitID, identity string) error {
+	if identity == "" {
+		return fieldErr("exit.certificate", "needs identity: a certificate certifies one identity, and without one the engine makes a fresh one at every start")
+	}
+	c, err := signaling.DecodeCertificate(cert, time.Now())
+	if err != nil {
+		return fieldErr("exit.certificate", "%v", err)
+	}
+	id, _ := signaling.ParseIdentity(identity) // checked before
+	switch {
+	case c.Kind != signaling.CertExit:
+		return fieldErr("exit.certificate", "a %s certificate, not an exit certificate", c.Kind)
+	case c.ID != exitID:
+		return fieldErr("exit.certificate", "certifies exit %q, not %q", c.ID, exitID)
+	case c.Identity != id.ID():
+		return fieldErr("exit.certificate", "certifies another identity than this engine's")
+	}
+	return nil
+}
+
+// checkTunnelTrust: on a shared bus, every exit of a tunnel must be pinned or operator-certified,
+// unless the config trusts any exit explicitly.
+func (c *Config) checkTunnelTrust(t *TunnelSpec, path string) error {
+	for id, pin := range t.Pins {
+		if err := signaling.ValidIdentity(pin); err != nil {
+			return fieldErr(path+".pins."+id, "%v", err)
+		}
+	}
+	return checkSpecTrust(c.NATS, c.Trust, t, path)
+}
+
+func checkSpecTrust(n NATSConfig, tr TrustConfig, t *TunnelSpec, path string) error {
+	if !n.shared() || tr.AnyExit || len(tr.Operators) > 0 {
+		return nil
+	}
+	for _, id := range append([]string{t.Exit}, t.Exits...) {
+		if _, ok := t.Pins[id]; !ok {
+			return fieldErr(path+".pins", "exit %q is not pinned: on a shared NATS bus name its identity here, trust an operator that certifies it (trust.operators), or set trust.any_exit", id)
+		}
 	}
 	return nil
 }
@@ -356,6 +499,9 @@ type resolvedExit struct {
 	port     uint16
 	egress   netstack.EgressPolicy
 	static   []staticPeer
+	// admission limits; 0 unlimited
+	maxFlows, maxSessions, burst int
+	rate                         float64
 }
 
 type staticPeer struct {
@@ -464,13 +610,44 @@ func (x *ExitConfig) resolve() (resolvedExit, error) {
 	if r.limits, err = x.Connections.resolve("exit.connections"); err != nil {
 		return r, err
 	}
-	if x.MaxConnectionsPerSession < 0 {
-		return r, fieldErr("exit.max_connections_per_session", "must not be negative")
+	if r.maxFlows, err = limitOr("exit.max_connections_per_session", x.MaxConnectionsPerSession, DefaultMaxConnectionsPerSession); err != nil {
+		return r, err
+	}
+	if r.maxSessions, err = limitOr("exit.max_sessions_per_client", x.MaxSessionsPerClient, DefaultMaxSessionsPerClient); err != nil {
+		return r, err
+	}
+	switch {
+	case x.RequestsPerSecond == -1:
+	case x.RequestsPerSecond < 0 || x.RequestsPerSecond > 1e6:
+		return r, fieldErr("exit.requests_per_second", "%v: must be -1 (unlimited), 0 (default %d) or up to 1e6", x.RequestsPerSecond, DefaultRequestsPerSecond)
+	case x.RequestsPerSecond == 0:
+		r.rate = DefaultRequestsPerSecond
+	default:
+		r.rate = x.RequestsPerSecond
+	}
+	if r.burst, err = limitOr("exit.request_burst", x.RequestBurst, DefaultRequestBurst); err != nil {
+		return r, err
+	}
+	if r.rate > 0 && r.burst == 0 {
+		return r, fieldErr("exit.request_burst", "-1 (unlimited) makes no sense with a request rate: give a burst of at least 1")
 	}
 	for i, id := range x.AllowedClients {
-		if err := signaling.ValidID(id); err != nil {
+		if err := signaling.ValidIdentity(id); err != nil {
 			return r, fieldErr(fmt.Sprintf("exit.allowed_clients[%d]", i), "%v", err)
 		}
 	}
 	return r, nil
+}
+
+// limitOr resolves a count limit: 0 takes def, -1 is unlimited (0 for the actors), others must be positive.
+func limitOr(field string, v, def int) (int, error) {
+	switch {
+	case v == 0:
+		return def, nil
+	case v == -1:
+		return 0, nil
+	case v < 0:
+		return 0, fieldErr(field, "%d: must be -1 (unlimited), 0 (default %d) or positive", v, def)
+	}
+	return v, nil
 }

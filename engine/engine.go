@@ -32,9 +32,11 @@ var (
 	ErrExitUnreachable  = actors.ErrExitUnreachable
 	ErrDeviceFailed     = actors.ErrDeviceFailed
 	ErrNATSUnavailable  = signaling.ErrNATSUnavailable
+	ErrNATSAuth         = signaling.ErrNATSAuth
 	ErrExitGone         = actors.ErrExitGone
 	ErrBusy             = actors.ErrBusy
 	ErrNotUp            = actors.ErrNotUp
+	ErrNoSignaling      = actors.ErrNoSignaling
 )
 
 // EventKind names a kind of Event.
@@ -82,6 +84,7 @@ type Engine struct {
 	events   chan Event // closed by Close once shutdown has completely finished
 	dropped  atomic.Int64
 	panics   atomic.Int64 // actor panics seen by supervisors (a statistic; no lifecycle state)
+	sigStats actors.SignalingStats
 	// sinkMu orders the engine actor's sends on events with Close's close of it, for the case where
 	// a shutdown that ran out of time leaves the engine actor alive for a moment.
 	sinkMu     sync.Mutex
@@ -133,6 +136,41 @@ func (e *Engine) Events() <-chan Event { return e.events }
 // DroppedEvents counts events lost to a slow Events consumer.
 func (e *Engine) DroppedEvents() int64 { return e.dropped.Load() }
 
+// ExitStatus is the state of this engine's exit: sessions and tunnel addresses.
+type ExitStatus = actors.ExitStatus
+
+// ExitStatus reports the exit's sessions and address pool (zero without an exit).
+func (e *Engine) ExitStatus(ctx context.Context) (ExitStatus, error) {
+	if e.pid == nil {
+		return ExitStatus{}, ErrNotStarted
+	}
+	res, err := await(ctx, e.system.Root.RequestFuture(e.pid, &actors.GetExitStatus{}, untilDeadline(ctx, 5*time.Second)))
+	if err != nil {
+		if errors.Is(err, actor.ErrDeadLetter) {
+			return ExitStatus{}, ErrEngineClosed
+		}
+		return ExitStatus{}, err
+	}
+	return *res.(*actors.ExitStatus), nil
+}
+
+// SignalingStats counts signaling messages dropped or refused since Start (docs/security.md).
+type SignalingStats struct {
+	Forged     int64 // replies, pongs and goodbyes that failed verification or answered another request
+	Unsigned   int64 // unsigned refusals (never taken as answers)
+	Untrusted  int64 // answers signed by an identity not trusted for that exit
+	Replayed   int64 // requests this engine's exit had seen before
+	Refused    int64 // requests this engine's exit refused, for any reason
+	Unanswered int64 // requests that found no exit, or were told to retry
+}
+
+// SignalingStats returns the counters of dropped and refused signaling messages.
+func (e *Engine) SignalingStats() SignalingStats {
+	s := &e.sigStats
+	return SignalingStats{Forged: s.Forged.Load(), Unsigned: s.Unsigned.Load(), Untrusted: s.Untrusted.Load(),
+		Replayed: s.Replayed.Load(), Refused: s.Refused.Load(), Unanswered: s.Unanswered.Load()}
+}
+
 // ActorPanics counts actors that panicked and were stopped by their supervisors since Start. Each
 // is logged at error with its stack and reported as EventActorPanicked; a healthy engine has none.
 func (e *Engine) ActorPanics() int64 { return e.panics.Load() }
@@ -140,15 +178,19 @@ func (e *Engine) ActorPanics() int64 { return e.panics.Load() }
 // ClientID is this engine's identity as exits see it.
 func (e *Engine) ClientID() string { return e.identity.ID() }
 
-// NATSConnectedURL is the NATS server the engine is connected to right now ("" while disconnected).
+// NATSConnectedURL is the NATS server the engine is connected to right now ("" while disconnected;
+// signaling.InProcessURL when connected in-process to its embedded server). Passwords are redacted.
 func (e *Engine) NATSConnectedURL() string {
 	if e.nc == nil {
 		return ""
 	}
-	return e.nc.ConnectedUrl()
+	return e.nc.ConnectedUrlRedacted()
 }
 
-// NATSURL is the signaling server in use (the embedded one's URL when none was configured).
+// NATSURL is where other engines join this engine's signaling: the first of nats.urls; for the
+// embedded server, its listener's client URL (nats://IP:port, loopback when it listens on every
+// interface) if nats.embedded_listen is set, else "": the server has no listener and only this
+// engine, connected in-process, can reach it.
 func (e *Engine) NATSURL() string { return e.natsURL }
 
 // Exit describes the exit this engine serves, if any.
@@ -160,7 +202,8 @@ func (e *Engine) Exit() (ExitInfo, bool) {
 }
 
 // Start connects signaling (starting the embedded NATS server if no URL is configured), starts the
-// actors, and brings the exit up if one is configured. It returns when the exit serves.
+// actors, and brings the exit up if one is configured. It returns when the exit serves. A refused
+// NATS login wraps ErrNATSAuth, any other NATS failure ErrNATSUnavailable.
 func (e *Engine) Start(ctx context.Context) error {
 	select {
 	case <-e.closed:
@@ -171,34 +214,48 @@ func (e *Engine) Start(ctx context.Context) error {
 		return errors.New("engine already started")
 	}
 	var srv *server.Server
-	urls := e.cfg.NATS.URLs
-	timeout := orDuration(e.cfg.NATS.ConnectTimeout, 5*time.Second)
-	if len(urls) == 0 {
-		host := e.cfg.NATS.EmbeddedHost
-		if host == "" {
-			host = "127.0.0.1"
-		}
-		var err error
-		if srv, err = signaling.StartEmbedded(host, timeout); err != nil {
-			return err
-		}
-		urls = []string{srv.ClientURL()}
+	n, err := e.cfg.NATS.resolve()
+	if err != nil {
+		return err
 	}
-	e.natsURL = urls[0]
-	nc, err := signaling.Connect(urls, "warren-"+e.identity.ID()[:8], timeout, e.logger, func(s signaling.ConnState) {
-		// nats.go's goroutine: hand the change to the signaling actor as a message.
-		if pid := e.sigPID.Load(); pid != nil && e.system != nil {
-			e.system.Root.Send(pid, &actors.NATSState{Connected: s.Status == nats.CONNECTED, URL: s.URL, Err: s.Err})
+	timeout := n.timeout
+	copts := signaling.ConnectOptions{URLs: n.urls, Name: "warren-" + e.identity.ID()[:8], Timeout: timeout,
+		User: n.user, Password: n.password, Token: n.token, NKeySeedFile: n.nkeySeed, CredentialsFile: n.creds,
+		TLS: n.tls, Logger: e.logger,
+		// Replies come to _INBOX.<client id>.…, so server permissions can give each client its own inbox.
+		InboxPrefix: "_INBOX." + e.identity.ID(),
+		OnState: func(s signaling.ConnState) {
+			// nats.go's goroutine: hand the change to the signaling actor as a message.
+			if pid := e.sigPID.Load(); pid != nil && e.system != nil {
+				e.system.Root.Send(pid, &actors.NATSState{Connected: s.Status == nats.CONNECTED, URL: s.URL, Err: s.Err})
+			}
+		}}
+	if len(n.urls) == 0 {
+		// The embedded server: this engine connects in-process; it listens only if asked.
+		if srv, err = signaling.StartEmbedded(signaling.EmbeddedOptions{Listen: n.listen, User: n.user,
+			Password: n.password, Token: n.token, Ready: timeout}); err != nil {
+			if n.listen.IsValid() {
+				return fmt.Errorf("start engine: nats.embedded_listen %s: %w", n.listen, err)
+			}
+			return fmt.Errorf("start engine: %w", err)
 		}
-	})
+		copts.InProcess = srv
+		e.natsURL = signaling.EmbeddedURL(srv)
+	} else {
+		e.natsURL = n.urls[0]
+	}
+	nc, err := signaling.Connect(copts)
 	if err != nil {
 		if srv != nil {
 			srv.Shutdown()
 			srv.WaitForShutdown()
 		}
-		return err
+		return fmt.Errorf("start engine: %w%s", err, connectHint(err))
 	}
 
+	if e.cfg.Trust.AnyExit && e.cfg.NATS.shared() {
+		e.logger.Warn("trust.any_exit: tunnels accept any identity for exits that are neither pinned nor certified; anyone on the NATS bus can answer as an exit")
+	}
 	protoLog := e.logger.With("component", "protoactor")
 	e.system = actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger {
 		return slog.New(levelFloor{protoLog.Handler(), slog.LevelWarn})
@@ -218,9 +275,10 @@ func (e *Engine) Start(ctx context.Context) error {
 	})
 	e.unsubscribe = func() { system.EventStream.Unsubscribe(panicSub) }
 	ecfg := actors.EngineConfig{
-		Signaling: actors.SignalingConfig{Conn: nc, Server: srv, Logger: e.logger, ClientID: e.identity.ID()},
-		Sink:      e.sink,
-		Logger:    e.logger,
+		Signaling: actors.SignalingConfig{Conn: nc, Server: srv, Logger: e.logger, ClientID: e.identity.ID(),
+			Identity: e.identity, Stats: &e.sigStats, ExitCertificate: exitCert(e.cfg.Exit)},
+		Sink:   e.sink,
+		Logger: e.logger,
 	}
 	if x := e.cfg.Exit; x != nil {
 		xc, err := e.exitConfig(x)
@@ -280,14 +338,25 @@ func (e *Engine) exitConfig(x *ExitConfig) (actors.ExitConfig, error) {
 	}
 	xc := actors.ExitConfig{ID: x.ID, PrivateKey: r.key, Listen: r.listen, Endpoint: r.endpoint, Subnet: r.subnet,
 		MTU: r.mtu, ConnectPort: r.port, Egress: r.egress, AllowedClients: x.AllowedClients,
+		// Validate refuses an exit on a shared bus that would admit anyone without saying so.
+		Open:      x.Open || (len(x.AllowedClients) == 0 && len(e.cfg.Trust.Operators) == 0),
+		Operators: e.cfg.Trust.Operators, Certificate: x.Certificate,
+		MaxSessionsPerClient: r.maxSessions, RequestRate: r.rate, RequestBurst: r.burst,
 		Conn:    r.limits.timeouts(orDuration(x.ConnectTimeout, DefaultConnectTimeout)),
-		UDPIdle: orDuration(x.UDPIdleTimeout, DefaultUDPIdleTimeout), MaxConnsPerSession: x.MaxConnectionsPerSession,
+		UDPIdle: orDuration(x.UDPIdleTimeout, DefaultUDPIdleTimeout), MaxConnsPerSession: r.maxFlows,
 		SessionIdle: sessionIdle(x.SessionIdleTimeout),
 		Logger:      e.logger, Identity: e.identity}
 	for _, sp := range r.static {
 		xc.StaticPeers = append(xc.StaticPeers, actors.StaticPeer{Name: sp.name, PublicKey: sp.key, Addresses: sp.addrs})
 	}
 	return xc, nil
+}
+
+func exitCert(x *ExitConfig) string {
+	if x == nil {
+		return ""
+	}
+	return x.Certificate
 }
 
 func sessionIdle(d Duration) time.Duration {

@@ -65,13 +65,16 @@ func tunnelChildren(t *testing.T, tun *Tunnel) *actors.TunnelChildren {
 // death, which the tunnel would otherwise never notice. Done three times on the same tunnel.
 func TestKeepaliveLostIsReplaced(t *testing.T) {
 	exitCfg := func() Config {
-		return Config{Exit: &ExitConfig{ID: "ka-exit", Listen: "127.0.0.1:0", Egress: EgressConfig{AllowLoopback: true}}}
+		return Config{Exit: &ExitConfig{ID: "ka-exit", Listen: "127.0.0.1:0", Egress: EgressConfig{AllowLoopback: true}, Open: true},
+			// a listener, so that the client engine can join its embedded NATS server
+			NATS: NATSConfig{EmbeddedListen: "127.0.0.1:0"}}
 	}
 	x := startTestEngine(t, exitCfg())
 	client := startTestEngine(t, Config{NATS: NATSConfig{URLs: []string{x.NATSURL()}}})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	tun, err := client.OpenTunnel(ctx, TunnelSpec{Exit: "ka-exit", SOCKS: "127.0.0.1:0", UDPBind: "127.0.0.1"})
+	tun, err := client.OpenTunnel(ctx, TunnelSpec{Exit: "ka-exit", SOCKS: "127.0.0.1:0", UDPBind: "127.0.0.1",
+		Pins: map[string]string{"ka-exit": x.ClientID()}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/warren-tunnel/warren/actors"
 	"github.com/warren-tunnel/warren/messages"
+	"github.com/warren-tunnel/warren/signaling"
 )
 
 // TunnelInfo describes a tunnel at one moment.
@@ -48,6 +49,14 @@ func (e *Engine) OpenTunnel(ctx context.Context, spec TunnelSpec) (*Tunnel, erro
 	if err != nil {
 		return nil, err
 	}
+	for id, pin := range spec.Pins {
+		if err := signaling.ValidIdentity(pin); err != nil {
+			return nil, fieldErr("tunnel.pins."+id, "%v", err)
+		}
+	}
+	if err := checkSpecTrust(e.cfg.NATS, e.cfg.Trust, &spec, "tunnel"); err != nil {
+		return nil, err
+	}
 	if spec.Name == "" {
 		r.name = "tunnel-" + randomHex(4)
 	}
@@ -62,12 +71,18 @@ func (e *Engine) OpenTunnel(ctx context.Context, spec TunnelSpec) (*Tunnel, erro
 		MaxConns: r.maxConns, MaxConnsPerSource: spec.MaxConnectionsPerSource,
 		DrainTimeout: orDuration(spec.DrainTimeout, DefaultDrainTimeout),
 		Exits:        spec.Exits, Health: r.health, Backoff: r.backoff, ReconnectWait: r.reconnectWait,
-		Identity: e.identity, ReplyTo: up.PID()}
+		Identity: e.identity, ReplyTo: up.PID(), Certificate: e.cfg.Trust.Certificate,
+		Trust: signaling.ExitTrust{Pins: spec.Pins, Operators: e.cfg.Trust.Operators,
+			// On a private bus (embedded server, no listener) no one else can answer.
+			AnyExit: e.cfg.Trust.AnyExit || !e.cfg.NATS.shared()}}
 	res, err := e.system.Root.RequestFuture(e.pid, &actors.OpenTunnel{Config: cfg}, 5*time.Second).Result()
 	if err != nil {
 		return nil, fmt.Errorf("open tunnel: %w", err)
 	}
 	spawned, _ := res.(*actors.TunnelSpawned)
+	if spawned != nil && spawned.Err != nil {
+		return nil, fmt.Errorf("open tunnel %s: %w", r.name, spawned.Err)
+	}
 	if spawned == nil || spawned.PID == nil {
 		return nil, ErrEngineClosed
 	}

@@ -31,8 +31,11 @@ type SessionRequest struct {
 	ExitID      string `json:"exit_id"`       // the exit asked
 	ClientID    string `json:"client_id"`     // the client's long-term ed25519 public key, base64
 	WGPublicKey string `json:"wg_public_key"` // the session's fresh WireGuard public key, base64
-	Timestamp   int64  `json:"ts"`            // Unix milliseconds when signed
-	Signature   string `json:"sig"`           // ed25519 signature by ClientID over the fields above, base64
+	// Certificate is the client's operator certificate, if it has one (exits may admit
+	// operator-certified clients besides allowed_clients).
+	Certificate string `json:"cert,omitempty"`
+	Timestamp   int64  `json:"ts"`  // Unix milliseconds when signed
+	Signature   string `json:"sig"` // ed25519 signature by ClientID over the fields above, base64
 }
 
 // SessionResponse grants a session: everything the client needs to configure its device.
@@ -44,7 +47,13 @@ type SessionResponse struct {
 	ExitAddresses   []string `json:"exit_addresses"`     // the exit's tunnel addresses; the connect service listens on the first
 	ConnectPort     uint16   `json:"connect_port"`       // TCP port of the exit's connect service
 	MTU             int      `json:"mtu"`
-	ExitIdentity    string   `json:"exit_identity"` // the exit's ed25519 identity: it signs the exit's goodbye
+	ExitIdentity    string   `json:"exit_identity"` // the exit's ed25519 identity: it signs this response, pongs and goodbyes
+	ExitID          string   `json:"exit_id"`       // the exit that answers
+	ClientID        string   `json:"client_id"`     // the client it answers: a response is bound to one request
+	// Certificate is the exit's operator certificate binding ExitID to ExitIdentity, if it has one.
+	Certificate string `json:"cert,omitempty"`
+	Timestamp   int64  `json:"ts"`  // Unix milliseconds when signed
+	Signature   string `json:"sig"` // ed25519 by ExitIdentity over all the fields above
 }
 
 // SessionClose ends a session: a goodbye from whichever side is leaving. A client sends it to the
@@ -58,16 +67,25 @@ type SessionClose struct {
 }
 
 // SessionPing asks an exit whether it still holds a session: the signaling half of a tunnel's
-// health check. It changes no state.
+// health check. It changes no state. Signed by the session's client; Nonce is fresh per ping and
+// comes back in the pong, so a pong cannot be replayed.
 type SessionPing struct {
 	SessionID string `json:"session_id"`
+	Nonce     string `json:"nonce"` // 32 hex characters
+	ClientID  string `json:"client_id"`
+	Timestamp int64  `json:"ts"`
+	Signature string `json:"sig"`
 }
 
 // SessionPong answers SessionPing. Known is false when the exit has no such session (it restarted,
-// or released it): the tunnel's data plane cannot work any more.
+// or released it): the tunnel's data plane cannot work any more. Signed by the exit's identity.
 type SessionPong struct {
 	SessionID string `json:"session_id"`
+	Nonce     string `json:"nonce"` // the ping's
 	Known     bool   `json:"known"`
+	Signer    string `json:"signer"`
+	Timestamp int64  `json:"ts"`
+	Signature string `json:"sig"`
 }
 
 // Error codes of ErrorResponse.
@@ -79,11 +97,23 @@ const (
 	ErrCodeForbidden   = "forbidden"    // bad signature, stale timestamp, or client not allowed
 	ErrCodeExhausted   = "exhausted"    // no tunnel addresses left
 	ErrCodeInternal    = "internal"
-	ErrCodeUnavailable = "unavailable" // the exit is shutting down
+	ErrCodeUnavailable = "unavailable" // the exit is starting, shutting down, or its queue is full: retry
+	ErrCodeLimited     = "limited"     // an admission limit of the exit (sessions or requests per client)
+	ErrCodeReplayed    = "replayed"    // a request the exit has already seen
 )
 
-// ErrorResponse answers a request that was refused. It changes no state on either side.
+// ErrorResponse answers a request that was refused. It changes no state on either side. A refusal
+// of a request the exit could read is signed by the exit and bound to its session id and client;
+// a client takes only such refusals as an answer (an unsigned one, e.g. for a message that could
+// not be decoded, is dropped and counted).
 type ErrorResponse struct {
-	Code    string `json:"code"`
-	Message string `json:"message"`
+	Code      string `json:"code"`
+	Message   string `json:"message"`
+	SessionID string `json:"session_id,omitempty"`
+	ClientID  string `json:"client_id,omitempty"`
+	// Certificate is the exit's operator certificate, as in SessionResponse.
+	Certificate string `json:"cert,omitempty"`
+	Signer      string `json:"signer,omitempty"`
+	Timestamp   int64  `json:"ts,omitempty"`
+	Signature   string `json:"sig,omitempty"`
 }

@@ -13,8 +13,13 @@ import (
 	"github.com/warren-tunnel/warren/messages"
 )
 
-// ErrForbidden is the cause of a refusal for a bad signature, a stale timestamp or a client that is not allowed.
-var ErrForbidden = errors.New("forbidden")
+// Errors of verification.
+var (
+	// ErrForbidden is the cause of a refusal for a bad signature, a stale timestamp or a client that is not allowed.
+	ErrForbidden = errors.New("forbidden")
+	// ErrUnsigned: a message that must be signed to be acted on is not.
+	ErrUnsigned = errors.New("unsigned")
+)
 
 // MaxClockSkew bounds how far a signed message's timestamp may be from the receiver's clock.
 const MaxClockSkew = 2 * time.Minute
@@ -51,8 +56,32 @@ func (id *Identity) ID() string {
 	return base64.RawURLEncoding.EncodeToString(id.priv.Public().(ed25519.PublicKey))
 }
 
+// signingBytes joins a domain label and fields: every signed kind has its own label, so a
+// signature over one kind can never pass as another.
+func signingBytes(label string, fields ...string) []byte {
+	return []byte(label + "\n" + strings.Join(fields, "\n"))
+}
+
 func requestSigningBytes(r *messages.SessionRequest) []byte {
-	return []byte(strings.Join([]string{"warren-session-request-v1", r.SessionID, r.ExitID, r.ClientID, r.WGPublicKey, strconv.FormatInt(r.Timestamp, 10)}, "\n"))
+	return signingBytes("warren-session-request-v1", r.SessionID, r.ExitID, r.ClientID, r.WGPublicKey, strconv.FormatInt(r.Timestamp, 10), r.Certificate)
+}
+
+func responseSigningBytes(r *messages.SessionResponse) []byte {
+	return signingBytes("warren-session-response-v1", r.SessionID, r.ExitID, r.ClientID, r.ExitWGPublicKey, r.Endpoint,
+		strings.Join(r.ClientAddresses, ","), strings.Join(r.ExitAddresses, ","), strconv.Itoa(int(r.ConnectPort)),
+		strconv.Itoa(r.MTU), r.ExitIdentity, r.Certificate, strconv.FormatInt(r.Timestamp, 10))
+}
+
+func errorSigningBytes(e *messages.ErrorResponse) []byte {
+	return signingBytes("warren-error-v1", e.SessionID, e.ClientID, e.Code, e.Message, e.Certificate, e.Signer, strconv.FormatInt(e.Timestamp, 10))
+}
+
+func pingSigningBytes(p *messages.SessionPing) []byte {
+	return signingBytes("warren-session-ping-v1", p.SessionID, p.Nonce, p.ClientID, strconv.FormatInt(p.Timestamp, 10))
+}
+
+func pongSigningBytes(p *messages.SessionPong) []byte {
+	return signingBytes("warren-session-pong-v1", p.SessionID, p.Nonce, strconv.FormatBool(p.Known), p.Signer, strconv.FormatInt(p.Timestamp, 10))
 }
 
 func closeSigningBytes(c *messages.SessionClose) []byte {
@@ -63,14 +92,71 @@ func closeSigningBytes(c *messages.SessionClose) []byte {
 func (id *Identity) SignSessionRequest(r *messages.SessionRequest, now time.Time) {
 	r.ClientID = id.ID()
 	r.Timestamp = now.UnixMilli()
-	r.Signature = base64.RawURLEncoding.EncodeToString(ed25519.Sign(id.priv, requestSigningBytes(r)))
+	r.Signature = id.sign(requestSigningBytes(r))
 }
 
 // SignSessionClose fills Signer, Timestamp and Signature.
 func (id *Identity) SignSessionClose(c *messages.SessionClose, now time.Time) {
 	c.Signer = id.ID()
 	c.Timestamp = now.UnixMilli()
-	c.Signature = base64.RawURLEncoding.EncodeToString(ed25519.Sign(id.priv, closeSigningBytes(c)))
+	c.Signature = id.sign(closeSigningBytes(c))
+}
+
+// SignSessionResponse fills ExitIdentity, Timestamp and Signature. ExitID and ClientID must be set.
+func (id *Identity) SignSessionResponse(r *messages.SessionResponse, now time.Time) {
+	r.ExitIdentity = id.ID()
+	r.Timestamp = now.UnixMilli()
+	r.Signature = id.sign(responseSigningBytes(r))
+}
+
+// SignError fills Signer, Timestamp and Signature of a refusal bound to a session and client.
+func (id *Identity) SignError(e *messages.ErrorResponse, now time.Time) {
+	e.Signer = id.ID()
+	e.Timestamp = now.UnixMilli()
+	e.Signature = id.sign(errorSigningBytes(e))
+}
+
+// SignSessionPing fills ClientID, Timestamp and Signature.
+func (id *Identity) SignSessionPing(p *messages.SessionPing, now time.Time) {
+	p.ClientID = id.ID()
+	p.Timestamp = now.UnixMilli()
+	p.Signature = id.sign(pingSigningBytes(p))
+}
+
+// SignSessionPong fills Signer, Timestamp and Signature.
+func (id *Identity) SignSessionPong(p *messages.SessionPong, now time.Time) {
+	p.Signer = id.ID()
+	p.Timestamp = now.UnixMilli()
+	p.Signature = id.sign(pongSigningBytes(p))
+}
+
+func (id *Identity) sign(msg []byte) string {
+	return base64.RawURLEncoding.EncodeToString(ed25519.Sign(id.priv, msg))
+}
+
+// VerifySessionResponse checks the signature by ExitIdentity and the clock; the caller checks that
+// ExitIdentity is trusted for ExitID (ExitTrust) and that the response is for its own request.
+func VerifySessionResponse(r *messages.SessionResponse, now time.Time) error {
+	return verify(r.ExitIdentity, r.Signature, r.Timestamp, responseSigningBytes(r), now)
+}
+
+// VerifyError checks a signed refusal's signature by its Signer and the clock. An unsigned refusal
+// fails with ErrUnsigned.
+func VerifyError(e *messages.ErrorResponse, now time.Time) error {
+	if e.Signer == "" {
+		return ErrUnsigned
+	}
+	return verify(e.Signer, e.Signature, e.Timestamp, errorSigningBytes(e), now)
+}
+
+// VerifySessionPing checks the ping's signature by its ClientID and the clock.
+func VerifySessionPing(p *messages.SessionPing, now time.Time) error {
+	return verify(p.ClientID, p.Signature, p.Timestamp, pingSigningBytes(p), now)
+}
+
+// VerifySessionPong checks the pong's signature by its Signer and the clock.
+func VerifySessionPong(p *messages.SessionPong, now time.Time) error {
+	return verify(p.Signer, p.Signature, p.Timestamp, pongSigningBytes(p), now)
 }
 
 // VerifySessionRequest checks the signature and that the timestamp is within MaxClockSkew of now.
@@ -84,14 +170,9 @@ func VerifySessionClose(c *messages.SessionClose, now time.Time) error {
 	return verify(c.Signer, c.Signature, c.Timestamp, closeSigningBytes(c), now)
 }
 
-func verify(clientID, sig string, ts int64, msg []byte, now time.Time) error {
-	pub, err := base64.RawURLEncoding.DecodeString(clientID)
-	if err != nil || len(pub) != ed25519.PublicKeySize {
-		return fmt.Errorf("%w: bad client id", ErrForbidden)
-	}
-	s, err := base64.RawURLEncoding.DecodeString(sig)
-	if err != nil || !ed25519.Verify(pub, msg, s) {
-		return fmt.Errorf("%w: bad signature", ErrForbidden)
+func verify(signer, sig string, ts int64, msg []byte, now time.Time) error {
+	if err := verifySignature(signer, sig, msg); err != nil {
+		return err
 	}
 	if skew := now.Sub(time.UnixMilli(ts)); skew > MaxClockSkew || skew < -MaxClockSkew {
 		return fmt.Errorf("%w: timestamp %v off the receiver's clock", ErrForbidden, skew.Round(time.Second))

@@ -11,11 +11,12 @@ import (
 
 // Limits on field contents, beyond the overall size cap.
 const (
-	maxAddresses = 8
-	maxReason    = 256
-	maxErrorText = 1024
-	minMTU       = 1280 // IPv6 minimum; also safe for IPv4
-	maxMTU       = 9000
+	maxAddresses   = 8
+	maxReason      = 256
+	maxErrorText   = 1024
+	maxCertificate = 1024
+	minMTU         = 1280 // IPv6 minimum; also safe for IPv4
+	maxMTU         = 9000
 )
 
 // Validate checks every field of a decoded message. It is called by Decode; callers that build
@@ -30,6 +31,7 @@ func Validate(m any) error {
 			validKey("wg_public_key", m.WGPublicKey),
 			positive("ts", m.Timestamp),
 			validSignature(m.Signature),
+			validCertField(m.Certificate),
 		)
 	case *messages.SessionResponse:
 		if _, err := netip.ParseAddrPort(m.Endpoint); err != nil {
@@ -47,6 +49,11 @@ func Validate(m any) error {
 			validAddrs("client_addresses", m.ClientAddresses),
 			validAddrs("exit_addresses", m.ExitAddresses),
 			validClientID(m.ExitIdentity),
+			ValidID(m.ExitID),
+			validClientID(m.ClientID),
+			validCertField(m.Certificate),
+			positive("ts", m.Timestamp),
+			validSignature(m.Signature),
 		)
 	case *messages.SessionClose:
 		if len(m.Reason) > maxReason {
@@ -54,9 +61,11 @@ func Validate(m any) error {
 		}
 		return firstErr(validSessionID(m.SessionID), validClientID(m.Signer), positive("ts", m.Timestamp), validSignature(m.Signature))
 	case *messages.SessionPing:
-		return validSessionID(m.SessionID)
+		return firstErr(validSessionID(m.SessionID), validNonce(m.Nonce), validClientID(m.ClientID),
+			positive("ts", m.Timestamp), validSignature(m.Signature))
 	case *messages.SessionPong:
-		return validSessionID(m.SessionID)
+		return firstErr(validSessionID(m.SessionID), validNonce(m.Nonce), validClientID(m.Signer),
+			positive("ts", m.Timestamp), validSignature(m.Signature))
 	case *messages.ErrorResponse:
 		if m.Code == "" || len(m.Code) > 64 {
 			return fmt.Errorf("code: must be 1-64 characters")
@@ -64,7 +73,11 @@ func Validate(m any) error {
 		if len(m.Message) > maxErrorText {
 			return fmt.Errorf("message: longer than %d", maxErrorText)
 		}
-		return nil
+		if m.Signer == "" && m.Signature == "" && m.Timestamp == 0 && m.SessionID == "" && m.ClientID == "" && m.Certificate == "" {
+			return nil // an unsigned refusal: readable, never acted on
+		}
+		return firstErr(validSessionID(m.SessionID), validClientID(m.ClientID), validClientID(m.Signer),
+			positive("ts", m.Timestamp), validSignature(m.Signature), validCertField(m.Certificate))
 	default:
 		return fmt.Errorf("%T: %w", m, ErrUnknownType)
 	}
@@ -89,6 +102,20 @@ func validSessionID(s string) error {
 func validClientID(s string) error {
 	if b, err := base64.RawURLEncoding.DecodeString(s); err != nil || len(b) != 32 {
 		return fmt.Errorf("identity %q: must be a base64url ed25519 public key", truncate(s, 64))
+	}
+	return nil
+}
+
+func validNonce(s string) error {
+	if b, err := hex.DecodeString(s); err != nil || len(b) != 16 {
+		return fmt.Errorf("nonce: must be 32 hex characters")
+	}
+	return nil
+}
+
+func validCertField(s string) error {
+	if len(s) > maxCertificate {
+		return fmt.Errorf("cert: longer than %d", maxCertificate)
 	}
 	return nil
 }

@@ -53,7 +53,7 @@ func TestReconfigureKeepsProxyPort(t *testing.T) {
 // that goroutines, file descriptors and live devices return to their starting level.
 func TestLifecycleChurn(t *testing.T) {
 	srv, _ := slowServer(t)
-	a := startExitEngine(t, "churn-a", nil)
+	a := startExitEngine(t, "churn-a", listenTCP)
 	b := startExitEngine(t, "churn-b", func(c *engine.Config) { c.NATS.URLs = []string{a.NATSURL()} })
 	_ = b
 	// Warm up once so lazily started goroutines (pools, timers) are part of the baseline.

@@ -85,8 +85,9 @@ func TestConnReasonDrainTimeout(t *testing.T) {
 func twoEngines(t *testing.T, spec engine.TunnelSpec, closeClient bool) (exitEng, clientEng *engine.Engine, tun *engine.Tunnel, exitLog, clientLog *logCapture) {
 	t.Helper()
 	exitLog, clientLog = newLogCapture(), newLogCapture()
-	exitEng = startExitEngine(t, "far", func(c *engine.Config) { c.Logger = exitLog.logger() })
+	exitEng = startExitEngine(t, "far", func(c *engine.Config) { c.Logger = exitLog.logger(); listenTCP(c) })
 	cfg := engine.Config{Logger: clientLog.logger(), NATS: engine.NATSConfig{URLs: []string{exitEng.NATSURL()}}}
+	trustTestBus(&cfg) // startEngine does this; the engine.New path below needs it too
 	if closeClient {
 		clientEng = startEngine(t, cfg)
 	} else { // the test closes it, expecting an error; this cleanup only covers a test that stopped early

@@ -12,8 +12,10 @@ import (
 // down says goodbye for each tunnel, so the exit releases the sessions at once rather than keeping
 // them until a timeout.
 func TestEngineCloseReleasesExitSessions(t *testing.T) {
-	exitEng := startExitEngine(t, "far", nil)
-	client, err := engine.New(engine.Config{Logger: testLogger(), NATS: engine.NATSConfig{URLs: []string{exitEng.NATSURL()}}})
+	exitEng := startExitEngine(t, "far", listenTCP)
+	cfg := engine.Config{Logger: testLogger(), NATS: engine.NATSConfig{URLs: []string{exitEng.NATSURL()}}}
+	trustTestBus(&cfg)
+	client, err := engine.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -36,6 +36,7 @@ func startEngine(t testing.TB, cfg engine.Config) *engine.Engine {
 	if cfg.Logger == nil {
 		cfg.Logger = testLogger()
 	}
+	trustTestBus(&cfg)
 	e, err := engine.New(cfg)
 	if err != nil {
 		t.Fatalf("engine.New: %v", err)
@@ -51,8 +52,32 @@ func startEngine(t testing.TB, cfg engine.Config) *engine.Engine {
 		if err := e.Close(ctx); err != nil {
 			t.Errorf("engine.Close: %v", err)
 		}
+		failOnPanics(t, e)
 	})
 	return e
+}
+
+// trustTestBus: tests that are not about trust run their NATS servers on 127.0.0.1 with nobody
+// else on the bus, so engines there trust any exit and exits admit any client — said explicitly,
+// as the config requires on a shared bus. Tests about trust (security_test.go) build their
+// engines with startSecureEngine, which leaves the config alone.
+func trustTestBus(cfg *engine.Config) {
+	if len(cfg.Trust.Operators) > 0 || cfg.Trust.AnyExit {
+		return
+	}
+	cfg.Trust.AnyExit = true
+	if cfg.Exit != nil && len(cfg.Exit.AllowedClients) == 0 {
+		cfg.Exit.Open = true
+	}
+}
+
+// failOnPanics fails the test if any actor of e panicked (each is stopped by its supervisor, logged
+// at error with its stack and counted): no test expects one.
+func failOnPanics(t testing.TB, e *engine.Engine) {
+	t.Helper()
+	if n := e.ActorPanics(); n != 0 {
+		t.Errorf("%d actor panic(s) in engine %s: run with WARREN_TEST_LOG=debug for the stacks", n, e.ClientID()[:8])
+	}
 }
 
 // openTunnel opens a tunnel from e to exitID with both proxies on random loopback ports.

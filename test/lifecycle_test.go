@@ -205,7 +205,7 @@ func TestCloseReturnsPromptly(t *testing.T) {
 // shuts down leave Up at once. Neither waits for a handshake or keepalive timeout.
 func TestGoodbyes(t *testing.T) {
 	srv, started := slowServer(t)
-	exitEng := startExitEngine(t, "bye", nil)
+	exitEng := startExitEngine(t, "bye", listenTCP)
 	client := startEngine(t, engine.Config{NATS: engine.NATSConfig{URLs: []string{exitEng.NATSURL()}}})
 	tun := openSpec(t, client, engine.TunnelSpec{Exit: "bye"})
 	go func() { _ = slowDownload(socksClient(t, tun), srv.URL, 1, 1<<20, 10_000) }()
@@ -265,7 +265,7 @@ func TestGoodbyes(t *testing.T) {
 // while the tunnel switches exits: none fails, and in-flight downloads finish intact.
 func TestSwitchUnderLoad(t *testing.T) {
 	srv, _ := slowServer(t)
-	a := startExitEngine(t, "exit-a", nil)
+	a := startExitEngine(t, "exit-a", listenTCP)
 	b := startExitEngine(t, "exit-b", func(c *engine.Config) { c.NATS.URLs = []string{a.NATSURL()} })
 	tun := openSpec(t, a, engine.TunnelSpec{Exit: "exit-a"})
 	client := socksClient(t, tun)

@@ -17,7 +17,7 @@ import (
 // TestMalformedSignalingIsRefused sends bad messages to a live exit over real NATS: each is answered
 // with an error that says why, and none opens a session.
 func TestMalformedSignalingIsRefused(t *testing.T) {
-	e := startExitEngine(t, "guarded", nil)
+	e := startExitEngine(t, "guarded", listenTCP)
 	nc, err := nats.Connect(e.NATSURL())
 	if err != nil {
 		t.Fatal(err)

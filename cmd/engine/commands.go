@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"os/signal"
 	"syscall"
@@ -135,7 +136,14 @@ func start(ctx context.Context, eng *engine.Engine, cfg engine.Config) error {
 		return err
 	}
 	if x, ok := eng.Exit(); ok {
-		fmt.Printf("exit %s serving: endpoint=%s public_key=%s nats=%s\n", x.ID, x.Endpoint, x.PublicKey, eng.NATSURL())
+		natsURL := eng.NATSURL()
+		if u, err := url.Parse(natsURL); err == nil && u.User != nil {
+			natsURL = u.Redacted()
+		}
+		if natsURL == "" { // the embedded server without a listener
+			natsURL = "in-process"
+		}
+		fmt.Printf("exit %s serving: endpoint=%s public_key=%s nats=%s\n", x.ID, x.Endpoint, x.PublicKey, natsURL)
 	}
 	line := "ready"
 	for _, spec := range cfg.Tunnels {
@@ -189,8 +197,18 @@ func parseLevel(s string) slog.Level {
 func keygen(args []string) int {
 	fs := flag.NewFlagSet("keygen", flag.ContinueOnError)
 	identity := fs.Bool("identity", false, "print a client identity (ed25519) instead of a WireGuard key pair")
+	operator := fs.Bool("operator", false, "print an operator key (ed25519) that signs certificates (engine certify)")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
+	}
+	if *operator {
+		k, err := signaling.NewOperatorKey()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "engine keygen:", err)
+			return exitFailure
+		}
+		fmt.Printf("operator_key: %s\noperator: %s\n", k, k.Public())
+		return exitOK
 	}
 	if *identity {
 		id, err := signaling.NewIdentity()

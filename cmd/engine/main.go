@@ -27,6 +27,8 @@ func main() {
 		code = run(os.Args[2:])
 	case "keygen":
 		code = keygen(os.Args[2:])
+	case "certify":
+		code = certify(os.Args[2:])
 	case "-h", "--help", "help":
 		usage()
 	default:
@@ -43,7 +45,10 @@ func usage() {
       embedded NATS, one exit and one tunnel in this process; proxies on 127.0.0.1:1080 and :8080
   engine run --config FILE
       an exit and/or client tunnels as FILE (YAML) says, against the configured NATS
-  engine keygen [--identity]
-      print a WireGuard key pair (or, with --identity, a client identity)
+  engine keygen [--identity | --operator]
+      print a WireGuard key pair (or, with --identity, an engine identity; with --operator, an
+      operator key that signs certificates)
+  engine certify --operator-key FILE --kind exit|client [--exit-id ID] --identity CLIENT_ID [--valid 8760h]
+      sign a certificate that binds an exit id (or a client) to an engine identity
 `)
 }

@@ -1,0 +1,279 @@
+package actors
+
+// The client half of the signaling actor: session requests and pings to exits. The bus is hostile
+// (docs/security.md): a reply is an answer only if it is signed by an identity the tunnel trusts for
+// that exit and bound to this very request (its session id and client, or the ping's nonce).
+// Anything else — forged, unsigned, for another request, from an untrusted identity — is dropped,
+// counted, and the request goes on waiting for the genuine answer until its own deadline.
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"sync/atomic"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"github.com/nats-io/nats.go"
+
+	"github.com/warren-tunnel/warren/messages"
+	"github.com/warren-tunnel/warren/signaling"
+)
+
+// SignalingStats counts what signaling dropped or refused; statistics only (no actor acts on them).
+type SignalingStats struct {
+	Forged     atomic.Int64 // replies, pongs and goodbyes that failed verification or were not for their request
+	Unsigned   atomic.Int64 // refusals without a signature (never taken as an answer)
+	Untrusted  atomic.Int64 // answers signed by an identity not trusted for that exit
+	Replayed   atomic.Int64 // requests an exit had already seen
+	Refused    atomic.Int64 // requests this engine's exit refused (any code)
+	Unanswered atomic.Int64 // "no responders" and retries of "unavailable"
+}
+
+// Retries of a request refused with "unavailable" (the exit is busy or rate-limits the client),
+// inside the request's own deadline.
+const (
+	retryUnavailableMin = 50 * time.Millisecond
+	retryUnavailableMax = time.Second
+)
+
+// request runs one session request in a goroutine the actor owns (cancelled and awaited in
+// Stopping) and sends the outcome straight to the requester.
+func (s *signalingActor) request(ctx actor.Context, m *requestSession) {
+	data, err := signaling.Encode(messages.TypeSessionRequest, m.req)
+	requester, system := ctx.Sender(), ctx.ActorSystem()
+	if err != nil {
+		ctx.Send(requester, &sessionReply{tag: m.tag, err: err})
+		return
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		rctx, cancel := context.WithTimeout(s.ctx, m.timeout)
+		defer cancel()
+		reply := &sessionReply{tag: m.tag}
+		defer func() { system.Root.Send(requester, reply) }()
+		defer s.recoverInto(&reply.err, "session request")
+		reply.resp, reply.err = s.awaitSession(rctx, m, data)
+	}()
+}
+
+// awaitSession publishes the request and reads replies on its own inbox until one is a trusted
+// answer, the exit is not there at all, or ctx ends. A trusted "unavailable" is retried with
+// backoff (the same signed request: the exit has not recorded it).
+func (s *signalingActor) awaitSession(ctx context.Context, m *requestSession, data []byte) (*messages.SessionResponse, error) {
+	nc := s.cfg.Conn
+	inbox := nc.NewInbox()
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		return nil, fmt.Errorf("%w: exit %q: %w", ErrExitUnreachable, m.exitID, err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	_ = sub.SetPendingLimits(64, 1<<20) // a flood of forgeries is dropped by NATS, not queued
+	subject := signaling.ExitSubject(m.exitID)
+	if err := nc.PublishRequest(subject, inbox, data); err != nil {
+		return nil, fmt.Errorf("%w: exit %q: %w", ErrExitUnreachable, m.exitID, err)
+	}
+	wait, lastRefusal := retryUnavailableMin, error(nil)
+	for {
+		msg, err := sub.NextMsgWithContext(ctx)
+		if err != nil {
+			switch {
+			case errors.Is(err, nats.ErrSlowConsumer):
+				continue
+			case lastRefusal != nil:
+				return nil, lastRefusal
+			case ctx.Err() != nil:
+				return nil, fmt.Errorf("%w: exit %q: no trusted answer: %w", ErrExitUnreachable, m.exitID, ctx.Err())
+			}
+			return nil, fmt.Errorf("%w: exit %q: %w", ErrExitUnreachable, m.exitID, err)
+		}
+		if isNoResponders(msg) {
+			// The server's own status: unsigned by nature (docs/security.md: permissions keep
+			// others from publishing to a client's inbox).
+			s.cfg.Stats.Unanswered.Add(1)
+			return nil, fmt.Errorf("%w: no exit %q is serving", ErrExitUnreachable, m.exitID)
+		}
+		resp, refusal, err := s.checkSessionReply(msg.Data, m)
+		switch {
+		case err != nil:
+			s.cfg.Logger.Warn("session reply dropped", "exit", m.exitID, "session", m.req.SessionID, "reason", err)
+		case resp != nil:
+			return resp, nil
+		case refusal.Code == messages.ErrCodeUnavailable:
+			s.cfg.Stats.Unanswered.Add(1)
+			lastRefusal = fmt.Errorf("%w: %w", ErrSessionRefused, refusal)
+			if !s.sleepCtx(ctx, wait) {
+				return nil, lastRefusal
+			}
+			wait = min(wait*2, retryUnavailableMax)
+			if err := nc.PublishRequest(subject, inbox, data); err != nil {
+				return nil, fmt.Errorf("%w: exit %q: %w", ErrExitUnreachable, m.exitID, err)
+			}
+		default:
+			return nil, fmt.Errorf("%w: %w", ErrSessionRefused, refusal)
+		}
+	}
+}
+
+// recoverInto turns a panic while reading replies (untrusted input) into an error for the requester,
+// logged with its stack: the request fails, the process goes on.
+func (s *signalingActor) recoverInto(err *error, what string) {
+	if r := recover(); r != nil {
+		s.cfg.Logger.Error(what+" panicked", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+		*err = fmt.Errorf("%s: internal error: %v", what, r)
+	}
+}
+
+// sleepCtx waits d (a retry's backoff; not a synchronisation) unless ctx ends first.
+func (s *signalingActor) sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func isNoResponders(msg *nats.Msg) bool {
+	return len(msg.Data) == 0 && msg.Header != nil && msg.Header.Get("Status") == "503"
+}
+
+// checkSessionReply returns a trusted response or a trusted refusal; err says why a reply was
+// dropped (and it is counted).
+func (s *signalingActor) checkSessionReply(data []byte, m *requestSession) (*messages.SessionResponse, *signaling.WireError, error) {
+	body, err := signaling.Decode(data)
+	if err != nil {
+		s.cfg.Stats.Forged.Add(1)
+		return nil, nil, fmt.Errorf("malformed: %w", err)
+	}
+	now := time.Now()
+	switch b := body.(type) {
+	case *messages.SessionResponse:
+		if b.SessionID != m.req.SessionID || b.ClientID != m.req.ClientID || b.ExitID != m.exitID {
+			s.cfg.Stats.Forged.Add(1)
+			return nil, nil, errors.New("a response to another request")
+		}
+		if err := signaling.VerifySessionResponse(b, now); err != nil {
+			s.cfg.Stats.Forged.Add(1)
+			return nil, nil, err
+		}
+		if err := m.trust.Check(m.exitID, b.ExitIdentity, b.Certificate, now); err != nil {
+			s.cfg.Stats.Untrusted.Add(1)
+			return nil, nil, err
+		}
+		return b, nil, nil
+	case *messages.ErrorResponse:
+		if b.Signer == "" {
+			s.cfg.Stats.Unsigned.Add(1)
+			return nil, nil, fmt.Errorf("unsigned refusal %q", b.Code)
+		}
+		if b.SessionID != m.req.SessionID || b.ClientID != m.req.ClientID {
+			s.cfg.Stats.Forged.Add(1)
+			return nil, nil, errors.New("a refusal of another request")
+		}
+		if err := signaling.VerifyError(b, now); err != nil {
+			s.cfg.Stats.Forged.Add(1)
+			return nil, nil, err
+		}
+		// The same trust as a response: a pin, the exit's certificate, or any exit where declared.
+		if err := m.trust.Check(m.exitID, b.Signer, b.Certificate, now); err != nil {
+			s.cfg.Stats.Untrusted.Add(1)
+			return nil, nil, err
+		}
+		return nil, &signaling.WireError{Code: b.Code, Message: b.Message}, nil
+	}
+	s.cfg.Stats.Forged.Add(1)
+	return nil, nil, fmt.Errorf("unexpected %T", body)
+}
+
+// ping runs one session ping in a goroutine the actor owns and answers the requester directly.
+func (s *signalingActor) ping(ctx actor.Context, m *pingExit) {
+	requester, system := ctx.Sender(), ctx.ActorSystem()
+	if !s.cfg.Conn.IsConnected() || s.cfg.Identity == nil {
+		ctx.Send(requester, &pingReply{err: fmt.Errorf("%w: not connected", signaling.ErrNATSUnavailable)})
+		return
+	}
+	var nonce [16]byte
+	_, _ = rand.Read(nonce[:])
+	p := &messages.SessionPing{SessionID: m.sessionID, Nonce: hex.EncodeToString(nonce[:])}
+	s.cfg.Identity.SignSessionPing(p, time.Now())
+	data, err := signaling.Encode(messages.TypeSessionPing, p)
+	if err != nil {
+		ctx.Send(requester, &pingReply{err: err})
+		return
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		rctx, cancel := context.WithTimeout(s.ctx, m.timeout)
+		defer cancel()
+		reply := &pingReply{}
+		defer func() { system.Root.Send(requester, reply) }()
+		defer s.recoverInto(&reply.err, "session ping")
+		reply = s.awaitPong(rctx, m, p, data)
+	}()
+}
+
+// awaitPong waits for a pong signed by the session's exit that carries the ping's nonce.
+func (s *signalingActor) awaitPong(ctx context.Context, m *pingExit, p *messages.SessionPing, data []byte) *pingReply {
+	nc := s.cfg.Conn
+	inbox := nc.NewInbox()
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		return &pingReply{err: fmt.Errorf("ping exit %q: %w", m.exitID, err)}
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	_ = sub.SetPendingLimits(64, 1<<20)
+	if err := nc.PublishRequest(signaling.ExitSubject(m.exitID), inbox, data); err != nil {
+		return &pingReply{err: fmt.Errorf("ping exit %q: %w", m.exitID, err)}
+	}
+	for {
+		msg, err := sub.NextMsgWithContext(ctx)
+		if errors.Is(err, nats.ErrSlowConsumer) {
+			continue
+		}
+		if err != nil {
+			return &pingReply{err: fmt.Errorf("ping exit %q: %w", m.exitID, err)}
+		}
+		if isNoResponders(msg) {
+			return &pingReply{err: fmt.Errorf("ping exit %q: %w", m.exitID, nats.ErrNoResponders)}
+		}
+		body, err := signaling.Decode(msg.Data)
+		if err != nil {
+			s.cfg.Stats.Forged.Add(1)
+			continue
+		}
+		switch b := body.(type) {
+		case *messages.SessionPong:
+			if b.SessionID != p.SessionID || b.Nonce != p.Nonce || b.Signer != m.exitIdentity {
+				s.cfg.Stats.Forged.Add(1)
+				s.cfg.Logger.Warn("pong dropped", "exit", m.exitID, "session", p.SessionID, "reason", "not the session exit's answer to this ping")
+				continue
+			}
+			if err := signaling.VerifySessionPong(b, time.Now()); err != nil {
+				s.cfg.Stats.Forged.Add(1)
+				s.cfg.Logger.Warn("pong dropped", "exit", m.exitID, "session", p.SessionID, "reason", err)
+				continue
+			}
+			return &pingReply{known: b.Known}
+		case *messages.ErrorResponse:
+			if b.Signer == "" {
+				s.cfg.Stats.Unsigned.Add(1)
+				continue
+			}
+			if b.Signer != m.exitIdentity || b.SessionID != p.SessionID || signaling.VerifyError(b, time.Now()) != nil {
+				s.cfg.Stats.Forged.Add(1)
+				continue
+			}
+			return &pingReply{err: fmt.Errorf("ping exit %q: %w", m.exitID, &signaling.WireError{Code: b.Code, Message: b.Message})}
+		default:
+			s.cfg.Stats.Forged.Add(1)
+		}
+	}
+}

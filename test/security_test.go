@@ -1,0 +1,531 @@
+package test
+
+// An attacker on the NATS bus: a real nats.go client on the same server as the engines, that
+// eavesdrops, forges every kind of reply and goodbye, replays captured requests, serves as a rogue
+// exit under a real exit's id, and floods requests from fresh identities. Each test asserts on data
+// that nothing changed: the tunnel stays Up on the genuine exit, transfers are intact, the exit's
+// sessions and addresses are as before, and the forgeries are counted (docs/security.md).
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/warren-tunnel/warren/engine"
+	"github.com/warren-tunnel/warren/messages"
+	"github.com/warren-tunnel/warren/signaling"
+)
+
+// startSecureEngine starts an engine with the config as given (no test-bus trust defaults).
+func startSecureEngine(t testing.TB, cfg engine.Config) *engine.Engine {
+	t.Helper()
+	if cfg.Logger == nil {
+		cfg.Logger = testLogger()
+	}
+	e, err := engine.New(cfg)
+	if err != nil {
+		t.Fatalf("engine.New: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := e.Start(ctx); err != nil {
+		t.Fatalf("engine.Start: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_ = e.Close(ctx)
+		failOnPanics(t, e)
+	})
+	return e
+}
+
+// newIdentitySeed returns a fresh identity's seed, for a config.
+func newIdentitySeed(t testing.TB) (*signaling.Identity, string) {
+	t.Helper()
+	id, err := signaling.NewIdentity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id, id.String()
+}
+
+// attacker is a plain NATS client on the bus with its own identity.
+type attacker struct {
+	t  testing.TB
+	nc *nats.Conn
+	id *signaling.Identity
+}
+
+func newAttacker(t testing.TB, url string) *attacker {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	id, _ := newIdentitySeed(t)
+	return &attacker{t: t, nc: nc, id: id}
+}
+
+func (a *attacker) publish(subject, reply, typ string, body any) {
+	data, err := signaling.Encode(typ, body)
+	if err != nil {
+		a.t.Errorf("attacker encode: %v", err)
+		return
+	}
+	pub := func() error { return a.nc.Publish(subject, data) }
+	if reply != "" {
+		pub = func() error { return a.nc.PublishRequest(subject, reply, data) }
+	}
+	if err := pub(); err != nil {
+		a.t.Errorf("attacker publish: %v", err)
+	}
+}
+
+// signedRequest is a valid session request from id (a fresh session id and WireGuard key).
+func signedRequest(t testing.TB, id *signaling.Identity, exitID string) *messages.SessionRequest {
+	t.Helper()
+	key, err := signaling.NewPrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sid [16]byte
+	_, _ = rand.Read(sid[:])
+	req := &messages.SessionRequest{SessionID: hex.EncodeToString(sid[:]), ExitID: exitID, WGPublicKey: key.Public().String()}
+	id.SignSessionRequest(req, time.Now())
+	return req
+}
+
+// request sends a session request and returns the first reply, decoded.
+func (a *attacker) request(exitID string, data []byte) (any, error) {
+	msg, err := a.nc.Request(signaling.ExitSubject(exitID), data, 10*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	return signaling.Decode(msg.Data)
+}
+
+func exitStatus(t testing.TB, e *engine.Engine) engine.ExitStatus {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := e.ExitStatus(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// TestForgedRepliesNeitherHijackNorFail: an attacker answers every session request faster than
+// the exit with a response carrying its own WireGuard key and endpoint (signed with its own
+// identity), an unsigned refusal and a refusal it signed itself; it answers every ping with
+// "unknown session"; and it says goodbye for the session. The tunnel opens on the genuine exit,
+// carries data intact, never reconnects, and every forgery is counted.
+func TestForgedRepliesNeitherHijackNorFail(t *testing.T) {
+	srv, _ := slowServer(t)
+	ns := startNATS(t, nil)
+	_, exitSeed := newIdentitySeed(t)
+	x := startSecureEngine(t, engine.Config{NATS: engine.NATSConfig{URLs: []string{ns.URL()}}, Identity: exitSeed,
+		Exit: &engine.ExitConfig{ID: "genuine", Listen: "127.0.0.1:0", Open: true, Egress: engine.EgressConfig{AllowLoopback: true}}})
+	client := startSecureEngine(t, engine.Config{NATS: engine.NATSConfig{URLs: []string{ns.URL()}}})
+
+	evil := newAttacker(t, ns.URL())
+	evilKey, _ := signaling.NewPrivateKey()
+	var forgedPongs, seenRequests atomic.Int64
+	var forgePongs atomic.Bool
+	var captured sync.Map // session id → request
+	sub, err := evil.nc.Subscribe(signaling.ExitSubject("genuine"), func(m *nats.Msg) {
+		body, err := signaling.Decode(m.Data)
+		if err != nil || m.Reply == "" {
+			return
+		}
+		switch b := body.(type) {
+		case *messages.SessionRequest:
+			seenRequests.Add(1)
+			captured.Store(b.SessionID, b)
+			// An unsigned refusal, a refusal the attacker signed, and a hijacking response.
+			evil.publish(m.Reply, "", messages.TypeError, &messages.ErrorResponse{Code: messages.ErrCodeForbidden, Message: "go away"})
+			e := &messages.ErrorResponse{Code: messages.ErrCodeForbidden, Message: "go away", SessionID: b.SessionID, ClientID: b.ClientID}
+			evil.id.SignError(e, time.Now())
+			evil.publish(m.Reply, "", messages.TypeError, e)
+			r := &messages.SessionResponse{SessionID: b.SessionID, ExitID: b.ExitID, ClientID: b.ClientID,
+				ExitWGPublicKey: evilKey.Public().String(), Endpoint: "127.0.0.1:9", ClientAddresses: []string{"10.66.0.2"},
+				ExitAddresses: []string{"10.66.0.1"}, ConnectPort: 7070, MTU: 1420}
+			evil.id.SignSessionResponse(r, time.Now())
+			evil.publish(m.Reply, "", messages.TypeSessionResponse, r)
+		case *messages.SessionPing:
+			if !forgePongs.Load() {
+				return
+			}
+			p := &messages.SessionPong{SessionID: b.SessionID, Nonce: b.Nonce, Known: false}
+			evil.id.SignSessionPong(p, time.Now())
+			evil.publish(m.Reply, "", messages.TypeSessionPong, p)
+			forgedPongs.Add(1)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	if err := evil.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+
+	tun := openSpec(t, client, engine.TunnelSpec{Exit: "genuine", Health: fastHealth(),
+		Pins: map[string]string{"genuine": x.ClientID()}})
+	info, err := tun.Info(context.Background())
+	xi, _ := x.Exit()
+	if err != nil || info.ExitEndpoint != xi.Endpoint {
+		t.Fatalf("tunnel went to %v, want the genuine exit at %v (%v)", info.ExitEndpoint, xi.Endpoint, err)
+	}
+	if err := slowDownload(socksClient(t, tun), srv.URL, 71, 256<<10, 10); err != nil {
+		t.Fatalf("download through the tunnel: %v", err)
+	}
+	// A goodbye signed by the attacker, for the session it saw. The forgeries of the open were read
+	// before it returned (or never), so the count moves only for this one.
+	before := client.SignalingStats().Forged
+	captured.Range(func(k, _ any) bool {
+		c := &messages.SessionClose{SessionID: k.(string), Reason: "forged"}
+		evil.id.SignSessionClose(c, time.Now())
+		evil.publish(signaling.ClientSubject(client.ClientID()), "", messages.TypeSessionClose, c)
+		return true
+	})
+	_ = evil.nc.Flush()
+	waitFor(t, 5*time.Second, "the forged goodbye to be counted", func() bool { return client.SignalingStats().Forged == before+1 })
+	// Forged "unknown session" pongs, for a while: the tunnel must stay on its session. A client
+	// reads a forged pong whenever it arrives before the exit's (counted), else never.
+	forgePongs.Store(true)
+	waitFor(t, 10*time.Second, "ten forged pongs, and some read by the client", func() bool {
+		return forgedPongs.Load() >= 10 && client.SignalingStats().Forged >= before+2
+	})
+	info, err = tun.Info(context.Background())
+	if err != nil || info.State != messages.StateUp || info.Reconnects != 0 || info.ExitEndpoint != xi.Endpoint {
+		t.Fatalf("after the forgeries: %+v, %v", info, err)
+	}
+	if err := slowDownload(socksClient(t, tun), srv.URL, 72, 256<<10, 10); err != nil {
+		t.Fatalf("download after the forgeries: %v", err)
+	}
+	// Forgeries that arrived after the genuine answer were never read; those read are counted
+	// (TestForgedRepliesAloneDoNotAnswer counts them without a race).
+	t.Logf("requests seen by the attacker %d, forged pongs %d; client dropped: %+v", seenRequests.Load(), forgedPongs.Load(), client.SignalingStats())
+}
+
+// TestForgedRepliesAloneDoNotAnswer: with no genuine exit on the bus, the attacker's answers are
+// all there is: a response signed by the attacker, an unsigned refusal and a refusal the attacker
+// signed. The open neither succeeds nor is refused: it waits for a trusted answer until its own
+// deadline, and each forgery is counted.
+func TestForgedRepliesAloneDoNotAnswer(t *testing.T) {
+	ns := startNATS(t, nil)
+	genuine, _ := newIdentitySeed(t)
+	client := startSecureEngine(t, engine.Config{NATS: engine.NATSConfig{URLs: []string{ns.URL()}}})
+	evil := newAttacker(t, ns.URL())
+	evilKey, _ := signaling.NewPrivateKey()
+	sub, err := evil.nc.Subscribe(signaling.ExitSubject("absent"), func(m *nats.Msg) {
+		body, err := signaling.Decode(m.Data)
+		b, ok := body.(*messages.SessionRequest)
+		if err != nil || !ok || m.Reply == "" {
+			return
+		}
+		evil.publish(m.Reply, "", messages.TypeError, &messages.ErrorResponse{Code: messages.ErrCodeForbidden, Message: "go away"})
+		e := &messages.ErrorResponse{Code: messages.ErrCodeExhausted, Message: "full", SessionID: b.SessionID, ClientID: b.ClientID}
+		evil.id.SignError(e, time.Now())
+		evil.publish(m.Reply, "", messages.TypeError, e)
+		r := &messages.SessionResponse{SessionID: b.SessionID, ExitID: b.ExitID, ClientID: b.ClientID,
+			ExitWGPublicKey: evilKey.Public().String(), Endpoint: "127.0.0.1:9", ClientAddresses: []string{"10.66.0.2"},
+			ExitAddresses: []string{"10.66.0.1"}, ConnectPort: 7070, MTU: 1420}
+		evil.id.SignSessionResponse(r, time.Now())
+		evil.publish(m.Reply, "", messages.TypeSessionResponse, r)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	_ = evil.nc.Flush()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err = client.OpenTunnel(ctx, engine.TunnelSpec{Exit: "absent", SOCKS: "127.0.0.1:0", UDPBind: "127.0.0.1",
+		HandshakeTimeout: engine.Duration(1500 * time.Millisecond), Pins: map[string]string{"absent": genuine.ID()}})
+	if err == nil || errors.Is(err, engine.ErrSessionRefused) ||
+		!(errors.Is(err, engine.ErrHandshakeTimeout) || errors.Is(err, engine.ErrExitUnreachable)) {
+		t.Fatalf("open with only forged answers: %v; want a timeout at the deadline, not a refusal", err)
+	}
+	if waited := time.Since(start); waited < 1400*time.Millisecond {
+		t.Fatalf("the open gave up after %v, before its 1.5 s deadline", waited)
+	}
+	st := client.SignalingStats()
+	if st.Unsigned != 1 || st.Untrusted != 2 {
+		t.Fatalf("forgeries counted %+v, want 1 unsigned and 2 untrusted", st)
+	}
+}
+
+// TestRogueExitUnderTheSameID: a second engine serves the same exit id with another identity. A
+// tunnel that pins the genuine exit, and one that trusts the operator that certified it, both
+// always land on the genuine exit; the rogue's answers are dropped as untrusted.
+func TestRogueExitUnderTheSameID(t *testing.T) {
+	srv, _ := slowServer(t)
+	ns := startNATS(t, nil)
+	op, err := signaling.NewOperatorKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	exitID, exitSeed := newIdentitySeed(t)
+	cert, err := op.Certify(signaling.CertExit, "twin", exitID.ID(), time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	bus := engine.NATSConfig{URLs: []string{ns.URL()}}
+	x := startSecureEngine(t, engine.Config{NATS: bus, Identity: exitSeed,
+		Exit: &engine.ExitConfig{ID: "twin", Listen: "127.0.0.1:0", Open: true, Certificate: cert, Egress: engine.EgressConfig{AllowLoopback: true}}})
+	// The rogue even presents a certificate — from an operator the clients do not trust.
+	rogueOp, _ := signaling.NewOperatorKey()
+	rogueID, rogueSeed := newIdentitySeed(t)
+	rogueCert, _ := rogueOp.Certify(signaling.CertExit, "twin", rogueID.ID(), time.Hour, time.Now())
+	rogue := startSecureEngine(t, engine.Config{NATS: bus, Identity: rogueSeed,
+		Exit: &engine.ExitConfig{ID: "twin", Listen: "127.0.0.1:0", Open: true, Certificate: rogueCert, Egress: engine.EgressConfig{AllowLoopback: true}}})
+	xi, _ := x.Exit()
+
+	pinned := startSecureEngine(t, engine.Config{NATS: bus})
+	certified := startSecureEngine(t, engine.Config{NATS: bus, Trust: engine.TrustConfig{Operators: []string{op.Public()}}})
+	for i, c := range []*engine.Engine{pinned, certified, pinned, certified, pinned, certified} {
+		spec := engine.TunnelSpec{Exit: "twin"}
+		if c == pinned {
+			spec.Pins = map[string]string{"twin": x.ClientID()}
+		}
+		tun := openSpec(t, c, spec)
+		info, err := tun.Info(context.Background())
+		if err != nil || info.ExitEndpoint != xi.Endpoint {
+			t.Fatalf("open %d landed on %v, want the genuine exit %v (%v)", i, info.ExitEndpoint, xi.Endpoint, err)
+		}
+		if err := slowDownload(socksClient(t, tun), srv.URL, uint64(80+i), 64<<10, 10); err != nil {
+			t.Fatalf("open %d: %v", i, err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := tun.Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+		cancel()
+	}
+	// The rogue answers every request too; those read before the genuine answer are counted.
+	t.Logf("rogue answers dropped as untrusted: pinned %d, certified %d", pinned.SignalingStats().Untrusted, certified.SignalingStats().Untrusted)
+	// The rogue's sessions were released by the clients' goodbyes (signed by them, sent to the subject).
+	waitFor(t, 5*time.Second, "the rogue's sessions to be released", func() bool { return exitStatus(t, rogue).Sessions == 0 })
+}
+
+// TestReplayedRequestsAreRefused: a captured session request replayed — while its session is
+// open, and after its client said goodbye — is refused "replayed" and changes nothing on the exit.
+func TestReplayedRequestsAreRefused(t *testing.T) {
+	ns := startNATS(t, nil)
+	_, exitSeed := newIdentitySeed(t)
+	bus := engine.NATSConfig{URLs: []string{ns.URL()}}
+	x := startSecureEngine(t, engine.Config{NATS: bus, Identity: exitSeed,
+		Exit: &engine.ExitConfig{ID: "replay", Listen: "127.0.0.1:0", Open: true}})
+	client := startSecureEngine(t, engine.Config{NATS: bus})
+	evil := newAttacker(t, ns.URL())
+	capturedCh := make(chan []byte, 16)
+	sub, err := evil.nc.Subscribe(signaling.ExitSubject("replay"), func(m *nats.Msg) {
+		if body, err := signaling.Decode(m.Data); err == nil {
+			if _, ok := body.(*messages.SessionRequest); ok {
+				capturedCh <- m.Data
+			}
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	_ = evil.nc.Flush()
+	before := exitStatus(t, x)
+	tun := openSpec(t, client, engine.TunnelSpec{Exit: "replay", Pins: map[string]string{"replay": x.ClientID()}})
+	var captured []byte
+	select {
+	case captured = <-capturedCh:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the attacker saw no request")
+	}
+	open := exitStatus(t, x)
+	expectReplayed := func(when string) {
+		t.Helper()
+		body, err := evil.request("replay", captured)
+		if err != nil {
+			t.Fatalf("%s: %v", when, err)
+		}
+		e, ok := body.(*messages.ErrorResponse)
+		if !ok || e.Code != messages.ErrCodeReplayed {
+			t.Fatalf("%s: replay answered %#v", when, body)
+		}
+		if err := signaling.VerifyError(e, time.Now()); err != nil || e.Signer != x.ClientID() {
+			t.Fatalf("%s: refusal not signed by the exit: %v", when, err)
+		}
+	}
+	expectReplayed("while open")
+	if st := exitStatus(t, x); st != open {
+		t.Fatalf("a replay changed the exit: %+v → %+v", open, st)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := tun.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the session to be released", func() bool { return exitStatus(t, x).Sessions == before.Sessions })
+	expectReplayed("after goodbye")
+	if st := exitStatus(t, x); st.Sessions != before.Sessions || st.AddressesUsed != before.AddressesUsed {
+		t.Fatalf("after the replays: %+v, before %+v", st, before)
+	}
+	if n := x.SignalingStats().Replayed; n != 2 {
+		t.Fatalf("replays counted %d, want 2", n)
+	}
+}
+
+// TestAdmissionLimits: an exit that admits only its allowed clients refuses a flood of signed
+// requests from fresh identities without spending an address; one identity cannot hold more than
+// max_sessions_per_client sessions, nor request faster than its budget.
+func TestAdmissionLimits(t *testing.T) {
+	ns := startNATS(t, nil)
+	bus := engine.NATSConfig{URLs: []string{ns.URL()}}
+	legitID, legitSeed := newIdentitySeed(t)
+	_, exitSeed := newIdentitySeed(t)
+	x := startSecureEngine(t, engine.Config{NATS: bus, Identity: exitSeed,
+		Exit: &engine.ExitConfig{ID: "guarded", Listen: "127.0.0.1:0", AllowedClients: []string{legitID.ID()}}})
+	evil := newAttacker(t, ns.URL())
+	before := exitStatus(t, x)
+	const flood = 300
+	var forbidden int
+	for range flood {
+		fresh, _ := newIdentitySeed(t)
+		data, _ := signaling.Encode(messages.TypeSessionRequest, signedRequest(t, fresh, "guarded"))
+		body, err := evil.request("guarded", data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e, ok := body.(*messages.ErrorResponse); ok && e.Code == messages.ErrCodeForbidden {
+			forbidden++
+		}
+	}
+	if st := exitStatus(t, x); forbidden != flood || st != before {
+		t.Fatalf("flood of %d: %d forbidden; exit %+v, before %+v", flood, forbidden, st, before)
+	}
+	legit := startSecureEngine(t, engine.Config{NATS: bus, Identity: legitSeed})
+	openSpec(t, legit, engine.TunnelSpec{Exit: "guarded", Pins: map[string]string{"guarded": x.ClientID()}})
+
+	// An open exit with per-client limits.
+	_, openSeed := newIdentitySeed(t)
+	y := startSecureEngine(t, engine.Config{NATS: bus, Identity: openSeed,
+		Exit: &engine.ExitConfig{ID: "limited", Listen: "127.0.0.1:0", Open: true, MaxSessionsPerClient: 3, RequestsPerSecond: 2, RequestBurst: 5}})
+	codes := map[string]int{}
+	for range 8 {
+		data, _ := signaling.Encode(messages.TypeSessionRequest, signedRequest(t, evil.id, "limited"))
+		body, err := evil.request("limited", data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch b := body.(type) {
+		case *messages.SessionResponse:
+			codes["granted"]++
+		case *messages.ErrorResponse:
+			codes[b.Code]++
+		}
+	}
+	// Burst 5: five requests pass the rate budget, of which three get sessions; the other three
+	// are over the rate ("unavailable": retry later).
+	if codes["granted"] != 3 || codes[messages.ErrCodeLimited] != 2 || codes[messages.ErrCodeUnavailable] != 3 {
+		t.Fatalf("one identity's 8 requests: %v, want 3 granted, 2 limited, 3 unavailable", codes)
+	}
+	if st := exitStatus(t, y); st.Sessions != 3 || st.Clients != 1 {
+		t.Fatalf("exit after the limits: %+v", st)
+	}
+}
+
+// TestBurstOfClientsAllGetSessions: 400 clients ask one exit for a session at the same moment;
+// the requests beyond what the exit handles at once wait their turn, and every client gets a
+// signed session.
+func TestBurstOfClientsAllGetSessions(t *testing.T) {
+	ns := startNATS(t, nil)
+	_, exitSeed := newIdentitySeed(t)
+	x := startSecureEngine(t, engine.Config{NATS: engine.NATSConfig{URLs: []string{ns.URL()}}, Identity: exitSeed,
+		Exit: &engine.ExitConfig{ID: "busy", Listen: "127.0.0.1:0", Open: true}})
+	const clients = 400
+	reqs := make([][]byte, clients)
+	for i := range reqs {
+		id, _ := newIdentitySeed(t)
+		reqs[i], _ = signaling.Encode(messages.TypeSessionRequest, signedRequest(t, id, "busy"))
+	}
+	nc, err := nats.Connect(ns.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	var granted, other atomic.Int64
+	var wg sync.WaitGroup
+	for _, data := range reqs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			msg, err := nc.Request(signaling.ExitSubject("busy"), data, 30*time.Second)
+			if err == nil {
+				if body, err := signaling.Decode(msg.Data); err == nil {
+					if r, ok := body.(*messages.SessionResponse); ok && signaling.VerifySessionResponse(r, time.Now()) == nil && r.ExitIdentity == x.ClientID() {
+						granted.Add(1)
+						return
+					}
+				}
+			}
+			other.Add(1)
+		}()
+	}
+	wg.Wait()
+	if granted.Load() != clients {
+		t.Fatalf("%d of %d clients got a session (%d did not)", granted.Load(), clients, other.Load())
+	}
+	if st := exitStatus(t, x); st.Sessions != clients || st.Clients != clients {
+		t.Fatalf("exit: %+v", st)
+	}
+}
+
+// TestTrustIsRequiredOnASharedBus: on a shared bus a tunnel must pin its exits or trust an
+// operator, and an exit must say whom it admits — each a configuration error naming the field.
+func TestTrustIsRequiredOnASharedBus(t *testing.T) {
+	bus := engine.NATSConfig{URLs: []string{"nats://127.0.0.1:4222"}}
+	for _, c := range []struct {
+		field string
+		cfg   engine.Config
+	}{
+		{"tunnels[0].pins", engine.Config{NATS: bus, Tunnels: []engine.TunnelSpec{{Exit: "a", SOCKS: "127.0.0.1:0"}}}},
+		{"tunnels[0].pins", engine.Config{NATS: bus, Tunnels: []engine.TunnelSpec{{Exit: "a", Exits: []string{"b"}, SOCKS: "127.0.0.1:0",
+			Pins: map[string]string{"a": mustID(t)}}}}},
+		{"exit.allowed_clients", engine.Config{NATS: bus, Exit: &engine.ExitConfig{ID: "x"}}},
+		{"trust.operators[0]", engine.Config{NATS: bus, Trust: engine.TrustConfig{Operators: []string{"nope"}}}},
+		{"exit.certificate", engine.Config{NATS: bus, Exit: &engine.ExitConfig{ID: "x", Open: true, Certificate: "x.y"}}},
+	} {
+		err := c.cfg.Validate()
+		var fe *engine.FieldError
+		if !errors.As(err, &fe) || fe.Field != c.field {
+			t.Errorf("want an error naming %s, got %v", c.field, err)
+		}
+	}
+	// Accepted: pinned, operator trust, any_exit declared, an open exit, the private embedded bus.
+	for _, cfg := range []engine.Config{
+		{NATS: bus, Tunnels: []engine.TunnelSpec{{Exit: "a", SOCKS: "127.0.0.1:0", Pins: map[string]string{"a": mustID(t)}}}},
+		{NATS: bus, Trust: engine.TrustConfig{Operators: []string{mustID(t)}}, Tunnels: []engine.TunnelSpec{{Exit: "a", SOCKS: "127.0.0.1:0"}}},
+		{NATS: bus, Trust: engine.TrustConfig{AnyExit: true}, Tunnels: []engine.TunnelSpec{{Exit: "a", SOCKS: "127.0.0.1:0"}}},
+		{NATS: bus, Exit: &engine.ExitConfig{ID: "x", Open: true}},
+		{Exit: &engine.ExitConfig{ID: "x"}, Tunnels: []engine.TunnelSpec{{Exit: "x", SOCKS: "127.0.0.1:0"}}},
+	} {
+		if err := cfg.Validate(); err != nil {
+			t.Errorf("%+v: %v", cfg, err)
+		}
+	}
+}
+
+func mustID(t testing.TB) string {
+	id, _ := newIdentitySeed(t)
+	return id.ID()
+}
