@@ -18,25 +18,27 @@ type EndReason string
 
 // End reasons.
 const (
-	EndNormal         EndReason = "normal"          // the side closed its stream (EOF) and everything was delivered
-	EndReset          EndReason = "reset"           // the side reset the connection (ECONNRESET, EPIPE)
-	EndTimeout        EndReason = "timeout"         // a handshake, dial or write did not finish in time
-	EndInactivity     EndReason = "inactivity"      // no bytes either way for the inactivity timeout
-	EndMaxLifetime    EndReason = "max_lifetime"    // the connection reached its maximum lifetime
-	EndLimit          EndReason = "limit"           // refused: too many connections
-	EndPolicyDenied   EndReason = "policy_denied"   // refused: the exit's egress policy
-	EndDialFailed     EndReason = "dial_failed"     // the destination could not be reached
-	EndTunnelClosed   EndReason = "tunnel_closed"   // the tunnel (or exit session) under it closed
-	EndDrainTimeout   EndReason = "drain_timeout"   // still open when a drain ran out of time
-	EndEngineShutdown EndReason = "engine_shutdown" // the engine shut down
-	EndProtocolError  EndReason = "protocol_error"  // the client's proxy or connect request was malformed
-	EndError          EndReason = "error"           // any other I/O error
-	EndInternalError  EndReason = "internal_error"  // Warren itself failed (a panic while setting up), logged with its stack
+	EndNormal           EndReason = "normal"            // the side closed its stream (EOF) and everything was delivered
+	EndReset            EndReason = "reset"             // the side reset the connection (ECONNRESET, EPIPE)
+	EndTimeout          EndReason = "timeout"           // a handshake, dial or write did not finish in time
+	EndInactivity       EndReason = "inactivity"        // no bytes either way for the inactivity timeout
+	EndMaxLifetime      EndReason = "max_lifetime"      // the connection reached its maximum lifetime
+	EndLimit            EndReason = "limit"             // refused: too many connections
+	EndPolicyDenied     EndReason = "policy_denied"     // refused: the exit's egress policy
+	EndDialFailed       EndReason = "dial_failed"       // the destination could not be reached
+	EndTunnelClosed     EndReason = "tunnel_closed"     // the tunnel (or exit session) under it closed
+	EndDrainTimeout     EndReason = "drain_timeout"     // still open when a drain ran out of time
+	EndEngineShutdown   EndReason = "engine_shutdown"   // the engine shut down
+	EndProtocolError    EndReason = "protocol_error"    // the client's proxy or connect request was malformed
+	EndAuthFailed       EndReason = "auth_failed"       // the proxy client gave no or wrong credentials
+	EndHandshakeTimeout EndReason = "handshake_timeout" // the proxy client did not finish its greeting and request in time
+	EndError            EndReason = "error"             // any other I/O error
+	EndInternalError    EndReason = "internal_error"    // Warren itself failed (a panic while setting up), logged with its stack
 )
 
 // AllEndReasons lists the set, for documentation and exhaustive stats.
 var AllEndReasons = []EndReason{EndNormal, EndReset, EndTimeout, EndInactivity, EndMaxLifetime, EndLimit,
-	EndPolicyDenied, EndDialFailed, EndTunnelClosed, EndDrainTimeout, EndEngineShutdown, EndProtocolError, EndError, EndInternalError}
+	EndPolicyDenied, EndDialFailed, EndTunnelClosed, EndDrainTimeout, EndEngineShutdown, EndProtocolError, EndAuthFailed, EndHandshakeTimeout, EndError, EndInternalError}
 
 // ConnectionEnded is emitted once per connection when its actor has stopped and released both sockets.
 type ConnectionEnded struct {
