@@ -61,6 +61,7 @@ type ExitConfig struct {
 	Events      *actor.PID
 	Logger      *slog.Logger
 	ReadyTo     *actor.PID          // hears one *ExitReady
+	Stats       *SignalingStats     // goodbyes dropped; nil: not kept
 	Identity    *signaling.Identity // signs the exit's goodbyes; announced in session responses
 }
 
@@ -82,6 +83,12 @@ type exitSession struct {
 	addrs        []netip.Addr
 }
 
+// pendingSession is a session being set up: whose it is, and whether its client already said goodbye.
+type pendingSession struct {
+	clientID string
+	gone     bool
+}
+
 type exitActor struct {
 	cfg      ExitConfig
 	behavior actor.Behavior
@@ -92,7 +99,7 @@ type exitActor struct {
 	next     netip.Addr
 	sessions map[string]*exitSession            // by session id
 	byPeer   map[string]*exitSession            // by peer PID id
-	pending  map[string]bool                    // session ids being set up; true once the client said goodbye
+	pending  map[string]*pendingSession         // session ids being set up
 	static   map[string]*actor.PID              // by name
 	keys     map[signaling.Key]string           // WireGuard public keys in use (sessions, static peers, the exit's own)
 	waiting  int                                // static peers and the subscription still to confirm in Starting
@@ -105,9 +112,12 @@ type exitActor struct {
 // NewExitProps returns the props of an exit actor.
 func NewExitProps(cfg ExitConfig) *actor.Props {
 	cfg.Logger = orDiscard(cfg.Logger).With("exit", cfg.ID)
+	if cfg.Stats == nil {
+		cfg.Stats = &SignalingStats{}
+	}
 	return props(func() actor.Actor {
 		e := &exitActor{cfg: cfg, behavior: actor.NewBehavior(), used: map[netip.Addr]bool{},
-			sessions: map[string]*exitSession{}, byPeer: map[string]*exitSession{}, pending: map[string]bool{},
+			sessions: map[string]*exitSession{}, byPeer: map[string]*exitSession{}, pending: map[string]*pendingSession{},
 			static: map[string]*actor.PID{}, keys: map[signaling.Key]string{}, adm: newAdmission()}
 		e.behavior.Become(e.starting)
 		return e
@@ -236,13 +246,22 @@ func (e *exitActor) serving(ctx actor.Context) {
 			e.cfg.Logger.Warn("goodbye refused", "session", c.SessionID, "err", err)
 			return
 		}
-		if _, ok := e.pending[c.SessionID]; ok {
-			e.pending[c.SessionID] = true // the grant completes, then the session is released at once
+		if p, ok := e.pending[c.SessionID]; ok {
+			if p.clientID != c.Signer {
+				e.forgedGoodbye(c, "not signed by the session's client")
+				return
+			}
+			p.gone = true // the grant completes, then the session is released at once
 			return
 		}
 		s := e.sessions[c.SessionID]
-		if s == nil || s.clientID != c.Signer {
-			e.cfg.Logger.Debug("goodbye for unknown session", "session", c.SessionID)
+		switch {
+		case s == nil:
+			e.cfg.Stats.Stale.Add(1)
+			e.cfg.Logger.Debug("goodbye for a session not here", "session", c.SessionID)
+			return
+		case s.clientID != c.Signer:
+			e.forgedGoodbye(c, "not signed by the session's client")
 			return
 		}
 		e.cfg.Logger.Info("client said goodbye", "session", c.SessionID, "reason", c.Reason)
@@ -285,7 +304,7 @@ func (e *exitActor) grant(ctx actor.Context, req *messages.SessionRequest) {
 		refuse(messages.ErrCodeForbidden, "%v", err)
 		return
 	}
-	if _, busy := e.pending[req.SessionID]; busy {
+	if e.pending[req.SessionID] != nil {
 		refuse(messages.ErrCodeReplayed, "request already seen")
 		return
 	}
@@ -306,13 +325,13 @@ func (e *exitActor) grant(ctx actor.Context, req *messages.SessionRequest) {
 		refuse(messages.ErrCodeExhausted, "%v", err)
 		return
 	}
-	e.pending[req.SessionID] = false
+	e.pending[req.SessionID] = &pendingSession{clientID: req.ClientID}
 	e.keys[key] = req.SessionID
 	f := ctx.RequestFuture(e.device, &addPeer{
 		publicKey: key, allowedIPs: []netip.Prefix{netip.PrefixFrom(addr, addr.BitLen())}, sessionID: req.SessionID,
 	}, 5*time.Second)
 	reenter(ctx, f, func(res any, err error) {
-		goneAlready := e.pending[req.SessionID]
+		goneAlready := e.pending[req.SessionID].gone
 		delete(e.pending, req.SessionID)
 		if e.stopped() { // the exit is stopping: its goodbyes went out already; this session never starts
 			if r, ok := res.(*addPeerResponse); ok && r.err == nil {

@@ -129,6 +129,12 @@ func (e *exitActor) answerPing(m *sessionPinged) *sessionPong {
 	return &sessionPong{known: true}
 }
 
+// forgedGoodbye drops a goodbye signed by someone other than the session's client.
+func (e *exitActor) forgedGoodbye(c *messages.SessionClose, why string) {
+	e.cfg.Stats.Forged.Add(1)
+	e.cfg.Logger.Warn("client goodbye dropped", "session", c.SessionID, "signer", c.Signer, "reason", why)
+}
+
 // GetExitStatus asks the exit for its session and address counts; the reply is *ExitStatus.
 type GetExitStatus struct{}
 

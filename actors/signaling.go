@@ -150,8 +150,9 @@ type sessionGranted struct {
 type sessionClosedByClient struct{ close *messages.SessionClose }
 
 type inboundRPC struct {
-	msg  *nats.Msg
-	exit *actor.PID
+	msg    *nats.Msg
+	exit   *actor.PID
+	exitID string
 }
 
 type signalingActor struct {
@@ -223,9 +224,9 @@ func (s *signalingActor) Receive(ctx actor.Context) {
 			s.cfg.Logger.Warn("exit goodbye not sent", "client", m.clientID, "session", m.close.SessionID, "err", err)
 		}
 	case *serveExit:
-		system, self, exit := ctx.ActorSystem(), ctx.Self(), m.exit
+		system, self, exit, exitID := ctx.ActorSystem(), ctx.Self(), m.exit, m.exitID
 		sub, err := s.cfg.Conn.Subscribe(signaling.ExitSubject(m.exitID), func(msg *nats.Msg) {
-			system.Root.Send(self, &inboundRPC{msg: msg, exit: exit})
+			system.Root.Send(self, &inboundRPC{msg: msg, exit: exit, exitID: exitID})
 		})
 		if err == nil {
 			_ = sub.SetPendingLimits(4096, 8<<20)
@@ -247,7 +248,7 @@ func (s *signalingActor) Receive(ctx actor.Context) {
 		}
 	case *actor.Stopping:
 		for _, q := range s.queue { // they would only time out: say so now (flushed below)
-			s.refuseSigned(q.msg, q.req.SessionID, q.req.ClientID, messages.ErrCodeUnavailable, "exit shutting down")
+			s.refuseRequest(q, messages.ErrCodeUnavailable, "exit shutting down")
 		}
 		s.queue = nil
 		s.cancel()
@@ -295,12 +296,15 @@ func (s *signalingActor) handleClientEvent(ctx actor.Context, msg *nats.Msg) {
 	}
 	c, ok := body.(*messages.SessionClose)
 	if !ok {
+		s.cfg.Stats.Forged.Add(1)
 		s.cfg.Logger.Warn("client event refused", "subject", msg.Subject, "reason", fmt.Sprintf("unexpected %T", body))
 		return
 	}
 	w, ok := s.watched[c.SessionID]
 	if !ok {
-		s.cfg.Logger.Debug("exit goodbye for unknown session", "session", c.SessionID)
+		// Not necessarily forged (a goodbye that crossed our own), but never acted on.
+		s.cfg.Stats.Stale.Add(1)
+		s.cfg.Logger.Warn("exit goodbye dropped", "session", c.SessionID, "reason", "no such session here")
 		return
 	}
 	if c.Signer != w.exitIdentity {

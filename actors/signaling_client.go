@@ -31,6 +31,7 @@ type SignalingStats struct {
 	Replayed   atomic.Int64 // requests an exit had already seen
 	Refused    atomic.Int64 // requests this engine's exit refused (any code)
 	Unanswered atomic.Int64 // "no responders" and retries of "unavailable"
+	Stale      atomic.Int64 // genuine-looking goodbyes for sessions not (or no longer) here
 }
 
 // Retries of a request refused with "unavailable" (the exit is busy or rate-limits the client),
@@ -173,9 +174,15 @@ func (s *signalingActor) checkSessionReply(data []byte, m *requestSession) (*mes
 			s.cfg.Stats.Unsigned.Add(1)
 			return nil, nil, fmt.Errorf("unsigned refusal %q", b.Code)
 		}
-		if b.SessionID != m.req.SessionID || b.ClientID != m.req.ClientID {
+		if b.SessionID != m.req.SessionID || b.ClientID != m.req.ClientID || b.ExitID != m.exitID {
 			s.cfg.Stats.Forged.Add(1)
 			return nil, nil, errors.New("a refusal of another request")
+		}
+		if b.Code == messages.ErrCodeReplayed {
+			// This client sent its request once (retries of "unavailable" are never recorded by
+			// the exit): a replay refusal answers someone's copy of it, not this request.
+			s.cfg.Stats.Forged.Add(1)
+			return nil, nil, errors.New("a refusal of a copy of this request")
 		}
 		if err := signaling.VerifyError(b, now); err != nil {
 			s.cfg.Stats.Forged.Add(1)
@@ -247,11 +254,13 @@ func (s *signalingActor) awaitPong(ctx context.Context, m *pingExit, p *messages
 		body, err := signaling.Decode(msg.Data)
 		if err != nil {
 			s.cfg.Stats.Forged.Add(1)
+			s.cfg.Logger.Warn("pong dropped", "exit", m.exitID, "session", p.SessionID, "reason", err)
 			continue
 		}
 		switch b := body.(type) {
 		case *messages.SessionPong:
-			if b.SessionID != p.SessionID || b.Nonce != p.Nonce || b.Signer != m.exitIdentity {
+			if b.SessionID != p.SessionID || b.Nonce != p.Nonce || b.Signer != m.exitIdentity ||
+				b.ExitID != m.exitID || b.ClientID != p.ClientID {
 				s.cfg.Stats.Forged.Add(1)
 				s.cfg.Logger.Warn("pong dropped", "exit", m.exitID, "session", p.SessionID, "reason", "not the session exit's answer to this ping")
 				continue
@@ -265,15 +274,19 @@ func (s *signalingActor) awaitPong(ctx context.Context, m *pingExit, p *messages
 		case *messages.ErrorResponse:
 			if b.Signer == "" {
 				s.cfg.Stats.Unsigned.Add(1)
+				s.cfg.Logger.Warn("ping refusal dropped", "exit", m.exitID, "session", p.SessionID, "reason", "unsigned", "code", b.Code)
 				continue
 			}
-			if b.Signer != m.exitIdentity || b.SessionID != p.SessionID || signaling.VerifyError(b, time.Now()) != nil {
+			if b.Signer != m.exitIdentity || b.SessionID != p.SessionID || b.ClientID != p.ClientID ||
+				b.ExitID != m.exitID || b.Nonce != p.Nonce || signaling.VerifyError(b, time.Now()) != nil {
 				s.cfg.Stats.Forged.Add(1)
+				s.cfg.Logger.Warn("ping refusal dropped", "exit", m.exitID, "session", p.SessionID, "reason", "not the session exit's answer to this ping")
 				continue
 			}
 			return &pingReply{err: fmt.Errorf("ping exit %q: %w", m.exitID, &signaling.WireError{Code: b.Code, Message: b.Message})}
 		default:
 			s.cfg.Stats.Forged.Add(1)
+			s.cfg.Logger.Warn("pong dropped", "exit", m.exitID, "session", p.SessionID, "reason", fmt.Sprintf("unexpected %T", body))
 		}
 	}
 }

@@ -24,14 +24,18 @@ const (
 	maxInFlight = 256
 	maxQueued   = 4096
 	queueWait   = 3 * time.Second
-	exitAnswer  = 5 * time.Second // the exit actor's answer to one request (it adds a peer)
+	// exitAnswer bounds the exit actor's answer to one request. Longer than the exit's own bound on
+	// adding the peer (5 s): an "unavailable" from here must never race a grant the exit still
+	// completes, or the client's retry would meet its own request as a replay.
+	exitAnswer = 10 * time.Second
 )
 
 type queuedRequest struct {
-	msg   *nats.Msg
-	req   *messages.SessionRequest
-	exit  *actor.PID
-	until time.Time
+	msg    *nats.Msg
+	req    *messages.SessionRequest
+	exit   *actor.PID
+	exitID string
+	until  time.Time
 }
 
 // refuse answers a message that could not be read (or names no session) with an unsigned refusal.
@@ -44,22 +48,30 @@ func (s *signalingActor) refuse(msg *nats.Msg, code, text string) {
 	_ = msg.Respond(signaling.EncodeError(code, text))
 }
 
-// refuseSigned answers a readable request for sessionID from clientID with a signed refusal.
-func (s *signalingActor) refuseSigned(msg *nats.Msg, sessionID, clientID, code, text string) {
-	s.cfg.Logger.Warn("request refused", "subject", msg.Subject, "session", sessionID, "client", clientID, "code", code, "reason", text)
+// refuseSigned answers a verified request or ping (r says which session, client, exit and ping
+// nonce it refuses) with a refusal signed by this engine and bound to all of them. Only verified
+// messages get one: otherwise anyone could have the exit sign a refusal bound to someone else's
+// session and hand it to them (docs/security.md).
+func (s *signalingActor) refuseSigned(msg *nats.Msg, r *messages.ErrorResponse) {
+	s.cfg.Logger.Warn("request refused", "subject", msg.Subject, "session", r.SessionID, "client", r.ClientID, "code", r.Code, "reason", r.Message)
 	s.cfg.Stats.Refused.Add(1)
-	if code == messages.ErrCodeReplayed {
+	if r.Code == messages.ErrCodeReplayed {
 		s.cfg.Stats.Replayed.Add(1)
 	}
 	if msg.Reply == "" || s.cfg.Identity == nil {
 		return
 	}
-	e := &messages.ErrorResponse{Code: code, Message: truncateUTF8(text, 1024), SessionID: sessionID, ClientID: clientID,
-		Certificate: s.cfg.ExitCertificate}
-	s.cfg.Identity.SignError(e, time.Now())
-	if data, err := signaling.Encode(messages.TypeError, e); err == nil {
+	r.Message, r.Certificate = truncateUTF8(r.Message, 1024), s.cfg.ExitCertificate
+	s.cfg.Identity.SignError(r, time.Now())
+	if data, err := signaling.Encode(messages.TypeError, r); err == nil {
 		_ = msg.Respond(data)
 	}
+}
+
+// refuseRequest refuses a verified session request.
+func (s *signalingActor) refuseRequest(q queuedRequest, code, text string) {
+	s.refuseSigned(q.msg, &messages.ErrorResponse{Code: code, Message: text, SessionID: q.req.SessionID,
+		ClientID: q.req.ClientID, ExitID: q.exitID})
 }
 
 func (s *signalingActor) handleRPC(ctx actor.Context, m *inboundRPC) {
@@ -75,17 +87,28 @@ func (s *signalingActor) handleRPC(ctx actor.Context, m *inboundRPC) {
 	}
 	switch b := body.(type) {
 	case *messages.SessionRequest:
+		q := queuedRequest{msg: m.msg, req: b, exit: m.exit, exitID: m.exitID}
+		if err := signaling.VerifySessionRequest(b, time.Now()); err != nil {
+			s.refuse(m.msg, messages.ErrCodeForbidden, err.Error()) // unsigned: it proves nothing about anyone
+			return
+		}
 		switch {
 		case m.msg.Reply == "":
 			s.refuse(m.msg, messages.ErrCodeBadRequest, "session request without a reply subject")
 		case s.inFlight < maxInFlight:
-			s.dispatch(ctx, queuedRequest{msg: m.msg, req: b, exit: m.exit})
+			s.dispatch(ctx, q)
 		case len(s.queue) < maxQueued:
-			s.queue = append(s.queue, queuedRequest{msg: m.msg, req: b, exit: m.exit, until: time.Now().Add(queueWait)})
+			q.until = time.Now().Add(queueWait)
+			s.queue = append(s.queue, q)
 		default:
-			s.refuseSigned(m.msg, b.SessionID, b.ClientID, messages.ErrCodeUnavailable, "too many session requests waiting")
+			s.refuseRequest(q, messages.ErrCodeUnavailable, "too many session requests waiting")
 		}
 	case *messages.SessionClose:
+		if err := signaling.VerifySessionClose(b, time.Now()); err != nil {
+			s.cfg.Stats.Forged.Add(1)
+			s.cfg.Logger.Warn("client goodbye dropped", "session", b.SessionID, "reason", err)
+			return
+		}
 		ctx.Send(m.exit, &sessionClosedByClient{close: b})
 	case *messages.SessionPing:
 		s.pinged(ctx, m, b)
@@ -104,13 +127,13 @@ func (s *signalingActor) dispatch(ctx actor.Context, q queuedRequest) {
 		g, ok := res.(*sessionGranted)
 		switch {
 		case err != nil || !ok:
-			s.refuseSigned(q.msg, q.req.SessionID, q.req.ClientID, messages.ErrCodeUnavailable, fmt.Sprintf("exit did not answer: %v", err))
+			s.refuseRequest(q, messages.ErrCodeUnavailable, fmt.Sprintf("exit did not answer: %v", err))
 		case g.err != nil:
-			s.refuseSigned(q.msg, q.req.SessionID, q.req.ClientID, g.err.Code, g.err.Message)
+			s.refuseRequest(q, g.err.Code, g.err.Message)
 		default:
 			data, err := signaling.Encode(messages.TypeSessionResponse, g.resp)
 			if err != nil {
-				s.refuseSigned(q.msg, q.req.SessionID, q.req.ClientID, messages.ErrCodeInternal, err.Error())
+				s.refuseRequest(q, messages.ErrCodeInternal, err.Error())
 				return
 			}
 			_ = q.msg.Respond(data)
@@ -127,7 +150,7 @@ func (s *signalingActor) dequeue(ctx actor.Context) {
 		s.queue[0] = queuedRequest{}
 		s.queue = s.queue[1:]
 		if now.After(q.until) {
-			s.refuseSigned(q.msg, q.req.SessionID, q.req.ClientID, messages.ErrCodeUnavailable, "waited too long for the exit")
+			s.refuseRequest(q, messages.ErrCodeUnavailable, "waited too long for the exit")
 			continue
 		}
 		s.dispatch(ctx, q)
@@ -140,23 +163,31 @@ func (s *signalingActor) dequeue(ctx actor.Context) {
 // pinged answers a signed ping with a signed pong: does the exit hold the session, for this client?
 func (s *signalingActor) pinged(ctx actor.Context, m *inboundRPC, p *messages.SessionPing) {
 	if m.msg.Reply == "" {
+		s.cfg.Stats.Forged.Add(1)
+		s.cfg.Logger.Warn("ping dropped", "subject", m.msg.Subject, "reason", "no reply subject")
 		return
 	}
 	if err := signaling.VerifySessionPing(p, time.Now()); err != nil {
-		s.refuseSigned(m.msg, p.SessionID, p.ClientID, messages.ErrCodeForbidden, err.Error())
+		s.refuse(m.msg, messages.ErrCodeForbidden, err.Error()) // unsigned: it proves nothing about anyone
 		return
 	}
-	msg := m.msg
+	msg, exitID := m.msg, m.exitID
 	f := ctx.RequestFuture(m.exit, &sessionPinged{sessionID: p.SessionID, clientID: p.ClientID, ts: p.Timestamp}, 2*time.Second)
 	reenter(ctx, f, func(res any, err error) {
+		refusal := &messages.ErrorResponse{SessionID: p.SessionID, ClientID: p.ClientID, ExitID: exitID, Nonce: p.Nonce}
 		r, ok := res.(*sessionPong)
 		switch {
 		case err != nil || !ok:
-			s.refuseSigned(msg, p.SessionID, p.ClientID, messages.ErrCodeUnavailable, fmt.Sprintf("exit did not answer: %v", err))
+			refusal.Code, refusal.Message = messages.ErrCodeUnavailable, fmt.Sprintf("exit did not answer: %v", err)
+			s.refuseSigned(msg, refusal)
+		case r.err != nil && r.err.Code == messages.ErrCodeForbidden:
+			// Another client's session: say nothing signed about it.
+			s.refuse(msg, r.err.Code, r.err.Message)
 		case r.err != nil:
-			s.refuseSigned(msg, p.SessionID, p.ClientID, r.err.Code, r.err.Message)
+			refusal.Code, refusal.Message = r.err.Code, r.err.Message
+			s.refuseSigned(msg, refusal)
 		case s.cfg.Identity != nil:
-			pong := &messages.SessionPong{SessionID: p.SessionID, Nonce: p.Nonce, Known: r.known}
+			pong := &messages.SessionPong{SessionID: p.SessionID, Nonce: p.Nonce, ExitID: exitID, ClientID: p.ClientID, Known: r.known}
 			s.cfg.Identity.SignSessionPong(pong, time.Now())
 			if data, err := signaling.Encode(messages.TypeSessionPong, pong); err == nil {
 				_ = msg.Respond(data)

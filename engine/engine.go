@@ -162,13 +162,14 @@ type SignalingStats struct {
 	Replayed   int64 // requests this engine's exit had seen before
 	Refused    int64 // requests this engine's exit refused, for any reason
 	Unanswered int64 // requests that found no exit, or were told to retry
+	Stale      int64 // goodbyes for sessions not (or no longer) here: never acted on
 }
 
 // SignalingStats returns the counters of dropped and refused signaling messages.
 func (e *Engine) SignalingStats() SignalingStats {
 	s := &e.sigStats
 	return SignalingStats{Forged: s.Forged.Load(), Unsigned: s.Unsigned.Load(), Untrusted: s.Untrusted.Load(),
-		Replayed: s.Replayed.Load(), Refused: s.Refused.Load(), Unanswered: s.Unanswered.Load()}
+		Replayed: s.Replayed.Load(), Refused: s.Refused.Load(), Unanswered: s.Unanswered.Load(), Stale: s.Stale.Load()}
 }
 
 // ActorPanics counts actors that panicked and were stopped by their supervisors since Start. Each
@@ -340,7 +341,7 @@ func (e *Engine) exitConfig(x *ExitConfig) (actors.ExitConfig, error) {
 		MTU: r.mtu, ConnectPort: r.port, Egress: r.egress, AllowedClients: x.AllowedClients,
 		// Validate refuses an exit on a shared bus that would admit anyone without saying so.
 		Open:      x.Open || (len(x.AllowedClients) == 0 && len(e.cfg.Trust.Operators) == 0),
-		Operators: e.cfg.Trust.Operators, Certificate: x.Certificate,
+		Operators: e.cfg.Trust.Operators, Certificate: x.Certificate, Stats: &e.sigStats,
 		MaxSessionsPerClient: r.maxSessions, RequestRate: r.rate, RequestBurst: r.burst,
 		Conn:    r.limits.timeouts(orDuration(x.ConnectTimeout, DefaultConnectTimeout)),
 		UDPIdle: orDuration(x.UDPIdleTimeout, DefaultUDPIdleTimeout), MaxConnsPerSession: r.maxFlows,

@@ -81,7 +81,9 @@ type SessionPing struct {
 // or released it): the tunnel's data plane cannot work any more. Signed by the exit's identity.
 type SessionPong struct {
 	SessionID string `json:"session_id"`
-	Nonce     string `json:"nonce"` // the ping's
+	Nonce     string `json:"nonce"`     // the ping's
+	ExitID    string `json:"exit_id"`   // the exit that answers (one identity may serve several)
+	ClientID  string `json:"client_id"` // the client that pinged
 	Known     bool   `json:"known"`
 	Signer    string `json:"signer"`
 	Timestamp int64  `json:"ts"`
@@ -111,6 +113,8 @@ type ErrorResponse struct {
 	Message   string `json:"message"`
 	SessionID string `json:"session_id,omitempty"`
 	ClientID  string `json:"client_id,omitempty"`
+	ExitID    string `json:"exit_id,omitempty"` // the exit that refuses
+	Nonce     string `json:"nonce,omitempty"`   // the ping's, for a refused ping
 	// Certificate is the exit's operator certificate, as in SessionResponse.
 	Certificate string `json:"cert,omitempty"`
 	Signer      string `json:"signer,omitempty"`

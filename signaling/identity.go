@@ -56,10 +56,19 @@ func (id *Identity) ID() string {
 	return base64.RawURLEncoding.EncodeToString(id.priv.Public().(ed25519.PublicKey))
 }
 
-// signingBytes joins a domain label and fields: every signed kind has its own label, so a
-// signature over one kind can never pass as another.
+// signingBytes is a domain label and the fields, each prefixed with its length: every signed kind
+// has its own label, so a signature over one kind never passes as another's, and no field's
+// content can shift the boundary to the next (free text such as reasons may hold anything).
 func signingBytes(label string, fields ...string) []byte {
-	return []byte(label + "\n" + strings.Join(fields, "\n"))
+	var b strings.Builder
+	b.WriteString(label)
+	for _, f := range fields {
+		b.WriteString("\n")
+		b.WriteString(strconv.Itoa(len(f)))
+		b.WriteString(":")
+		b.WriteString(f)
+	}
+	return []byte(b.String())
 }
 
 func requestSigningBytes(r *messages.SessionRequest) []byte {
@@ -73,7 +82,7 @@ func responseSigningBytes(r *messages.SessionResponse) []byte {
 }
 
 func errorSigningBytes(e *messages.ErrorResponse) []byte {
-	return signingBytes("warren-error-v1", e.SessionID, e.ClientID, e.Code, e.Message, e.Certificate, e.Signer, strconv.FormatInt(e.Timestamp, 10))
+	return signingBytes("warren-error-v1", e.SessionID, e.ClientID, e.ExitID, e.Nonce, e.Code, e.Message, e.Certificate, e.Signer, strconv.FormatInt(e.Timestamp, 10))
 }
 
 func pingSigningBytes(p *messages.SessionPing) []byte {
@@ -81,11 +90,11 @@ func pingSigningBytes(p *messages.SessionPing) []byte {
 }
 
 func pongSigningBytes(p *messages.SessionPong) []byte {
-	return signingBytes("warren-session-pong-v1", p.SessionID, p.Nonce, strconv.FormatBool(p.Known), p.Signer, strconv.FormatInt(p.Timestamp, 10))
+	return signingBytes("warren-session-pong-v1", p.SessionID, p.Nonce, p.ExitID, p.ClientID, strconv.FormatBool(p.Known), p.Signer, strconv.FormatInt(p.Timestamp, 10))
 }
 
 func closeSigningBytes(c *messages.SessionClose) []byte {
-	return []byte(strings.Join([]string{"warren-session-close-v1", c.SessionID, c.Signer, c.Reason, strconv.FormatInt(c.Timestamp, 10)}, "\n"))
+	return signingBytes("warren-session-close-v1", c.SessionID, c.Signer, c.Reason, strconv.FormatInt(c.Timestamp, 10))
 }
 
 // SignSessionRequest fills ClientID, Timestamp and Signature.

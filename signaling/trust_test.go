@@ -76,11 +76,11 @@ func TestSignedMessagesRoundTrip(t *testing.T) {
 		ClientAddresses: []string{"10.77.0.2"}, ExitAddresses: []string{"10.77.0.1"}, ConnectPort: 7070, MTU: 1420,
 		ExitID: "exit-1", ClientID: client.ID()}
 	exit.SignSessionResponse(resp, now)
-	refusal := &messages.ErrorResponse{Code: messages.ErrCodeForbidden, Message: "no", SessionID: sid, ClientID: client.ID()}
+	refusal := &messages.ErrorResponse{Code: messages.ErrCodeForbidden, Message: "no", SessionID: sid, ClientID: client.ID(), ExitID: "exit-1"}
 	exit.SignError(refusal, now)
 	ping := &messages.SessionPing{SessionID: sid, Nonce: nonce}
 	client.SignSessionPing(ping, now)
-	pong := &messages.SessionPong{SessionID: sid, Nonce: nonce, Known: true}
+	pong := &messages.SessionPong{SessionID: sid, Nonce: nonce, ExitID: "exit-1", ClientID: client.ID(), Known: true}
 	exit.SignSessionPong(pong, now)
 	for _, c := range []struct {
 		typ    string
@@ -91,11 +91,11 @@ func TestSignedMessagesRoundTrip(t *testing.T) {
 		{messages.TypeSessionResponse, resp, func(m any) error { return VerifySessionResponse(m.(*messages.SessionResponse), now) },
 			func(m any) { m.(*messages.SessionResponse).Endpoint = "127.0.0.1:9" }},
 		{messages.TypeError, refusal, func(m any) error { return VerifyError(m.(*messages.ErrorResponse), now) },
-			func(m any) { m.(*messages.ErrorResponse).Code = messages.ErrCodeExhausted }},
+			func(m any) { m.(*messages.ErrorResponse).ExitID = "exit-2" }},
 		{messages.TypeSessionPing, ping, func(m any) error { return VerifySessionPing(m.(*messages.SessionPing), now) },
 			func(m any) { m.(*messages.SessionPing).Nonce = strings.Repeat("ef", 16) }},
 		{messages.TypeSessionPong, pong, func(m any) error { return VerifySessionPong(m.(*messages.SessionPong), now) },
-			func(m any) { m.(*messages.SessionPong).Known = false }},
+			func(m any) { m.(*messages.SessionPong).ClientID = exit.ID() }},
 	} {
 		data, err := Encode(c.typ, c.msg)
 		if err != nil {
@@ -122,6 +122,25 @@ func TestSignedMessagesRoundTrip(t *testing.T) {
 	}
 	if err := VerifyError(&messages.ErrorResponse{Code: "forbidden"}, now); !errors.Is(err, ErrUnsigned) {
 		t.Errorf("an unsigned refusal: %v", err)
+	}
+	// Only canonical spellings of identities, keys and signatures pass validation: base64url
+	// decoding skips line breaks and trailing bits, which would let one key have many names.
+	for name, mutate := range map[string]func(*messages.SessionPong){
+		"line break in the signer": func(p *messages.SessionPong) { p.Signer = p.Signer[:10] + "\n" + p.Signer[10:] },
+		"trailing bits":            func(p *messages.SessionPong) { p.Signer = p.Signer[:42] + "B" },
+		"signature with a break":   func(p *messages.SessionPong) { p.Signature = p.Signature[:5] + "\r\n" + p.Signature[5:] },
+	} {
+		q := *pong
+		mutate(&q)
+		if err := Validate(&q); err == nil {
+			t.Errorf("%s: validated", name)
+		}
+	}
+	// Length prefixes: moving bytes from one free-text field into the next changes what is signed.
+	a := signingBytes("x", "ab\n2:c", "d")
+	b := signingBytes("x", "ab", "c\n1:d")
+	if string(a) == string(b) {
+		t.Error("two field lists sign the same bytes")
 	}
 }
 

@@ -35,7 +35,7 @@ func Validate(m any) error {
 		)
 	case *messages.SessionResponse:
 		if _, err := netip.ParseAddrPort(m.Endpoint); err != nil {
-			return fmt.Errorf("endpoint: %w", err)
+			return fmt.Errorf("endpoint %q: not an IP:port", truncate(m.Endpoint, 64))
 		}
 		if m.ConnectPort == 0 {
 			return fmt.Errorf("connect_port: must not be 0")
@@ -64,8 +64,8 @@ func Validate(m any) error {
 		return firstErr(validSessionID(m.SessionID), validNonce(m.Nonce), validClientID(m.ClientID),
 			positive("ts", m.Timestamp), validSignature(m.Signature))
 	case *messages.SessionPong:
-		return firstErr(validSessionID(m.SessionID), validNonce(m.Nonce), validClientID(m.Signer),
-			positive("ts", m.Timestamp), validSignature(m.Signature))
+		return firstErr(validSessionID(m.SessionID), validNonce(m.Nonce), ValidID(m.ExitID), validClientID(m.ClientID),
+			validClientID(m.Signer), positive("ts", m.Timestamp), validSignature(m.Signature))
 	case *messages.ErrorResponse:
 		if m.Code == "" || len(m.Code) > 64 {
 			return fmt.Errorf("code: must be 1-64 characters")
@@ -73,10 +73,16 @@ func Validate(m any) error {
 		if len(m.Message) > maxErrorText {
 			return fmt.Errorf("message: longer than %d", maxErrorText)
 		}
-		if m.Signer == "" && m.Signature == "" && m.Timestamp == 0 && m.SessionID == "" && m.ClientID == "" && m.Certificate == "" {
+		if m.Signer == "" && m.Signature == "" && m.Timestamp == 0 && m.SessionID == "" && m.ClientID == "" &&
+			m.Certificate == "" && m.ExitID == "" && m.Nonce == "" {
 			return nil // an unsigned refusal: readable, never acted on
 		}
-		return firstErr(validSessionID(m.SessionID), validClientID(m.ClientID), validClientID(m.Signer),
+		if m.Nonce != "" {
+			if err := validNonce(m.Nonce); err != nil {
+				return err
+			}
+		}
+		return firstErr(validSessionID(m.SessionID), ValidID(m.ExitID), validClientID(m.ClientID), validClientID(m.Signer),
 			positive("ts", m.Timestamp), validSignature(m.Signature), validCertField(m.Certificate))
 	default:
 		return fmt.Errorf("%T: %w", m, ErrUnknownType)
@@ -99,8 +105,11 @@ func validSessionID(s string) error {
 	return nil
 }
 
+// validClientID accepts an identity only in its canonical form (the one ID prints): base64url
+// decoding skips line breaks and ignores trailing bits, so other spellings of one key would slip
+// past exact comparisons and into the signed bytes.
 func validClientID(s string) error {
-	if b, err := base64.RawURLEncoding.DecodeString(s); err != nil || len(b) != 32 {
+	if b, err := base64.RawURLEncoding.DecodeString(s); err != nil || len(b) != 32 || base64.RawURLEncoding.EncodeToString(b) != s {
 		return fmt.Errorf("identity %q: must be a base64url ed25519 public key", truncate(s, 64))
 	}
 	return nil
@@ -121,14 +130,18 @@ func validCertField(s string) error {
 }
 
 func validKey(field, s string) error {
-	if _, err := ParseKey(s); err != nil {
+	k, err := ParseKey(s)
+	if err != nil {
 		return fmt.Errorf("%s: %w", field, err)
+	}
+	if k.String() != s {
+		return fmt.Errorf("%s: not in canonical base64", field)
 	}
 	return nil
 }
 
 func validSignature(s string) error {
-	if b, err := base64.RawURLEncoding.DecodeString(s); err != nil || len(b) != 64 {
+	if b, err := base64.RawURLEncoding.DecodeString(s); err != nil || len(b) != 64 || base64.RawURLEncoding.EncodeToString(b) != s {
 		return fmt.Errorf("sig: must be a base64url ed25519 signature")
 	}
 	return nil
@@ -147,7 +160,7 @@ func validAddrs(field string, addrs []string) error {
 	}
 	for _, a := range addrs {
 		if _, err := netip.ParseAddr(a); err != nil {
-			return fmt.Errorf("%s: %w", field, err)
+			return fmt.Errorf("%s: %q is not an IP address", field, truncate(a, 64))
 		}
 	}
 	return nil

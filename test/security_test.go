@@ -85,7 +85,7 @@ func (a *attacker) publish(subject, reply, typ string, body any) {
 	if reply != "" {
 		pub = func() error { return a.nc.PublishRequest(subject, reply, data) }
 	}
-	if err := pub(); err != nil {
+	if err := pub(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) { // closed: the test is over
 		a.t.Errorf("attacker publish: %v", err)
 	}
 }
@@ -153,7 +153,7 @@ func TestForgedRepliesNeitherHijackNorFail(t *testing.T) {
 			captured.Store(b.SessionID, b)
 			// An unsigned refusal, a refusal the attacker signed, and a hijacking response.
 			evil.publish(m.Reply, "", messages.TypeError, &messages.ErrorResponse{Code: messages.ErrCodeForbidden, Message: "go away"})
-			e := &messages.ErrorResponse{Code: messages.ErrCodeForbidden, Message: "go away", SessionID: b.SessionID, ClientID: b.ClientID}
+			e := &messages.ErrorResponse{Code: messages.ErrCodeForbidden, Message: "go away", SessionID: b.SessionID, ClientID: b.ClientID, ExitID: b.ExitID}
 			evil.id.SignError(e, time.Now())
 			evil.publish(m.Reply, "", messages.TypeError, e)
 			r := &messages.SessionResponse{SessionID: b.SessionID, ExitID: b.ExitID, ClientID: b.ClientID,
@@ -165,7 +165,7 @@ func TestForgedRepliesNeitherHijackNorFail(t *testing.T) {
 			if !forgePongs.Load() {
 				return
 			}
-			p := &messages.SessionPong{SessionID: b.SessionID, Nonce: b.Nonce, Known: false}
+			p := &messages.SessionPong{SessionID: b.SessionID, Nonce: b.Nonce, ExitID: "genuine", ClientID: b.ClientID, Known: false}
 			evil.id.SignSessionPong(p, time.Now())
 			evil.publish(m.Reply, "", messages.TypeSessionPong, p)
 			forgedPongs.Add(1)
@@ -235,7 +235,7 @@ func TestForgedRepliesAloneDoNotAnswer(t *testing.T) {
 			return
 		}
 		evil.publish(m.Reply, "", messages.TypeError, &messages.ErrorResponse{Code: messages.ErrCodeForbidden, Message: "go away"})
-		e := &messages.ErrorResponse{Code: messages.ErrCodeExhausted, Message: "full", SessionID: b.SessionID, ClientID: b.ClientID}
+		e := &messages.ErrorResponse{Code: messages.ErrCodeExhausted, Message: "full", SessionID: b.SessionID, ClientID: b.ClientID, ExitID: b.ExitID}
 		evil.id.SignError(e, time.Now())
 		evil.publish(m.Reply, "", messages.TypeError, e)
 		r := &messages.SessionResponse{SessionID: b.SessionID, ExitID: b.ExitID, ClientID: b.ClientID,
@@ -528,4 +528,139 @@ func TestTrustIsRequiredOnASharedBus(t *testing.T) {
 func mustID(t testing.TB) string {
 	id, _ := newIdentitySeed(t)
 	return id.ID()
+}
+
+// TestExitSignsNothingForOthers: the exit signs refusals only for requests and pings whose own
+// signature verified, and says nothing signed about another client's session — else an attacker
+// could obtain a refusal bound to a victim's session and hand it to the victim. A goodbye signed
+// by someone else for a session still being set up is ignored.
+func TestExitSignsNothingForOthers(t *testing.T) {
+	ns := startNATS(t, nil)
+	_, exitSeed := newIdentitySeed(t)
+	bus := engine.NATSConfig{URLs: []string{ns.URL()}}
+	x := startSecureEngine(t, engine.Config{NATS: bus, Identity: exitSeed,
+		Exit: &engine.ExitConfig{ID: "quiet", Listen: "127.0.0.1:0", Open: true}})
+	client := startSecureEngine(t, engine.Config{NATS: bus})
+	evil := newAttacker(t, ns.URL())
+	pings := make(chan *messages.SessionPing, 64)
+	sub, err := evil.nc.Subscribe(signaling.ExitSubject("quiet"), func(m *nats.Msg) {
+		body, err := signaling.Decode(m.Data)
+		if err != nil {
+			return
+		}
+		switch b := body.(type) {
+		case *messages.SessionRequest:
+			// A goodbye for the session being set up, signed by the attacker.
+			c := &messages.SessionClose{SessionID: b.SessionID, Reason: "forged"}
+			evil.id.SignSessionClose(c, time.Now())
+			evil.publish(signaling.ExitSubject("quiet"), "", messages.TypeSessionClose, c)
+		case *messages.SessionPing:
+			if b.ClientID == client.ClientID() {
+				select {
+				case pings <- b:
+				default:
+				}
+			}
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	_ = evil.nc.Flush()
+	tun := openSpec(t, client, engine.TunnelSpec{Exit: "quiet", Health: fastHealth(), Pins: map[string]string{"quiet": x.ClientID()}})
+	var ping *messages.SessionPing
+	select {
+	case ping = <-pings:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no ping seen")
+	}
+	ask := func(typ string, body any) *messages.ErrorResponse {
+		t.Helper()
+		data, _ := signaling.Encode(typ, body)
+		reply, err := evil.request("quiet", data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e, ok := reply.(*messages.ErrorResponse)
+		if !ok {
+			t.Fatalf("%s: answered %#v, want a refusal", typ, reply)
+		}
+		return e
+	}
+	// The victim's ping with a made-up signature, and the attacker's own ping for the victim's session.
+	badSig := *ping
+	badSig.Signature = evil.id.ID() + evil.id.ID()[:43]
+	theirs := &messages.SessionPing{SessionID: ping.SessionID, Nonce: ping.Nonce}
+	evil.id.SignSessionPing(theirs, time.Now())
+	// A copy of a victim's request with a made-up signature.
+	req := signedRequest(t, client2(t), "quiet")
+	req.ClientID = client.ClientID()
+	for name, e := range map[string]*messages.ErrorResponse{
+		"ping with a bad signature":    ask(messages.TypeSessionPing, &badSig),
+		"ping for another's session":   ask(messages.TypeSessionPing, theirs),
+		"request with a bad signature": ask(messages.TypeSessionRequest, req),
+	} {
+		if e.Signer != "" || e.Signature != "" {
+			t.Errorf("%s: the exit signed its refusal (%s): %+v", name, e.Code, e)
+		}
+	}
+	info, err := tun.Info(context.Background())
+	if err != nil || info.State != messages.StateUp || info.Reconnects != 0 {
+		t.Fatalf("tunnel after the attempts: %+v, %v", info, err)
+	}
+	if st := exitStatus(t, x); st.Sessions != 1 {
+		t.Fatalf("exit sessions %d, want the tunnel's one (a forged goodbye released it?)", st.Sessions)
+	}
+}
+
+func client2(t testing.TB) *signaling.Identity {
+	id, _ := newIdentitySeed(t)
+	return id
+}
+
+// TestPongFromAnotherExitOfTheSameIdentity: one identity serves two exits. An attacker pings the
+// victim's session at the other exit with its own identity and the victim's nonce, and has the
+// signed "unknown session" pong delivered to the victim's inbox: the pong names the exit and the
+// client it answers, so the victim drops it and stays Up.
+func TestPongFromAnotherExitOfTheSameIdentity(t *testing.T) {
+	ns := startNATS(t, nil)
+	_, shared := newIdentitySeed(t)
+	bus := engine.NATSConfig{URLs: []string{ns.URL()}}
+	xa := startSecureEngine(t, engine.Config{NATS: bus, Identity: shared, Exit: &engine.ExitConfig{ID: "twin-a", Listen: "127.0.0.1:0", Open: true}})
+	startSecureEngine(t, engine.Config{NATS: bus, Identity: shared, Exit: &engine.ExitConfig{ID: "twin-b", Listen: "127.0.0.1:0", Open: true}})
+	client := startSecureEngine(t, engine.Config{NATS: bus})
+	evil := newAttacker(t, ns.URL())
+	var redirected atomic.Int64
+	sub, err := evil.nc.Subscribe(signaling.ExitSubject("twin-a"), func(m *nats.Msg) {
+		body, err := signaling.Decode(m.Data)
+		p, ok := body.(*messages.SessionPing)
+		if err != nil || !ok || m.Reply == "" || p.ClientID != client.ClientID() {
+			return
+		}
+		mine := &messages.SessionPing{SessionID: p.SessionID, Nonce: p.Nonce}
+		evil.id.SignSessionPing(mine, time.Now())
+		evil.publish(signaling.ExitSubject("twin-b"), m.Reply, messages.TypeSessionPing, mine)
+		redirected.Add(1)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	_ = evil.nc.Flush()
+	// Pings every 200 ms, each given 2 s: a slow answer under load is not what this test is about.
+	health := fastHealth()
+	health.SignalingTimeout = engine.Duration(2 * time.Second)
+	tun := openSpec(t, client, engine.TunnelSpec{Exit: "twin-a", Health: health, Pins: map[string]string{"twin-a": xa.ClientID()}})
+	ev := watchTunnel(client)
+	ev.id = tun.ID()
+	// Whether a forged pong beats the genuine one is a race the test does not control; the
+	// client's check itself is tested deterministically in actors (TestPongChecks).
+	waitFor(t, 10*time.Second, "ten redirected pings", func() bool { return redirected.Load() >= 10 })
+	t.Logf("forged pongs read and dropped by the client: %d", client.SignalingStats().Forged)
+	ev.none(t, messages.StateReconnecting, messages.StateDegraded)
+	info, err := tun.Info(context.Background())
+	if err != nil || info.State != messages.StateUp || info.Reconnects != 0 {
+		t.Fatalf("after %d redirected pings: %+v, %v", redirected.Load(), info, err)
+	}
 }
