@@ -10,7 +10,12 @@ package actors
 //	  │                       ▼
 //	  │                    Ending: FIN both ways; the grace period runs ──both done──▶ stop
 //	  │                       └── grace expired: reset both ────────────────────────▶ stop
-//	  └──refused (limit, policy, dial failed, bad request, timeout)─────────────────▶ stop
+//	  └──refused (limit, policy, dial failed, bad request, auth, timeout)───────────▶ stop
+//
+// A plain-HTTP (absolute-URI) proxy connection relays in one goroutine instead of two copy loops:
+// proxy.ServeForward's request loop, which owns the upstream connections it dials and reports to
+// the actor once, when the client connection is over (forwardDone); each request is logged from
+// that goroutine, never through the mailbox.
 //
 // Each side's end reason is recorded once, by the first thing that ends it. Stopping (by the
 // owner, or after any of the above) closes both sockets, stops the timers and waits for the
@@ -18,6 +23,7 @@ package actors
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -67,6 +73,7 @@ type connConfig struct {
 
 	// client
 	proxyKind proxy.Kind
+	proxyOpts proxy.Options // the proxy protocol's auth, handshake budget and header limit (from the tunnel's config)
 	client    net.Conn
 	dialer    netstack.Dialer
 
@@ -114,6 +121,10 @@ type connActor struct {
 }
 
 type connSetupDone struct{}
+
+// connHandshakeDone tells the parent a proxy connection's handshake is over (established, or failed
+// and ending): it no longer counts against the parent's pending-handshake limit.
+type connHandshakeDone struct{}
 type connIdleCheck struct{}
 
 // pingServed tells the parent a ping ended: it held a slot but is no connection.
@@ -122,11 +133,14 @@ type connLifetimeExpired struct{}
 type connGraceExpired struct{}
 
 type connEstablished struct {
-	in, out            net.Conn
-	inReader           interface{ Read([]byte) (int, error) }
-	target             string
-	closeAfterResponse bool
+	in, out  net.Conn
+	inReader interface{ Read([]byte) (int, error) }
+	target   string
+	forward  *proxy.Session // plain HTTP: served by proxy.ServeForward instead of the copy loops
 }
+
+// forwardDone reports the end of a plain-HTTP request loop (proxy.ServeForward).
+type forwardDone struct{ err error }
 
 type connSetupFailed struct {
 	ping   bool
@@ -166,9 +180,15 @@ func (c *connActor) Receive(ctx actor.Context) {
 		if f, ok := r.(*connSetupFailed); !(ok && f.ping) {
 			c.emitOpened(ctx)
 		}
+		if c.cfg.kind == connProxy {
+			// The parent counts proxy connections in their handshake apart from established ones.
+			ctx.Request(ctx.Parent(), &connHandshakeDone{})
+		}
 		c.adopt(ctx, r)
 	case *pumpDone:
 		c.pumpEnded(ctx, m)
+	case *forwardDone:
+		c.forwardEnded(ctx, m)
 	case *connIdleCheck:
 		c.idleCheck(ctx)
 	case *connLifetimeExpired:
@@ -178,6 +198,7 @@ func (c *connActor) Receive(ctx actor.Context) {
 	case *connGraceExpired:
 		abort(c.in) // the other sides did not finish in time: reset
 		abort(c.out)
+		c.cancel() // a request loop resets its upstream
 	case *actor.Stopping:
 		why := messages.EndTunnelClosed
 		if c.cfg.stopWhy != nil {
@@ -259,14 +280,19 @@ func (c *connActor) adopt(ctx actor.Context, r any) {
 	case *connEstablished:
 		c.in, c.out, c.target = m.in, m.out, m.target
 		c.cancel()
-		c.pumps = 2
-		c.wg.Add(2)
-		report := func(d *pumpDone) { c.system.Root.Send(c.self, d) }
-		go func() {
-			defer c.wg.Done()
-			pump(c.out, m.inReader, &c.bytesIn, false, func(d *pumpDone) { d.toOut = true; report(d) })
-		}()
-		go func() { defer c.wg.Done(); pump(c.in, c.out, &c.bytesOut, m.closeAfterResponse, report) }()
+		if m.forward != nil {
+			c.out = nil // the request loop owns its upstream connections
+			c.serveForward(m.forward)
+		} else {
+			c.pumps = 2
+			c.wg.Add(2)
+			report := func(d *pumpDone) { c.system.Root.Send(c.self, d) }
+			go func() {
+				defer c.wg.Done()
+				pump(c.out, m.inReader, &c.bytesIn, false, func(d *pumpDone) { d.toOut = true; report(d) })
+			}()
+			go func() { defer c.wg.Done(); pump(c.in, c.out, &c.bytesOut, false, report) }()
+		}
 		if c.cfg.limits.Idle > 0 {
 			c.exemptIdle = c.cfg.limits.IdleExempt != nil && c.cfg.limits.IdleExempt(c.target)
 			c.idleSince = time.Now()
@@ -322,6 +348,92 @@ func (c *connActor) pumpEnded(ctx actor.Context, d *pumpDone) {
 		c.setBoth(messages.EndNormal)
 		ctx.Stop(ctx.Self())
 	}
+}
+
+// serveForward runs a plain-HTTP session's request loop in a goroutine the actor owns (counted in
+// wg, cancelled through c.cancel: Stopping and an expired grace reset its upstream). It counts
+// bytes into the connection's totals as they move and reports once, at the end.
+func (c *connActor) serveForward(s *proxy.Session) {
+	var loopCtx context.Context
+	loopCtx, c.cancel = context.WithCancel(context.Background())
+	c.pumps = 1
+	c.wg.Add(1)
+	system, self := c.system, c.self
+	go func() {
+		defer c.wg.Done()
+		err := proxy.ServeForward(loopCtx, s, c.dialForward, &c.bytesIn, &c.bytesOut)
+		system.Root.Send(self, &forwardDone{err: err})
+	}()
+}
+
+// dialForward dials a later request's origin through the tunnel, bounded like the first dial.
+func (c *connActor) dialForward(ctx context.Context, t proxy.Target) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.limits.Setup)
+	defer cancel()
+	return c.cfg.dialer.DialTCP(ctx, t.Host, t.Port)
+}
+
+// forwardEnded: the request loop is over. It has answered the client and closed its upstream;
+// both sides end with the loop's reason unless the actor ended them first.
+func (c *connActor) forwardEnded(ctx actor.Context, m *forwardDone) {
+	c.pumps = 0
+	if !c.ending && !c.closedUs {
+		why := forwardReason(m.err)
+		c.setBoth(why)
+		if why == messages.EndAuthFailed {
+			c.authFailed(m.err)
+		}
+	}
+	c.closedUs = true
+	closeQuietly(c.in)
+	ctx.Stop(ctx.Self())
+}
+
+// forwardReason maps how a request loop ended to the connection's end reason.
+func forwardReason(err error) messages.EndReason {
+	switch {
+	case err == nil:
+		return messages.EndNormal
+	case errors.Is(err, proxy.ErrAuth):
+		return messages.EndAuthFailed
+	case errors.Is(err, proxy.ErrHandshakeTimeout):
+		return messages.EndHandshakeTimeout
+	case errors.Is(err, proxy.ErrDial):
+		return dialReason(proxy.ReplyCodeOf(err))
+	case errors.Is(err, proxy.ErrBadRequest), errors.Is(err, proxy.ErrUnsupported):
+		return messages.EndProtocolError
+	}
+	return classify(err)
+}
+
+// authFailed logs a failed proxy authentication (the tunnel counts them by end reason).
+func (c *connActor) authFailed(err error) {
+	c.cfg.logger.Warn("proxy authentication failed", "conn", c.cfg.id, "owner", c.cfg.owner,
+		"source", c.source, "proxy", c.cfg.proxyKind.String(), "err", err)
+}
+
+// proxyOptions are the connection's proxy options, with OnRequest logging one line per plain-HTTP
+// request (from the request loop's goroutine) before calling the configured one.
+func (c *connActor) proxyOptions() proxy.Options {
+	opts := c.cfg.proxyOpts
+	next, logger, id, owner := opts.OnRequest, c.cfg.logger, c.cfg.id, c.cfg.owner
+	opts.OnRequest = func(r proxy.RequestLog) {
+		lvl := slog.LevelDebug
+		attrs := []any{"conn", id, "owner", owner, "method", r.Method, "target", "", "status", r.Status,
+			"bytes_in", r.BytesIn, "bytes_out", r.BytesOut, "duration", r.Duration.Round(time.Millisecond)}
+		if r.Target.Host != "" {
+			attrs[7] = r.Target.String()
+		}
+		if r.Err != nil {
+			lvl = slog.LevelInfo
+			attrs = append(attrs, "err", r.Err)
+		}
+		logger.Log(context.Background(), lvl, "http request", attrs...)
+		if next != nil {
+			next(r)
+		}
+	}
+	return opts
 }
 
 // endGracefully ends the connection for reason: FIN both ways now, reset after the grace period.
@@ -442,10 +554,14 @@ func (c *connActor) setupRecovered(ctx context.Context) (msg any) {
 	case connProxy:
 		msg = c.setupProxy(ctx)
 	case connRefuse:
-		_ = proxy.Refuse(ctx, c.cfg.proxyKind, c.cfg.client, c.cfg.refusal)
+		err := proxy.RefuseWith(ctx, c.cfg.proxyKind, c.cfg.client, c.cfg.refusal, c.cfg.proxyOpts)
 		reason := messages.EndLimit
 		if r, ok := c.cfg.refusal.(interface{ EndReason() messages.EndReason }); ok {
 			reason = r.EndReason()
+		}
+		if errors.Is(err, proxy.ErrAuth) {
+			reason = messages.EndAuthFailed
+			c.authFailed(err)
 		}
 		msg = &connSetupFailed{reason: reason, err: c.cfg.refusal}
 	case connService:
@@ -462,10 +578,15 @@ func (c *connActor) setupProxy(ctx context.Context) any {
 		target = t.String()
 		return c.cfg.dialer.DialTCP(ctx, t.Host, t.Port)
 	}
-	sess, err := proxy.Handshake(ctx, c.cfg.proxyKind, c.cfg.client, dial)
+	sess, err := proxy.HandshakeWith(ctx, c.cfg.proxyKind, c.cfg.client, dial, c.proxyOptions())
 	if err != nil {
 		reason := messages.EndProtocolError
 		switch {
+		case errors.Is(err, proxy.ErrAuth):
+			reason = messages.EndAuthFailed
+			c.authFailed(err)
+		case errors.Is(err, proxy.ErrHandshakeTimeout):
+			reason = messages.EndHandshakeTimeout
 		case target != "":
 			reason = dialReason(proxy.ReplyCodeOf(err))
 		case classify(err) == messages.EndTimeout:
@@ -475,8 +596,11 @@ func (c *connActor) setupProxy(ctx context.Context) any {
 		}
 		return &connSetupFailed{reason: reason, target: target, err: err}
 	}
-	return &connEstablished{in: c.cfg.client, out: sess.Upstream, inReader: sess.Client,
-		target: sess.Target.String(), closeAfterResponse: sess.CloseAfterResponse}
+	est := &connEstablished{in: c.cfg.client, out: sess.Upstream, inReader: sess.Client, target: sess.Target.String()}
+	if sess.Forward {
+		est.forward = sess
+	}
+	return est
 }
 
 func (c *connActor) setupService(ctx context.Context) any {

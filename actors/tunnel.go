@@ -64,6 +64,8 @@ type TunnelConfig struct {
 	Conn              ConnTimeouts  // each proxied connection's limits (Setup: its handshake and dial)
 	MaxConns          int           // proxied connections at once; 0 unlimited
 	MaxConnsPerSource int           // from one source address at once; 0 unlimited
+	MaxHandshakes     int           // proxy connections in their handshake at once (apart from MaxConns); 0 unlimited
+	ProxyOpts         proxy.Options // authentication and handshake limits of the proxies
 	Keepalive         int           // WireGuard persistent keepalive, seconds
 	Exits             []string      // failover exits after ExitID
 	Health            HealthPolicy
@@ -93,30 +95,33 @@ type proxyListener struct {
 type tunnelDrainExpired struct{}
 
 type tunnelActor struct {
-	cfg        TunnelConfig
-	behavior   actor.Behavior
-	state      messages.TunnelState
-	listeners  []*proxyListener // bound in Started, closed when draining starts or in Stopping
-	legs       map[int]*leg
-	nextLeg    int
-	current    *leg       // the leg new connections go to; nil before Up and while reconfiguring
-	pending    *leg       // the leg a Switch or Reconfigure is bringing up
-	waiter     *actor.PID // the Switch or Reconfigure caller
-	waitReconf bool       // the waiter asked for Reconfigure (else Switch)
-	drainFor   time.Duration
-	drainT     *time.Timer
-	drainWhy   messages.EndReason // recorded for connections still open when the drain ends
-	info       messages.TunnelInfo
-	replied    bool
-	stopping   bool
-	failErr    error        // why the tunnel failed; answered to the opener once released
-	closers    []*actor.PID // CloseTunnel callers, answered once released
-	stopWhy    atomic.Pointer[messages.EndReason]
-	nextConn   uint64
-	stats      messages.ConnectionStats
-	conns      map[string]connEntry // connection children by PID id
-	sources    map[string]int       // active connections per source address
-	refusing   int
+	cfg         TunnelConfig
+	behavior    actor.Behavior
+	state       messages.TunnelState
+	listeners   []*proxyListener // bound in Started, closed when draining starts or in Stopping
+	legs        map[int]*leg
+	nextLeg     int
+	current     *leg       // the leg new connections go to; nil before Up and while reconfiguring
+	pending     *leg       // the leg a Switch or Reconfigure is bringing up
+	waiter      *actor.PID // the Switch or Reconfigure caller
+	waitReconf  bool       // the waiter asked for Reconfigure (else Switch)
+	drainFor    time.Duration
+	drainT      *time.Timer
+	drainWhy    messages.EndReason // recorded for connections still open when the drain ends
+	info        messages.TunnelInfo
+	replied     bool
+	stopping    bool
+	failErr     error        // why the tunnel failed; answered to the opener once released
+	closers     []*actor.PID // CloseTunnel callers, answered once released
+	stopWhy     atomic.Pointer[messages.EndReason]
+	nextConn    uint64
+	stats       messages.ConnectionStats
+	conns       map[string]connEntry // connection children by PID id
+	sources     map[string]int       // active connections per source address
+	refusing    int
+	handshaking int    // proxy connections still in their handshake (counted in stats.Active too)
+	handshakeN  uint64 // order of acceptance, to evict the oldest handshake
+	evicting    int    // evicted handshakes not yet ended
 
 	keepalive *actor.PID   // child: judges the current leg's health; alive until the tunnel stops (respawned if lost)
 	respawns  int          // keepalives lost and replaced
@@ -170,6 +175,8 @@ func (t *tunnelActor) Receive(ctx actor.Context) {
 		t.accept(ctx, m)
 	case *messages.ConnectionEnded:
 		t.ended(ctx, m)
+	case *connHandshakeDone:
+		t.handshakeDone(ctx)
 	case *actor.Terminated:
 		if t.keepalive != nil && m.Who.Equal(t.keepalive) {
 			if !t.stopping {

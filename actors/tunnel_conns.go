@@ -35,6 +35,8 @@ type connEntry struct {
 	leg     int // 0 for refusals
 	source  string
 	refusal bool
+	pending uint64 // > 0 while in its handshake: the order it was accepted in
+	evicted bool   // ended to make room for a new handshake; neither pending nor established
 }
 
 // accept spawns a connection actor for a proxy connection on the current leg, or a refusal.
@@ -52,13 +54,14 @@ func (t *tunnelActor) accept(ctx actor.Context, m *connAccepted) {
 	t.nextConn++
 	t.stats.Opened++
 	cfg := connConfig{kind: connProxy, role: "client", id: t.nextConn, owner: t.cfg.ID, logger: t.cfg.Logger,
-		limits: t.cfg.Conn, proxyKind: m.kind, client: m.c, events: t.cfg.Events, stopWhy: &t.stopWhy}
+		limits: t.cfg.Conn, proxyKind: m.kind, client: m.c, events: t.cfg.Events, stopWhy: &t.stopWhy,
+		proxyOpts: t.cfg.ProxyOpts} // a refused client authenticates first, too
 	var refusal error
 	switch {
 	case t.current == nil || t.current.state != legUp:
 		refusal = errNotReady{}
-	case t.cfg.MaxConns > 0 && t.stats.Active >= t.cfg.MaxConns:
-		refusal = errLimit{fmt.Sprintf("tunnel has %d connections", t.stats.Active)}
+	case t.cfg.MaxConns > 0 && t.established() >= t.cfg.MaxConns:
+		refusal = errLimit{fmt.Sprintf("tunnel has %d connections", t.established())}
 	case t.cfg.MaxConnsPerSource > 0 && t.sources[src] >= t.cfg.MaxConnsPerSource:
 		refusal = errLimit{fmt.Sprintf("source %s has %d connections", src, t.sources[src])}
 	}
@@ -66,20 +69,60 @@ func (t *tunnelActor) accept(ctx actor.Context, m *connAccepted) {
 		t.spawnRefusal(ctx, cfg, refusal)
 		return
 	}
+	if t.cfg.MaxHandshakes > 0 && t.handshaking >= t.cfg.MaxHandshakes {
+		t.evictOldestHandshake(ctx)
+	}
 	cfg.dialer = t.current.dialer
 	t.stats.Active++
 	t.sources[src]++
+	t.handshaking++
+	t.handshakeN++
 	pid := ctx.Spawn(props(newConnActor(cfg)))
-	t.conns[pid.Id] = connEntry{pid: pid, leg: t.current.id, source: src}
+	t.conns[pid.Id] = connEntry{pid: pid, leg: t.current.id, source: src, pending: t.handshakeN}
 	t.current.conns[pid.Id] = pid
 }
+
+// handshakeDone: a proxy connection left its handshake; it counts as established from now on.
+func (t *tunnelActor) handshakeDone(ctx actor.Context) {
+	if sender := ctx.Sender(); sender != nil {
+		if e, ok := t.conns[sender.Id]; ok && e.pending > 0 {
+			e.pending = 0
+			t.conns[sender.Id] = e
+			t.handshaking--
+		}
+	}
+}
+
+// evictOldestHandshake ends the connection that has been in its handshake longest, to make room:
+// a flood of clients that never finish their handshake cannot keep one that does out.
+func (t *tunnelActor) evictOldestHandshake(ctx actor.Context) {
+	var oldest connEntry
+	for _, e := range t.conns {
+		if e.pending > 0 && (oldest.pending == 0 || e.pending < oldest.pending) {
+			oldest = e
+		}
+	}
+	if oldest.pid == nil {
+		return
+	}
+	e := t.conns[oldest.pid.Id]
+	e.pending, e.evicted = 0, true // it no longer holds a handshake slot; it ends as soon as it hears
+	t.conns[oldest.pid.Id] = e
+	t.handshaking--
+	t.evicting++
+	ctx.Send(oldest.pid, &EndConnection{Reason: messages.EndLimit})
+}
+
+// established counts the proxy connections past their handshake (max_connections applies to them).
+func (t *tunnelActor) established() int { return t.stats.Active - t.handshaking - t.evicting }
 
 // refuse answers a proxy connection with err's reply (SOCKS5 code, HTTP status) without relaying it.
 func (t *tunnelActor) refuse(ctx actor.Context, c net.Conn, kind proxy.Kind, err error) {
 	t.nextConn++
 	t.stats.Opened++
 	t.spawnRefusal(ctx, connConfig{role: "client", id: t.nextConn, owner: t.cfg.ID, logger: t.cfg.Logger,
-		limits: t.cfg.Conn, proxyKind: kind, client: c, events: t.cfg.Events, stopWhy: &t.stopWhy}, err)
+		limits: t.cfg.Conn, proxyKind: kind, client: c, events: t.cfg.Events, stopWhy: &t.stopWhy,
+		proxyOpts: t.cfg.ProxyOpts}, err)
 }
 
 func (t *tunnelActor) spawnRefusal(ctx actor.Context, cfg connConfig, refusal error) {
@@ -107,6 +150,12 @@ func (t *tunnelActor) ended(ctx actor.Context, m *messages.ConnectionEnded) {
 			if e.refusal {
 				t.refusing--
 			} else {
+				if e.pending > 0 {
+					t.handshaking--
+				}
+				if e.evicted {
+					t.evicting--
+				}
 				t.stats.Active--
 				if t.sources[e.source]--; t.sources[e.source] <= 0 {
 					delete(t.sources, e.source)

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
 	"strconv"
 	"time"
@@ -23,7 +22,10 @@ type FieldError struct {
 	Err   error
 }
 
-func (e *FieldError) Error() string   { return "config: " + e.Field + ": " + e.Err.Error() }
+// Error names the field; it repeats at most a short prefix of an offending value (echoLimit).
+func (e *FieldError) Error() string {
+	return "config: " + cut(e.Field, maxField) + ": " + cut(e.Err.Error(), maxMessage)
+}
 func (e *FieldError) Unwrap() []error { return []error{ErrInvalidConfig, e.Err} }
 
 func fieldErr(field string, format string, args ...any) error {
@@ -37,7 +39,7 @@ type Duration time.Duration
 func (d *Duration) UnmarshalText(b []byte) error {
 	v, err := time.ParseDuration(string(b))
 	if err != nil {
-		return err
+		return scrub(err, string(b))
 	}
 	*d = Duration(v)
 	return nil
@@ -161,15 +163,19 @@ type ConnLimits struct {
 }
 
 // EgressConfig is the exit's egress policy: which destinations it refuses. By default it refuses
-// loopback, private, link-local, CGNAT and multicast destinations.
+// every special-purpose range (netstack.EgressPolicy lists them), each category with its switch,
+// and IPv6 forms (IPv4-mapped, NAT64, 6to4, Teredo) of refused IPv4 addresses.
 type EgressConfig struct {
-	AllowLoopback  bool     `yaml:"allow_loopback"`
-	AllowPrivate   bool     `yaml:"allow_private"`
-	AllowLinkLocal bool     `yaml:"allow_link_local"`
-	AllowCGNAT     bool     `yaml:"allow_cgnat"`
-	AllowMulticast bool     `yaml:"allow_multicast"`
-	Allow          []string `yaml:"allow"` // CIDRs allowed even if a category refuses them
-	Deny           []string `yaml:"deny"`  // CIDRs always refused
+	AllowLoopback      bool     `yaml:"allow_loopback"`      // 127/8, ::1
+	AllowPrivate       bool     `yaml:"allow_private"`       // 10/8, 172.16/12, 192.168/16, fc00::/7, 64:ff9b:1::/48
+	AllowLinkLocal     bool     `yaml:"allow_link_local"`    // 169.254/16, fe80::/10
+	AllowCGNAT         bool     `yaml:"allow_cgnat"`         // 100.64/10
+	AllowMulticast     bool     `yaml:"allow_multicast"`     // 224/4, ff00::/8, 255.255.255.255
+	AllowDocumentation bool     `yaml:"allow_documentation"` // 192.0.2/24, 198.51.100/24, 203.0.113/24, 2001:db8::/32, 3fff::/20
+	AllowBenchmarking  bool     `yaml:"allow_benchmarking"`  // 198.18/15, 2001:2::/48
+	AllowReserved      bool     `yaml:"allow_reserved"`      // 0/8, 192.0.0/24, 240/4, IPv6 outside 2000::/3, 2001::/23
+	Allow              []string `yaml:"allow"`               // CIDRs allowed even if a category refuses them
+	Deny               []string `yaml:"deny"`                // CIDRs always refused
 }
 
 // StaticPeer is a standard WireGuard client of the exit (as a wg-quick [Peer] section), with no signaling.
@@ -202,8 +208,12 @@ type TunnelSpec struct {
 	// Pins maps exit ids (Exit's and the failover exits') to the only identity accepted for each
 	// (the exit engine's `ClientID`, printed by `engine keygen --identity`). A pinned exit that
 	// answers with another identity is refused, even with a valid certificate.
-	Pins   map[string]string `yaml:"pins"`
-	Health HealthConfig      `yaml:"health"`
+	Pins map[string]string `yaml:"pins"`
+	// Auth is who may use the proxies (docs/security.md); Handshake bounds clients that have not
+	// yet said where they go.
+	Auth      ProxyAuth       `yaml:"auth"`
+	Handshake HandshakeLimits `yaml:"handshake"`
+	Health    HealthConfig    `yaml:"health"`
 }
 
 // HealthConfig is a tunnel's health policy (docs/health.md). Zero values take the defaults.
@@ -220,22 +230,40 @@ type HealthConfig struct {
 }
 
 func (h HealthConfig) resolve(path string) (actors.HealthPolicy, actors.Backoff, time.Duration, error) {
-	p := actors.HealthPolicy{
-		Interval: orDuration(h.Interval, time.Second), ProbeTimeout: orDuration(h.ProbeTimeout, 750*time.Millisecond),
-		Failures: h.Failures, SignalingInterval: orDuration(h.SignalingInterval, 2*time.Second),
-		SignalingTimeout: orDuration(h.SignalingTimeout, 2*time.Second), SignalingFailures: h.SignalingFailures,
+	var p actors.HealthPolicy
+	var b actors.Backoff
+	var wait time.Duration
+	for _, d := range []struct {
+		field       string
+		in          Duration
+		out         *time.Duration
+		def, lo, hi time.Duration
+	}{
+		{"interval", h.Interval, &p.Interval, time.Second, 50 * time.Millisecond, time.Minute},
+		{"probe_timeout", h.ProbeTimeout, &p.ProbeTimeout, 750 * time.Millisecond, 10 * time.Millisecond, time.Minute},
+		{"signaling_interval", h.SignalingInterval, &p.SignalingInterval, 2 * time.Second, 50 * time.Millisecond, 5 * time.Minute},
+		{"signaling_timeout", h.SignalingTimeout, &p.SignalingTimeout, 2 * time.Second, 10 * time.Millisecond, time.Minute},
+		{"reconnect_wait", h.ReconnectWait, &wait, 10 * time.Second, 10 * time.Millisecond, 5 * time.Minute},
+		{"backoff_min", h.BackoffMin, &b.Min, 250 * time.Millisecond, 10 * time.Millisecond, time.Minute},
+		{"backoff_max", h.BackoffMax, &b.Max, 10 * time.Second, 10 * time.Millisecond, time.Hour},
+	} {
+		v, err := durationIn(path+"."+d.field, d.in, d.def, d.lo, d.hi, false)
+		if err != nil {
+			return p, b, 0, err
+		}
+		*d.out = v
 	}
-	if p.Failures <= 0 {
-		p.Failures = 3
+	var err error
+	if p.Failures, err = countIn(path+".failures", h.Failures, 3, maxHealthRuns, ""); err != nil {
+		return p, b, 0, err
 	}
-	if p.SignalingFailures <= 0 {
-		p.SignalingFailures = 2
+	if p.SignalingFailures, err = countIn(path+".signaling_failures", h.SignalingFailures, 2, maxHealthRuns, ""); err != nil {
+		return p, b, 0, err
 	}
-	b := actors.Backoff{Min: orDuration(h.BackoffMin, 250*time.Millisecond), Max: orDuration(h.BackoffMax, 10*time.Second)}
 	if b.Max < b.Min {
 		return p, b, 0, fieldErr(path+".backoff_max", "%v is below backoff_min %v", b.Max, b.Min)
 	}
-	return p, b, orDuration(h.ReconnectWait, 10*time.Second), nil
+	return p, b, wait, nil
 }
 
 // Defaults.
@@ -264,16 +292,24 @@ type resolvedLimits struct {
 }
 
 func (l *ConnLimits) resolve(path string) (resolvedLimits, error) {
-	r := resolvedLimits{idle: orDuration(l.IdleTimeout, DefaultIdleTimeout),
-		keepaliveIdle: orDuration(l.KeepaliveIdleTimeout, DefaultKeepaliveIdle),
-		lifetime:      time.Duration(max(l.MaxLifetime, 0)), grace: orDuration(l.CloseGrace, DefaultCloseGrace)}
-	if l.IdleTimeout < 0 {
-		r.idle = 0
+	var r resolvedLimits
+	var err error
+	if r.idle, err = durationIn(path+".idle_timeout", l.IdleTimeout, DefaultIdleTimeout, minTimeout, maxIdle, true); err != nil {
+		return r, err
+	}
+	if r.keepaliveIdle, err = durationIn(path+".keepalive_idle_timeout", l.KeepaliveIdleTimeout, DefaultKeepaliveIdle, minTimeout, maxIdle, false); err != nil {
+		return r, err
+	}
+	if r.lifetime, err = durationIn(path+".max_lifetime", l.MaxLifetime, 0, minTimeout, maxLifetime, false); err != nil {
+		return r, err
+	}
+	if r.grace, err = durationIn(path+".close_grace", l.CloseGrace, DefaultCloseGrace, time.Millisecond, time.Minute, false); err != nil {
+		return r, err
 	}
 	for i, p := range l.IdleExempt {
 		tp, err := actors.ParseTargetPattern(p)
 		if err != nil {
-			return r, fieldErr(fmt.Sprintf("%s.idle_exempt[%d]", path, i), "%v", err)
+			return r, fieldErr(fmt.Sprintf("%s.idle_exempt[%d]", path, i), "%w", scrub(err, p))
 		}
 		r.exempt = append(r.exempt, tp)
 	}
@@ -305,7 +341,7 @@ func (c *Config) Validate() error {
 	switch c.LogLevel {
 	case "", "debug", "info", "warn", "error":
 	default:
-		return fieldErr("log_level", "%q is not one of debug, info, warn, error", c.LogLevel)
+		return fieldErr("log_level", "%q is not one of debug, info, warn, error", echoValue(c.LogLevel))
 	}
 	if err := c.Trust.validate(c.Identity); err != nil {
 		return err
@@ -337,7 +373,7 @@ func (c *Config) Validate() error {
 		}
 		names[t.name] = true
 	}
-	return nil
+	return c.checkListens() // clashing listeners are found here, before anything binds
 }
 
 // shared reports whether others may reach this engine's NATS bus: configured servers, or an
@@ -393,7 +429,7 @@ func checkExitCert(cert, exitID, identity string) error {
 func (c *Config) checkTunnelTrust(t *TunnelSpec, path string) error {
 	for id, pin := range t.Pins {
 		if err := signaling.ValidIdentity(pin); err != nil {
-			return fieldErr(path+".pins."+id, "%v", err)
+			return fieldErr(path+".pins."+echoValue(id), "%w", err)
 		}
 	}
 	return checkSpecTrust(c.NATS, c.Trust, t, path)
@@ -413,6 +449,7 @@ func checkSpecTrust(n NATSConfig, tr TrustConfig, t *TunnelSpec, path string) er
 
 type resolvedTunnel struct {
 	name             string
+	handshake        resolvedHandshake
 	health           actors.HealthPolicy
 	backoff          actors.Backoff
 	reconnectWait    time.Duration
@@ -426,65 +463,64 @@ type resolvedTunnel struct {
 
 func (t *TunnelSpec) resolve(path string, index int) (resolvedTunnel, error) {
 	var err error
-	r := resolvedTunnel{name: t.Name, handshakeTimeout: orDuration(t.HandshakeTimeout, DefaultHandshakeTimeout),
-		connectTimeout: orDuration(t.ConnectTimeout, DefaultConnectTimeout), keepalive: t.Keepalive}
+	r := resolvedTunnel{name: t.Name, keepalive: t.Keepalive}
 	if r.name == "" {
 		r.name = "tunnel-" + strconv.Itoa(index)
 	} else if err := signaling.ValidID(r.name); err != nil {
-		return r, fieldErr(path+".name", "%v", err)
+		return r, fieldErr(path+".name", "%w", err)
 	}
 	if err := signaling.ValidID(t.Exit); err != nil {
-		return r, fieldErr(path+".exit", "%v", err)
+		return r, fieldErr(path+".exit", "%w", err)
 	}
-	if t.SOCKS == "" && t.HTTP == "" {
-		return r, fieldErr(path+".socks", "set socks or http (or both)")
+	if err := t.checkProxyListens(path); err != nil {
+		return r, err
 	}
-	for field, addr := range map[string]string{"socks": t.SOCKS, "http": t.HTTP} {
-		if addr == "" {
-			continue
-		}
-		if _, _, err := net.SplitHostPort(addr); err != nil {
-			return r, fieldErr(path+"."+field, "%v", err)
-		}
+	if err := t.checkExits(path); err != nil {
+		return r, err
 	}
 	if t.UDPBind != "" {
 		var a netip.Addr
 		a, err = netip.ParseAddr(t.UDPBind)
 		if err != nil {
-			return r, fieldErr(path+".udp_bind", "%v", err)
+			return r, fieldErr(path+".udp_bind", "%w", scrub(err, t.UDPBind))
 		}
 		if a.IsUnspecified() {
 			return r, fieldErr(path+".udp_bind", "must be one address, not %s (every interface)", a)
 		}
+		if a.IsMulticast() {
+			return r, fieldErr(path+".udp_bind", "%s is a multicast address", a)
+		}
 		r.udpBind = a
 	}
+	if r.handshakeTimeout, err = durationIn(path+".handshake_timeout", t.HandshakeTimeout, DefaultHandshakeTimeout, minTimeout, maxTimeout, false); err != nil {
+		return r, err
+	}
+	if r.connectTimeout, err = durationIn(path+".connect_timeout", t.ConnectTimeout, DefaultConnectTimeout, minTimeout, maxTimeout, false); err != nil {
+		return r, err
+	}
+	if _, err = durationIn(path+".drain_timeout", t.DrainTimeout, DefaultDrainTimeout, time.Millisecond, time.Hour, false); err != nil {
+		return r, err
+	}
 	if r.limits, err = t.Connections.resolve(path + ".connections"); err != nil {
+		return r, err
+	}
+	if r.handshake, err = t.Handshake.resolve(path + ".handshake"); err != nil {
+		return r, err
+	}
+	if r.handshake.authChecker, err = t.Auth.resolve(path+".auth", map[string]string{"socks": t.SOCKS, "http": t.HTTP}); err != nil {
 		return r, err
 	}
 	if r.health, r.backoff, r.reconnectWait, err = t.Health.resolve(path + ".health"); err != nil {
 		return r, err
 	}
-	for i, x := range t.Exits {
-		if err := signaling.ValidID(x); err != nil {
-			return r, fieldErr(fmt.Sprintf("%s.exits[%d]", path, i), "%v", err)
-		}
+	if r.maxConns, err = countIn(path+".max_connections", t.MaxConnections, DefaultMaxConnections, maxConns, "unlimited"); err != nil {
+		return r, err
 	}
-	switch {
-	case t.MaxConnections == 0:
-		r.maxConns = DefaultMaxConnections
-	case t.MaxConnections > 0:
-		r.maxConns = t.MaxConnections
+	if t.MaxConnectionsPerSource < 0 || t.MaxConnectionsPerSource > maxConns {
+		return r, fieldErr(path+".max_connections_per_source", "%d not in [1, %d] (0: unlimited)", t.MaxConnectionsPerSource, maxConns)
 	}
-	if t.MaxConnectionsPerSource < 0 {
-		return r, fieldErr(path+".max_connections_per_source", "must not be negative")
-	}
-	switch {
-	case t.Keepalive == 0:
-		r.keepalive = DefaultKeepalive
-	case t.Keepalive < 0:
-		r.keepalive = 0
-	case t.Keepalive > 65535:
-		return r, fieldErr(path+".keepalive", "%d is over 65535", t.Keepalive)
+	if r.keepalive, err = countIn(path+".keepalive", t.Keepalive, DefaultKeepalive, 65535, "off"); err != nil {
+		return r, err
 	}
 	return r, nil
 }
@@ -502,6 +538,8 @@ type resolvedExit struct {
 	// admission limits; 0 unlimited
 	maxFlows, maxSessions, burst int
 	rate                         float64
+	// timers (engine.exitConfig resolves them again with the same result)
+	connect, udpIdle, sessionIdle time.Duration
 }
 
 type staticPeer struct {
@@ -514,11 +552,11 @@ func (x *ExitConfig) resolve() (resolvedExit, error) {
 	var r resolvedExit
 	var err error
 	if err := signaling.ValidID(x.ID); err != nil {
-		return r, fieldErr("exit.id", "%v", err)
+		return r, fieldErr("exit.id", "%w", err)
 	}
 	if x.PrivateKey != "" {
 		if r.key, err = signaling.ParseKey(x.PrivateKey); err != nil {
-			return r, fieldErr("exit.private_key", "%v", err)
+			return r, fieldErr("exit.private_key", "%w", err)
 		}
 	}
 	listen := x.Listen
@@ -526,13 +564,16 @@ func (x *ExitConfig) resolve() (resolvedExit, error) {
 		listen = "127.0.0.1:0"
 	}
 	if r.listen, err = netip.ParseAddrPort(listen); err != nil {
-		return r, fieldErr("exit.listen", "%v", err)
+		return r, fieldErr("exit.listen", "want IP:port (port 0 picks a free one): %w", scrub(err, listen))
+	}
+	if r.listen.Addr().IsMulticast() {
+		return r, fieldErr("exit.listen", "%s is a multicast address", r.listen.Addr())
 	}
 	if x.Endpoint != "" {
 		if r.endpoint, err = netip.ParseAddrPort(x.Endpoint); err != nil {
-			return r, fieldErr("exit.endpoint", "%v", err)
+			return r, fieldErr("exit.endpoint", "want IP:port: %w", scrub(err, x.Endpoint))
 		}
-		if r.endpoint.Addr().IsUnspecified() || r.endpoint.Port() == 0 {
+		if r.endpoint.Addr().IsUnspecified() || r.endpoint.Addr().IsMulticast() || r.endpoint.Port() == 0 {
 			return r, fieldErr("exit.endpoint", "must be a reachable address and port, not %s", r.endpoint)
 		}
 	} else if r.listen.Addr().IsUnspecified() {
@@ -543,10 +584,10 @@ func (x *ExitConfig) resolve() (resolvedExit, error) {
 		subnet = DefaultSubnet
 	}
 	if r.subnet, err = netip.ParsePrefix(subnet); err != nil {
-		return r, fieldErr("exit.subnet", "%v", err)
+		return r, fieldErr("exit.subnet", "%w", scrub(err, subnet))
 	}
-	if host := r.subnet.Addr().BitLen() - r.subnet.Bits(); host < 2 {
-		return r, fieldErr("exit.subnet", "%s is too small: need room for the exit and clients", r.subnet)
+	if err := checkSubnet(r.subnet); err != nil {
+		return r, err
 	}
 	r.mtu = x.MTU
 	if r.mtu == 0 {
@@ -559,20 +600,30 @@ func (x *ExitConfig) resolve() (resolvedExit, error) {
 	if r.port == 0 {
 		r.port = DefaultConnectPort
 	}
+	if r.connect, err = durationIn("exit.connect_timeout", x.ConnectTimeout, DefaultConnectTimeout, minTimeout, maxTimeout, false); err != nil {
+		return r, err
+	}
+	if r.udpIdle, err = durationIn("exit.udp_idle_timeout", x.UDPIdleTimeout, DefaultUDPIdleTimeout, time.Second, 24*time.Hour, false); err != nil {
+		return r, err
+	}
+	if r.sessionIdle, err = durationIn("exit.session_idle_timeout", x.SessionIdleTimeout, 3*time.Minute, time.Second, 24*time.Hour, true); err != nil {
+		return r, err
+	}
 	e := x.Egress
 	r.egress = netstack.EgressPolicy{AllowLoopback: e.AllowLoopback, AllowPrivate: e.AllowPrivate,
-		AllowLinkLocal: e.AllowLinkLocal, AllowCGNAT: e.AllowCGNAT, AllowMulticast: e.AllowMulticast}
+		AllowLinkLocal: e.AllowLinkLocal, AllowCGNAT: e.AllowCGNAT, AllowMulticast: e.AllowMulticast,
+		AllowDocumentation: e.AllowDocumentation, AllowBenchmarking: e.AllowBenchmarking, AllowReserved: e.AllowReserved}
 	for i, s := range e.Allow {
 		p, err := netip.ParsePrefix(s)
 		if err != nil {
-			return r, fieldErr(fmt.Sprintf("exit.egress.allow[%d]", i), "%v", err)
+			return r, fieldErr(fmt.Sprintf("exit.egress.allow[%d]", i), "%w", scrub(err, s))
 		}
 		r.egress.Allow = append(r.egress.Allow, p)
 	}
 	for i, s := range e.Deny {
 		p, err := netip.ParsePrefix(s)
 		if err != nil {
-			return r, fieldErr(fmt.Sprintf("exit.egress.deny[%d]", i), "%v", err)
+			return r, fieldErr(fmt.Sprintf("exit.egress.deny[%d]", i), "%w", scrub(err, s))
 		}
 		r.egress.Deny = append(r.egress.Deny, p)
 	}
@@ -586,7 +637,7 @@ func (x *ExitConfig) resolve() (resolvedExit, error) {
 			p.name = "static-" + strconv.Itoa(i)
 		}
 		if p.key, err = signaling.ParseKey(sp.PublicKey); err != nil {
-			return r, fieldErr(path+".public_key", "%v", err)
+			return r, fieldErr(path+".public_key", "%w", err)
 		}
 		if len(sp.AllowedIPs) == 0 {
 			return r, fieldErr(path+".allowed_ips", "at least one address")
@@ -596,7 +647,7 @@ func (x *ExitConfig) resolve() (resolvedExit, error) {
 			if err != nil {
 				a, aerr := netip.ParseAddr(s)
 				if aerr != nil {
-					return r, fieldErr(fmt.Sprintf("%s.allowed_ips[%d]", path, j), "%v", err)
+					return r, fieldErr(fmt.Sprintf("%s.allowed_ips[%d]", path, j), "%w", scrub(err, s))
 				}
 				pf = netip.PrefixFrom(a, a.BitLen())
 			}
@@ -607,25 +658,22 @@ func (x *ExitConfig) resolve() (resolvedExit, error) {
 		}
 		r.static = append(r.static, p)
 	}
+	if err := checkStaticPeers(x, &r); err != nil {
+		return r, err
+	}
 	if r.limits, err = x.Connections.resolve("exit.connections"); err != nil {
 		return r, err
 	}
-	if r.maxFlows, err = limitOr("exit.max_connections_per_session", x.MaxConnectionsPerSession, DefaultMaxConnectionsPerSession); err != nil {
+	if r.maxFlows, err = countIn("exit.max_connections_per_session", x.MaxConnectionsPerSession, DefaultMaxConnectionsPerSession, maxConns, "unlimited"); err != nil {
 		return r, err
 	}
-	if r.maxSessions, err = limitOr("exit.max_sessions_per_client", x.MaxSessionsPerClient, DefaultMaxSessionsPerClient); err != nil {
+	if r.maxSessions, err = countIn("exit.max_sessions_per_client", x.MaxSessionsPerClient, DefaultMaxSessionsPerClient, maxSessions, "unlimited"); err != nil {
 		return r, err
 	}
-	switch {
-	case x.RequestsPerSecond == -1:
-	case x.RequestsPerSecond < 0 || x.RequestsPerSecond > 1e6:
-		return r, fieldErr("exit.requests_per_second", "%v: must be -1 (unlimited), 0 (default %d) or up to 1e6", x.RequestsPerSecond, DefaultRequestsPerSecond)
-	case x.RequestsPerSecond == 0:
-		r.rate = DefaultRequestsPerSecond
-	default:
-		r.rate = x.RequestsPerSecond
+	if r.rate, err = checkRate(x.RequestsPerSecond); err != nil {
+		return r, err
 	}
-	if r.burst, err = limitOr("exit.request_burst", x.RequestBurst, DefaultRequestBurst); err != nil {
+	if r.burst, err = countIn("exit.request_burst", x.RequestBurst, DefaultRequestBurst, int(maxRate), "unlimited"); err != nil {
 		return r, err
 	}
 	if r.rate > 0 && r.burst == 0 {
@@ -633,21 +681,8 @@ func (x *ExitConfig) resolve() (resolvedExit, error) {
 	}
 	for i, id := range x.AllowedClients {
 		if err := signaling.ValidIdentity(id); err != nil {
-			return r, fieldErr(fmt.Sprintf("exit.allowed_clients[%d]", i), "%v", err)
+			return r, fieldErr(fmt.Sprintf("exit.allowed_clients[%d]", i), "%w", err)
 		}
 	}
 	return r, nil
-}
-
-// limitOr resolves a count limit: 0 takes def, -1 is unlimited (0 for the actors), others must be positive.
-func limitOr(field string, v, def int) (int, error) {
-	switch {
-	case v == 0:
-		return def, nil
-	case v == -1:
-		return 0, nil
-	case v < 0:
-		return 0, fieldErr(field, "%d: must be -1 (unlimited), 0 (default %d) or positive", v, def)
-	}
-	return v, nil
 }

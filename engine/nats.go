@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -33,17 +32,18 @@ type resolvedNATS struct {
 
 // resolve checks the NATS section and loads its files (so an unreadable one is named at once).
 func (n *NATSConfig) resolve() (resolvedNATS, error) {
-	r := resolvedNATS{urls: n.URLs, timeout: orDuration(n.ConnectTimeout, DefaultNATSConnectTimeout),
-		user: n.User, password: n.Password, token: n.Token, nkeySeed: n.NKeySeedFile, creds: n.CredentialsFile}
+	r := resolvedNATS{urls: n.URLs, user: n.User, password: n.Password, token: n.Token, nkeySeed: n.NKeySeedFile, creds: n.CredentialsFile}
 	embedded := len(n.URLs) == 0
-	for i, u := range n.URLs {
-		if u == "" {
-			return r, fieldErr(fmt.Sprintf("nats.urls[%d]", i), "empty")
-		}
+	if err := checkNATSURLs(n.URLs); err != nil {
+		return r, err
+	}
+	var err error
+	if r.timeout, err = durationIn("nats.connect_timeout", n.ConnectTimeout, DefaultNATSConnectTimeout, minTimeout, maxTimeout, false); err != nil {
+		return r, err
 	}
 	if n.EmbeddedHost != "" {
 		return r, fieldErr("nats.embedded_host", "replaced by nats.embedded_listen (IP:port): the embedded server "+
-			"no longer listens unless asked; for the old behaviour write embedded_listen: %q", n.EmbeddedHost+":0")
+			"no longer listens unless asked; for the old behaviour write embedded_listen: %q", echoValue(n.EmbeddedHost)+":0")
 	}
 
 	// Credentials: one way to log in at most.
@@ -70,8 +70,11 @@ func (n *NATSConfig) resolve() (resolvedNATS, error) {
 		if embedded {
 			return r, fieldErr("nats.nkey_seed_file", "needs nats.urls: the embedded server takes user and password or a token")
 		}
-		if _, err := nats.NkeyOptionFromSeed(n.NKeySeedFile); err != nil {
+		if err := checkConfigFile(n.NKeySeedFile); err != nil {
 			return r, fieldErr("nats.nkey_seed_file", "%w", err)
+		}
+		if _, err := nats.NkeyOptionFromSeed(n.NKeySeedFile); err != nil {
+			return r, fieldErr("nats.nkey_seed_file", "%w", scrub(err, n.NKeySeedFile))
 		}
 	}
 	if n.CredentialsFile != "" {
@@ -79,7 +82,7 @@ func (n *NATSConfig) resolve() (resolvedNATS, error) {
 			return r, fieldErr("nats.credentials_file", "needs nats.urls: the embedded server takes user and password or a token")
 		}
 		if err := checkCredentials(n.CredentialsFile); err != nil {
-			return r, fieldErr("nats.credentials_file", "%w", err)
+			return r, fieldErr("nats.credentials_file", "%w", scrub(err, n.CredentialsFile))
 		}
 	}
 
@@ -90,7 +93,7 @@ func (n *NATSConfig) resolve() (resolvedNATS, error) {
 		}
 		ap, err := netip.ParseAddrPort(n.EmbeddedListen)
 		if err != nil {
-			return r, fieldErr("nats.embedded_listen", "%q: want IP:port (port 0 picks a free one): %w", n.EmbeddedListen, err)
+			return r, fieldErr("nats.embedded_listen", "%q: want IP:port (port 0 picks a free one): %w", echoValue(n.EmbeddedListen), scrub(err, n.EmbeddedListen))
 		}
 		if !ap.Addr().IsLoopback() && n.User == "" && n.Token == "" {
 			return r, fieldErr("nats.embedded_listen", "%s is reachable from other hosts: set nats.user and nats.password, "+
@@ -109,13 +112,13 @@ func (n *NATSConfig) resolve() (resolvedNATS, error) {
 	}
 	r.tls = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: t.ServerName}
 	if t.CAFile != "" {
-		pem, err := os.ReadFile(t.CAFile)
+		pem, err := readConfigFile(t.CAFile)
 		if err != nil {
 			return r, fieldErr("nats.tls.ca_file", "%w", err)
 		}
 		r.tls.RootCAs = x509.NewCertPool()
 		if !r.tls.RootCAs.AppendCertsFromPEM(pem) {
-			return r, fieldErr("nats.tls.ca_file", "%s holds no PEM certificate", t.CAFile)
+			return r, fieldErr("nats.tls.ca_file", "%s holds no PEM certificate", echoValue(t.CAFile))
 		}
 	}
 	switch {
@@ -124,11 +127,11 @@ func (n *NATSConfig) resolve() (resolvedNATS, error) {
 	case t.KeyFile != "" && t.CertFile == "":
 		return r, fieldErr("nats.tls.cert_file", "required with nats.tls.key_file")
 	case t.CertFile != "":
-		certPEM, err := os.ReadFile(t.CertFile)
+		certPEM, err := readConfigFile(t.CertFile)
 		if err != nil {
 			return r, fieldErr("nats.tls.cert_file", "%w", err)
 		}
-		keyPEM, err := os.ReadFile(t.KeyFile)
+		keyPEM, err := readConfigFile(t.KeyFile)
 		if err != nil {
 			return r, fieldErr("nats.tls.key_file", "%w", err)
 		}
@@ -143,7 +146,7 @@ func (n *NATSConfig) resolve() (resolvedNATS, error) {
 
 // checkCredentials reads a .creds file as nats.go will: a user JWT and a user NKey seed.
 func checkCredentials(path string) error {
-	data, err := os.ReadFile(path)
+	data, err := readConfigFile(path)
 	if err != nil {
 		return err
 	}

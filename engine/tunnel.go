@@ -69,6 +69,7 @@ func (e *Engine) OpenTunnel(ctx context.Context, spec TunnelSpec) (*Tunnel, erro
 	cfg := actors.TunnelConfig{ID: r.name, ExitID: spec.Exit, SOCKSAddr: spec.SOCKS, HTTPAddr: spec.HTTP,
 		UDPBind: r.udpBind, HandshakeTimeout: r.handshakeTimeout, OpenDeadline: openDeadline, Conn: r.limits.timeouts(r.connectTimeout), Keepalive: r.keepalive,
 		MaxConns: r.maxConns, MaxConnsPerSource: spec.MaxConnectionsPerSource,
+		MaxHandshakes: r.handshake.maxPending, ProxyOpts: r.handshake.options(),
 		DrainTimeout: orDuration(spec.DrainTimeout, DefaultDrainTimeout),
 		Exits:        spec.Exits, Health: r.health, Backoff: r.backoff, ReconnectWait: r.reconnectWait,
 		Identity: e.identity, ReplyTo: up.PID(), Certificate: e.cfg.Trust.Certificate,
@@ -163,7 +164,7 @@ func (t *Tunnel) Switch(ctx context.Context, exitID string, opts ...CloseOption)
 		return fmt.Errorf("switch tunnel %s: %w", t.info.ID, err)
 	}
 	if r := res.(*messages.SwitchTunnelResponse); r.Err != nil {
-		return fmt.Errorf("switch tunnel %s to %s: %w", t.info.ID, exitID, r.Err)
+		return fmt.Errorf("switch tunnel %s to %s: %w", t.info.ID, echoValue(exitID), r.Err)
 	}
 	return nil
 }

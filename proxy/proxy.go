@@ -57,18 +57,19 @@ type DialFunc func(ctx context.Context, t Target) (net.Conn, error)
 // Session is a handshake that succeeded: the client is now connected to Upstream.
 type Session struct {
 	Target   Target
-	Upstream net.Conn // owned by the caller from here on
+	Upstream net.Conn // owned by the caller from here on (by ServeForward for a Forward session)
 	// Client reads what the client sends from here on, including bytes it sent beyond the
 	// handshake that were already buffered; use it instead of reading the raw client conn.
-	// It is the client conn itself when nothing was buffered.
+	// It is the client conn itself when nothing was buffered. Nil for a Forward session.
 	Client io.Reader
-	// CloseAfterResponse is set for plain-HTTP (absolute-URI) requests: the request was rewritten
-	// and sent upstream with "Connection: close"; the caller relays upstream→client and then closes
-	// the client connection when upstream reaches EOF (one request per client connection).
-	// Anything the client sends after that request (Client) is not part of it: the origin was
-	// told to close, so the caller may discard it rather than forward it.
-	CloseAfterResponse bool
-	Method             string // HTTP method ("CONNECT", "GET", …) or "CONNECT" for SOCKS5
+	// Forward is set for a plain-HTTP (absolute-URI) request: its head has been read, checked and
+	// authenticated and Upstream dialled to its origin, but nothing has been sent upstream yet.
+	// Instead of relaying bytes, the caller runs ServeForward, which forwards this request and
+	// every later one on the client connection.
+	Forward bool
+	Method  string // HTTP method ("CONNECT", "GET", …) or "CONNECT" for SOCKS5
+
+	fwd *forwardState // Forward: what ServeForward continues from
 }
 
 // Errors returned (wrapped) by Handshake and Refuse.
@@ -81,45 +82,69 @@ var (
 	// ErrHeaderTooLarge marks an HTTP request whose header exceeds MaxHeaderBytes; it also
 	// wraps ErrBadRequest.
 	ErrHeaderTooLarge = fmt.Errorf("%w: request header too large", ErrBadRequest)
+	// ErrDial marks a failed dial of a request's target; the dial's own error is wrapped too
+	// (ReplyCodeOf finds its reply code).
+	ErrDial = errors.New("proxy: dial failed")
 	// errNoConn is returned when a DialFunc returns neither a conn nor an error.
 	errNoConn = errors.New("proxy: dial returned no connection")
 	// errNoReason stands in for a nil error passed to Refuse.
 	errNoReason = errors.New("proxy: refused")
 )
 
-// MaxHeaderBytes bounds an HTTP proxy request's request line and header section.
+// MaxHeaderBytes is the default bound of an HTTP proxy request's request line and header
+// section (Options.MaxHeaderBytes).
 const MaxHeaderBytes = 64 << 10
 
-// Handshake speaks kind's protocol on client until the upstream is connected. On failure it has
-// already written the matching reply (SOCKS5 reply code, or HTTP status with a short text body: a dial
-// error's own HTTPStatus() int if it has one, else HTTPStatus(ReplyCodeOf(err))) when the protocol
-// allows one, and returns an error that wraps the cause (errors.Is/As work: dial errors,
-// ErrBadRequest, …). ctx bounds the whole handshake, including dial and, for plain-HTTP requests,
-// sending the request body upstream: the client's deadline is set from it and cleared on return.
-// Cancelling ctx interrupts it. The failure reply to a failed dial or upstream write is written
-// with its own short deadline (replyGrace) so that it goes out even when ctx ran out.
+// Handshake is HandshakeWith with zero Options: no authentication, default limits.
 func Handshake(ctx context.Context, kind Kind, client net.Conn, dial DialFunc) (*Session, error) {
+	return HandshakeWith(ctx, kind, client, dial, Options{})
+}
+
+// HandshakeWith speaks kind's protocol on client until the upstream is connected: the SOCKS5
+// greeting, authentication (opts.Auth) and CONNECT request, or an HTTP request head (CONNECT, or
+// an absolute http:// URI: a Forward session for ServeForward). On failure it has already written
+// the matching reply (SOCKS5 reply code, or HTTP status with a short text body: a dial error's own
+// HTTPStatus() int if it has one, else HTTPStatus(ReplyCodeOf(err))) when the protocol allows one,
+// and returns an error that wraps the cause (errors.Is/As work: dial errors, ErrDial,
+// ErrBadRequest, ErrAuth, ErrHandshakeTimeout, …).
+//
+// The client must finish what it has to say (greeting, authentication and request; or the
+// request head) within opts.HandshakeTimeout, else ErrHandshakeTimeout (SOCKS5: closed without a
+// reply; HTTP: 408 if part of a head came). ctx bounds the whole handshake, including the dial:
+// the client's deadline is set from it and cleared on return; cancelling ctx interrupts it. The
+// failure reply to a failed dial is written with its own short deadline (replyGrace) so that it
+// goes out even when ctx ran out.
+func HandshakeWith(ctx context.Context, kind Kind, client net.Conn, dial DialFunc, opts Options) (*Session, error) {
 	if dial == nil {
 		return nil, errors.New("proxy: nil DialFunc")
 	}
-	return handshake(ctx, kind, client, dial)
+	return handshake(ctx, kind, client, dial, opts)
 }
 
-// Refuse reads the client's request and refuses it with err's reply without dialing: the SOCKS5
-// reply code is ReplyCodeOf(err); the HTTP status is err's HTTPStatus() int when it has one in
-// 400–599, else HTTPStatus(ReplyCodeOf(err)). A nil err refuses with a general failure. The
-// returned error wraps err (or the request's own error if it was malformed).
+// Refuse is RefuseWith with zero Options.
 func Refuse(ctx context.Context, kind Kind, client net.Conn, err error) error {
+	return RefuseWith(ctx, kind, client, err, Options{})
+}
+
+// RefuseWith reads the client's request (authenticating it as HandshakeWith does) and refuses it
+// with err's reply without dialing: the SOCKS5 reply code is ReplyCodeOf(err); the HTTP status is
+// err's HTTPStatus() int when it has one in 400–599, else HTTPStatus(ReplyCodeOf(err)). A nil err
+// refuses with a general failure. The returned error wraps err (or the request's own error if it
+// was malformed, ErrAuth if its credentials were wrong).
+func RefuseWith(ctx context.Context, kind Kind, client net.Conn, err error, opts Options) error {
 	if err == nil {
 		err = errNoReason
 	}
-	_, herr := handshake(ctx, kind, client, func(context.Context, Target) (net.Conn, error) {
+	s, herr := handshake(ctx, kind, client, func(context.Context, Target) (net.Conn, error) {
 		return nil, err
-	})
+	}, opts)
+	if s != nil { // cannot happen: the dial never succeeds
+		closeQuietly(s.Upstream)
+	}
 	return herr
 }
 
-func handshake(ctx context.Context, kind Kind, client net.Conn, dial DialFunc) (s *Session, err error) {
+func handshake(ctx context.Context, kind Kind, client net.Conn, dial DialFunc, opts Options) (s *Session, err error) {
 	if client == nil {
 		return nil, errors.New("proxy: nil client conn")
 	}
@@ -135,9 +160,9 @@ func handshake(ctx context.Context, kind Kind, client net.Conn, dial DialFunc) (
 	}()
 	switch kind {
 	case SOCKS5:
-		return socks5Handshake(ctx, g, client, dial)
+		return socks5Handshake(ctx, g, client, dial, opts)
 	case HTTP:
-		return httpHandshake(ctx, g, client, dial)
+		return httpHandshake(ctx, g, client, dial, opts)
 	default:
 		return nil, fmt.Errorf("proxy: handshake kind %s: %w", kind, ErrUnsupported)
 	}
@@ -162,10 +187,10 @@ func dialTarget(ctx context.Context, dial DialFunc, t Target) (net.Conn, error) 
 		if c != nil {
 			c.Close()
 		}
-		return nil, fmt.Errorf("proxy: dial %s: %w", t, err)
+		return nil, fmt.Errorf("proxy: dial %s: %w: %w", t, ErrDial, err)
 	}
 	if c == nil {
-		return nil, fmt.Errorf("proxy: dial %s: %w", t, errNoConn)
+		return nil, fmt.Errorf("proxy: dial %s: %w: %w", t, ErrDial, errNoConn)
 	}
 	return c, nil
 }
@@ -292,6 +317,26 @@ func (g *guard) expire() {
 	}
 }
 
+// limitRead makes c's reads end by the earlier of d and ctx's deadline (a zero d: ctx's deadline
+// alone again), unless ctx has already ended.
+func (g *guard) limitRead(c net.Conn, d time.Time) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.expired || g.released {
+		return
+	}
+	if cd, ok := g.ctx.Deadline(); ok && (d.IsZero() || cd.Before(d)) {
+		d = cd
+	}
+	c.SetReadDeadline(d)
+}
+
+// handshakeExpired tells whether a read error is the handshake budget running out (rather than
+// ctx, or the connection failing).
+func handshakeExpired(ctx context.Context, err error, deadline time.Time) bool {
+	return isTimeout(err) && ctxErr(ctx) == nil && !time.Now().Before(deadline)
+}
+
 // release stops watching ctx and clears the deadlines of the guarded conns. Once it returns no
 // deadline will be set on them any more.
 func (g *guard) release() {
@@ -358,6 +403,41 @@ func parsePort(p string) (uint16, error) {
 		return 0, fmt.Errorf("%w: invalid port %q", ErrBadRequest, p)
 	}
 	return uint16(n), nil
+}
+
+// Counter receives byte counts as they are accepted by the receiving socket; *atomic.Int64 is one.
+type Counter interface{ Add(delta int64) (new int64) }
+
+// bufPool holds the buffers that move bodies and upgraded streams (never per read).
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+func closeQuietly(c net.Conn) {
+	if c != nil {
+		c.Close()
+	}
+}
+
+// resetConn ends c with a reset where the transport allows it (kernel TCP, netstack conns with
+// Abort), else closes it.
+func resetConn(c net.Conn) {
+	switch c := c.(type) {
+	case nil:
+	case *net.TCPConn:
+		c.SetLinger(0)
+		c.Close()
+	case interface{ Abort() error }:
+		c.Abort()
+	default:
+		c.Close()
+	}
+}
+
+func halfClose(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	} else {
+		c.Close()
+	}
 }
 
 // clientReader returns a reader yielding buffered first, then the rest from c. With nothing

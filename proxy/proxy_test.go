@@ -89,19 +89,23 @@ type result struct {
 	err error
 }
 
-// harness is a proxy listener standing in for the actor that owns it: it calls Handshake (or
-// Refuse) per connection and relays after success.
+// harness is a proxy listener standing in for the actor that owns it: it calls HandshakeWith (or
+// RefuseWith) per connection and relays after success, or runs ServeForward for a Forward session.
 type harness struct {
-	ln      net.Listener
-	kind    Kind
-	dial    DialFunc
-	refuse  error // when set, Refuse with it instead of Handshake
-	refused bool
-	timeout time.Duration
-	results chan result
-	wg      sync.WaitGroup
-	mu      sync.Mutex
-	conns   map[net.Conn]struct{}
+	ln       net.Listener
+	kind     Kind
+	dial     DialFunc
+	opts     Options
+	refuse   error // when set, Refuse with it instead of Handshake
+	refused  bool
+	timeout  time.Duration
+	results  chan result
+	forwards chan error // ServeForward's outcomes
+	ctx      context.Context
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	mu       sync.Mutex
+	conns    map[net.Conn]struct{}
 }
 
 func startProxy(t testing.TB, kind Kind, dial DialFunc) *harness {
@@ -123,6 +127,8 @@ func startHarness(t testing.TB, h *harness) *harness {
 		h.timeout = testTimeout
 	}
 	h.results = make(chan result, 256)
+	h.forwards = make(chan error, 256)
+	h.ctx, h.cancel = context.WithCancel(context.Background())
 	h.conns = map[net.Conn]struct{}{}
 	h.wg.Add(1)
 	go h.serve()
@@ -152,9 +158,9 @@ func (h *harness) handle(c net.Conn) {
 	ctx, cancel := context.WithTimeout(context.Background(), h.timeout)
 	var r result
 	if h.refused {
-		r.err = Refuse(ctx, h.kind, c, h.refuse)
+		r.err = RefuseWith(ctx, h.kind, c, h.refuse, h.opts)
 	} else {
-		r.s, r.err = Handshake(ctx, h.kind, c, h.dial)
+		r.s, r.err = HandshakeWith(ctx, h.kind, c, h.dial, h.opts)
 	}
 	cancel()
 	if (r.s == nil) == (r.err == nil) {
@@ -165,7 +171,24 @@ func (h *harness) handle(c net.Conn) {
 		lingerClose(c)
 		return
 	}
+	if r.s.Forward {
+		h.forwards <- ServeForward(h.ctx, r.s, h.dial, nil, nil)
+		c.Close()
+		return
+	}
 	relay(c, r.s)
+}
+
+// forwarded waits for the next ServeForward outcome.
+func (h *harness) forwarded(t testing.TB) error {
+	t.Helper()
+	select {
+	case err := <-h.forwards:
+		return err
+	case <-time.After(testTimeout):
+		t.Fatal("ServeForward did not return")
+		return nil
+	}
 }
 
 // result waits for the next handshake outcome.
@@ -181,6 +204,7 @@ func (h *harness) result(t testing.TB) result {
 }
 
 func (h *harness) close() {
+	h.cancel()
 	h.ln.Close()
 	h.mu.Lock()
 	for c := range h.conns {
@@ -209,11 +233,7 @@ func relay(c net.Conn, s *Session) {
 		closeWrite(s.Upstream)
 	}()
 	io.Copy(c, s.Upstream)
-	if s.CloseAfterResponse {
-		c.Close()
-	} else {
-		closeWrite(c)
-	}
+	closeWrite(c)
 	<-done
 	c.Close()
 	s.Upstream.Close()

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -8,15 +9,21 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"strconv"
+	"time"
 
 	"github.com/warren-tunnel/warren/messages"
 )
 
-// SOCKS5 wire constants (RFC 1928).
+// SOCKS5 wire constants (RFC 1928, RFC 1929).
 const (
 	socks5Version   = 0x05
 	methodNoAuth    = 0x00
+	methodUserPass  = 0x02
 	methodNoAccept  = 0xFF
+	userPassVersion = 0x01 // RFC 1929 subnegotiation version
+	userPassOK      = 0x00
+	userPassFailed  = 0x01
 	cmdConnect      = 0x01
 	atypIPv4        = 0x01
 	atypDomain      = 0x03
@@ -24,52 +31,74 @@ const (
 	socksReplyV4Len = 10 // VER REP RSV ATYP(1) ADDR(4) PORT(2)
 )
 
-// socks5Handshake runs method negotiation and one CONNECT request on client.
-func socks5Handshake(ctx context.Context, g *guard, client net.Conn, dial DialFunc) (*Session, error) {
-	// 4 header + 1 length + 255 domain + 2 port; also big enough for the greeting (2+255).
+// socks5Handshake runs method negotiation, authentication (opts.Auth) and one CONNECT request on
+// client. Reading the greeting, the credentials and the request is bounded by the handshake
+// budget; the dial by ctx.
+func socks5Handshake(ctx context.Context, g *guard, client net.Conn, dial DialFunc, opts Options) (*Session, error) {
+	// 4 header + 1 length + 255 domain + 2 port; also big enough for the greeting (2+255) and
+	// each half of the RFC 1929 request (1+1+255).
 	var buf [262]byte
+	deadline := time.Now().Add(opts.handshakeTimeout())
+	g.limitRead(client, deadline)
+	budget := func(err error) error {
+		if handshakeExpired(ctx, err, deadline) {
+			return fmt.Errorf("%w: %w", ErrHandshakeTimeout, err)
+		}
+		return err
+	}
 
 	// Greeting: VER NMETHODS METHODS...
 	if _, err := io.ReadFull(client, buf[:2]); err != nil {
-		return nil, readErr("socks5 greeting", err)
+		return nil, readErr("socks5 greeting", budget(err))
 	}
 	if buf[0] != socks5Version {
 		return nil, fmt.Errorf("%w: socks version %d", ErrBadRequest, buf[0])
 	}
 	methods := buf[2 : 2+int(buf[1])]
 	if _, err := io.ReadFull(client, methods); err != nil {
-		return nil, readErr("socks5 greeting", truncated(err))
+		return nil, readErr("socks5 greeting", budget(truncated(err)))
 	}
-	noAuth := false
-	for _, m := range methods {
-		if m == methodNoAuth {
-			noAuth = true
-			break
-		}
+	want := byte(methodNoAuth)
+	if opts.Auth != nil {
+		want = methodUserPass
 	}
-	if !noAuth {
+	if !bytes.Contains(methods, []byte{want}) {
 		client.Write([]byte{socks5Version, methodNoAccept})
+		if opts.Auth != nil {
+			return nil, fmt.Errorf("%w: socks5 client offered no username/password method", ErrAuth)
+		}
 		return nil, fmt.Errorf("%w: no acceptable socks5 auth method", ErrUnsupported)
 	}
-	if _, err := client.Write([]byte{socks5Version, methodNoAuth}); err != nil {
+	if _, err := client.Write([]byte{socks5Version, want}); err != nil {
 		return nil, fmt.Errorf("proxy: socks5 write method: %w", err)
 	}
+	if opts.Auth != nil {
+		if err := socks5Auth(client, buf[:], opts.Auth, budget); err != nil {
+			return nil, err
+		}
+	}
 
-	// Request: VER CMD RSV ATYP DST.ADDR DST.PORT
-	t, cmd, err := readSocks5Request(client, buf[:])
+	// Request: VER CMD RSV ATYP DST.ADDR DST.PORT, read whole before anything is judged.
+	r, err := readSocks5Request(client, buf[:])
+	if err != nil {
+		if errors.Is(err, ErrBadRequest) {
+			writeSocks5Reply(client, messages.ReplyGeneralFailure, nil)
+		}
+		return nil, budget(err)
+	}
+	g.limitRead(client, time.Time{})
+	if r.cmd != cmdConnect {
+		writeSocks5Reply(client, messages.ReplyCommandNotSupported, nil)
+		return nil, fmt.Errorf("%w: socks5 command %d", ErrUnsupported, r.cmd)
+	}
+	t, err := r.target()
 	if err != nil {
 		code := messages.ReplyGeneralFailure
 		if errors.Is(err, ErrUnsupported) {
 			code = messages.ReplyAddressNotSupported
 		}
-		if errors.Is(err, ErrBadRequest) || errors.Is(err, ErrUnsupported) {
-			writeSocks5Reply(client, code, nil)
-		}
+		writeSocks5Reply(client, code, nil)
 		return nil, err
-	}
-	if cmd != cmdConnect {
-		writeSocks5Reply(client, messages.ReplyCommandNotSupported, nil)
-		return nil, fmt.Errorf("%w: socks5 command %d", ErrUnsupported, cmd)
 	}
 
 	up, err := dialTarget(ctx, dial, t)
@@ -85,51 +114,106 @@ func socks5Handshake(ctx context.Context, g *guard, client net.Conn, dial DialFu
 	return &Session{Target: t, Upstream: up, Client: client, Method: "CONNECT"}, nil
 }
 
-// readSocks5Request reads one request into buf and returns its target and command.
-func readSocks5Request(r io.Reader, buf []byte) (Target, byte, error) {
+// socks5Auth runs the RFC 1929 subnegotiation: VER ULEN UNAME PLEN PASSWD, answered VER STATUS;
+// a failure is answered and wraps ErrAuth (with the user name, never the password).
+func socks5Auth(client net.Conn, buf []byte, auth Authenticator, budget func(error) error) error {
+	if _, err := io.ReadFull(client, buf[:2]); err != nil {
+		return readErr("socks5 authentication", budget(truncated(err)))
+	}
+	if buf[0] != userPassVersion {
+		client.Write([]byte{userPassVersion, userPassFailed})
+		return fmt.Errorf("%w: socks5 authentication version %d", ErrBadRequest, buf[0])
+	}
+	ulen := int(buf[1])
+	if _, err := io.ReadFull(client, buf[:ulen+1]); err != nil {
+		return readErr("socks5 authentication", budget(truncated(err)))
+	}
+	user := string(buf[:ulen])
+	plen := int(buf[ulen])
+	if _, err := io.ReadFull(client, buf[:plen]); err != nil {
+		return readErr("socks5 authentication", budget(truncated(err)))
+	}
+	ok := auth.Authenticate(user, string(buf[:plen]))
+	clear(buf[:plen])
+	if !ok {
+		client.Write([]byte{userPassVersion, userPassFailed})
+		return fmt.Errorf("%w: socks5 user %s", ErrAuth, quoteUser(user))
+	}
+	if _, err := client.Write([]byte{userPassVersion, userPassOK}); err != nil {
+		return fmt.Errorf("proxy: socks5 write authentication status: %w", err)
+	}
+	return nil
+}
+
+// quoteUser renders a client-supplied user name for an error message: quoted, at most 64 bytes.
+func quoteUser(u string) string {
+	if len(u) > 64 {
+		return strconv.Quote(u[:64]) + "…"
+	}
+	return strconv.Quote(u)
+}
+
+// socks5Request is a request as read, not yet judged.
+type socks5Request struct {
+	cmd, atyp byte
+	addr      []byte // the address bytes (a domain without its length byte); valid until buf is reused
+	port      uint16
+}
+
+// readSocks5Request reads one whole request into buf. Only a wrong version, an unknown address
+// type (its length is unknown: the rest stays unread) or a read failure are errors here; the
+// command and address are judged by the caller, command first.
+func readSocks5Request(r io.Reader, buf []byte) (socks5Request, error) {
 	if _, err := io.ReadFull(r, buf[:4]); err != nil {
-		return Target{}, 0, readErr("socks5 request", err)
+		return socks5Request{}, readErr("socks5 request", err)
 	}
+	req := socks5Request{cmd: buf[1], atyp: buf[3]}
 	if buf[0] != socks5Version {
-		return Target{}, 0, fmt.Errorf("%w: socks5 request version %d", ErrBadRequest, buf[0])
+		return req, fmt.Errorf("%w: socks5 request version %d", ErrBadRequest, buf[0])
 	}
-	cmd := buf[1]
-	var host string
-	switch buf[3] {
+	var n int
+	switch req.atyp {
 	case atypIPv4:
-		if _, err := io.ReadFull(r, buf[:4+2]); err != nil {
-			return Target{}, 0, readErr("socks5 request", truncated(err))
-		}
-		host = netip.AddrFrom4([4]byte(buf[:4])).String()
-		buf = buf[4:]
+		n = 4
 	case atypIPv6:
-		if _, err := io.ReadFull(r, buf[:16+2]); err != nil {
-			return Target{}, 0, readErr("socks5 request", truncated(err))
-		}
-		host = netip.AddrFrom16([16]byte(buf[:16])).Unmap().String()
-		buf = buf[16:]
+		n = 16
 	case atypDomain:
 		if _, err := io.ReadFull(r, buf[:1]); err != nil {
-			return Target{}, 0, readErr("socks5 request", truncated(err))
+			return req, readErr("socks5 request", truncated(err))
 		}
-		n := int(buf[0])
-		if _, err := io.ReadFull(r, buf[:n+2]); err != nil {
-			return Target{}, 0, readErr("socks5 request", truncated(err))
-		}
-		h, err := parseHost(string(buf[:n]))
+		n = int(buf[0])
+	default:
+		return req, nil
+	}
+	if _, err := io.ReadFull(r, buf[:n+2]); err != nil {
+		return req, readErr("socks5 request", truncated(err))
+	}
+	req.addr = buf[:n]
+	req.port = binary.BigEndian.Uint16(buf[n : n+2])
+	return req, nil
+}
+
+// target validates the request's address.
+func (r socks5Request) target() (Target, error) {
+	var host string
+	switch r.atyp {
+	case atypIPv4:
+		host = netip.AddrFrom4([4]byte(r.addr)).String()
+	case atypIPv6:
+		host = netip.AddrFrom16([16]byte(r.addr)).Unmap().String()
+	case atypDomain:
+		h, err := parseHost(string(r.addr))
 		if err != nil {
-			return Target{}, 0, err
+			return Target{}, err
 		}
 		host = h
-		buf = buf[n:]
 	default:
-		return Target{}, 0, fmt.Errorf("%w: socks5 address type %d", ErrUnsupported, buf[3])
+		return Target{}, fmt.Errorf("%w: socks5 address type %d", ErrUnsupported, r.atyp)
 	}
-	port := binary.BigEndian.Uint16(buf[:2])
-	if port == 0 {
-		return Target{}, 0, fmt.Errorf("%w: port 0", ErrBadRequest)
+	if r.port == 0 {
+		return Target{}, fmt.Errorf("%w: port 0", ErrBadRequest)
 	}
-	return Target{Host: host, Port: port}, cmd, nil
+	return Target{Host: host, Port: r.port}, nil
 }
 
 // writeSocks5Reply writes a reply with BND.ADDR from bound when it is an IP address, else 0.0.0.0:0.

@@ -90,7 +90,7 @@ func TestSOCKS5RealClient(t *testing.T) {
 			if r.err != nil {
 				t.Fatal(r.err)
 			}
-			if r.s.Target != tc.want || r.s.Method != "CONNECT" || r.s.CloseAfterResponse {
+			if r.s.Target != tc.want || r.s.Method != "CONNECT" || r.s.Forward {
 				t.Fatalf("session %+v, want target %v", r.s, tc.want)
 			}
 			if seen := d.seen(); seen[len(seen)-1] != tc.want {
@@ -268,6 +268,14 @@ func TestSOCKS5Malformed(t *testing.T) {
 		{"atyp-zero", cat(greetNoAuth, []byte{5, 1, 0, 0}), cat([]byte{5, 0}, failReply(messages.ReplyAddressNotSupported)), ErrUnsupported},
 		{"bind", cat(greetNoAuth, socksReq(2, atypIPv4, ip, 80)), cat([]byte{5, 0}, failReply(messages.ReplyCommandNotSupported)), ErrUnsupported},
 		{"udp-associate", cat(greetNoAuth, socksReq(3, atypIPv4, ip, 80)), cat([]byte{5, 0}, failReply(messages.ReplyCommandNotSupported)), ErrUnsupported},
+		// An unsupported command is 0x07 whatever its address: the command is judged first.
+		{"udp-associate-any", cat(greetNoAuth, socksReq(3, atypIPv4, []byte{0, 0, 0, 0}, 0)), cat([]byte{5, 0}, failReply(messages.ReplyCommandNotSupported)), ErrUnsupported},
+		{"udp-associate-any6", cat(greetNoAuth, socksReq(3, atypIPv6, make([]byte, 16), 0)), cat([]byte{5, 0}, failReply(messages.ReplyCommandNotSupported)), ErrUnsupported},
+		{"bind-any", cat(greetNoAuth, socksReq(2, atypIPv4, []byte{0, 0, 0, 0}, 0)), cat([]byte{5, 0}, failReply(messages.ReplyCommandNotSupported)), ErrUnsupported},
+		{"bind-empty-domain", cat(greetNoAuth, socksReq(2, atypDomain, nil, 0)), cat([]byte{5, 0}, failReply(messages.ReplyCommandNotSupported)), ErrUnsupported},
+		{"udp-associate-bad-domain", cat(greetNoAuth, socksReq(3, atypDomain, []byte("a b"), 0)), cat([]byte{5, 0}, failReply(messages.ReplyCommandNotSupported)), ErrUnsupported},
+		{"udp-associate-bad-atyp", cat(greetNoAuth, []byte{5, 3, 0, 9}), cat([]byte{5, 0}, failReply(messages.ReplyCommandNotSupported)), ErrUnsupported},
+		{"unknown-command", cat(greetNoAuth, socksReq(9, atypIPv4, ip, 80)), cat([]byte{5, 0}, failReply(messages.ReplyCommandNotSupported)), ErrUnsupported},
 		{"port-zero", cat(greetNoAuth, socksReq(cmdConnect, atypIPv4, ip, 0)), cat([]byte{5, 0}, failReply(messages.ReplyGeneralFailure)), ErrBadRequest},
 		{"empty-domain", cat(greetNoAuth, domainReq("", 80)), cat([]byte{5, 0}, failReply(messages.ReplyGeneralFailure)), ErrBadRequest},
 		{"domain-space", cat(greetNoAuth, domainReq("a b.test", 80)), cat([]byte{5, 0}, failReply(messages.ReplyGeneralFailure)), ErrBadRequest},

@@ -13,7 +13,7 @@ var idPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 // ValidID reports whether id may name an exit or a client in a subject: 1–64 of [A-Za-z0-9_-].
 func ValidID(id string) error {
 	if !idPattern.MatchString(id) {
-		return fmt.Errorf("%w: id %q must be 1-64 characters of A-Z a-z 0-9 _ -", ErrInvalid, id)
+		return fmt.Errorf("%w: id %q must be 1-64 characters of A-Z a-z 0-9 _ -", ErrInvalid, truncate(id, 64))
 	}
 	return nil
 }

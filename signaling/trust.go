@@ -68,7 +68,7 @@ func (k *OperatorKey) Public() string { return k.id.ID() }
 // Certify signs a certificate of kind for identity (and exit id, for CertExit), valid for d.
 func (k *OperatorKey) Certify(kind, exitID, identity string, d time.Duration, now time.Time) (string, error) {
 	if kind != CertExit && kind != CertClient {
-		return "", fmt.Errorf("certificate kind %q: must be %s or %s", kind, CertExit, CertClient)
+		return "", fmt.Errorf("certificate kind %q: must be %s or %s", truncate(kind, 64), CertExit, CertClient)
 	}
 	if kind == CertExit {
 		if err := ValidID(exitID); err != nil {
