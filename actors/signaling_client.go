@@ -66,18 +66,12 @@ func (s *signalingActor) request(ctx actor.Context, m *requestSession) {
 // answer, the exit is not there at all, or ctx ends. A trusted "unavailable" is retried with
 // backoff (the same signed request: the exit has not recorded it).
 func (s *signalingActor) awaitSession(ctx context.Context, m *requestSession, data []byte) (*messages.SessionResponse, error) {
-	nc := s.cfg.Conn
-	inbox := nc.NewInbox()
-	sub, err := nc.SubscribeSync(inbox)
+	nc, subject := s.cfg.Conn, signaling.ExitSubject(m.exitID)
+	sub, inbox, err := s.ask(subject, data)
 	if err != nil {
 		return nil, fmt.Errorf("%w: exit %q: %w", ErrExitUnreachable, m.exitID, err)
 	}
 	defer func() { _ = sub.Unsubscribe() }()
-	_ = sub.SetPendingLimits(64, 1<<20) // a flood of forgeries is dropped by NATS, not queued
-	subject := signaling.ExitSubject(m.exitID)
-	if err := nc.PublishRequest(subject, inbox, data); err != nil {
-		return nil, fmt.Errorf("%w: exit %q: %w", ErrExitUnreachable, m.exitID, err)
-	}
 	wait, lastRefusal := retryUnavailableMin, error(nil)
 	for {
 		msg, err := sub.NextMsgWithContext(ctx)
@@ -127,6 +121,22 @@ func (s *signalingActor) recoverInto(err *error, what string) {
 		s.cfg.Logger.Error(what+" panicked", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
 		*err = fmt.Errorf("%s: internal error: %v", what, r)
 	}
+}
+
+// ask publishes data to subject with a reply inbox of its own, whose subscription the caller reads
+// and unsubscribes. Only a few replies are queued: a flood of forgeries is dropped by NATS.
+func (s *signalingActor) ask(subject string, data []byte) (*nats.Subscription, string, error) {
+	inbox := s.cfg.Conn.NewInbox()
+	sub, err := s.cfg.Conn.SubscribeSync(inbox)
+	if err != nil {
+		return nil, "", err
+	}
+	_ = sub.SetPendingLimits(64, 1<<20)
+	if err := s.cfg.Conn.PublishRequest(subject, inbox, data); err != nil {
+		_ = sub.Unsubscribe()
+		return nil, "", err
+	}
+	return sub, inbox, nil
 }
 
 // sleepCtx waits d (a retry's backoff; not a synchronisation) unless ctx ends first.
@@ -229,17 +239,11 @@ func (s *signalingActor) ping(ctx actor.Context, m *pingExit) {
 
 // awaitPong waits for a pong signed by the session's exit that carries the ping's nonce.
 func (s *signalingActor) awaitPong(ctx context.Context, m *pingExit, p *messages.SessionPing, data []byte) *pingReply {
-	nc := s.cfg.Conn
-	inbox := nc.NewInbox()
-	sub, err := nc.SubscribeSync(inbox)
+	sub, _, err := s.ask(signaling.ExitSubject(m.exitID), data)
 	if err != nil {
 		return &pingReply{err: fmt.Errorf("ping exit %q: %w", m.exitID, err)}
 	}
 	defer func() { _ = sub.Unsubscribe() }()
-	_ = sub.SetPendingLimits(64, 1<<20)
-	if err := nc.PublishRequest(signaling.ExitSubject(m.exitID), inbox, data); err != nil {
-		return &pingReply{err: fmt.Errorf("ping exit %q: %w", m.exitID, err)}
-	}
 	for {
 		msg, err := sub.NextMsgWithContext(ctx)
 		if errors.Is(err, nats.ErrSlowConsumer) {

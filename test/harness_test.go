@@ -33,10 +33,17 @@ func startExitEngine(t testing.TB, exitID string, mutate func(*engine.Config)) *
 
 func startEngine(t testing.TB, cfg engine.Config) *engine.Engine {
 	t.Helper()
+	trustTestBus(&cfg)
+	return startSecureEngine(t, cfg)
+}
+
+// startSecureEngine starts an engine with the config as given (no test-bus trust defaults); it is
+// closed, and checked for actor panics, at the test's end.
+func startSecureEngine(t testing.TB, cfg engine.Config) *engine.Engine {
+	t.Helper()
 	if cfg.Logger == nil {
 		cfg.Logger = testLogger()
 	}
-	trustTestBus(&cfg)
 	e, err := engine.New(cfg)
 	if err != nil {
 		t.Fatalf("engine.New: %v", err)

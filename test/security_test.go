@@ -23,30 +23,6 @@ import (
 	"github.com/warren-tunnel/warren/signaling"
 )
 
-// startSecureEngine starts an engine with the config as given (no test-bus trust defaults).
-func startSecureEngine(t testing.TB, cfg engine.Config) *engine.Engine {
-	t.Helper()
-	if cfg.Logger == nil {
-		cfg.Logger = testLogger()
-	}
-	e, err := engine.New(cfg)
-	if err != nil {
-		t.Fatalf("engine.New: %v", err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := e.Start(ctx); err != nil {
-		t.Fatalf("engine.Start: %v", err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		_ = e.Close(ctx)
-		failOnPanics(t, e)
-	})
-	return e
-}
-
 // newIdentitySeed returns a fresh identity's seed, for a config.
 func newIdentitySeed(t testing.TB) (*signaling.Identity, string) {
 	t.Helper()
@@ -88,6 +64,21 @@ func (a *attacker) publish(subject, reply, typ string, body any) {
 	if err := pub(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) { // closed: the test is over
 		a.t.Errorf("attacker publish: %v", err)
 	}
+}
+
+// forgeAnswers answers a captured session request as fast as it can with an unsigned refusal, a
+// refusal the attacker signed itself, and a response that would hand the tunnel to the attacker's
+// WireGuard key and endpoint (signed with the attacker's identity).
+func (a *attacker) forgeAnswers(reply string, b *messages.SessionRequest, key signaling.Key) {
+	a.publish(reply, "", messages.TypeError, &messages.ErrorResponse{Code: messages.ErrCodeForbidden, Message: "go away"})
+	e := &messages.ErrorResponse{Code: messages.ErrCodeForbidden, Message: "go away", SessionID: b.SessionID, ClientID: b.ClientID, ExitID: b.ExitID}
+	a.id.SignError(e, time.Now())
+	a.publish(reply, "", messages.TypeError, e)
+	r := &messages.SessionResponse{SessionID: b.SessionID, ExitID: b.ExitID, ClientID: b.ClientID,
+		ExitWGPublicKey: key.Public().String(), Endpoint: "127.0.0.1:9", ClientAddresses: []string{"10.66.0.2"},
+		ExitAddresses: []string{"10.66.0.1"}, ConnectPort: 7070, MTU: 1420}
+	a.id.SignSessionResponse(r, time.Now())
+	a.publish(reply, "", messages.TypeSessionResponse, r)
 }
 
 // signedRequest is a valid session request from id (a fresh session id and WireGuard key).
@@ -151,16 +142,7 @@ func TestForgedRepliesNeitherHijackNorFail(t *testing.T) {
 		case *messages.SessionRequest:
 			seenRequests.Add(1)
 			captured.Store(b.SessionID, b)
-			// An unsigned refusal, a refusal the attacker signed, and a hijacking response.
-			evil.publish(m.Reply, "", messages.TypeError, &messages.ErrorResponse{Code: messages.ErrCodeForbidden, Message: "go away"})
-			e := &messages.ErrorResponse{Code: messages.ErrCodeForbidden, Message: "go away", SessionID: b.SessionID, ClientID: b.ClientID, ExitID: b.ExitID}
-			evil.id.SignError(e, time.Now())
-			evil.publish(m.Reply, "", messages.TypeError, e)
-			r := &messages.SessionResponse{SessionID: b.SessionID, ExitID: b.ExitID, ClientID: b.ClientID,
-				ExitWGPublicKey: evilKey.Public().String(), Endpoint: "127.0.0.1:9", ClientAddresses: []string{"10.66.0.2"},
-				ExitAddresses: []string{"10.66.0.1"}, ConnectPort: 7070, MTU: 1420}
-			evil.id.SignSessionResponse(r, time.Now())
-			evil.publish(m.Reply, "", messages.TypeSessionResponse, r)
+			evil.forgeAnswers(m.Reply, b, evilKey)
 		case *messages.SessionPing:
 			if !forgePongs.Load() {
 				return
@@ -234,15 +216,7 @@ func TestForgedRepliesAloneDoNotAnswer(t *testing.T) {
 		if err != nil || !ok || m.Reply == "" {
 			return
 		}
-		evil.publish(m.Reply, "", messages.TypeError, &messages.ErrorResponse{Code: messages.ErrCodeForbidden, Message: "go away"})
-		e := &messages.ErrorResponse{Code: messages.ErrCodeExhausted, Message: "full", SessionID: b.SessionID, ClientID: b.ClientID, ExitID: b.ExitID}
-		evil.id.SignError(e, time.Now())
-		evil.publish(m.Reply, "", messages.TypeError, e)
-		r := &messages.SessionResponse{SessionID: b.SessionID, ExitID: b.ExitID, ClientID: b.ClientID,
-			ExitWGPublicKey: evilKey.Public().String(), Endpoint: "127.0.0.1:9", ClientAddresses: []string{"10.66.0.2"},
-			ExitAddresses: []string{"10.66.0.1"}, ConnectPort: 7070, MTU: 1420}
-		evil.id.SignSessionResponse(r, time.Now())
-		evil.publish(m.Reply, "", messages.TypeSessionResponse, r)
+		evil.forgeAnswers(m.Reply, b, evilKey)
 	})
 	if err != nil {
 		t.Fatal(err)
