@@ -91,6 +91,7 @@ type connActor struct {
 	cfg      connConfig
 	system   *actor.ActorSystem
 	self     *actor.PID
+	parent   *actor.PID         // admits the connection once its handshake is done (connAdmit)
 	cancel   context.CancelFunc // cancels setup
 	wg       sync.WaitGroup     // setup and pump goroutines
 	result   chan any           // setup's outcome; buffered 1, so Stopping can reclaim it
@@ -122,9 +123,14 @@ type connActor struct {
 
 type connSetupDone struct{}
 
-// connHandshakeDone tells the parent a proxy connection's handshake is over (established, or failed
-// and ending): it no longer counts against the parent's pending-handshake limit.
-type connHandshakeDone struct{}
+// connAdmit asks the parent, from the setup goroutine, whether a proxy connection that has
+// finished its handshake (and is about to dial) may be established: it then no longer counts
+// against the pending-handshake limit, and counts against max_connections. The reply is
+// *connAdmitted.
+type connAdmit struct{ pid *actor.PID }
+
+// connAdmitted answers connAdmit: err refuses (the connection was evicted, or the tunnel is full).
+type connAdmitted struct{ err error }
 type connIdleCheck struct{}
 
 // pingServed tells the parent a ping ended: it held a slot but is no connection.
@@ -156,7 +162,7 @@ func newConnActor(cfg connConfig) actor.Producer {
 func (c *connActor) Receive(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *actor.Started:
-		c.system, c.self, c.started = ctx.ActorSystem(), ctx.Self(), time.Now()
+		c.system, c.self, c.parent, c.started = ctx.ActorSystem(), ctx.Self(), ctx.Parent(), time.Now()
 		c.in = c.cfg.client
 		if c.cfg.in != nil {
 			c.in = c.cfg.in
@@ -179,10 +185,6 @@ func (c *connActor) Receive(ctx actor.Context) {
 		r := <-c.result
 		if f, ok := r.(*connSetupFailed); !(ok && f.ping) {
 			c.emitOpened(ctx)
-		}
-		if c.cfg.kind == connProxy {
-			// The parent counts proxy connections in their handshake apart from established ones.
-			ctx.Request(ctx.Parent(), &connHandshakeDone{})
 		}
 		c.adopt(ctx, r)
 	case *pumpDone:
@@ -419,13 +421,21 @@ func (c *connActor) proxyOptions() proxy.Options {
 	next, logger, id, owner := opts.OnRequest, c.cfg.logger, c.cfg.id, c.cfg.owner
 	opts.OnRequest = func(r proxy.RequestLog) {
 		lvl := slog.LevelDebug
+		if r.Err != nil {
+			lvl = slog.LevelInfo
+		}
+		if !logger.Enabled(context.Background(), lvl) { // no allocation per request when not logged
+			if next != nil {
+				next(r)
+			}
+			return
+		}
 		attrs := []any{"conn", id, "owner", owner, "method", r.Method, "target", "", "status", r.Status,
 			"bytes_in", r.BytesIn, "bytes_out", r.BytesOut, "duration", r.Duration.Round(time.Millisecond)}
 		if r.Target.Host != "" {
 			attrs[7] = r.Target.String()
 		}
 		if r.Err != nil {
-			lvl = slog.LevelInfo
 			attrs = append(attrs, "err", r.Err)
 		}
 		logger.Log(context.Background(), lvl, "http request", attrs...)
@@ -572,16 +582,42 @@ func (c *connActor) setupRecovered(ctx context.Context) (msg any) {
 	return msg
 }
 
+// admit asks the parent to establish this connection, whose handshake is done (the client said
+// where it goes and authenticated). Runs on the setup goroutine; bounded by ctx and 5 s.
+func (c *connActor) admit(ctx context.Context) error {
+	if c.parent == nil {
+		return nil
+	}
+	limit := 5 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		limit = min(limit, max(time.Until(dl), time.Millisecond))
+	}
+	res, err := c.system.Root.RequestFuture(c.parent, &connAdmit{pid: c.self}, limit).Result()
+	if err != nil {
+		return fmt.Errorf("admission: %w", err)
+	}
+	if a, ok := res.(*connAdmitted); ok && a.err != nil {
+		return a.err
+	}
+	return nil
+}
+
 func (c *connActor) setupProxy(ctx context.Context) any {
 	var target string
 	dial := func(ctx context.Context, t proxy.Target) (net.Conn, error) {
 		target = t.String()
+		if err := c.admit(ctx); err != nil {
+			return nil, err
+		}
 		return c.cfg.dialer.DialTCP(ctx, t.Host, t.Port)
 	}
 	sess, err := proxy.HandshakeWith(ctx, c.cfg.proxyKind, c.cfg.client, dial, c.proxyOptions())
 	if err != nil {
 		reason := messages.EndProtocolError
+		var own interface{ EndReason() messages.EndReason }
 		switch {
+		case errors.As(err, &own):
+			reason = own.EndReason()
 		case errors.Is(err, proxy.ErrAuth):
 			reason = messages.EndAuthFailed
 			c.authFailed(err)

@@ -81,8 +81,9 @@ type TunnelConfig struct {
 }
 
 type connAccepted struct {
-	c    net.Conn
-	kind proxy.Kind
+	c      net.Conn
+	kind   proxy.Kind
+	parked bool // waited for a reconnect: handed over without evicting other handshakes
 }
 
 type proxyListener struct {
@@ -175,8 +176,8 @@ func (t *tunnelActor) Receive(ctx actor.Context) {
 		t.accept(ctx, m)
 	case *messages.ConnectionEnded:
 		t.ended(ctx, m)
-	case *connHandshakeDone:
-		t.handshakeDone(ctx)
+	case *connAdmit:
+		t.admit(ctx, m)
 	case *actor.Terminated:
 		if t.keepalive != nil && m.Who.Equal(t.keepalive) {
 			if !t.stopping {

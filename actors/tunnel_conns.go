@@ -6,6 +6,7 @@ package actors
 import (
 	"fmt"
 	"net"
+	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
 
@@ -19,6 +20,16 @@ type errLimit struct{ what string }
 func (e errLimit) Error() string               { return "connection limit reached: " + e.what }
 func (errLimit) ReplyCode() messages.ReplyCode { return messages.ReplyGeneralFailure }
 func (errLimit) HTTPStatus() int               { return 503 }
+
+// EndReason: a connection refused at admission ends with limit, not as a failed dial.
+func (errLimit) EndReason() messages.EndReason { return messages.EndLimit }
+
+func handshakeBudget(o proxy.Options) time.Duration {
+	if o.HandshakeTimeout > 0 {
+		return o.HandshakeTimeout
+	}
+	return proxy.DefaultHandshakeTimeout
+}
 
 // errNotReady refuses a proxy connection while the tunnel has no session (reconfiguring).
 type errNotReady struct{}
@@ -69,9 +80,13 @@ func (t *tunnelActor) accept(ctx actor.Context, m *connAccepted) {
 		t.spawnRefusal(ctx, cfg, refusal)
 		return
 	}
-	if t.cfg.MaxHandshakes > 0 && t.handshaking >= t.cfg.MaxHandshakes {
+	if t.cfg.MaxHandshakes > 0 && t.handshaking >= t.cfg.MaxHandshakes && !m.parked {
+		// Connections that waited for a reconnect are handed over all at once: they are not
+		// evicted for each other (their number is bounded when they are parked).
 		t.evictOldestHandshake(ctx)
 	}
+	// Setup covers the handshake (its own budget) and then the dial (connect_timeout).
+	cfg.limits.Setup += handshakeBudget(t.cfg.ProxyOpts)
 	cfg.dialer = t.current.dialer
 	t.stats.Active++
 	t.sources[src]++
@@ -82,14 +97,23 @@ func (t *tunnelActor) accept(ctx actor.Context, m *connAccepted) {
 	t.current.conns[pid.Id] = pid
 }
 
-// handshakeDone: a proxy connection left its handshake; it counts as established from now on.
-func (t *tunnelActor) handshakeDone(ctx actor.Context) {
-	if sender := ctx.Sender(); sender != nil {
-		if e, ok := t.conns[sender.Id]; ok && e.pending > 0 {
-			e.pending = 0
-			t.conns[sender.Id] = e
-			t.handshaking--
-		}
+// admit establishes a proxy connection that finished its handshake and is about to dial: it leaves
+// the pending handshakes and counts against max_connections — or is refused, if the tunnel is full
+// or it was evicted meanwhile.
+func (t *tunnelActor) admit(ctx actor.Context, m *connAdmit) {
+	e, ok := t.conns[m.pid.Id]
+	switch {
+	case !ok || e.evicted:
+		ctx.Respond(&connAdmitted{err: errLimit{"evicted to make room for a newer handshake"}})
+	case e.pending == 0: // admitted already
+		ctx.Respond(&connAdmitted{})
+	case t.cfg.MaxConns > 0 && t.established() >= t.cfg.MaxConns:
+		ctx.Respond(&connAdmitted{err: errLimit{fmt.Sprintf("tunnel has %d connections", t.established())}})
+	default:
+		e.pending = 0
+		t.conns[m.pid.Id] = e
+		t.handshaking--
+		ctx.Respond(&connAdmitted{})
 	}
 }
 

@@ -125,7 +125,7 @@ func (t *tunnelActor) reconnected(ctx actor.Context, l *leg, rtt time.Duration) 
 	parked := t.parked
 	t.parked = nil
 	for _, p := range parked {
-		t.accept(ctx, &connAccepted{c: p.c, kind: p.kind})
+		t.accept(ctx, &connAccepted{c: p.c, kind: p.kind, parked: true})
 	}
 	t.restoreDegraded(ctx)
 }

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -166,7 +167,16 @@ func (a ProxyAuth) resolve(path string, listens map[string]string) (*credentials
 		}
 		return nil, nil
 	}
-	return &credentials{users: users, check: a.Check, verified: map[string][sha256.Size]byte{}}, nil
+	c := &credentials{users: users, check: a.Check, verified: map[string][sha256.Size]byte{},
+		bcryptSlots: make(chan struct{}, max(1, runtime.GOMAXPROCS(0)/2))}
+	for _, u := range users {
+		if u.hash != nil { // unknown users then cost a bcrypt check of the same cost, too
+			cost, _ := bcrypt.Cost(u.hash)
+			c.decoy, _ = bcrypt.GenerateFromPassword([]byte("warren: no such user"), cost)
+			break
+		}
+	}
+	return c, nil
 }
 
 // loopbackListen reports whether a listen address only takes connections from this host.
@@ -190,9 +200,29 @@ type credential struct {
 type credentials struct {
 	users map[string]credential
 	check func(user, password string) bool
-	mu    sync.Mutex // guards verified (a cache, not lifecycle state)
+	decoy []byte // a bcrypt hash checked for unknown users when any user has a hash
+	// bcryptSlots bounds bcrypt checks at once (each costs tens of ms of CPU): a stream of wrong
+	// passwords cannot take every core. A check that cannot start within bcryptWait fails.
+	bcryptSlots chan struct{}
+	mu          sync.Mutex // guards verified (a cache, not lifecycle state)
 	// verified: user → digest of a password that matched its bcrypt hash
 	verified map[string][sha256.Size]byte
+}
+
+// bcryptWait bounds the wait for a bcrypt slot.
+const bcryptWait = 2 * time.Second
+
+// bcryptCompare checks password against hash in one of the bounded slots.
+func (c *credentials) bcryptCompare(hash []byte, password string) bool {
+	t := time.NewTimer(bcryptWait)
+	defer t.Stop()
+	select {
+	case c.bcryptSlots <- struct{}{}:
+	case <-t.C:
+		return false
+	}
+	defer func() { <-c.bcryptSlots }()
+	return bcrypt.CompareHashAndPassword(hash, []byte(password)) == nil
 }
 
 // noSuchUser is compared against for unknown users, so that their answer takes as long as a known
@@ -209,6 +239,9 @@ func (c *credentials) Authenticate(user, password string) bool {
 	switch {
 	case !known:
 		subtle.ConstantTimeCompare(sum[:], noSuchUser[:])
+		if c.decoy != nil {
+			c.bcryptCompare(c.decoy, password)
+		}
 		return false
 	case cred.hash == nil:
 		return subtle.ConstantTimeCompare(sum[:], cred.sum[:]) == 1
@@ -219,7 +252,7 @@ func (c *credentials) Authenticate(user, password string) bool {
 	if ok && subtle.ConstantTimeCompare(sum[:], v[:]) == 1 {
 		return true
 	}
-	if bcrypt.CompareHashAndPassword(cred.hash, []byte(password)) != nil {
+	if !c.bcryptCompare(cred.hash, password) {
 		return false
 	}
 	c.mu.Lock()

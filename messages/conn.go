@@ -20,7 +20,7 @@ type EndReason string
 const (
 	EndNormal           EndReason = "normal"            // the side closed its stream (EOF) and everything was delivered
 	EndReset            EndReason = "reset"             // the side reset the connection (ECONNRESET, EPIPE)
-	EndTimeout          EndReason = "timeout"           // a handshake, dial or write did not finish in time
+	EndTimeout          EndReason = "timeout"           // a connect request, dial or write did not finish in time
 	EndInactivity       EndReason = "inactivity"        // no bytes either way for the inactivity timeout
 	EndMaxLifetime      EndReason = "max_lifetime"      // the connection reached its maximum lifetime
 	EndLimit            EndReason = "limit"             // refused: too many connections

@@ -164,6 +164,9 @@ func (p *EgressPolicy) allows(c egressClass) bool {
 
 // embedded returns the IPv4 addresses an IPv6 address reaches through a translator or tunnel,
 // and the name of the mechanism.
+// nat64Local is the local-use NAT64 prefix (RFC 8215).
+var nat64Local = netip.MustParsePrefix("64:ff9b:1::/48")
+
 func embedded(a netip.Addr) (v4 [2]netip.Addr, n int, how string) {
 	if !a.Is6() {
 		return v4, 0, ""
@@ -173,6 +176,10 @@ func embedded(a netip.Addr) (v4 [2]netip.Addr, n int, how string) {
 	switch {
 	case nat64Prefix.Contains(a):
 		return [2]netip.Addr{at(12)}, 1, "NAT64"
+	case nat64Local.Contains(a):
+		// Local-use NAT64 (RFC 8215): translators take a /96 inside it, with the IPv4 address in
+		// the last 32 bits, as with the well-known prefix.
+		return [2]netip.Addr{at(12)}, 1, "NAT64 (local use)"
 	case sixToFour.Contains(a):
 		return [2]netip.Addr{at(2)}, 1, "6to4"
 	case teredo.Contains(a): // server, and the client's address obfuscated (inverted)

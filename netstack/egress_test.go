@@ -47,7 +47,7 @@ func TestEgressSpecialPurposeRanges(t *testing.T) {
 	}{
 		{"loopback", func(p *EgressPolicy) { p.AllowLoopback = true }, []string{"127.0.0.1", "127.255.0.9", "::1", "::ffff:127.0.0.1"}},
 		{"private", func(p *EgressPolicy) { p.AllowPrivate = true }, []string{"10.1.2.3", "172.16.0.1", "172.31.255.254",
-			"192.168.1.1", "fd00::1", "fc00::1", "64:ff9b:1::1", "::ffff:10.0.0.1"}},
+			"192.168.1.1", "fd00::1", "fc00::1", "64:ff9b:1::808:808", "::ffff:10.0.0.1"}},
 		{"link-local", func(p *EgressPolicy) { p.AllowLinkLocal = true }, []string{"169.254.169.254", "fe80::1", "febf::1"}},
 		{"CGNAT", func(p *EgressPolicy) { p.AllowCGNAT = true }, []string{"100.64.0.1", "100.127.255.254"}},
 		{"multicast or broadcast", func(p *EgressPolicy) { p.AllowMulticast = true }, []string{"224.0.0.1", "239.1.2.3",
@@ -265,4 +265,18 @@ func FuzzReadConnectRequest(f *testing.F) {
 			t.Fatalf("accepted %+v", req)
 		}
 	})
+}
+
+// Local-use NAT64 (64:ff9b:1::/48) reaches the IPv4 address in its last 32 bits: a refused one
+// stays refused even with allow_private on (the switch for the NAT64 prefix itself).
+func TestEgressLocalNAT64EmbeddedIPv4(t *testing.T) {
+	p := EgressPolicy{AllowPrivate: true}
+	for _, a := range []string{"64:ff9b:1::a9fe:a9fe", "64:ff9b:1::7f00:1", "64:ff9b:1:abcd::7f00:1"} {
+		if err := p.Check(netip.MustParseAddr(a)); err == nil {
+			t.Errorf("%s: allowed", a)
+		}
+	}
+	if err := p.Check(netip.MustParseAddr("64:ff9b:1::808:808")); err != nil {
+		t.Errorf("a public IPv4 through local-use NAT64: %v", err)
+	}
 }

@@ -250,6 +250,7 @@ func (f *forwarder) next() (*http.Request, Target, error) {
 		ref.msg = statusMessage(ref.status)
 	} else {
 		t, ref, err = checkRequest(req, f.hc.head, f.opts)
+		f.hc.releaseHead()
 	}
 	if err == nil {
 		return req, t, nil

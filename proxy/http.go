@@ -108,6 +108,14 @@ func (h *httpConn) readRequest(maxHeader int) (*http.Request, error) {
 	return req, nil
 }
 
+// releaseHead drops a large head buffer once the head was checked: a keep-alive connection keeps
+// at most a small one between requests, not the largest head it ever saw.
+func (h *httpConn) releaseHead() {
+	if cap(h.head) > 4<<10 {
+		h.head = nil
+	}
+}
+
 // readError turns a failure to read a request head into the status to answer (0: none) and the
 // error to report. expired tells whether a timeout was the handshake budget running out.
 func (h *httpConn) readError(err error, expired bool) (int, error) {
@@ -149,6 +157,7 @@ func httpHandshake(ctx context.Context, g *guard, client net.Conn, dial DialFunc
 		return nil, err
 	}
 	t, ref, err := checkRequest(req, h.head, opts)
+	h.releaseHead()
 	if err != nil {
 		ref.write(client)
 		return nil, err

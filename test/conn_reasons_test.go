@@ -97,22 +97,25 @@ func TestConnReasonReset(t *testing.T) {
 	})
 }
 
-// TestConnReasonTimeout: a proxy client that never sends its greeting, and a destination whose dial
-// times out on the exit (a loopback listener with a full accept queue drops SYNs).
+// TestConnReasonTimeout: a proxy client that never sends its greeting (handshake_timeout, its own
+// reason since the handshake got its own budget), and a destination whose dial times out on the
+// exit (a loopback listener with a full accept queue drops SYNs).
 func TestConnReasonTimeout(t *testing.T) {
 	t.Run("handshake", func(t *testing.T) {
-		env := newConnEnv(t, "tmo-hs", nil, func(s *engine.TunnelSpec) { s.ConnectTimeout = engine.Duration(200 * time.Millisecond) })
+		env := newConnEnv(t, "tmo-hs", nil, func(s *engine.TunnelSpec) {
+			s.Handshake.Timeout = engine.Duration(200 * time.Millisecond)
+		})
 		c, err := net.Dial("tcp", env.tun.SOCKSAddr())
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer c.Close()
-		// Send nothing: the proxy gives up after ConnectTimeout and closes.
+		// Send nothing: the proxy gives up after the handshake budget and closes.
 		readErr, n, _ := readUntilEnd(c, 10*time.Second)
 		if readErr != io.EOF || n != 0 {
 			t.Errorf("silent client: read %d bytes, then %v; want a plain EOF", n, readErr)
 		}
-		wantEnds(t, "client", env.tunnelStats(t, 1), 1, ec{rTimeout: 1}, ec{rTimeout: 1})
+		wantEnds(t, "client", env.tunnelStats(t, 1), 1, ec{messages.EndHandshakeTimeout: 1}, ec{messages.EndHandshakeTimeout: 1})
 	})
 	t.Run("dial", func(t *testing.T) {
 		target, release := blackhole(t)

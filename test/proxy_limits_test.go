@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"testing"
 	"time"
@@ -158,5 +159,63 @@ func TestHandshakeTimeout(t *testing.T) {
 	}
 	waitFor(t, 5*time.Second, "both timeouts to be counted", func() bool {
 		return tunnelStats(t, tun).ByEnd[messages.SideIncoming][messages.EndHandshakeTimeout] == 2
+	})
+}
+
+// TestMaxConnectionsHoldsAcrossHandshakes: clients that all connect first and finish their
+// handshakes afterwards are admitted up to max_connections; the rest are refused (SOCKS5 0x01)
+// and counted as limit.
+func TestMaxConnectionsHoldsAcrossHandshakes(t *testing.T) {
+	srv := newPayloadServer()
+	defer srv.Close()
+	exitEng := startExitEngine(t, "max-x", listenTCP)
+	client := startEngine(t, engine.Config{NATS: engine.NATSConfig{URLs: []string{exitEng.NATSURL()}}})
+	tun := openSpec(t, client, engine.TunnelSpec{Exit: "max-x", MaxConnections: 2})
+	origin, err := netip.ParseAddrPort(srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	const clients = 6
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for range clients {
+		c, err := net.Dial("tcp", tun.SOCKSAddr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+		if _, err := c.Write([]byte{5}); err != nil { // all in their handshake at once
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	a, p := origin.Addr().As4(), origin.Port()
+	served := 0
+	for i, c := range conns {
+		req := append([]byte{1, 0, 5, 1, 0, 1}, a[:]...)
+		req = append(req, byte(p>>8), byte(p))
+		if _, err := c.Write(req); err != nil {
+			t.Fatal(err)
+		}
+		reply := make([]byte, 12)
+		if _, err := io.ReadFull(c, reply); err != nil {
+			t.Fatalf("client %d: %v", i, err)
+		}
+		switch {
+		case reply[0] == 5 && reply[1] == 0 && reply[3] == 0: // method, then success
+			served++
+		case reply[3] != 1:
+			t.Fatalf("client %d: reply %x, want success or general failure", i, reply)
+		}
+	}
+	if served != 2 {
+		t.Fatalf("%d of %d clients established, want max_connections = 2", served, clients)
+	}
+	waitFor(t, 5*time.Second, "the refusals to be counted", func() bool {
+		return tunnelStats(t, tun).ByEnd[messages.SideIncoming][messages.EndLimit] == clients-2
 	})
 }
