@@ -5,10 +5,12 @@
 //	engine ─┬─ signaling (NATS connection, subscriptions, embedded server)
 //	        ├─ exit ── device ─┬─ peer (one per session or static peer) ── connection (one per flow)
 //	        │                  └─ connect-service accept loop
-//	        └─ tunnel ─┬─ device ── peer (the exit; runs the handshake probe)
+//	        └─ tunnel ─┬─ keepalive (judges the current leg's health; respawned if lost)
+//	                   ├─ device ── peer (the exit; runs the handshake probe)
 //	                   ├─ connection (one per proxied connection)
 //	                   └─ proxy accept loops
 //
 // Every actor is spawned with a supervisor that stops, never restarts, a failed child: a restart
-// would re-create resources the failed incarnation still holds.
+// would re-create resources the failed incarnation still holds. The parent decides what follows
+// when a child it relies on stops unexpectedly (docs/architecture.md).
 package actors
