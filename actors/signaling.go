@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -156,9 +157,12 @@ type inboundRPC struct {
 }
 
 type signalingActor struct {
-	cfg       SignalingConfig
-	inFlight  int                       // session requests the exit actor is answering
-	queue     []queuedRequest           // session requests waiting their turn (signaling_exit.go)
+	cfg      SignalingConfig
+	inFlight int             // session requests the exit actor is answering
+	queue    []queuedRequest // session requests waiting their turn (signaling_exit.go)
+	// backlog counts exit requests handed to the mailbox and not yet handled: flow control between
+	// the NATS callback and the actor (not lifecycle state).
+	backlog   atomic.Int64
 	watched   map[string]watchedSession // session id → the tunnel to tell of the exit's goodbye
 	natsUp    NATSState
 	natsSubs  map[string]*actor.PID // watchers of NATSState, by PID id
@@ -225,7 +229,15 @@ func (s *signalingActor) Receive(ctx actor.Context) {
 		}
 	case *serveExit:
 		system, self, exit, exitID := ctx.ActorSystem(), ctx.Self(), m.exit, m.exitID
+		backlog, stats := &s.backlog, s.cfg.Stats
 		sub, err := s.cfg.Conn.Subscribe(signaling.ExitSubject(m.exitID), func(msg *nats.Msg) {
+			// The mailbox is unbounded: bound what waits in it, so a flood on the subject costs
+			// at most maxBacklog messages of memory; the rest are dropped here and counted.
+			if backlog.Add(1) > maxBacklog {
+				backlog.Add(-1)
+				stats.Dropped.Add(1)
+				return
+			}
 			system.Root.Send(self, &inboundRPC{msg: msg, exit: exit, exitID: exitID})
 		})
 		if err == nil {
@@ -234,6 +246,7 @@ func (s *signalingActor) Receive(ctx actor.Context) {
 		}
 		ctx.Respond(&serveExitResponse{err: err})
 	case *inboundRPC:
+		s.backlog.Add(-1)
 		s.handleRPC(ctx, m)
 	case *requestSession:
 		s.subscribeClientEvents(ctx)

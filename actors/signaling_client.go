@@ -32,6 +32,9 @@ type SignalingStats struct {
 	Refused    atomic.Int64 // requests this engine's exit refused (any code)
 	Unanswered atomic.Int64 // "no responders" and retries of "unavailable"
 	Stale      atomic.Int64 // genuine-looking goodbyes for sessions not (or no longer) here
+	// SlowConsumer: times NATS reported dropping messages for a subscription (nats.go async errors)
+	SlowConsumer atomic.Int64
+	Dropped      atomic.Int64 // messages to this engine's exit dropped because its backlog was full
 }
 
 // Retries of a request refused with "unavailable" (the exit is busy or rate-limits the client),

@@ -23,6 +23,7 @@ import (
 const (
 	maxInFlight = 256
 	maxQueued   = 4096
+	maxBacklog  = 4096 // messages for an exit waiting in the signaling actor's mailbox
 	queueWait   = 3 * time.Second
 	// exitAnswer bounds the exit actor's answer to one request. Longer than the exit's own bound on
 	// adding the peer (5 s): an "unavailable" from here must never race a grant the exit still

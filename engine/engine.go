@@ -163,13 +163,20 @@ type SignalingStats struct {
 	Refused    int64 // requests this engine's exit refused, for any reason
 	Unanswered int64 // requests that found no exit, or were told to retry
 	Stale      int64 // goodbyes for sessions not (or no longer) here: never acted on
+	// SlowConsumer counts the times NATS reported dropping messages for one of this engine's
+	// subscriptions because they came faster than they were read.
+	SlowConsumer int64
+	// Dropped counts messages to this engine's exit dropped because 4096 were already waiting to
+	// be handled (a flood on the exit's subject).
+	Dropped int64
 }
 
 // SignalingStats returns the counters of dropped and refused signaling messages.
 func (e *Engine) SignalingStats() SignalingStats {
 	s := &e.sigStats
 	return SignalingStats{Forged: s.Forged.Load(), Unsigned: s.Unsigned.Load(), Untrusted: s.Untrusted.Load(),
-		Replayed: s.Replayed.Load(), Refused: s.Refused.Load(), Unanswered: s.Unanswered.Load(), Stale: s.Stale.Load()}
+		Replayed: s.Replayed.Load(), Refused: s.Refused.Load(), Unanswered: s.Unanswered.Load(), Stale: s.Stale.Load(),
+		SlowConsumer: s.SlowConsumer.Load(), Dropped: s.Dropped.Load()}
 }
 
 // ActorPanics counts actors that panicked and were stopped by their supervisors since Start. Each
@@ -244,6 +251,11 @@ func (e *Engine) Start(ctx context.Context) error {
 		e.natsURL = signaling.EmbeddedURL(srv)
 	} else {
 		e.natsURL = n.urls[0]
+	}
+	copts.OnAsyncError = func(_ string, err error) {
+		if errors.Is(err, nats.ErrSlowConsumer) { // NATS dropped messages for one of our subscriptions
+			e.sigStats.SlowConsumer.Add(1)
+		}
 	}
 	nc, err := signaling.Connect(copts)
 	if err != nil {

@@ -129,6 +129,9 @@ type ConnectOptions struct {
 	Logger *slog.Logger
 	// OnState is called on NATS's goroutines with every change of connection state; it must not block.
 	OnState func(ConnState)
+	// OnAsyncError is called on NATS's goroutines with every asynchronous error (a slow consumer's
+	// dropped messages, a permissions violation); it must not block.
+	OnAsyncError func(subject string, err error)
 }
 
 // Connect connects to NATS as o says and reconnects forever (credential files are read again on
@@ -169,6 +172,9 @@ func Connect(o ConnectOptions) (*nats.Conn, error) {
 				subj = sub.Subject
 			}
 			logger.Warn("nats async error", "subject", subj, "err", err)
+			if o.OnAsyncError != nil {
+				o.OnAsyncError(subj, err)
+			}
 		}),
 	}
 	if o.InProcess != nil {

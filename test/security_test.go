@@ -638,3 +638,38 @@ func TestPongFromAnotherExitOfTheSameIdentity(t *testing.T) {
 		t.Fatalf("after %d redirected pings: %+v, %v", redirected.Load(), info, err)
 	}
 }
+
+// TestFloodOnTheExitSubject: a party on the bus publishes 50,000 junk messages to an exit's
+// subject as fast as it can. What waits for the exit is bounded (the rest is dropped and counted,
+// not queued without end), and once the flood is over a genuine tunnel opens and carries data.
+func TestFloodOnTheExitSubject(t *testing.T) {
+	srv := newPayloadServer()
+	defer srv.Close()
+	ns := startNATS(t, nil)
+	_, exitSeed := newIdentitySeed(t)
+	bus := engine.NATSConfig{URLs: []string{ns.URL()}}
+	x := startSecureEngine(t, engine.Config{NATS: bus, Identity: exitSeed,
+		Exit: &engine.ExitConfig{ID: "flooded", Listen: "127.0.0.1:0", Open: true, Egress: engine.EgressConfig{AllowLoopback: true}}})
+	evil := newAttacker(t, ns.URL())
+	junk := []byte(`{"v":1,"type":"session.ping","body":{}}`)
+	for range 50_000 {
+		if err := evil.nc.Publish(signaling.ExitSubject("flooded"), junk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := evil.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	// The flood outruns the exit: some of it is dropped at the backlog bound (or by NATS).
+	waitFor(t, 30*time.Second, "the flood to be bounded", func() bool {
+		st := x.SignalingStats()
+		return st.Dropped+st.SlowConsumer > 0
+	})
+	st := x.SignalingStats()
+	t.Logf("flood of 50000: refused %d, dropped at the backlog %d, NATS slow-consumer reports %d", st.Refused, st.Dropped, st.SlowConsumer)
+	client := startSecureEngine(t, engine.Config{NATS: bus})
+	tun := openSpec(t, client, engine.TunnelSpec{Exit: "flooded", Pins: map[string]string{"flooded": x.ClientID()}})
+	if err := download(socksClient(t, tun), srv.URL, 97, 256<<10); err != nil {
+		t.Fatalf("after the flood: %v", err)
+	}
+}
