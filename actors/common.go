@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
+	"strings"
+	"unicode/utf8"
 
 	"github.com/asynkron/protoactor-go/actor"
 
@@ -78,4 +80,17 @@ func reenter(ctx actor.Context, f *actor.Future, cont func(res any, err error)) 
 		}()
 		cont(res, err)
 	})
+}
+
+// truncateUTF8 cuts s to at most n bytes on a character boundary, so that what is signed is what
+// JSON carries.
+func truncateUTF8(s string, n int) string {
+	s = strings.ToValidUTF8(s, "?")
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }

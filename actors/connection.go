@@ -2,7 +2,9 @@ package actors
 
 // The connection actor owns one proxied connection (client) or forwarded flow (exit): both of its
 // sockets, the goroutines that move its bytes, and its timers. Bytes never pass through a mailbox;
-// the actor hears only of setup, each direction's end, idle checks, timers and the end.
+// the actor hears only of setup, each direction's end, idle checks, timers and the end. Its setup
+// goroutine is in connection_setup.go, the plain-HTTP request loop in connection_forward.go, the
+// idle check in connection_idle.go.
 //
 //	Setup ──established──▶ Relaying ──both directions at EOF──────────────────────▶ stop
 //	  │                       │  a side failed (reset, error) ── both closed at once ──▶ stop
@@ -23,12 +25,8 @@ package actors
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"log/slog"
 	"net"
-	"net/netip"
-	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -352,100 +350,6 @@ func (c *connActor) pumpEnded(ctx actor.Context, d *pumpDone) {
 	}
 }
 
-// serveForward runs a plain-HTTP session's request loop in a goroutine the actor owns (counted in
-// wg, cancelled through c.cancel: Stopping and an expired grace reset its upstream). It counts
-// bytes into the connection's totals as they move and reports once, at the end.
-func (c *connActor) serveForward(s *proxy.Session) {
-	var loopCtx context.Context
-	loopCtx, c.cancel = context.WithCancel(context.Background())
-	c.pumps = 1
-	c.wg.Add(1)
-	system, self := c.system, c.self
-	go func() {
-		defer c.wg.Done()
-		err := proxy.ServeForward(loopCtx, s, c.dialForward, &c.bytesIn, &c.bytesOut)
-		system.Root.Send(self, &forwardDone{err: err})
-	}()
-}
-
-// dialForward dials a later request's origin through the tunnel, bounded like the first dial.
-func (c *connActor) dialForward(ctx context.Context, t proxy.Target) (net.Conn, error) {
-	ctx, cancel := context.WithTimeout(ctx, c.cfg.limits.Setup)
-	defer cancel()
-	return c.cfg.dialer.DialTCP(ctx, t.Host, t.Port)
-}
-
-// forwardEnded: the request loop is over. It has answered the client and closed its upstream;
-// both sides end with the loop's reason unless the actor ended them first.
-func (c *connActor) forwardEnded(ctx actor.Context, m *forwardDone) {
-	c.pumps = 0
-	if !c.ending && !c.closedUs {
-		why := forwardReason(m.err)
-		c.setBoth(why)
-		if why == messages.EndAuthFailed {
-			c.authFailed(m.err)
-		}
-	}
-	c.closedUs = true
-	closeQuietly(c.in)
-	ctx.Stop(ctx.Self())
-}
-
-// forwardReason maps how a request loop ended to the connection's end reason.
-func forwardReason(err error) messages.EndReason {
-	switch {
-	case err == nil:
-		return messages.EndNormal
-	case errors.Is(err, proxy.ErrAuth):
-		return messages.EndAuthFailed
-	case errors.Is(err, proxy.ErrHandshakeTimeout):
-		return messages.EndHandshakeTimeout
-	case errors.Is(err, proxy.ErrDial):
-		return dialReason(proxy.ReplyCodeOf(err))
-	case errors.Is(err, proxy.ErrBadRequest), errors.Is(err, proxy.ErrUnsupported):
-		return messages.EndProtocolError
-	}
-	return classify(err)
-}
-
-// authFailed logs a failed proxy authentication (the tunnel counts them by end reason).
-func (c *connActor) authFailed(err error) {
-	c.cfg.logger.Warn("proxy authentication failed", "conn", c.cfg.id, "owner", c.cfg.owner,
-		"source", c.source, "proxy", c.cfg.proxyKind.String(), "err", err)
-}
-
-// proxyOptions are the connection's proxy options, with OnRequest logging one line per plain-HTTP
-// request (from the request loop's goroutine) before calling the configured one.
-func (c *connActor) proxyOptions() proxy.Options {
-	opts := c.cfg.proxyOpts
-	next, logger, id, owner := opts.OnRequest, c.cfg.logger, c.cfg.id, c.cfg.owner
-	opts.OnRequest = func(r proxy.RequestLog) {
-		lvl := slog.LevelDebug
-		if r.Err != nil {
-			lvl = slog.LevelInfo
-		}
-		if !logger.Enabled(context.Background(), lvl) { // no allocation per request when not logged
-			if next != nil {
-				next(r)
-			}
-			return
-		}
-		attrs := []any{"conn", id, "owner", owner, "method", r.Method, "target", "", "status", r.Status,
-			"bytes_in", r.BytesIn, "bytes_out", r.BytesOut, "duration", r.Duration.Round(time.Millisecond)}
-		if r.Target.Host != "" {
-			attrs[7] = r.Target.String()
-		}
-		if r.Err != nil {
-			attrs = append(attrs, "err", r.Err)
-		}
-		logger.Log(context.Background(), lvl, "http request", attrs...)
-		if next != nil {
-			next(r)
-		}
-	}
-	return opts
-}
-
 // endGracefully ends the connection for reason: FIN both ways now, reset after the grace period.
 func (c *connActor) endGracefully(ctx actor.Context, reason messages.EndReason) {
 	if c.ending {
@@ -465,46 +369,6 @@ func (c *connActor) endGracefully(ctx actor.Context, reason messages.EndReason) 
 		}
 	}
 	c.after(c.cfg.limits.Grace, &connGraceExpired{})
-}
-
-func (c *connActor) idleInterval() time.Duration {
-	return max(min(c.cfg.limits.Idle, c.cfg.limits.KeepaliveIdle)/4, 10*time.Millisecond)
-}
-
-// idleCheck runs on the idle timer and re-arms it.
-func (c *connActor) idleCheck(ctx actor.Context) {
-	if c.pumps == 0 || c.ending {
-		return
-	}
-	now := time.Now()
-	total := c.bytesIn.Load() + c.bytesOut.Load()
-	in, out, quiet, ok := segments(c.in)
-	switch {
-	case total != c.lastTotal:
-		c.lastTotal, c.idleSince = total, now
-	case ok && quiet && in != c.lastSegsIn && out != c.lastSegsOut:
-		// Segments came and went with no bytes while nothing was queued either way: the kernel
-		// answered keep-alive probes. (A delayed ACK moves only the received count; zero-window
-		// probes and retransmissions happen only with data queued, which quiet rules out.)
-		c.keepalive = true
-	}
-	c.lastSegsIn, c.lastSegsOut = in, out
-	limit := c.cfg.limits.Idle
-	if c.keepalive && c.cfg.limits.KeepaliveIdle > limit {
-		limit = c.cfg.limits.KeepaliveIdle
-	}
-	if now.Sub(c.idleSince) >= limit {
-		c.endGracefully(ctx, messages.EndInactivity)
-		return
-	}
-	c.armIdle()
-}
-
-// armIdle schedules the next idle check on the actor's own timer (protoactor's ReceiveTimeout is
-// racy at the pinned commit: asynkron/protoactor-go#1139).
-func (c *connActor) armIdle() {
-	system, self := c.system, c.self
-	c.idleT = time.AfterFunc(c.idleInterval(), func() { system.Root.Send(self, &connIdleCheck{}) })
 }
 
 func (c *connActor) emitOpened(ctx actor.Context) {
@@ -533,176 +397,4 @@ func (c *connActor) report(ctx actor.Context) {
 		"keepalive", ev.Keepalive)
 	ctx.Request(ctx.Parent(), ev) // Request, not Send: the parent keys its bookkeeping by sender
 	emit(ctx, c.cfg.events, ev)
-}
-
-// setup runs the handshake and dial in its own goroutine and leaves one connEstablished or
-// connSetupFailed in c.result. Sockets it opens belong to the actor from then on: adopted on
-// connSetupDone, or released in Stopping if the actor stops first.
-func (c *connActor) setup(ctx context.Context) {
-	defer c.wg.Done()
-	msg := c.setupRecovered(ctx)
-	if _, ok := msg.(*connSetupFailed); ok && c.cfg.client != nil {
-		// The refusal reply is written; closing with the client's request still unread would send a
-		// reset that can overtake it. Half-close, discard what is left for a moment, then close.
-		lingerClose(c.cfg.client, 500*time.Millisecond)
-	}
-	c.result <- msg
-	c.system.Root.Send(c.self, &connSetupDone{})
-}
-
-// setupRecovered runs the setup, which parses untrusted input (a proxy client's handshake, a
-// tunnel client's connect request): a panic there is logged with its stack and ends this
-// connection with internal_error; the process and every other connection go on.
-func (c *connActor) setupRecovered(ctx context.Context) (msg any) {
-	defer func() {
-		if r := recover(); r != nil {
-			c.cfg.logger.Error("connection setup panicked", "conn", c.cfg.id, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
-			msg = &connSetupFailed{reason: messages.EndInternalError, err: fmt.Errorf("internal error: %v", r)}
-		}
-	}()
-	switch c.cfg.kind {
-	case connProxy:
-		msg = c.setupProxy(ctx)
-	case connRefuse:
-		err := proxy.RefuseWith(ctx, c.cfg.proxyKind, c.cfg.client, c.cfg.refusal, c.cfg.proxyOpts)
-		reason := messages.EndLimit
-		if r, ok := c.cfg.refusal.(interface{ EndReason() messages.EndReason }); ok {
-			reason = r.EndReason()
-		}
-		if errors.Is(err, proxy.ErrAuth) {
-			reason = messages.EndAuthFailed
-			c.authFailed(err)
-		}
-		msg = &connSetupFailed{reason: reason, err: c.cfg.refusal}
-	case connService:
-		msg = c.setupService(ctx)
-	case connFlowTCP, connFlowUDP:
-		msg = c.setupFlow(ctx)
-	}
-	return msg
-}
-
-// admit asks the parent to establish this connection, whose handshake is done (the client said
-// where it goes and authenticated). Runs on the setup goroutine; bounded by ctx and 5 s.
-func (c *connActor) admit(ctx context.Context) error {
-	if c.parent == nil {
-		return nil
-	}
-	limit := 5 * time.Second
-	if dl, ok := ctx.Deadline(); ok {
-		limit = min(limit, max(time.Until(dl), time.Millisecond))
-	}
-	res, err := c.system.Root.RequestFuture(c.parent, &connAdmit{pid: c.self}, limit).Result()
-	if err != nil {
-		return fmt.Errorf("admission: %w", err)
-	}
-	if a, ok := res.(*connAdmitted); ok && a.err != nil {
-		return a.err
-	}
-	return nil
-}
-
-func (c *connActor) setupProxy(ctx context.Context) any {
-	var target string
-	dial := func(ctx context.Context, t proxy.Target) (net.Conn, error) {
-		target = t.String()
-		if err := c.admit(ctx); err != nil {
-			return nil, err
-		}
-		return c.cfg.dialer.DialTCP(ctx, t.Host, t.Port)
-	}
-	sess, err := proxy.HandshakeWith(ctx, c.cfg.proxyKind, c.cfg.client, dial, c.proxyOptions())
-	if err != nil {
-		reason := messages.EndProtocolError
-		var own interface{ EndReason() messages.EndReason }
-		switch {
-		case errors.As(err, &own):
-			reason = own.EndReason()
-		case errors.Is(err, proxy.ErrAuth):
-			reason = messages.EndAuthFailed
-			c.authFailed(err)
-		case errors.Is(err, proxy.ErrHandshakeTimeout):
-			reason = messages.EndHandshakeTimeout
-		case target != "":
-			reason = dialReason(proxy.ReplyCodeOf(err))
-		case classify(err) == messages.EndTimeout:
-			reason = messages.EndTimeout
-		case classify(err) != messages.EndError:
-			reason = classify(err)
-		}
-		return &connSetupFailed{reason: reason, target: target, err: err}
-	}
-	est := &connEstablished{in: c.cfg.client, out: sess.Upstream, inReader: sess.Client, target: sess.Target.String()}
-	if sess.Forward {
-		est.forward = sess
-	}
-	return est
-}
-
-func (c *connActor) setupService(ctx context.Context) any {
-	in := c.cfg.in
-	if dl, ok := ctx.Deadline(); ok {
-		_ = in.SetReadDeadline(dl)
-	}
-	req, err := netstack.ReadConnectRequest(in)
-	_ = in.SetReadDeadline(time.Time{})
-	if err != nil {
-		return &connSetupFailed{reason: messages.EndProtocolError, err: err}
-	}
-	target := net.JoinHostPort(req.Host, itoa(req.Port))
-	if req.Cmd == netstack.ConnectCmdPing {
-		_ = netstack.WriteConnectReply(in, messages.ReplySucceeded)
-		return &connSetupFailed{reason: messages.EndNormal, target: "ping", ping: true}
-	}
-	out, err := c.cfg.egress.DialEgress(ctx, "tcp", req.Host, req.Port, c.cfg.limits.Setup)
-	code := netstack.ReplyCodeForDial(err)
-	if werr := netstack.WriteConnectReply(in, code); werr != nil && err == nil {
-		closeQuietly(out)
-		return &connSetupFailed{reason: classify(werr), target: target, err: werr}
-	}
-	if err != nil {
-		return &connSetupFailed{reason: dialReason(code), target: target, err: err}
-	}
-	return &connEstablished{in: in, out: out, inReader: in, target: target}
-}
-
-func (c *connActor) setupFlow(ctx context.Context) any {
-	var dst netip.AddrPort
-	network := "tcp"
-	if c.cfg.kind == connFlowUDP {
-		dst, network = c.cfg.udpFlow.Dst, "udp"
-	} else {
-		dst = c.cfg.tcpFlow.Dst
-	}
-	target := dst.String()
-	out, err := c.cfg.egress.DialEgress(ctx, network, dst.Addr().String(), dst.Port(), c.cfg.limits.Setup)
-	if err != nil {
-		if c.cfg.kind == connFlowUDP {
-			c.cfg.udpFlow.Reject()
-		} else {
-			c.cfg.tcpFlow.Reject()
-		}
-		return &connSetupFailed{reason: dialReason(netstack.ReplyCodeForDial(err)), target: target, err: err}
-	}
-	var in net.Conn
-	if c.cfg.kind == connFlowUDP {
-		in, err = c.cfg.udpFlow.Accept()
-	} else {
-		in, err = c.cfg.tcpFlow.AcceptContext(ctx)
-	}
-	if err != nil {
-		closeQuietly(out)
-		return &connSetupFailed{reason: classify(err), target: target, err: err}
-	}
-	return &connEstablished{in: in, out: out, inReader: in, target: target}
-}
-
-func dialReason(code messages.ReplyCode) messages.EndReason {
-	switch code {
-	case messages.ReplyNotAllowed:
-		return messages.EndPolicyDenied
-	case messages.ReplyTTLExpired:
-		return messages.EndTimeout
-	}
-	return messages.EndDialFailed
 }

@@ -1,8 +1,9 @@
 package actors
 
-// The tunnel actor owns one client tunnel: its proxy listeners and accept loops, its legs (a session
-// with an exit and the device that carries it: tunnel_leg.go), and the connections proxied through
-// it (children: tunnel_conns.go).
+// The tunnel actor owns one client tunnel: its proxy listeners and accept loops
+// (tunnel_listeners.go), its legs (a session with an exit and the device that carries it:
+// tunnel_leg.go), the connections proxied through it (children: tunnel_conns.go), its health
+// (tunnel_health.go, tunnel_reconnect.go) and its close (tunnel_close.go).
 //
 //	Negotiating ──session granted──▶ Handshaking ──HandshakeCompleted──▶ Up ◀──────────────┐
 //	     │                               │                               │                 │
@@ -27,10 +28,8 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"strings"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"github.com/asynkron/protoactor-go/actor"
 
@@ -85,15 +84,6 @@ type connAccepted struct {
 	kind   proxy.Kind
 	parked bool // waited for a reconnect: handed over without evicting other handshakes
 }
-
-type proxyListener struct {
-	ln   net.Listener
-	kind proxy.Kind
-	stop chan struct{} // closed before the listener; nil until the loop starts
-	end  chan struct{} // closed when its accept loop returned; nil until the loop starts
-}
-
-type tunnelDrainExpired struct{}
 
 type tunnelActor struct {
 	cfg         TunnelConfig
@@ -376,124 +366,6 @@ func (t *tunnelActor) legReleased(ctx actor.Context, l *leg) {
 	}
 }
 
-// drain stops accepting, lets active connections finish for the drain timeout, ends the rest with
-// drain_timeout (graceful, then forced after the grace period), and then closes.
-func (t *tunnelActor) drain(ctx actor.Context, m *messages.CloseTunnel) {
-	d := t.drainTimeout(m.Drain)
-	t.drainWhy = m.Why
-	switch {
-	case t.drainWhy != "":
-	case d == 0:
-		t.drainWhy = messages.EndTunnelClosed
-	default:
-		t.drainWhy = messages.EndDrainTimeout
-	}
-	if t.drainWhy == messages.EndEngineShutdown {
-		t.stopWhy.Store(&t.drainWhy)
-	}
-	t.transition(ctx, messages.StateDraining, reasonOr(m.Reason))
-	t.behavior.Become(t.draining)
-	t.closeListeners()
-	for _, l := range t.legs {
-		if l != t.current && l.state != legDraining {
-			t.releaseLeg(ctx, l) // a leg still coming up is not wanted any more
-		}
-	}
-	if len(t.conns) == 0 {
-		t.finishClose(ctx)
-		return
-	}
-	t.drainT = t.sendAfter(ctx, d, &tunnelDrainExpired{})
-}
-
-func (t *tunnelActor) drainTimeout(d time.Duration) time.Duration {
-	switch {
-	case d == 0:
-		return t.cfg.DrainTimeout
-	case d < 0:
-		return 0
-	}
-	return d
-}
-
-// finishClose ends a drain: everything left is released by stopping.
-func (t *tunnelActor) finishClose(ctx actor.Context) {
-	t.closeNow(ctx, "drained")
-}
-
-func (t *tunnelActor) closeNow(ctx actor.Context, reason string) {
-	if t.state == messages.StateClosing || t.state == messages.StateFailed {
-		return
-	}
-	t.transition(ctx, messages.StateClosing, reason)
-	t.behavior.Become(t.closing)
-	ctx.Stop(ctx.Self())
-}
-
-func (t *tunnelActor) fail(ctx actor.Context, err error) {
-	if t.state == messages.StateClosing || t.state == messages.StateFailed {
-		return
-	}
-	t.failErr = err
-	t.transition(ctx, messages.StateFailed, err.Error())
-	t.behavior.Become(t.closing)
-	ctx.Stop(ctx.Self())
-}
-
-func (t *tunnelActor) onStopping(ctx actor.Context) {
-	t.stopping = true
-	if t.state != messages.StateClosing && t.state != messages.StateFailed {
-		// stopped by its parent: the engine is shutting down without a drain
-		why := messages.EndEngineShutdown
-		t.stopWhy.Store(&why)
-		t.transition(ctx, messages.StateClosing, "engine shutdown")
-	}
-	for _, tm := range []*time.Timer{t.drainT, t.retryT, t.parkT} {
-		if tm != nil {
-			tm.Stop()
-		}
-	}
-	for _, p := range t.parked {
-		_ = p.c.Close()
-	}
-	t.parked = nil
-	// Local resources first (bounded wait: the accept loops end when their listener closes), then
-	// the goodbyes, which only send messages.
-	t.closeListeners()
-	for _, l := range t.listeners {
-		if l.end != nil {
-			<-l.end
-		}
-	}
-	for _, l := range t.legs {
-		if l.timer != nil {
-			l.timer.Stop()
-		}
-		t.legGoodbye(ctx, l, t.closeReason())
-	}
-}
-
-func (t *tunnelActor) closeReason() string {
-	if t.failErr != nil {
-		return "failed: " + t.failErr.Error()
-	}
-	return "closed"
-}
-
-func (t *tunnelActor) closeListeners() {
-	for _, l := range t.listeners {
-		if l.stop != nil {
-			select {
-			case <-l.stop:
-				continue // closed already
-			default:
-				close(l.stop)
-			}
-		}
-		_ = l.ln.Close()
-	}
-}
-
 func (t *tunnelActor) snapshot() messages.TunnelInfo {
 	info := t.info
 	info.State = t.state
@@ -522,55 +394,4 @@ func (t *tunnelActor) answerWaiter(ctx actor.Context, err error) {
 		return
 	}
 	ctx.Send(w, &messages.SwitchTunnelResponse{Info: t.snapshot(), Err: err})
-}
-
-func (t *tunnelActor) bindListeners() error {
-	for _, l := range []struct {
-		addr string
-		kind proxy.Kind
-	}{{t.cfg.SOCKSAddr, proxy.SOCKS5}, {t.cfg.HTTPAddr, proxy.HTTP}} {
-		if l.addr == "" {
-			continue
-		}
-		ln, err := net.Listen("tcp", l.addr)
-		if err != nil {
-			return fmt.Errorf("%s proxy listen on %s: %w", l.kind, l.addr, err)
-		}
-		t.listeners = append(t.listeners, &proxyListener{ln: ln, kind: l.kind})
-		if l.kind == proxy.SOCKS5 {
-			t.info.SOCKSAddr = ln.Addr().String()
-		} else {
-			t.info.HTTPAddr = ln.Addr().String()
-		}
-	}
-	return nil
-}
-
-func (t *tunnelActor) startAccepting(ctx actor.Context) {
-	system, self := ctx.ActorSystem(), ctx.Self()
-	for _, l := range t.listeners {
-		l.stop, l.end = make(chan struct{}), make(chan struct{})
-		kind := l.kind
-		go acceptLoop(l.ln, l.stop, l.end, func(c net.Conn) { system.Root.Send(self, &connAccepted{c: c, kind: kind}) })
-	}
-}
-
-func reasonOr(r string) string {
-	if r == "" {
-		return "closed by owner"
-	}
-	return r
-}
-
-// truncateUTF8 cuts s to at most n bytes on a character boundary, so that what is signed is what
-// JSON carries.
-func truncateUTF8(s string, n int) string {
-	s = strings.ToValidUTF8(s, "?")
-	if len(s) <= n {
-		return s
-	}
-	for n > 0 && !utf8.RuneStart(s[n]) {
-		n--
-	}
-	return s[:n]
 }

@@ -1,0 +1,191 @@
+package actors
+
+// A connection actor's setup: the goroutine that runs the proxy handshake (or the exit's connect
+// request, or a forwarded flow's dial) and leaves its outcome for the actor, recovering from
+// panics on untrusted input; and the tunnel's admission of a proxy connection whose handshake is done.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"runtime/debug"
+	"time"
+
+	"github.com/warren-tunnel/warren/messages"
+	"github.com/warren-tunnel/warren/netstack"
+	"github.com/warren-tunnel/warren/proxy"
+)
+
+// setup runs the handshake and dial in its own goroutine and leaves one connEstablished or
+// connSetupFailed in c.result. Sockets it opens belong to the actor from then on: adopted on
+// connSetupDone, or released in Stopping if the actor stops first.
+func (c *connActor) setup(ctx context.Context) {
+	defer c.wg.Done()
+	msg := c.setupRecovered(ctx)
+	if _, ok := msg.(*connSetupFailed); ok && c.cfg.client != nil {
+		// The refusal reply is written; closing with the client's request still unread would send a
+		// reset that can overtake it. Half-close, discard what is left for a moment, then close.
+		lingerClose(c.cfg.client, 500*time.Millisecond)
+	}
+	c.result <- msg
+	c.system.Root.Send(c.self, &connSetupDone{})
+}
+
+// setupRecovered runs the setup, which parses untrusted input (a proxy client's handshake, a
+// tunnel client's connect request): a panic there is logged with its stack and ends this
+// connection with internal_error; the process and every other connection go on.
+func (c *connActor) setupRecovered(ctx context.Context) (msg any) {
+	defer func() {
+		if r := recover(); r != nil {
+			c.cfg.logger.Error("connection setup panicked", "conn", c.cfg.id, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			msg = &connSetupFailed{reason: messages.EndInternalError, err: fmt.Errorf("internal error: %v", r)}
+		}
+	}()
+	switch c.cfg.kind {
+	case connProxy:
+		msg = c.setupProxy(ctx)
+	case connRefuse:
+		err := proxy.RefuseWith(ctx, c.cfg.proxyKind, c.cfg.client, c.cfg.refusal, c.cfg.proxyOpts)
+		reason := messages.EndLimit
+		if r, ok := c.cfg.refusal.(interface{ EndReason() messages.EndReason }); ok {
+			reason = r.EndReason()
+		}
+		if errors.Is(err, proxy.ErrAuth) {
+			reason = messages.EndAuthFailed
+			c.authFailed(err)
+		}
+		msg = &connSetupFailed{reason: reason, err: c.cfg.refusal}
+	case connService:
+		msg = c.setupService(ctx)
+	case connFlowTCP, connFlowUDP:
+		msg = c.setupFlow(ctx)
+	}
+	return msg
+}
+
+// admit asks the parent to establish this connection, whose handshake is done (the client said
+// where it goes and authenticated). Runs on the setup goroutine; bounded by ctx and 5 s.
+func (c *connActor) admit(ctx context.Context) error {
+	if c.parent == nil {
+		return nil
+	}
+	limit := 5 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		limit = min(limit, max(time.Until(dl), time.Millisecond))
+	}
+	res, err := c.system.Root.RequestFuture(c.parent, &connAdmit{pid: c.self}, limit).Result()
+	if err != nil {
+		return fmt.Errorf("admission: %w", err)
+	}
+	if a, ok := res.(*connAdmitted); ok && a.err != nil {
+		return a.err
+	}
+	return nil
+}
+
+func (c *connActor) setupProxy(ctx context.Context) any {
+	var target string
+	dial := func(ctx context.Context, t proxy.Target) (net.Conn, error) {
+		target = t.String()
+		if err := c.admit(ctx); err != nil {
+			return nil, err
+		}
+		return c.cfg.dialer.DialTCP(ctx, t.Host, t.Port)
+	}
+	sess, err := proxy.HandshakeWith(ctx, c.cfg.proxyKind, c.cfg.client, dial, c.proxyOptions())
+	if err != nil {
+		reason := messages.EndProtocolError
+		var own interface{ EndReason() messages.EndReason }
+		switch {
+		case errors.As(err, &own):
+			reason = own.EndReason()
+		case errors.Is(err, proxy.ErrAuth):
+			reason = messages.EndAuthFailed
+			c.authFailed(err)
+		case errors.Is(err, proxy.ErrHandshakeTimeout):
+			reason = messages.EndHandshakeTimeout
+		case target != "":
+			reason = dialReason(proxy.ReplyCodeOf(err))
+		case classify(err) == messages.EndTimeout:
+			reason = messages.EndTimeout
+		case classify(err) != messages.EndError:
+			reason = classify(err)
+		}
+		return &connSetupFailed{reason: reason, target: target, err: err}
+	}
+	est := &connEstablished{in: c.cfg.client, out: sess.Upstream, inReader: sess.Client, target: sess.Target.String()}
+	if sess.Forward {
+		est.forward = sess
+	}
+	return est
+}
+
+func (c *connActor) setupService(ctx context.Context) any {
+	in := c.cfg.in
+	if dl, ok := ctx.Deadline(); ok {
+		_ = in.SetReadDeadline(dl)
+	}
+	req, err := netstack.ReadConnectRequest(in)
+	_ = in.SetReadDeadline(time.Time{})
+	if err != nil {
+		return &connSetupFailed{reason: messages.EndProtocolError, err: err}
+	}
+	target := net.JoinHostPort(req.Host, itoa(req.Port))
+	if req.Cmd == netstack.ConnectCmdPing {
+		_ = netstack.WriteConnectReply(in, messages.ReplySucceeded)
+		return &connSetupFailed{reason: messages.EndNormal, target: "ping", ping: true}
+	}
+	out, err := c.cfg.egress.DialEgress(ctx, "tcp", req.Host, req.Port, c.cfg.limits.Setup)
+	code := netstack.ReplyCodeForDial(err)
+	if werr := netstack.WriteConnectReply(in, code); werr != nil && err == nil {
+		closeQuietly(out)
+		return &connSetupFailed{reason: classify(werr), target: target, err: werr}
+	}
+	if err != nil {
+		return &connSetupFailed{reason: dialReason(code), target: target, err: err}
+	}
+	return &connEstablished{in: in, out: out, inReader: in, target: target}
+}
+
+func (c *connActor) setupFlow(ctx context.Context) any {
+	var dst netip.AddrPort
+	network := "tcp"
+	if c.cfg.kind == connFlowUDP {
+		dst, network = c.cfg.udpFlow.Dst, "udp"
+	} else {
+		dst = c.cfg.tcpFlow.Dst
+	}
+	target := dst.String()
+	out, err := c.cfg.egress.DialEgress(ctx, network, dst.Addr().String(), dst.Port(), c.cfg.limits.Setup)
+	if err != nil {
+		if c.cfg.kind == connFlowUDP {
+			c.cfg.udpFlow.Reject()
+		} else {
+			c.cfg.tcpFlow.Reject()
+		}
+		return &connSetupFailed{reason: dialReason(netstack.ReplyCodeForDial(err)), target: target, err: err}
+	}
+	var in net.Conn
+	if c.cfg.kind == connFlowUDP {
+		in, err = c.cfg.udpFlow.Accept()
+	} else {
+		in, err = c.cfg.tcpFlow.AcceptContext(ctx)
+	}
+	if err != nil {
+		closeQuietly(out)
+		return &connSetupFailed{reason: classify(err), target: target, err: err}
+	}
+	return &connEstablished{in: in, out: out, inReader: in, target: target}
+}
+
+func dialReason(code messages.ReplyCode) messages.EndReason {
+	switch code {
+	case messages.ReplyNotAllowed:
+		return messages.EndPolicyDenied
+	case messages.ReplyTTLExpired:
+		return messages.EndTimeout
+	}
+	return messages.EndDialFailed
+}

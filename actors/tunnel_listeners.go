@@ -1,0 +1,66 @@
+package actors
+
+// A tunnel's proxy listeners: bound synchronously when the tunnel starts (a port in use fails the
+// open at once), accepted from by one goroutine each once the tunnel is Up, closed when draining
+// starts or in Stopping; they keep their ports across switches, reconfigurations and reconnects.
+
+import (
+	"fmt"
+	"net"
+
+	"github.com/asynkron/protoactor-go/actor"
+
+	"github.com/warren-tunnel/warren/proxy"
+)
+
+type proxyListener struct {
+	ln   net.Listener
+	kind proxy.Kind
+	stop chan struct{} // closed before the listener; nil until the loop starts
+	end  chan struct{} // closed when its accept loop returned; nil until the loop starts
+}
+
+func (t *tunnelActor) closeListeners() {
+	for _, l := range t.listeners {
+		if l.stop != nil {
+			select {
+			case <-l.stop:
+				continue // closed already
+			default:
+				close(l.stop)
+			}
+		}
+		_ = l.ln.Close()
+	}
+}
+
+func (t *tunnelActor) bindListeners() error {
+	for _, l := range []struct {
+		addr string
+		kind proxy.Kind
+	}{{t.cfg.SOCKSAddr, proxy.SOCKS5}, {t.cfg.HTTPAddr, proxy.HTTP}} {
+		if l.addr == "" {
+			continue
+		}
+		ln, err := net.Listen("tcp", l.addr)
+		if err != nil {
+			return fmt.Errorf("%s proxy listen on %s: %w", l.kind, l.addr, err)
+		}
+		t.listeners = append(t.listeners, &proxyListener{ln: ln, kind: l.kind})
+		if l.kind == proxy.SOCKS5 {
+			t.info.SOCKSAddr = ln.Addr().String()
+		} else {
+			t.info.HTTPAddr = ln.Addr().String()
+		}
+	}
+	return nil
+}
+
+func (t *tunnelActor) startAccepting(ctx actor.Context) {
+	system, self := ctx.ActorSystem(), ctx.Self()
+	for _, l := range t.listeners {
+		l.stop, l.end = make(chan struct{}), make(chan struct{})
+		kind := l.kind
+		go acceptLoop(l.ln, l.stop, l.end, func(c net.Conn) { system.Root.Send(self, &connAccepted{c: c, kind: kind}) })
+	}
+}
