@@ -169,16 +169,8 @@ func (s *signalingActor) checkSessionReply(data []byte, m *requestSession) (*mes
 	now := time.Now()
 	switch b := body.(type) {
 	case *messages.SessionResponse:
-		if b.SessionID != m.req.SessionID || b.ClientID != m.req.ClientID || b.ExitID != m.exitID {
-			s.cfg.Stats.Forged.Add(1)
-			return nil, nil, errors.New("a response to another request")
-		}
-		if err := signaling.VerifySessionResponse(b, now); err != nil {
-			s.cfg.Stats.Forged.Add(1)
-			return nil, nil, err
-		}
-		if err := m.trust.Check(m.exitID, b.ExitIdentity, b.Certificate, now); err != nil {
-			s.cfg.Stats.Untrusted.Add(1)
+		bound := b.SessionID == m.req.SessionID && b.ClientID == m.req.ClientID && b.ExitID == m.exitID
+		if err := s.trusted(m, bound, func() error { return signaling.VerifySessionResponse(b, now) }, b.ExitIdentity, b.Certificate, now); err != nil {
 			return nil, nil, err
 		}
 		return b, nil, nil
@@ -187,29 +179,39 @@ func (s *signalingActor) checkSessionReply(data []byte, m *requestSession) (*mes
 			s.cfg.Stats.Unsigned.Add(1)
 			return nil, nil, fmt.Errorf("unsigned refusal %q", b.Code)
 		}
-		if b.SessionID != m.req.SessionID || b.ClientID != m.req.ClientID || b.ExitID != m.exitID {
-			s.cfg.Stats.Forged.Add(1)
-			return nil, nil, errors.New("a refusal of another request")
-		}
 		if b.Code == messages.ErrCodeReplayed {
 			// This client sent its request once (retries of "unavailable" are never recorded by
 			// the exit): a replay refusal answers someone's copy of it, not this request.
 			s.cfg.Stats.Forged.Add(1)
 			return nil, nil, errors.New("a refusal of a copy of this request")
 		}
-		if err := signaling.VerifyError(b, now); err != nil {
-			s.cfg.Stats.Forged.Add(1)
-			return nil, nil, err
-		}
-		// The same trust as a response: a pin, the exit's certificate, or any exit where declared.
-		if err := m.trust.Check(m.exitID, b.Signer, b.Certificate, now); err != nil {
-			s.cfg.Stats.Untrusted.Add(1)
+		bound := b.SessionID == m.req.SessionID && b.ClientID == m.req.ClientID && b.ExitID == m.exitID
+		if err := s.trusted(m, bound, func() error { return signaling.VerifyError(b, now) }, b.Signer, b.Certificate, now); err != nil {
 			return nil, nil, err
 		}
 		return nil, &signaling.WireError{Code: b.Code, Message: b.Message}, nil
 	}
 	s.cfg.Stats.Forged.Add(1)
 	return nil, nil, fmt.Errorf("unexpected %T", body)
+}
+
+// trusted judges a signed answer to m: bound to this very request, its signature valid (checked
+// only then), and its signer trusted for the exit — a pin, the exit's certificate, or any exit
+// where declared. Each failure is counted as the kind of drop it is.
+func (s *signalingActor) trusted(m *requestSession, bound bool, verify func() error, signer, cert string, now time.Time) error {
+	if !bound {
+		s.cfg.Stats.Forged.Add(1)
+		return errors.New("an answer to another request")
+	}
+	if err := verify(); err != nil {
+		s.cfg.Stats.Forged.Add(1)
+		return err
+	}
+	if err := m.trust.Check(m.exitID, signer, cert, now); err != nil {
+		s.cfg.Stats.Untrusted.Add(1)
+		return err
+	}
+	return nil
 }
 
 // ping runs one session ping in a goroutine the actor owns and answers the requester directly.

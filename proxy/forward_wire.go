@@ -4,6 +4,7 @@ package proxy
 // re-framed for the client, upgrades and CONNECT turned into two-way relays.
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -57,52 +58,14 @@ func (f *forwarder) requestHead(req *http.Request, hadCL, chunked, close bool, u
 // trailers), to up. It runs in its own goroutine while the response is read. A client-side
 // failure resets up: the origin must not take a cut request for a whole one.
 func (f *forwarder) writeBody(req *http.Request, chunked bool, up net.Conn) (res bodyResult) {
-	bufp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bufp)
-	buf := *bufp
-	var line [20]byte
-	for zero := 0; ; {
-		n, rerr := req.Body.Read(buf)
-		if n > 0 {
-			zero = 0
-			var err error
-			if chunked {
-				_, err = f.ubw.Write(append(strconv.AppendInt(line[:0], int64(n), 16), '\r', '\n'))
-			}
-			if err == nil {
-				_, err = f.ubw.Write(buf[:n])
-			}
-			if err == nil && chunked {
-				_, err = f.ubw.WriteString("\r\n")
-			}
-			if err == nil && f.hc.br.Buffered() == 0 {
-				err = f.ubw.Flush() // nothing more at hand: send what there is
-			}
-			if err != nil {
-				return bodyResult{err: fmt.Errorf("proxy: http write request body to %s: %w", f.upTarget, err)}
-			}
-		} else if rerr == nil {
-			if zero++; zero > 100 {
-				rerr = io.ErrNoProgress
-			}
-		}
-		if rerr == io.EOF {
-			break
-		}
-		if rerr != nil {
-			f.bodyFailed.Store(true) // before the reset, which the response reader will see
-			resetConn(up)
-			return bodyResult{err: rerr, client: true}
-		}
-	}
-	if chunked {
-		f.ubw.WriteString("0\r\n")
-		removeHopByHop(req.Trailer)
-		req.Trailer.Write(f.ubw)
-		f.ubw.WriteString("\r\n")
-	}
-	if err := f.ubw.Flush(); err != nil {
-		return bodyResult{err: fmt.Errorf("proxy: http write request body to %s: %w", f.upTarget, err)}
+	rerr, werr := copyBody(f.ubw, req.Body, chunked, func() http.Header { return req.Trailer }, f.hc.br.Buffered)
+	switch {
+	case werr != nil:
+		return bodyResult{err: fmt.Errorf("proxy: http write request body to %s: %w", f.upTarget, werr)}
+	case rerr != nil:
+		f.bodyFailed.Store(true) // before the reset, which the response reader will see
+		resetConn(up)
+		return bodyResult{err: rerr, client: true}
 	}
 	return bodyResult{}
 }
@@ -204,57 +167,68 @@ func (f *forwarder) writeResponse(req *http.Request, resp *http.Response, client
 		return false, nil
 	}
 
+	rerr, werr := copyBody(f.cbw, resp.Body, chunked, func() http.Header { return resp.Trailer }, f.ubr.Buffered)
+	switch {
+	case werr != nil:
+		f.dropUpstream(true)
+		return false, fmt.Errorf("proxy: http write response: %w", werr)
+	case rerr != nil:
+		f.cbw.Flush()
+		f.dropUpstream(true)
+		resetConn(f.hc.c)
+		return false, fmt.Errorf("proxy: http read response body from %s: %w", f.upTarget, rerr)
+	}
+	return closeDelimited, nil
+}
+
+// copyBody moves a message body from src to dst, re-chunked when chunked (then the last chunk and
+// the trailer, read once the body is over, minus hop-by-hop fields), flushing whenever the other
+// side has nothing more buffered (pending() == 0) so data never waits for more. It returns the
+// read error (nil at the body's end) and the write error apart: the callers end differently.
+func copyBody(dst *bufio.Writer, src io.Reader, chunked bool, trailer func() http.Header, pending func() int) (rerr, werr error) {
 	bufp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bufp)
 	buf := *bufp
 	var line [20]byte
 	for zero := 0; ; {
-		n, rerr := resp.Body.Read(buf)
+		n, err := src.Read(buf)
 		if n > 0 {
 			zero = 0
-			var werr error
 			if chunked {
-				_, werr = f.cbw.Write(append(strconv.AppendInt(line[:0], int64(n), 16), '\r', '\n'))
+				_, werr = dst.Write(append(strconv.AppendInt(line[:0], int64(n), 16), '\r', '\n'))
 			}
 			if werr == nil {
-				_, werr = f.cbw.Write(buf[:n])
+				_, werr = dst.Write(buf[:n])
 			}
 			if werr == nil && chunked {
-				_, werr = f.cbw.WriteString("\r\n")
+				_, werr = dst.WriteString("\r\n")
 			}
-			if werr == nil && f.ubr.Buffered() == 0 {
-				werr = f.cbw.Flush() // nothing more at hand: send what there is
+			if werr == nil && pending() == 0 {
+				werr = dst.Flush() // nothing more at hand: send what there is
 			}
 			if werr != nil {
-				f.dropUpstream(true)
-				return false, fmt.Errorf("proxy: http write response: %w", werr)
+				return nil, werr
 			}
-		} else if rerr == nil {
+		} else if err == nil {
 			if zero++; zero > 100 {
-				rerr = io.ErrNoProgress
+				err = io.ErrNoProgress
 			}
 		}
-		if rerr == io.EOF {
+		if err == io.EOF {
 			break
 		}
-		if rerr != nil {
-			f.cbw.Flush()
-			f.dropUpstream(true)
-			resetConn(f.hc.c)
-			return false, fmt.Errorf("proxy: http read response body from %s: %w", f.upTarget, rerr)
+		if err != nil {
+			return err, nil
 		}
 	}
 	if chunked {
-		f.cbw.WriteString("0\r\n")
-		removeHopByHop(resp.Trailer)
-		resp.Trailer.Write(f.cbw)
-		f.cbw.WriteString("\r\n")
+		dst.WriteString("0\r\n")
+		t := trailer()
+		removeHopByHop(t)
+		t.Write(dst)
+		dst.WriteString("\r\n")
 	}
-	if err := f.cbw.Flush(); err != nil {
-		f.dropUpstream(true)
-		return false, fmt.Errorf("proxy: http write response: %w", err)
-	}
-	return closeDelimited, nil
+	return nil, dst.Flush()
 }
 
 // switchProtocols relays a 101 to a request that asked to upgrade, then both streams as they are.
