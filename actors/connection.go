@@ -70,6 +70,7 @@ type connConfig struct {
 	refusal error                               // connRefuse: the error to answer with
 
 	// client
+	handshake time.Duration // a proxy client's handshake budget, before Setup's dial (0: none)
 	proxyKind proxy.Kind
 	proxyOpts proxy.Options // the proxy protocol's auth, handshake budget and header limit (from the tunnel's config)
 	client    net.Conn
@@ -169,7 +170,7 @@ func (c *connActor) Receive(ctx actor.Context) {
 			c.source = c.in.RemoteAddr().String()
 		}
 		var setupCtx context.Context
-		setupCtx, c.cancel = context.WithTimeout(context.Background(), c.cfg.limits.Setup)
+		setupCtx, c.cancel = context.WithTimeout(context.Background(), c.cfg.handshake+c.cfg.limits.Setup)
 		c.result = make(chan any, 1)
 		c.wg.Add(1)
 		go c.setup(setupCtx)
@@ -289,9 +290,9 @@ func (c *connActor) adopt(ctx actor.Context, r any) {
 			report := func(d *pumpDone) { c.system.Root.Send(c.self, d) }
 			go func() {
 				defer c.wg.Done()
-				pump(c.out, m.inReader, &c.bytesIn, false, func(d *pumpDone) { d.toOut = true; report(d) })
+				pump(c.out, m.inReader, &c.bytesIn, func(d *pumpDone) { d.toOut = true; report(d) })
 			}()
-			go func() { defer c.wg.Done(); pump(c.in, c.out, &c.bytesOut, false, report) }()
+			go func() { defer c.wg.Done(); pump(c.in, c.out, &c.bytesOut, report) }()
 		}
 		if c.cfg.limits.Idle > 0 {
 			c.exemptIdle = c.cfg.limits.IdleExempt != nil && c.cfg.limits.IdleExempt(c.target)

@@ -7,7 +7,8 @@ package actors
 //	Starting ──device ready, static peers added, subscribed──▶ Serving ──Stopping──▶ (children stop)
 //	    └──device or subscription failed──▶ ExitFailed to ReadyTo, stop
 //
-// A session request is checked (signature, clock, allowed clients, duplicate id), given addresses,
+// A session request arrives verified (signature, clock: the signaling actor), is admitted (allowed
+// clients, replay, limits: exit_admission.go) and given addresses,
 // and its peer added before it is answered. A client's goodbye stops that peer at once: the
 // WireGuard peer is removed and its flows end, with no handshake or keepalive timeout involved.
 
@@ -242,10 +243,6 @@ func (e *exitActor) serving(ctx actor.Context) {
 		e.sweep(ctx)
 	case *sessionClosedByClient:
 		c := m.close
-		if err := signaling.VerifySessionClose(c, time.Now()); err != nil {
-			e.cfg.Logger.Warn("goodbye refused", "session", c.SessionID, "err", err)
-			return
-		}
 		if p, ok := e.pending[c.SessionID]; ok {
 			if p.clientID != c.Signer {
 				e.forgedGoodbye(c, "not signed by the session's client")
@@ -300,10 +297,6 @@ func (e *exitActor) grant(ctx actor.Context, req *messages.SessionRequest) {
 		return
 	}
 	now := time.Now()
-	if err := signaling.VerifySessionRequest(req, now); err != nil {
-		refuse(messages.ErrCodeForbidden, "%v", err)
-		return
-	}
 	if e.pending[req.SessionID] != nil {
 		refuse(messages.ErrCodeReplayed, "request already seen")
 		return

@@ -88,8 +88,7 @@ type keepaliveActor struct {
 	failures int
 	probing  bool
 	sigFails int
-	sigOK    bool // as last reported to the tunnel
-	natsUp   bool
+	sigOK    bool               // as last reported to the tunnel
 	dpTimer  *time.Timer        // next data-plane check; stopped in reset
 	sigTimer *time.Timer        // next signaling ping; stopped in reset
 	cancel   context.CancelFunc // of the probe in flight
@@ -100,7 +99,7 @@ type keepaliveActor struct {
 // spawned in place of a lost one reports a change from there.
 func newKeepaliveActor(policy HealthPolicy, signaling *actor.PID, logger *slog.Logger, sigOK bool) actor.Producer {
 	return func() actor.Actor {
-		return &keepaliveActor{policy: policy, signaling: signaling, logger: logger, sigOK: sigOK, natsUp: true}
+		return &keepaliveActor{policy: policy, signaling: signaling, logger: logger, sigOK: sigOK}
 	}
 }
 
@@ -140,7 +139,6 @@ func (k *keepaliveActor) Receive(ctx actor.Context) {
 			k.ping(ctx)
 		}
 	case *NATSState:
-		k.natsUp = m.Connected
 		if !m.Connected {
 			k.sigFails = k.policy.SignalingFailures
 			k.report(ctx, false, fmt.Sprintf("nats disconnected: %v", m.Err))

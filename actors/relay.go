@@ -33,7 +33,7 @@ type pumpDone struct {
 // pump copies src to dst with a pooled buffer until EOF or error, counting what dst accepted. On
 // EOF it half-closes dst so the other side sees the end of this direction while the opposite
 // direction goes on. It allocates nothing per read and reports once, at the end.
-func pump(dst net.Conn, src io.Reader, counter interface{ Add(int64) int64 }, closeAll bool, report func(*pumpDone)) {
+func pump(dst net.Conn, src io.Reader, counter interface{ Add(int64) int64 }, report func(*pumpDone)) {
 	bufp := bufPool.Get().(*[]byte)
 	buf := *bufp
 	d := &pumpDone{}
@@ -58,7 +58,7 @@ func pump(dst net.Conn, src io.Reader, counter interface{ Add(int64) int64 }, cl
 	}
 	bufPool.Put(bufp)
 	if d.eof {
-		if cw, ok := dst.(closeWriter); ok && !closeAll {
+		if cw, ok := dst.(closeWriter); ok {
 			_ = cw.CloseWrite()
 		} else {
 			d.endAll = true

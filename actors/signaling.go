@@ -138,7 +138,8 @@ type serveExit struct {
 
 type serveExitResponse struct{ err error }
 
-// sessionRequested is a validated session request for the exit actor; it replies *sessionGranted.
+// sessionRequested is a validated session request whose signature and clock the signaling actor
+// has verified, for the exit actor; it replies *sessionGranted.
 type sessionRequested struct{ req *messages.SessionRequest }
 
 // sessionGranted answers sessionRequested: a response, or a refusal with its wire code.
@@ -147,7 +148,7 @@ type sessionGranted struct {
 	err  *signaling.WireError
 }
 
-// sessionClosedByClient is a validated goodbye for the exit actor.
+// sessionClosedByClient is a goodbye whose signature and clock the signaling actor has verified.
 type sessionClosedByClient struct{ close *messages.SessionClose }
 
 type inboundRPC struct {
@@ -218,6 +219,7 @@ func (s *signalingActor) Receive(ctx actor.Context) {
 	case *unwatchSession:
 		delete(s.watched, m.sessionID)
 	case *inboundClientEvent:
+		s.backlog.Add(-1)
 		s.handleClientEvent(ctx, m.msg)
 	case *sendExitGoodbye:
 		data, err := signaling.Encode(messages.TypeSessionClose, m.close)
@@ -228,20 +230,11 @@ func (s *signalingActor) Receive(ctx actor.Context) {
 			s.cfg.Logger.Warn("exit goodbye not sent", "client", m.clientID, "session", m.close.SessionID, "err", err)
 		}
 	case *serveExit:
-		system, self, exit, exitID := ctx.ActorSystem(), ctx.Self(), m.exit, m.exitID
-		backlog, stats := &s.backlog, s.cfg.Stats
-		sub, err := s.cfg.Conn.Subscribe(signaling.ExitSubject(m.exitID), func(msg *nats.Msg) {
-			// The mailbox is unbounded: bound what waits in it, so a flood on the subject costs
-			// at most maxBacklog messages of memory; the rest are dropped here and counted.
-			if backlog.Add(1) > maxBacklog {
-				backlog.Add(-1)
-				stats.Dropped.Add(1)
-				return
-			}
-			system.Root.Send(self, &inboundRPC{msg: msg, exit: exit, exitID: exitID})
+		exit, exitID := m.exit, m.exitID
+		sub, err := s.subscribeBounded(ctx, signaling.ExitSubject(m.exitID), func(msg *nats.Msg) any {
+			return &inboundRPC{msg: msg, exit: exit, exitID: exitID}
 		})
 		if err == nil {
-			_ = sub.SetPendingLimits(4096, 8<<20)
 			s.subs = append(s.subs, sub)
 		}
 		ctx.Respond(&serveExitResponse{err: err})
@@ -278,6 +271,27 @@ func (s *signalingActor) Receive(ctx actor.Context) {
 	}
 }
 
+// subscribeBounded subscribes to subject and hands each message, wrapped, to the actor. The mailbox
+// is unbounded, so what waits in it is bounded here: past maxBacklog messages (for all of this
+// actor's subscriptions together) the rest are dropped and counted, and a flood on a subject —
+// anyone on the bus may publish to it — costs bounded memory. The actor decrements backlog as it
+// takes each one.
+func (s *signalingActor) subscribeBounded(ctx actor.Context, subject string, wrap func(*nats.Msg) any) (*nats.Subscription, error) {
+	system, self, backlog, stats := ctx.ActorSystem(), ctx.Self(), &s.backlog, s.cfg.Stats
+	sub, err := s.cfg.Conn.Subscribe(subject, func(msg *nats.Msg) {
+		if backlog.Add(1) > maxBacklog {
+			backlog.Add(-1)
+			stats.Dropped.Add(1)
+			return
+		}
+		system.Root.Send(self, wrap(msg))
+	})
+	if err == nil {
+		_ = sub.SetPendingLimits(maxBacklog, 8<<20)
+	}
+	return sub, err
+}
+
 // subscribeClientEvents subscribes to this engine's client subject (exits' goodbyes) at its first
 // session request: an engine that only serves an exit never subscribes, so NATS permissions for
 // exits need not name a client subject (docs/security.md). The subscription goes out on the
@@ -287,9 +301,8 @@ func (s *signalingActor) subscribeClientEvents(ctx actor.Context) {
 	if s.clientSub != nil || s.cfg.ClientID == "" {
 		return
 	}
-	system, self := ctx.ActorSystem(), ctx.Self()
-	sub, err := s.cfg.Conn.Subscribe(signaling.ClientSubject(s.cfg.ClientID), func(msg *nats.Msg) {
-		system.Root.Send(self, &inboundClientEvent{msg: msg})
+	sub, err := s.subscribeBounded(ctx, signaling.ClientSubject(s.cfg.ClientID), func(msg *nats.Msg) any {
+		return &inboundClientEvent{msg: msg}
 	})
 	if err != nil {
 		s.cfg.Logger.Error("subscribe to client events", "err", err)

@@ -34,7 +34,7 @@ type SignalingStats struct {
 	Stale      atomic.Int64 // genuine-looking goodbyes for sessions not (or no longer) here
 	// SlowConsumer: times NATS reported dropping messages for a subscription (nats.go async errors)
 	SlowConsumer atomic.Int64
-	Dropped      atomic.Int64 // messages to this engine's exit dropped because its backlog was full
+	Dropped      atomic.Int64 // messages to this engine's subjects dropped because its backlog was full
 }
 
 // Retries of a request refused with "unavailable" (the exit is busy or rate-limits the client),

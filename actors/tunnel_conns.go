@@ -6,7 +6,6 @@ package actors
 import (
 	"fmt"
 	"net"
-	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
 
@@ -23,13 +22,6 @@ func (errLimit) HTTPStatus() int               { return 503 }
 
 // EndReason: a connection refused at admission ends with limit, not as a failed dial.
 func (errLimit) EndReason() messages.EndReason { return messages.EndLimit }
-
-func handshakeBudget(o proxy.Options) time.Duration {
-	if o.HandshakeTimeout > 0 {
-		return o.HandshakeTimeout
-	}
-	return proxy.DefaultHandshakeTimeout
-}
 
 // errNotReady refuses a proxy connection while the tunnel has no session (reconfiguring).
 type errNotReady struct{}
@@ -86,7 +78,7 @@ func (t *tunnelActor) accept(ctx actor.Context, m *connAccepted) {
 		t.evictOldestHandshake(ctx)
 	}
 	// Setup covers the handshake (its own budget) and then the dial (connect_timeout).
-	cfg.limits.Setup += handshakeBudget(t.cfg.ProxyOpts)
+	cfg.handshake = t.cfg.ProxyOpts.Budget()
 	cfg.dialer = t.current.dialer
 	t.stats.Active++
 	t.sources[src]++

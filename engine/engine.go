@@ -166,8 +166,8 @@ type SignalingStats struct {
 	// SlowConsumer counts the times NATS reported dropping messages for one of this engine's
 	// subscriptions because they came faster than they were read.
 	SlowConsumer int64
-	// Dropped counts messages to this engine's exit dropped because 4096 were already waiting to
-	// be handled (a flood on the exit's subject).
+	// Dropped counts messages to this engine's subjects (its exit's requests, exits' goodbyes to
+	// its tunnels) dropped because 4096 were already waiting to be handled (a flood).
 	Dropped int64
 }
 
@@ -269,6 +269,20 @@ func (e *Engine) Start(ctx context.Context) error {
 	if e.cfg.Trust.AnyExit && e.cfg.NATS.shared() {
 		e.logger.Warn("trust.any_exit: tunnels accept any identity for exits that are neither pinned nor certified; anyone on the NATS bus can answer as an exit")
 	}
+	// The exit's config is resolved before the actor system exists: a bad one leaves nothing behind.
+	var exitCfg *actors.ExitConfig
+	if x := e.cfg.Exit; x != nil {
+		xc, err := e.exitConfig(x)
+		if err != nil {
+			nc.Close()
+			if srv != nil {
+				srv.Shutdown()
+				srv.WaitForShutdown()
+			}
+			return err
+		}
+		exitCfg = &xc
+	}
 	protoLog := e.logger.With("component", "protoactor")
 	e.system = actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger {
 		return slog.New(levelFloor{protoLog.Handler(), slog.LevelWarn})
@@ -293,18 +307,7 @@ func (e *Engine) Start(ctx context.Context) error {
 		Sink:   e.sink,
 		Logger: e.logger,
 	}
-	if x := e.cfg.Exit; x != nil {
-		xc, err := e.exitConfig(x)
-		if err != nil {
-			nc.Close()
-			if srv != nil {
-				srv.Shutdown()
-				srv.WaitForShutdown()
-			}
-			return err
-		}
-		ecfg.Exit = &xc
-	}
+	ecfg.Exit = exitCfg
 	e.nc = nc
 	// From here on the signaling actor owns nc and srv; Close releases them.
 	e.pid, err = e.system.Root.SpawnNamed(actors.NewEngineProps(ecfg), "engine")

@@ -60,9 +60,9 @@ type HandshakeLimits struct {
 
 // Defaults of the proxies' handshake limits.
 const (
-	DefaultProxyHandshakeTimeout = 5 * time.Second
+	DefaultProxyHandshakeTimeout = proxy.DefaultHandshakeTimeout
 	DefaultMaxPendingHandshakes  = 256
-	DefaultMaxHeaderBytes        = 64 << 10
+	DefaultMaxHeaderBytes        = proxy.MaxHeaderBytes
 )
 
 type resolvedHandshake struct {
@@ -72,22 +72,20 @@ type resolvedHandshake struct {
 	authChecker *credentials // nil: no authentication
 }
 
-func (h HandshakeLimits) resolve(path string) (resolvedHandshake, error) {
-	r := resolvedHandshake{timeout: orDuration(h.Timeout, DefaultProxyHandshakeTimeout), maxPending: h.MaxPending, maxHeader: h.MaxHeaderBytes}
-	if h.Timeout < 0 || (h.Timeout > 0 && (time.Duration(h.Timeout) < 100*time.Millisecond || time.Duration(h.Timeout) > 5*time.Minute)) {
-		return r, fieldErr(path+".timeout", "%v not in [100ms, 5m] (0: default %v)", time.Duration(h.Timeout), DefaultProxyHandshakeTimeout)
+func (h HandshakeLimits) resolve(path string) (r resolvedHandshake, err error) {
+	if r.timeout, err = durationIn(path+".timeout", h.Timeout, DefaultProxyHandshakeTimeout, minTimeout, maxTimeout, false); err != nil {
+		return r, err
 	}
-	switch {
-	case h.MaxPending == 0:
-		r.maxPending = DefaultMaxPendingHandshakes
-	case h.MaxPending < 1 || h.MaxPending > 65536:
-		return r, fieldErr(path+".max_pending", "%d not in [1, 65536] (0: default %d)", h.MaxPending, DefaultMaxPendingHandshakes)
+	if r.maxPending, err = countIn(path+".max_pending", h.MaxPending, DefaultMaxPendingHandshakes, 65536, ""); err != nil {
+		return r, err
 	}
 	switch {
 	case h.MaxHeaderBytes == 0:
 		r.maxHeader = DefaultMaxHeaderBytes
 	case h.MaxHeaderBytes < 1<<10 || h.MaxHeaderBytes > 1<<20:
 		return r, fieldErr(path+".max_header_bytes", "%d not in [1024, 1048576] (0: default %d)", h.MaxHeaderBytes, DefaultMaxHeaderBytes)
+	default:
+		r.maxHeader = h.MaxHeaderBytes
 	}
 	return r, nil
 }
@@ -167,12 +165,11 @@ func (a ProxyAuth) resolve(path string, listens map[string]string) (*credentials
 		}
 		return nil, nil
 	}
-	c := &credentials{users: users, check: a.Check, verified: map[string][sha256.Size]byte{},
-		bcryptSlots: make(chan struct{}, max(1, runtime.GOMAXPROCS(0)/2))}
+	c := &credentials{users: users, check: a.Check, verified: map[string][sha256.Size]byte{}}
 	for _, u := range users {
 		if u.hash != nil { // unknown users then cost a bcrypt check of the same cost, too
 			cost, _ := bcrypt.Cost(u.hash)
-			c.decoy, _ = bcrypt.GenerateFromPassword([]byte("warren: no such user"), cost)
+			c.decoy = decoyHash(cost)
 			break
 		}
 	}
@@ -200,11 +197,8 @@ type credential struct {
 type credentials struct {
 	users map[string]credential
 	check func(user, password string) bool
-	decoy []byte // a bcrypt hash checked for unknown users when any user has a hash
-	// bcryptSlots bounds bcrypt checks at once (each costs tens of ms of CPU): a stream of wrong
-	// passwords cannot take every core. A check that cannot start within bcryptWait fails.
-	bcryptSlots chan struct{}
-	mu          sync.Mutex // guards verified (a cache, not lifecycle state)
+	decoy []byte     // a bcrypt hash checked for unknown users when any user has a hash
+	mu    sync.Mutex // guards verified (a cache, not lifecycle state)
 	// verified: user → digest of a password that matched its bcrypt hash
 	verified map[string][sha256.Size]byte
 }
@@ -212,16 +206,38 @@ type credentials struct {
 // bcryptWait bounds the wait for a bcrypt slot.
 const bcryptWait = 2 * time.Second
 
+// bcryptSlots bounds bcrypt checks at once across the process, all tunnels together (each check
+// costs tens of ms of CPU): a stream of wrong passwords cannot take every core. A check that
+// cannot start within bcryptWait fails.
+var bcryptSlots = make(chan struct{}, max(1, runtime.GOMAXPROCS(0)/2))
+
+// decoys caches one decoy hash per bcrypt cost (making one costs a bcrypt run).
+var decoys = struct {
+	sync.Mutex
+	byCost map[int][]byte
+}{byCost: map[int][]byte{}}
+
+func decoyHash(cost int) []byte {
+	decoys.Lock()
+	defer decoys.Unlock()
+	if h, ok := decoys.byCost[cost]; ok {
+		return h
+	}
+	h, _ := bcrypt.GenerateFromPassword([]byte("warren: no such user"), cost)
+	decoys.byCost[cost] = h
+	return h
+}
+
 // bcryptCompare checks password against hash in one of the bounded slots.
 func (c *credentials) bcryptCompare(hash []byte, password string) bool {
 	t := time.NewTimer(bcryptWait)
 	defer t.Stop()
 	select {
-	case c.bcryptSlots <- struct{}{}:
+	case bcryptSlots <- struct{}{}:
 	case <-t.C:
 		return false
 	}
-	defer func() { <-c.bcryptSlots }()
+	defer func() { <-bcryptSlots }()
 	return bcrypt.CompareHashAndPassword(hash, []byte(password)) == nil
 }
 

@@ -49,12 +49,7 @@ func (e *Engine) OpenTunnel(ctx context.Context, spec TunnelSpec) (*Tunnel, erro
 	if err != nil {
 		return nil, err
 	}
-	for id, pin := range spec.Pins {
-		if err := signaling.ValidIdentity(pin); err != nil {
-			return nil, fieldErr("tunnel.pins."+id, "%v", err)
-		}
-	}
-	if err := checkSpecTrust(e.cfg.NATS, e.cfg.Trust, &spec, "tunnel"); err != nil {
+	if err := e.cfg.checkTunnelTrust(&spec, "tunnel"); err != nil {
 		return nil, err
 	}
 	if spec.Name == "" {

@@ -37,6 +37,9 @@ type Options struct {
 // DefaultHandshakeTimeout is Options.HandshakeTimeout's default.
 const DefaultHandshakeTimeout = 5 * time.Second
 
+// Budget is the handshake budget these options give: HandshakeTimeout, or its default.
+func (o Options) Budget() time.Duration { return o.handshakeTimeout() }
+
 func (o Options) handshakeTimeout() time.Duration {
 	if o.HandshakeTimeout > 0 {
 		return o.HandshakeTimeout

@@ -13,7 +13,6 @@ import (
 
 	"github.com/warren-tunnel/warren/engine"
 	"github.com/warren-tunnel/warren/messages"
-	"github.com/warren-tunnel/warren/signaling"
 )
 
 // natsServer runs a standalone NATS server on 127.0.0.1 that a test can stop and start again on
@@ -202,16 +201,6 @@ func outage(d time.Duration) { <-time.After(d) }
 // natsClient is a client engine's config on NATS server ns.
 func natsClient(ns *natsServer) engine.Config {
 	return engine.Config{NATS: engine.NATSConfig{URLs: []string{ns.URL()}}}
-}
-
-// newIdentity is a fresh engine identity, for exits that are restarted as themselves.
-func newIdentity(t testing.TB) string {
-	t.Helper()
-	id, err := signaling.NewIdentity()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return id.String()
 }
 
 // awaitStarted waits for the slow server to have sent a response's headers.
@@ -447,7 +436,9 @@ type twoExits struct {
 func newTwoExits(t *testing.T, prefix string) *twoExits {
 	ns := startNATS(t, nil)
 	x := &twoExits{ids: [2]string{prefix + "-a", prefix + "-b"}}
-	idents := [2]string{newIdentity(t), newIdentity(t)}
+	_, a := newIdentitySeed(t)
+	_, b := newIdentitySeed(t)
+	idents := [2]string{a, b}
 	x.start = func(i int) *engine.Engine {
 		return startExitEngine(t, x.ids[i], func(c *engine.Config) {
 			c.NATS.URLs = []string{ns.URL()}

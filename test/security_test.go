@@ -23,6 +23,12 @@ import (
 	"github.com/warren-tunnel/warren/signaling"
 )
 
+// newID returns a fresh identity.
+func newID(t testing.TB) *signaling.Identity {
+	id, _ := newIdentitySeed(t)
+	return id
+}
+
 // newIdentitySeed returns a fresh identity's seed, for a config.
 func newIdentitySeed(t testing.TB) (*signaling.Identity, string) {
 	t.Helper()
@@ -474,7 +480,7 @@ func TestTrustIsRequiredOnASharedBus(t *testing.T) {
 	}{
 		{"tunnels[0].pins", engine.Config{NATS: bus, Tunnels: []engine.TunnelSpec{{Exit: "a", SOCKS: "127.0.0.1:0"}}}},
 		{"tunnels[0].pins", engine.Config{NATS: bus, Tunnels: []engine.TunnelSpec{{Exit: "a", Exits: []string{"b"}, SOCKS: "127.0.0.1:0",
-			Pins: map[string]string{"a": mustID(t)}}}}},
+			Pins: map[string]string{"a": newID(t).ID()}}}}},
 		{"exit.allowed_clients", engine.Config{NATS: bus, Exit: &engine.ExitConfig{ID: "x"}}},
 		{"trust.operators[0]", engine.Config{NATS: bus, Trust: engine.TrustConfig{Operators: []string{"nope"}}}},
 		{"exit.certificate", engine.Config{NATS: bus, Exit: &engine.ExitConfig{ID: "x", Open: true, Certificate: "x.y"}}},
@@ -487,8 +493,8 @@ func TestTrustIsRequiredOnASharedBus(t *testing.T) {
 	}
 	// Accepted: pinned, operator trust, any_exit declared, an open exit, the private embedded bus.
 	for _, cfg := range []engine.Config{
-		{NATS: bus, Tunnels: []engine.TunnelSpec{{Exit: "a", SOCKS: "127.0.0.1:0", Pins: map[string]string{"a": mustID(t)}}}},
-		{NATS: bus, Trust: engine.TrustConfig{Operators: []string{mustID(t)}}, Tunnels: []engine.TunnelSpec{{Exit: "a", SOCKS: "127.0.0.1:0"}}},
+		{NATS: bus, Tunnels: []engine.TunnelSpec{{Exit: "a", SOCKS: "127.0.0.1:0", Pins: map[string]string{"a": newID(t).ID()}}}},
+		{NATS: bus, Trust: engine.TrustConfig{Operators: []string{newID(t).ID()}}, Tunnels: []engine.TunnelSpec{{Exit: "a", SOCKS: "127.0.0.1:0"}}},
 		{NATS: bus, Trust: engine.TrustConfig{AnyExit: true}, Tunnels: []engine.TunnelSpec{{Exit: "a", SOCKS: "127.0.0.1:0"}}},
 		{NATS: bus, Exit: &engine.ExitConfig{ID: "x", Open: true}},
 		{Exit: &engine.ExitConfig{ID: "x"}, Tunnels: []engine.TunnelSpec{{Exit: "x", SOCKS: "127.0.0.1:0"}}},
@@ -497,11 +503,6 @@ func TestTrustIsRequiredOnASharedBus(t *testing.T) {
 			t.Errorf("%+v: %v", cfg, err)
 		}
 	}
-}
-
-func mustID(t testing.TB) string {
-	id, _ := newIdentitySeed(t)
-	return id.ID()
 }
 
 // TestExitSignsNothingForOthers: the exit signs refusals only for requests and pings whose own
@@ -568,7 +569,7 @@ func TestExitSignsNothingForOthers(t *testing.T) {
 	theirs := &messages.SessionPing{SessionID: ping.SessionID, Nonce: ping.Nonce}
 	evil.id.SignSessionPing(theirs, time.Now())
 	// A copy of a victim's request with a made-up signature.
-	req := signedRequest(t, client2(t), "quiet")
+	req := signedRequest(t, newID(t), "quiet")
 	req.ClientID = client.ClientID()
 	for name, e := range map[string]*messages.ErrorResponse{
 		"ping with a bad signature":    ask(messages.TypeSessionPing, &badSig),
@@ -586,11 +587,6 @@ func TestExitSignsNothingForOthers(t *testing.T) {
 	if st := exitStatus(t, x); st.Sessions != 1 {
 		t.Fatalf("exit sessions %d, want the tunnel's one (a forged goodbye released it?)", st.Sessions)
 	}
-}
-
-func client2(t testing.TB) *signaling.Identity {
-	id, _ := newIdentitySeed(t)
-	return id
 }
 
 // TestPongFromAnotherExitOfTheSameIdentity: one identity serves two exits. An attacker pings the
