@@ -661,6 +661,12 @@ func TestFloodOnTheExitSubject(t *testing.T) {
 		st := x.SignalingStats()
 		return st.Dropped+st.SlowConsumer > 0
 	})
+	// The exit answers in order: once it answers a request sent after the flood, the flood is
+	// behind it. (A request that arrives while the backlog is full is dropped unanswered.)
+	waitFor(t, 30*time.Second, "the exit to answer again", func() bool {
+		_, err := evil.nc.Request(signaling.ExitSubject("flooded"), junk, time.Second)
+		return err == nil
+	})
 	st := x.SignalingStats()
 	t.Logf("flood of 50000: refused %d, dropped at the backlog %d, NATS slow-consumer reports %d", st.Refused, st.Dropped, st.SlowConsumer)
 	client := startSecureEngine(t, engine.Config{NATS: bus})
