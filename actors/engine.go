@@ -296,7 +296,9 @@ func (e *engineActor) advance(ctx actor.Context) {
 	case e.exit != nil:
 		ctx.Stop(e.exit)
 	case e.signaling != nil:
-		ctx.Stop(e.signaling)
+		// Poison, not Stop: a stop is a system message and overtakes user messages still in the
+		// mailbox — the goodbyes the tunnels and the exit sent as they stopped would be lost.
+		ctx.Poison(e.signaling)
 	default:
 		if e.stopper != nil {
 			ctx.Send(e.stopper, &ShutdownResponse{})
