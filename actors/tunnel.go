@@ -143,7 +143,7 @@ func (t *tunnelActor) Receive(ctx actor.Context) {
 		t.onStopping(ctx)
 	case *actor.Stopped:
 		// Everything is released now: only now do the opener (on failure), the waiter and closers hear back.
-		t.transition(ctx, messages.StateClosed, "released")
+		t.enter(ctx, messages.StateClosed, "released")
 		err := t.failErr
 		if err == nil {
 			err = fmt.Errorf("%w: before it came up", ErrTunnelClosed)
@@ -169,16 +169,18 @@ func (t *tunnelActor) Receive(ctx actor.Context) {
 	case *connAdmit:
 		t.admit(ctx, m)
 	case *actor.Terminated:
-		if t.keepalive != nil && m.Who.Equal(t.keepalive) {
+		switch l := t.legByPID(m.Who); {
+		case t.keepalive != nil && m.Who.Equal(t.keepalive):
 			if !t.stopping {
 				t.keepaliveLost(ctx)
 			}
-			return
+		case l != nil:
+			t.legTerminated(ctx, l)
 		}
-		t.legEvent(ctx, m)
-	case *sessionReply, *deviceReady, *deviceFailed, *messages.HandshakeCompleted, *probeFailed,
-		*legTimedOut, *legDrainExpired, *exitSaidGoodbye:
-		t.legEvent(ctx, m)
+	case *legChanged:
+		t.legChanged(ctx, m)
+	case *legDrainExpired:
+		t.legDrainExpired(ctx, m)
 	case *signalingHealth, *dataPlaneFailed, *sessionLost:
 		t.health(ctx, m)
 	case *messages.CloseTunnel:
@@ -191,12 +193,28 @@ func (t *tunnelActor) Receive(ctx actor.Context) {
 	}
 }
 
-func (t *tunnelActor) transition(ctx actor.Context, to messages.TunnelState, cause string) {
+// enter is the one way into a state: the behavior that serves it, the event and the log line
+// together. state names the behavior for events and snapshots; nothing else sets it.
+func (t *tunnelActor) enter(ctx actor.Context, to messages.TunnelState, cause string) {
 	from := t.state
 	if from == to {
 		return
 	}
 	t.state = to
+	switch to {
+	case messages.StateNegotiating, messages.StateHandshaking:
+		t.behavior.Become(t.opening)
+	case messages.StateUp, messages.StateDegraded:
+		t.behavior.Become(t.up)
+	case messages.StateSwitching, messages.StateReconfiguring:
+		t.behavior.Become(t.changing)
+	case messages.StateReconnecting:
+		t.behavior.Become(t.reconnecting)
+	case messages.StateDraining:
+		t.behavior.Become(t.draining)
+	default: // Closing, Failed, Closed
+		t.behavior.Become(t.closing)
+	}
 	t.cfg.Logger.Info("tunnel state", "from", from, "to", to, "cause", cause)
 	emit(ctx, t.cfg.Events, &messages.TunnelStateChanged{TunnelID: t.cfg.ID, From: from, To: to, Cause: cause, At: time.Now()})
 }
@@ -232,17 +250,15 @@ func (t *tunnelActor) up(ctx actor.Context) {
 			return
 		}
 		t.waiter, t.waitReconf, t.drainFor = ctx.Sender(), false, t.drainTimeout(m.Drain)
-		t.transition(ctx, messages.StateSwitching, "switch to "+m.ExitID)
-		t.behavior.Become(t.changing)
+		t.enter(ctx, messages.StateSwitching, "switch to "+m.ExitID)
 		t.pending = t.startLeg(ctx, m.ExitID, legSwitch)
 	case *messages.ReconfigureTunnel:
 		t.waiter, t.waitReconf = ctx.Sender(), true
-		t.transition(ctx, messages.StateReconfiguring, "reconfigure")
-		t.behavior.Become(t.changing)
+		t.enter(ctx, messages.StateReconfiguring, "reconfigure")
 		old := t.current
 		t.current = nil // new connections are refused until the new leg is up
 		ctx.Send(t.keepalive, &stopMonitoring{})
-		t.released = old // the new leg starts once this one's device has terminated (legReleased)
+		t.released = old // the new leg starts once this one has terminated, device and all (legReleased)
 		t.releaseLeg(ctx, old)
 	}
 }
@@ -285,84 +301,6 @@ func (t *tunnelActor) closing(ctx actor.Context) {
 		ctx.Respond(&messages.SwitchTunnelResponse{Err: ErrTunnelClosed})
 	case *messages.ReconfigureTunnel:
 		ctx.Respond(&messages.ReconfigureTunnelResponse{Err: ErrTunnelClosed})
-	}
-}
-
-// legUp is called when a leg's data plane is proven.
-func (t *tunnelActor) legUp(ctx actor.Context, l *leg, rtt time.Duration) {
-	switch {
-	case l.purpose == legOpen && l == t.current:
-		t.info.UpSince = time.Now()
-		t.transition(ctx, messages.StateUp, fmt.Sprintf("handshake completed with %s, probe rtt %v", l.exitID, rtt.Round(time.Microsecond)))
-		t.behavior.Become(t.up)
-		t.startAccepting(ctx)
-		t.watchNewLeg(ctx, l)
-		t.reply(ctx, nil)
-	case l == t.pending && l.purpose == legSwitch:
-		old := t.current
-		t.current, t.pending = l, nil
-		t.info.ExitID = l.exitID
-		t.transition(ctx, messages.StateUp, fmt.Sprintf("switched to %s (probe rtt %v)", l.exitID, rtt.Round(time.Microsecond)))
-		t.behavior.Become(t.up)
-		t.watchNewLeg(ctx, l)
-		t.answerWaiter(ctx, nil)
-		if old != nil && old.state == legUp {
-			t.drainLeg(ctx, old, t.drainFor)
-		}
-		t.restoreDegraded(ctx)
-	case l == t.pending && l.purpose == legReconfigure:
-		t.current, t.pending = l, nil
-		t.transition(ctx, messages.StateUp, fmt.Sprintf("reconfigured with %s (probe rtt %v)", l.exitID, rtt.Round(time.Microsecond)))
-		t.behavior.Become(t.up)
-		t.watchNewLeg(ctx, l)
-		t.answerWaiter(ctx, nil)
-		t.restoreDegraded(ctx)
-	case l == t.pending && l.purpose == legReconnect:
-		t.reconnected(ctx, l, rtt)
-	default:
-		t.releaseLeg(ctx, l) // no longer wanted
-	}
-}
-
-// legFailed is called when a leg could not come up.
-func (t *tunnelActor) legFailed(ctx actor.Context, l *leg, err error) {
-	t.releaseLeg(ctx, l)
-	switch {
-	case l.purpose == legOpen && l == t.current:
-		t.fail(ctx, err)
-	case l == t.pending && l.purpose == legSwitch:
-		t.pending = nil
-		t.answerWaiter(ctx, err)
-		if t.current == nil || t.current.state != legUp { // the old leg was lost meanwhile
-			t.reconnect(ctx, "switch failed ("+err.Error()+") and the old exit was lost", false)
-			return
-		}
-		t.transition(ctx, messages.StateUp, "switch failed, staying on "+t.current.exitID+": "+err.Error())
-		t.behavior.Become(t.up)
-		t.monitor(ctx, t.current) // the keepalive may have gone quiet on it during the switch
-		t.restoreDegraded(ctx)
-	case l == t.pending && l.purpose == legReconfigure:
-		t.pending = nil
-		t.answerWaiter(ctx, err)
-		t.fail(ctx, err)
-	case l == t.pending && l.purpose == legReconnect:
-		t.reconnectFailed(ctx, err)
-	}
-}
-
-// legReleased is called when a leg's device has terminated (or it never had one).
-func (t *tunnelActor) legReleased(ctx actor.Context, l *leg) {
-	if t.state == messages.StateReconnecting && l == t.released && !t.stopping {
-		t.released = nil
-		t.nextAttempt(ctx) // the old device, netstack and bind are gone: now the first attempt
-		return
-	}
-	if l == t.released {
-		t.released = nil
-		if t.state == messages.StateReconfiguring && t.pending == nil && t.current == nil && !t.stopping {
-			// The old device, netstack and bind are gone: only now create the new ones.
-			t.pending = t.startLeg(ctx, t.info.ExitID, legReconfigure)
-		}
 	}
 }
 

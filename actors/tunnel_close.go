@@ -29,11 +29,10 @@ func (t *tunnelActor) drain(ctx actor.Context, m *messages.CloseTunnel) {
 	if t.drainWhy == messages.EndEngineShutdown {
 		t.stopWhy.Store(&t.drainWhy)
 	}
-	t.transition(ctx, messages.StateDraining, reasonOr(m.Reason))
-	t.behavior.Become(t.draining)
+	t.enter(ctx, messages.StateDraining, reasonOr(m.Reason))
 	t.closeListeners()
 	for _, l := range t.legs {
-		if l != t.current && l.state != legDraining {
+		if l != t.current && !l.draining {
 			t.releaseLeg(ctx, l) // a leg still coming up is not wanted any more
 		}
 	}
@@ -41,7 +40,7 @@ func (t *tunnelActor) drain(ctx actor.Context, m *messages.CloseTunnel) {
 		t.finishClose(ctx)
 		return
 	}
-	t.drainT = t.sendAfter(ctx, d, &tunnelDrainExpired{})
+	t.drainT = sendAfter(ctx, d, &tunnelDrainExpired{})
 }
 
 func (t *tunnelActor) drainTimeout(d time.Duration) time.Duration {
@@ -63,8 +62,7 @@ func (t *tunnelActor) closeNow(ctx actor.Context, reason string) {
 	if t.state == messages.StateClosing || t.state == messages.StateFailed {
 		return
 	}
-	t.transition(ctx, messages.StateClosing, reason)
-	t.behavior.Become(t.closing)
+	t.enter(ctx, messages.StateClosing, reason)
 	ctx.Stop(ctx.Self())
 }
 
@@ -73,8 +71,7 @@ func (t *tunnelActor) fail(ctx actor.Context, err error) {
 		return
 	}
 	t.failErr = err
-	t.transition(ctx, messages.StateFailed, err.Error())
-	t.behavior.Become(t.closing)
+	t.enter(ctx, messages.StateFailed, err.Error())
 	ctx.Stop(ctx.Self())
 }
 
@@ -84,7 +81,7 @@ func (t *tunnelActor) onStopping(ctx actor.Context) {
 		// stopped by its parent: the engine is shutting down without a drain
 		why := messages.EndEngineShutdown
 		t.stopWhy.Store(&why)
-		t.transition(ctx, messages.StateClosing, "engine shutdown")
+		t.enter(ctx, messages.StateClosing, "engine shutdown")
 	}
 	for _, tm := range []*time.Timer{t.drainT, t.retryT, t.parkT} {
 		if tm != nil {
@@ -103,19 +100,7 @@ func (t *tunnelActor) onStopping(ctx actor.Context) {
 			<-l.end
 		}
 	}
-	for _, l := range t.legs {
-		if l.timer != nil {
-			l.timer.Stop()
-		}
-		t.legGoodbye(ctx, l, t.closeReason())
-	}
-}
-
-func (t *tunnelActor) closeReason() string {
-	if t.failErr != nil {
-		return "failed: " + t.failErr.Error()
-	}
-	return "closed"
+	// The legs say goodbye as they stop (children stop after this).
 }
 
 func reasonOr(r string) string {

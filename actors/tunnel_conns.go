@@ -61,7 +61,7 @@ func (t *tunnelActor) accept(ctx actor.Context, m *connAccepted) {
 		proxyOpts: t.cfg.ProxyOpts} // a refused client authenticates first, too
 	var refusal error
 	switch {
-	case t.current == nil || t.current.state != legUp:
+	case t.current == nil || t.current.state != legUp || t.current.ending():
 		refusal = errNotReady{}
 	case t.cfg.MaxConns > 0 && t.established() >= t.cfg.MaxConns:
 		refusal = errLimit{fmt.Sprintf("tunnel has %d connections", t.established())}
@@ -178,7 +178,7 @@ func (t *tunnelActor) ended(ctx actor.Context, m *messages.ConnectionEnded) {
 				}
 				if l := t.legs[e.leg]; l != nil {
 					delete(l.conns, sender.Id)
-					if l.state == legDraining && len(l.conns) == 0 {
+					if l.draining && len(l.conns) == 0 {
 						t.releaseLeg(ctx, l)
 					}
 				}

@@ -22,12 +22,14 @@ type GetTunnelChildren struct{}
 // TunnelChildren answers GetTunnelChildren.
 type TunnelChildren struct {
 	Keepalive *actor.PID
-	Devices   []*actor.PID // one per leg that has a device
+	Legs      []*actor.PID // the leg actors, until they terminate
+	Devices   []*actor.PID // one per leg whose device was reported (a leg's child)
 }
 
 func (t *tunnelActor) children() *TunnelChildren {
 	c := &TunnelChildren{Keepalive: t.keepalive}
 	for _, l := range t.legs {
+		c.Legs = append(c.Legs, l.pid)
 		if l.device != nil {
 			c.Devices = append(c.Devices, l.device)
 		}
@@ -46,7 +48,7 @@ func (t *tunnelActor) keepaliveLost(ctx actor.Context) {
 	t.respawns++
 	t.spawnKeepalive(ctx)
 	action := "respawned; no leg to watch"
-	if l := t.current; l != nil && l.state == legUp {
+	if l := t.current; l != nil && l.state == legUp && !l.ending() {
 		t.monitor(ctx, l)
 		action = "respawned; watching " + l.exitID
 	}
@@ -58,14 +60,14 @@ func (t *tunnelActor) keepaliveLost(ctx actor.Context) {
 // restoreDegraded puts a tunnel that came back Up into Degraded if signaling is still failing.
 func (t *tunnelActor) restoreDegraded(ctx actor.Context) {
 	if !t.sigOK && t.state == messages.StateUp {
-		t.transition(ctx, messages.StateDegraded, "signaling still failing")
+		t.enter(ctx, messages.StateDegraded, "signaling still failing")
 	}
 }
 
 // monitor points the keepalive actor at the current leg; signaling's health stays as last heard.
 func (t *tunnelActor) monitor(ctx actor.Context, l *leg) {
 	ctx.Send(t.keepalive, &monitorLeg{device: l.device, dialer: l.dialer, exitID: l.exitID, sessionID: l.sessionID,
-		exitIdentity: l.session.ExitIdentity, sigOK: t.sigOK})
+		exitIdentity: l.exitIdentity, sigOK: t.sigOK})
 }
 
 // watchNewLeg points the keepalive at a leg that has just been negotiated: its session request
@@ -84,9 +86,9 @@ func (t *tunnelActor) health(ctx actor.Context, msg any) {
 		switch {
 		case !m.ok && t.state == messages.StateUp:
 			t.cfg.Logger.Warn("signaling failing; data plane healthy, staying up", "cause", m.cause)
-			t.transition(ctx, messages.StateDegraded, m.cause)
+			t.enter(ctx, messages.StateDegraded, m.cause)
 		case m.ok && t.state == messages.StateDegraded:
-			t.transition(ctx, messages.StateUp, m.cause)
+			t.enter(ctx, messages.StateUp, m.cause)
 		}
 	case *dataPlaneFailed:
 		if t.current != nil && t.current.sessionID == m.sessionID {
@@ -94,7 +96,7 @@ func (t *tunnelActor) health(ctx actor.Context, msg any) {
 		}
 	case *sessionLost:
 		if t.current != nil && t.current.sessionID == m.sessionID {
-			t.current.saidBye = true // the exit has no such session: nothing to say goodbye to
+			t.current.exitForgot = true // the exit has no such session: nothing to say goodbye to
 			t.lostCurrent(ctx, "the exit no longer holds the session")
 		}
 	}

@@ -1,18 +1,20 @@
 package actors
 
-// A leg is one session of a tunnel with one exit and the device that carries it. A tunnel has one
-// leg while Up, two while switching (the old one serving, the new one coming up) or while the old
-// one drains after a switch.
+// The tunnel's side of its legs (leg.go is the leg actor). The tunnel spawns a leg for each
+// session it wants (open, switch, reconfigure, reconnect attempt), keeps a view of each from its
+// legChanged reports, and decides what each report means for the tunnel:
 //
-//	negotiating ──session granted──▶ handshaking ──HandshakeCompleted──▶ up ──drain──▶ draining
-//	     └──────refused / timeout / device or probe failed──▶ failed      └──────────────┴──▶ released
-//
-// Releasing a leg says goodbye to its exit and stops its device (netstack → device → UDP bind); the
-// leg is forgotten when the device has terminated.
+//	leg report          the leg's purpose / place            the tunnel
+//	handshaking         the first leg                        Negotiating → Handshaking
+//	up                  first / switch / reconfigure / retry Up (legUp)
+//	failed from setup   first / switch / reconfigure / retry Failed / stay Up / Failed / next attempt (legFailed)
+//	failed from up      current, Up or Degraded              Reconnecting (the next exit first after a goodbye)
+//	failed from up      current, while switching             the switch decides (currentLost)
+//	failed              draining, or no longer wanted        nothing: it is ending
+//	Terminated          any                                  forgotten; a reconnect or reconfigure that
+//	                                                         waited for its release goes on (legReleased)
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -22,18 +24,6 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 
 	"github.com/warren-tunnel/warren/messages"
-	"github.com/warren-tunnel/warren/netstack"
-	"github.com/warren-tunnel/warren/signaling"
-)
-
-type legState int
-
-const (
-	legNegotiating legState = iota
-	legHandshaking
-	legUp
-	legDraining
-	legReleasing
 )
 
 type legPurpose int
@@ -45,277 +35,148 @@ const (
 	legReconnect
 )
 
+// leg is the tunnel's view of one of its leg actors, as last reported.
 type leg struct {
-	id        int
-	purpose   legPurpose
-	exitID    string
-	state     legState
-	sessionID string
-	wgKey     signaling.Key
-	session   *messages.SessionResponse
-	device    *actor.PID
-	dialer    netstack.Dialer // valid once the device is ready; its stack is alive while device is
-	endpoint  netip.AddrPort
-	addrs     []netip.Addr
-	deadline  time.Time
-	timer     *time.Timer           // setup deadline, then drain deadline; stopped on release and in Stopping
-	saidBye   bool                  // the exit knows the session is over (we said goodbye, or it did)
-	unwatched bool                  // signaling no longer routes the exit's goodbye for it
-	conns     map[string]*actor.PID // connection children relaying over this leg
+	legSession
+	id         int
+	pid        *actor.PID // the leg actor; a child of the tunnel until Terminated
+	purpose    legPurpose
+	exitID     string
+	state      legState              // as last reported
+	draining   bool                  // drainLeg sent: no new connection goes to it
+	closing    bool                  // closeLeg sent
+	exitForgot bool                  // the exit no longer holds the session: no goodbye to say
+	conns      map[string]*actor.PID // connection children relaying over this leg
 }
 
-type legTimedOut struct{ leg int }
-type legDrainExpired struct{ leg int }
+// ending reports whether the leg is on its way out (only Terminated follows).
+func (l *leg) ending() bool { return l.closing || l.state.final() }
 
-// startLeg asks exitID for a session; the leg goes on as its replies arrive.
+// startLeg spawns a leg that asks exitID for a session.
 func (t *tunnelActor) startLeg(ctx actor.Context, exitID string, purpose legPurpose) *leg {
 	t.nextLeg++
 	l := &leg{id: t.nextLeg, purpose: purpose, exitID: exitID, conns: map[string]*actor.PID{}}
-	t.legs[l.id] = l
-	var id [16]byte
-	_, _ = rand.Read(id[:])
-	l.sessionID = hex.EncodeToString(id[:])
-	key, err := signaling.NewPrivateKey()
-	if err != nil {
-		t.legFailed(ctx, l, err)
-		return l
-	}
-	l.wgKey = key
-	limit := t.cfg.HandshakeTimeout
+	setup := t.cfg.HandshakeTimeout
 	if purpose == legOpen && !t.cfg.OpenDeadline.IsZero() {
-		limit = min(limit, max(time.Until(t.cfg.OpenDeadline), time.Millisecond)) // OpenTunnel's context
+		setup = min(setup, max(time.Until(t.cfg.OpenDeadline), time.Millisecond)) // OpenTunnel's context
 	}
-	l.deadline = time.Now().Add(limit)
-	l.timer = t.sendAfter(ctx, limit, &legTimedOut{leg: l.id})
-	req := &messages.SessionRequest{SessionID: l.sessionID, ExitID: exitID, WGPublicKey: key.Public().String(), Certificate: t.cfg.Certificate}
-	t.cfg.Identity.SignSessionRequest(req, time.Now())
-	ctx.Request(t.cfg.Signaling, &requestSession{exitID: exitID, req: req, trust: t.cfg.Trust, timeout: limit, tag: l.id})
+	l.pid = ctx.Spawn(newLegProps(legConfig{
+		id: l.id, tunnelID: t.cfg.ID, exitID: exitID, setup: setup, udpBind: t.cfg.UDPBind, keepalive: t.cfg.Keepalive,
+		identity: t.cfg.Identity, trust: t.cfg.Trust, certificate: t.cfg.Certificate, signaling: t.cfg.Signaling,
+		logger: t.cfg.Logger,
+	}))
+	t.legs[l.id] = l
 	return l
 }
 
-// sendAfter arms a timer owned by the tunnel that sends msg to it.
-func (t *tunnelActor) sendAfter(ctx actor.Context, d time.Duration, msg any) *time.Timer {
-	system, self := ctx.ActorSystem(), ctx.Self()
-	return time.AfterFunc(d, func() { system.Root.Send(self, msg) })
-}
-
-func (t *tunnelActor) legByDevice(pid *actor.PID) *leg {
+func (t *tunnelActor) legByPID(pid *actor.PID) *leg {
 	for _, l := range t.legs {
-		if l.device != nil && l.device.Equal(pid) {
+		if l.pid.Equal(pid) {
 			return l
 		}
 	}
 	return nil
 }
 
-func (t *tunnelActor) legBySession(id string) *leg {
-	for _, l := range t.legs {
-		if l.sessionID == id {
-			return l
-		}
-	}
-	return nil
-}
-
-// legEvent handles what the legs' helpers report: signaling replies, device and probe results,
-// timers, the exit's goodbye, and the devices' termination.
-func (t *tunnelActor) legEvent(ctx actor.Context, msg any) {
-	if t.stopping {
-		// A stopping tunnel starts nothing (its children were stopped once, already) and reacts to
-		// nothing: its devices terminating is the release it asked for.
-		if m, ok := msg.(*actor.Terminated); ok {
-			if l := t.legByDevice(m.Who); l != nil {
-				delete(t.legs, l.id)
-			}
-		}
+// legChanged handles a leg's report of a transition.
+func (t *tunnelActor) legChanged(ctx actor.Context, m *legChanged) {
+	l := t.legs[m.id]
+	if l == nil || t.stopping {
 		return
 	}
-	switch m := msg.(type) {
-	case *sessionReply:
-		l := t.legs[m.tag]
-		if l == nil || l.state != legNegotiating {
-			return // released meanwhile; its goodbye went out when it was
+	l.state, l.legSession = m.to, m.session
+	switch m.to {
+	case legHandshaking:
+		if l.purpose == legOpen && l == t.current {
+			t.enter(ctx, messages.StateHandshaking, "session granted by "+l.exitID)
 		}
-		if m.err != nil {
+	case legUp:
+		if l.closing {
+			return // no longer wanted; it is being closed
+		}
+		t.legUp(ctx, l, m.rtt)
+	case legFailed:
+		t.stopConns(ctx, l)
+		if m.from == legNegotiating || m.from == legHandshaking {
 			t.legFailed(ctx, l, m.err)
-			return
+		} else {
+			t.legLost(ctx, l, m.err)
 		}
-		l.session = m.resp
-		if err := t.startDevice(ctx, l); err != nil {
-			t.legFailed(ctx, l, err)
-			return
-		}
-		l.state = legHandshaking
-		ctx.Send(t.cfg.Signaling, &watchSession{sessionID: l.sessionID, exitIdentity: l.session.ExitIdentity, tunnel: ctx.Self()})
-		if l.purpose == legOpen {
-			t.transition(ctx, messages.StateHandshaking, "session granted by "+l.exitID)
-		}
-	case *deviceReady:
-		l := t.legByDevice(ctx.Sender())
-		if l == nil || l.state != legHandshaking {
-			return
-		}
-		exitAddr, _ := netip.ParseAddr(l.session.ExitAddresses[0])
-		l.dialer = netstack.Dialer{Stack: m.stack, Service: netip.AddrPortFrom(exitAddr, l.session.ConnectPort)}
-		exitKey, _ := signaling.ParseKey(l.session.ExitWGPublicKey)
-		f := ctx.RequestFuture(l.device, &addPeer{
-			publicKey:  exitKey,
-			allowedIPs: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")},
-			endpoint:   l.endpoint, keepalive: t.cfg.Keepalive, sessionID: l.sessionID,
-			probe: &l.dialer, notify: ctx.Self(), probeLimit: time.Until(l.deadline),
-		}, max(time.Until(l.deadline), time.Millisecond))
-		reenter(ctx, f, func(res any, err error) {
-			if r, ok := res.(*addPeerResponse); ok && r.err != nil {
-				err = r.err
-			}
-			if err != nil && l.state == legHandshaking {
-				t.legFailed(ctx, l, fmt.Errorf("%w: %w", ErrDeviceFailed, err))
-			}
-		})
-	case *deviceFailed:
-		if l := t.legByDevice(ctx.Sender()); l != nil {
-			t.legFailed(ctx, l, fmt.Errorf("%w: %w", ErrDeviceFailed, m.err))
-		}
-	case *probeFailed:
-		if l := t.legBySession(m.sessionID); l != nil && l.state == legHandshaking {
-			t.legFailed(ctx, l, fmt.Errorf("%w: first handshake and probe: %w", ErrHandshakeTimeout, m.err))
-		}
-	case *messages.HandshakeCompleted:
-		l := t.legBySession(m.SessionID)
-		if l == nil || l.state != legHandshaking {
-			return
-		}
-		l.state = legUp
-		l.timer.Stop()
-		t.legUp(ctx, l, m.RTT)
-	case *legTimedOut:
-		if l := t.legs[m.leg]; l != nil && (l.state == legNegotiating || l.state == legHandshaking) {
-			t.legFailed(ctx, l, fmt.Errorf("%w: %s did not come up in time", ErrHandshakeTimeout, l.exitID))
-		}
-	case *legDrainExpired:
-		if l := t.legs[m.leg]; l != nil && l.state == legDraining {
-			for _, pid := range l.conns {
-				ctx.Send(pid, &EndConnection{Reason: messages.EndDrainTimeout})
-			}
-		}
-	case *exitSaidGoodbye:
-		if l := t.legBySession(m.sessionID); l != nil {
-			l.saidBye = true // the exit already knows
-			t.legGone(ctx, l, fmt.Errorf("%w: %s", ErrExitGone, m.reason))
-		}
-	case *actor.Terminated:
-		if l := t.legByDevice(m.Who); l != nil {
-			if l.state == legReleasing {
-				delete(t.legs, l.id)
-				t.legReleased(ctx, l)
-				return
-			}
-			// The device stopped by itself (it failed, or panicked): it is released already, so
-			// the leg has no device left to stop. (A watched child reports Terminated twice; the
-			// second finds no leg.)
-			l.device = nil
-			t.legGone(ctx, l, fmt.Errorf("%w: device stopped", ErrDeviceFailed))
-		}
+		t.releaseLeg(ctx, l) // a failed leg waits for closeLeg, so its Terminated never overtakes this report
 	}
 }
 
-// legGone handles a leg lost under the tunnel (exit goodbye, device stopped).
-func (t *tunnelActor) legGone(ctx actor.Context, l *leg, err error) {
-	switch l.state {
-	case legNegotiating, legHandshaking:
-		t.legFailed(ctx, l, err)
-	case legUp:
-		switch {
-		case l == t.current && t.isUp():
-			t.reconnect(ctx, err.Error(), errors.Is(err, ErrExitGone))
-			return
-		case l == t.current && t.state == messages.StateSwitching:
-			t.currentLost(ctx, err.Error()) // the switch decides what comes next
-			return
+// legTerminated: the leg and its device have released everything. A leg stops only when told
+// (closeLeg), so one that was not told panicked: it is lost like a failed one.
+func (t *tunnelActor) legTerminated(ctx actor.Context, l *leg) {
+	if !l.closing && !t.stopping {
+		l.closing = true
+		t.stopConns(ctx, l)
+		err := fmt.Errorf("%w: leg stopped unexpectedly", ErrDeviceFailed)
+		if l.state == legNegotiating || l.state == legHandshaking {
+			t.legFailed(ctx, l, err)
+		} else {
+			t.legLost(ctx, l, err)
 		}
-		t.releaseLeg(ctx, l)
-	case legDraining:
-		t.releaseLeg(ctx, l)
+	}
+	delete(t.legs, l.id)
+	if !t.stopping {
+		t.legReleased(ctx, l)
+	}
+}
+
+// legLost handles an up leg lost under the tunnel (exit goodbye, device stopped).
+func (t *tunnelActor) legLost(ctx actor.Context, l *leg, err error) {
+	switch {
+	case l != t.current:
+	case t.isUp():
+		t.reconnect(ctx, err.Error(), errors.Is(err, ErrExitGone))
+	case t.state == messages.StateSwitching:
+		t.currentLost(ctx, err.Error()) // the switch decides what comes next
 	}
 }
 
 // drainLeg lets the leg's connections finish for d, then ends them with drain_timeout; the leg is
 // released when its last connection has ended.
 func (t *tunnelActor) drainLeg(ctx actor.Context, l *leg, d time.Duration) {
-	l.state = legDraining
+	l.draining = true
 	if len(l.conns) == 0 {
 		t.releaseLeg(ctx, l)
 		return
 	}
-	l.timer = t.sendAfter(ctx, d, &legDrainExpired{leg: l.id})
+	ctx.Send(l.pid, &drainLeg{d: d})
 }
 
-// releaseLeg says goodbye and stops the leg's device; the leg is forgotten on its Terminated.
+// legDrainExpired ends what is left on a drained leg; the leg is released when the last has ended.
+func (t *tunnelActor) legDrainExpired(ctx actor.Context, m *legDrainExpired) {
+	if l := t.legs[m.leg]; l != nil && l.draining {
+		for _, pid := range l.conns {
+			ctx.Send(pid, &EndConnection{Reason: messages.EndDrainTimeout})
+		}
+	}
+}
+
+// releaseLeg closes the leg (goodbye; its device releases netstack → device → bind); the leg is
+// forgotten on its Terminated.
 func (t *tunnelActor) releaseLeg(ctx actor.Context, l *leg) {
-	if l.state == legReleasing {
+	if l.closing {
 		return
 	}
-	l.state = legReleasing
-	if l.timer != nil {
-		l.timer.Stop()
-	}
-	t.legGoodbye(ctx, l, "released")
+	l.closing = true
+	t.stopConns(ctx, l)
+	ctx.Send(l.pid, &closeLeg{reason: "released", quiet: l.exitForgot})
+}
+
+// stopConns ends the connections still relaying over a leg that is going away (a drained leg has
+// none left).
+func (t *tunnelActor) stopConns(ctx actor.Context, l *leg) {
 	for _, pid := range l.conns {
-		ctx.Stop(pid) // only on a leg lost under them; a drained leg has none left
+		ctx.Stop(pid)
 	}
-	if l.device == nil {
-		delete(t.legs, l.id)
-		t.legReleased(ctx, l)
-		return
-	}
-	ctx.Stop(l.device)
 }
 
-// legGoodbye tells the leg's exit the session is over, so it releases the peer now rather than on
-// a timeout. It goes out as soon as a session was requested: a grant still in flight is released too.
-func (t *tunnelActor) legGoodbye(ctx actor.Context, l *leg, reason string) {
-	if l.sessionID == "" {
-		return
-	}
-	if !l.unwatched {
-		l.unwatched = true
-		ctx.Send(t.cfg.Signaling, &unwatchSession{sessionID: l.sessionID})
-	}
-	if l.saidBye {
-		return
-	}
-	l.saidBye = true
-	c := &messages.SessionClose{SessionID: l.sessionID, Reason: truncateUTF8(reason, 200)}
-	t.cfg.Identity.SignSessionClose(c, time.Now())
-	ctx.Send(t.cfg.Signaling, &sendGoodbye{exitID: l.exitID, close: c})
-}
-
-func (t *tunnelActor) startDevice(ctx actor.Context, l *leg) error {
-	endpoint, err := netip.ParseAddrPort(l.session.Endpoint)
-	if err != nil {
-		return fmt.Errorf("%w: endpoint: %w", ErrSessionRefused, err)
-	}
-	l.endpoint = endpoint
-	for _, a := range l.session.ClientAddresses {
-		addr, err := netip.ParseAddr(a)
-		if err != nil {
-			return fmt.Errorf("%w: client address: %w", ErrSessionRefused, err)
-		}
-		l.addrs = append(l.addrs, addr)
-	}
-	bindAddr := t.cfg.UDPBind
-	if !bindAddr.IsValid() {
-		if bindAddr, err = localAddrTowards(endpoint); err != nil {
-			return fmt.Errorf("%w: %w", ErrDeviceFailed, err)
-		}
-	}
-	l.device = ctx.Spawn(props(newDeviceActor(deviceConfig{
-		role: roleClient, owner: t.cfg.ID, privateKey: l.wgKey, listen: netip.AddrPortFrom(bindAddr, 0),
-		addresses: l.addrs, mtu: l.session.MTU, logger: t.cfg.Logger,
-	})))
-	ctx.Watch(l.device)
-	return nil
-}
+// alive reports whether the leg actor has not terminated yet (its release is still to come).
+func (t *tunnelActor) alive(l *leg) bool { return l != nil && t.legs[l.id] == l }
 
 // localAddrTowards is the local address the host routes towards ep (no packet is sent).
 func localAddrTowards(ep netip.AddrPort) (netip.Addr, error) {
@@ -325,4 +186,77 @@ func localAddrTowards(ep netip.AddrPort) (netip.Addr, error) {
 	}
 	defer c.Close()
 	return c.LocalAddr().(*net.UDPAddr).AddrPort().Addr().Unmap(), nil
+}
+
+// legUp is called when a leg's data plane is proven.
+func (t *tunnelActor) legUp(ctx actor.Context, l *leg, rtt time.Duration) {
+	switch {
+	case l.purpose == legOpen && l == t.current:
+		t.info.UpSince = time.Now()
+		t.enter(ctx, messages.StateUp, fmt.Sprintf("handshake completed with %s, probe rtt %v", l.exitID, rtt.Round(time.Microsecond)))
+		t.startAccepting(ctx)
+		t.watchNewLeg(ctx, l)
+		t.reply(ctx, nil)
+	case l == t.pending && l.purpose == legSwitch:
+		old := t.current
+		t.current, t.pending = l, nil
+		t.info.ExitID = l.exitID
+		t.enter(ctx, messages.StateUp, fmt.Sprintf("switched to %s (probe rtt %v)", l.exitID, rtt.Round(time.Microsecond)))
+		t.watchNewLeg(ctx, l)
+		t.answerWaiter(ctx, nil)
+		if old != nil && old.state == legUp && !old.ending() {
+			t.drainLeg(ctx, old, t.drainFor)
+		}
+		t.restoreDegraded(ctx)
+	case l == t.pending && l.purpose == legReconfigure:
+		t.current, t.pending = l, nil
+		t.enter(ctx, messages.StateUp, fmt.Sprintf("reconfigured with %s (probe rtt %v)", l.exitID, rtt.Round(time.Microsecond)))
+		t.watchNewLeg(ctx, l)
+		t.answerWaiter(ctx, nil)
+		t.restoreDegraded(ctx)
+	case l == t.pending && l.purpose == legReconnect:
+		t.reconnected(ctx, l, rtt)
+	default:
+		t.releaseLeg(ctx, l) // no longer wanted
+	}
+}
+
+// legFailed is called when a leg could not come up (it is ending by itself).
+func (t *tunnelActor) legFailed(ctx actor.Context, l *leg, err error) {
+	switch {
+	case l.purpose == legOpen && l == t.current:
+		t.fail(ctx, err)
+	case l == t.pending && l.purpose == legSwitch:
+		t.pending = nil
+		t.answerWaiter(ctx, err)
+		if t.current == nil || t.current.state != legUp || t.current.ending() { // the old leg was lost meanwhile
+			t.reconnect(ctx, "switch failed ("+err.Error()+") and the old exit was lost", false)
+			return
+		}
+		t.enter(ctx, messages.StateUp, "switch failed, staying on "+t.current.exitID+": "+err.Error())
+		t.monitor(ctx, t.current) // the keepalive may have gone quiet on it during the switch
+		t.restoreDegraded(ctx)
+	case l == t.pending && l.purpose == legReconfigure:
+		t.pending = nil
+		t.answerWaiter(ctx, err)
+		t.fail(ctx, err)
+	case l == t.pending && l.purpose == legReconnect:
+		t.reconnectFailed(ctx, err)
+	}
+}
+
+// legReleased is called when a leg has terminated: its device, netstack and bind are gone.
+func (t *tunnelActor) legReleased(ctx actor.Context, l *leg) {
+	if t.state == messages.StateReconnecting && l == t.released && !t.stopping {
+		t.released = nil
+		t.nextAttempt(ctx) // the old device, netstack and bind are gone: now the first attempt
+		return
+	}
+	if l == t.released {
+		t.released = nil
+		if t.state == messages.StateReconfiguring && t.pending == nil && t.current == nil && !t.stopping {
+			// The old device, netstack and bind are gone: only now create the new ones.
+			t.pending = t.startLeg(ctx, t.info.ExitID, legReconfigure)
+		}
+	}
 }

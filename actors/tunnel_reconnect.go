@@ -42,8 +42,7 @@ func (t *tunnelActor) exits() []string { return append([]string{t.cfg.ExitID}, t
 // first (it said goodbye); otherwise the same exit is tried first.
 func (t *tunnelActor) reconnect(ctx actor.Context, cause string, next bool) {
 	old := t.current
-	t.transition(ctx, messages.StateReconnecting, cause)
-	t.behavior.Become(t.reconnecting)
+	t.enter(ctx, messages.StateReconnecting, cause)
 	ctx.Send(t.keepalive, &stopMonitoring{})
 	exits := t.exits()
 	t.attempt, t.exitBase = 0, 0
@@ -56,9 +55,9 @@ func (t *tunnelActor) reconnect(ctx actor.Context, cause string, next bool) {
 		t.exitBase++
 	}
 	t.current = nil
-	if old != nil && old.state != legReleasing && old.device != nil {
+	if t.alive(old) {
 		t.released = old
-		t.releaseLeg(ctx, old) // the first attempt starts once its device has terminated (legReleased)
+		t.releaseLeg(ctx, old) // the first attempt starts once it has terminated (legReleased)
 		return
 	}
 	if t.released != nil {
@@ -108,7 +107,7 @@ func (t *tunnelActor) reconnectFailed(ctx actor.Context, err error) {
 	}
 	wait = time.Duration(float64(wait) * (0.8 + 0.4*rand.Float64()))
 	t.cfg.Logger.Warn("reconnect attempt failed", "attempt", t.attempt, "retry_in", wait.Round(time.Millisecond), "err", err)
-	t.retryT = t.sendAfter(ctx, wait, &reconnectAttempt{})
+	t.retryT = sendAfter(ctx, wait, &reconnectAttempt{})
 }
 
 // reconnected makes the new leg current and hands it the connections that waited.
@@ -119,8 +118,7 @@ func (t *tunnelActor) reconnected(ctx actor.Context, l *leg, rtt time.Duration) 
 	if t.parkT != nil {
 		t.parkT.Stop()
 	}
-	t.transition(ctx, messages.StateUp, "reconnected to "+l.exitID+" after "+itoa(uint16(min(t.attempt+1, 65535)))+" attempt(s), probe rtt "+rtt.Round(time.Microsecond).String())
-	t.behavior.Become(t.up)
+	t.enter(ctx, messages.StateUp, "reconnected to "+l.exitID+" after "+itoa(uint16(min(t.attempt+1, 65535)))+" attempt(s), probe rtt "+rtt.Round(time.Microsecond).String())
 	t.watchNewLeg(ctx, l)
 	parked := t.parked
 	t.parked = nil
@@ -137,10 +135,8 @@ func (t *tunnelActor) currentLost(ctx actor.Context, cause string) {
 	t.current = nil
 	ctx.Send(t.keepalive, &stopMonitoring{})
 	t.cfg.Logger.Warn("current exit lost during a switch", "cause", cause)
-	if old != nil {
-		if old.device != nil && old.state != legReleasing {
-			t.released = old // a reconnect after a failed switch waits for its release
-		}
+	if t.alive(old) {
+		t.released = old // a reconnect after a failed switch waits for its release
 		t.releaseLeg(ctx, old)
 	}
 }
@@ -153,7 +149,7 @@ func (t *tunnelActor) park(ctx actor.Context, m *connAccepted) {
 	}
 	t.parked = append(t.parked, parkedConn{c: m.c, kind: m.kind, deadline: time.Now().Add(t.cfg.ReconnectWait)})
 	if len(t.parked) == 1 {
-		t.parkT = t.sendAfter(ctx, t.cfg.ReconnectWait, &parkExpired{})
+		t.parkT = sendAfter(ctx, t.cfg.ReconnectWait, &parkExpired{})
 	}
 }
 
@@ -170,6 +166,6 @@ func (t *tunnelActor) refuseExpired(ctx actor.Context) {
 	}
 	t.parked = keep
 	if len(keep) > 0 {
-		t.parkT = t.sendAfter(ctx, time.Until(keep[0].deadline), &parkExpired{})
+		t.parkT = sendAfter(ctx, time.Until(keep[0].deadline), &parkExpired{})
 	}
 }
