@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/warren-tunnel/warren/engine"
+	"github.com/warren-tunnel/warren/internal/testutil"
 	"github.com/warren-tunnel/warren/messages"
 	"github.com/warren-tunnel/warren/signaling"
 )
@@ -167,7 +168,7 @@ func TestForgedRepliesNeitherHijackNorFail(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	tun := openSpec(t, client, engine.TunnelSpec{Exit: "genuine", Health: fastHealth(),
+	tun := openTunnelSpec(t, client, engine.TunnelSpec{Exit: "genuine", Health: fastHealth(),
 		Pins: map[string]string{"genuine": x.ClientID()}})
 	info, err := tun.Info(context.Background())
 	xi, _ := x.Exit()
@@ -280,7 +281,7 @@ func TestRogueExitUnderTheSameID(t *testing.T) {
 		if c == pinned {
 			spec.Pins = map[string]string{"twin": x.ClientID()}
 		}
-		tun := openSpec(t, c, spec)
+		tun := openTunnelSpec(t, c, spec)
 		info, err := tun.Info(context.Background())
 		if err != nil || info.ExitEndpoint != xi.Endpoint {
 			t.Fatalf("open %d landed on %v, want the genuine exit %v (%v)", i, info.ExitEndpoint, xi.Endpoint, err)
@@ -324,13 +325,8 @@ func TestReplayedRequestsAreRefused(t *testing.T) {
 	defer sub.Unsubscribe()
 	_ = evil.nc.Flush()
 	before := exitStatus(t, x)
-	tun := openSpec(t, client, engine.TunnelSpec{Exit: "replay", Pins: map[string]string{"replay": x.ClientID()}})
-	var captured []byte
-	select {
-	case captured = <-capturedCh:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the attacker saw no request")
-	}
+	tun := openTunnelSpec(t, client, engine.TunnelSpec{Exit: "replay", Pins: map[string]string{"replay": x.ClientID()}})
+	captured := testutil.Await(t, capturedCh, 5*time.Second, "the attacker to see a request")
 	open := exitStatus(t, x)
 	expectReplayed := func(when string) {
 		t.Helper()
@@ -394,7 +390,7 @@ func TestAdmissionLimits(t *testing.T) {
 		t.Fatalf("flood of %d: %d forbidden; exit %+v, before %+v", flood, forbidden, st, before)
 	}
 	legit := startSecureEngine(t, engine.Config{NATS: bus, Identity: legitSeed})
-	openSpec(t, legit, engine.TunnelSpec{Exit: "guarded", Pins: map[string]string{"guarded": x.ClientID()}})
+	openTunnelSpec(t, legit, engine.TunnelSpec{Exit: "guarded", Pins: map[string]string{"guarded": x.ClientID()}})
 
 	// An open exit with per-client limits.
 	_, openSeed := newIdentitySeed(t)
@@ -543,13 +539,8 @@ func TestExitSignsNothingForOthers(t *testing.T) {
 	}
 	defer sub.Unsubscribe()
 	_ = evil.nc.Flush()
-	tun := openSpec(t, client, engine.TunnelSpec{Exit: "quiet", Health: fastHealth(), Pins: map[string]string{"quiet": x.ClientID()}})
-	var ping *messages.SessionPing
-	select {
-	case ping = <-pings:
-	case <-time.After(5 * time.Second):
-		t.Fatal("no ping seen")
-	}
+	tun := openTunnelSpec(t, client, engine.TunnelSpec{Exit: "quiet", Health: fastHealth(), Pins: map[string]string{"quiet": x.ClientID()}})
+	ping := testutil.Await(t, pings, 5*time.Second, "a ping")
 	ask := func(typ string, body any) *messages.ErrorResponse {
 		t.Helper()
 		data, _ := signaling.Encode(typ, body)
@@ -621,7 +612,7 @@ func TestPongFromAnotherExitOfTheSameIdentity(t *testing.T) {
 	// Pings every 200 ms, each given 2 s: a slow answer under load is not what this test is about.
 	health := fastHealth()
 	health.SignalingTimeout = engine.Duration(2 * time.Second)
-	tun := openSpec(t, client, engine.TunnelSpec{Exit: "twin-a", Health: health, Pins: map[string]string{"twin-a": xa.ClientID()}})
+	tun := openTunnelSpec(t, client, engine.TunnelSpec{Exit: "twin-a", Health: health, Pins: map[string]string{"twin-a": xa.ClientID()}})
 	ev := watchTunnel(client)
 	ev.id = tun.ID()
 	// Whether a forged pong beats the genuine one is a race the test does not control; the
@@ -670,7 +661,7 @@ func TestFloodOnTheExitSubject(t *testing.T) {
 	st := x.SignalingStats()
 	t.Logf("flood of 50000: refused %d, dropped at the backlog %d, NATS slow-consumer reports %d", st.Refused, st.Dropped, st.SlowConsumer)
 	client := startSecureEngine(t, engine.Config{NATS: bus})
-	tun := openSpec(t, client, engine.TunnelSpec{Exit: "flooded", Pins: map[string]string{"flooded": x.ClientID()}})
+	tun := openTunnelSpec(t, client, engine.TunnelSpec{Exit: "flooded", Pins: map[string]string{"flooded": x.ClientID()}})
 	if err := download(socksClient(t, tun), srv.URL, 97, 256<<10); err != nil {
 		t.Fatalf("after the flood: %v", err)
 	}

@@ -173,15 +173,15 @@ func Listen(t testing.TB) net.Listener {
 	return ln
 }
 
-// ClosedAddr returns a 127.0.0.1 host:port that nothing listens on right now (connections to it
-// are refused).
-func ClosedAddr(t testing.TB) string {
+// ClosedAddr returns a TCP address on 127.0.0.1 that nothing listens on right now (connections
+// to it are refused).
+func ClosedAddr(t testing.TB) netip.AddrPort {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := ln.Addr().String()
+	addr := ln.Addr().(*net.TCPAddr).AddrPort()
 	ln.Close()
 	return addr
 }
