@@ -20,43 +20,26 @@ import (
 	"time"
 
 	"golang.org/x/net/websocket"
+
+	"github.com/warren-tunnel/warren/internal/testutil"
 )
 
 // recOrigin is a real HTTP/1.1 origin on 127.0.0.1 that records the raw bytes each connection
 // brought, and answers each request with "METHOD request-target" as its body (or as answer says).
 type recOrigin struct {
-	ln     net.Listener
+	srv    *testutil.Server
 	conns  chan []byte // the raw bytes of each connection, once it has ended
 	answer func(c net.Conn, br *bufio.Reader, req *http.Request) (keep bool)
-	wg     sync.WaitGroup
 }
 
 func startOrigin(t testing.TB, answer func(c net.Conn, br *bufio.Reader, req *http.Request) bool) *recOrigin {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	o := &recOrigin{ln: ln, conns: make(chan []byte, 64), answer: answer}
-	o.wg.Add(1)
-	go func() {
-		defer o.wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			o.wg.Add(1)
-			go o.serve(c)
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); o.wg.Wait() })
+	o := &recOrigin{conns: make(chan []byte, 64), answer: answer}
+	o.srv = testutil.Serve(t, func(c *net.TCPConn, _ <-chan struct{}) { o.serve(c) })
 	return o
 }
 
-func (o *recOrigin) serve(c net.Conn) {
-	defer o.wg.Done()
-	defer c.Close()
+func (o *recOrigin) serve(c *net.TCPConn) {
 	c.SetDeadline(time.Now().Add(testTimeout))
 	var raw bytes.Buffer
 	br := bufio.NewReader(io.TeeReader(c, &raw))
@@ -79,23 +62,17 @@ func (o *recOrigin) serve(c net.Conn) {
 			break
 		}
 	}
-	c.(*net.TCPConn).CloseWrite()
+	c.CloseWrite()
 	io.Copy(io.Discard, br) // what came after the last answered request is recorded too
 	o.conns <- raw.Bytes()
 }
 
-func (o *recOrigin) port(t testing.TB) int { return int(port(t, o.ln)) }
+func (o *recOrigin) port(t testing.TB) int { return int(o.srv.Port()) }
 
 // next returns the raw bytes of the next connection that ended.
 func (o *recOrigin) next(t testing.TB) string {
 	t.Helper()
-	select {
-	case b := <-o.conns:
-		return string(b)
-	case <-time.After(testTimeout):
-		t.Fatal("no origin connection ended")
-		return ""
-	}
+	return string(testutil.Await(t, o.conns, testTimeout, "an origin connection to end"))
 }
 
 // none checks that no connection reached the origin (after the proxy side is done).
@@ -686,7 +663,7 @@ func TestForwardStaleUpstream(t *testing.T) {
 // tunnel.
 func TestForwardConnectAfterGet(t *testing.T) {
 	o := startOrigin(t, nil)
-	echo := echoServer(t)
+	echo := testutil.EchoServer(t)
 	h := startProxy(t, HTTP, (&dialer{}).dial)
 	host := "127.0.0.1:" + strconv.Itoa(o.port(t))
 	c := dialTCP(t, h.addr())
@@ -695,7 +672,7 @@ func TestForwardConnectAfterGet(t *testing.T) {
 	if resp, body := readResp(t, br, "GET"); resp.StatusCode != 200 || body != "GET /x" {
 		t.Fatalf("%d %q", resp.StatusCode, body)
 	}
-	io.WriteString(c, connectReq(echo.Addr().String())+"ping")
+	io.WriteString(c, connectReq(echo.Addr())+"ping")
 	got := make([]byte, len(connectEstablished)+4)
 	if _, err := io.ReadFull(br, got); err != nil || string(got) != connectEstablished+"ping" {
 		t.Fatalf("%q %v", got, err)
