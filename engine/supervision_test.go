@@ -8,6 +8,7 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 
 	"github.com/warren-tunnel/warren/actors"
+	"github.com/warren-tunnel/warren/internal/testutil"
 	"github.com/warren-tunnel/warren/messages"
 )
 
@@ -34,20 +35,7 @@ func startTestEngine(t *testing.T, cfg Config) *Engine {
 // nextEvent waits for the first event of kind on e (other events are skipped).
 func nextEvent(t *testing.T, e *Engine, within time.Duration, match func(Event) bool) Event {
 	t.Helper()
-	deadline := time.After(within)
-	for {
-		select {
-		case ev, ok := <-e.Events():
-			if !ok {
-				t.Fatal("events closed")
-			}
-			if match(ev) {
-				return ev
-			}
-		case <-deadline:
-			t.Fatalf("no matching event within %v", within)
-		}
-	}
+	return testutil.AwaitMatch(t, e.Events(), within, "a matching event", match)
 }
 
 func tunnelChildren(t *testing.T, tun *Tunnel) *actors.TunnelChildren {

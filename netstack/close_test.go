@@ -13,6 +13,8 @@ import (
 	"go.uber.org/goleak"
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/warren-tunnel/warren/internal/testutil"
 )
 
 func TestStackCloseIdempotent(t *testing.T) {
@@ -44,7 +46,7 @@ func TestStackCloseIdempotent(t *testing.T) {
 		_, err := s.DialContext(ctx, "tcp", netip.MustParseAddrPort("10.99.0.9:80"))
 		dialErr <- err
 	}()
-	if err := waitFor(t, readErr, "read"); err != nil {
+	if err := testutil.Await(t, readErr, testTimeout, "read"); err != nil {
 		t.Fatal(err)
 	}
 	if sizes[0] < 40 || bufs[0][0]>>4 != 4 {
@@ -66,10 +68,10 @@ func TestStackCloseIdempotent(t *testing.T) {
 		t.Fatal(err)
 	}
 	cancel()
-	if err := waitFor(t, readErr, "read after close"); !errors.Is(err, os.ErrClosed) {
+	if err := testutil.Await(t, readErr, testTimeout, "read after close"); !errors.Is(err, os.ErrClosed) {
 		t.Fatalf("Read after Close: %v", err)
 	}
-	if err := waitFor(t, dialErr, "dial"); err == nil {
+	if err := testutil.Await(t, dialErr, testTimeout, "dial"); err == nil {
 		t.Fatal("dial succeeded")
 	}
 	if _, err := s.Read(bufs, sizes, 0); !errors.Is(err, os.ErrClosed) {
@@ -112,7 +114,7 @@ func TestDeviceCloseAfterTraffic(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sc := waitFor(t, accepted, "accept")
+	sc := testutil.Await(t, accepted, testTimeout, "accept")
 	if _, err := c.Write([]byte("hello")); err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +128,7 @@ func TestDeviceCloseAfterTraffic(t *testing.T) {
 			c.Close()
 		}
 	}()
-	flow := waitFor(t, h.tcp, "flow")
+	flow := testutil.Await(t, h.tcp, testTimeout, "flow")
 	blocked := make(chan error, 1)
 	go func() {
 		_, err := sc.Read(buf)
@@ -138,10 +140,10 @@ func TestDeviceCloseAfterTraffic(t *testing.T) {
 	exit.dev.Close()
 	cancel()
 
-	if err := waitFor(t, blocked, "blocked read"); err == nil {
+	if err := testutil.Await(t, blocked, testTimeout, "blocked read"); err == nil {
 		t.Error("read on closed stack succeeded")
 	}
-	if err := waitFor(t, acceptErr, "accept"); err == nil {
+	if err := testutil.Await(t, acceptErr, testTimeout, "accept"); err == nil {
 		t.Error("accept on closed stack succeeded")
 	}
 	if _, err := flow.Accept(); !errors.Is(err, ErrFlowDone) {
@@ -232,7 +234,7 @@ func TestBindCloseReopen(t *testing.T) {
 	if err := a.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if err := waitFor(t, recvErr, "receive after close"); !errors.Is(err, net.ErrClosed) {
+	if err := testutil.Await(t, recvErr, testTimeout, "receive after close"); !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("receive after Close: %v", err)
 	}
 	if err := a.Send([][]byte{{1}}, ep); !errors.Is(err, net.ErrClosed) {
@@ -307,7 +309,7 @@ func TestCloseAbortsStuckAccept(t *testing.T) {
 			c.Close()
 		}
 	}()
-	f := waitFor(t, h.tcp, "flow")
+	f := testutil.Await(t, h.tcp, testTimeout, "flow")
 	client.dev.Close() // no ACK will ever come
 	cancel()
 	<-dialDone
@@ -324,8 +326,8 @@ func TestCloseAbortsStuckAccept(t *testing.T) {
 		exit.dev.Close()
 		close(closed)
 	}()
-	waitFor(t, closed, "exit close")
-	if err := waitFor(t, acceptErr, "accept to return"); err == nil {
+	testutil.Await(t, closed, testTimeout, "exit close")
+	if err := testutil.Await(t, acceptErr, testTimeout, "accept to return"); err == nil {
 		t.Error("Accept succeeded although the client is gone")
 	}
 }

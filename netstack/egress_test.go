@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/warren-tunnel/warren/internal/testutil"
 	"github.com/warren-tunnel/warren/messages"
 )
 
@@ -184,15 +185,10 @@ func TestEgressEmbeddedIPv4(t *testing.T) {
 
 // TestEgressChecksDialedAddress: a name that resolves to a refused address is refused.
 func TestEgressChecksDialedAddress(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	port := uint16(ln.Addr().(*net.TCPAddr).Port)
+	port := uint16(testutil.Listen(t).Addr().(*net.TCPAddr).Port)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	_, err = (&EgressPolicy{}).DialEgress(ctx, "tcp", "localhost", port, time.Second)
+	_, err := (&EgressPolicy{}).DialEgress(ctx, "tcp", "localhost", port, time.Second)
 	if ReplyCodeForDial(err) != messages.ReplyNotAllowed {
 		t.Fatalf("dial localhost: %v (code %d), want not allowed", err, ReplyCodeForDial(err))
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/warren-tunnel/warren/internal/testutil"
 )
 
 // chanHandler hands every flow to the test through channels.
@@ -48,38 +51,18 @@ func relayTCP(a, b net.Conn) {
 }
 
 // startHashServer runs a real TCP server on 127.0.0.1 that reads until EOF
-// and answers with sha256(received) followed by replyLen pattern bytes.
+// and answers with sha256(received) followed by replyLen payload bytes (seed 7).
 func startHashServer(t *testing.T, replyLen int64) netip.AddrPort {
 	t.Helper()
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(testTimeout))
-				h := sha256.New()
-				if _, err := io.Copy(h, c); err != nil {
-					return
-				}
-				_, _ = c.Write(h.Sum(nil))
-				_, _ = io.Copy(c, patternReader(7, replyLen))
-			}()
+	return testutil.Serve(t, func(c *net.TCPConn, _ <-chan struct{}) {
+		_ = c.SetDeadline(time.Now().Add(testTimeout))
+		h := sha256.New()
+		if _, err := io.Copy(h, c); err != nil {
+			return
 		}
-	}()
-	return ln.Addr().(*net.TCPAddr).AddrPort()
+		_, _ = c.Write(h.Sum(nil))
+		_, _ = io.Copy(c, testutil.Payload(7, replyLen))
+	}).AddrPort()
 }
 
 func TestExitTCPAccept(t *testing.T) {
@@ -95,7 +78,7 @@ func TestExitTCPAccept(t *testing.T) {
 			const size = 4 << 20
 			relayed := make(chan error, 1)
 			go func() {
-				f, ok := recv(h.tcp)
+				f, ok := testutil.Recv(h.tcp, testTimeout)
 				if !ok {
 					relayed <- errors.New("no flow")
 					return
@@ -136,21 +119,21 @@ func TestExitTCPAccept(t *testing.T) {
 			defer c.Close()
 			_ = c.SetDeadline(time.Now().Add(testTimeout))
 			go func() {
-				_, _ = io.Copy(c, patternReader(3, size))
+				_, _ = io.Copy(c, testutil.Payload(3, size))
 				_ = c.(closeWriter).CloseWrite()
 			}()
 			got, err := io.ReadAll(c)
 			if err != nil {
 				t.Fatal(err)
 			}
-			want := patternSum(3, size)
-			if len(got) != 32+1<<20 || !bytes.Equal(got[:32], want[:]) {
-				t.Fatalf("got %d bytes, hash %x; want %d, %x", len(got), got[:min(32, len(got))], 32+1<<20, want)
+			want := testutil.PayloadSum(3, size)
+			if len(got) != 32+1<<20 || hex.EncodeToString(got[:32]) != want {
+				t.Fatalf("got %d bytes, hash %x; want %d, %s", len(got), got[:min(32, len(got))], 32+1<<20, want)
 			}
-			if sha256.Sum256(got[32:]) != patternSum(7, 1<<20) {
+			if sum, _, _ := testutil.Sum(bytes.NewReader(got[32:])); sum != testutil.PayloadSum(7, 1<<20) {
 				t.Error("reply payload hash mismatch")
 			}
-			if err := waitFor(t, relayed, "relay"); err != nil {
+			if err := testutil.Await(t, relayed, testTimeout, "relay"); err != nil {
 				t.Fatal(err)
 			}
 		})
@@ -161,7 +144,7 @@ func TestExitTCPReject(t *testing.T) {
 	h := newChanHandler()
 	client, _ := newPair(t, Config{}, Config{Handler: h})
 	go func() {
-		f, ok := recv(h.tcp)
+		f, ok := testutil.Recv(h.tcp, testTimeout)
 		if !ok {
 			return
 		}
@@ -189,23 +172,7 @@ func TestExitTCPReject(t *testing.T) {
 
 // TestExitUDP forwards a UDP flow to a real echo server on 127.0.0.1.
 func TestExitUDP(t *testing.T) {
-	echo, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	echoDone := make(chan struct{})
-	go func() {
-		defer close(echoDone)
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := echo.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			_, _ = echo.WriteToUDPAddrPort(buf[:n], from)
-		}
-	}()
-	defer func() { echo.Close(); <-echoDone }()
+	echo := testutil.UDPEchoServer(t)
 
 	h := newChanHandler()
 	client, _ := newPair(t, Config{}, Config{Handler: h})
@@ -226,7 +193,7 @@ func TestExitUDP(t *testing.T) {
 	var flows int
 	handlerDone := make(chan error, 1)
 	go func() {
-		f, ok := recv(h.udp)
+		f, ok := testutil.Recv(h.udp, testTimeout)
 		if !ok {
 			handlerDone <- errors.New("no flow")
 			return
@@ -237,7 +204,7 @@ func TestExitUDP(t *testing.T) {
 			handlerDone <- errors.New("flow " + f.Src.String() + "->" + f.Dst.String())
 			return
 		}
-		up, err := net.DialUDP("udp4", nil, echo.LocalAddr().(*net.UDPAddr))
+		up, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(echo))
 		if err != nil {
 			f.Reject()
 			handlerDone <- err
@@ -289,7 +256,7 @@ func TestExitUDP(t *testing.T) {
 			got++
 		}
 	}
-	if err := waitFor(t, handlerDone, "handler"); err != nil {
+	if err := testutil.Await(t, handlerDone, testTimeout, "handler"); err != nil {
 		t.Fatal(err)
 	}
 	if got != count {
@@ -320,7 +287,7 @@ func TestExitUDPStash(t *testing.T) {
 	if _, err := c.Write([]byte{0}); err != nil {
 		t.Fatal(err)
 	}
-	f := waitFor(t, h.udp, "udp flow")
+	f := testutil.Await(t, h.udp, testTimeout, "udp flow")
 	for i := 1; i < 5; i++ {
 		if _, err := c.Write([]byte{byte(i)}); err != nil {
 			t.Fatal(err)
@@ -336,7 +303,7 @@ func TestExitUDPStash(t *testing.T) {
 	if _, err := ping.Write([]byte("ping")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, h.udp, "ping flow").Reject()
+	testutil.Await(t, h.udp, testTimeout, "ping flow").Reject()
 	conn, err := f.Accept()
 	if err != nil {
 		t.Fatal(err)
@@ -403,7 +370,7 @@ func TestLocalListenerWins(t *testing.T) {
 
 	// Port 7001 has no listener: the forwarder hands it to the handler.
 	go func() {
-		f, ok := recv(h.tcp)
+		f, ok := testutil.Recv(h.tcp, testTimeout)
 		if !ok {
 			return
 		}

@@ -2,20 +2,17 @@ package netstack
 
 import (
 	"bytes"
-	"crypto/rand"
-	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"io"
-	mrand "math/rand/v2"
 	"net"
 	"net/netip"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
-	"golang.org/x/crypto/curve25519"
 	"golang.zx2c4.com/wireguard/device"
+
+	"github.com/warren-tunnel/warren/internal/testutil"
 )
 
 func TestMain(m *testing.M) {
@@ -41,21 +38,6 @@ type wgNode struct {
 	pub   [32]byte
 }
 
-func newKeyPair(t testing.TB) (priv, pub [32]byte) {
-	t.Helper()
-	if _, err := rand.Read(priv[:]); err != nil {
-		t.Fatal(err)
-	}
-	priv[0] &= 248
-	priv[31] = (priv[31] & 127) | 64
-	p, err := curve25519.X25519(priv[:], curve25519.Basepoint)
-	if err != nil {
-		t.Fatal(err)
-	}
-	copy(pub[:], p)
-	return priv, pub
-}
-
 func testLogger(t testing.TB) *device.Logger {
 	return &device.Logger{
 		Verbosef: device.DiscardLogf,
@@ -71,7 +53,7 @@ func newWGNode(t testing.TB, cfg Config) *wgNode {
 		t.Fatal(err)
 	}
 	n := &wgNode{stack: s, bind: NewBind(netip.MustParseAddr("127.0.0.1"))}
-	n.priv, n.pub = newKeyPair(t)
+	n.priv, n.pub = testutil.KeyPair(t)
 	n.dev = device.NewDevice(s, n.bind, testLogger(t))
 	t.Cleanup(n.dev.Close)
 	if err := n.dev.IpcSet(fmt.Sprintf("private_key=%s\nlisten_port=0\n", hex.EncodeToString(n.priv[:]))); err != nil {
@@ -112,49 +94,6 @@ func newPair(t testing.TB, clientCfg, exitCfg Config) (client, exit *wgNode) {
 	client.addPeer(t, exit, "0.0.0.0/0", "::/0")
 	exit.addPeer(t, client, clientAddr.String()+"/32", clientAddr6.String()+"/128")
 	return client, exit
-}
-
-// patternReader yields n deterministic pseudo-random bytes.
-func patternReader(seed uint64, n int64) io.Reader {
-	return io.LimitReader(&chachaReader{r: mrand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8), 1})}, n)
-}
-
-type chachaReader struct{ r *mrand.ChaCha8 }
-
-func (c *chachaReader) Read(p []byte) (int, error) { return c.r.Read(p) }
-
-func patternSum(seed uint64, n int64) [32]byte {
-	h := sha256.New()
-	if _, err := io.Copy(h, patternReader(seed, n)); err != nil {
-		panic(err)
-	}
-	var s [32]byte
-	h.Sum(s[:0])
-	return s
-}
-
-// waitFor receives from ch or fails the test after testTimeout.
-func waitFor[T any](t testing.TB, ch <-chan T, what string) T {
-	t.Helper()
-	select {
-	case v := <-ch:
-		return v
-	case <-time.After(testTimeout):
-		t.Fatalf("timed out waiting for %s", what)
-		var zero T
-		return zero
-	}
-}
-
-// recv receives from ch within testTimeout; usable off the test goroutine.
-func recv[T any](ch <-chan T) (T, bool) {
-	select {
-	case v := <-ch:
-		return v, true
-	case <-time.After(testTimeout):
-		var zero T
-		return zero, false
-	}
 }
 
 // udpRoundTrip sends msg on c and expects want back. UDP may drop, so it resends up to 5 times,

@@ -4,12 +4,15 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"fmt"
 	"io"
 	mrand "math/rand/v2"
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/warren-tunnel/warren/internal/testutil"
 )
 
 type closeWriter interface{ CloseWrite() error }
@@ -54,7 +57,7 @@ func testTCPBothWays(t *testing.T, client, exit *wgNode, server netip.Addr, size
 		defer c.Close()
 		wrote := make(chan error, 1)
 		go func() {
-			_, err := io.Copy(c, patternReader(2, size))
+			_, err := io.Copy(c, testutil.Payload(2, size))
 			wrote <- err
 		}()
 		h := sha256.New()
@@ -84,7 +87,7 @@ func testTCPBothWays(t *testing.T, client, exit *wgNode, server netip.Addr, size
 	_ = c.SetDeadline(time.Now().Add(testTimeout))
 	sent := make(chan error, 1)
 	go func() {
-		_, err := io.Copy(c, patternReader(1, size))
+		_, err := io.Copy(c, testutil.Payload(1, size))
 		if err == nil {
 			err = c.(closeWriter).CloseWrite()
 		}
@@ -102,19 +105,19 @@ func testTCPBothWays(t *testing.T, client, exit *wgNode, server netip.Addr, size
 	if _, err := c.Read(make([]byte, 1)); err != io.EOF {
 		t.Fatalf("after reply: %v, want EOF", err)
 	}
-	if err := waitFor(t, sent, "client send"); err != nil {
+	if err := testutil.Await(t, sent, testTimeout, "client send"); err != nil {
 		t.Fatal(err)
 	}
-	r := waitFor(t, srvDone, "server")
+	r := testutil.Await(t, srvDone, testTimeout, "server")
 	if r.err != nil {
 		t.Fatal(r.err)
 	}
-	want1, want2 := patternSum(1, size), patternSum(2, size)
-	if r.got != want1 || reply != want1 {
-		t.Errorf("client->server sha256 mismatch: server saw %x, replied %x, want %x", r.got, reply, want1)
+	want1, want2 := testutil.PayloadSum(1, size), testutil.PayloadSum(2, size)
+	if hex.EncodeToString(r.got[:]) != want1 || hex.EncodeToString(reply[:]) != want1 {
+		t.Errorf("client->server sha256 mismatch: server saw %x, replied %x, want %s", r.got, reply, want1)
 	}
-	if got := [32]byte(h.Sum(nil)); got != want2 {
-		t.Errorf("server->client sha256 = %x, want %x", got, want2)
+	if got := hex.EncodeToString(h.Sum(nil)); got != want2 {
+		t.Errorf("server->client sha256 = %s, want %s", got, want2)
 	}
 }
 
@@ -174,7 +177,7 @@ func TestUDPBothWays(t *testing.T) {
 	if got != count {
 		t.Errorf("client got %d replies, want %d", got, count)
 	}
-	if seen := waitFor(t, srvDone, "server"); seen != count {
+	if seen := testutil.Await(t, srvDone, testTimeout, "server"); seen != count {
 		t.Errorf("server saw %d distinct datagrams, want %d", seen, count)
 	}
 }

@@ -18,6 +18,7 @@ import (
 
 	xproxy "golang.org/x/net/proxy"
 
+	"github.com/warren-tunnel/warren/internal/testutil"
 	"github.com/warren-tunnel/warren/messages"
 )
 
@@ -41,7 +42,7 @@ func noPassword(t *testing.T, err error) {
 }
 
 func TestSOCKS5Auth(t *testing.T) {
-	data := dataServer(t, "tcp", "127.0.0.1:0")
+	data := dataServer(t, "127.0.0.1:0")
 	d := &dialer{}
 	h := startHarness(t, &harness{kind: SOCKS5, dial: d.dial, opts: Options{Auth: testAuth}})
 	dialVia := func(auth *xproxy.Auth) (net.Conn, error) {
@@ -49,7 +50,7 @@ func TestSOCKS5Auth(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return sd.(xproxy.ContextDialer).DialContext(context.Background(), "tcp", data.Addr().String())
+		return sd.(xproxy.ContextDialer).DialContext(context.Background(), "tcp", data.Addr())
 	}
 
 	t.Run("x-net-proxy", func(t *testing.T) {
@@ -59,7 +60,7 @@ func TestSOCKS5Auth(t *testing.T) {
 		}
 		defer c.Close()
 		exchange(t, c)
-		if r := h.result(t); r.err != nil || r.s.Target.Port != port(t, data) {
+		if r := h.result(t); r.err != nil || r.s.Target.Port != data.Port() {
 			t.Fatalf("handshake %+v", r)
 		}
 	})
@@ -94,7 +95,7 @@ func TestSOCKS5Auth(t *testing.T) {
 		}
 	})
 
-	req := socksReq(cmdConnect, atypIPv4, []byte{127, 0, 0, 1}, port(t, echoServer(t)))
+	req := socksReq(cmdConnect, atypIPv4, []byte{127, 0, 0, 1}, testutil.EchoServer(t).Port())
 	cases := []struct {
 		name  string
 		msg   []byte
@@ -213,9 +214,9 @@ func TestHTTPAuth(t *testing.T) {
 		}
 	}
 	t.Run("connect", func(t *testing.T) {
-		echo := echoServer(t)
+		echo := testutil.EchoServer(t)
 		c := dialTCP(t, h.addr())
-		a := echo.Addr().String()
+		a := echo.Addr()
 		io.WriteString(c, "CONNECT "+a+" HTTP/1.1\r\nHost: "+a+"\r\n"+basic(testUser, testPass)+"\r\nping")
 		want := connectEstablished + "ping"
 		got := make([]byte, len(want))
@@ -283,8 +284,8 @@ func TestHandshakeBudget(t *testing.T) {
 		}
 		return (&dialer{}).dial(ctx, tg)
 	}
-	echo := echoServer(t)
-	eport := port(t, echo)
+	echo := testutil.EchoServer(t)
+	eport := echo.Port()
 	cases := []struct {
 		name  string
 		kind  Kind

@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/warren-tunnel/warren/internal/testutil"
 	"github.com/warren-tunnel/warren/messages"
 )
 
@@ -25,7 +26,7 @@ func fuzzHandshake(f *testing.F, kind Kind, check func(t *testing.T, in, out []b
 		f.Fatal(err)
 	}
 	f.Cleanup(func() { ln.Close() })
-	sink := echoServer(f).Addr().String()
+	sink := testutil.EchoServer(f).Addr()
 	dial := func(ctx context.Context, t Target) (net.Conn, error) {
 		switch t.Port % 3 {
 		case 1:
@@ -203,7 +204,7 @@ func FuzzHTTPForward(f *testing.F) {
 	var dials atomic.Int32
 	dial := func(ctx context.Context, _ Target) (net.Conn, error) {
 		var d net.Dialer
-		c, err := d.DialContext(ctx, "tcp", o.ln.Addr().String())
+		c, err := d.DialContext(ctx, "tcp", o.srv.Addr())
 		if err == nil {
 			dials.Add(1)
 		}

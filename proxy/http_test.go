@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/warren-tunnel/warren/internal/testutil"
 	"github.com/warren-tunnel/warren/messages"
 )
 
@@ -189,9 +190,9 @@ func TestHTTPConnect(t *testing.T) {
 		checkSession(t, h, "CONNECT", target, false)
 	})
 	t.Run("raw-ipv4", func(t *testing.T) {
-		data := dataServer(t, "tcp", "127.0.0.1:0")
-		rawConnect(t, h, data.Addr().String())
-		checkSession(t, h, "CONNECT", Target{"127.0.0.1", port(t, data)}, false)
+		data := dataServer(t, "127.0.0.1:0")
+		rawConnect(t, h, data.Addr())
+		checkSession(t, h, "CONNECT", Target{"127.0.0.1", data.Port()}, false)
 	})
 	t.Run("raw-ipv6", func(t *testing.T) {
 		ln, err := net.Listen("tcp", "[::1]:0")
@@ -199,9 +200,9 @@ func TestHTTPConnect(t *testing.T) {
 			t.Skip("no IPv6 loopback")
 		}
 		ln.Close()
-		data := dataServer(t, "tcp", "[::1]:0")
-		rawConnect(t, h, data.Addr().String())
-		checkSession(t, h, "CONNECT", Target{"::1", port(t, data)}, false)
+		data := dataServer(t, "[::1]:0")
+		rawConnect(t, h, data.Addr())
+		checkSession(t, h, "CONNECT", Target{"::1", data.Port()}, false)
 	})
 }
 
@@ -218,10 +219,10 @@ func rawConnect(t *testing.T, h *harness, addr string) {
 }
 
 func TestHTTPConnectPipelined(t *testing.T) {
-	echo := echoServer(t)
+	echo := testutil.EchoServer(t)
 	h := startProxy(t, HTTP, (&dialer{}).dial)
 	c := dialTCP(t, h.addr())
-	a := echo.Addr().String()
+	a := echo.Addr()
 	// The bytes after the request arrive with it and sit in the proxy's bufio.Reader.
 	if _, err := io.WriteString(c, "CONNECT "+a+" HTTP/1.1\r\nHost: "+a+"\r\n\r\nhello"); err != nil {
 		t.Fatal(err)
@@ -390,7 +391,7 @@ func TestHTTPDialErrors(t *testing.T) {
 	}
 	t.Run("real-refused", func(t *testing.T) {
 		h := startProxy(t, HTTP, (&dialer{}).dial)
-		resp, _ := httpExchange(t, h, getReq("127.0.0.1:"+strconv.Itoa(int(freePort(t)))))
+		resp, _ := httpExchange(t, h, getReq("127.0.0.1:"+strconv.Itoa(int(testutil.ClosedAddr(t).Port()))))
 		if resp == nil || resp.StatusCode != 502 {
 			t.Fatalf("response %v, want 502", resp)
 		}
@@ -481,9 +482,9 @@ func TestHTTPMalformed(t *testing.T) {
 }
 
 func TestHTTPBadChunkedBody(t *testing.T) {
-	echo := echoServer(t)
+	echo := testutil.EchoServer(t)
 	h := startProxy(t, HTTP, (&dialer{}).dial)
-	resp, _ := httpExchange(t, h, "POST http://"+echo.Addr().String()+"/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+	resp, _ := httpExchange(t, h, "POST http://"+echo.Addr()+"/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
 	if resp == nil || resp.StatusCode != 400 {
 		t.Fatalf("response %v, want 400", resp)
 	}

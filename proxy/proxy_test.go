@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
@@ -20,6 +19,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/warren-tunnel/warren/internal/testutil"
 	"github.com/warren-tunnel/warren/messages"
 )
 
@@ -33,15 +33,9 @@ const testTimeout = 10 * time.Second
 const bigSize = 4 << 20
 
 var (
-	upData   = testData(1, bigSize)
-	downData = testData(2, bigSize)
+	upData   = testutil.PayloadBytes(1, bigSize)
+	downData = testutil.PayloadBytes(2, bigSize)
 )
-
-func testData(seed uint64, n int) []byte {
-	b := make([]byte, n)
-	rand.NewChaCha8([32]byte{byte(seed)}).Read(b)
-	return b
-}
 
 // codeErr is a dial error carrying a reply code, like the tunnel's.
 type codeErr messages.ReplyCode
@@ -182,25 +176,13 @@ func (h *harness) handle(c net.Conn) {
 // forwarded waits for the next ServeForward outcome.
 func (h *harness) forwarded(t testing.TB) error {
 	t.Helper()
-	select {
-	case err := <-h.forwards:
-		return err
-	case <-time.After(testTimeout):
-		t.Fatal("ServeForward did not return")
-		return nil
-	}
+	return testutil.Await(t, h.forwards, testTimeout, "ServeForward to return")
 }
 
 // result waits for the next handshake outcome.
 func (h *harness) result(t testing.TB) result {
 	t.Helper()
-	select {
-	case r := <-h.results:
-		return r
-	case <-time.After(testTimeout):
-		t.Fatal("no handshake result")
-		return result{}
-	}
+	return testutil.Await(t, h.results, testTimeout, "a handshake result")
 }
 
 func (h *harness) close() {
@@ -256,45 +238,25 @@ func lingerClose(c net.Conn) {
 
 // dataServer speaks a duplex test protocol: it reads an 8-byte length and that many bytes while
 // sending an 8-byte length and downData, then sends the sha256 of what it read.
-func dataServer(t testing.TB, network, addr string) net.Listener {
+func dataServer(t testing.TB, addr string) *testutil.Server {
 	t.Helper()
-	ln, err := net.Listen(network, addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
+	return testutil.ServeAt(t, addr, func(c *net.TCPConn, _ <-chan struct{}) {
+		c.SetDeadline(time.Now().Add(testTimeout))
+		sumc := make(chan []byte, 1)
+		go func() {
+			var n [8]byte
+			h := sha256.New()
+			if _, err := io.ReadFull(c, n[:]); err == nil {
+				io.CopyN(h, c, int64(binary.BigEndian.Uint64(n[:])))
 			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(testTimeout))
-				sumc := make(chan []byte, 1)
-				go func() {
-					var n [8]byte
-					h := sha256.New()
-					if _, err := io.ReadFull(c, n[:]); err == nil {
-						io.CopyN(h, c, int64(binary.BigEndian.Uint64(n[:])))
-					}
-					sumc <- h.Sum(nil)
-				}()
-				var n [8]byte
-				binary.BigEndian.PutUint64(n[:], uint64(len(downData)))
-				c.Write(n[:])
-				c.Write(downData)
-				c.Write(<-sumc)
-			}()
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	return ln
+			sumc <- h.Sum(nil)
+		}()
+		var n [8]byte
+		binary.BigEndian.PutUint64(n[:], uint64(len(downData)))
+		c.Write(n[:])
+		c.Write(downData)
+		c.Write(<-sumc)
+	})
 }
 
 // exchange runs the dataServer protocol over c, uploading upData, and checks both directions.
@@ -343,18 +305,6 @@ func dialTCP(t testing.TB, addr string) *net.TCPConn {
 	t.Cleanup(func() { c.Close() })
 	c.SetDeadline(time.Now().Add(testTimeout))
 	return c.(*net.TCPConn)
-}
-
-// freePort returns a 127.0.0.1 port nothing listens on.
-func freePort(t testing.TB) uint16 {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	return uint16(p)
 }
 
 func port(t testing.TB, ln net.Listener) uint16 {

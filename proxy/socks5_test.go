@@ -15,6 +15,7 @@ import (
 
 	xproxy "golang.org/x/net/proxy"
 
+	"github.com/warren-tunnel/warren/internal/testutil"
 	"github.com/warren-tunnel/warren/messages"
 )
 
@@ -53,14 +54,14 @@ func socksExchange(t *testing.T, h *harness, msg []byte) []byte {
 }
 
 func TestSOCKS5RealClient(t *testing.T) {
-	v4 := dataServer(t, "tcp", "127.0.0.1:0")
+	v4 := dataServer(t, "127.0.0.1:0")
 	d := &dialer{hosts: map[string]string{"example.test": "127.0.0.1"}}
 	h := startProxy(t, SOCKS5, d.dial)
 	sd, err := xproxy.SOCKS5("tcp", h.addr(), nil, &net.Dialer{Timeout: testTimeout})
 	if err != nil {
 		t.Fatal(err)
 	}
-	p4 := port(t, v4)
+	p4 := v4.Port()
 	cases := []struct {
 		name, addr string
 		want       Target
@@ -70,7 +71,7 @@ func TestSOCKS5RealClient(t *testing.T) {
 	}
 	if ln6, err := net.Listen("tcp", "[::1]:0"); err == nil {
 		ln6.Close()
-		p6 := port(t, dataServer(t, "tcp", "[::1]:0"))
+		p6 := dataServer(t, "[::1]:0").Port()
 		cases = append(cases, struct {
 			name, addr string
 			want       Target
@@ -100,41 +101,13 @@ func TestSOCKS5RealClient(t *testing.T) {
 	}
 }
 
-// echoServer echoes each connection until EOF.
-func echoServer(t testing.TB) net.Listener {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				io.Copy(c, c)
-				c.Close()
-			}()
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	return ln
-}
-
 func TestSOCKS5PipelinedAndBoundAddr(t *testing.T) {
-	echo := echoServer(t)
+	echo := testutil.EchoServer(t)
 	d := &dialer{}
 	h := startProxy(t, SOCKS5, d.dial)
 	c := dialTCP(t, h.addr())
 	// Greeting, request and data in one write: the data must reach upstream intact.
-	msg := cat(greetNoAuth, socksReq(cmdConnect, atypIPv4, []byte{127, 0, 0, 1}, port(t, echo)), []byte("hello"))
+	msg := cat(greetNoAuth, socksReq(cmdConnect, atypIPv4, []byte{127, 0, 0, 1}, echo.Port()), []byte("hello"))
 	if _, err := c.Write(msg); err != nil {
 		t.Fatal(err)
 	}
@@ -212,7 +185,7 @@ func TestSOCKS5DialErrors(t *testing.T) {
 	t.Run("real-refused", func(t *testing.T) {
 		d := &dialer{}
 		h := startProxy(t, SOCKS5, d.dial)
-		got := socksExchange(t, h, cat(greetNoAuth, socksReq(cmdConnect, atypIPv4, []byte{127, 0, 0, 1}, freePort(t))))
+		got := socksExchange(t, h, cat(greetNoAuth, socksReq(cmdConnect, atypIPv4, []byte{127, 0, 0, 1}, testutil.ClosedAddr(t).Port())))
 		if want := cat([]byte{5, 0}, failReply(messages.ReplyConnectionRefused)); !bytes.Equal(got, want) {
 			t.Fatalf("got % x, want % x", got, want)
 		}
@@ -356,7 +329,7 @@ func TestSOCKS5Refuse(t *testing.T) {
 // TestHandshakeDeadlineCleared relays after the handshake's ctx has expired: Handshake must
 // have cleared the client's deadline.
 func TestHandshakeDeadlineCleared(t *testing.T) {
-	data := dataServer(t, "tcp", "127.0.0.1:0")
+	data := dataServer(t, "127.0.0.1:0")
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -386,7 +359,7 @@ func TestHandshakeDeadlineCleared(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := sd.Dial("tcp", data.Addr().String())
+	c, err := sd.Dial("tcp", data.Addr())
 	if err != nil {
 		t.Fatal(err)
 	}

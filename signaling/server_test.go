@@ -2,7 +2,6 @@ package signaling
 
 import (
 	"errors"
-	"net"
 	"net/netip"
 	"strings"
 	"testing"
@@ -10,6 +9,8 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+
+	"github.com/warren-tunnel/warren/internal/testutil"
 )
 
 func startEmbedded(t *testing.T, o EmbeddedOptions) *server.Server {
@@ -111,11 +112,7 @@ func TestEmbeddedListenerLogin(t *testing.T) {
 
 // TestEmbeddedListenAddressInUse fails at once, with the system's reason.
 func TestEmbeddedListenAddressInUse(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
+	l := testutil.Listen(t)
 	start := time.Now()
 	s, err := StartEmbedded(EmbeddedOptions{Listen: netip.MustParseAddrPort(l.Addr().String()), Ready: 5 * time.Second})
 	if err == nil {

@@ -2,36 +2,13 @@ package test
 
 import (
 	"encoding/binary"
-	"io"
 	"net"
 	"testing"
 
 	"golang.org/x/net/proxy"
-)
 
-// sinkServer accepts TCP connections on 127.0.0.1, discards what arrives and, at EOF, answers with
-// the byte count (8 bytes, big endian).
-func sinkServer(tb testing.TB) net.Listener {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				n, _ := io.Copy(io.Discard, c)
-				_ = binary.Write(c, binary.BigEndian, n)
-			}()
-		}
-	}()
-	tb.Cleanup(func() { ln.Close() })
-	return ln
-}
+	"github.com/warren-tunnel/warren/internal/testutil"
+)
 
 // pushThrough writes chunks×chunk bytes on c, half-closes, and checks the sink's count.
 func pushThrough(tb testing.TB, c net.Conn, chunks int, chunk []byte) {
@@ -55,7 +32,7 @@ func pushThrough(tb testing.TB, c net.Conn, chunks int, chunk []byte) {
 // BenchmarkTunnelThroughput: bulk TCP upload through SOCKS5 → tunnel → exit → sink on 127.0.0.1,
 // MTU 1420 on both devices. Compare with BenchmarkNetstackBaseline (two bare devices).
 func BenchmarkTunnelThroughput(b *testing.B) {
-	sink := sinkServer(b)
+	sink := testutil.SinkServer(b)
 	e := startExitEngine(b, "bench", nil)
 	tun := openTunnel(b, e, "bench")
 	d, err := proxy.SOCKS5("tcp", tun.SOCKSAddr(), nil, proxy.Direct)
@@ -66,7 +43,7 @@ func BenchmarkTunnelThroughput(b *testing.B) {
 	for i := range chunk {
 		chunk[i] = byte(i * 7)
 	}
-	c, err := d.Dial("tcp", sink.Addr().String())
+	c, err := d.Dial("tcp", sink.Addr())
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -25,7 +25,7 @@ func fdCount(t testing.TB) int {
 func TestReconfigureKeepsProxyPort(t *testing.T) {
 	srv, _ := slowServer(t)
 	e := startExitEngine(t, "reconf", nil)
-	tun := openSpec(t, e, engine.TunnelSpec{Exit: "reconf"})
+	tun := openTunnelSpec(t, e, engine.TunnelSpec{Exit: "reconf"})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	before, _ := tun.Info(ctx)
@@ -57,13 +57,13 @@ func TestLifecycleChurn(t *testing.T) {
 	b := startExitEngine(t, "churn-b", func(c *engine.Config) { c.NATS.URLs = []string{a.NATSURL()} })
 	_ = b
 	// Warm up once so lazily started goroutines (pools, timers) are part of the baseline.
-	warm := openSpec(t, a, engine.TunnelSpec{Exit: "churn-a"})
+	warm := openTunnelSpec(t, a, engine.TunnelSpec{Exit: "churn-a"})
 	_ = slowDownload(socksClient(t, warm), srv.URL, 1, 16<<10, 10)
 	_ = warm.Close(context.Background())
 	srv.CloseClientConnections()
 	baseG, baseFD, baseStacks := runtime.NumGoroutine(), fdCount(t), netstack.LiveStacks()
 
-	tun := openSpec(t, a, engine.TunnelSpec{Exit: "churn-a", DrainTimeout: engine.Duration(200 * time.Millisecond)})
+	tun := openTunnelSpec(t, a, engine.TunnelSpec{Exit: "churn-a", DrainTimeout: engine.Duration(200 * time.Millisecond)})
 	exits := []string{"churn-a", "churn-b"}
 	cur := 0
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -92,7 +92,7 @@ func TestLifecycleChurn(t *testing.T) {
 			}
 			wg.Wait()
 		case 2: // close a second tunnel with traffic in flight, drained
-			other := openSpec(t, a, engine.TunnelSpec{Exit: exits[1-cur], DrainTimeout: engine.Duration(200 * time.Millisecond)})
+			other := openTunnelSpec(t, a, engine.TunnelSpec{Exit: exits[1-cur], DrainTimeout: engine.Duration(200 * time.Millisecond)})
 			oc := socksClient(t, other)
 			var oerr error
 			wg.Add(1)

@@ -6,6 +6,7 @@ package test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"syscall"
@@ -13,27 +14,16 @@ import (
 	"time"
 
 	"github.com/warren-tunnel/warren/engine"
+	"github.com/warren-tunnel/warren/internal/testutil"
 	"github.com/warren-tunnel/warren/messages"
 )
 
 // waitTunnelState waits for the tunnel's transition into state on e.Events().
 func waitTunnelState(t testing.TB, e *engine.Engine, tunnelID string, to messages.TunnelState) {
 	t.Helper()
-	deadline := time.NewTimer(pollFor)
-	defer deadline.Stop()
-	for {
-		select {
-		case ev, ok := <-e.Events():
-			if !ok {
-				t.Fatalf("events closed before tunnel %s went %s", tunnelID, to)
-			}
-			if ev.Kind == engine.EventTunnelState && ev.Tunnel == tunnelID && ev.To == to {
-				return
-			}
-		case <-deadline.C:
-			t.Fatalf("tunnel %s did not go %s within %v", tunnelID, to, pollFor)
-		}
-	}
+	testutil.AwaitMatch(t, e.Events(), pollFor, fmt.Sprintf("tunnel %s to go %s", tunnelID, to), func(ev engine.Event) bool {
+		return ev.Kind == engine.EventTunnelState && ev.Tunnel == tunnelID && ev.To == to
+	})
 }
 
 // TestConnReasonDrainTimeout: Tunnel.Close drains. New connections are refused at once; one that
@@ -241,7 +231,7 @@ func TestConnReasonEngineShutdown(t *testing.T) {
 		// The client's goodbye should release the session on the exit at once, ending its side of
 		// the connection (TestEngineCloseReleasesExitSessions allows 2 s after a graceful close).
 		var d messages.ConnectionStats
-		ok := pollUntil(3*time.Second, func(ctx context.Context) bool {
+		ok := testutil.Until(3*time.Second, func(ctx context.Context) bool {
 			st, err := exitEng.Stats(ctx)
 			d = subStats(st.Exit, exitBase.Exit)
 			return err == nil && d.Ended >= 1 && d.Active == 0
@@ -260,20 +250,28 @@ func TestConnReasonEngineShutdown(t *testing.T) {
 
 // TestConnExitStatsCountProbes: the exit's connection stats count forwarded connections, not the
 // tunnels' liveness probes (one connect-protocol ping when a tunnel opens, then a UDP echo per
-// health interval while the data plane is quiet).
+// health interval while the data plane is quiet). The tunnel reaches its exit through a relay,
+// which counts the probes' echoes.
 func TestConnExitStatsCountProbes(t *testing.T) {
 	logs := newLogCapture()
-	env := newConnEnv(t, "probes", func(c *engine.Config) { c.Logger = logs.logger() }, func(s *engine.TunnelSpec) {
+	relay, listen := NewRelay(t), testutil.FreeUDPAddr(t)
+	env := newConnEnv(t, "probes", func(c *engine.Config) {
+		c.Logger = logs.logger()
+		c.Exit.Listen, c.Exit.Endpoint = listen.String(), relay.Addr().String()
+		relay.SetTarget(listen)
+	}, func(s *engine.TunnelSpec) {
 		s.Health = engine.HealthConfig{Interval: engine.Duration(100 * time.Millisecond)}
 	})
 	isPing := func(r logRecord) bool { return r.str("target") == "ping" }
-	outage(time.Second) // ten quiet health intervals: ten probes, each of which had to be answered
+	// Ten quiet health intervals: ten probes, each of which had to be answered.
+	base := relay.FromExit.Load()
+	waitFor(t, pollFor, "ten probe echoes from the exit", func() bool { return relay.FromExit.Load()-base >= 10 })
 	info, err := env.tun.Info(context.Background())
 	if err != nil || info.State != messages.StateUp || info.Reconnects != 0 {
 		t.Fatalf("a quiet tunnel did not stay up on its probes: %+v, %v", info, err)
 	}
 	st := settled(t, env.e)
-	t.Logf("%d pings logged; exit stats %s", len(logs.ended(isPing)), fmtStats(st.Exit))
+	t.Logf("%d pings logged, %d datagrams from the exit; exit stats %s", len(logs.ended(isPing)), relay.FromExit.Load()-base, fmtStats(st.Exit))
 	if st.Exit.Opened != 0 {
 		t.Errorf("exit opened %d connections, want 0", st.Exit.Opened)
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/warren-tunnel/warren/engine"
+	"github.com/warren-tunnel/warren/internal/testutil"
 )
 
 // received is what a destination got before EOF.
@@ -23,14 +24,14 @@ type received struct {
 // payload (seed, n) and closes.
 func requestResponseHandler(got chan<- received, seed uint64, n int64) func(*net.TCPConn, <-chan struct{}) {
 	return func(c *net.TCPConn, done <-chan struct{}) {
-		sum, m, err := sumOf(c)
+		sum, m, err := testutil.Sum(c)
 		select {
 		case got <- received{sum, m, err}:
 		case <-done:
 			return
 		}
 		if err == nil {
-			_, _ = io.Copy(c, payload(seed, n))
+			_, _ = io.Copy(c, testutil.Payload(seed, n))
 		}
 	}
 }
@@ -40,21 +41,17 @@ func requestResponseHandler(got chan<- received, seed uint64, n int64) func(*net
 func upDown(t testing.TB, c *net.TCPConn, got <-chan received, upSeed uint64, up int64) (string, int64) {
 	t.Helper()
 	_ = c.SetDeadline(time.Now().Add(time.Minute))
-	if _, err := io.Copy(c, payload(upSeed, up)); err != nil {
+	if _, err := io.Copy(c, testutil.Payload(upSeed, up)); err != nil {
 		t.Fatalf("upload: %v", err)
 	}
 	if err := c.CloseWrite(); err != nil {
 		t.Fatalf("CloseWrite: %v", err)
 	}
-	select {
-	case r := <-got:
-		if r.err != nil || r.n != up || r.sum != expectedSum(upSeed, up) {
-			t.Fatalf("destination received %d bytes sha256 %s (%v), want %d bytes sha256 %s", r.n, r.sum, r.err, up, expectedSum(upSeed, up))
-		}
-	case <-time.After(time.Minute):
-		t.Fatal("destination did not receive the request's EOF")
+	r := testutil.Await(t, got, time.Minute, "the destination to receive the request's EOF")
+	if r.err != nil || r.n != up || r.sum != testutil.PayloadSum(upSeed, up) {
+		t.Fatalf("destination received %d bytes sha256 %s (%v), want %d bytes sha256 %s", r.n, r.sum, r.err, up, testutil.PayloadSum(upSeed, up))
 	}
-	sum, n, err := sumOf(c)
+	sum, n, err := testutil.Sum(c)
 	if err != nil {
 		t.Fatalf("download after %d bytes: %v", n, err)
 	}
@@ -72,8 +69,8 @@ func TestConnHalfCloseRoundTrip(t *testing.T) {
 	c := mustSocks(t, env.tun.SOCKSAddr(), dst.Addr())
 	defer c.Close()
 	sum, n := upDown(t, c, got, 41, up)
-	if n != down || sum != expectedSum(42, down) {
-		t.Fatalf("client received %d bytes sha256 %s, want %d bytes sha256 %s", n, sum, down, expectedSum(42, down))
+	if n != down || sum != testutil.PayloadSum(42, down) {
+		t.Fatalf("client received %d bytes sha256 %s, want %d bytes sha256 %s", n, sum, down, testutil.PayloadSum(42, down))
 	}
 	c.Close()
 	st := env.tunnelStats(t, 1)
@@ -114,7 +111,7 @@ func TestConnGracefulThenForced(t *testing.T) {
 	st := env.tunnelStats(t, 1)
 	endAt := time.Now()
 	wantEnds(t, "client", st, 1, ec{rInactivity: 1}, ec{rInactivity: 1})
-	if !pollUntil(pollFor, func(context.Context) bool { s, err := tcpState(c); return err == nil && s == tcpStateClose }) {
+	if !testutil.Until(pollFor, func(context.Context) bool { s, err := tcpState(c); return err == nil && s == tcpStateClose }) {
 		s, err := tcpState(c)
 		t.Errorf("client socket state %d (%v) after the grace period, want CLOSE (%d): reset", s, err, tcpStateClose)
 	}
@@ -141,8 +138,8 @@ func TestConnLogByteCounts(t *testing.T) {
 	c := mustSocks(t, env.tun.SOCKSAddr(), dst.Addr())
 	defer c.Close()
 	sum, n := upDown(t, c, got, 51, up)
-	if n != down || sum != expectedSum(52, down) {
-		t.Fatalf("client received %d bytes sha256 %s, want %d bytes sha256 %s", n, sum, down, expectedSum(52, down))
+	if n != down || sum != testutil.PayloadSum(52, down) {
+		t.Fatalf("client received %d bytes sha256 %s, want %d bytes sha256 %s", n, sum, down, testutil.PayloadSum(52, down))
 	}
 	c.Close()
 	for _, r := range []string{"client", "exit"} {

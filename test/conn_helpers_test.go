@@ -24,13 +24,12 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/warren-tunnel/warren/engine"
+	"github.com/warren-tunnel/warren/internal/testutil"
 	"github.com/warren-tunnel/warren/messages"
 )
 
-const (
-	pollEvery = 10 * time.Millisecond // stats and state polling interval
-	pollFor   = 10 * time.Second      // how long an expected event may take to show
-)
+// pollFor is how long an expected event may take to show.
+const pollFor = 10 * time.Second
 
 // connEnv is an exit engine with one client tunnel to itself.
 type connEnv struct {
@@ -50,55 +49,21 @@ func newConnEnv(t testing.TB, exitID string, exit func(*engine.Config), spec fun
 	return &connEnv{e: e, tun: openTunnelSpec(t, e, s)}
 }
 
-func openTunnelSpec(t testing.TB, e *engine.Engine, spec engine.TunnelSpec) *engine.Tunnel {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	tun, err := e.OpenTunnel(ctx, spec)
-	if err != nil {
-		t.Fatalf("OpenTunnel: %v", err)
-	}
-	return tun
-}
-
-// poll calls get every pollEvery until ok accepts its result, for at most pollFor.
+// poll calls get every testutil.Tick until ok accepts its result, for at most pollFor; a failure
+// shows the last value as fmtAny does.
 func poll[T any](t testing.TB, what string, get func(context.Context) (T, error), ok func(T) bool) T {
 	t.Helper()
-	deadline := time.Now().Add(pollFor)
-	tick := time.NewTicker(pollEvery)
-	defer tick.Stop()
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		v, err := get(ctx)
-		cancel()
-		if err == nil && ok(v) {
-			return v
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v; last: %s, err %v", what, pollFor, fmtAny(v), err)
-		}
-		<-tick.C
-	}
+	shownGet := func(ctx context.Context) (shown[T], error) { v, err := get(ctx); return shown[T]{v}, err }
+	return testutil.Poll(t, pollFor, what, shownGet, func(s shown[T]) bool { return ok(s.v) }).v
 }
 
-// pollUntil calls ok every pollEvery until it returns true (then true) or limit has passed (false).
-func pollUntil(limit time.Duration, ok func(context.Context) bool) bool {
-	deadline := time.Now().Add(limit)
-	tick := time.NewTicker(pollEvery)
-	defer tick.Stop()
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		done := ok(ctx)
-		cancel()
-		if done {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		<-tick.C
-	}
-}
+// waitFor polls cond every testutil.Tick until it holds, or fails the test after within.
+var waitFor = testutil.Eventually
+
+// shown prints a polled value with fmtAny.
+type shown[T any] struct{ v T }
+
+func (s shown[T]) String() string { return fmtAny(s.v) }
 
 func fmtAny(v any) string {
 	switch v := v.(type) {
@@ -261,14 +226,7 @@ func roundTrip(c net.Conn, msg string) error {
 	if _, err := io.WriteString(c, msg); err != nil {
 		return fmt.Errorf("write: %w", err)
 	}
-	buf := make([]byte, len(msg))
-	if _, err := io.ReadFull(c, buf); err != nil {
-		return fmt.Errorf("read echo: %w", err)
-	}
-	if string(buf) != msg {
-		return fmt.Errorf("echo %q, want %q", buf, msg)
-	}
-	return nil
+	return roundTripRead(c, msg)
 }
 
 // readUntilEnd reads and discards until an error, within limit; it returns the error (io.EOF for
@@ -283,88 +241,15 @@ func readUntilEnd(c net.Conn, limit time.Duration) (error, int64, time.Time) {
 	return err, n, time.Now()
 }
 
-// tcpServer is a TCP server on 127.0.0.1 running handle for each connection; Close (also at test
-// cleanup) closes the listener and every connection and waits for the handlers.
-type tcpServer struct {
-	ln    net.Listener
-	done  chan struct{}
-	wg    sync.WaitGroup
-	mu    sync.Mutex
-	conns map[net.Conn]struct{}
-	once  sync.Once
-}
-
-func startServer(t testing.TB, handle func(c *net.TCPConn, done <-chan struct{})) *tcpServer {
+// startServer runs handle for each connection to a TCP server on 127.0.0.1; it is closed, with
+// its connections, at the test's cleanup.
+func startServer(t testing.TB, handle testutil.Handler) *testutil.Server {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &tcpServer{ln: ln, done: make(chan struct{}), conns: map[net.Conn]struct{}{}}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			s.mu.Lock()
-			select {
-			case <-s.done:
-				s.mu.Unlock()
-				c.Close()
-				return
-			default:
-			}
-			s.conns[c] = struct{}{}
-			s.wg.Add(1)
-			s.mu.Unlock()
-			go func() {
-				defer s.wg.Done()
-				handle(c.(*net.TCPConn), s.done)
-				c.Close()
-				s.mu.Lock()
-				delete(s.conns, c)
-				s.mu.Unlock()
-			}()
-		}
-	}()
-	t.Cleanup(s.Close)
-	return s
+	return testutil.Serve(t, handle)
 }
 
-func (s *tcpServer) Addr() string { return s.ln.Addr().String() }
-
-func (s *tcpServer) Close() {
-	s.once.Do(func() {
-		s.mu.Lock()
-		close(s.done)
-		for c := range s.conns {
-			c.Close()
-		}
-		s.mu.Unlock()
-		s.ln.Close()
-		s.wg.Wait()
-	})
-}
-
-// echoHandler echoes until EOF, then closes. It copies with a buffer: io.Copy between TCP conns
-// splices through pipes that Go pools until a GC, which would show as open descriptors.
-func echoHandler(c *net.TCPConn, _ <-chan struct{}) {
-	buf := make([]byte, 4096)
-	for {
-		n, err := c.Read(buf)
-		if n > 0 {
-			if _, werr := c.Write(buf[:n]); werr != nil {
-				return
-			}
-		}
-		if err != nil {
-			return
-		}
-	}
-}
+// echoHandler echoes until EOF, then closes.
+var echoHandler = testutil.Echo
 
 // streamHandler writes until the connection fails (at most 4 GiB).
 func streamHandler(c *net.TCPConn, _ <-chan struct{}) {
@@ -374,18 +259,6 @@ func streamHandler(c *net.TCPConn, _ <-chan struct{}) {
 			return
 		}
 	}
-}
-
-// closedPort returns a loopback address nothing listens on.
-func closedPort(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
 }
 
 // tcpState is the kernel's TCP state of c (unix.BPF_TCP_* numbering: 7 close, 8 close-wait).

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/warren-tunnel/warren/engine"
+	"github.com/warren-tunnel/warren/internal/testutil"
 )
 
 // delayACKs turns c's quick-ACK mode off: the kernel delays ACKs (up to ~40 ms) unless it can
@@ -174,7 +175,7 @@ func TestConnKeepaliveNoFalsePositive(t *testing.T) {
 					return err
 				}
 				sent := time.Now()
-				ended := pollUntil(kaIdle+5*time.Second, func(context.Context) bool {
+				ended := testutil.Until(kaIdle+5*time.Second, func(context.Context) bool {
 					st, err := tcpState(c)
 					return err != nil || st != tcpStateEstablished
 				})

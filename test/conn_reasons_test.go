@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/warren-tunnel/warren/engine"
+	"github.com/warren-tunnel/warren/internal/testutil"
 	"github.com/warren-tunnel/warren/messages"
 )
 
@@ -332,7 +333,7 @@ func TestConnReasonPolicyDenied(t *testing.T) {
 // TestConnReasonDialFailed: nothing listens on the destination port.
 func TestConnReasonDialFailed(t *testing.T) {
 	env := newConnEnv(t, "dialfail", nil, nil)
-	refusedViaSOCKS(t, env, closedPort(t), socksConnRefused, rDialFailed)
+	refusedViaSOCKS(t, env, testutil.ClosedAddr(t).String(), socksConnRefused, rDialFailed)
 }
 
 // refusedViaSOCKS asks for target through env's SOCKS5 proxy, expects the reply code wantCode, and

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/net/proxy"
 
 	"github.com/warren-tunnel/warren/engine"
+	"github.com/warren-tunnel/warren/internal/testutil"
 	"github.com/warren-tunnel/warren/messages"
 )
 
@@ -39,18 +40,11 @@ func download(c *http.Client, base string, seed uint64, n int64) error {
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("status %s", resp.Status)
 	}
-	sum, got, err := sumOf(resp.Body)
-	if err != nil {
-		return fmt.Errorf("after %d bytes: %w", got, err)
-	}
-	if got != n || sum != expectedSum(seed, n) {
-		return fmt.Errorf("got %d bytes sha256 %s, want %d bytes sha256 %s", got, sum, n, expectedSum(seed, n))
-	}
-	return nil
+	return testutil.CheckPayload(resp.Body, seed, n)
 }
 
 func upload(c *http.Client, base string, seed uint64, n int64) error {
-	req, _ := http.NewRequest(http.MethodPost, base+"/sum", payload(seed, n))
+	req, _ := http.NewRequest(http.MethodPost, base+"/sum", testutil.Payload(seed, n))
 	req.ContentLength = n
 	resp, err := c.Do(req)
 	if err != nil {
@@ -58,7 +52,7 @@ func upload(c *http.Client, base string, seed uint64, n int64) error {
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
-	if want := fmt.Sprintf("%s %d", expectedSum(seed, n), n); string(body) != want {
+	if want := fmt.Sprintf("%s %d", testutil.PayloadSum(seed, n), n); string(body) != want {
 		return fmt.Errorf("server received %q, want %q", body, want)
 	}
 	return nil

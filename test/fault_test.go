@@ -2,9 +2,7 @@ package test
 
 import (
 	"context"
-	"fmt"
 	"net"
-	"net/url"
 	"testing"
 	"time"
 
@@ -12,6 +10,7 @@ import (
 	natstest "github.com/nats-io/nats-server/v2/test"
 
 	"github.com/warren-tunnel/warren/engine"
+	"github.com/warren-tunnel/warren/internal/testutil"
 	"github.com/warren-tunnel/warren/messages"
 )
 
@@ -195,157 +194,15 @@ func fastHealth() engine.HealthConfig {
 		BackoffMin: engine.Duration(100 * time.Millisecond), BackoffMax: engine.Duration(500 * time.Millisecond)}
 }
 
-// outage holds a fault for a scenario's length: it is the fault's duration, not a synchronisation.
-func outage(d time.Duration) { <-time.After(d) }
-
 // natsClient is a client engine's config on NATS server ns.
 func natsClient(ns *natsServer) engine.Config {
 	return engine.Config{NATS: engine.NATSConfig{URLs: []string{ns.URL()}}}
 }
 
-// awaitStarted waits for the slow server to have sent a response's headers.
-func awaitStarted(t testing.TB, started <-chan struct{}) {
-	t.Helper()
-	select {
-	case <-started:
-	case <-time.After(20 * time.Second):
-		t.Fatal("the download did not start")
-	}
-}
-
-// TestSignalingOutageKeepsTunnelUp: NATS goes away for a while during a transfer, three times on
-// the same tunnel: each time the tunnel goes Degraded, never Reconnecting, the transfer completes
-// intact, and signaling comes back by itself (Up).
-func TestSignalingOutageKeepsTunnelUp(t *testing.T) {
-	srv, started := slowServer(t)
-	ns := startNATS(t, nil)
-	startExitEngine(t, "sig", func(c *engine.Config) { c.NATS.URLs = []string{ns.URL()} })
-	client := startEngine(t, natsClient(ns))
-	ev := watchTunnel(client)
-	tun := openSpec(t, client, engine.TunnelSpec{Exit: "sig", Health: fastHealth()})
-	ev.id = tun.ID()
-	bad := append([]messages.TunnelState{messages.StateReconnecting}, gone...)
-	for round := 1; round <= faultRounds; round++ {
-		done := make(chan error, 1)
-		go func() { done <- slowDownload(socksClient(t, tun), srv.URL, uint64(10+round), 2<<20, 2500) }()
-		awaitStarted(t, started)
-		stopped := time.Now()
-		ns.Stop()
-		deg := ev.await(t, 5*time.Second, messages.StateDegraded, bad...)
-		outage(time.Second) // NATS stays down while the transfer runs (30 s in the issue, shortened)
-		restarted := time.Now()
-		ns.Restart()
-		up := ev.await(t, 10*time.Second, messages.StateUp, bad...)
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Fatalf("round %d: transfer across the signaling outage: %v", round, err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Fatalf("round %d: transfer across the signaling outage did not end", round)
-		}
-		info, err := tun.Info(context.Background())
-		if err != nil || info.Reconnects != 0 || info.SOCKSAddr != tun.SOCKSAddr() {
-			t.Fatalf("round %d: after the outage: %+v, %v", round, info, err)
-		}
-		t.Logf("round %d: NATS down → degraded %v; NATS back → up %v", round, ms(since(stopped, deg)), ms(since(restarted, up)))
-	}
-	ev.none(t, bad...)
-}
-
-// TestNATSClusterFailover: the NATS node the client is connected to shuts down mid-transfer, three
-// times (the node comes back in between): the tunnel stays up, never reconnects, and signaling
-// moves to another node of the cluster each time.
-func TestNATSClusterFailover(t *testing.T) {
-	srv, started := slowServer(t)
-	cluster := func(routes string) func(*server.Options) {
-		return func(o *server.Options) {
-			o.Cluster.Name, o.Cluster.Host, o.Cluster.Port = "warren", "127.0.0.1", -1
-			if routes != "" {
-				o.Routes = server.RoutesFromStr(routes)
-			}
-		}
-	}
-	a := startNATS(t, cluster(""))
-	seed := fmt.Sprintf("nats://127.0.0.1:%d", a.srv.ClusterAddr().Port)
-	b := startNATS(t, cluster(seed))
-	c := startNATS(t, cluster(seed))
-	nodes := []*natsServer{a, b, c}
-	formed := func() bool {
-		for _, n := range nodes {
-			if n.srv.NumRoutes() < 2 {
-				return false
-			}
-		}
-		return true
-	}
-	waitFor(t, 10*time.Second, "the cluster to form", formed)
-	startExitEngine(t, "clustered", func(cfg *engine.Config) { cfg.NATS.URLs = []string{b.URL(), c.URL()} })
-	client := startEngine(t, engine.Config{NATS: engine.NATSConfig{URLs: []string{a.URL(), b.URL(), c.URL()}}})
-	ev := watchTunnel(client)
-	tun := openSpec(t, client, engine.TunnelSpec{Exit: "clustered", Health: fastHealth()})
-	ev.id = tun.ID()
-	bad := append([]messages.TunnelState{messages.StateReconnecting}, gone...)
-	for round := 1; round <= faultRounds; round++ {
-		done := make(chan error, 1)
-		go func() { done <- slowDownload(socksClient(t, tun), srv.URL, uint64(100+round), 1<<20, 1000) }()
-		awaitStarted(t, started)
-		// nats.go randomises the server list by default: shut down whichever node the client is on.
-		on := client.NATSConnectedURL()
-		var victim *natsServer
-		for _, n := range nodes {
-			if on != "" && mustHost(n.URL()) == mustHost(on) {
-				victim = n
-			}
-		}
-		if victim == nil {
-			t.Fatalf("round %d: client connected to %q, none of the nodes", round, on)
-		}
-		stopped := time.Now()
-		victim.Stop()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Fatalf("round %d: transfer across the node's shutdown: %v", round, err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Fatalf("round %d: transfer across the node's shutdown did not end", round)
-		}
-		waitFor(t, 10*time.Second, "the client to reconnect to another node", func() bool {
-			now := client.NATSConnectedURL()
-			return now != "" && mustHost(now) != mustHost(on)
-		})
-		moved := time.Since(stopped)
-		// Signaling works through the new node: a reconfigure negotiates a new session.
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		if err := tun.Reconfigure(ctx); err != nil {
-			cancel()
-			t.Fatalf("round %d: reconfigure after the node went away: %v", round, err)
-		}
-		info, _ := tun.Info(ctx)
-		cancel()
-		if info.Reconnects != 0 || info.State != messages.StateUp {
-			t.Fatalf("round %d: after failover: %+v", round, info)
-		}
-		ev.none(t, bad...)
-		t.Logf("round %d: node %s down; client on %s after %v", round, mustHost(on), mustHost(client.NATSConnectedURL()), ms(moved))
-		victim.Restart()
-		waitFor(t, 15*time.Second, "the cluster to form again", formed)
-	}
-}
-
-func mustHost(u string) string {
-	p, err := url.Parse(u)
-	if err != nil {
-		return u
-	}
-	return p.Host
-}
-
 // relayedExit starts an exit whose clients reach it through a relay the test controls.
 func relayedExit(t testing.TB, id string, natsURL string) (*engine.Engine, *Relay) {
 	relay := NewRelay(t)
-	listen := freeUDPPort(t)
+	listen := testutil.FreeUDPAddr(t)
 	e := startExitEngine(t, id, func(c *engine.Config) {
 		c.NATS.URLs = []string{natsURL}
 		c.Exit.Listen, c.Exit.Endpoint = listen.String(), relay.Addr().String()
@@ -363,7 +220,7 @@ func TestBlackholeReconnects(t *testing.T) {
 	_, relay := relayedExit(t, "holed", ns.URL())
 	client := startEngine(t, natsClient(ns))
 	ev := watchTunnel(client)
-	tun := openSpec(t, client, engine.TunnelSpec{Exit: "holed", Health: fastHealth(), HandshakeTimeout: engine.Duration(2 * time.Second)})
+	tun := openTunnelSpec(t, client, engine.TunnelSpec{Exit: "holed", Health: fastHealth(), HandshakeTimeout: engine.Duration(2 * time.Second)})
 	ev.id = tun.ID()
 	if err := slowDownload(socksClient(t, tun), srv.URL, 21, 64<<10, 10); err != nil {
 		t.Fatal(err)
@@ -401,7 +258,7 @@ func TestExitKilledAndRestarted(t *testing.T) {
 	x := startExitEngine(t, "phoenix", exitCfg)
 	client := startEngine(t, natsClient(ns))
 	ev := watchTunnel(client)
-	tun := openSpec(t, client, engine.TunnelSpec{Exit: "phoenix", Health: fastHealth(), HandshakeTimeout: engine.Duration(2 * time.Second)})
+	tun := openTunnelSpec(t, client, engine.TunnelSpec{Exit: "phoenix", Health: fastHealth(), HandshakeTimeout: engine.Duration(2 * time.Second)})
 	ev.id = tun.ID()
 	for round := 1; round <= faultRounds; round++ {
 		killed := time.Now()
@@ -423,109 +280,6 @@ func TestExitKilledAndRestarted(t *testing.T) {
 	}
 }
 
-// twoExits serves exits alt-a and alt-b, each restartable as itself, and a client tunnel on alt-a
-// with alt-b as its failover exit.
-type twoExits struct {
-	ids   [2]string
-	start func(i int) *engine.Engine
-	eng   [2]*engine.Engine
-	tun   *engine.Tunnel
-	ev    *tunnelEvents
-}
-
-func newTwoExits(t *testing.T, prefix string) *twoExits {
-	ns := startNATS(t, nil)
-	x := &twoExits{ids: [2]string{prefix + "-a", prefix + "-b"}}
-	_, a := newIdentitySeed(t)
-	_, b := newIdentitySeed(t)
-	idents := [2]string{a, b}
-	x.start = func(i int) *engine.Engine {
-		return startExitEngine(t, x.ids[i], func(c *engine.Config) {
-			c.NATS.URLs = []string{ns.URL()}
-			c.Identity = idents[i]
-		})
-	}
-	x.eng = [2]*engine.Engine{x.start(0), x.start(1)}
-	client := startEngine(t, natsClient(ns))
-	x.ev = watchTunnel(client)
-	x.tun = openSpec(t, client, engine.TunnelSpec{Exit: x.ids[0], Exits: []string{x.ids[1]}, Health: fastHealth()})
-	x.ev.id = x.tun.ID()
-	return x
-}
-
-// TestFailoverAlternatesOnKill: with two exits configured, the tunnel's exit dies without a word:
-// it fails over to the other in under 5 s (detection included). The dead exit is restarted, then
-// the other one dies, and so on: A, B, A killed on the same tunnel.
-func TestFailoverAlternatesOnKill(t *testing.T) {
-	srv, _ := slowServer(t)
-	x := newTwoExits(t, "fo")
-	on := 0
-	for round := 1; round <= faultRounds; round++ {
-		victim, other := on, 1-on
-		killed := time.Now()
-		x.eng[victim].Kill()
-		down := x.ev.await(t, 10*time.Second, messages.StateReconnecting, gone...)
-		up := x.ev.await(t, 10*time.Second, messages.StateUp, gone...)
-		detected, failedOver := since(killed, down), since(killed, up)
-		t.Logf("round %d: %s killed → reconnecting %v (%s); killed → up on the other %v (%s)",
-			round, x.ids[victim], ms(detected), down.Cause, ms(failedOver), up.Cause)
-		if detected > 5*time.Second || failedOver > 5*time.Second {
-			t.Errorf("round %d: dead exit detected after %v, failed over after %v, want both within 5 s", round, detected, failedOver)
-		}
-		healed(t, x.tun, x.ev, x.ids[other], round)
-		if err := slowDownload(socksClient(t, x.tun), srv.URL, uint64(40+round), 128<<10, 10); err != nil {
-			t.Fatalf("round %d: download after failover to %s: %v", round, x.ids[other], err)
-		}
-		if round < faultRounds {
-			x.eng[victim] = x.start(victim) // the same exit, as itself: the next failover goes back to it
-		}
-		on = other
-	}
-}
-
-// TestExitGoodbyeFailoverAlternates: with two exits configured, the tunnel's exit shuts down and
-// says goodbye: the tunnel fails over to the other in under 1 s. The exit is restarted, then the
-// other one shuts down, and so on, three times on the same tunnel.
-func TestExitGoodbyeFailoverAlternates(t *testing.T) {
-	srv, _ := slowServer(t)
-	x := newTwoExits(t, "bye")
-	on := 0
-	for round := 1; round <= faultRounds; round++ {
-		victim, other := on, 1-on
-		closed := make(chan error, 1)
-		said := time.Now()
-		go func(e *engine.Engine) {
-			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-			defer cancel()
-			closed <- e.Close(ctx)
-		}(x.eng[victim])
-		down := x.ev.await(t, 5*time.Second, messages.StateReconnecting, gone...)
-		up := x.ev.await(t, 5*time.Second, messages.StateUp, gone...)
-		graceful := since(said, up)
-		t.Logf("round %d: %s closed → reconnecting %v (%s); closed → up on the other %v (%s)",
-			round, x.ids[victim], ms(since(said, down)), down.Cause, ms(graceful), up.Cause)
-		if graceful > time.Second {
-			t.Errorf("round %d: failover after goodbye took %v, want under 1 s", round, graceful)
-		}
-		healed(t, x.tun, x.ev, x.ids[other], round)
-		if err := slowDownload(socksClient(t, x.tun), srv.URL, uint64(50+round), 128<<10, 10); err != nil {
-			t.Fatalf("round %d: download after failover to %s: %v", round, x.ids[other], err)
-		}
-		select {
-		case err := <-closed:
-			if err != nil {
-				t.Fatalf("round %d: exit %s Close: %v", round, x.ids[victim], err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Fatalf("round %d: exit %s Close did not return", round, x.ids[victim])
-		}
-		if round < faultRounds {
-			x.eng[victim] = x.start(victim)
-		}
-		on = other
-	}
-}
-
 // TestLossyPathStaysUp: a path that drops 3% of datagrams both ways is slow, not dead: the tunnel
 // must not reconnect, and a download still arrives intact.
 func TestLossyPathStaysUp(t *testing.T) {
@@ -534,7 +288,7 @@ func TestLossyPathStaysUp(t *testing.T) {
 	_, relay := relayedExit(t, "lossy", ns.URL())
 	client := startEngine(t, natsClient(ns))
 	ev := watchTunnel(client)
-	tun := openSpec(t, client, engine.TunnelSpec{Exit: "lossy", Health: fastHealth()})
+	tun := openTunnelSpec(t, client, engine.TunnelSpec{Exit: "lossy", Health: fastHealth()})
 	ev.id = tun.ID()
 	relay.Lossy(30)
 	if err := slowDownload(socksClient(t, tun), srv.URL, 51, 512<<10, 10); err != nil {
@@ -560,34 +314,20 @@ func TestExitReleasesSilentSessions(t *testing.T) {
 		c.Exit.SessionIdleTimeout = engine.Duration(1500 * time.Millisecond)
 	})
 	live := startEngine(t, engine.Config{NATS: engine.NATSConfig{URLs: []string{ns.URL()}}})
-	liveTun := openSpec(t, live, engine.TunnelSpec{Exit: "reaper"})
+	liveTun := openTunnelSpec(t, live, engine.TunnelSpec{Exit: "reaper"})
 	doomed := startEngine(t, engine.Config{NATS: engine.NATSConfig{URLs: []string{ns.URL()}}})
-	openSpec(t, doomed, engine.TunnelSpec{Exit: "reaper"})
+	openTunnelSpec(t, doomed, engine.TunnelSpec{Exit: "reaper"})
 	opened := map[string]bool{}
-	for len(opened) < 2 {
-		select {
-		case ev := <-exitEng.Events():
-			if ev.Kind == engine.EventSessionOpened {
-				opened[ev.Session] = true
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatal("sessions not opened")
+	testutil.AwaitMatch(t, exitEng.Events(), 10*time.Second, "both sessions to open", func(ev engine.Event) bool {
+		if ev.Kind == engine.EventSessionOpened {
+			opened[ev.Session] = true
 		}
-	}
+		return len(opened) == 2
+	})
 	doomed.Kill() // no goodbye
 	killed := time.Now()
-	var closed []string
-	deadline := time.After(10 * time.Second)
-	for len(closed) == 0 {
-		select {
-		case ev := <-exitEng.Events():
-			if ev.Kind == engine.EventSessionClosed {
-				closed = append(closed, ev.Session)
-			}
-		case <-deadline:
-			t.Fatal("the exit kept a dead client's session")
-		}
-	}
+	testutil.AwaitMatch(t, exitEng.Events(), 10*time.Second, "the exit to release the dead client's session",
+		func(ev engine.Event) bool { return ev.Kind == engine.EventSessionClosed })
 	released := time.Since(killed)
 	// The live tunnel idles past the timeout (the fault's duration): its session must stay.
 	idle := time.After(2 * time.Second)

@@ -90,9 +90,20 @@ func failOnPanics(t testing.TB, e *engine.Engine) {
 // openTunnel opens a tunnel from e to exitID with both proxies on random loopback ports.
 func openTunnel(t testing.TB, e *engine.Engine, exitID string) *engine.Tunnel {
 	t.Helper()
+	return openTunnelSpec(t, e, engine.TunnelSpec{Exit: exitID})
+}
+
+// openTunnelSpec opens a tunnel as spec says, within 20 s; with neither proxy given, both go on
+// random loopback ports, and the tunnel's UDP binds to 127.0.0.1.
+func openTunnelSpec(t testing.TB, e *engine.Engine, spec engine.TunnelSpec) *engine.Tunnel {
+	t.Helper()
+	if spec.SOCKS == "" && spec.HTTP == "" {
+		spec.SOCKS, spec.HTTP = "127.0.0.1:0", "127.0.0.1:0"
+	}
+	spec.UDPBind = "127.0.0.1"
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	tun, err := e.OpenTunnel(ctx, engine.TunnelSpec{Exit: exitID, SOCKS: "127.0.0.1:0", HTTP: "127.0.0.1:0", UDPBind: "127.0.0.1"})
+	tun, err := e.OpenTunnel(ctx, spec)
 	if err != nil {
 		t.Fatalf("OpenTunnel: %v", err)
 	}

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/warren-tunnel/warren/internal/testutil"
 )
 
 // TestCloseLeavesNothing runs a whole life — engine, exit, tunnel, traffic — and checks that
@@ -27,15 +29,5 @@ func TestCloseLeavesNothing(t *testing.T) {
 	if err := e.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.After(10 * time.Second)
-	for {
-		select {
-		case _, ok := <-e.Events():
-			if !ok {
-				return
-			}
-		case <-deadline:
-			t.Fatal("Events not closed after Close returned")
-		}
-	}
+	testutil.AwaitClosed(t, e.Events(), 10*time.Second, "Events to close after Close returned")
 }

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/warren-tunnel/warren/engine"
+	"github.com/warren-tunnel/warren/internal/testutil"
 	"github.com/warren-tunnel/warren/messages"
 )
 
@@ -34,7 +35,7 @@ func slowServer(t testing.TB) (*httptest.Server, chan struct{}) {
 		w.(http.Flusher).Flush()
 		started <- struct{}{}
 		const steps = 10
-		src := payload(seed, n)
+		src := testutil.Payload(seed, n)
 		tick := time.NewTicker(time.Duration(ms) * time.Millisecond / steps)
 		defer tick.Stop()
 		for i := range steps {
@@ -55,49 +56,19 @@ func slowServer(t testing.TB) (*httptest.Server, chan struct{}) {
 	return srv, started
 }
 
+// awaitStarted waits for the slow server to have sent a response's headers.
+func awaitStarted(t testing.TB, started <-chan struct{}) {
+	t.Helper()
+	testutil.Await(t, started, 20*time.Second, "the download to start")
+}
+
 func slowDownload(c *http.Client, base string, seed uint64, n int64, ms int) error {
 	resp, err := c.Get(fmt.Sprintf("%s/slow?seed=%d&n=%d&ms=%d", base, seed, n, ms))
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
-	sum, got, err := sumOf(resp.Body)
-	if err != nil {
-		return fmt.Errorf("after %d bytes: %w", got, err)
-	}
-	if got != n || sum != expectedSum(seed, n) {
-		return fmt.Errorf("got %d bytes, want %d (checksum match %v)", got, n, sum == expectedSum(seed, n))
-	}
-	return nil
-}
-
-func openSpec(t testing.TB, e *engine.Engine, spec engine.TunnelSpec) *engine.Tunnel {
-	t.Helper()
-	if spec.SOCKS == "" && spec.HTTP == "" {
-		spec.SOCKS, spec.HTTP = "127.0.0.1:0", "127.0.0.1:0"
-	}
-	spec.UDPBind = "127.0.0.1"
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	tun, err := e.OpenTunnel(ctx, spec)
-	if err != nil {
-		t.Fatalf("OpenTunnel: %v", err)
-	}
-	return tun
-}
-
-// waitFor polls cond every 5 ms until it holds or the deadline passes.
-func waitFor(t testing.TB, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", within, what)
-		}
-		<-tick.C
-	}
+	return testutil.CheckPayload(resp.Body, seed, n)
 }
 
 // TestCloseDrains: downloads shorter than the drain timeout finish intact while new connections are
@@ -105,14 +76,14 @@ func waitFor(t testing.TB, within time.Duration, what string, cond func() bool) 
 func TestCloseDrains(t *testing.T) {
 	srv, started := slowServer(t)
 	e := startExitEngine(t, "drain", nil)
-	tun := openSpec(t, e, engine.TunnelSpec{Exit: "drain", DrainTimeout: engine.Duration(3 * time.Second)})
+	tun := openTunnelSpec(t, e, engine.TunnelSpec{Exit: "drain", DrainTimeout: engine.Duration(3 * time.Second)})
 	client := socksClient(t, tun)
 	errs := make(chan error, 3)
 	for i := range 3 {
 		go func() { errs <- slowDownload(client, srv.URL, uint64(i+1), 1<<20, 600) }()
 	}
 	for range 3 {
-		<-started
+		awaitStarted(t, started)
 	}
 	closed := make(chan error, 1)
 	go func() { closed <- tun.Close(context.Background()) }()
@@ -137,9 +108,9 @@ func TestCloseDrains(t *testing.T) {
 	}
 
 	// A download longer than the drain timeout is ended with drain_timeout.
-	tun2 := openSpec(t, e, engine.TunnelSpec{Exit: "drain", DrainTimeout: engine.Duration(300 * time.Millisecond)})
+	tun2 := openTunnelSpec(t, e, engine.TunnelSpec{Exit: "drain", DrainTimeout: engine.Duration(300 * time.Millisecond)})
 	go func() { errs <- slowDownload(socksClient(t, tun2), srv.URL, 9, 1<<20, 10_000) }()
-	<-started
+	awaitStarted(t, started)
 	start := time.Now()
 	if err := tun2.Close(context.Background()); err != nil {
 		t.Fatal(err)
@@ -167,7 +138,7 @@ func TestCloseDrains(t *testing.T) {
 func TestCloseReturnsPromptly(t *testing.T) {
 	srv, started := slowServer(t)
 	e := startExitEngine(t, "prompt", nil)
-	tun := openSpec(t, e, engine.TunnelSpec{Exit: "prompt"})
+	tun := openTunnelSpec(t, e, engine.TunnelSpec{Exit: "prompt"})
 	start := time.Now()
 	if err := tun.Close(context.Background()); err != nil {
 		t.Fatal(err)
@@ -178,7 +149,7 @@ func TestCloseReturnsPromptly(t *testing.T) {
 		t.Errorf("close without connections took %v", idle)
 	}
 
-	tun = openSpec(t, e, engine.TunnelSpec{Exit: "prompt"})
+	tun = openTunnelSpec(t, e, engine.TunnelSpec{Exit: "prompt"})
 	var finished atomic.Int64
 	done := make(chan error, 1)
 	go func() {
@@ -186,7 +157,7 @@ func TestCloseReturnsPromptly(t *testing.T) {
 		finished.Store(time.Now().UnixNano())
 		done <- err
 	}()
-	<-started
+	awaitStarted(t, started)
 	start = time.Now()
 	if err := tun.Close(context.Background()); err != nil {
 		t.Fatal(err)
@@ -208,9 +179,9 @@ func TestGoodbyes(t *testing.T) {
 	srv, started := slowServer(t)
 	exitEng := startExitEngine(t, "bye", listenTCP)
 	client := startEngine(t, engine.Config{NATS: engine.NATSConfig{URLs: []string{exitEng.NATSURL()}}})
-	tun := openSpec(t, client, engine.TunnelSpec{Exit: "bye"})
+	tun := openTunnelSpec(t, client, engine.TunnelSpec{Exit: "bye"})
 	go func() { _ = slowDownload(socksClient(t, tun), srv.URL, 1, 1<<20, 10_000) }()
-	<-started
+	awaitStarted(t, started)
 	waitFor(t, 5*time.Second, "the exit's flow", func() bool {
 		st, _ := exitEng.Stats(context.Background())
 		return st.Exit.Active == 1
@@ -230,7 +201,7 @@ func TestGoodbyes(t *testing.T) {
 	}
 
 	// The exit shuts down: the client's tunnel leaves Up at once.
-	tun = openSpec(t, client, engine.TunnelSpec{Exit: "bye"})
+	tun = openTunnelSpec(t, client, engine.TunnelSpec{Exit: "bye"})
 	start = time.Now()
 	closeCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -278,7 +249,7 @@ func TestSwitchUnderLoad(t *testing.T) {
 	srv, _ := slowServer(t)
 	a := startExitEngine(t, "exit-a", listenTCP)
 	b := startExitEngine(t, "exit-b", func(c *engine.Config) { c.NATS.URLs = []string{a.NATSURL()} })
-	tun := openSpec(t, a, engine.TunnelSpec{Exit: "exit-a"})
+	tun := openTunnelSpec(t, a, engine.TunnelSpec{Exit: "exit-a"})
 	client := socksClient(t, tun)
 	var wg sync.WaitGroup
 	var failures atomic.Int64

@@ -230,7 +230,7 @@ func TestNATSWithTLSAndPermissions(t *testing.T) {
 
 	x := startExitEngine(t, "exit-1", func(c *engine.Config) { c.NATS = ns.natsConfig("exit-1", ns.exitPass) })
 	client := startEngine(t, engine.Config{Identity: ns.clientIdentity, NATS: ns.natsConfig("client-1", ns.clientPass)})
-	tun := openSpec(t, client, engine.TunnelSpec{Exit: "exit-1", Pins: map[string]string{"exit-1": x.ClientID()}})
+	tun := openTunnelSpec(t, client, engine.TunnelSpec{Exit: "exit-1", Pins: map[string]string{"exit-1": x.ClientID()}})
 	if err := download(socksClient(t, tun), web.URL, 7, 1<<20); err != nil {
 		t.Fatalf("download through the tunnel: %v", err)
 	}
@@ -327,7 +327,7 @@ func TestEmbeddedListenerWithLogin(t *testing.T) {
 		t.Errorf("the exit engine's own connection is to %q, want in-process", got)
 	}
 	client := startEngine(t, engine.Config{NATS: engine.NATSConfig{URLs: []string{u}, User: "warren", Password: "s3cret"}})
-	tun := openSpec(t, client, engine.TunnelSpec{Exit: "hub"})
+	tun := openTunnelSpec(t, client, engine.TunnelSpec{Exit: "hub"})
 	if err := download(socksClient(t, tun), web.URL, 3, 256<<10); err != nil {
 		t.Fatalf("download: %v", err)
 	}
@@ -357,7 +357,7 @@ func TestEmbeddedInProcessOnly(t *testing.T) {
 	if got := e.NATSConnectedURL(); got != signaling.InProcessURL {
 		t.Fatalf("connected to %q, want %s", got, signaling.InProcessURL)
 	}
-	tun := openSpec(t, e, engine.TunnelSpec{Exit: "solo"})
+	tun := openTunnelSpec(t, e, engine.TunnelSpec{Exit: "solo"})
 	if err := download(socksClient(t, tun), web.URL, 5, 256<<10); err != nil {
 		t.Fatalf("download: %v", err)
 	}

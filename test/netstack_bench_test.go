@@ -12,9 +12,9 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/crypto/curve25519"
 	"golang.zx2c4.com/wireguard/device"
 
+	"github.com/warren-tunnel/warren/internal/testutil"
 	"github.com/warren-tunnel/warren/netstack"
 )
 
@@ -36,18 +36,9 @@ func nsbNewNode(b *testing.B, addr netip.Addr) *nsbNode {
 	if err != nil {
 		b.Fatal(err)
 	}
-	var priv [32]byte
-	if _, err := rand.Read(priv[:]); err != nil {
-		b.Fatal(err)
-	}
-	priv[0] &= 248
-	priv[31] = (priv[31] & 127) | 64
-	pub, err := curve25519.X25519(priv[:], curve25519.Basepoint)
-	if err != nil {
-		b.Fatal(err)
-	}
 	n := &nsbNode{stack: s, bind: netstack.NewBind(netip.MustParseAddr("127.0.0.1"))}
-	copy(n.pub[:], pub)
+	priv, pub := testutil.KeyPair(b)
+	n.pub = pub
 	n.dev = device.NewDevice(s, n.bind, &device.Logger{
 		Verbosef: device.DiscardLogf,
 		Errorf:   func(f string, a ...any) { b.Logf("wireguard: "+f, a...) },
@@ -128,24 +119,10 @@ func BenchmarkNetstackBaseline(b *testing.B) {
 	b.SetBytes(nsbChunk)
 	b.ReportAllocs()
 	b.ResetTimer()
-	for range b.N {
-		if _, err := c.Write(chunk); err != nil {
-			b.Fatal(err)
-		}
-	}
-	if err := c.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
-		b.Fatal(err)
-	}
-	var got int64
-	if err := binary.Read(c, binary.BigEndian, &got); err != nil {
-		b.Fatal(err)
-	}
+	pushThrough(b, c, b.N, chunk) // the receiver's count is checked there
 	b.StopTimer()
 	if err := <-srvErr; err != nil {
 		b.Fatal(err)
-	}
-	if got != int64(b.N)*nsbChunk {
-		b.Fatalf("receiver counted %d bytes, want %d", got, int64(b.N)*nsbChunk)
 	}
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)

@@ -38,7 +38,7 @@ func TestProxyAuthentication(t *testing.T) {
 	defer srv.Close()
 	exitEng := startExitEngine(t, "auth-x", listenTCP)
 	client := startEngine(t, engine.Config{NATS: engine.NATSConfig{URLs: []string{exitEng.NATSURL()}}})
-	tun := openSpec(t, client, engine.TunnelSpec{Exit: "auth-x",
+	tun := openTunnelSpec(t, client, engine.TunnelSpec{Exit: "auth-x",
 		Auth: engine.ProxyAuth{Users: []engine.ProxyUser{{User: "alice", Password: "wonder"}}}})
 
 	socks := func(auth *proxy.Auth) *http.Client {
@@ -94,7 +94,7 @@ func TestStalledHandshakesCannotLockOut(t *testing.T) {
 	defer srv.Close()
 	exitEng := startExitEngine(t, "stall-x", listenTCP)
 	client := startEngine(t, engine.Config{NATS: engine.NATSConfig{URLs: []string{exitEng.NATSURL()}}})
-	tun := openSpec(t, client, engine.TunnelSpec{Exit: "stall-x", MaxConnections: 8,
+	tun := openTunnelSpec(t, client, engine.TunnelSpec{Exit: "stall-x", MaxConnections: 8,
 		Handshake: engine.HandshakeLimits{Timeout: engine.Duration(time.Minute), MaxPending: 16}})
 	opened := time.Now()
 	const stalled = 40
@@ -136,7 +136,7 @@ func TestStalledHandshakesCannotLockOut(t *testing.T) {
 func TestHandshakeTimeout(t *testing.T) {
 	exitEng := startExitEngine(t, "slow-x", listenTCP)
 	client := startEngine(t, engine.Config{NATS: engine.NATSConfig{URLs: []string{exitEng.NATSURL()}}})
-	tun := openSpec(t, client, engine.TunnelSpec{Exit: "slow-x", Handshake: engine.HandshakeLimits{Timeout: engine.Duration(300 * time.Millisecond)}})
+	tun := openTunnelSpec(t, client, engine.TunnelSpec{Exit: "slow-x", Handshake: engine.HandshakeLimits{Timeout: engine.Duration(300 * time.Millisecond)}})
 	for _, addr := range []string{tun.SOCKSAddr(), tun.HTTPAddr()} {
 		c, err := net.Dial("tcp", addr)
 		if err != nil {
@@ -170,7 +170,7 @@ func TestMaxConnectionsHoldsAcrossHandshakes(t *testing.T) {
 	defer srv.Close()
 	exitEng := startExitEngine(t, "max-x", listenTCP)
 	client := startEngine(t, engine.Config{NATS: engine.NATSConfig{URLs: []string{exitEng.NATSURL()}}})
-	tun := openSpec(t, client, engine.TunnelSpec{Exit: "max-x", MaxConnections: 2})
+	tun := openTunnelSpec(t, client, engine.TunnelSpec{Exit: "max-x", MaxConnections: 2})
 	origin, err := netip.ParseAddrPort(srv.Listener.Addr().String())
 	if err != nil {
 		t.Fatal(err)

@@ -13,15 +13,16 @@ import (
 // blackhole, make lossy, or restore. Point the exit's advertised endpoint (ExitConfig.Endpoint) at
 // Addr() and the relay at the exit's real UDP address; every client then goes through it.
 type Relay struct {
-	t      testing.TB
-	ln     *net.UDPConn
-	target atomic.Pointer[netip.AddrPort]
-	drop   atomic.Int64 // per mille of datagrams dropped, both ways; 1000 = blackhole
-	mu     sync.Mutex
-	ups    map[netip.AddrPort]*net.UDPConn // one upstream socket per client address
-	wg     sync.WaitGroup
-	closed atomic.Bool
-	Passed atomic.Int64 // datagrams forwarded
+	t        testing.TB
+	ln       *net.UDPConn
+	target   atomic.Pointer[netip.AddrPort]
+	drop     atomic.Int64 // per mille of datagrams dropped, both ways; 1000 = blackhole
+	mu       sync.Mutex
+	ups      map[netip.AddrPort]*net.UDPConn // one upstream socket per client address
+	wg       sync.WaitGroup
+	closed   atomic.Bool
+	Passed   atomic.Int64 // datagrams forwarded, both ways
+	FromExit atomic.Int64 // datagrams forwarded from the exit to a client
 }
 
 // NewRelay listens on 127.0.0.1 with a random port; it is closed at the test's end.
@@ -103,6 +104,7 @@ func (r *Relay) upstream(client netip.AddrPort) *net.UDPConn {
 			}
 			if _, err := r.ln.WriteToUDPAddrPort(buf[:n], client); err == nil {
 				r.Passed.Add(1)
+				r.FromExit.Add(1)
 			}
 		}
 	}()
@@ -121,14 +123,4 @@ func (r *Relay) Close() {
 	}
 	r.mu.Unlock()
 	r.wg.Wait()
-}
-
-// freeUDPPort finds a UDP port on 127.0.0.1 that is free right now.
-func freeUDPPort(t testing.TB) netip.AddrPort {
-	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	return c.LocalAddr().(*net.UDPAddr).AddrPort()
 }

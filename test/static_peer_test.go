@@ -15,6 +15,7 @@ import (
 	"golang.zx2c4.com/wireguard/device"
 
 	"github.com/warren-tunnel/warren/engine"
+	"github.com/warren-tunnel/warren/internal/testutil"
 	"github.com/warren-tunnel/warren/netstack"
 	"github.com/warren-tunnel/warren/signaling"
 )
@@ -78,22 +79,7 @@ func TestStaticPeerStandardWireGuard(t *testing.T) {
 	}
 
 	// UDP: datagrams to a real UDP echo server on 127.0.0.1 come back.
-	echo, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer echo.Close()
-	go func() {
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := echo.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			_, _ = echo.WriteToUDPAddrPort(buf[:n], from)
-		}
-	}()
-	uc, err := st.DialContext(ctx, "udp", echo.LocalAddr().(*net.UDPAddr).AddrPort())
+	uc, err := st.DialContext(ctx, "udp", testutil.UDPEchoServer(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,25 +2,20 @@ package main
 
 import (
 	"errors"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/warren-tunnel/warren/engine"
+	"github.com/warren-tunnel/warren/internal/testutil"
 )
 
 // TestRunRefusesClashingListens: listen addresses that clash across tunnels, a port out of range
 // and a host name are configuration errors naming the fields, and `engine run` exits 2 before it
 // binds anything (the address in use is never reached).
 func TestRunRefusesClashingListens(t *testing.T) {
-	busy, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer busy.Close()
-	addr := busy.Addr().String()
+	addr := testutil.Listen(t).Addr().String()
 	cases := map[string]struct {
 		yaml, field string
 		also        []string
