@@ -164,6 +164,10 @@ func (e *engineActor) running(ctx actor.Context) {
 	case *actor.Started:
 		e.signaling = ctx.Spawn(NewSignalingProps(e.cfg.Signaling))
 		ctx.Watch(e.signaling)
+	case *actor.Stopping:
+		// Stopped from outside (Engine.Kill) without a Shutdown: its children stop with it, and
+		// none of them is lost.
+		e.behavior.Become(e.killed)
 	case *StartEngine:
 		if e.cfg.Exit == nil {
 			ctx.Respond(&EngineStarted{Signaling: e.signaling})
@@ -239,6 +243,9 @@ func (e *engineActor) shuttingDown(ctx actor.Context) {
 		ctx.Respond(&ShutdownResponse{}) // the first caller still waits for the real end
 	}
 }
+
+// killed ignores everything: the engine is being stopped with its children.
+func (e *engineActor) killed(actor.Context) {}
 
 // exitLost: the exit stopped while the engine runs (it panicked; its devices released the sessions
 // as they stopped). A fresh exit with the same configuration takes over, so its clients (whose

@@ -142,17 +142,7 @@ func (t *tunnelActor) Receive(ctx actor.Context) {
 	case *actor.Stopping:
 		t.onStopping(ctx)
 	case *actor.Stopped:
-		// Everything is released now: only now do the opener (on failure), the waiter and closers hear back.
-		t.enter(ctx, messages.StateClosed, "released")
-		err := t.failErr
-		if err == nil {
-			err = fmt.Errorf("%w: before it came up", ErrTunnelClosed)
-		}
-		t.reply(ctx, err)
-		t.answerWaiter(ctx, fmt.Errorf("%w", ErrTunnelClosed))
-		for _, c := range t.closers {
-			ctx.Send(c, &messages.CloseTunnelResponse{})
-		}
+		t.onStopped(ctx)
 	case *messages.GetTunnelInfo:
 		ctx.Respond(&messages.TunnelInfoResponse{Info: t.snapshot()})
 	case *GetTunnelChildren:
@@ -169,14 +159,7 @@ func (t *tunnelActor) Receive(ctx actor.Context) {
 	case *connAdmit:
 		t.admit(ctx, m)
 	case *actor.Terminated:
-		switch l := t.legByPID(m.Who); {
-		case t.keepalive != nil && m.Who.Equal(t.keepalive):
-			if !t.stopping {
-				t.keepaliveLost(ctx)
-			}
-		case l != nil:
-			t.legTerminated(ctx, l)
-		}
+		t.childTerminated(ctx, m.Who)
 	case *legChanged:
 		t.legChanged(ctx, m)
 	case *legDrainExpired:

@@ -5,6 +5,7 @@ package actors
 // children stop after).
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -108,4 +109,19 @@ func reasonOr(r string) string {
 		return "closed by owner"
 	}
 	return r
+}
+
+// onStopped: everything is released now; only now do the opener (on failure), the waiter and the
+// closers hear back.
+func (t *tunnelActor) onStopped(ctx actor.Context) {
+	t.enter(ctx, messages.StateClosed, "released")
+	err := t.failErr
+	if err == nil {
+		err = fmt.Errorf("%w: before it came up", ErrTunnelClosed)
+	}
+	t.reply(ctx, err)
+	t.answerWaiter(ctx, fmt.Errorf("%w", ErrTunnelClosed))
+	for _, c := range t.closers {
+		ctx.Send(c, &messages.CloseTunnelResponse{})
+	}
 }

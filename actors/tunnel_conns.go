@@ -44,12 +44,11 @@ type connEntry struct {
 
 // accept spawns a connection actor for a proxy connection on the current leg, or a refusal.
 func (t *tunnelActor) accept(ctx actor.Context, m *connAccepted) {
-	if t.stopping || t.state == messages.StateDraining || t.state == messages.StateClosing ||
-		t.state == messages.StateFailed || t.state == messages.StateClosed {
+	switch {
+	case t.stopping || t.ending():
 		_ = m.c.Close()
 		return
-	}
-	if t.state == messages.StateReconnecting {
+	case t.state == messages.StateReconnecting:
 		t.park(ctx, m) // waits for the new leg, up to ReconnectWait
 		return
 	}
@@ -87,6 +86,15 @@ func (t *tunnelActor) accept(ctx actor.Context, m *connAccepted) {
 	pid := ctx.Spawn(props(newConnActor(cfg)))
 	t.conns[pid.Id] = connEntry{pid: pid, leg: t.current.id, source: src, pending: t.handshakeN}
 	t.current.conns[pid.Id] = pid
+}
+
+// ending reports whether the tunnel is draining or past it: no connection is accepted any more.
+func (t *tunnelActor) ending() bool {
+	switch t.state {
+	case messages.StateDraining, messages.StateClosing, messages.StateFailed, messages.StateClosed:
+		return true
+	}
+	return false
 }
 
 // admit establishes a proxy connection that finished its handshake and is about to dial: it leaves

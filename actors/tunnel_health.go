@@ -116,3 +116,15 @@ func (t *tunnelActor) lostCurrent(ctx actor.Context, cause string) {
 func (t *tunnelActor) isUp() bool {
 	return t.state == messages.StateUp || t.state == messages.StateDegraded
 }
+
+// childTerminated: the keepalive or a leg stopped (connections report ConnectionEnded instead).
+func (t *tunnelActor) childTerminated(ctx actor.Context, who *actor.PID) {
+	switch l := t.legByPID(who); {
+	case t.keepalive != nil && who.Equal(t.keepalive):
+		if !t.stopping {
+			t.keepaliveLost(ctx)
+		}
+	case l != nil:
+		t.legTerminated(ctx, l)
+	}
+}

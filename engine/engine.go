@@ -84,6 +84,7 @@ type Engine struct {
 	events   chan Event // closed by Close once shutdown has completely finished
 	dropped  atomic.Int64
 	panics   atomic.Int64 // actor panics seen by supervisors (a statistic; no lifecycle state)
+	lost     atomic.Int64 // children lost and reacted to by their parents (a statistic)
 	sigStats actors.SignalingStats
 	// sinkMu orders the engine actor's sends on events with Close's close of it, for the case where
 	// a shutdown that ran out of time leaves the engine actor alive for a moment.
@@ -182,6 +183,10 @@ func (e *Engine) SignalingStats() SignalingStats {
 // ActorPanics counts actors that panicked and were stopped by their supervisors since Start. Each
 // is logged at error with its stack and reported as EventActorPanicked; a healthy engine has none.
 func (e *Engine) ActorPanics() int64 { return e.panics.Load() }
+
+// ChildrenLost counts actors that stopped without their parent asking, each reported as
+// EventChildLost with the parent's reaction; a healthy engine has none.
+func (e *Engine) ChildrenLost() int64 { return e.lost.Load() }
 
 // ClientID is this engine's identity as exits see it.
 func (e *Engine) ClientID() string { return e.identity.ID() }
@@ -393,6 +398,7 @@ func (e *Engine) sink(m any) {
 	case *messages.SessionClosed:
 		ev.Kind, ev.Exit, ev.Session, ev.Cause = EventSessionClosed, m.ExitID, m.SessionID, m.Reason
 	case *messages.ChildLost:
+		e.lost.Add(1)
 		ev.Kind, ev.Tunnel, ev.Actor, ev.Cause, ev.Time = EventChildLost, m.TunnelID, m.Parent+"/"+m.Child, m.Action, m.At
 	case *messages.ActorPanicked:
 		ev.Kind, ev.Actor, ev.Cause, ev.Time = EventActorPanicked, m.Actor, m.Reason, m.At

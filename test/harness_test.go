@@ -79,11 +79,15 @@ func trustTestBus(cfg *engine.Config) {
 }
 
 // failOnPanics fails the test if any actor of e panicked (each is stopped by its supervisor, logged
-// at error with its stack and counted): no test expects one.
+// at error with its stack and counted), or a parent reacted to a child it lost (supervision): no
+// test in this package expects either (engine/supervision_test.go provokes them on purpose).
 func failOnPanics(t testing.TB, e *engine.Engine) {
 	t.Helper()
 	if n := e.ActorPanics(); n != 0 {
 		t.Errorf("%d actor panic(s) in engine %s: run with WARREN_TEST_LOG=debug for the stacks", n, e.ClientID()[:8])
+	}
+	if n := e.ChildrenLost(); n != 0 {
+		t.Errorf("%d child actor(s) lost in engine %s (child_lost events): run with WARREN_TEST_LOG=debug", n, e.ClientID()[:8])
 	}
 }
 
