@@ -70,8 +70,6 @@ type signalingHealth struct {
 	cause string
 }
 
-type kaTick struct{ gen int }
-type kaSigTick struct{ gen int }
 type kaProbeDone struct {
 	gen int
 	err error
@@ -89,8 +87,7 @@ type keepaliveActor struct {
 	probing  bool
 	sigFails int
 	sigOK    bool               // as last reported to the tunnel
-	dpTimer  *time.Timer        // next data-plane check; stopped in reset
-	sigTimer *time.Timer        // next signaling ping; stopped in reset
+	timers   keepaliveTimers    // next data-plane check and next ping; stopped in reset
 	cancel   context.CancelFunc // of the probe in flight
 	wg       sync.WaitGroup     // the probe goroutine
 }
@@ -110,8 +107,8 @@ func (k *keepaliveActor) Receive(ctx actor.Context) {
 	case *monitorLeg:
 		k.reset()
 		k.leg, k.lastRx, k.failures, k.sigFails, k.sigOK = m, -1, 0, 0, m.sigOK
-		k.after(ctx, k.policy.Interval, &kaTick{gen: k.gen})
-		k.after(ctx, k.policy.SignalingInterval, &kaSigTick{gen: k.gen})
+		k.timers.check(ctx, k.policy.Interval, k.gen)
+		k.timers.ping(ctx, k.policy.SignalingInterval, k.gen)
 	case *stopMonitoring:
 		k.idle()
 	case *kaTick:
@@ -119,7 +116,7 @@ func (k *keepaliveActor) Receive(ctx actor.Context) {
 			return // a tick of a leg no longer watched
 		}
 		// Fixed cadence: the next check is armed now, not when this one's probe finishes.
-		k.after(ctx, k.policy.Interval, &kaTick{gen: k.gen})
+		k.timers.check(ctx, k.policy.Interval, k.gen)
 		if !k.probing {
 			k.checkDataPlane(ctx)
 		}
@@ -168,12 +165,7 @@ func (k *keepaliveActor) idle() {
 // the probe goroutine.
 func (k *keepaliveActor) reset() {
 	k.gen++
-	for _, t := range []*time.Timer{k.dpTimer, k.sigTimer} {
-		if t != nil {
-			t.Stop()
-		}
-	}
-	k.dpTimer, k.sigTimer = nil, nil
+	k.timers.stopAll()
 	if k.cancel != nil {
 		k.cancel()
 		k.cancel = nil
@@ -185,7 +177,7 @@ func (k *keepaliveActor) reset() {
 func (k *keepaliveActor) ping(ctx actor.Context) {
 	gen, sessionID := k.gen, k.leg.sessionID
 	f := ctx.RequestFuture(k.signaling, &pingExit{exitID: k.leg.exitID, sessionID: sessionID, exitIdentity: k.leg.exitIdentity, timeout: k.policy.SignalingTimeout},
-		k.policy.SignalingTimeout+time.Second)
+		k.policy.SignalingTimeout+pingReplyGrace)
 	reenter(ctx, f, func(res any, err error) {
 		if !k.current(gen) {
 			return
@@ -199,22 +191,8 @@ func (k *keepaliveActor) ping(ctx actor.Context) {
 			}
 		}
 		k.signalingResult(ctx, err)
-		k.after(ctx, k.policy.SignalingInterval, &kaSigTick{gen: k.gen})
+		k.timers.ping(ctx, k.policy.SignalingInterval, k.gen)
 	})
-}
-
-// after arms the data-plane or the signaling timer (one of each at most), replacing the previous one.
-func (k *keepaliveActor) after(ctx actor.Context, d time.Duration, msg any) {
-	system, self := ctx.ActorSystem(), ctx.Self()
-	t := time.AfterFunc(d, func() { system.Root.Send(self, msg) })
-	slot := &k.dpTimer
-	if _, ok := msg.(*kaSigTick); ok {
-		slot = &k.sigTimer
-	}
-	if *slot != nil {
-		(*slot).Stop()
-	}
-	*slot = t
 }
 
 // checkDataPlane: receive progress since the last check proves the path; otherwise probe.
