@@ -4,11 +4,12 @@ package actors
 // then ended), Closing and Failed, and the release in Stopping (listeners, then the goodbyes;
 // children stop after).
 //
-//	Draining ──last connection ended──────────────────────────────────┐
-//	   └──a second CloseTunnel (drain cut short)──┐                    ▼
-//	Negotiating…Reconnecting ──CloseTunnel──▶ Closing ──endWith(why) to every connection──▶ ending
-//	a leg failed to come up ──────────────────▶ Failed ─┘      ending ──last ConnectionEnded,
-//	                                                                  or childrenEndWait──▶ stop
+//	Draining ──last connection ended, or a second CloseTunnel (drain cut short)──┐
+//	Negotiating … Reconnecting ──CloseTunnel─────────────────────────────────────┴──▶ Closing ──┐
+//	the leg it needed failed ────────────────────────────────────────────────────────▶ Failed ──┤
+//	  ┌─────────────────────────────────────────────────────────────────────────────────────────┘
+//	  └─▶ endWith(why) to every connection ──▶ ending ──last ConnectionEnded, or childrenEndWait──▶ stop
+//	      (none open: stop at once)
 //
 // Why the connections still open end (endReason): engine_shutdown if the close or the drain is the
 // engine's shutdown; else what the close at hand says (CloseTunnel.Why: Tunnel.Close out of time
