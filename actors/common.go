@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"runtime/debug"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -40,6 +41,50 @@ func recoverPanics(next actor.ReceiverFunc) actor.ReceiverFunc {
 			panic(r)
 		}()
 		next(c, env)
+	}
+}
+
+// endWith tells a child why its owner ends it: the child records why for everything it still holds,
+// passes it on to its own children the same way, and stops itself once they have ended. The owner
+// waits for the child's Terminated (bounded) before it stops itself, because a stop is a system
+// message that would overtake this one in the child's mailbox.
+type endWith struct{ why messages.EndReason }
+
+// childrenEndWait bounds how long an owner that told its children endWith waits for them to end;
+// past it, it stops anyway (which stops them with it) and logs at warn how many were left.
+const childrenEndWait = 5 * time.Second
+
+// childrenEndExpired tells an owner that childrenEndWait has passed since it told its children.
+type childrenEndExpired struct{}
+
+// endChildren tells each of children why it ends and arms the bound on the owner's wait; the timer
+// is the owner's, to stop in its Stopping.
+func endChildren(ctx actor.Context, why messages.EndReason, children []*actor.PID) *time.Timer {
+	for _, c := range children {
+		ctx.Send(c, &endWith{why: why})
+	}
+	system, self := ctx.ActorSystem(), ctx.Self()
+	return time.AfterFunc(childrenEndWait, func() { system.Root.Send(self, &childrenEndExpired{}) })
+}
+
+// stopWhenEnded stops the owner once none of the children it told is left, or, past the bound
+// (expired), with the rest still there.
+func stopWhenEnded(ctx actor.Context, logger *slog.Logger, left int, expired bool) {
+	switch {
+	case left == 0:
+	case expired:
+		logger.Warn("children did not end in time; stopping anyway", "actor", ctx.Self().String(),
+			"left", left, "waited", childrenEndWait)
+	default:
+		return
+	}
+	ctx.Stop(ctx.Self())
+}
+
+// stopTimer stops t if it was armed.
+func stopTimer(t *time.Timer) {
+	if t != nil {
+		t.Stop()
 	}
 }
 

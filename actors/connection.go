@@ -13,15 +13,17 @@ package actors
 //	  │                    Ending: FIN both ways; the grace period runs ──both done──▶ stop
 //	  │                       └── grace expired: reset both ────────────────────────▶ stop
 //	  └──refused (limit, policy, dial failed, bad request, auth, timeout)───────────▶ stop
+//	any state ──endWith(why) from the owner: why recorded; reset if relaying─────────▶ stop
 //
 // A plain-HTTP (absolute-URI) proxy connection relays in one goroutine instead of two copy loops:
 // proxy.ServeForward's request loop, which owns the upstream connections it dials and reports to
 // the actor once, when the client connection is over (forwardDone); each request is logged from
 // that goroutine, never through the mailbox.
 //
-// Each side's end reason is recorded once, by the first thing that ends it. Stopping (by the
-// owner, or after any of the above) closes both sockets, stops the timers and waits for the
-// goroutines; Stopped logs one line and reports ConnectionEnded.
+// Each side's end reason is recorded once, by the first thing that ends it (endWith: what its owner
+// says). Stopping (after any of the above, or stopped from outside: tunnel_closed) closes both
+// sockets, stops the timers and waits for the goroutines; Stopped logs one line and reports
+// ConnectionEnded.
 
 import (
 	"context"
@@ -65,9 +67,8 @@ type connConfig struct {
 	owner   string // tunnel id or exit/session id, for the log line and stats
 	logger  *slog.Logger
 	limits  ConnTimeouts
-	events  *actor.PID                          // hears ConnectionEnded (the engine's stats), besides the parent
-	stopWhy *atomic.Pointer[messages.EndReason] // the owner's reason when it stops its children
-	refusal error                               // connRefuse: the error to answer with
+	events  *actor.PID // hears ConnectionEnded (the engine's stats), besides the parent
+	refusal error      // connRefuse: the error to answer with
 
 	// client
 	handshake time.Duration // a proxy client's handshake budget, before Setup's dial (0: none)
@@ -200,14 +201,11 @@ func (c *connActor) Receive(ctx actor.Context) {
 		abort(c.in) // the other sides did not finish in time: reset
 		abort(c.out)
 		c.cancel() // a request loop resets its upstream
+	case *endWith:
+		c.setBoth(m.why) // the owner ends: at once, no grace (Stopping aborts a relay)
+		ctx.Stop(ctx.Self())
 	case *actor.Stopping:
-		why := messages.EndTunnelClosed
-		if c.cfg.stopWhy != nil {
-			if r := c.cfg.stopWhy.Load(); r != nil {
-				why = *r
-			}
-		}
-		c.setBoth(why)
+		c.setBoth(messages.EndTunnelClosed) // stopped without being told why: its owner was stopped
 		for _, t := range c.timers {
 			t.Stop()
 		}

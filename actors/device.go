@@ -4,10 +4,14 @@ package actors
 // the exit also the connect-service listener and its accept loop. Peers are its children.
 //
 //	Started ──created──▶ running ──Stopping──▶ (listener closed, peers stop) ──Stopped──▶ released
+//	   │                    └──endWith(why)──▶ ending: listener closed, endWith(why) to every peer
+//	   │                                         ──all terminated, or childrenEndWait──▶ stop
 //	   └──failed──▶ deviceFailed to parent, stop
 //
 // Release order (Stopping, then Stopped after every child has stopped):
 // connect-service listener → peers (each removes its WireGuard peer) → netstack → device → UDP bind.
+// Told endWith (its exit ends), the peers end before the device stops, telling their connections
+// why; stopped from outside (a tunnel releasing a leg), its connections end with their default.
 // wireguard-go's Device.Close closes the tun.Device (our netstack) before the bind, and waits for
 // its goroutines; it runs when the actor stops, never later.
 
@@ -21,13 +25,11 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
 	"golang.zx2c4.com/wireguard/device"
 
-	"github.com/warren-tunnel/warren/messages"
 	"github.com/warren-tunnel/warren/netstack"
 	"github.com/warren-tunnel/warren/signaling"
 )
@@ -55,7 +57,6 @@ type deviceConfig struct {
 	udpIdle       time.Duration
 	maxConns      int // per peer
 	events        *actor.PID
-	stopWhy       *atomic.Pointer[messages.EndReason]
 }
 
 // deviceReady tells the parent the device is up.
@@ -100,6 +101,8 @@ type serviceConn struct{ c net.Conn }
 
 type deviceActor struct {
 	cfg        deviceConfig
+	behavior   actor.Behavior
+	endT       *time.Timer     // bounds the wait for peers told endWith; stopped in Stopping
 	stack      *netstack.Stack // alive until Stopped
 	bind       *netstack.Bind
 	dev        *device.Device
@@ -109,14 +112,33 @@ type deviceActor struct {
 	echoEnd    chan struct{}  // closed when the echo loop has returned
 	acceptEnd  chan struct{}  // closed when the accept loop has returned
 	peers      map[netip.Addr]*actor.PID
-	stopping   bool // set in Stopping: no new peer; flows are refused
+	stopping   bool // set on endWith or in Stopping: no new peer; flows are refused
 }
 
 func newDeviceActor(cfg deviceConfig) actor.Producer {
-	return func() actor.Actor { return &deviceActor{cfg: cfg, peers: map[netip.Addr]*actor.PID{}} }
+	return func() actor.Actor {
+		d := &deviceActor{cfg: cfg, behavior: actor.NewBehavior(), peers: map[netip.Addr]*actor.PID{}}
+		d.behavior.Become(d.running)
+		return d
+	}
 }
 
-func (d *deviceActor) Receive(ctx actor.Context) {
+func (d *deviceActor) Receive(ctx actor.Context) { d.behavior.Receive(ctx) }
+
+// ending: the peers were told why they end; the device stops once they have terminated.
+func (d *deviceActor) ending(ctx actor.Context) {
+	switch ctx.Message().(type) {
+	case *actor.Terminated:
+		d.running(ctx)
+		stopWhenEnded(ctx, d.cfg.logger, len(ctx.Children()), false)
+	case *childrenEndExpired:
+		stopWhenEnded(ctx, d.cfg.logger, len(ctx.Children()), true)
+	default:
+		d.running(ctx)
+	}
+}
+
+func (d *deviceActor) running(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *actor.Started:
 		if err := d.create(ctx); err != nil {
@@ -165,19 +187,35 @@ func (d *deviceActor) Receive(ctx actor.Context) {
 		} else {
 			_ = m.c.Close()
 		}
+	case *endWith:
+		if !d.stopping {
+			d.stopping = true
+			d.closeServices()
+			d.endT = endChildren(ctx, m.why, ctx.Children())
+			d.behavior.Become(d.ending)
+			stopWhenEnded(ctx, d.cfg.logger, len(ctx.Children()), false)
+		}
 	case *actor.Stopping:
 		d.stopping = true
-		if d.listener != nil {
-			close(d.stopAccept)
-			_ = d.listener.Close()
-			<-d.acceptEnd
-		}
-		if d.echo != nil {
-			_ = d.echo.Close()
-			<-d.echoEnd
-		}
+		stopTimer(d.endT)
+		d.closeServices()
 	case *actor.Stopped:
 		d.release()
+	}
+}
+
+// closeServices closes the exit's connect-service listener and probe echo and waits for their loops.
+func (d *deviceActor) closeServices() {
+	if d.listener != nil {
+		close(d.stopAccept)
+		_ = d.listener.Close()
+		<-d.acceptEnd
+		d.listener = nil
+	}
+	if d.echo != nil {
+		_ = d.echo.Close()
+		<-d.echoEnd
+		d.echo = nil
 	}
 }
 
@@ -265,7 +303,7 @@ func (d *deviceActor) addPeer(ctx actor.Context, m *addPeer) (*actor.PID, error)
 		dev: d.dev, publicKey: m.publicKey, sessionID: m.sessionID, owner: d.cfg.owner,
 		probe: m.probe, probeLimit: m.probeLimit, notify: m.notify, logger: d.cfg.logger,
 		egress: d.cfg.egress, conn: d.cfg.conn, udpIdle: d.cfg.udpIdle, maxConns: d.cfg.maxConns,
-		events: d.cfg.events, stopWhy: d.cfg.stopWhy,
+		events: d.cfg.events,
 	})))
 	ctx.Watch(pid)
 	for _, p := range m.allowedIPs {

@@ -8,7 +8,10 @@ package actors
 //
 // Tunnels go first and drain, so that downloads in flight through this process's own exit finish
 // and their goodbyes still reach exits; the exit then says goodbye to its remaining clients;
-// signaling goes last because everything before it may still publish.
+// signaling goes last because everything before it may still publish. The engine stops none of
+// them from outside: tunnels are closed with CloseTunnel (a forced shutdown closes them again,
+// with no drain), the exit is ended with endWith(engine_shutdown), signaling is poisoned; each
+// tells its own children why, and the engine moves on at each Terminated.
 
 import (
 	"errors"
@@ -71,6 +74,7 @@ type engineActor struct {
 	// exitRespawns: when the exit was replaced after stopping unexpectedly, within exitRespawnWindow
 	exitRespawns []time.Time
 	exitServing  bool // the exit said it serves (ExitReady without Err): only then is its stop a loss
+	exitTold     bool // shutting down: the exit was told endWith
 }
 
 // An exit lost more than exitRespawnLimit times within exitRespawnWindow is not replaced again.
@@ -233,10 +237,10 @@ func (e *engineActor) shuttingDown(ctx actor.Context) {
 		ctx.Respond(&TunnelSpawned{})
 	case *Shutdown:
 		if m.Force {
-			// The graceful part ran out of time: stop what is left now, still in order (tunnels
-			// say goodbye as they stop, before signaling goes).
+			// The graceful part ran out of time: close what is left now, with no drain, still in
+			// order (tunnels say goodbye as they stop, before signaling goes).
 			for _, pid := range e.tunnels {
-				ctx.Stop(pid)
+				ctx.Send(pid, &messages.CloseTunnel{Reason: "engine shutdown (forced)", Drain: -1, Why: messages.EndEngineShutdown})
 			}
 			e.advance(ctx)
 		}
@@ -301,7 +305,10 @@ func (e *engineActor) advance(ctx actor.Context) {
 	switch {
 	case len(e.tunnels) > 0:
 	case e.exit != nil:
-		ctx.Stop(e.exit)
+		if !e.exitTold { // its connections record engine_shutdown; Terminated moves shutdown on
+			e.exitTold = true
+			ctx.Send(e.exit, &endWith{why: messages.EndEngineShutdown})
+		}
 	case e.signaling != nil:
 		// Poison, not Stop: a stop is a system message and overtakes user messages still in the
 		// mailbox — the goodbyes the tunnels and the exit sent as they stopped would be lost.

@@ -5,7 +5,15 @@ package actors
 // under the device, and each forwarded flow a connection actor under its peer.
 //
 //	Starting ──device ready, static peers added, subscribed──▶ Serving ──Stopping──▶ (children stop)
+//	    │                                                          └──endWith(why)──▶ Ending
 //	    └──device or subscription failed──▶ ExitFailed to ReadyTo, stop
+//	Ending: goodbye to every client session, then endWith(why) to the device (which ends its peers,
+//	        which end their connections) ──device terminated, or childrenEndWait──▶ stop
+//
+// The engine ends the exit with endWith(engine_shutdown), so that its connections record why; the
+// goodbyes go out first, before the engine stops signaling. Stopped from outside (it failed to
+// start, its device stopped, the actor system shut down), it says the same goodbyes in Stopping and
+// its children are stopped with it: their connections end with their default, tunnel_closed.
 //
 // A session request arrives verified (signature, clock: the signaling actor), is admitted (allowed
 // clients, replay, limits: exit_admission.go) and given addresses,
@@ -17,7 +25,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"sync/atomic"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -98,16 +105,17 @@ type exitActor struct {
 	endpoint netip.AddrPort
 	used     map[netip.Addr]bool
 	next     netip.Addr
-	sessions map[string]*exitSession            // by session id
-	byPeer   map[string]*exitSession            // by peer PID id
-	pending  map[string]*pendingSession         // session ids being set up
-	static   map[string]*actor.PID              // by name
-	keys     map[signaling.Key]string           // WireGuard public keys in use (sessions, static peers, the exit's own)
-	waiting  int                                // static peers and the subscription still to confirm in Starting
-	ready    *ExitReady                         // what to announce once waiting reaches 0
-	stopWhy  atomic.Pointer[messages.EndReason] // engine_shutdown once the exit stops; read by its connections
-	sweepT   *time.Timer                        // next idle-session sweep; stopped in Stopping
-	adm      admission                          // replay cache, rate buckets, sessions per client (exit_admission.go)
+	sessions map[string]*exitSession    // by session id
+	byPeer   map[string]*exitSession    // by peer PID id
+	pending  map[string]*pendingSession // session ids being set up
+	static   map[string]*actor.PID      // by name
+	keys     map[signaling.Key]string   // WireGuard public keys in use (sessions, static peers, the exit's own)
+	waiting  int                        // static peers and the subscription still to confirm in Starting
+	ready    *ExitReady                 // what to announce once waiting reaches 0
+	stopping bool                       // ending or stopped: continuations start nothing
+	sweepT   *time.Timer                // next idle-session sweep; stopped in Stopping
+	endT     *time.Timer                // bounds the wait for the device told endWith
+	adm      admission                  // replay cache, rate buckets, sessions per client (exit_admission.go)
 }
 
 // NewExitProps returns the props of an exit actor.
@@ -126,27 +134,26 @@ func NewExitProps(cfg ExitConfig) *actor.Props {
 }
 
 func (e *exitActor) Receive(ctx actor.Context) {
-	if _, ok := ctx.Message().(*GetExitStatus); ok {
+	switch m := ctx.Message().(type) {
+	case *GetExitStatus:
 		ctx.Respond(e.status())
-		return
-	}
-	if _, ok := ctx.Message().(*actor.Stopping); ok {
-		why := messages.EndEngineShutdown
-		e.stopWhy.Store(&why)
-		if e.sweepT != nil {
-			e.sweepT.Stop()
+	case *endWith:
+		if e.stopping {
+			return
 		}
-		// Goodbye to every client session, before the peers go: clients leave Up at once instead
-		// of waiting for a handshake or keepalive timeout.
-		for _, s := range e.sessions {
-			c := &messages.SessionClose{SessionID: s.id, Reason: "exit shutting down"}
-			e.cfg.Identity.SignSessionClose(c, time.Now())
-			ctx.Send(e.cfg.Signaling, &sendExitGoodbye{clientID: s.clientID, close: c})
+		e.leave(ctx)
+		e.endT = endChildren(ctx, m.why, ctx.Children()) // the device
+		e.behavior.Become(e.ending)
+		stopWhenEnded(ctx, e.cfg.Logger, len(ctx.Children()), false)
+	case *actor.Stopping:
+		stopTimer(e.endT)
+		if !e.stopping {
+			e.leave(ctx)
 		}
 		e.behavior.Become(func(actor.Context) {}) // children are stopping because we are; nothing to react to
-		return
+	default:
+		e.behavior.Receive(ctx)
 	}
-	e.behavior.Receive(ctx)
 }
 
 func (e *exitActor) starting(ctx actor.Context) {
@@ -164,7 +171,7 @@ func (e *exitActor) starting(ctx actor.Context) {
 			addresses: []netip.Addr{e.addr}, mtu: e.cfg.MTU, logger: e.cfg.Logger,
 			conn: e.cfg.Conn, connectPort: e.cfg.ConnectPort, egress: &e.cfg.Egress,
 			allowLoopback: e.cfg.Egress.AllowLoopback, udpIdle: e.cfg.UDPIdle, maxConns: e.cfg.MaxConnsPerSession,
-			events: e.cfg.Events, stopWhy: &e.stopWhy,
+			events: e.cfg.Events,
 		})))
 		ctx.Watch(e.device)
 	case *deviceReady:

@@ -16,7 +16,7 @@ type sweepSessions struct{}
 
 // armSweep schedules the next idle-session sweep.
 func (e *exitActor) armSweep(ctx actor.Context) {
-	if e.cfg.SessionIdle <= 0 || e.stopWhy.Load() != nil { // no new timer once stopping
+	if e.cfg.SessionIdle <= 0 || e.stopping { // no new timer once stopping
 		return
 	}
 	system, self := ctx.ActorSystem(), ctx.Self()

@@ -63,6 +63,6 @@ func (e *exitActor) staticLost(ctx actor.Context, name string) {
 	}
 }
 
-// stopped reports whether the exit is stopping: continuations that arrive after Stopping (they are
-// system messages) must not start anything.
-func (e *exitActor) stopped() bool { return e.stopWhy.Load() != nil }
+// stopped reports whether the exit is ending or stopping: continuations that arrive after endWith or
+// Stopping (they are system messages) must not start anything.
+func (e *exitActor) stopped() bool { return e.stopping }

@@ -6,14 +6,18 @@ package actors
 //
 //	Started ──(client) probe ok──▶ HandshakeCompleted to notify
 //	   │        probe failed ────▶ probeFailed to notify
+//	running ──endWith(why)──▶ ending: endWith(why) to every connection; flows refused
+//	                            ──all terminated, or childrenEndWait──▶ stop
 //	Stopping: cancel the probe and wait; remove the peer from the device; children (flows) stop.
+//
+// Stopped from outside (a client's goodbye, an idle sweep), its connections end with their own
+// default, tunnel_closed.
 
 import (
 	"context"
 	"fmt"
 	"log/slog"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -39,7 +43,6 @@ type peerConfig struct {
 	udpIdle  time.Duration
 	maxConns int // flows at once; 0 unlimited
 	events   *actor.PID
-	stopWhy  *atomic.Pointer[messages.EndReason] // the exit's reason when it shuts down
 }
 
 // probeFailed: the data plane could not be proven within the limit.
@@ -55,18 +58,39 @@ type probeDone struct {
 
 type peerActor struct {
 	cfg      peerConfig
+	behavior actor.Behavior
+	endT     *time.Timer        // bounds the wait for connections told endWith; stopped in Stopping
+	endWhy   messages.EndReason // what endWith said, for flows refused while ending
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 	nextConn uint64
 	active   int  // connection children
-	stopping bool // set in Stopping: flows that still arrive are refused, not spawned
+	stopping bool // set on endWith or in Stopping: flows that still arrive are refused, not spawned
 }
 
 func newPeerActor(cfg peerConfig) actor.Producer {
-	return func() actor.Actor { return &peerActor{cfg: cfg} }
+	return func() actor.Actor {
+		p := &peerActor{cfg: cfg, behavior: actor.NewBehavior()}
+		p.behavior.Become(p.running)
+		return p
+	}
 }
 
-func (p *peerActor) Receive(ctx actor.Context) {
+func (p *peerActor) Receive(ctx actor.Context) { p.behavior.Receive(ctx) }
+
+// ending: the connections were told why they end; the peer stops once they have terminated.
+func (p *peerActor) ending(ctx actor.Context) {
+	switch ctx.Message().(type) {
+	case *actor.Terminated:
+		stopWhenEnded(ctx, p.cfg.logger, len(ctx.Children()), false)
+	case *childrenEndExpired:
+		stopWhenEnded(ctx, p.cfg.logger, len(ctx.Children()), true)
+	default:
+		p.running(ctx)
+	}
+}
+
+func (p *peerActor) running(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *actor.Started:
 		if p.cfg.probe != nil {
@@ -114,8 +138,17 @@ func (p *peerActor) Receive(ctx actor.Context) {
 		p.spawnConn(ctx, connConfig{kind: connService, in: m.c})
 	case *messages.ConnectionEnded, *pingServed:
 		p.active--
+	case *endWith:
+		if p.stopping {
+			return
+		}
+		p.stopping, p.endWhy = true, m.why
+		p.endT = endChildren(ctx, m.why, ctx.Children())
+		p.behavior.Become(p.ending)
+		stopWhenEnded(ctx, p.cfg.logger, len(ctx.Children()), false)
 	case *actor.Stopping:
 		p.stopping = true
+		stopTimer(p.endT)
 		if p.cancel != nil {
 			p.cancel()
 		}
@@ -132,7 +165,10 @@ func (p *peerActor) full() bool { return p.cfg.maxConns > 0 && p.active >= p.cfg
 func (p *peerActor) refusedForLimit(ctx actor.Context) {
 	p.nextConn++
 	why := messages.EndLimit
-	if p.stopping {
+	switch {
+	case p.endWhy != "":
+		why = p.endWhy
+	case p.stopping:
 		why = messages.EndTunnelClosed
 	}
 	emit(ctx, p.cfg.events, &messages.ConnectionOpened{Owner: p.cfg.owner + "/" + p.cfg.sessionID, Role: "exit", ID: p.nextConn})
@@ -147,6 +183,6 @@ func (p *peerActor) spawnConn(ctx actor.Context, cfg connConfig) {
 	if cfg.limits.Setup == 0 {
 		cfg.limits = p.cfg.conn
 	}
-	cfg.egress, cfg.events, cfg.stopWhy = p.cfg.egress, p.cfg.events, p.cfg.stopWhy
+	cfg.egress, cfg.events = p.cfg.egress, p.cfg.events
 	ctx.Spawn(props(newConnActor(cfg)))
 }

@@ -18,9 +18,10 @@ package actors
 //	                                              Closed ◀──────────────(released)────────────────────────────────────┘
 //
 // The proxy listeners are bound synchronously in Started, so a port in use fails the open at once;
-// they keep their port across switches and reconfigurations. Release order when the actor stops:
-// listeners (Draining or Stopping) → connections and devices (children; each device releases
-// netstack → device → UDP bind) → Closed is emitted and the opener and closers are answered (Stopped).
+// they keep their port across switches and reconfigurations. Release order when it closes:
+// listeners (Draining or Closing) → connections (told why with endWith; the tunnel stops once they
+// have ended: tunnel_close.go) → goodbyes (Stopping) → devices (children; each releases netstack →
+// device → UDP bind) → Closed is emitted and the opener and closers are answered (Stopped).
 
 import (
 	"errors"
@@ -28,7 +29,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"sync/atomic"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -104,7 +104,7 @@ type tunnelActor struct {
 	stopping    bool
 	failErr     error        // why the tunnel failed; answered to the opener once released
 	closers     []*actor.PID // CloseTunnel callers, answered once released
-	stopWhy     atomic.Pointer[messages.EndReason]
+	endT        *time.Timer  // bounds the wait for connections told endWith (ending)
 	nextConn    uint64
 	stats       messages.ConnectionStats
 	conns       map[string]connEntry // connection children by PID id
@@ -156,6 +156,7 @@ func (t *tunnelActor) Receive(ctx actor.Context) {
 		t.accept(ctx, m)
 	case *messages.ConnectionEnded:
 		t.ended(ctx, m)
+		t.behavior.Receive(ctx) // ending waits for the last one
 	case *connAdmit:
 		t.admit(ctx, m)
 	case *actor.Terminated:
@@ -267,23 +268,21 @@ func (t *tunnelActor) changing(ctx actor.Context) {
 	}
 }
 
-func (t *tunnelActor) draining(ctx actor.Context) {
-	if _, ok := ctx.Message().(*tunnelDrainExpired); ok {
-		for _, e := range t.conns {
-			ctx.Send(e.pid, &EndConnection{Reason: t.drainWhy})
-		}
-		return
-	}
-	t.closing(ctx)
-}
-
 // closing (and failed) answers commands with ErrTunnelClosed and ignores the rest.
+// While connections told endWith end, each ConnectionEnded (counted already by ended) may be the
+// last; the tunnel stops then, or when childrenEndWait has passed.
 func (t *tunnelActor) closing(ctx actor.Context) {
 	switch ctx.Message().(type) {
 	case *messages.SwitchTunnel:
 		ctx.Respond(&messages.SwitchTunnelResponse{Err: ErrTunnelClosed})
 	case *messages.ReconfigureTunnel:
 		ctx.Respond(&messages.ReconfigureTunnelResponse{Err: ErrTunnelClosed})
+	case *messages.ConnectionEnded:
+		if t.endT != nil {
+			stopWhenEnded(ctx, t.cfg.Logger, len(t.conns), false)
+		}
+	case *childrenEndExpired:
+		stopWhenEnded(ctx, t.cfg.Logger, len(t.conns), true)
 	}
 }
 

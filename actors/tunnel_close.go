@@ -3,6 +3,20 @@ package actors
 // Closing a tunnel: the drain (listeners closed at once, connections given the drain timeout,
 // then ended), Closing and Failed, and the release in Stopping (listeners, then the goodbyes;
 // children stop after).
+//
+//	Draining ──last connection ended, or a second CloseTunnel (drain cut short)──┐
+//	Negotiating … Reconnecting ──CloseTunnel─────────────────────────────────────┴──▶ Closing ──┐
+//	the leg it needed failed ────────────────────────────────────────────────────────▶ Failed ──┤
+//	  ┌─────────────────────────────────────────────────────────────────────────────────────────┘
+//	  └─▶ endWith(why) to every connection ──▶ ending ──last ConnectionEnded, or childrenEndWait──▶ stop
+//	      (none open: stop at once)
+//
+// Why the connections still open end (endReason): engine_shutdown if the close or the drain is the
+// engine's shutdown; else what the close at hand says (CloseTunnel.Why: Tunnel.Close out of time
+// says tunnel_closed); else the drain's reason; else tunnel_closed. The tunnel stops itself only
+// once they have ended, so that the reason reaches them before a stop would (a system message,
+// it overtakes endWith in their mailboxes). Stopped from outside (its parent stopped), it records
+// nothing: its connections end with their default, tunnel_closed.
 
 import (
 	"fmt"
@@ -27,9 +41,6 @@ func (t *tunnelActor) drain(ctx actor.Context, m *messages.CloseTunnel) {
 	default:
 		t.drainWhy = messages.EndDrainTimeout
 	}
-	if t.drainWhy == messages.EndEngineShutdown {
-		t.stopWhy.Store(&t.drainWhy)
-	}
 	t.enter(ctx, messages.StateDraining, reasonOr(m.Reason))
 	t.closeListeners()
 	for _, l := range t.legs {
@@ -42,6 +53,20 @@ func (t *tunnelActor) drain(ctx actor.Context, m *messages.CloseTunnel) {
 		return
 	}
 	t.drainT = sendAfter(ctx, d, &tunnelDrainExpired{})
+}
+
+// draining: the drain timer ends the connections still open; a second close ends the drain now.
+func (t *tunnelActor) draining(ctx actor.Context) {
+	switch m := ctx.Message().(type) {
+	case *tunnelDrainExpired:
+		for _, e := range t.conns {
+			ctx.Send(e.pid, &EndConnection{Reason: t.drainWhy})
+		}
+	case *messages.CloseTunnel:
+		t.closeNow(ctx, "drain cut short: "+reasonOr(m.Reason))
+	default:
+		t.closing(ctx)
+	}
 }
 
 func (t *tunnelActor) drainTimeout(d time.Duration) time.Duration {
@@ -59,12 +84,15 @@ func (t *tunnelActor) finishClose(ctx actor.Context) {
 	t.closeNow(ctx, "drained")
 }
 
+// closeNow closes without (more) drain; it is called while handling the close (or the last
+// ConnectionEnded of a drain), which endReason reads.
 func (t *tunnelActor) closeNow(ctx actor.Context, reason string) {
 	if t.state == messages.StateClosing || t.state == messages.StateFailed {
 		return
 	}
+	why := t.endReason(ctx)
 	t.enter(ctx, messages.StateClosing, reason)
-	ctx.Stop(ctx.Self())
+	t.end(ctx, why)
 }
 
 func (t *tunnelActor) fail(ctx actor.Context, err error) {
@@ -72,19 +100,51 @@ func (t *tunnelActor) fail(ctx actor.Context, err error) {
 		return
 	}
 	t.failErr = err
+	why := t.endReason(ctx)
 	t.enter(ctx, messages.StateFailed, err.Error())
-	ctx.Stop(ctx.Self())
+	t.end(ctx, why)
+}
+
+// endReason is what the connections still open are told when the tunnel ends (see the top).
+func (t *tunnelActor) endReason(ctx actor.Context) messages.EndReason {
+	m, _ := ctx.Message().(*messages.CloseTunnel)
+	switch {
+	case t.drainWhy == messages.EndEngineShutdown || m != nil && m.Why == messages.EndEngineShutdown:
+		return messages.EndEngineShutdown
+	case m != nil && m.Why != "":
+		return m.Why
+	case t.drainWhy != "":
+		return t.drainWhy
+	}
+	return messages.EndTunnelClosed
+}
+
+// end tells every connection why it ends and stops the tunnel once they have ended (ending), or
+// at once if none is open. From here on the tunnel starts nothing (stopping).
+func (t *tunnelActor) end(ctx actor.Context, why messages.EndReason) {
+	t.stopping = true
+	t.closeListeners()
+	if t.drainT != nil {
+		t.drainT.Stop()
+	}
+	if len(t.conns) == 0 {
+		ctx.Stop(ctx.Self())
+		return
+	}
+	pids := make([]*actor.PID, 0, len(t.conns))
+	for _, e := range t.conns {
+		pids = append(pids, e.pid)
+	}
+	t.endT = endChildren(ctx, why, pids) // closing stops the tunnel once they have ended
 }
 
 func (t *tunnelActor) onStopping(ctx actor.Context) {
 	t.stopping = true
 	if t.state != messages.StateClosing && t.state != messages.StateFailed {
-		// stopped by its parent: the engine is shutting down without a drain
-		why := messages.EndEngineShutdown
-		t.stopWhy.Store(&why)
-		t.enter(ctx, messages.StateClosing, "engine shutdown")
+		// stopped from outside (its parent stopped): its connections end with their default
+		t.enter(ctx, messages.StateClosing, "stopped by its parent")
 	}
-	for _, tm := range []*time.Timer{t.drainT, t.retryT, t.parkT} {
+	for _, tm := range []*time.Timer{t.drainT, t.retryT, t.parkT, t.endT} {
 		if tm != nil {
 			tm.Stop()
 		}

@@ -56,7 +56,7 @@ func (t *tunnelActor) accept(ctx actor.Context, m *connAccepted) {
 	t.nextConn++
 	t.stats.Opened++
 	cfg := connConfig{kind: connProxy, role: "client", id: t.nextConn, owner: t.cfg.ID, logger: t.cfg.Logger,
-		limits: t.cfg.Conn, proxyKind: m.kind, client: m.c, events: t.cfg.Events, stopWhy: &t.stopWhy,
+		limits: t.cfg.Conn, proxyKind: m.kind, client: m.c, events: t.cfg.Events,
 		proxyOpts: t.cfg.ProxyOpts} // a refused client authenticates first, too
 	var refusal error
 	switch {
@@ -145,7 +145,7 @@ func (t *tunnelActor) refuse(ctx actor.Context, c net.Conn, kind proxy.Kind, err
 	t.nextConn++
 	t.stats.Opened++
 	t.spawnRefusal(ctx, connConfig{role: "client", id: t.nextConn, owner: t.cfg.ID, logger: t.cfg.Logger,
-		limits: t.cfg.Conn, proxyKind: kind, client: c, events: t.cfg.Events, stopWhy: &t.stopWhy,
+		limits: t.cfg.Conn, proxyKind: kind, client: c, events: t.cfg.Events,
 		proxyOpts: t.cfg.ProxyOpts}, err)
 }
 

@@ -168,10 +168,10 @@ func (t *tunnelActor) releaseLeg(ctx actor.Context, l *leg) {
 }
 
 // stopConns ends the connections still relaying over a leg that is going away (a drained leg has
-// none left).
+// none left), with tunnel_closed: their data plane is gone.
 func (t *tunnelActor) stopConns(ctx actor.Context, l *leg) {
 	for _, pid := range l.conns {
-		ctx.Stop(pid)
+		ctx.Send(pid, &endWith{why: messages.EndTunnelClosed})
 	}
 }
 

@@ -127,6 +127,8 @@ func WithDrainTimeout(d time.Duration) CloseOption {
 // connections may finish within the drain timeout; those still open then are ended gracefully
 // (FIN) and reset after the close grace. Then the tunnel says goodbye to its exit and releases its
 // listeners, connections, netstack, device and UDP bind, in that order, before Close returns.
+// If ctx ends first, the drain is cut short: the connections still open are reset (tunnel_closed)
+// and Close waits up to closeForceWait more for the release, then returns ctx's error.
 // Closing a closed tunnel is a no-op.
 func (t *Tunnel) Close(ctx context.Context, opts ...CloseOption) error {
 	msg := &messages.CloseTunnel{Reason: "closed by owner"}
@@ -138,9 +140,17 @@ func (t *Tunnel) Close(ctx context.Context, opts ...CloseOption) error {
 	if err == nil || errors.Is(err, actor.ErrDeadLetter) {
 		return nil
 	}
-	_ = t.e.system.Root.StopFuture(t.pid).Wait() // out of time: stop it now
+	// Out of time: close it again, now, and let it end its connections itself (a stop from here
+	// would give them no reason, and overtake the one given).
+	now := &messages.CloseTunnel{Reason: "closed by owner: out of time", Drain: -1, Why: messages.EndTunnelClosed}
+	_, _ = t.e.system.Root.RequestFuture(t.pid, now, closeForceWait).Result()
 	return fmt.Errorf("close tunnel %s: %w", t.info.ID, err)
 }
+
+// closeForceWait bounds Close's wait for a tunnel it closed again without a drain: longer than the
+// tunnel's own bound on waiting for its connections (5 s), so that it is reached only if the tunnel
+// is stuck.
+const closeForceWait = 10 * time.Second
 
 // Switch moves the tunnel to exitID, make-before-break: a session and device with the new exit come
 // up first; once its handshake completes, new proxy connections go to it (the proxies keep their

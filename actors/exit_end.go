@@ -1,0 +1,44 @@
+package actors
+
+// The exit's end. The engine ends it with endWith(engine_shutdown): it says goodbye to every client
+// session, tells its device endWith (the device ends its peers, each peer its connections, so that
+// they record why), and stops once the device has terminated (bounded by childrenEndWait).
+
+import (
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+
+	"github.com/warren-tunnel/warren/messages"
+	"github.com/warren-tunnel/warren/signaling"
+)
+
+// leave starts the exit's end: no new sweep or session, and a goodbye to every client session
+// before the peers go, so that clients leave Up at once instead of waiting for a handshake or
+// keepalive timeout.
+func (e *exitActor) leave(ctx actor.Context) {
+	e.stopping = true
+	if e.sweepT != nil {
+		e.sweepT.Stop()
+	}
+	for _, s := range e.sessions {
+		c := &messages.SessionClose{SessionID: s.id, Reason: "exit shutting down"}
+		e.cfg.Identity.SignSessionClose(c, time.Now())
+		ctx.Send(e.cfg.Signaling, &sendExitGoodbye{clientID: s.clientID, close: c})
+	}
+}
+
+// ending waits for the device told endWith; its peers' Terminated (they are watched) change
+// nothing now. Requests are refused: the exit is going away.
+func (e *exitActor) ending(ctx actor.Context) {
+	switch ctx.Message().(type) {
+	case *actor.Terminated:
+		stopWhenEnded(ctx, e.cfg.Logger, len(ctx.Children()), false)
+	case *childrenEndExpired:
+		stopWhenEnded(ctx, e.cfg.Logger, len(ctx.Children()), true)
+	case *sessionRequested:
+		ctx.Respond(&sessionGranted{err: &signaling.WireError{Code: messages.ErrCodeUnavailable, Message: "exit shutting down"}})
+	case *sessionPinged:
+		ctx.Respond(&sessionPong{}) // its session is ending: the client heard the goodbye
+	}
+}
