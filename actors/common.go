@@ -50,21 +50,13 @@ func recoverPanics(next actor.ReceiverFunc) actor.ReceiverFunc {
 // message that would overtake this one in the child's mailbox.
 type endWith struct{ why messages.EndReason }
 
-// childrenEndWait bounds how long an owner that told its children endWith waits for them to end;
-// past it, it stops anyway (which stops them with it) and logs at warn how many were left.
-const childrenEndWait = 5 * time.Second
-
-// childrenEndExpired tells an owner that childrenEndWait has passed since it told its children.
-type childrenEndExpired struct{}
-
 // endChildren tells each of children why it ends and arms the bound on the owner's wait; the timer
 // is the owner's, to stop in its Stopping.
 func endChildren(ctx actor.Context, why messages.EndReason, children []*actor.PID) *time.Timer {
 	for _, c := range children {
 		ctx.Send(c, &endWith{why: why})
 	}
-	system, self := ctx.ActorSystem(), ctx.Self()
-	return time.AfterFunc(childrenEndWait, func() { system.Root.Send(self, &childrenEndExpired{}) })
+	return sendAfter(ctx, childrenEndWait, &childrenEndExpired{})
 }
 
 // stopWhenEnded stops the owner once none of the children it told is left, or, past the bound
@@ -79,13 +71,6 @@ func stopWhenEnded(ctx actor.Context, logger *slog.Logger, left int, expired boo
 		return
 	}
 	ctx.Stop(ctx.Self())
-}
-
-// stopTimer stops t if it was armed.
-func stopTimer(t *time.Timer) {
-	if t != nil {
-		t.Stop()
-	}
 }
 
 // emit sends an event towards the engine, which hands it to the embedding program.

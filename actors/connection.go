@@ -107,10 +107,9 @@ type connActor struct {
 	refused  bool
 	ping     bool               // a connect-protocol ping (a health probe): not a connection, not counted
 	opened   bool               // ConnectionOpened was emitted
-	idleT    *time.Timer        // next idle check; stopped in Stopping
 	inWhy    messages.EndReason // set once
 	outWhy   messages.EndReason // set once
-	timers   []*time.Timer      // lifetime and grace; stopped in Stopping
+	timers   connTimers         // idle check, lifetime and grace; stopped in Stopping
 
 	// idle checks
 	lastTotal   int64
@@ -131,12 +130,9 @@ type connAdmit struct{ pid *actor.PID }
 
 // connAdmitted answers connAdmit: err refuses (the connection was evicted, or the tunnel is full).
 type connAdmitted struct{ err error }
-type connIdleCheck struct{}
 
 // pingServed tells the parent a ping ended: it held a slot but is no connection.
 type pingServed struct{}
-type connLifetimeExpired struct{}
-type connGraceExpired struct{}
 
 type connEstablished struct {
 	in, out  net.Conn
@@ -176,7 +172,7 @@ func (c *connActor) Receive(ctx actor.Context) {
 		c.wg.Add(1)
 		go c.setup(setupCtx)
 		if c.cfg.limits.MaxLifetime > 0 {
-			c.after(c.cfg.limits.MaxLifetime, &connLifetimeExpired{})
+			c.timers.lifetime = sendAfter(ctx, c.cfg.limits.MaxLifetime, &connLifetimeExpired{})
 		}
 		if c.cfg.kind != connService { // a service connection may turn out to be a ping; counted when set up
 			c.emitOpened(ctx)
@@ -206,12 +202,7 @@ func (c *connActor) Receive(ctx actor.Context) {
 		ctx.Stop(ctx.Self())
 	case *actor.Stopping:
 		c.setBoth(messages.EndTunnelClosed) // stopped without being told why: its owner was stopped
-		for _, t := range c.timers {
-			t.Stop()
-		}
-		if c.idleT != nil {
-			c.idleT.Stop()
-		}
+		c.timers.stopAll()
 		c.cancel()
 		if c.pumps > 0 { // stopped while relaying: the owner is going away, no grace
 			abort(c.in)
@@ -235,12 +226,6 @@ func (c *connActor) Receive(ctx actor.Context) {
 	case *actor.Stopped:
 		c.report(ctx)
 	}
-}
-
-// after arms a timer that sends msg to the actor; Stopping stops it.
-func (c *connActor) after(d time.Duration, msg any) {
-	system, self := c.system, c.self
-	c.timers = append(c.timers, time.AfterFunc(d, func() { system.Root.Send(self, msg) }))
 }
 
 // setIn and setOut record a side's reason once.
@@ -297,7 +282,7 @@ func (c *connActor) adopt(ctx actor.Context, r any) {
 			c.idleSince = time.Now()
 			c.lastSegsIn, c.lastSegsOut, _, _ = segments(c.in)
 			if !c.exemptIdle {
-				c.armIdle()
+				c.armIdle(ctx)
 			}
 		}
 	case *connSetupFailed:
@@ -367,7 +352,7 @@ func (c *connActor) endGracefully(ctx actor.Context, reason messages.EndReason) 
 			closeQuietly(s)
 		}
 	}
-	c.after(c.cfg.limits.Grace, &connGraceExpired{})
+	c.timers.grace = sendAfter(ctx, c.cfg.limits.Grace, &connGraceExpired{})
 }
 
 func (c *connActor) emitOpened(ctx actor.Context) {
@@ -391,7 +376,7 @@ func (c *connActor) report(ctx actor.Context) {
 		lvl = slog.LevelInfo
 	}
 	c.cfg.logger.Log(context.Background(), lvl, "connection ended", "conn", ev.ID, "role", ev.Role, "owner", ev.Owner,
-		"source", ev.Source, "target", ev.Target, "duration", ev.Duration.Round(time.Millisecond),
+		"source", ev.Source, "target", ev.Target, "duration", ev.Duration.Round(logPrecision),
 		"bytes_in", ev.BytesIn, "bytes_out", ev.BytesOut, "incoming", ev.Incoming, "outgoing", ev.Outgoing,
 		"keepalive", ev.Keepalive)
 	ctx.Request(ctx.Parent(), ev) // Request, not Send: the parent keys its bookkeeping by sender

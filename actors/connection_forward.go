@@ -8,7 +8,6 @@ import (
 	"errors"
 	"log/slog"
 	"net"
-	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
 
@@ -95,7 +94,7 @@ func (c *connActor) proxyOptions() proxy.Options {
 			return
 		}
 		attrs := []any{"conn", id, "owner", owner, "method", r.Method, "target", "", "status", r.Status,
-			"bytes_in", r.BytesIn, "bytes_out", r.BytesOut, "duration", r.Duration.Round(time.Millisecond)}
+			"bytes_in", r.BytesIn, "bytes_out", r.BytesOut, "duration", r.Duration.Round(logPrecision)}
 		if r.Target.Host != "" {
 			attrs[7] = r.Target.String()
 		}

@@ -12,7 +12,7 @@ import (
 )
 
 func (c *connActor) idleInterval() time.Duration {
-	return max(min(c.cfg.limits.Idle, c.cfg.limits.KeepaliveIdle)/4, 10*time.Millisecond)
+	return max(min(c.cfg.limits.Idle, c.cfg.limits.KeepaliveIdle)/4, minCadence)
 }
 
 // idleCheck runs on the idle timer and re-arms it.
@@ -41,12 +41,11 @@ func (c *connActor) idleCheck(ctx actor.Context) {
 		c.endGracefully(ctx, messages.EndInactivity)
 		return
 	}
-	c.armIdle()
+	c.armIdle(ctx)
 }
 
 // armIdle schedules the next idle check on the actor's own timer (protoactor's ReceiveTimeout is
 // racy at the pinned commit: asynkron/protoactor-go#1139).
-func (c *connActor) armIdle() {
-	system, self := c.system, c.self
-	c.idleT = time.AfterFunc(c.idleInterval(), func() { system.Root.Send(self, &connIdleCheck{}) })
+func (c *connActor) armIdle(ctx actor.Context) {
+	c.timers.idle = sendAfter(ctx, c.idleInterval(), &connIdleCheck{})
 }

@@ -27,7 +27,7 @@ func (c *connActor) setup(ctx context.Context) {
 	if _, ok := msg.(*connSetupFailed); ok && c.cfg.client != nil {
 		// The refusal reply is written; closing with the client's request still unread would send a
 		// reset that can overtake it. Half-close, discard what is left for a moment, then close.
-		lingerClose(c.cfg.client, 500*time.Millisecond)
+		lingerClose(c.cfg.client, refusalLinger)
 	}
 	c.result <- msg
 	c.system.Root.Send(c.self, &connSetupDone{})
@@ -71,9 +71,9 @@ func (c *connActor) admit(ctx context.Context) error {
 	if c.parent == nil {
 		return nil
 	}
-	limit := 5 * time.Second
+	limit := admitWait
 	if dl, ok := ctx.Deadline(); ok {
-		limit = min(limit, max(time.Until(dl), time.Millisecond))
+		limit = min(limit, max(time.Until(dl), minWait))
 	}
 	res, err := c.system.Root.RequestFuture(c.parent, &connAdmit{pid: c.self}, limit).Result()
 	if err != nil {

@@ -197,7 +197,7 @@ func (d *deviceActor) running(ctx actor.Context) {
 		}
 	case *actor.Stopping:
 		d.stopping = true
-		stopTimer(d.endT)
+		stopTimers(d.endT)
 		d.closeServices()
 	case *actor.Stopped:
 		d.release()
@@ -341,7 +341,7 @@ func acceptLoop(ln net.Listener, stop <-chan struct{}, end chan<- struct{}, deli
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			backoff = min(max(2*backoff, acceptBackoffMin), acceptBackoffMax)
 			t := time.NewTimer(backoff)
 			select {
 			case <-t.C:

@@ -77,11 +77,9 @@ type engineActor struct {
 	exitTold     bool // shutting down: the exit was told endWith
 }
 
-// An exit lost more than exitRespawnLimit times within exitRespawnWindow is not replaced again.
-const (
-	exitRespawnLimit  = 3
-	exitRespawnWindow = time.Minute
-)
+// An exit lost more than exitRespawnLimit times within exitRespawnWindow (timers.go) is not
+// replaced again.
+const exitRespawnLimit = 3
 
 // GetEngineStats asks for connection statistics by role; the reply is *EngineStatsResponse.
 type GetEngineStats struct{}

@@ -146,7 +146,7 @@ func (e *exitActor) Receive(ctx actor.Context) {
 		e.behavior.Become(e.ending)
 		stopWhenEnded(ctx, e.cfg.Logger, len(ctx.Children()), false)
 	case *actor.Stopping:
-		stopTimer(e.endT)
+		stopTimers(e.endT)
 		if !e.stopping {
 			e.leave(ctx)
 		}
@@ -192,7 +192,7 @@ func (e *exitActor) starting(ctx actor.Context) {
 				e.confirmed(ctx)
 			})
 		}
-		f := ctx.RequestFuture(e.cfg.Signaling, &serveExit{exitID: e.cfg.ID, exit: ctx.Self()}, 5*time.Second)
+		f := ctx.RequestFuture(e.cfg.Signaling, &serveExit{exitID: e.cfg.ID, exit: ctx.Self()}, serveExitWait)
 		reenter(ctx, f, func(res any, err error) {
 			if e.stopped() {
 				return
@@ -329,7 +329,7 @@ func (e *exitActor) grant(ctx actor.Context, req *messages.SessionRequest) {
 	e.keys[key] = req.SessionID
 	f := ctx.RequestFuture(e.device, &addPeer{
 		publicKey: key, allowedIPs: []netip.Prefix{netip.PrefixFrom(addr, addr.BitLen())}, sessionID: req.SessionID,
-	}, 5*time.Second)
+	}, addPeerWait)
 	reenter(ctx, f, func(res any, err error) {
 		goneAlready := e.pending[req.SessionID].gone
 		delete(e.pending, req.SessionID)

@@ -107,7 +107,7 @@ func (a *admission) maybeSweep(now time.Time) {
 		}
 	}
 	for id, b := range a.buckets {
-		if now.Sub(b.last) > time.Minute {
+		if now.Sub(b.last) > rateBucketIdle {
 			delete(a.buckets, id)
 		}
 	}

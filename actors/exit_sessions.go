@@ -12,21 +12,18 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 )
 
-type sweepSessions struct{}
-
 // armSweep schedules the next idle-session sweep.
 func (e *exitActor) armSweep(ctx actor.Context) {
 	if e.cfg.SessionIdle <= 0 || e.stopping { // no new timer once stopping
 		return
 	}
-	system, self := ctx.ActorSystem(), ctx.Self()
-	e.sweepT = time.AfterFunc(max(e.cfg.SessionIdle/4, 10*time.Millisecond), func() { system.Root.Send(self, &sweepSessions{}) })
+	e.sweepT = sendAfter(ctx, max(e.cfg.SessionIdle/4, minCadence), &sweepSessions{})
 }
 
 // sweep releases sessions whose client has sent nothing for SessionIdle: a client that died
 // without a goodbye would otherwise keep its WireGuard peer and address for the exit's lifetime.
 func (e *exitActor) sweep(ctx actor.Context) {
-	f := ctx.RequestFuture(e.device, &getPeerStats{}, time.Second)
+	f := ctx.RequestFuture(e.device, &getPeerStats{}, peerStatsWait)
 	reenter(ctx, f, func(res any, err error) {
 		if e.stopped() {
 			return
@@ -44,7 +41,7 @@ func (e *exitActor) sweep(ctx actor.Context) {
 				continue
 			}
 			if idle := now.Sub(s.lastActive); idle >= e.cfg.SessionIdle {
-				e.cfg.Logger.Info("session released: client silent", "session", s.id, "client", s.clientID, "idle", idle.Round(time.Millisecond))
+				e.cfg.Logger.Info("session released: client silent", "session", s.id, "client", s.clientID, "idle", idle.Round(logPrecision))
 				ctx.Stop(s.peer) // Terminated frees its address and key
 			}
 		}

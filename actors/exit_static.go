@@ -20,7 +20,7 @@ func (e *exitActor) addStatic(ctx actor.Context, sp StaticPeer, done func(error)
 	for _, a := range sp.Addresses {
 		allowed = append(allowed, netip.PrefixFrom(a, a.BitLen()))
 	}
-	f := ctx.RequestFuture(e.device, &addPeer{publicKey: sp.PublicKey, allowedIPs: allowed, sessionID: "static-" + sp.Name}, 5*time.Second)
+	f := ctx.RequestFuture(e.device, &addPeer{publicKey: sp.PublicKey, allowedIPs: allowed, sessionID: "static-" + sp.Name}, addPeerWait)
 	reenter(ctx, f, func(res any, err error) {
 		if e.stopped() {
 			return

@@ -98,11 +98,6 @@ type legSession struct {
 	addrs        []netip.Addr
 }
 
-// legDrainExpired: a draining leg's drain time ran out; the tunnel ends its connections.
-type legDrainExpired struct{ leg int }
-
-type legSetupExpired struct{}
-
 type legActor struct {
 	cfg      legConfig
 	behavior actor.Behavior
@@ -236,7 +231,7 @@ func (l *legActor) handshaking(ctx actor.Context) {
 		exitAddr, _ := netip.ParseAddr(l.resp.ExitAddresses[0])
 		l.sess.dialer = netstack.Dialer{Stack: m.stack, Service: netip.AddrPortFrom(exitAddr, l.resp.ConnectPort)}
 		exitKey, _ := signaling.ParseKey(l.resp.ExitWGPublicKey)
-		limit := max(time.Until(l.deadline), time.Millisecond)
+		limit := max(time.Until(l.deadline), minWait)
 		f := ctx.RequestFuture(l.sess.device, &addPeer{
 			publicKey:  exitKey,
 			allowedIPs: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")},

@@ -148,7 +148,7 @@ func (p *peerActor) running(ctx actor.Context) {
 		stopWhenEnded(ctx, p.cfg.logger, len(ctx.Children()), false)
 	case *actor.Stopping:
 		p.stopping = true
-		stopTimer(p.endT)
+		stopTimers(p.endT)
 		if p.cancel != nil {
 			p.cancel()
 		}

@@ -262,7 +262,7 @@ func (s *signalingActor) Receive(ctx actor.Context) {
 		for _, sub := range s.subs {
 			_ = sub.Unsubscribe()
 		}
-		_ = s.cfg.Conn.FlushTimeout(time.Second) // deliver goodbyes already published
+		_ = s.cfg.Conn.FlushTimeout(goodbyeFlushWait) // deliver goodbyes already published
 		s.cfg.Conn.Close()
 		if s.cfg.Server != nil {
 			s.cfg.Server.Shutdown()

@@ -37,13 +37,6 @@ type SignalingStats struct {
 	Dropped      atomic.Int64 // messages to this engine's subjects dropped because its backlog was full
 }
 
-// Retries of a request refused with "unavailable" (the exit is busy or rate-limits the client),
-// inside the request's own deadline.
-const (
-	retryUnavailableMin = 50 * time.Millisecond
-	retryUnavailableMax = time.Second
-)
-
 // request runs one session request in a goroutine the actor owns (cancelled and awaited in
 // Stopping) and sends the outcome straight to the requester.
 func (s *signalingActor) request(ctx actor.Context, m *requestSession) {

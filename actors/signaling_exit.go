@@ -24,11 +24,6 @@ const (
 	maxInFlight = 256
 	maxQueued   = 4096
 	maxBacklog  = 4096 // messages for an exit waiting in the signaling actor's mailbox
-	queueWait   = 3 * time.Second
-	// exitAnswer bounds the exit actor's answer to one request. Longer than the exit's own bound on
-	// adding the peer (5 s): an "unavailable" from here must never race a grant the exit still
-	// completes, or the client's retry would meet its own request as a replay.
-	exitAnswer = 10 * time.Second
 )
 
 type queuedRequest struct {
@@ -173,7 +168,7 @@ func (s *signalingActor) pinged(ctx actor.Context, m *inboundRPC, p *messages.Se
 		return
 	}
 	msg, exitID := m.msg, m.exitID
-	f := ctx.RequestFuture(m.exit, &sessionPinged{sessionID: p.SessionID, clientID: p.ClientID, ts: p.Timestamp}, 2*time.Second)
+	f := ctx.RequestFuture(m.exit, &sessionPinged{sessionID: p.SessionID, clientID: p.ClientID, ts: p.Timestamp}, exitPingWait)
 	reenter(ctx, f, func(res any, err error) {
 		refusal := &messages.ErrorResponse{SessionID: p.SessionID, ClientID: p.ClientID, ExitID: exitID, Nonce: p.Nonce}
 		r, ok := res.(*sessionPong)

@@ -1,8 +1,10 @@
 package actors
 
-// Timers of the actors package, named after the event each one stands for, and the package's
-// durations. A timer sends its event to its owner's mailbox and is stopped by its owner when the
-// state it belongs to ends, and in Stopping; nothing else sends these messages.
+// Timers of the actors package, each named after the event it stands for, and the package's fixed
+// durations (everything else comes from configuration). A timer sends its event to its owner's
+// mailbox (sendAfter); its owner stops it when the state it belongs to ends, and in Stopping.
+// Nothing but a timer sends these events. protoactor's ReceiveTimeout is not used: it is racy at
+// the pinned commit (asynkron/protoactor-go#1139).
 
 import (
 	"time"
@@ -10,17 +12,58 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 )
 
-// The package's fixed durations; everything else comes from configuration.
+// The package's fixed durations.
 const (
-	// pingReplyGrace: a keepalive's wait for signaling's answer to a ping outlasts the ping's own
-	// timeout by this much, so signaling's answer (even a timeout) always arrives first.
-	pingReplyGrace = time.Second
+	// Bounds on answers between actors (request–reply through futures).
+	serveExitWait  = 5 * time.Second // exit: signaling confirms the exit's subscription
+	addPeerWait    = 5 * time.Second // exit: the device adds a session's (or a static) peer
+	peerStatsWait  = time.Second     // exit: the device's peer counters, for the idle sweep
+	exitPingWait   = 2 * time.Second // signaling: the exit actor's answer to a session.ping
+	pingReplyGrace = time.Second     // keepalive: its wait for signaling's answer to a ping outlasts the ping's own timeout by this
+	admitWait      = 5 * time.Second // connection: the tunnel's admission once its handshake is done (within its setup deadline)
+	// exitAnswer bounds the exit actor's answer to one session request. Longer than the exit's own
+	// bound on adding the peer (addPeerWait): an "unavailable" from signaling must never race a
+	// grant the exit still completes, or the client's retry would meet its own request as a replay.
+	exitAnswer = 10 * time.Second
+	// queueWait: how long a session request waits its turn behind maxInFlight before it is refused
+	// "unavailable" (clients retry with backoff).
+	queueWait = 3 * time.Second
+
+	// Retries of a session request refused "unavailable" (the exit is busy or rate-limits the
+	// client), inside the request's own deadline: doubling from min to max.
+	retryUnavailableMin = 50 * time.Millisecond
+	retryUnavailableMax = time.Second
+
+	// Releasing.
+	childrenEndWait  = 5 * time.Second        // an owner that told its children endWith waits this long for them, then stops anyway
+	goodbyeFlushWait = time.Second            // signaling's Stopping flushes goodbyes already published
+	refusalLinger    = 500 * time.Millisecond // a refused proxy client has this long to read its reply before the close
+
+	// Windows (not timers): what is older is forgotten.
+	exitRespawnWindow = time.Minute // engine: exit losses counted against exitRespawnLimit
+	rateBucketIdle    = time.Minute // exit admission: a client's request bucket, once idle this long
+
+	// Floors and steps.
+	acceptBackoffMin = 5 * time.Millisecond  // an accept loop's pause after a temporary error, doubling…
+	acceptBackoffMax = time.Second           // …up to this
+	minCadence       = 10 * time.Millisecond // the fastest idle check or session sweep
+	minWait          = time.Millisecond      // the least wait derived from a deadline that is (nearly) past
+	logPrecision     = time.Millisecond      // durations in log lines
+	rttPrecision     = time.Microsecond      // round trips in causes and log lines
 )
 
 // sendAfter arms a timer that sends msg to the calling actor after d. The caller owns the timer.
 func sendAfter(ctx actor.Context, d time.Duration, msg any) *time.Timer {
 	system, self := ctx.ActorSystem(), ctx.Self()
 	return time.AfterFunc(d, func() { system.Root.Send(self, msg) })
+}
+
+// rearm stops *t if it is armed and arms it again: at most one timer of its kind is pending.
+func rearm(t **time.Timer, ctx actor.Context, d time.Duration, msg any) {
+	if *t != nil {
+		(*t).Stop()
+	}
+	*t = sendAfter(ctx, d, msg)
 }
 
 func stopTimers(ts ...*time.Timer) {
@@ -31,24 +74,38 @@ func stopTimers(ts ...*time.Timer) {
 	}
 }
 
-// legTimers are a leg's: setup sends legSetupExpired (session request and first handshake took
-// too long), drain sends legDrainExpired (a draining leg's connections had their time).
+// Tunnel (tunnel*.go): its timers are fields of the tunnel actor, stopped in Stopping.
+type (
+	// tunnelDrainExpired: the drain timeout of a Close ran out; the connections still open end.
+	tunnelDrainExpired struct{}
+	// reconnectAttempt: the backoff after a failed reconnection attempt has passed; try the next.
+	reconnectAttempt struct{}
+	// parkExpired: the oldest parked proxy connection has waited reconnect_wait; refuse it.
+	parkExpired struct{}
+	// childrenEndExpired: childrenEndWait has passed since an owner told its children endWith
+	// (tunnel, exit, device, peer).
+	childrenEndExpired struct{}
+)
+
+// Leg (leg.go).
+type (
+	// legSetupExpired: the session request and first handshake took longer than the setup deadline.
+	legSetupExpired struct{}
+	// legDrainExpired: a draining leg's connections had their time; the tunnel ends them.
+	legDrainExpired struct{ leg int }
+)
+
+// legTimers are a leg's: setup sends legSetupExpired, drain sends legDrainExpired.
 type legTimers struct{ setup, drain *time.Timer }
 
 func (t *legTimers) stopAll() { stopTimers(t.setup, t.drain) }
 
-// rearm stops *t if it is armed and arms it again: at most one timer of its kind is pending.
-func rearm(t **time.Timer, ctx actor.Context, d time.Duration, msg any) {
-	if *t != nil {
-		(*t).Stop()
-	}
-	*t = sendAfter(ctx, d, msg)
-}
-
-// kaTick: time for the keepalive's next data-plane check; kaSigTick: time for its next
-// session.ping. Each carries the generation it was armed for (keepalive.go).
-type kaTick struct{ gen int }
-type kaSigTick struct{ gen int }
+// Keepalive (keepalive.go): kaTick is time for the next data-plane check, kaSigTick for the next
+// session.ping; each carries the generation it was armed for.
+type (
+	kaTick    struct{ gen int }
+	kaSigTick struct{ gen int }
+)
 
 // keepaliveTimers are the keepalive's two cadences; both stopped on every new leg and in Stopping.
 type keepaliveTimers struct{ checkT, pingT *time.Timer }
@@ -65,3 +122,22 @@ func (t *keepaliveTimers) stopAll() {
 	stopTimers(t.checkT, t.pingT)
 	t.checkT, t.pingT = nil, nil
 }
+
+// Connection (connection*.go).
+type (
+	// connIdleCheck: time to look at the connection's byte and segment counters again.
+	connIdleCheck struct{}
+	// connLifetimeExpired: max_lifetime has passed since the connection opened.
+	connLifetimeExpired struct{}
+	// connGraceExpired: a graceful end's grace period passed without both sides finishing.
+	connGraceExpired struct{}
+)
+
+// connTimers are a connection's: idle sends connIdleCheck, lifetime connLifetimeExpired, grace
+// connGraceExpired.
+type connTimers struct{ idle, lifetime, grace *time.Timer }
+
+func (t *connTimers) stopAll() { stopTimers(t.idle, t.lifetime, t.grace) }
+
+// Exit (exit_sessions.go): sweepSessions is time to release sessions whose client went silent.
+type sweepSessions struct{}

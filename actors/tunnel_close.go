@@ -27,8 +27,6 @@ import (
 	"github.com/warren-tunnel/warren/messages"
 )
 
-type tunnelDrainExpired struct{}
-
 // drain stops accepting, lets active connections finish for the drain timeout, ends the rest with
 // drain_timeout (graceful, then forced after the grace period), and then closes.
 func (t *tunnelActor) drain(ctx actor.Context, m *messages.CloseTunnel) {

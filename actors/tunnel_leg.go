@@ -58,7 +58,7 @@ func (t *tunnelActor) startLeg(ctx actor.Context, exitID string, purpose legPurp
 	l := &leg{id: t.nextLeg, purpose: purpose, exitID: exitID, conns: map[string]*actor.PID{}}
 	setup := t.cfg.HandshakeTimeout
 	if purpose == legOpen && !t.cfg.OpenDeadline.IsZero() {
-		setup = min(setup, max(time.Until(t.cfg.OpenDeadline), time.Millisecond)) // OpenTunnel's context
+		setup = min(setup, max(time.Until(t.cfg.OpenDeadline), minWait)) // OpenTunnel's context
 	}
 	l.pid = ctx.Spawn(newLegProps(legConfig{
 		id: l.id, tunnelID: t.cfg.ID, exitID: exitID, setup: setup, udpBind: t.cfg.UDPBind, keepalive: t.cfg.Keepalive,
@@ -193,7 +193,7 @@ func (t *tunnelActor) legUp(ctx actor.Context, l *leg, rtt time.Duration) {
 	switch {
 	case l.purpose == legOpen && l == t.current:
 		t.info.UpSince = time.Now()
-		t.enter(ctx, messages.StateUp, fmt.Sprintf("handshake completed with %s, probe rtt %v", l.exitID, rtt.Round(time.Microsecond)))
+		t.enter(ctx, messages.StateUp, fmt.Sprintf("handshake completed with %s, probe rtt %v", l.exitID, rtt.Round(rttPrecision)))
 		t.startAccepting(ctx)
 		t.watchNewLeg(ctx, l)
 		t.reply(ctx, nil)
@@ -201,7 +201,7 @@ func (t *tunnelActor) legUp(ctx actor.Context, l *leg, rtt time.Duration) {
 		old := t.current
 		t.current, t.pending = l, nil
 		t.info.ExitID = l.exitID
-		t.enter(ctx, messages.StateUp, fmt.Sprintf("switched to %s (probe rtt %v)", l.exitID, rtt.Round(time.Microsecond)))
+		t.enter(ctx, messages.StateUp, fmt.Sprintf("switched to %s (probe rtt %v)", l.exitID, rtt.Round(rttPrecision)))
 		t.watchNewLeg(ctx, l)
 		t.answerWaiter(ctx, nil)
 		if old != nil && old.state == legUp && !old.ending() {
@@ -210,7 +210,7 @@ func (t *tunnelActor) legUp(ctx actor.Context, l *leg, rtt time.Duration) {
 		t.restoreDegraded(ctx)
 	case l == t.pending && l.purpose == legReconfigure:
 		t.current, t.pending = l, nil
-		t.enter(ctx, messages.StateUp, fmt.Sprintf("reconfigured with %s (probe rtt %v)", l.exitID, rtt.Round(time.Microsecond)))
+		t.enter(ctx, messages.StateUp, fmt.Sprintf("reconfigured with %s (probe rtt %v)", l.exitID, rtt.Round(rttPrecision)))
 		t.watchNewLeg(ctx, l)
 		t.answerWaiter(ctx, nil)
 		t.restoreDegraded(ctx)

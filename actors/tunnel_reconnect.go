@@ -24,9 +24,6 @@ import (
 // with ±20% jitter.
 type Backoff struct{ Min, Max time.Duration }
 
-type reconnectAttempt struct{}
-type parkExpired struct{}
-
 // parkedConn is a proxy connection accepted while reconnecting, owned by the tunnel until it goes
 // to a connection actor (or is refused) — closed in Stopping otherwise.
 type parkedConn struct {
@@ -106,7 +103,7 @@ func (t *tunnelActor) reconnectFailed(ctx actor.Context, err error) {
 		wait = t.cfg.Backoff.Max
 	}
 	wait = time.Duration(float64(wait) * (0.8 + 0.4*rand.Float64()))
-	t.cfg.Logger.Warn("reconnect attempt failed", "attempt", t.attempt, "retry_in", wait.Round(time.Millisecond), "err", err)
+	t.cfg.Logger.Warn("reconnect attempt failed", "attempt", t.attempt, "retry_in", wait.Round(logPrecision), "err", err)
 	t.retryT = sendAfter(ctx, wait, &reconnectAttempt{})
 }
 
@@ -118,7 +115,7 @@ func (t *tunnelActor) reconnected(ctx actor.Context, l *leg, rtt time.Duration) 
 	if t.parkT != nil {
 		t.parkT.Stop()
 	}
-	t.enter(ctx, messages.StateUp, "reconnected to "+l.exitID+" after "+itoa(uint16(min(t.attempt+1, 65535)))+" attempt(s), probe rtt "+rtt.Round(time.Microsecond).String())
+	t.enter(ctx, messages.StateUp, "reconnected to "+l.exitID+" after "+itoa(uint16(min(t.attempt+1, 65535)))+" attempt(s), probe rtt "+rtt.Round(rttPrecision).String())
 	t.watchNewLeg(ctx, l)
 	parked := t.parked
 	t.parked = nil
