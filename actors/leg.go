@@ -201,6 +201,7 @@ func (l *legActor) start(ctx actor.Context) {
 	req := &messages.SessionRequest{SessionID: l.sess.sessionID, ExitID: l.cfg.exitID, WGPublicKey: key.Public().String(),
 		Certificate: l.cfg.certificate}
 	l.cfg.identity.SignSessionRequest(req, time.Now())
+	l.watched = true // signaling watches the session from its request on (unwatched in goodbye)
 	ctx.Request(l.cfg.signaling, &requestSession{exitID: l.cfg.exitID, req: req, trust: l.cfg.trust, timeout: l.cfg.setup})
 }
 
@@ -217,7 +218,6 @@ func (l *legActor) negotiating(ctx actor.Context) {
 			l.fail(ctx, err)
 			return
 		}
-		l.watched = true
 		ctx.Send(l.cfg.signaling, &watchSession{sessionID: l.sess.sessionID, exitIdentity: m.resp.ExitIdentity, tunnel: ctx.Self()})
 		l.enter(ctx, legHandshaking, "session granted by "+l.cfg.exitID, nil, 0)
 	case *legSetupExpired:

@@ -43,8 +43,9 @@ type sendExitGoodbye struct {
 	close    *messages.SessionClose
 }
 
-// watchSession routes the exit's goodbye for a session to the sender (a tunnel), once verified
-// against the exit's identity; unwatchSession stops that.
+// watchSession routes the exit's goodbye for a session to the sender (a leg), once verified against
+// the exit's identity; unwatchSession stops that. A session is watched from its request on
+// (requestSession), so that a goodbye overtaking the grant is held rather than lost.
 type watchSession struct {
 	sessionID    string
 	exitIdentity string
@@ -103,9 +104,13 @@ type NATSState struct {
 type watchNATS struct{ pid *actor.PID }
 type unwatchNATS struct{ pid *actor.PID }
 
+// watchedSession: a session requested (exitIdentity still "") or granted by the exit with that
+// identity. A goodbye that arrives between the request and the grant (the exit shut down just after
+// granting) is held in early, verified, until the grant says who may sign it.
 type watchedSession struct {
 	tunnel       *actor.PID
 	exitIdentity string
+	early        *messages.SessionClose
 }
 
 // requestSession asks an exit for a session; the requester hears one *sessionReply. Only an answer
@@ -215,7 +220,7 @@ func (s *signalingActor) Receive(ctx actor.Context) {
 		s.cfg.Conn.Close()
 		ctx.Respond(&DropConnectionResponse{})
 	case *watchSession:
-		s.watched[m.sessionID] = watchedSession{tunnel: m.tunnel, exitIdentity: m.exitIdentity}
+		s.watch(ctx, m)
 	case *unwatchSession:
 		delete(s.watched, m.sessionID)
 	case *inboundClientEvent:
@@ -243,6 +248,9 @@ func (s *signalingActor) Receive(ctx actor.Context) {
 		s.handleRPC(ctx, m)
 	case *requestSession:
 		s.subscribeClientEvents(ctx)
+		if ctx.Sender() != nil {
+			s.watched[m.req.SessionID] = watchedSession{tunnel: ctx.Sender()} // granted: watchSession
+		}
 		s.request(ctx, m)
 	case *sendGoodbye:
 		data, err := signaling.Encode(messages.TypeSessionClose, m.close)
@@ -333,6 +341,18 @@ func (s *signalingActor) handleClientEvent(ctx actor.Context, msg *nats.Msg) {
 		s.cfg.Logger.Warn("exit goodbye dropped", "session", c.SessionID, "reason", "no such session here")
 		return
 	}
+	if w.exitIdentity == "" { // not granted yet: hold it, verified, until the grant names the exit
+		if err := signaling.VerifySessionClose(c, time.Now()); err != nil {
+			s.cfg.Stats.Forged.Add(1)
+			s.cfg.Logger.Warn("exit goodbye refused", "session", c.SessionID, "reason", err)
+			return
+		}
+		if w.early == nil {
+			w.early = c
+			s.watched[c.SessionID] = w
+		}
+		return
+	}
 	if c.Signer != w.exitIdentity {
 		s.cfg.Stats.Forged.Add(1)
 		s.cfg.Logger.Warn("exit goodbye refused", "session", c.SessionID, "reason", "not signed by the session's exit")
@@ -345,4 +365,20 @@ func (s *signalingActor) handleClientEvent(ctx actor.Context, msg *nats.Msg) {
 	}
 	delete(s.watched, c.SessionID)
 	ctx.Send(w.tunnel, &exitSaidGoodbye{sessionID: c.SessionID, reason: c.Reason})
+}
+
+// watch records a granted session's exit identity; a goodbye held since the request is delivered
+// now if that exit signed it.
+func (s *signalingActor) watch(ctx actor.Context, m *watchSession) {
+	w := s.watched[m.sessionID]
+	s.watched[m.sessionID] = watchedSession{tunnel: m.tunnel, exitIdentity: m.exitIdentity}
+	switch {
+	case w.early == nil:
+	case w.early.Signer != m.exitIdentity:
+		s.cfg.Stats.Forged.Add(1)
+		s.cfg.Logger.Warn("exit goodbye refused", "session", m.sessionID, "reason", "not signed by the session's exit")
+	default:
+		delete(s.watched, m.sessionID)
+		ctx.Send(m.tunnel, &exitSaidGoodbye{sessionID: m.sessionID, reason: w.early.Reason})
+	}
 }

@@ -11,7 +11,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -417,16 +416,13 @@ func rowDegradedDataPlane(t *testing.T) rowRun {
 	return rowRun{w.rec, tun}
 }
 
-// TestTransitionsExitGoodbyeDuringSetup reproduces a race (opt-in: WARREN_REPRO_GOODBYE_RACE=1): an
-// exit that shuts down right after granting a session says goodbye for it, but the client's
-// signaling drops a goodbye for a session its tunnel does not watch yet ("exit goodbye dropped ...
-// no such session here": the watch is registered only once the tunnel has handled the grant), so
-// the leg fails only at its setup deadline instead of at once. Each round switches to an exit that
-// closes as soon as it has granted the session.
+// TestTransitionsExitGoodbyeDuringSetup: an exit that shuts down right after granting a session
+// says goodbye for it, and that goodbye can reach the client before the grant has reached the leg.
+// It must end the new leg at once (ErrExitGone), not at its setup deadline: signaling watches a
+// session from its request on and holds a goodbye that overtakes the grant until the grant names
+// the exit that may sign it. Each round switches to an exit that closes as soon as it has granted
+// the session (before this was mended, most rounds waited for the deadline).
 func TestTransitionsExitGoodbyeDuringSetup(t *testing.T) {
-	if os.Getenv("WARREN_REPRO_GOODBYE_RACE") == "" {
-		t.Skip("reproduces a known race; set WARREN_REPRO_GOODBYE_RACE=1")
-	}
 	dropped := 0
 	for round := 1; round <= 20; round++ {
 		t.Run("round", func(t *testing.T) {
