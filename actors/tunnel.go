@@ -1,27 +1,35 @@
 package actors
 
 // The tunnel actor owns one client tunnel: its proxy listeners and accept loops
-// (tunnel_listeners.go), its legs (a session with an exit and the device that carries it:
-// tunnel_leg.go), the connections proxied through it (children: tunnel_conns.go), its health
-// (tunnel_health.go, tunnel_reconnect.go) and its close (tunnel_close.go).
+// (tunnel_listeners.go), its legs (leg actors, each a session with an exit and the device that
+// carries it: leg.go; what their reports mean for the tunnel: tunnel_leg.go), the connections
+// proxied through it (children: tunnel_conns.go), its health (tunnel_health.go,
+// tunnel_reconnect.go) and its close (tunnel_close.go). Its state is derived from its legs'
+// reports, and entered only through enter (Become, event and log line together). The diagram is
+// docs/state-machines.md's; its table of transitions is checked by test/transitions_test.go.
 //
-//	Negotiating ──session granted──▶ Handshaking ──HandshakeCompleted──▶ Up ◀──────────────┐
-//	     │                               │                               │                 │
-//	     └──refused / timeout / error────┴──────▶ Failed(cause)          ├─Switch──▶ Switching ──new leg up / failed──┘
-//	                                                 │                   ├─Reconfigure──▶ Reconfiguring ──new leg up──┘
-//	                                                 │                   │  (old leg released first)     └─failed──▶ Failed
-//	                                                 │                   ├─signaling failing ◀──▶ Degraded (traffic flows)
-//	                                                 │                   ├─data plane failed / exit goodbye / session or device lost
-//	                                                 │                   │     ──▶ Reconnecting ──new leg up──▶ Up   (tunnel_reconnect.go)
-//	                                                 │                   └─Close──▶ Draining ──last connection ended,
-//	                                                 ▼                                        or drain timeout + grace──▶ Closing
-//	                                              Closed ◀──────────────(released)────────────────────────────────────┘
+//	  Negotiating ──session granted──▶ Handshaking ──HandshakeCompleted──▶ Up ◀─────────────────────────────────────┐
+//	   │   │                            │   │                                                                       │
+//	   │   └─refused / timeout / error──┼───┴─▶ Failed(cause) ──(released)──▶ Closed                                │
+//	   └─Close (before Up)──────────────┴─────▶ Closing ──(released)──▶ Closed                                      │
+//	                                                                                                                │
+//	  Up, and Degraded (which does all that Up does, and traffic flows):                                            │
+//	   ├─signaling failing ◀──▶ Degraded                                                                            │
+//	   ├─Switch──▶ Switching ──new leg up; or new leg failed while the old one serves (stays on it)─────────────────┤
+//	   │              ├─the old exit lost meanwhile, then the new leg failed──▶ Reconnecting                        │
+//	   │              └─Close──▶ Draining (Closing if the old exit was lost meanwhile)                              │
+//	   ├─Reconfigure──▶ Reconfiguring ──new leg up──────────────────────────────────────────────────────────────────┤
+//	   │  (old leg released first)  ├─new leg failed──▶ Failed                                                      │
+//	   │                            └─Close──▶ Closing                                                              │
+//	   ├─data plane failed / exit goodbye / session or device lost──▶ Reconnecting ──new leg up─────────────────────┘
+//	   │                                                               └─Close──▶ Closing
+//	   └─Close──▶ Draining ──last connection ended, or drain timeout (+ grace)──▶ Closing
 //
 // The proxy listeners are bound synchronously in Started, so a port in use fails the open at once;
 // they keep their port across switches and reconfigurations. Release order when it closes:
 // listeners (Draining or Closing) → connections (told why with endWith; the tunnel stops once they
-// have ended: tunnel_close.go) → goodbyes (Stopping) → devices (children; each releases netstack →
-// device → UDP bind) → Closed is emitted and the opener and closers are answered (Stopped).
+// have ended: tunnel_close.go) → legs (children; each says goodbye, then its device releases
+// netstack → device → UDP bind) → Closed is emitted and the opener and closers are answered (Stopped).
 
 import (
 	"errors"
@@ -97,7 +105,8 @@ type tunnelActor struct {
 	waiter      *actor.PID // the Switch or Reconfigure caller
 	waitReconf  bool       // the waiter asked for Reconfigure (else Switch)
 	drainFor    time.Duration
-	drainT      *time.Timer
+	drainT      *time.Timer  // the drain timeout of a Close; sends tunnelDrainExpired
+	drainEnd    time.Time    // when drainT fires
 	drainWhy    messages.EndReason // recorded for connections still open when the drain ends
 	info        messages.TunnelInfo
 	replied     bool

@@ -1,15 +1,15 @@
 package actors
 
 // Closing a tunnel: the drain (listeners closed at once, connections given the drain timeout,
-// then ended), Closing and Failed, and the release in Stopping (listeners, then the goodbyes;
-// children stop after).
+// then ended), Closing and Failed, and the release in Stopping (listeners; then the children:
+// each leg says goodbye to its exit as it stops).
 //
-//	Draining ──last connection ended, or a second CloseTunnel (drain cut short)──┐
-//	Negotiating … Reconnecting ──CloseTunnel─────────────────────────────────────┴──▶ Closing ──┐
-//	the leg it needed failed ────────────────────────────────────────────────────────▶ Failed ──┤
-//	  ┌─────────────────────────────────────────────────────────────────────────────────────────┘
-//	  └─▶ endWith(why) to every connection ──▶ ending ──last ConnectionEnded, or childrenEndWait──▶ stop
-//	      (none open: stop at once)
+//	Draining ──last connection ended, drain timeout, or a CloseTunnel with no drain──┐
+//	Negotiating … Reconnecting ──CloseTunnel─────────────────────────────────────────┴──▶ Closing ──┐
+//	the leg it needed failed ─────────────────────────────────────────────────────────────▶ Failed ─┤
+//	  ┌─────────────────────────────────────────────────────────────────────────────────────────────┘
+//	  └─▶ endWith(why) to every connection; the closing behavior waits ──last ConnectionEnded,
+//	      or childrenEndWait──▶ stop   (none open: stop at once)
 //
 // Why the connections still open end (endReason): engine_shutdown if the close or the drain is the
 // engine's shutdown; else what the close at hand says (CloseTunnel.Why: Tunnel.Close out of time
@@ -50,6 +50,7 @@ func (t *tunnelActor) drain(ctx actor.Context, m *messages.CloseTunnel) {
 		t.finishClose(ctx)
 		return
 	}
+	t.drainEnd = time.Now().Add(d)
 	t.drainT = sendAfter(ctx, d, &tunnelDrainExpired{})
 }
 
@@ -61,7 +62,16 @@ func (t *tunnelActor) draining(ctx actor.Context) {
 			ctx.Send(e.pid, &EndConnection{Reason: t.drainWhy})
 		}
 	case *messages.CloseTunnel:
-		t.closeNow(ctx, "drain cut short: "+reasonOr(m.Reason))
+		// A second Close joins the drain under way; a shorter drain shortens it, none (the caller's
+		// context ran out, or a forced engine shutdown) ends it now.
+		d := t.drainTimeout(m.Drain)
+		switch {
+		case d == 0:
+			t.closeNow(ctx, "drain cut short: "+reasonOr(m.Reason))
+		case time.Now().Add(d).Before(t.drainEnd):
+			t.drainEnd = time.Now().Add(d)
+			rearm(&t.drainT, ctx, d, &tunnelDrainExpired{})
+		}
 	default:
 		t.closing(ctx)
 	}
