@@ -185,7 +185,9 @@ type world struct {
 
 func newWorld(t *testing.T) *world {
 	ns := startNATS(t, nil)
-	client := startEngine(t, natsClient(ns))
+	cfg := natsClient(ns)
+	cfg.Logger = legSteps.logger() // the legs' transitions, checked against the docs after all rows
+	client := startEngine(t, cfg)
 	return &world{t: t, ns: ns, client: client, rec: record(watchTunnel(client), rowTunnel)}
 }
 

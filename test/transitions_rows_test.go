@@ -238,6 +238,16 @@ func switching(t *testing.T, handshake time.Duration) (w *world, a, b *engine.En
 	return
 }
 
+// rowNewLost: the new exit is lost mid-switch (it said goodbye while its leg was coming up); the
+// tunnel stays Up on the old exit, at once rather than at the setup deadline.
+func rowNewLost(t *testing.T) rowRun {
+	w, _, b, _, tun, switched := switching(t, within)
+	closeEngine(t, b)
+	wantErr(t, "Switch whose new exit said goodbye", result(t, switched, "Switch"), engine.ErrExitGone)
+	wantInfo(t, tun, stUp, "a", 0)
+	return rowRun{w.rec, tun}
+}
+
 func rowCloseSwitching(t *testing.T) rowRun {
 	w, _, _, _, tun, switched := switching(t, within)
 	wantErr(t, "a second Switch while switching", tun.Switch(bounded(t), "a"), engine.ErrBusy)

@@ -40,6 +40,9 @@ func transitionRows() []transitionRow {
 		{"switch", rowSwitch, up(append([]messages.TunnelState{stSw, stUp}, closed...)...)},
 		{"switch to an exit that fails: stays up", rowSwitchFails, up(append([]messages.TunnelState{stSw, stUp}, closed...)...)},
 		{"close while switching (ErrBusy meanwhile)", rowCloseSwitching, up(append([]messages.TunnelState{stSw}, closed...)...)},
+		{"new exit lost mid-switch: stays up on the old one", rowNewLost, up(append([]messages.TunnelState{stSw, stUp}, closed...)...)},
+		{"switch with a connection: the old leg drains until it ends", rowLegDrains, up(append([]messages.TunnelState{stSw, stUp}, closed...)...)},
+		{"old exit lost while its leg drains", rowLegLostDraining, up(append([]messages.TunnelState{stSw, stUp}, closed...)...)},
 		{"old exit lost mid-switch, new leg up", rowOldLostNewUp, up(append([]messages.TunnelState{stSw, stUp}, closed...)...)},
 		{"old exit lost mid-switch, new leg failed (blackholed)", rowBothLost, up(stSw, stRcn, stClg, stCld)},
 		{"close while switching after the old exit was lost", rowCloseAfterOldLost, up(stSw, stClg, stCld)},
@@ -81,6 +84,9 @@ func TestTransitions(t *testing.T) {
 		}
 	})
 	t.Logf("%d rows in %v", len(rows), time.Since(start).Round(time.Millisecond))
+	if !t.Failed() && !testing.Short() {
+		checkLegSteps(t) // every row has run: their legs took every documented leg transition
+	}
 }
 
 // TestTransitionsMatchDocs: every documented transition is in some row's expected sequence, and
