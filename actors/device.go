@@ -100,19 +100,22 @@ type flowUDP struct{ f *netstack.UDPFlow }
 type serviceConn struct{ c net.Conn }
 
 type deviceActor struct {
-	cfg        deviceConfig
-	behavior   actor.Behavior
-	endT       *time.Timer     // bounds the wait for peers told endWith; stopped in Stopping
-	stack      *netstack.Stack // alive until Stopped
-	bind       *netstack.Bind
-	dev        *device.Device
-	listener   net.Listener   // exit connect service; closed in Stopping
-	stopAccept chan struct{}  // closed in Stopping, before the listener
-	echo       net.PacketConn // exit: the probe echo service; closed in Stopping
-	echoEnd    chan struct{}  // closed when the echo loop has returned
-	acceptEnd  chan struct{}  // closed when the accept loop has returned
-	peers      map[netip.Addr]*actor.PID
-	stopping   bool // set on endWith or in Stopping: no new peer; flows are refused
+	cfg      deviceConfig
+	behavior actor.Behavior
+	endT     *time.Timer // bounds the wait for peers told endWith; stopped in Stopping
+	// servicesClosed: the listener and echo socket are closed (endWith or Stopping); their loops
+	// are awaited in Stopping.
+	servicesClosed bool
+	stack          *netstack.Stack // alive until Stopped
+	bind           *netstack.Bind
+	dev            *device.Device
+	listener       net.Listener   // exit connect service; closed in Stopping
+	stopAccept     chan struct{}  // closed in Stopping, before the listener
+	echo           net.PacketConn // exit: the probe echo service; closed in Stopping
+	echoEnd        chan struct{}  // closed when the echo loop has returned
+	acceptEnd      chan struct{}  // closed when the accept loop has returned
+	peers          map[netip.Addr]*actor.PID
+	stopping       bool // set on endWith or in Stopping: no new peer; flows are refused
 }
 
 func newDeviceActor(cfg deviceConfig) actor.Producer {
@@ -190,7 +193,7 @@ func (d *deviceActor) running(ctx actor.Context) {
 	case *endWith:
 		if !d.stopping {
 			d.stopping = true
-			d.closeServices()
+			d.closeServices() // closes only; the loops are waited for in Stopping
 			d.endT = endChildren(ctx, m.why, ctx.Children())
 			d.behavior.Become(d.ending)
 			stopWhenEnded(ctx, d.cfg.logger, len(ctx.Children()), false)
@@ -199,21 +202,35 @@ func (d *deviceActor) running(ctx actor.Context) {
 		d.stopping = true
 		stopTimers(d.endT)
 		d.closeServices()
+		d.awaitServices() // bounded: each loop ends as its socket closes
 	case *actor.Stopped:
 		d.release()
 	}
 }
 
-// closeServices closes the exit's connect-service listener and probe echo and waits for their loops.
+// closeServices closes the exit's connect-service listener and probe echo (once; stopAccept is
+// nil after); it never waits: their loops are awaited in Stopping.
 func (d *deviceActor) closeServices() {
+	if d.stopAccept == nil {
+		return
+	}
+	close(d.stopAccept)
+	d.stopAccept = nil
 	if d.listener != nil {
-		close(d.stopAccept)
 		_ = d.listener.Close()
+	}
+	if d.echo != nil {
+		_ = d.echo.Close()
+	}
+}
+
+// awaitServices waits for the accept and echo loops (Stopping only: their sockets are closed).
+func (d *deviceActor) awaitServices() {
+	if d.listener != nil {
 		<-d.acceptEnd
 		d.listener = nil
 	}
 	if d.echo != nil {
-		_ = d.echo.Close()
 		<-d.echoEnd
 		d.echo = nil
 	}
@@ -322,39 +339,6 @@ type flowForwarder struct {
 
 func (f flowForwarder) HandleTCP(fl *netstack.TCPFlow) { f.system.Root.Send(f.device, &flowTCP{f: fl}) }
 func (f flowForwarder) HandleUDP(fl *netstack.UDPFlow) { f.system.Root.Send(f.device, &flowUDP{f: fl}) }
-
-// acceptLoop hands each accepted connection to deliver until the listener is closed, then closes end.
-// It is owned by the actor that owns the listener: that actor closes the listener and waits on end.
-// A transient failure (out of file descriptors) backs off like net/http's server instead of spinning
-// or giving up; that wait paces retries, it synchronises nothing.
-func acceptLoop(ln net.Listener, stop <-chan struct{}, end chan<- struct{}, deliver func(net.Conn)) {
-	defer close(end)
-	var backoff time.Duration
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			select {
-			case <-stop: // the owner closed the listener
-				return
-			default:
-			}
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			backoff = min(max(2*backoff, acceptBackoffMin), acceptBackoffMax)
-			t := time.NewTimer(backoff)
-			select {
-			case <-t.C:
-			case <-stop:
-				t.Stop()
-				return
-			}
-			continue
-		}
-		backoff = 0
-		deliver(c)
-	}
-}
 
 // wireguardLogger routes wireguard-go's log to slog at debug level, formatting nothing unless debug
 // is enabled (wireguard-go logs per handshake and keepalive, never per data packet).

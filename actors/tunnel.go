@@ -105,8 +105,8 @@ type tunnelActor struct {
 	waiter      *actor.PID // the Switch or Reconfigure caller
 	waitReconf  bool       // the waiter asked for Reconfigure (else Switch)
 	drainFor    time.Duration
-	drainT      *time.Timer  // the drain timeout of a Close; sends tunnelDrainExpired
-	drainEnd    time.Time    // when drainT fires
+	drainT      *time.Timer        // the drain timeout of a Close; sends tunnelDrainExpired
+	drainEnd    time.Time          // when drainT fires
 	drainWhy    messages.EndReason // recorded for connections still open when the drain ends
 	info        messages.TunnelInfo
 	replied     bool

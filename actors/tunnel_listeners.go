@@ -3,10 +3,13 @@ package actors
 // A tunnel's proxy listeners: bound synchronously when the tunnel starts (a port in use fails the
 // open at once), accepted from by one goroutine each once the tunnel is Up, closed when draining
 // starts or in Stopping; they keep their ports across switches, reconfigurations and reconnects.
+// acceptLoop, at the end, is also the exit device's connect-service loop.
 
 import (
+	"errors"
 	"fmt"
 	"net"
+	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
 
@@ -62,5 +65,38 @@ func (t *tunnelActor) startAccepting(ctx actor.Context) {
 		l.stop, l.end = make(chan struct{}), make(chan struct{})
 		kind := l.kind
 		go acceptLoop(l.ln, l.stop, l.end, func(c net.Conn) { system.Root.Send(self, &connAccepted{c: c, kind: kind}) })
+	}
+}
+
+// acceptLoop hands each accepted connection to deliver until the listener is closed, then closes end.
+// It is owned by the actor that owns the listener: that actor closes the listener and waits on end.
+// A transient failure (out of file descriptors) backs off like net/http's server instead of spinning
+// or giving up; that wait paces retries, it synchronises nothing.
+func acceptLoop(ln net.Listener, stop <-chan struct{}, end chan<- struct{}, deliver func(net.Conn)) {
+	defer close(end)
+	var backoff time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			select {
+			case <-stop: // the owner closed the listener
+				return
+			default:
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			backoff = min(max(2*backoff, acceptBackoffMin), acceptBackoffMax)
+			t := time.NewTimer(backoff)
+			select {
+			case <-t.C:
+			case <-stop:
+				t.Stop()
+				return
+			}
+			continue
+		}
+		backoff = 0
+		deliver(c)
 	}
 }
