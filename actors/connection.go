@@ -7,7 +7,7 @@ package actors
 // idle check in connection_idle.go.
 //
 //	Setup ──established──▶ Relaying ──both directions at EOF──────────────────────▶ stop
-//	  │                       │  a side failed (reset, error) ── both closed at once ──▶ stop
+//	  │                       │  a side failed (reset, error) ── both reset at once ───▶ stop
 //	  │                       │  inactivity / max lifetime / EndConnection
 //	  │                       ▼
 //	  │                    Ending: FIN both ways; the grace period runs ──both done──▶ stop

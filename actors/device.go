@@ -1,17 +1,22 @@
 package actors
 
 // The device actor owns a WireGuard device, the gVisor netstack it runs on, and its UDP bind; on
-// the exit also the connect-service listener and its accept loop. Peers are its children.
+// the exit also the connect-service listener and the probe echo socket, with their loops. Peers are
+// its children.
 //
-//	Started ──created──▶ running ──Stopping──▶ (listener closed, peers stop) ──Stopped──▶ released
-//	   │                    └──endWith(why)──▶ ending: listener closed, endWith(why) to every peer
-//	   │                                         ──all terminated, or childrenEndWait──▶ stop
-//	   └──failed──▶ deviceFailed to parent, stop
+//	Started ──created (deviceReady to parent)──▶ running ──Stopping──▶ (below)
+//	   │                                           └──endWith(why)──▶ ending: listener and echo closed, endWith(why) to every peer
+//	   │                                                ──peers terminated, or childrenEndWait (5 s; warning)──▶ stop
+//	   └──failed (what it created released)──▶ deviceFailed to parent, stop
+//	Stopping: listener and echo closed, their loops awaited; peers stop ──Stopped──▶ netstack → device → bind
 //
 // Release order (Stopping, then Stopped after every child has stopped):
-// connect-service listener → peers (each removes its WireGuard peer) → netstack → device → UDP bind.
+// connect-service listener and probe echo → peers (each removes its WireGuard peer) → netstack → device → UDP bind.
 // Told endWith (its exit ends), the peers end before the device stops, telling their connections
-// why; stopped from outside (a tunnel releasing a leg), its connections end with their default.
+// why; stopped from outside (its exit stopped), its peers stop with it and their connections end
+// with their default, tunnel_closed. A client device (a leg's child) stops with its leg; its peer
+// has no connections: the tunnel owns the proxied ones and ends them itself (before closeLeg, or
+// before it stops).
 // wireguard-go's Device.Close closes the tun.Device (our netstack) before the bind, and waits for
 // its goroutines; it runs when the actor stops, never later.
 
@@ -146,7 +151,7 @@ func (d *deviceActor) running(ctx actor.Context) {
 	case *actor.Started:
 		if err := d.create(ctx); err != nil {
 			d.release()
-			ctx.Request(ctx.Parent(), &deviceFailed{err: err}) // Request carries the sender: the parent keys legs by device
+			ctx.Request(ctx.Parent(), &deviceFailed{err: err}) // Request carries the sender; the parent (a leg, or the exit) has only this device
 			ctx.Stop(ctx.Self())
 			return
 		}

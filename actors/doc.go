@@ -4,9 +4,9 @@
 //
 //	engine ─┬─ signaling (NATS connection, subscriptions, embedded server)
 //	        ├─ exit ── device ─┬─ peer (one per session or static peer) ── connection (one per flow)
-//	        │                  └─ connect-service accept loop
+//	        │                  └─ connect-service accept loop, probe echo loop
 //	        └─ tunnel ─┬─ keepalive (judges the current leg's health; respawned if lost)
-//	                   ├─ device ── peer (the exit; runs the handshake probe)
+//	                   ├─ leg (one session with one exit) ── device ── peer (the exit; runs the handshake probe)
 //	                   ├─ connection (one per proxied connection)
 //	                   └─ proxy accept loops
 //

@@ -3,8 +3,13 @@ package actors
 // The engine actor is the root supervisor: it spawns the signaling actor, the exit (if any) and the
 // tunnels, hands their events to the embedding program, and shuts them down in order.
 //
-//	Running ──Shutdown──▶ StoppingTunnels ──all tunnels terminated──▶ StoppingExit
-//	        ──exit terminated──▶ StoppingSignaling ──signaling terminated──▶ ShutdownResponse
+//	running ──Shutdown──▶ shuttingDown: CloseTunnel to every tunnel ──all terminated──▶
+//	   │          endWith(engine_shutdown) to the exit ──terminated──▶ signaling poisoned
+//	   │          ──terminated──▶ ShutdownResponse
+//	   │          (Shutdown{Force} meanwhile: CloseTunnel again, with no drain, to the tunnels left)
+//	   ├──exit lost──▶ a fresh exit (at most 3 respawns a minute, then given up)
+//	   ├──signaling lost──▶ not replaced (OpenTunnel answers ErrNoSignaling)
+//	   └──Stopping (Engine.Kill)──▶ killed: its children stop with it, none counted as lost
 //
 // Tunnels go first and drain, so that downloads in flight through this process's own exit finish
 // and their goodbyes still reach exits; the exit then says goodbye to its remaining clients;

@@ -4,11 +4,12 @@ package actors
 // child) runs one WireGuard device for every client; each session or static peer is a peer actor
 // under the device, and each forwarded flow a connection actor under its peer.
 //
-//	Starting ──device ready, static peers added, subscribed──▶ Serving ──Stopping──▶ (children stop)
-//	    │                                                          └──endWith(why)──▶ Ending
-//	    └──device or subscription failed──▶ ExitFailed to ReadyTo, stop
+//	Starting ──device ready, static peers added, subscribed──▶ Serving ──endWith(why)──▶ Ending
+//	   │                                                          └──device lost──▶ stop
+//	   └──device, a static peer or the subscription failed──▶ ExitReady{Err} to ReadyTo, stop
 //	Ending: goodbye to every client session, then endWith(why) to the device (which ends its peers,
-//	        which end their connections) ──device terminated, or childrenEndWait──▶ stop
+//	        which end their connections) ──device terminated, or childrenEndWait (5 s; warning)──▶ stop
+//	Stopping (unless it was Ending): the same goodbyes; its children stop with it.
 //
 // The engine ends the exit with endWith(engine_shutdown), so that its connections record why; the
 // goodbyes go out first, before the engine stops signaling. Stopped from outside (it failed to

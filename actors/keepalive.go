@@ -34,7 +34,8 @@ import (
 
 // HealthPolicy says how a tunnel judges its health. The defaults detect a dead data plane within
 // 5 s: checks every second; the first after the cut may still see packets from before it; then 3
-// probes, each bounded by 750 ms, must fail (1 + 2 + 0.75 s at worst).
+// more checks must probe and fail (1, 2 and 3 s after it), each probe bounded by 750 ms: at worst
+// 1 + 3 + 0.75 ≈ 4.75 s after the cut (3.75 s when the first check after the cut already probes).
 type HealthPolicy struct {
 	Interval          time.Duration // data-plane check period
 	ProbeTimeout      time.Duration // one probe through the tunnel

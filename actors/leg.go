@@ -4,21 +4,23 @@ package actors
 // the device that carries the session (its child: netstack, WireGuard device, UDP bind), the first
 // handshake's probe (run by the device's peer), and the leg's setup and drain timers. A tunnel has
 // one leg while Up, two while a switch brings up a new one beside the serving one, and more while
-// old ones drain. It hears of every transition of its legs (legChanged) and decides what follows;
-// a leg never decides for its tunnel.
+// old ones drain. The tunnel hears of every transition of its legs (legChanged) and decides what
+// follows; a leg never decides for its tunnel.
 //
 //	negotiating ──session granted──▶ handshaking ──probe round trip (HandshakeCompleted)──▶ up ──drainLeg──▶ draining
 //	     │                                │                                                 │                  │
 //	     └─refused / setup deadline / ────┴──▶ failed ◀── exit goodbye / device lost ───────┴──────────────────┘
-//	       device or probe failed / exit goodbye
+//	       grant unusable / device or probe failed / exit goodbye (handshaking)
 //	closeLeg (in any state) ──▶ closed
 //
-// failed and closed are final: the leg says goodbye to its exit (unless the exit said it first).
-// It stops only on closeLeg (closed stops at once; failed waits for the tunnel's closeLeg, so its
-// Terminated, a system message, cannot overtake its report); its device stops with it and releases
-// netstack → device → bind. The tunnel hears Terminated once all of that is released. A leg that
-// stops without being told (it panicked) is treated by its tunnel as failed. Every state is entered through enter, which does the
-// Become, reports legChanged to the tunnel and logs, together.
+// failed and closed are final: the leg says goodbye to its exit (unless the exit said it first, or
+// no longer holds the session: closeLeg.quiet). It stops on closeLeg (closed stops at once; failed
+// waits for the tunnel's closeLeg, so its Terminated, a system message, cannot overtake its
+// report), or with its tunnel (as the current leg does when the tunnel closes: it says goodbye in
+// Stopping and reports no closed); its device stops with it and releases netstack → device → bind. The
+// tunnel hears Terminated once all of that is released. A leg that stops without being told (it
+// panicked) is treated by its tunnel as failed. Every state is entered through enter, which does
+// the Become, reports legChanged to the tunnel and logs, together.
 
 import (
 	"crypto/rand"

@@ -10,8 +10,9 @@ package actors
 //	                            ──all terminated, or childrenEndWait──▶ stop
 //	Stopping: cancel the probe and wait; remove the peer from the device; children (flows) stop.
 //
-// Stopped from outside (a client's goodbye, an idle sweep), its connections end with their own
-// default, tunnel_closed.
+// Stopped from outside (a client's goodbye, the idle sweep, its exit stopped), its connections stop
+// with it and end with their own default, tunnel_closed. A client's peer has no connections: the
+// tunnel owns the proxied ones.
 
 import (
 	"context"

@@ -49,12 +49,12 @@ type sendExitGoodbye struct {
 type watchSession struct {
 	sessionID    string
 	exitIdentity string
-	tunnel       *actor.PID
+	tunnel       *actor.PID // the leg that watches the session
 }
 
 type unwatchSession struct{ sessionID string }
 
-// exitSaidGoodbye tells a tunnel that the exit ended one of its sessions.
+// exitSaidGoodbye tells a leg that the exit ended its session.
 type exitSaidGoodbye struct {
 	sessionID string
 	reason    string
@@ -108,7 +108,7 @@ type unwatchNATS struct{ pid *actor.PID }
 // identity. A goodbye that arrives between the request and the grant (the exit shut down just after
 // granting) is held in early, verified, until the grant says who may sign it.
 type watchedSession struct {
-	tunnel       *actor.PID
+	tunnel       *actor.PID // the leg that asked for the session
 	exitIdentity string
 	early        *messages.SessionClose
 }
@@ -169,7 +169,7 @@ type signalingActor struct {
 	// backlog counts exit requests handed to the mailbox and not yet handled: flow control between
 	// the NATS callback and the actor (not lifecycle state).
 	backlog   atomic.Int64
-	watched   map[string]watchedSession // session id → the tunnel to tell of the exit's goodbye
+	watched   map[string]watchedSession // session id → the leg to tell of the exit's goodbye
 	natsUp    NATSState
 	natsSubs  map[string]*actor.PID // watchers of NATSState, by PID id
 	subs      []*nats.Subscription

@@ -113,7 +113,7 @@ type tunnelActor struct {
 	stopping    bool
 	failErr     error        // why the tunnel failed; answered to the opener once released
 	closers     []*actor.PID // CloseTunnel callers, answered once released
-	endT        *time.Timer  // bounds the wait for connections told endWith (ending)
+	endT        *time.Timer  // bounds the wait for connections told endWith (closing)
 	nextConn    uint64
 	stats       messages.ConnectionStats
 	conns       map[string]connEntry // connection children by PID id
@@ -165,7 +165,7 @@ func (t *tunnelActor) Receive(ctx actor.Context) {
 		t.accept(ctx, m)
 	case *messages.ConnectionEnded:
 		t.ended(ctx, m)
-		t.behavior.Receive(ctx) // ending waits for the last one
+		t.behavior.Receive(ctx) // closing waits for the last one
 	case *connAdmit:
 		t.admit(ctx, m)
 	case *actor.Terminated:

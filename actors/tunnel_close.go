@@ -4,10 +4,12 @@ package actors
 // then ended), Closing and Failed, and the release in Stopping (listeners; then the children:
 // each leg says goodbye to its exit as it stops).
 //
-//	Draining ──last connection ended, drain timeout, or a CloseTunnel with no drain──┐
-//	Negotiating … Reconnecting ──CloseTunnel─────────────────────────────────────────┴──▶ Closing ──┐
-//	the leg it needed failed ─────────────────────────────────────────────────────────────▶ Failed ─┤
-//	  ┌─────────────────────────────────────────────────────────────────────────────────────────────┘
+//	Up, Degraded, or a Switching with a leg serving ──CloseTunnel──▶ Draining
+//	Draining ──last connection ended, drain timeout (+ grace), or a CloseTunnel with no drain──┐
+//	Negotiating, Handshaking, Reconnecting, Reconfiguring,                                     │
+//	  or a Switching with no leg serving ──CloseTunnel─────────────────────────────────────────┴──▶ Closing ──┐
+//	a proxy port in use, or the leg it needed failed ───────────────────────────────────────────────▶ Failed ─┤
+//	  ┌───────────────────────────────────────────────────────────────────────────────────────────────────────┘
 //	  └─▶ endWith(why) to every connection; the closing behavior waits ──last ConnectionEnded,
 //	      or childrenEndWait──▶ stop   (none open: stop at once)
 //
@@ -127,7 +129,7 @@ func (t *tunnelActor) endReason(ctx actor.Context) messages.EndReason {
 	return messages.EndTunnelClosed
 }
 
-// end tells every connection why it ends and stops the tunnel once they have ended (ending), or
+// end tells every connection why it ends and stops the tunnel once they have ended (closing), or
 // at once if none is open. From here on the tunnel starts nothing (stopping).
 func (t *tunnelActor) end(ctx actor.Context, why messages.EndReason) {
 	t.stopping = true
@@ -161,15 +163,15 @@ func (t *tunnelActor) onStopping(ctx actor.Context) {
 		_ = p.c.Close()
 	}
 	t.parked = nil
-	// Local resources first (bounded wait: the accept loops end when their listener closes), then
-	// the goodbyes, which only send messages.
+	// Local resources (bounded wait: the accept loops end when their listener closes); the tunnel
+	// itself sends no goodbye.
 	t.closeListeners()
 	for _, l := range t.listeners {
 		if l.end != nil {
 			<-l.end
 		}
 	}
-	// The legs say goodbye as they stop (children stop after this).
+	// Each leg says its goodbye as it stops (children stop after this).
 }
 
 func reasonOr(r string) string {
