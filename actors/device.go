@@ -7,7 +7,7 @@ package actors
 //	Started ──created (deviceReady to parent)──▶ running ──Stopping──▶ (below)
 //	   │                                           └──endWith(why)──▶ ending: listener and echo closed, endWith(why) to every peer
 //	   │                                                ──peers terminated, or childrenEndWait (5 s; warning)──▶ stop
-//	   └──failed (what it created released)──▶ deviceFailed to parent, stop
+//	   └──failed (what it created released)──▶ deviceFailed to parent; waits for its owner to stop it
 //	Stopping: listener and echo closed, their loops awaited; peers stop ──Stopped──▶ netstack → device → bind
 //
 // Release order (Stopping, then Stopped after every child has stopped):
@@ -152,7 +152,9 @@ func (d *deviceActor) running(ctx actor.Context) {
 		if err := d.create(ctx); err != nil {
 			d.release()
 			ctx.Request(ctx.Parent(), &deviceFailed{err: err}) // Request carries the sender; the parent (a leg, or the exit) has only this device
-			ctx.Stop(ctx.Self())
+			// It waits for its owner to stop it: its Terminated (a system message) would otherwise
+			// overtake this report, and the owner would know only that it stopped, not why.
+			d.behavior.Become(d.failed)
 			return
 		}
 		d.cfg.logger.Debug("device up", "role", d.cfg.role, "udp", d.bind.LocalAddrPort(), "addresses", d.cfg.addresses)
@@ -299,11 +301,16 @@ func (d *deviceActor) release() {
 	}
 	if d.stack != nil {
 		_ = d.stack.Close()
+		d.stack = nil
 	}
 	if d.bind != nil {
 		_ = d.bind.Close()
+		d.bind = nil
 	}
 }
+
+// failed: what it created is released and its owner was told; it waits to be stopped.
+func (d *deviceActor) failed(actor.Context) {}
 
 func (d *deviceActor) addPeer(ctx actor.Context, m *addPeer) (*actor.PID, error) {
 	var b strings.Builder
