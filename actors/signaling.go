@@ -12,6 +12,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -106,11 +107,13 @@ type unwatchNATS struct{ pid *actor.PID }
 
 // watchedSession: a session requested (exitIdentity still "") or granted by the exit with that
 // identity. A goodbye that arrives between the request and the grant (the exit shut down just after
-// granting) is held in early, verified, until the grant says who may sign it.
+// granting) is held in early, verified, until the grant says who may sign it: one per signer, at most
+// maxEarlyGoodbyes, so that goodbyes signed by others (anyone on the bus may read a session id) cannot
+// crowd out the exit's own.
 type watchedSession struct {
 	tunnel       *actor.PID // the leg that asked for the session
 	exitIdentity string
-	early        *messages.SessionClose
+	early        []*messages.SessionClose
 }
 
 // requestSession asks an exit for a session; the requester hears one *sessionReply. Only an answer
@@ -347,8 +350,8 @@ func (s *signalingActor) handleClientEvent(ctx actor.Context, msg *nats.Msg) {
 			s.cfg.Logger.Warn("exit goodbye refused", "session", c.SessionID, "reason", err)
 			return
 		}
-		if w.early == nil {
-			w.early = c
+		if len(w.early) < maxEarlyGoodbyes && !slices.ContainsFunc(w.early, func(e *messages.SessionClose) bool { return e.Signer == c.Signer }) {
+			w.early = append(w.early, c)
 			s.watched[c.SessionID] = w
 		}
 		return
@@ -372,13 +375,15 @@ func (s *signalingActor) handleClientEvent(ctx actor.Context, msg *nats.Msg) {
 func (s *signalingActor) watch(ctx actor.Context, m *watchSession) {
 	w := s.watched[m.sessionID]
 	s.watched[m.sessionID] = watchedSession{tunnel: m.tunnel, exitIdentity: m.exitIdentity}
-	switch {
-	case w.early == nil:
-	case w.early.Signer != m.exitIdentity:
-		s.cfg.Stats.Forged.Add(1)
-		s.cfg.Logger.Warn("exit goodbye refused", "session", m.sessionID, "reason", "not signed by the session's exit")
-	default:
-		delete(s.watched, m.sessionID)
-		ctx.Send(m.tunnel, &exitSaidGoodbye{sessionID: m.sessionID, reason: w.early.Reason})
+	for _, c := range w.early {
+		if c.Signer == m.exitIdentity {
+			delete(s.watched, m.sessionID)
+			ctx.Send(m.tunnel, &exitSaidGoodbye{sessionID: m.sessionID, reason: c.Reason})
+			return
+		}
+	}
+	if len(w.early) > 0 {
+		s.cfg.Stats.Forged.Add(int64(len(w.early)))
+		s.cfg.Logger.Warn("exit goodbye refused", "session", m.sessionID, "reason", "not signed by the session's exit", "held", len(w.early))
 	}
 }

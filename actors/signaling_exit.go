@@ -24,6 +24,9 @@ const (
 	maxInFlight = 256
 	maxQueued   = 4096
 	maxBacklog  = 4096 // messages for an exit waiting in the signaling actor's mailbox
+	// maxEarlyGoodbyes: goodbyes held for one session between its request and its grant (one per
+	// signer; signaling.go).
+	maxEarlyGoodbyes = 4
 )
 
 type queuedRequest struct {
