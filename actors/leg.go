@@ -101,17 +101,18 @@ type legSession struct {
 }
 
 type legActor struct {
-	cfg      legConfig
-	behavior actor.Behavior
-	state    legState
-	tunnel   *actor.PID // the parent
-	wgKey    signaling.Key
-	resp     *messages.SessionResponse
-	sess     legSession
-	deadline time.Time
-	timers   legTimers
-	saidBye  bool // the exit knows the session is over (we said goodbye, or it did)
-	watched  bool // signaling routes the exit's goodbye for the session to us
+	cfg       legConfig
+	behavior  actor.Behavior
+	state     legState
+	tunnel    *actor.PID // the parent
+	wgKey     signaling.Key
+	resp      *messages.SessionResponse
+	sess      legSession
+	deadline  time.Time
+	timers    legTimers
+	saidBye   bool // the exit knows the session is over (we said goodbye, or it did)
+	requested bool // the session request went out: from then on a goodbye is owed
+	watched   bool // signaling routes the exit's goodbye for the session to us
 }
 
 func newLegProps(cfg legConfig) *actor.Props {
@@ -203,7 +204,7 @@ func (l *legActor) start(ctx actor.Context) {
 	req := &messages.SessionRequest{SessionID: l.sess.sessionID, ExitID: l.cfg.exitID, WGPublicKey: key.Public().String(),
 		Certificate: l.cfg.certificate}
 	l.cfg.identity.SignSessionRequest(req, time.Now())
-	l.watched = true // signaling watches the session from its request on (unwatched in goodbye)
+	l.watched, l.requested = true, true // signaling watches the session from its request on (unwatched in goodbye)
 	ctx.Request(l.cfg.signaling, &requestSession{exitID: l.cfg.exitID, req: req, trust: l.cfg.trust, timeout: l.cfg.setup})
 }
 
@@ -306,7 +307,7 @@ func (l *legActor) goodbye(ctx actor.Context, reason string) {
 		l.watched = false
 		ctx.Send(l.cfg.signaling, &unwatchSession{sessionID: l.sess.sessionID})
 	}
-	if l.saidBye || l.sess.sessionID == "" {
+	if l.saidBye || !l.requested {
 		return
 	}
 	l.saidBye = true
