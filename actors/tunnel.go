@@ -127,7 +127,8 @@ type tunnelActor struct {
 	respawns  int          // keepalives lost and replaced
 	sigOK     bool         // signaling as last reported
 	attempt   int          // reconnection attempts that failed so far
-	exitBase  int          // index in exits() of the first exit to try
+	order     []string     // the exits a reconnect tries, in turn (failoverOrder)
+	lost      lostExit     // the exit lost during a switch, for a reconnect after it
 	released  *leg         // the old leg whose release a reconnect or reconfigure waits for
 	retryT    *time.Timer  // next reconnection attempt
 	parkT     *time.Timer  // next parked-connection deadline
@@ -287,11 +288,9 @@ func (t *tunnelActor) closing(ctx actor.Context) {
 	case *messages.ReconfigureTunnel:
 		ctx.Respond(&messages.ReconfigureTunnelResponse{Err: ErrTunnelClosed})
 	case *messages.ConnectionEnded:
-		if t.endT != nil {
-			stopWhenEnded(ctx, t.cfg.Logger, len(t.conns), false)
-		}
+		t.checkEnded(ctx, false)
 	case *childrenEndExpired:
-		stopWhenEnded(ctx, t.cfg.Logger, len(t.conns), true)
+		t.checkEnded(ctx, true)
 	}
 }
 

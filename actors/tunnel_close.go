@@ -102,7 +102,7 @@ func (t *tunnelActor) closeNow(ctx actor.Context, reason string) {
 	}
 	why := t.endReason(ctx)
 	t.enter(ctx, messages.StateClosing, reason)
-	t.end(ctx, why)
+	t.end(ctx, why, reason)
 }
 
 func (t *tunnelActor) fail(ctx actor.Context, err error) {
@@ -112,7 +112,7 @@ func (t *tunnelActor) fail(ctx actor.Context, err error) {
 	t.failErr = err
 	why := t.endReason(ctx)
 	t.enter(ctx, messages.StateFailed, err.Error())
-	t.end(ctx, why)
+	t.end(ctx, why, "failed: "+err.Error())
 }
 
 // endReason is what the connections still open are told when the tunnel ends (see the top).
@@ -131,13 +131,11 @@ func (t *tunnelActor) endReason(ctx actor.Context) messages.EndReason {
 
 // end tells every connection why it ends and stops the tunnel once they have ended (closing), or
 // at once if none is open. From here on the tunnel starts nothing (stopping).
-func (t *tunnelActor) end(ctx actor.Context, why messages.EndReason) {
+func (t *tunnelActor) end(ctx actor.Context, why messages.EndReason, reason string) {
 	t.stopping = true
 	t.closeListeners()
-	if t.drainT != nil {
-		t.drainT.Stop()
-	}
-	if len(t.conns) == 0 {
+	stopTimers(t.drainT)
+	if len(t.conns) == 0 && len(t.legs) == 0 {
 		ctx.Stop(ctx.Self())
 		return
 	}
@@ -145,7 +143,23 @@ func (t *tunnelActor) end(ctx actor.Context, why messages.EndReason) {
 	for _, e := range t.conns {
 		pids = append(pids, e.pid)
 	}
-	t.endT = endChildren(ctx, why, pids) // closing stops the tunnel once they have ended
+	t.endT = endChildren(ctx, why, pids) // closing stops the tunnel once they and the legs have ended
+	for _, l := range t.legs {
+		// Each leg says goodbye with the tunnel's reason and releases its device; a leg already
+		// closing (or failed and told) goes on as it was.
+		if !l.closing {
+			l.closing = true
+			ctx.Send(l.pid, &closeLeg{reason: reason, quiet: l.exitForgot})
+		}
+	}
+}
+
+// checkEnded checks, while closing, whether everything the tunnel told to end has ended; it stops the
+// tunnel then, or when childrenEndWait has passed (expired).
+func (t *tunnelActor) checkEnded(ctx actor.Context, expired bool) {
+	if t.endT != nil {
+		stopWhenEnded(ctx, t.cfg.Logger, len(t.conns)+len(t.legs), expired)
+	}
 }
 
 func (t *tunnelActor) onStopping(ctx actor.Context) {

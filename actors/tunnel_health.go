@@ -109,7 +109,7 @@ func (t *tunnelActor) lostCurrent(ctx actor.Context, cause string) {
 	case t.isUp():
 		t.reconnect(ctx, cause, false)
 	case t.state == messages.StateSwitching:
-		t.currentLost(ctx, cause)
+		t.currentLost(ctx, cause, false)
 	}
 }
 
@@ -126,5 +126,6 @@ func (t *tunnelActor) childTerminated(ctx actor.Context, who *actor.PID) {
 		}
 	case l != nil:
 		t.legTerminated(ctx, l)
+		t.checkEnded(ctx, false) // closing waits for its legs too
 	}
 }

@@ -132,7 +132,7 @@ func (t *tunnelActor) legLost(ctx actor.Context, l *leg, err error) {
 	case t.isUp():
 		t.reconnect(ctx, err.Error(), errors.Is(err, ErrExitGone))
 	case t.state == messages.StateSwitching:
-		t.currentLost(ctx, err.Error()) // the switch decides what comes next
+		t.currentLost(ctx, err.Error(), errors.Is(err, ErrExitGone)) // the switch decides what comes next
 	}
 }
 

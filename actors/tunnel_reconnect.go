@@ -12,6 +12,7 @@ package actors
 import (
 	"math/rand/v2"
 	"net"
+	"slices"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -35,22 +36,41 @@ type parkedConn struct {
 // exits is the tunnel's failover list: the configured exit first, then the others.
 func (t *tunnelActor) exits() []string { return append([]string{t.cfg.ExitID}, t.cfg.Exits...) }
 
-// reconnect leaves Up (or Degraded) for Reconnecting. next selects the exit after the current one
-// first (it said goodbye); otherwise the same exit is tried first.
+// lostExit is the exit a tunnel lost, and whether it said goodbye (next: try the one after it first).
+type lostExit struct {
+	exitID string
+	next   bool
+}
+
+// failoverOrder is the order of a reconnect's attempts: the failover list rotated to start at the
+// lost exit (after it, if it said goodbye). A lost exit outside the list (switched to) goes first.
+func (t *tunnelActor) failoverOrder(lost lostExit) []string {
+	exits := t.exits()
+	if lost.exitID == "" {
+		return exits
+	}
+	i := slices.Index(exits, lost.exitID)
+	if i < 0 {
+		exits, i = append([]string{lost.exitID}, exits...), 0
+	}
+	if lost.next {
+		i = (i + 1) % len(exits)
+	}
+	return slices.Concat(exits[i:], exits[:i])
+}
+
+// reconnect leaves Up (or Degraded) for Reconnecting. next selects the exit after the lost one
+// first (it said goodbye); otherwise the same exit is tried first. The lost exit is the current
+// leg's, or, after a switch that failed once the old exit was lost, the one currentLost recorded.
 func (t *tunnelActor) reconnect(ctx actor.Context, cause string, next bool) {
 	old := t.current
+	lost := t.lost
+	if old != nil {
+		lost = lostExit{exitID: old.exitID, next: next}
+	}
 	t.enter(ctx, messages.StateReconnecting, cause)
 	ctx.Send(t.keepalive, &stopMonitoring{})
-	exits := t.exits()
-	t.attempt, t.exitBase = 0, 0
-	for i, x := range exits {
-		if old != nil && x == old.exitID {
-			t.exitBase = i
-		}
-	}
-	if next {
-		t.exitBase++
-	}
+	t.attempt, t.order, t.lost = 0, t.failoverOrder(lost), lostExit{}
 	t.current = nil
 	if t.alive(old) {
 		t.released = old
@@ -88,8 +108,7 @@ func (t *tunnelActor) reconnecting(ctx actor.Context) {
 }
 
 func (t *tunnelActor) nextAttempt(ctx actor.Context) {
-	exits := t.exits()
-	exit := exits[(t.exitBase+t.attempt)%len(exits)]
+	exit := t.order[t.attempt%len(t.order)]
 	t.cfg.Logger.Info("reconnect attempt", "attempt", t.attempt+1, "exit", exit)
 	t.pending = t.startLeg(ctx, exit, legReconnect)
 }
@@ -127,9 +146,12 @@ func (t *tunnelActor) reconnected(ctx actor.Context, l *leg, rtt time.Duration) 
 
 // currentLost handles the current leg failing while a switch is under way: it is released, and the
 // switch's outcome decides (its success makes the new leg current; its failure reconnects).
-func (t *tunnelActor) currentLost(ctx actor.Context, cause string) {
+func (t *tunnelActor) currentLost(ctx actor.Context, cause string, next bool) {
 	old := t.current
 	t.current = nil
+	if old != nil {
+		t.lost = lostExit{exitID: old.exitID, next: next} // where a reconnect after the switch starts
+	}
 	ctx.Send(t.keepalive, &stopMonitoring{})
 	t.cfg.Logger.Warn("current exit lost during a switch", "cause", cause)
 	if t.alive(old) {

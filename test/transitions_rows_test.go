@@ -268,8 +268,7 @@ func rowOldLostNewUp(t *testing.T) rowRun {
 }
 
 func rowBothLost(t *testing.T) rowRun {
-	// b's handshake stays blackholed: the new leg fails at its setup deadline, after a is lost. (Not
-	// b's goodbye: one sent right after the grant can be dropped, see TestTransitionsExitGoodbyeDuringSetup.)
+	// b's handshake stays blackholed: the new leg fails at its setup deadline, after a is lost.
 	w, a, _, _, tun, switched := switching(t, 3*time.Second)
 	closeEngine(t, a)
 	awaitCurrentLost(t, tun)
