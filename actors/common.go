@@ -59,6 +59,20 @@ func endChildren(ctx actor.Context, why messages.EndReason, children []*actor.PI
 	return sendAfter(ctx, childrenEndWait, &childrenEndExpired{})
 }
 
+// awaitChildren is the core of an owner's ending behavior: each Terminated may be its last child
+// told endWith, and childrenEndExpired ends the wait; it reports whether the message was one of them.
+func awaitChildren(ctx actor.Context, logger *slog.Logger) bool {
+	switch ctx.Message().(type) {
+	case *actor.Terminated:
+		stopWhenEnded(ctx, logger, len(ctx.Children()), false)
+	case *childrenEndExpired:
+		stopWhenEnded(ctx, logger, len(ctx.Children()), true)
+	default:
+		return false
+	}
+	return true
+}
+
 // stopWhenEnded stops the owner once none of the children it told is left, or, past the bound
 // (expired), with the rest still there.
 func stopWhenEnded(ctx actor.Context, logger *slog.Logger, left int, expired bool) {

@@ -135,13 +135,10 @@ func (d *deviceActor) Receive(ctx actor.Context) { d.behavior.Receive(ctx) }
 
 // ending: the peers were told why they end; the device stops once they have terminated.
 func (d *deviceActor) ending(ctx actor.Context) {
-	switch ctx.Message().(type) {
-	case *actor.Terminated:
-		d.running(ctx)
-		stopWhenEnded(ctx, d.cfg.logger, len(ctx.Children()), false)
-	case *childrenEndExpired:
-		stopWhenEnded(ctx, d.cfg.logger, len(ctx.Children()), true)
-	default:
+	if _, ok := ctx.Message().(*actor.Terminated); ok {
+		d.running(ctx) // its bookkeeping of peers first
+	}
+	if !awaitChildren(ctx, d.cfg.logger) {
 		d.running(ctx)
 	}
 }

@@ -31,11 +31,10 @@ func (e *exitActor) leave(ctx actor.Context) {
 // ending waits for the device told endWith; its peers' Terminated (they are watched) change
 // nothing now. Requests are refused: the exit is going away.
 func (e *exitActor) ending(ctx actor.Context) {
+	if awaitChildren(ctx, e.cfg.Logger) {
+		return
+	}
 	switch ctx.Message().(type) {
-	case *actor.Terminated:
-		stopWhenEnded(ctx, e.cfg.Logger, len(ctx.Children()), false)
-	case *childrenEndExpired:
-		stopWhenEnded(ctx, e.cfg.Logger, len(ctx.Children()), true)
 	case *sessionRequested:
 		ctx.Respond(&sessionGranted{err: &signaling.WireError{Code: messages.ErrCodeUnavailable, Message: "exit shutting down"}})
 	case *sessionPinged:

@@ -81,12 +81,7 @@ func (p *peerActor) Receive(ctx actor.Context) { p.behavior.Receive(ctx) }
 
 // ending: the connections were told why they end; the peer stops once they have terminated.
 func (p *peerActor) ending(ctx actor.Context) {
-	switch ctx.Message().(type) {
-	case *actor.Terminated:
-		stopWhenEnded(ctx, p.cfg.logger, len(ctx.Children()), false)
-	case *childrenEndExpired:
-		stopWhenEnded(ctx, p.cfg.logger, len(ctx.Children()), true)
-	default:
+	if !awaitChildren(ctx, p.cfg.logger) {
 		p.running(ctx)
 	}
 }

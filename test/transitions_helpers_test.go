@@ -21,6 +21,7 @@ import (
 
 	"github.com/warren-tunnel/warren/actors"
 	"github.com/warren-tunnel/warren/engine"
+	"github.com/warren-tunnel/warren/internal/testutil"
 	"github.com/warren-tunnel/warren/messages"
 	"github.com/warren-tunnel/warren/signaling"
 )
@@ -262,21 +263,18 @@ func closeEngine(t testing.TB, e *engine.Engine) {
 
 // awaitSessionOpened waits for e's exit to grant a session.
 func awaitSessionOpened(t testing.TB, e *engine.Engine) {
+	awaitExitEvent(t, e, engine.EventSessionOpened)
+}
+
+// awaitSessionClosed waits for e's exit to release a session.
+func awaitSessionClosed(t testing.TB, e *engine.Engine) {
+	awaitExitEvent(t, e, engine.EventSessionClosed)
+}
+
+// awaitExitEvent waits for an event of kind on e's events (an exit engine's: nothing else reads them).
+func awaitExitEvent(t testing.TB, e *engine.Engine, kind engine.EventKind) {
 	t.Helper()
-	deadline := time.After(within)
-	for {
-		select {
-		case ev, ok := <-e.Events():
-			if !ok {
-				t.Fatal("exit events closed before a session opened")
-			}
-			if ev.Kind == engine.EventSessionOpened {
-				return
-			}
-		case <-deadline:
-			t.Fatalf("the exit granted no session within %v", within)
-		}
-	}
+	testutil.AwaitMatch(t, e.Events(), within, string(kind), func(ev engine.Event) bool { return ev.Kind == kind })
 }
 
 // awaitCurrentLost waits until the switching tunnel has released its old leg (lost under it): it

@@ -175,22 +175,3 @@ func rowLegLostDraining(t *testing.T) rowRun {
 	}
 	return rowRun{w.rec, tun}
 }
-
-// awaitSessionClosed waits for e's exit to release a session.
-func awaitSessionClosed(t testing.TB, e *engine.Engine) {
-	t.Helper()
-	deadline := time.After(within)
-	for {
-		select {
-		case ev, ok := <-e.Events():
-			if !ok {
-				t.Fatal("exit events closed before a session closed")
-			}
-			if ev.Kind == engine.EventSessionClosed {
-				return
-			}
-		case <-deadline:
-			t.Fatalf("no session closed within %v", within)
-		}
-	}
-}
