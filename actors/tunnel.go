@@ -94,54 +94,41 @@ type connAccepted struct {
 }
 
 type tunnelActor struct {
-	cfg         TunnelConfig
-	behavior    actor.Behavior
-	state       messages.TunnelState
-	listeners   []*proxyListener // bound in Started, closed when draining starts or in Stopping
-	legs        map[int]*leg
-	nextLeg     int
-	current     *leg       // the leg new connections go to; nil before Up and while reconfiguring
-	pending     *leg       // the leg a Switch or Reconfigure is bringing up
-	waiter      *actor.PID // the Switch or Reconfigure caller
-	waitReconf  bool       // the waiter asked for Reconfigure (else Switch)
-	drainFor    time.Duration
-	drainT      *time.Timer        // the drain timeout of a Close; sends tunnelDrainExpired
-	drainEnd    time.Time          // when drainT fires
-	drainWhy    messages.EndReason // recorded for connections still open when the drain ends
-	info        messages.TunnelInfo
-	replied     bool
-	stopping    bool
-	failErr     error        // why the tunnel failed; answered to the opener once released
-	closers     []*actor.PID // CloseTunnel callers, answered once released
-	endT        *time.Timer  // bounds the wait for connections told endWith (closing)
-	nextConn    uint64
-	stats       messages.ConnectionStats
-	conns       map[string]connEntry // connection children by PID id
-	sources     map[string]int       // active connections per source address
-	refusing    int
-	handshaking int    // proxy connections still in their handshake (counted in stats.Active too)
-	handshakeN  uint64 // order of acceptance, to evict the oldest handshake
-	evicting    int    // evicted handshakes not yet ended
+	cfg        TunnelConfig
+	behavior   actor.Behavior
+	state      messages.TunnelState
+	listeners  []*proxyListener // bound in Started, closed when draining starts or in Stopping
+	legs       map[int]*leg
+	nextLeg    int
+	current    *leg                // the leg new connections go to; nil before Up and while reconfiguring
+	pending    *leg                // the leg a Switch or Reconfigure is bringing up
+	waiter     *actor.PID          // the Switch or Reconfigure caller
+	waitReconf bool                // the waiter asked for Reconfigure (else Switch)
+	drainFor   time.Duration       // the drain a Switch gives the old leg
+	drainT     *time.Timer         // the drain timeout of a Close; sends tunnelDrainExpired
+	drainEnd   time.Time           // when drainT fires
+	drainWhy   messages.EndReason  // recorded for connections still open when the drain ends
+	info       messages.TunnelInfo // what GetTunnelInfo reports, besides the current leg's session
+	replied    bool                // the opener (ReplyTo) was answered
+	failErr    error               // why the tunnel failed; answered to the opener once released
+	closers    []*actor.PID        // CloseTunnel callers, answered once released
+	endT       *time.Timer         // bounds the wait for connections told endWith (closing)
+	book       connBook            // the proxied connections and their counters (tunnel_conns.go)
 
 	keepalive *actor.PID   // child: judges the current leg's health; alive until the tunnel stops (respawned if lost)
 	respawns  int          // keepalives lost and replaced
 	sigOK     bool         // signaling as last reported
-	attempt   int          // reconnection attempts that failed so far
-	order     []string     // the exits a reconnect tries, in turn (failoverOrder)
-	lost      lostExit     // the exit lost during a switch, for a reconnect after it
 	released  *leg         // the old leg whose release a reconnect or reconfigure waits for
-	retryT    *time.Timer  // next reconnection attempt
-	parkT     *time.Timer  // next parked-connection deadline
-	parked    []parkedConn // proxy connections waiting for a reconnect; owned until handed on
+	recon     reconnection // attempts, the failover order, parked connections (tunnel_reconnect.go)
 }
 
 // NewTunnelProps returns the props of a tunnel actor.
 func NewTunnelProps(cfg TunnelConfig) *actor.Props {
 	cfg.Logger = orDiscard(cfg.Logger).With("tunnel", cfg.ID)
 	return props(func() actor.Actor {
-		t := &tunnelActor{cfg: cfg, behavior: actor.NewBehavior(), state: messages.StateNegotiating,
-			legs: map[int]*leg{}, conns: map[string]connEntry{}, sources: map[string]int{}}
-		t.stats.ByEnd = newByEnd()
+		t := &tunnelActor{cfg: cfg, behavior: actor.NewBehavior(), state: messages.StateNegotiating, legs: map[int]*leg{},
+			book: connBook{conns: map[string]connEntry{}, sources: map[string]int{}}}
+		t.book.stats.ByEnd = newByEnd()
 		t.behavior.Become(t.opening)
 		return t
 	})
@@ -158,8 +145,8 @@ func (t *tunnelActor) Receive(ctx actor.Context) {
 	case *GetTunnelChildren:
 		ctx.Respond(t.children())
 	case *messages.GetStats:
-		st := t.stats
-		st.ByEnd = cloneByEnd(t.stats.ByEnd)
+		st := t.book.stats
+		st.ByEnd = cloneByEnd(t.book.stats.ByEnd)
 		ctx.Respond(&messages.StatsResponse{Stats: st})
 	case *connAccepted:
 		// Handled in every state: one accepted as the listener closed must not stay open in the mailbox.

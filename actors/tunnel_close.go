@@ -48,7 +48,7 @@ func (t *tunnelActor) drain(ctx actor.Context, m *messages.CloseTunnel) {
 			t.releaseLeg(ctx, l) // a leg still coming up is not wanted any more
 		}
 	}
-	if len(t.conns) == 0 {
+	if len(t.book.conns) == 0 {
 		t.finishClose(ctx)
 		return
 	}
@@ -60,7 +60,7 @@ func (t *tunnelActor) drain(ctx actor.Context, m *messages.CloseTunnel) {
 func (t *tunnelActor) draining(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *tunnelDrainExpired:
-		for _, e := range t.conns {
+		for _, e := range t.book.conns {
 			ctx.Send(e.pid, &EndConnection{Reason: t.drainWhy})
 		}
 	case *messages.CloseTunnel:
@@ -130,17 +130,16 @@ func (t *tunnelActor) endReason(ctx actor.Context) messages.EndReason {
 }
 
 // end tells every connection why it ends and stops the tunnel once they have ended (closing), or
-// at once if none is open. From here on the tunnel starts nothing (stopping).
+// at once if none is open. From here on the tunnel starts nothing (over).
 func (t *tunnelActor) end(ctx actor.Context, why messages.EndReason, reason string) {
-	t.stopping = true
 	t.closeListeners()
 	stopTimers(t.drainT)
-	if len(t.conns) == 0 && len(t.legs) == 0 {
+	if len(t.book.conns) == 0 && len(t.legs) == 0 {
 		ctx.Stop(ctx.Self())
 		return
 	}
-	pids := make([]*actor.PID, 0, len(t.conns))
-	for _, e := range t.conns {
+	pids := make([]*actor.PID, 0, len(t.book.conns))
+	for _, e := range t.book.conns {
 		pids = append(pids, e.pid)
 	}
 	t.endT = endChildren(ctx, why, pids) // closing stops the tunnel once they and the legs have ended
@@ -158,25 +157,24 @@ func (t *tunnelActor) end(ctx actor.Context, why messages.EndReason, reason stri
 // tunnel then, or when childrenEndWait has passed (expired).
 func (t *tunnelActor) checkEnded(ctx actor.Context, expired bool) {
 	if t.endT != nil {
-		stopWhenEnded(ctx, t.cfg.Logger, len(t.conns)+len(t.legs), expired)
+		stopWhenEnded(ctx, t.cfg.Logger, len(t.book.conns)+len(t.legs), expired)
 	}
 }
 
 func (t *tunnelActor) onStopping(ctx actor.Context) {
-	t.stopping = true
 	if t.state != messages.StateClosing && t.state != messages.StateFailed {
 		// stopped from outside (its parent stopped): its connections end with their default
 		t.enter(ctx, messages.StateClosing, "stopped by its parent")
 	}
-	for _, tm := range []*time.Timer{t.drainT, t.retryT, t.parkT, t.endT} {
+	for _, tm := range []*time.Timer{t.drainT, t.recon.retryT, t.recon.parkT, t.endT} {
 		if tm != nil {
 			tm.Stop()
 		}
 	}
-	for _, p := range t.parked {
+	for _, p := range t.recon.parked {
 		_ = p.c.Close()
 	}
-	t.parked = nil
+	t.recon.parked = nil
 	// Local resources (bounded wait: the accept loops end when their listener closes); the tunnel
 	// itself sends no goodbye.
 	t.closeListeners()
@@ -208,4 +206,14 @@ func (t *tunnelActor) onStopped(ctx actor.Context) {
 	for _, c := range t.closers {
 		ctx.Send(c, &messages.CloseTunnelResponse{})
 	}
+}
+
+// over reports whether the tunnel is ending (Closing, Failed) or has ended: it starts nothing and
+// acts on none of its legs' reports; what is left is released as it stops.
+func (t *tunnelActor) over() bool {
+	switch t.state {
+	case messages.StateClosing, messages.StateFailed, messages.StateClosed:
+		return true
+	}
+	return false
 }

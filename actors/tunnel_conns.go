@@ -33,6 +33,18 @@ func (errNotReady) HTTPStatus() int               { return 503 }
 // EndReason: the connection had no session under it.
 func (errNotReady) EndReason() messages.EndReason { return messages.EndTunnelClosed }
 
+// connBook is the tunnel's account of its proxied connections (connection children).
+type connBook struct {
+	nextConn    uint64
+	stats       messages.ConnectionStats
+	conns       map[string]connEntry // connection children by PID id
+	sources     map[string]int       // active connections per source address
+	refusing    int
+	handshaking int    // proxy connections still in their handshake (counted in stats.Active too)
+	handshakeN  uint64 // order of acceptance, to evict the oldest handshake
+	evicting    int    // evicted handshakes not yet ended
+}
+
 type connEntry struct {
 	pid     *actor.PID
 	leg     int // 0 for refusals
@@ -45,7 +57,7 @@ type connEntry struct {
 // accept spawns a connection actor for a proxy connection on the current leg, or a refusal.
 func (t *tunnelActor) accept(ctx actor.Context, m *connAccepted) {
 	switch {
-	case t.stopping || t.ending():
+	case t.ending():
 		_ = m.c.Close()
 		return
 	case t.state == messages.StateReconnecting:
@@ -53,9 +65,9 @@ func (t *tunnelActor) accept(ctx actor.Context, m *connAccepted) {
 		return
 	}
 	src := hostOf(m.c.RemoteAddr())
-	t.nextConn++
-	t.stats.Opened++
-	cfg := connConfig{kind: connProxy, role: "client", id: t.nextConn, owner: t.cfg.ID, logger: t.cfg.Logger,
+	t.book.nextConn++
+	t.book.stats.Opened++
+	cfg := connConfig{kind: connProxy, role: "client", id: t.book.nextConn, owner: t.cfg.ID, logger: t.cfg.Logger,
 		limits: t.cfg.Conn, proxyKind: m.kind, client: m.c, events: t.cfg.Events,
 		proxyOpts: t.cfg.ProxyOpts} // a refused client authenticates first, too
 	var refusal error
@@ -64,14 +76,14 @@ func (t *tunnelActor) accept(ctx actor.Context, m *connAccepted) {
 		refusal = errNotReady{}
 	case t.cfg.MaxConns > 0 && t.established() >= t.cfg.MaxConns:
 		refusal = errLimit{fmt.Sprintf("tunnel has %d connections", t.established())}
-	case t.cfg.MaxConnsPerSource > 0 && t.sources[src] >= t.cfg.MaxConnsPerSource:
-		refusal = errLimit{fmt.Sprintf("source %s has %d connections", src, t.sources[src])}
+	case t.cfg.MaxConnsPerSource > 0 && t.book.sources[src] >= t.cfg.MaxConnsPerSource:
+		refusal = errLimit{fmt.Sprintf("source %s has %d connections", src, t.book.sources[src])}
 	}
 	if refusal != nil {
 		t.spawnRefusal(ctx, cfg, refusal)
 		return
 	}
-	if t.cfg.MaxHandshakes > 0 && t.handshaking >= t.cfg.MaxHandshakes && !m.parked {
+	if t.cfg.MaxHandshakes > 0 && t.book.handshaking >= t.cfg.MaxHandshakes && !m.parked {
 		// Connections that waited for a reconnect are handed over all at once: they are not
 		// evicted for each other (their number is bounded when they are parked).
 		t.evictOldestHandshake(ctx)
@@ -79,12 +91,12 @@ func (t *tunnelActor) accept(ctx actor.Context, m *connAccepted) {
 	// Setup covers the handshake (its own budget) and then the dial (connect_timeout).
 	cfg.handshake = t.cfg.ProxyOpts.Budget()
 	cfg.dialer = t.current.dialer
-	t.stats.Active++
-	t.sources[src]++
-	t.handshaking++
-	t.handshakeN++
+	t.book.stats.Active++
+	t.book.sources[src]++
+	t.book.handshaking++
+	t.book.handshakeN++
 	pid := ctx.Spawn(props(newConnActor(cfg)))
-	t.conns[pid.Id] = connEntry{pid: pid, leg: t.current.id, source: src, pending: t.handshakeN}
+	t.book.conns[pid.Id] = connEntry{pid: pid, leg: t.current.id, source: src, pending: t.book.handshakeN}
 	t.current.conns[pid.Id] = pid
 }
 
@@ -101,7 +113,7 @@ func (t *tunnelActor) ending() bool {
 // the pending handshakes and counts against max_connections — or is refused, if the tunnel is full
 // or it was evicted meanwhile.
 func (t *tunnelActor) admit(ctx actor.Context, m *connAdmit) {
-	e, ok := t.conns[m.pid.Id]
+	e, ok := t.book.conns[m.pid.Id]
 	switch {
 	case !ok || e.evicted:
 		ctx.Respond(&connAdmitted{err: errLimit{"evicted to make room for a newer handshake"}})
@@ -111,8 +123,8 @@ func (t *tunnelActor) admit(ctx actor.Context, m *connAdmit) {
 		ctx.Respond(&connAdmitted{err: errLimit{fmt.Sprintf("tunnel has %d connections", t.established())}})
 	default:
 		e.pending = 0
-		t.conns[m.pid.Id] = e
-		t.handshaking--
+		t.book.conns[m.pid.Id] = e
+		t.book.handshaking--
 		ctx.Respond(&connAdmitted{})
 	}
 }
@@ -121,7 +133,7 @@ func (t *tunnelActor) admit(ctx actor.Context, m *connAdmit) {
 // a flood of clients that never finish their handshake cannot keep one that does out.
 func (t *tunnelActor) evictOldestHandshake(ctx actor.Context) {
 	var oldest connEntry
-	for _, e := range t.conns {
+	for _, e := range t.book.conns {
 		if e.pending > 0 && (oldest.pending == 0 || e.pending < oldest.pending) {
 			oldest = e
 		}
@@ -129,28 +141,30 @@ func (t *tunnelActor) evictOldestHandshake(ctx actor.Context) {
 	if oldest.pid == nil {
 		return
 	}
-	e := t.conns[oldest.pid.Id]
+	e := t.book.conns[oldest.pid.Id]
 	e.pending, e.evicted = 0, true // it no longer holds a handshake slot; it ends as soon as it hears
-	t.conns[oldest.pid.Id] = e
-	t.handshaking--
-	t.evicting++
+	t.book.conns[oldest.pid.Id] = e
+	t.book.handshaking--
+	t.book.evicting++
 	ctx.Send(oldest.pid, &EndConnection{Reason: messages.EndLimit})
 }
 
 // established counts the proxy connections past their handshake (max_connections applies to them).
-func (t *tunnelActor) established() int { return t.stats.Active - t.handshaking - t.evicting }
+func (t *tunnelActor) established() int {
+	return t.book.stats.Active - t.book.handshaking - t.book.evicting
+}
 
 // refuse answers a proxy connection with err's reply (SOCKS5 code, HTTP status) without relaying it.
 func (t *tunnelActor) refuse(ctx actor.Context, c net.Conn, kind proxy.Kind, err error) {
-	t.nextConn++
-	t.stats.Opened++
-	t.spawnRefusal(ctx, connConfig{role: "client", id: t.nextConn, owner: t.cfg.ID, logger: t.cfg.Logger,
+	t.book.nextConn++
+	t.book.stats.Opened++
+	t.spawnRefusal(ctx, connConfig{role: "client", id: t.book.nextConn, owner: t.cfg.ID, logger: t.cfg.Logger,
 		limits: t.cfg.Conn, proxyKind: kind, client: c, events: t.cfg.Events,
 		proxyOpts: t.cfg.ProxyOpts}, err)
 }
 
 func (t *tunnelActor) spawnRefusal(ctx actor.Context, cfg connConfig, refusal error) {
-	if t.refusing >= max(t.cfg.MaxConns, 64) { // refusals are bounded too: beyond this, just close
+	if t.book.refusing >= max(t.cfg.MaxConns, 64) { // refusals are bounded too: beyond this, just close
 		_ = cfg.client.Close()
 		ev := &messages.ConnectionEnded{Owner: t.cfg.ID, Role: "client", ID: cfg.id,
 			Incoming: messages.EndLimit, Outgoing: messages.EndLimit, Refused: true}
@@ -159,30 +173,30 @@ func (t *tunnelActor) spawnRefusal(ctx actor.Context, cfg connConfig, refusal er
 		emit(ctx, t.cfg.Events, ev)
 		return
 	}
-	t.refusing++
+	t.book.refusing++
 	cfg.kind, cfg.refusal = connRefuse, refusal
 	pid := ctx.Spawn(props(newConnActor(cfg)))
-	t.conns[pid.Id] = connEntry{pid: pid, refusal: true}
+	t.book.conns[pid.Id] = connEntry{pid: pid, refusal: true}
 }
 
 // ended counts a connection that ended (its actor has stopped and released its sockets), and
 // finishes a drain that was waiting for it.
 func (t *tunnelActor) ended(ctx actor.Context, m *messages.ConnectionEnded) {
 	if sender := ctx.Sender(); sender != nil {
-		if e, ok := t.conns[sender.Id]; ok {
-			delete(t.conns, sender.Id)
+		if e, ok := t.book.conns[sender.Id]; ok {
+			delete(t.book.conns, sender.Id)
 			if e.refusal {
-				t.refusing--
+				t.book.refusing--
 			} else {
 				if e.pending > 0 {
-					t.handshaking--
+					t.book.handshaking--
 				}
 				if e.evicted {
-					t.evicting--
+					t.book.evicting--
 				}
-				t.stats.Active--
-				if t.sources[e.source]--; t.sources[e.source] <= 0 {
-					delete(t.sources, e.source)
+				t.book.stats.Active--
+				if t.book.sources[e.source]--; t.book.sources[e.source] <= 0 {
+					delete(t.book.sources, e.source)
 				}
 				if l := t.legs[e.leg]; l != nil {
 					delete(l.conns, sender.Id)
@@ -194,17 +208,17 @@ func (t *tunnelActor) ended(ctx actor.Context, m *messages.ConnectionEnded) {
 		}
 	}
 	t.count(m)
-	if t.state == messages.StateDraining && len(t.conns) == 0 {
+	if t.state == messages.StateDraining && len(t.book.conns) == 0 {
 		t.finishClose(ctx)
 	}
 }
 
 func (t *tunnelActor) count(m *messages.ConnectionEnded) {
-	t.stats.Ended++
-	t.stats.ByEnd[messages.SideIncoming][m.Incoming]++
-	t.stats.ByEnd[messages.SideOutgoing][m.Outgoing]++
-	t.stats.Bytes.In += m.BytesIn
-	t.stats.Bytes.Out += m.BytesOut
+	t.book.stats.Ended++
+	t.book.stats.ByEnd[messages.SideIncoming][m.Incoming]++
+	t.book.stats.ByEnd[messages.SideOutgoing][m.Outgoing]++
+	t.book.stats.Bytes.In += m.BytesIn
+	t.book.stats.Bytes.Out += m.BytesOut
 }
 
 func hostOf(a net.Addr) string {

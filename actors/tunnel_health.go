@@ -121,7 +121,7 @@ func (t *tunnelActor) isUp() bool {
 func (t *tunnelActor) childTerminated(ctx actor.Context, who *actor.PID) {
 	switch l := t.legByPID(who); {
 	case t.keepalive != nil && who.Equal(t.keepalive):
-		if !t.stopping {
+		if !t.over() {
 			t.keepaliveLost(ctx)
 		}
 	case l != nil:

@@ -81,7 +81,7 @@ func (t *tunnelActor) legByPID(pid *actor.PID) *leg {
 // legChanged handles a leg's report of a transition.
 func (t *tunnelActor) legChanged(ctx actor.Context, m *legChanged) {
 	l := t.legs[m.id]
-	if l == nil || t.stopping {
+	if l == nil || t.over() {
 		return
 	}
 	l.state, l.legSession = m.to, m.session
@@ -109,7 +109,7 @@ func (t *tunnelActor) legChanged(ctx actor.Context, m *legChanged) {
 // legTerminated: the leg and its device have released everything. A leg stops only when told
 // (closeLeg), so one that was not told panicked: it is lost like a failed one.
 func (t *tunnelActor) legTerminated(ctx actor.Context, l *leg) {
-	if !l.closing && !t.stopping {
+	if !l.closing && !t.over() {
 		l.closing = true
 		t.stopConns(ctx, l)
 		err := fmt.Errorf("%w: leg stopped unexpectedly", ErrDeviceFailed)
@@ -120,7 +120,7 @@ func (t *tunnelActor) legTerminated(ctx actor.Context, l *leg) {
 		}
 	}
 	delete(t.legs, l.id)
-	if !t.stopping {
+	if !t.over() {
 		t.legReleased(ctx, l)
 	}
 }
@@ -247,14 +247,14 @@ func (t *tunnelActor) legFailed(ctx actor.Context, l *leg, err error) {
 
 // legReleased is called when a leg has terminated: its device, netstack and bind are gone.
 func (t *tunnelActor) legReleased(ctx actor.Context, l *leg) {
-	if t.state == messages.StateReconnecting && l == t.released && !t.stopping {
+	if t.state == messages.StateReconnecting && l == t.released && !t.over() {
 		t.released = nil
 		t.nextAttempt(ctx) // the old device, netstack and bind are gone: now the first attempt
 		return
 	}
 	if l == t.released {
 		t.released = nil
-		if t.state == messages.StateReconfiguring && t.pending == nil && t.current == nil && !t.stopping {
+		if t.state == messages.StateReconfiguring && t.pending == nil && t.current == nil && !t.over() {
 			// The old device, netstack and bind are gone: only now create the new ones.
 			t.pending = t.startLeg(ctx, t.info.ExitID, legReconfigure)
 		}

@@ -36,6 +36,17 @@ type parkedConn struct {
 // exits is the tunnel's failover list: the configured exit first, then the others.
 func (t *tunnelActor) exits() []string { return append([]string{t.cfg.ExitID}, t.cfg.Exits...) }
 
+// reconnection is the state of a tunnel's reconnect (Reconnecting), and of the switch that may lead
+// to one (lost).
+type reconnection struct {
+	attempt int          // reconnection attempts that failed so far
+	order   []string     // the exits a reconnect tries, in turn (failoverOrder)
+	lost    lostExit     // the exit lost during a switch, for a reconnect after it
+	retryT  *time.Timer  // next reconnection attempt (reconnectAttempt)
+	parkT   *time.Timer  // next parked-connection deadline (parkExpired)
+	parked  []parkedConn // proxy connections waiting for a reconnect; owned until handed on
+}
+
 // lostExit is the exit a tunnel lost, and whether it said goodbye (next: try the one after it first).
 type lostExit struct {
 	exitID string
@@ -64,13 +75,13 @@ func (t *tunnelActor) failoverOrder(lost lostExit) []string {
 // leg's, or, after a switch that failed once the old exit was lost, the one currentLost recorded.
 func (t *tunnelActor) reconnect(ctx actor.Context, cause string, next bool) {
 	old := t.current
-	lost := t.lost
+	lost := t.recon.lost
 	if old != nil {
 		lost = lostExit{exitID: old.exitID, next: next}
 	}
 	t.enter(ctx, messages.StateReconnecting, cause)
 	ctx.Send(t.keepalive, &stopMonitoring{})
-	t.attempt, t.order, t.lost = 0, t.failoverOrder(lost), lostExit{}
+	t.recon.attempt, t.recon.order, t.recon.lost = 0, t.failoverOrder(lost), lostExit{}
 	t.current = nil
 	if t.alive(old) {
 		t.released = old
@@ -92,8 +103,8 @@ func (t *tunnelActor) reconnecting(ctx actor.Context) {
 	case *parkExpired:
 		t.refuseExpired(ctx)
 	case *messages.CloseTunnel:
-		if t.retryT != nil {
-			t.retryT.Stop()
+		if t.recon.retryT != nil {
+			t.recon.retryT.Stop()
 		}
 		if t.pending != nil {
 			t.releaseLeg(ctx, t.pending)
@@ -108,22 +119,22 @@ func (t *tunnelActor) reconnecting(ctx actor.Context) {
 }
 
 func (t *tunnelActor) nextAttempt(ctx actor.Context) {
-	exit := t.order[t.attempt%len(t.order)]
-	t.cfg.Logger.Info("reconnect attempt", "attempt", t.attempt+1, "exit", exit)
+	exit := t.recon.order[t.recon.attempt%len(t.recon.order)]
+	t.cfg.Logger.Info("reconnect attempt", "attempt", t.recon.attempt+1, "exit", exit)
 	t.pending = t.startLeg(ctx, exit, legReconnect)
 }
 
 // reconnectFailed schedules the next attempt after the backoff.
 func (t *tunnelActor) reconnectFailed(ctx actor.Context, err error) {
 	t.pending = nil
-	t.attempt++
-	wait := t.cfg.Backoff.Min << min(t.attempt-1, 20)
+	t.recon.attempt++
+	wait := t.cfg.Backoff.Min << min(t.recon.attempt-1, 20)
 	if wait > t.cfg.Backoff.Max || wait <= 0 {
 		wait = t.cfg.Backoff.Max
 	}
 	wait = time.Duration(float64(wait) * (0.8 + 0.4*rand.Float64()))
-	t.cfg.Logger.Warn("reconnect attempt failed", "attempt", t.attempt, "retry_in", wait.Round(logPrecision), "err", err)
-	t.retryT = sendAfter(ctx, wait, &reconnectAttempt{})
+	t.cfg.Logger.Warn("reconnect attempt failed", "attempt", t.recon.attempt, "retry_in", wait.Round(logPrecision), "err", err)
+	t.recon.retryT = sendAfter(ctx, wait, &reconnectAttempt{})
 }
 
 // reconnected makes the new leg current and hands it the connections that waited.
@@ -131,13 +142,13 @@ func (t *tunnelActor) reconnected(ctx actor.Context, l *leg, rtt time.Duration) 
 	t.current, t.pending = l, nil
 	t.info.Reconnects++
 	t.info.ExitID = l.exitID
-	if t.parkT != nil {
-		t.parkT.Stop()
+	if t.recon.parkT != nil {
+		t.recon.parkT.Stop()
 	}
-	t.enter(ctx, messages.StateUp, "reconnected to "+l.exitID+" after "+itoa(uint16(min(t.attempt+1, 65535)))+" attempt(s), probe rtt "+rtt.Round(rttPrecision).String())
+	t.enter(ctx, messages.StateUp, "reconnected to "+l.exitID+" after "+itoa(uint16(min(t.recon.attempt+1, 65535)))+" attempt(s), probe rtt "+rtt.Round(rttPrecision).String())
 	t.watchNewLeg(ctx, l)
-	parked := t.parked
-	t.parked = nil
+	parked := t.recon.parked
+	t.recon.parked = nil
 	for _, p := range parked {
 		t.accept(ctx, &connAccepted{c: p.c, kind: p.kind, parked: true})
 	}
@@ -150,7 +161,7 @@ func (t *tunnelActor) currentLost(ctx actor.Context, cause string, next bool) {
 	old := t.current
 	t.current = nil
 	if old != nil {
-		t.lost = lostExit{exitID: old.exitID, next: next} // where a reconnect after the switch starts
+		t.recon.lost = lostExit{exitID: old.exitID, next: next} // where a reconnect after the switch starts
 	}
 	ctx.Send(t.keepalive, &stopMonitoring{})
 	t.cfg.Logger.Warn("current exit lost during a switch", "cause", cause)
@@ -162,29 +173,29 @@ func (t *tunnelActor) currentLost(ctx actor.Context, cause string, next bool) {
 
 // park holds a proxy connection accepted while reconnecting.
 func (t *tunnelActor) park(ctx actor.Context, m *connAccepted) {
-	if len(t.parked) >= max(t.cfg.MaxConns, 64) { // bounded like refusals: beyond it, refuse now
+	if len(t.recon.parked) >= max(t.cfg.MaxConns, 64) { // bounded like refusals: beyond it, refuse now
 		t.refuse(ctx, m.c, m.kind, errNotReady{})
 		return
 	}
-	t.parked = append(t.parked, parkedConn{c: m.c, kind: m.kind, deadline: time.Now().Add(t.cfg.ReconnectWait)})
-	if len(t.parked) == 1 {
-		t.parkT = sendAfter(ctx, t.cfg.ReconnectWait, &parkExpired{})
+	t.recon.parked = append(t.recon.parked, parkedConn{c: m.c, kind: m.kind, deadline: time.Now().Add(t.cfg.ReconnectWait)})
+	if len(t.recon.parked) == 1 {
+		t.recon.parkT = sendAfter(ctx, t.cfg.ReconnectWait, &parkExpired{})
 	}
 }
 
 // refuseExpired answers connections that waited ReconnectWait with a clear failure.
 func (t *tunnelActor) refuseExpired(ctx actor.Context) {
 	now := time.Now()
-	keep := t.parked[:0]
-	for _, p := range t.parked {
+	keep := t.recon.parked[:0]
+	for _, p := range t.recon.parked {
 		if now.Before(p.deadline) {
 			keep = append(keep, p)
 			continue
 		}
 		t.refuse(ctx, p.c, p.kind, errNotReady{})
 	}
-	t.parked = keep
+	t.recon.parked = keep
 	if len(keep) > 0 {
-		t.parkT = sendAfter(ctx, time.Until(keep[0].deadline), &parkExpired{})
+		t.recon.parkT = sendAfter(ctx, time.Until(keep[0].deadline), &parkExpired{})
 	}
 }
