@@ -10,9 +10,7 @@ package actors
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -173,6 +171,7 @@ type signalingActor struct {
 	// the NATS callback and the actor (not lifecycle state).
 	backlog   atomic.Int64
 	watched   map[string]watchedSession // session id → the leg to tell of the exit's goodbye
+	unwatched recentSessions            // sessions no longer watched lately: a goodbye for one crossed ours
 	natsUp    NATSState
 	natsSubs  map[string]*actor.PID // watchers of NATSState, by PID id
 	subs      []*nats.Subscription
@@ -225,7 +224,7 @@ func (s *signalingActor) Receive(ctx actor.Context) {
 	case *watchSession:
 		s.watch(ctx, m)
 	case *unwatchSession:
-		delete(s.watched, m.sessionID)
+		s.unwatch(m.sessionID)
 	case *inboundClientEvent:
 		s.backlog.Add(-1)
 		s.handleClientEvent(ctx, m.msg)
@@ -301,89 +300,4 @@ func (s *signalingActor) subscribeBounded(ctx actor.Context, subject string, wra
 		_ = sub.SetPendingLimits(maxBacklog, 8<<20)
 	}
 	return sub, err
-}
-
-// subscribeClientEvents subscribes to this engine's client subject (exits' goodbyes) at its first
-// session request: an engine that only serves an exit never subscribes, so NATS permissions for
-// exits need not name a client subject (docs/security.md). The subscription goes out on the
-// connection before the request does, so the server has it before any exit can answer. It stays
-// until the actor stops.
-func (s *signalingActor) subscribeClientEvents(ctx actor.Context) {
-	if s.clientSub != nil || s.cfg.ClientID == "" {
-		return
-	}
-	sub, err := s.subscribeBounded(ctx, signaling.ClientSubject(s.cfg.ClientID), func(msg *nats.Msg) any {
-		return &inboundClientEvent{msg: msg}
-	})
-	if err != nil {
-		s.cfg.Logger.Error("subscribe to client events", "err", err)
-		return
-	}
-	s.clientSub = sub
-	s.subs = append(s.subs, sub)
-}
-
-// handleClientEvent takes an exit's goodbye: valid, for a watched session, signed by that session's exit.
-func (s *signalingActor) handleClientEvent(ctx actor.Context, msg *nats.Msg) {
-	body, err := signaling.Decode(msg.Data)
-	if err != nil {
-		s.cfg.Stats.Forged.Add(1)
-		s.cfg.Logger.Warn("client event refused", "subject", msg.Subject, "reason", err)
-		return
-	}
-	c, ok := body.(*messages.SessionClose)
-	if !ok {
-		s.cfg.Stats.Forged.Add(1)
-		s.cfg.Logger.Warn("client event refused", "subject", msg.Subject, "reason", fmt.Sprintf("unexpected %T", body))
-		return
-	}
-	w, ok := s.watched[c.SessionID]
-	if !ok {
-		// Not necessarily forged (a goodbye that crossed our own), but never acted on.
-		s.cfg.Stats.Stale.Add(1)
-		s.cfg.Logger.Warn("exit goodbye dropped", "session", c.SessionID, "reason", "no such session here")
-		return
-	}
-	if w.exitIdentity == "" { // not granted yet: hold it, verified, until the grant names the exit
-		if err := signaling.VerifySessionClose(c, time.Now()); err != nil {
-			s.cfg.Stats.Forged.Add(1)
-			s.cfg.Logger.Warn("exit goodbye refused", "session", c.SessionID, "reason", err)
-			return
-		}
-		if len(w.early) < maxEarlyGoodbyes && !slices.ContainsFunc(w.early, func(e *messages.SessionClose) bool { return e.Signer == c.Signer }) {
-			w.early = append(w.early, c)
-			s.watched[c.SessionID] = w
-		}
-		return
-	}
-	if c.Signer != w.exitIdentity {
-		s.cfg.Stats.Forged.Add(1)
-		s.cfg.Logger.Warn("exit goodbye refused", "session", c.SessionID, "reason", "not signed by the session's exit")
-		return
-	}
-	if err := signaling.VerifySessionClose(c, time.Now()); err != nil {
-		s.cfg.Stats.Forged.Add(1)
-		s.cfg.Logger.Warn("exit goodbye refused", "session", c.SessionID, "reason", err)
-		return
-	}
-	delete(s.watched, c.SessionID)
-	ctx.Send(w.tunnel, &exitSaidGoodbye{sessionID: c.SessionID, reason: c.Reason})
-}
-
-// watch records a granted session's exit identity; a goodbye held since the request is delivered
-// now if that exit signed it.
-func (s *signalingActor) watch(ctx actor.Context, m *watchSession) {
-	w := s.watched[m.sessionID]
-	s.watched[m.sessionID] = watchedSession{tunnel: m.tunnel, exitIdentity: m.exitIdentity}
-	for _, c := range w.early {
-		if c.Signer == m.exitIdentity {
-			delete(s.watched, m.sessionID)
-			ctx.Send(m.tunnel, &exitSaidGoodbye{sessionID: m.sessionID, reason: c.Reason})
-			return
-		}
-	}
-	if len(w.early) > 0 {
-		s.cfg.Stats.Forged.Add(int64(len(w.early)))
-		s.cfg.Logger.Warn("exit goodbye refused", "session", m.sessionID, "reason", "not signed by the session's exit", "held", len(w.early))
-	}
 }

@@ -27,6 +27,9 @@ const (
 	// maxEarlyGoodbyes: goodbyes held for one session between its request and its grant (one per
 	// signer; signaling.go).
 	maxEarlyGoodbyes = 4
+	// maxRecentSessions: sessions this engine ended lately, remembered so that an exit's goodbye
+	// that crossed ours is not taken for a forgery (signaling_goodbye.go).
+	maxRecentSessions = 1024
 )
 
 type queuedRequest struct {
