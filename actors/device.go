@@ -33,7 +33,7 @@ import (
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
-	"golang.zx2c4.com/wireguard/device"
+	"github.com/warren-tunnel/warren/third_party/wireguard/device"
 
 	"github.com/warren-tunnel/warren/netstack"
 	"github.com/warren-tunnel/warren/signaling"

@@ -22,7 +22,7 @@ import (
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
-	"golang.zx2c4.com/wireguard/device"
+	"github.com/warren-tunnel/warren/third_party/wireguard/device"
 
 	"github.com/warren-tunnel/warren/messages"
 	"github.com/warren-tunnel/warren/netstack"

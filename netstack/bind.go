@@ -11,7 +11,7 @@ import (
 
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
-	"golang.zx2c4.com/wireguard/conn"
+	"github.com/warren-tunnel/warren/third_party/wireguard/conn"
 )
 
 // bindSocketBuffer is the requested SO_RCVBUF/SO_SNDBUF; the kernel caps it

@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
-	"golang.zx2c4.com/wireguard/conn"
-	"golang.zx2c4.com/wireguard/tun"
+	"github.com/warren-tunnel/warren/third_party/wireguard/conn"
+	"github.com/warren-tunnel/warren/third_party/wireguard/tun"
 
 	"github.com/warren-tunnel/warren/internal/testutil"
 )

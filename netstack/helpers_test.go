@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
-	"golang.zx2c4.com/wireguard/device"
+	"github.com/warren-tunnel/warren/third_party/wireguard/device"
 
 	"github.com/warren-tunnel/warren/internal/testutil"
 )

@@ -12,7 +12,7 @@ import (
 	"sync/atomic"
 	"syscall"
 
-	"golang.zx2c4.com/wireguard/tun"
+	"github.com/warren-tunnel/warren/third_party/wireguard/tun"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/header"

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"golang.zx2c4.com/wireguard/device"
+	"github.com/warren-tunnel/warren/third_party/wireguard/device"
 
 	"github.com/warren-tunnel/warren/internal/testutil"
 	"github.com/warren-tunnel/warren/netstack"

@@ -1,0 +1,220 @@
+package test
+
+// Scale benchmarks (issue 12; docs/performance.md): what an idle tunnel costs, and what a closed
+// one leaves behind. Run them one at a time, with one iteration:
+//
+//	go test ./test -run '^$' -bench 'IdleTunnels' -benchtime 1x -timeout 30m
+//	go test ./test -run '^$' -bench 'TunnelChurn' -benchtime 1x
+//
+// Both measure the whole process (one engine serving as exit, the tunnels of another engine in
+// the same process), from outside, through the engine API; per-tunnel figures divide the growth
+// over the baseline (the engines started, no tunnel) by the number of tunnels.
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/warren-tunnel/warren/engine"
+)
+
+// procStats is one look at the process.
+type procStats struct {
+	heap       uint64 // Go heap in use (HeapInuse) after a forced GC
+	rss        uint64 // resident set, bytes
+	goroutines int
+	fds        int
+}
+
+func sample(tb testing.TB) procStats {
+	tb.Helper()
+	runtime.GC()
+	runtime.GC() // a second cycle frees what the first one's finalizers and sync.Pools released
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return procStats{heap: ms.HeapInuse, rss: rssBytes(tb), goroutines: runtime.NumGoroutine(), fds: fdCount(tb)}
+}
+
+// rssBytes reads the resident set from /proc/self/statm.
+func rssBytes(tb testing.TB) uint64 {
+	data, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		tb.Skipf("no /proc/self/statm: %v", err)
+	}
+	f := strings.Fields(string(data))
+	pages, _ := strconv.ParseUint(f[1], 10, 64)
+	return pages * uint64(os.Getpagesize())
+}
+
+// cpuTime is the process's user and system CPU time so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// scaleWorld is one exit engine and one client engine in this process, on the exit's embedded NATS.
+type scaleWorld struct {
+	exit, client *engine.Engine
+	srv          string // a payload server on 127.0.0.1
+}
+
+func newScaleWorld(b *testing.B, exitCfg func(*engine.Config)) *scaleWorld {
+	srv := newPayloadServer()
+	b.Cleanup(srv.Close)
+	x := startExitEngine(b, "scale", func(c *engine.Config) {
+		listenTCP(c)
+		c.Exit.MaxSessionsPerClient = 4096
+		c.Exit.RequestsPerSecond, c.Exit.RequestBurst = 10000, 10000
+		if exitCfg != nil {
+			exitCfg(c)
+		}
+	})
+	client := startEngine(b, engine.Config{NATS: engine.NATSConfig{URLs: []string{x.NATSURL()}}})
+	return &scaleWorld{exit: x, client: client, srv: srv.URL}
+}
+
+// openMany opens n tunnels, at most parallel at a time, and proves each with a 1 KiB download.
+func (w *scaleWorld) openMany(b *testing.B, n, parallel int) []*engine.Tunnel {
+	tuns := make([]*engine.Tunnel, n)
+	errs := make(chan error, n)
+	sem := make(chan struct{}, parallel)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			tun, err := w.client.OpenTunnel(ctx, engine.TunnelSpec{Exit: "scale", SOCKS: "127.0.0.1:0", UDPBind: "127.0.0.1"})
+			if err == nil {
+				tuns[i] = tun
+				err = download(socksClient(b, tun), w.srv, uint64(i), 1<<10)
+			}
+			if err != nil {
+				errs <- fmt.Errorf("tunnel %d: %w", i, err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		b.Fatal(err)
+	}
+	return tuns
+}
+
+func closeAll(b *testing.B, tuns []*engine.Tunnel) {
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 100)
+	for _, tun := range tuns {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			if err := tun.Close(ctx); err != nil {
+				b.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// BenchmarkIdleTunnels: N Up tunnels that each carried one 1 KiB request, then idle. Reports per
+// tunnel: Go heap in use, RSS and goroutines over the baseline, and the process's CPU while they
+// idle (percent of one core, measured over idleWindow), and the time to bring all N up, opened
+// 400 at a time.
+func BenchmarkIdleTunnels(b *testing.B) {
+	for _, n := range []int{10, 100, 1000} {
+		b.Run(fmt.Sprintf("N=%d", n), func(b *testing.B) {
+			for range b.N {
+				w := newScaleWorld(b, nil)
+				base := sample(b)
+				start := time.Now()
+				tuns := w.openMany(b, n, 400)
+				up := time.Since(start)
+				now := sample(b)
+				const idleWindow = 5 * time.Second
+				cpu0, t0 := cpuTime(), time.Now()
+				<-time.After(idleWindow) // the measurement's span, not a synchronisation
+				idle := float64(cpuTime()-cpu0) / float64(time.Since(t0)) * 100
+				per := func(a, z uint64) float64 { return (float64(a) - float64(z)) / float64(n) / (1 << 20) }
+				b.ReportMetric(per(now.heap, base.heap), "heap-MiB/tunnel")
+				b.ReportMetric(per(now.rss, base.rss), "rss-MiB/tunnel")
+				b.ReportMetric(float64(now.goroutines-base.goroutines)/float64(n), "goroutines/tunnel")
+				b.ReportMetric(idle, "idle-cpu-%")
+				b.ReportMetric(up.Seconds(), "s-all-up")
+				writeHeapProfile(b, fmt.Sprintf("idle-%d", n))
+				closeAll(b, tuns)
+			}
+		})
+	}
+}
+
+// BenchmarkTunnelChurn: cycles of opening 100 tunnels, one request through each, closing them.
+// Reports the Go heap retained per cycle (after GC, over the state after a warm-up cycle) and the
+// goroutines and file descriptors left after the last cycle.
+func BenchmarkTunnelChurn(b *testing.B) {
+	const perCycle, cycles = 100, 10
+	for range b.N {
+		w := newScaleWorld(b, nil)
+		closeAll(b, w.openMany(b, perCycle, 100)) // warm-up: pools, lazily started goroutines
+		base := sample(b)
+		writeHeapProfile(b, "churn-base")
+		for range cycles {
+			closeAll(b, w.openMany(b, perCycle, 100))
+		}
+		var end procStats
+		deadline := time.Now().Add(30 * time.Second)
+		for end = sample(b); end.goroutines > base.goroutines && time.Now().Before(deadline); end = sample(b) {
+			<-time.After(100 * time.Millisecond) // goroutines of the last closes still unwinding
+		}
+		if d, err := time.ParseDuration(os.Getenv("WARREN_CHURN_SETTLE")); err == nil {
+			<-time.After(d) // what expires on its own (TIME_WAIT endpoints) is not retained
+			end = sample(b)
+		}
+		writeHeapProfile(b, "churn-end")
+		if dir := os.Getenv("WARREN_HEAP_PROFILE_DIR"); dir != "" {
+			f, _ := os.Create(filepath.Join(dir, "churn-goroutines.txt"))
+			_ = pprof.Lookup("goroutine").WriteTo(f, 1)
+			f.Close()
+		}
+		b.ReportMetric((float64(end.heap)-float64(base.heap))/cycles/1024, "retained-KiB/cycle")
+		b.ReportMetric(float64(end.goroutines-base.goroutines), "goroutines-left")
+		b.ReportMetric(float64(end.fds-base.fds), "fds-left")
+	}
+}
+
+// writeHeapProfile writes the heap profile as it is now to $WARREN_HEAP_PROFILE_DIR/<name>.pprof, when
+// that variable is set (docs/performance.md: go tool pprof -sample_index=inuse_space).
+func writeHeapProfile(b *testing.B, name string) {
+	dir := os.Getenv("WARREN_HEAP_PROFILE_DIR")
+	if dir == "" {
+		return
+	}
+	f, err := os.Create(filepath.Join(dir, name+".pprof"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	for range 3 { // a heap profile is as of the GC cycles before the last: let them catch up
+		runtime.GC()
+	}
+	if err := pprof.WriteHeapProfile(f); err != nil {
+		b.Fatal(err)
+	}
+}
