@@ -12,10 +12,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/warren-tunnel/warren/third_party/wireguard/conn"
 	"golang.org/x/crypto/chacha20poly1305"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
-	"github.com/warren-tunnel/warren/third_party/wireguard/conn"
 )
 
 type QueueHandshakeElement struct {
@@ -93,7 +93,9 @@ func (device *Device) RoutineReceiveIncoming(maxBatchSize int, recv conn.Receive
 		elemsByPeer = make(map[*Peer]*QueueInboundElementsContainer, maxBatchSize)
 	)
 
-	for i := range bufsArrs {
+	// Warren: only the active slots hold buffers (warren_batch.go).
+	batch := newAdaptiveBatch(maxBatchSize)
+	for i := range batch.active {
 		bufsArrs[i] = device.GetMessageBuffer()
 		bufs[i] = bufsArrs[i][:]
 	}
@@ -107,7 +109,7 @@ func (device *Device) RoutineReceiveIncoming(maxBatchSize int, recv conn.Receive
 	}()
 
 	for {
-		count, err = recv(bufs, sizes, endpoints)
+		count, err = recv(bufs[:batch.active], sizes[:batch.active], endpoints[:batch.active])
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
@@ -231,6 +233,19 @@ func (device *Device) RoutineReceiveIncoming(maxBatchSize int, recv conn.Receive
 				device.PutInboundElementsContainer(elemsContainer)
 			}
 			delete(elemsByPeer, peer)
+		}
+		// Warren: grow or shrink the active slots for the next read (every slot holds a buffer of
+		// its own again: the ones this read handed on were refilled above).
+		if next := batch.next(count); next != batch.active {
+			for i := batch.active; i < next; i++ {
+				bufsArrs[i] = device.GetMessageBuffer()
+				bufs[i] = bufsArrs[i][:]
+			}
+			for i := next; i < batch.active; i++ {
+				device.PutMessageBuffer(bufsArrs[i])
+				bufsArrs[i], bufs[i] = nil, nil
+			}
+			batch.active = next
 		}
 	}
 }

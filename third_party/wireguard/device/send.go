@@ -13,11 +13,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/warren-tunnel/warren/third_party/wireguard/conn"
+	"github.com/warren-tunnel/warren/third_party/wireguard/tun"
 	"golang.org/x/crypto/chacha20poly1305"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
-	"github.com/warren-tunnel/warren/third_party/wireguard/conn"
-	"github.com/warren-tunnel/warren/third_party/wireguard/tun"
 )
 
 /* Outbound flow
@@ -223,7 +223,9 @@ func (device *Device) RoutineReadFromTUN() {
 		offset      = MessageTransportHeaderSize
 	)
 
-	for i := range elems {
+	// Warren: only the active slots hold elements and their buffers (warren_batch.go).
+	batch := newAdaptiveBatch(batchSize)
+	for i := range batch.active {
 		elems[i] = device.NewOutboundElement()
 		bufs[i] = elems[i].buffer[:]
 	}
@@ -239,7 +241,7 @@ func (device *Device) RoutineReadFromTUN() {
 
 	for {
 		// read packets
-		count, readErr = device.tun.device.Read(bufs, sizes, offset)
+		count, readErr = device.tun.device.Read(bufs[:batch.active], sizes[:batch.active], offset)
 		for i := 0; i < count; i++ {
 			if sizes[i] < 1 {
 				continue
@@ -294,6 +296,20 @@ func (device *Device) RoutineReadFromTUN() {
 				device.PutOutboundElementsContainer(elemsForPeer)
 			}
 			delete(elemsByPeer, peer)
+		}
+		// Warren: grow or shrink the active slots for the next read (every slot holds an element
+		// of its own again: the ones this read handed on were replaced above).
+		if next := batch.next(count); next != batch.active {
+			for i := batch.active; i < next; i++ {
+				elems[i] = device.NewOutboundElement()
+				bufs[i] = elems[i].buffer[:]
+			}
+			for i := next; i < batch.active; i++ {
+				device.PutMessageBuffer(elems[i].buffer)
+				device.PutOutboundElement(elems[i])
+				elems[i], bufs[i] = nil, nil
+			}
+			batch.active = next
 		}
 
 		if readErr != nil {

@@ -9,8 +9,8 @@ import (
 	"net"
 	"os"
 
-	"golang.org/x/sys/unix"
 	"github.com/warren-tunnel/warren/third_party/wireguard/rwcancel"
+	"golang.org/x/sys/unix"
 )
 
 type UAPIListener struct {

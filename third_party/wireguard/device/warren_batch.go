@@ -1,0 +1,51 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * Copyright (C) 2017-2025 WireGuard LLC. All Rights Reserved.
+ */
+
+package device
+
+import "time"
+
+// Warren: an adaptive batch. A receive loop (RoutineReceiveIncoming) or the TUN reader
+// (RoutineReadFromTUN) holds a 64 KiB message buffer for every slot of its batch, for as long as it
+// runs: 2 × 64 slots × 64 KiB = 8 MiB per device, nearly all of an idle tunnel's heap. With an
+// adaptive batch a loop holds buffers only for the slots its recent reads used: it starts with
+// minActiveSlots, doubles its active slots as soon as one read fills them all (up to the bind's or
+// the TUN's batch size), and at most once per shrinkEvery gives back the slots the busiest read of
+// that span did not need (rounded up to a power of two). A busy tunnel reaches its full batch
+// within a few reads; an idle one holds one buffer per loop. The buffers go back to the device's
+// pool, a sync.Pool, so the GC frees what no loop takes again.
+const (
+	minActiveSlots = 1
+	shrinkEvery    = time.Second
+)
+
+// adaptiveBatch tracks one loop's active slots.
+type adaptiveBatch struct {
+	max, active int
+	peak        int       // the most slots one read used since windowStart
+	windowStart time.Time // start of the span the next shrink looks back over
+}
+
+func newAdaptiveBatch(max int) adaptiveBatch {
+	return adaptiveBatch{max: max, active: min(minActiveSlots, max), windowStart: time.Now()}
+}
+
+// next returns the active slot count for the read after one that used count slots (a read that
+// used them all grows it at once; a span of quiet shrinks it).
+func (b *adaptiveBatch) next(count int) int {
+	b.peak = max(b.peak, count)
+	if count >= b.active && b.active < b.max {
+		return min(2*b.active, b.max)
+	}
+	if now := time.Now(); now.Sub(b.windowStart) >= shrinkEvery {
+		want := minActiveSlots
+		for want < b.peak {
+			want *= 2
+		}
+		b.peak, b.windowStart = 0, now
+		return min(max(want, minActiveSlots), b.active)
+	}
+	return b.active
+}
