@@ -27,6 +27,10 @@ var ErrNATSAuth = errors.New("nats refused the credentials")
 // what the connection reports as its connected URL.
 const InProcessURL = "nats://in-process:0"
 
+// syncQueueLen bounds the channel of a synchronous subscription (one asker's inbox): the
+// signaling actor's asks keep at most 64 answers pending (SetPendingLimits) anyway.
+const syncQueueLen = 64
+
 // EmbeddedOptions configure the embedded NATS server.
 type EmbeddedOptions struct {
 	// Listen is the TCP address other processes join on (port 0: a random one). The zero value
@@ -161,6 +165,11 @@ func Connect(o ConnectOptions) (*nats.Conn, error) {
 		nats.ReconnectWait(250 * time.Millisecond),
 		nats.ReconnectJitter(100*time.Millisecond, time.Second),
 		nats.RetryOnFailedConnect(false),
+		// Each session request and health ping reads its answers from a synchronous subscription on
+		// an inbox of its own; nats.go sizes such a subscription's channel at 65,536 messages
+		// (512 KiB, allocated and zeroed per ping: half of 1,000 idle tunnels' CPU). A few answers
+		// are all one asker waits for.
+		nats.SyncQueueLen(syncQueueLen),
 		// Keep trying after refused logins too: credentials may be fixed or rotated on the server.
 		nats.IgnoreAuthErrorAbort(),
 		nats.DisconnectErrHandler(func(nc *nats.Conn, err error) { report(nc, err) }),

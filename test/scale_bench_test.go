@@ -136,7 +136,7 @@ func closeAll(b *testing.B, tuns []*engine.Tunnel) {
 
 // BenchmarkIdleTunnels: N Up tunnels that each carried one 1 KiB request, then idle. Reports per
 // tunnel: Go heap in use, RSS and goroutines over the baseline, and the process's CPU while they
-// idle (percent of one core, measured over idleWindow), and the time to bring all N up, opened
+// idle (percent of one core, measured over idleWindow after a settle), and the time to bring all N up, opened
 // 400 at a time.
 func BenchmarkIdleTunnels(b *testing.B) {
 	for _, n := range []int{10, 100, 1000} {
@@ -148,9 +148,14 @@ func BenchmarkIdleTunnels(b *testing.B) {
 				tuns := w.openMany(b, n, 400)
 				up := time.Since(start)
 				now := sample(b)
-				const idleWindow = 5 * time.Second
+				// The bring-up's aftermath (GC of what the opens allocated, the first health checks)
+				// settles before the idle window; both are spans of the measurement.
+				const settle, idleWindow = 5 * time.Second, 10 * time.Second
+				<-time.After(settle)
+				stopProfile := cpuProfile(b, fmt.Sprintf("idle-%d-cpu", n))
 				cpu0, t0 := cpuTime(), time.Now()
 				<-time.After(idleWindow) // the measurement's span, not a synchronisation
+				stopProfile()
 				idle := float64(cpuTime()-cpu0) / float64(time.Since(t0)) * 100
 				per := func(a, z uint64) float64 { return (float64(a) - float64(z)) / float64(n) / (1 << 20) }
 				b.ReportMetric(per(now.heap, base.heap), "heap-MiB/tunnel")
@@ -217,4 +222,21 @@ func writeHeapProfile(b *testing.B, name string) {
 	if err := pprof.WriteHeapProfile(f); err != nil {
 		b.Fatal(err)
 	}
+}
+
+// cpuProfile starts a CPU profile to $WARREN_HEAP_PROFILE_DIR/<name>.pprof when that variable is
+// set; the returned function stops it.
+func cpuProfile(b *testing.B, name string) func() {
+	dir := os.Getenv("WARREN_HEAP_PROFILE_DIR")
+	if dir == "" {
+		return func() {}
+	}
+	f, err := os.Create(filepath.Join(dir, name+".pprof"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		b.Fatal(err)
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }
 }

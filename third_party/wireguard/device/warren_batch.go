@@ -11,13 +11,13 @@ import "time"
 // (RoutineReadFromTUN) holds a 64 KiB message buffer for every slot of its batch, for as long as it
 // runs: 2 × 64 slots × 64 KiB = 8 MiB per device, nearly all of an idle tunnel's heap. With an
 // adaptive batch a loop holds buffers only for the slots its recent reads used: it starts with
-// minActiveSlots, doubles its active slots as soon as one read fills them all (up to the bind's or
+// minActiveSlots (two), doubles its active slots as soon as one read fills them all (up to the bind's or
 // the TUN's batch size), and at most once per shrinkEvery gives back the slots the busiest read of
 // that span did not need (rounded up to a power of two). A busy tunnel reaches its full batch
 // within a few reads; an idle one holds one buffer per loop. The buffers go back to the device's
 // pool, a sync.Pool, so the GC frees what no loop takes again.
 const (
-	minActiveSlots = 1
+	minActiveSlots = 2 // a read of one datagram (a probe, a keepalive) leaves the batch as it is: no buffer churn
 	shrinkEvery    = time.Second
 )
 
