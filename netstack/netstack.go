@@ -32,11 +32,13 @@ const DefaultMTU = 1420
 const nicID tcpip.NICID = 1
 
 // batchSize is what BatchSize reports: the most packets one Read or Write
-// moves. wireguard-go preallocates one 64 KiB buffer per batch slot for the
-// TUN reader and per slot for each bind receive function, so with Bind (also
-// batchSize, one socket) a device holds 2*batchSize*64 KiB = 8 MiB (a stock
-// device: 3*128*64 KiB = 24 MiB). In BenchmarkNetstackBaseline 32 was ~10%
-// slower and 96 or 128 no faster than 64.
+// moves. Stock wireguard-go holds one 64 KiB buffer per batch slot for the TUN
+// reader and per slot for each bind receive function (with Bind, also
+// batchSize: 2*batchSize*64 KiB = 8 MiB per device); the copy Warren carries
+// (third_party/wireguard) holds buffers only for the slots recent reads used,
+// so this is the ceiling a busy device grows to, not what an idle one holds.
+// In BenchmarkNetstackBaseline 32 was ~10% slower and 96 or 128 no faster
+// than 64.
 const batchSize = 64
 
 // TCP tuning; see tuneTCP.
