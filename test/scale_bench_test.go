@@ -164,6 +164,7 @@ func BenchmarkIdleTunnels(b *testing.B) {
 				b.ReportMetric(idle, "idle-cpu-%")
 				b.ReportMetric(up.Seconds(), "s-all-up")
 				writeHeapProfile(b, fmt.Sprintf("idle-%d", n))
+				writeGoroutines(b, fmt.Sprintf("idle-%d-goroutines", n))
 				closeAll(b, tuns)
 			}
 		})
@@ -193,11 +194,7 @@ func BenchmarkTunnelChurn(b *testing.B) {
 			end = sample(b)
 		}
 		writeHeapProfile(b, "churn-end")
-		if dir := os.Getenv("WARREN_HEAP_PROFILE_DIR"); dir != "" {
-			f, _ := os.Create(filepath.Join(dir, "churn-goroutines.txt"))
-			_ = pprof.Lookup("goroutine").WriteTo(f, 1)
-			f.Close()
-		}
+		writeGoroutines(b, "churn-goroutines")
 		b.ReportMetric((float64(end.heap)-float64(base.heap))/cycles/1024, "retained-KiB/cycle")
 		b.ReportMetric(float64(end.goroutines-base.goroutines), "goroutines-left")
 		b.ReportMetric(float64(end.fds-base.fds), "fds-left")
@@ -239,4 +236,19 @@ func cpuProfile(b *testing.B, name string) func() {
 		b.Fatal(err)
 	}
 	return func() { pprof.StopCPUProfile(); f.Close() }
+}
+
+// writeGoroutines writes the goroutines, grouped by stack, to $WARREN_HEAP_PROFILE_DIR/<name>.txt
+// when that variable is set.
+func writeGoroutines(b *testing.B, name string) {
+	dir := os.Getenv("WARREN_HEAP_PROFILE_DIR")
+	if dir == "" {
+		return
+	}
+	f, err := os.Create(filepath.Join(dir, name+".txt"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	_ = pprof.Lookup("goroutine").WriteTo(f, 1)
 }

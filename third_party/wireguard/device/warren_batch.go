@@ -34,12 +34,14 @@ func newAdaptiveBatch(max int) adaptiveBatch {
 
 // next returns the active slot count for the read after one that used count slots (a read that
 // used them all grows it at once; a span of quiet shrinks it).
-func (b *adaptiveBatch) next(count int) int {
+func (b *adaptiveBatch) next(count int) int { return b.nextAt(count, time.Now()) }
+
+func (b *adaptiveBatch) nextAt(count int, now time.Time) int {
 	b.peak = max(b.peak, count)
 	if count >= b.active && b.active < b.max {
 		return min(2*b.active, b.max)
 	}
-	if now := time.Now(); now.Sub(b.windowStart) >= shrinkEvery {
+	if now.Sub(b.windowStart) >= shrinkEvery {
 		want := minActiveSlots
 		for want < b.peak {
 			want *= 2
