@@ -13,6 +13,11 @@ import (
 	"github.com/warren-tunnel/warren/messages"
 )
 
+// clientCryptoWorkers: a client tunnel's device runs this many encryption, decryption and
+// handshake workers each (an exit's device, one per CPU): one peer needs no more, and a worker
+// per CPU per tunnel is most of a tunnel's goroutines on a big machine (docs/performance.md).
+const clientCryptoWorkers = 1
+
 // stopOnFailure stops a child that panicked; it never restarts one (see package doc).
 var stopOnFailure = actor.NewOneForOneStrategy(0, 0, func(reason interface{}) actor.Directive {
 	return actor.StopDirective

@@ -258,7 +258,11 @@ func (d *deviceActor) create(ctx actor.Context) error {
 	}
 	d.stack = stack
 	d.bind = netstack.NewBind(d.cfg.listen.Addr())
-	d.dev = device.NewDevice(stack, d.bind, wireguardLogger(d.cfg.logger))
+	workers := 0 // the exit's device serves every session: a worker per CPU
+	if d.cfg.role == roleClient {
+		workers = clientCryptoWorkers // one peer: third_party/wireguard NewDeviceWorkers
+	}
+	d.dev = device.NewDeviceWorkers(stack, d.bind, wireguardLogger(d.cfg.logger), workers)
 	conf := fmt.Sprintf("private_key=%s\nlisten_port=%d\n", d.cfg.privateKey.Hex(), d.cfg.listen.Port())
 	if err := d.dev.IpcSet(conf); err != nil {
 		return fmt.Errorf("configure device: %w", err)

@@ -282,6 +282,17 @@ func (device *Device) SetPrivateKey(sk NoisePrivateKey) error {
 }
 
 func NewDevice(tunDevice tun.Device, bind conn.Bind, logger *Logger) *Device {
+	return NewDeviceWorkers(tunDevice, bind, logger, 0)
+}
+
+// NewDeviceWorkers is NewDevice with workers encryption, decryption and handshake workers each
+// (0: one per CPU, as NewDevice).
+//
+// Warren: a device that serves one peer (a client tunnel) needs no worker per CPU: with many
+// tunnels in one process, runtime.NumCPU() × 3 goroutines per device (48 on 16 cores) is most of
+// a tunnel's goroutines, and one tunnel's crypto on one core each way is far above what one
+// tunnel carries.
+func NewDeviceWorkers(tunDevice tun.Device, bind conn.Bind, logger *Logger, workers int) *Device {
 	device := new(Device)
 	device.state.state.Store(uint32(deviceStateDown))
 	device.closed = make(chan struct{})
@@ -309,6 +320,9 @@ func NewDevice(tunDevice tun.Device, bind conn.Bind, logger *Logger) *Device {
 	// start workers
 
 	cpus := runtime.NumCPU()
+	if workers > 0 {
+		cpus = workers
+	}
 	device.state.stopping.Wait()
 	device.queue.encryption.wg.Add(cpus) // One for each RoutineHandshake
 	for i := 0; i < cpus; i++ {
