@@ -201,16 +201,26 @@ func BenchmarkTunnelChurn(b *testing.B) {
 	}
 }
 
-// writeHeapProfile writes the heap profile as it is now to $WARREN_HEAP_PROFILE_DIR/<name>.pprof, when
-// that variable is set (docs/performance.md: go tool pprof -sample_index=inuse_space).
-func writeHeapProfile(b *testing.B, name string) {
+// profileFile creates $WARREN_HEAP_PROFILE_DIR/<name> when that variable is set (nil otherwise):
+// where the scale benchmarks write their profiles (docs/performance.md).
+func profileFile(b *testing.B, name string) *os.File {
 	dir := os.Getenv("WARREN_HEAP_PROFILE_DIR")
 	if dir == "" {
-		return
+		return nil
 	}
-	f, err := os.Create(filepath.Join(dir, name+".pprof"))
+	f, err := os.Create(filepath.Join(dir, name))
 	if err != nil {
 		b.Fatal(err)
+	}
+	return f
+}
+
+// writeHeapProfile writes the heap profile as it is now to <name>.pprof (go tool pprof
+// -sample_index=inuse_space).
+func writeHeapProfile(b *testing.B, name string) {
+	f := profileFile(b, name+".pprof")
+	if f == nil {
+		return
 	}
 	defer f.Close()
 	for range 3 { // a heap profile is as of the GC cycles before the last: let them catch up
@@ -221,16 +231,11 @@ func writeHeapProfile(b *testing.B, name string) {
 	}
 }
 
-// cpuProfile starts a CPU profile to $WARREN_HEAP_PROFILE_DIR/<name>.pprof when that variable is
-// set; the returned function stops it.
+// cpuProfile starts a CPU profile to <name>.pprof; the returned function stops it.
 func cpuProfile(b *testing.B, name string) func() {
-	dir := os.Getenv("WARREN_HEAP_PROFILE_DIR")
-	if dir == "" {
+	f := profileFile(b, name+".pprof")
+	if f == nil {
 		return func() {}
-	}
-	f, err := os.Create(filepath.Join(dir, name+".pprof"))
-	if err != nil {
-		b.Fatal(err)
 	}
 	if err := pprof.StartCPUProfile(f); err != nil {
 		b.Fatal(err)
@@ -238,17 +243,10 @@ func cpuProfile(b *testing.B, name string) func() {
 	return func() { pprof.StopCPUProfile(); f.Close() }
 }
 
-// writeGoroutines writes the goroutines, grouped by stack, to $WARREN_HEAP_PROFILE_DIR/<name>.txt
-// when that variable is set.
+// writeGoroutines writes the goroutines, grouped by stack, to <name>.txt.
 func writeGoroutines(b *testing.B, name string) {
-	dir := os.Getenv("WARREN_HEAP_PROFILE_DIR")
-	if dir == "" {
-		return
+	if f := profileFile(b, name+".txt"); f != nil {
+		defer f.Close()
+		_ = pprof.Lookup("goroutine").WriteTo(f, 1)
 	}
-	f, err := os.Create(filepath.Join(dir, name+".txt"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer f.Close()
-	_ = pprof.Lookup("goroutine").WriteTo(f, 1)
 }
