@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/warren-tunnel/warren/third_party/wireguard/tun"
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -51,6 +52,11 @@ const (
 	fwdRcvWnd = 1 << 20
 	// fwdMaxInFlight bounds the SYNs waiting for Accept/Reject.
 	fwdMaxInFlight = 1024
+	// tcpTimeWait bounds TIME_WAIT and FIN_WAIT_2 (gVisor: 60 s each). Inside a tunnel every
+	// session has addresses and keys of its own, so a late segment of an old connection cannot
+	// reach a new one from another session; an exit's stack, which outlives its sessions, would
+	// otherwise keep every closed flow's endpoint, port reservation and timers for a minute.
+	tcpTimeWait = 5 * time.Second
 )
 
 // Config configures New.
@@ -204,6 +210,8 @@ func tuneTCP(st *stack.Stack) error {
 		// without it) — google/gvisor#6113; Tailscale disables it too (tailscale#14896). Classic
 		// SACK recovery remains. Revisit when the pinned gVisor includes google/gvisor#13680.
 		ptr(tcpip.TCPRecovery(0)),
+		ptr(tcpip.TCPTimeWaitTimeoutOption(tcpTimeWait)),
+		ptr(tcpip.TCPLingerTimeoutOption(tcpTimeWait)),
 	}
 	for _, o := range opts {
 		if err := st.SetTransportProtocolOption(tcp.ProtocolNumber, o); err != nil {
