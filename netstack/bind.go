@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
+
 	"github.com/warren-tunnel/warren/third_party/wireguard/conn"
 )
 

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
 	"github.com/warren-tunnel/warren/third_party/wireguard/conn"
 	"github.com/warren-tunnel/warren/third_party/wireguard/tun"
 

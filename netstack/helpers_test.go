@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
 	"github.com/warren-tunnel/warren/third_party/wireguard/device"
 
 	"github.com/warren-tunnel/warren/internal/testutil"

@@ -13,7 +13,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/warren-tunnel/warren/third_party/wireguard/tun"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -24,6 +23,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 	"gvisor.dev/gvisor/pkg/waiter"
+
+	"github.com/warren-tunnel/warren/third_party/wireguard/tun"
 )
 
 // DefaultMTU is the tunnel MTU used when Config.MTU is 0.
