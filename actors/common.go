@@ -11,12 +11,14 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 
 	"github.com/warren-tunnel/warren/messages"
+	"github.com/warren-tunnel/warren/third_party/wireguard/device"
 )
 
-// clientCryptoWorkers: a client tunnel's device runs this many encryption, decryption and
-// handshake workers each (an exit's device, one per CPU): one peer needs no more, and a worker
-// per CPU per tunnel is most of a tunnel's goroutines on a big machine (docs/performance.md).
-const clientCryptoWorkers = 1
+// clientDevice sizes a client tunnel's device: one encryption, decryption and handshake worker
+// each (an exit's device has one per CPU) and room for 64 handshake messages (upstream: 1,024).
+// One peer needs no more; a worker per CPU per tunnel is most of a tunnel's goroutines on a big
+// machine (docs/performance.md).
+var clientDevice = device.DeviceOptions{Workers: 1, HandshakeQueue: 64}
 
 // stopOnFailure stops a child that panicked; it never restarts one (see package doc).
 var stopOnFailure = actor.NewOneForOneStrategy(0, 0, func(reason interface{}) actor.Directive {

@@ -259,11 +259,11 @@ func (d *deviceActor) create(ctx actor.Context) error {
 	}
 	d.stack = stack
 	d.bind = netstack.NewBind(d.cfg.listen.Addr())
-	workers := 0 // the exit's device serves every session: a worker per CPU
+	var opts device.DeviceOptions // the exit's device serves every session: upstream's sizes
 	if d.cfg.role == roleClient {
-		workers = clientCryptoWorkers // one peer: third_party/wireguard NewDeviceWorkers
+		opts = clientDevice // one peer: third_party/wireguard DeviceOptions
 	}
-	d.dev = device.NewDeviceWorkers(stack, d.bind, wireguardLogger(d.cfg.logger), workers)
+	d.dev = device.NewDeviceWith(stack, d.bind, wireguardLogger(d.cfg.logger), opts)
 	conf := fmt.Sprintf("private_key=%s\nlisten_port=%d\n", d.cfg.privateKey.Hex(), d.cfg.listen.Port())
 	if err := d.dev.IpcSet(conf); err != nil {
 		return fmt.Errorf("configure device: %w", err)

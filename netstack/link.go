@@ -47,7 +47,7 @@ type linkEndpoint struct {
 	// done is closed by close.
 	done chan struct{}
 
-	// readMu serialises read; scratch is read's batch buffer (len outQueueLen).
+	// readMu serialises read; scratch is read's batch buffer (len batchSize).
 	readMu  sync.Mutex
 	scratch []*stack.PacketBuffer
 
@@ -65,7 +65,7 @@ func newLinkEndpoint(mtu int) *linkEndpoint {
 		ring:    make([]*stack.PacketBuffer, outQueueLen),
 		wake:    make(chan struct{}, 1),
 		done:    make(chan struct{}),
-		scratch: make([]*stack.PacketBuffer, outQueueLen),
+		scratch: make([]*stack.PacketBuffer, batchSize), // a Read moves at most BatchSize packets
 	}
 	e.gro.Init(true)
 	return e
@@ -84,7 +84,7 @@ func (e *linkEndpoint) read(bufs [][]byte, sizes []int, offset int) (int, error)
 			e.mu.Unlock()
 			return 0, os.ErrClosed
 		}
-		n = min(e.count, len(bufs), len(sizes))
+		n = min(e.count, len(bufs), len(sizes), len(e.scratch))
 		for i := range n {
 			e.scratch[i] = e.ring[e.head]
 			e.ring[e.head] = nil

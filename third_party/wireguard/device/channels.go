@@ -59,9 +59,9 @@ type handshakeQueue struct {
 	wg sync.WaitGroup
 }
 
-func newHandshakeQueue() *handshakeQueue {
+func newHandshakeQueue(size int) *handshakeQueue { // Warren: the size is the device's (DeviceOptions)
 	q := &handshakeQueue{
-		c: make(chan QueueHandshakeElement, QueueHandshakeSize),
+		c: make(chan QueueHandshakeElement, size),
 	}
 	q.wg.Add(1)
 	go func() {

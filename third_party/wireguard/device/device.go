@@ -282,17 +282,22 @@ func (device *Device) SetPrivateKey(sk NoisePrivateKey) error {
 }
 
 func NewDevice(tunDevice tun.Device, bind conn.Bind, logger *Logger) *Device {
-	return NewDeviceWorkers(tunDevice, bind, logger, 0)
+	return NewDeviceWith(tunDevice, bind, logger, DeviceOptions{})
 }
 
-// NewDeviceWorkers is NewDevice with workers encryption, decryption and handshake workers each
-// (0: one per CPU, as NewDevice).
+// DeviceOptions size a device (Warren). Zero values keep upstream's sizes.
 //
-// Warren: a device that serves one peer (a client tunnel) needs no worker per CPU: with many
+// A device that serves one peer (a client tunnel) needs neither a worker per CPU — with many
 // tunnels in one process, runtime.NumCPU() × 3 goroutines per device (48 on 16 cores) is most of
-// a tunnel's goroutines, and one tunnel's crypto on one core each way is far above what one
-// tunnel carries.
-func NewDeviceWorkers(tunDevice tun.Device, bind conn.Bind, logger *Logger, workers int) *Device {
+// a tunnel's goroutines, and one tunnel's crypto on one core each way is far above what one tunnel
+// carries — nor room for QueueHandshakeSize handshake messages (about 60 KiB per device).
+type DeviceOptions struct {
+	Workers        int // encryption, decryption and handshake workers each; 0: one per CPU
+	HandshakeQueue int // handshake messages waiting for a worker; 0: QueueHandshakeSize
+}
+
+// NewDeviceWith is NewDevice sized by opts (Warren).
+func NewDeviceWith(tunDevice tun.Device, bind conn.Bind, logger *Logger, opts DeviceOptions) *Device {
 	device := new(Device)
 	device.state.state.Store(uint32(deviceStateDown))
 	device.closed = make(chan struct{})
@@ -313,15 +318,19 @@ func NewDeviceWorkers(tunDevice tun.Device, bind conn.Bind, logger *Logger, work
 
 	// create queues
 
-	device.queue.handshake = newHandshakeQueue()
+	handshakeQueue := QueueHandshakeSize
+	if opts.HandshakeQueue > 0 {
+		handshakeQueue = opts.HandshakeQueue
+	}
+	device.queue.handshake = newHandshakeQueue(handshakeQueue)
 	device.queue.encryption = newOutboundQueue()
 	device.queue.decryption = newInboundQueue()
 
 	// start workers
 
 	cpus := runtime.NumCPU()
-	if workers > 0 {
-		cpus = workers
+	if opts.Workers > 0 {
+		cpus = opts.Workers
 	}
 	device.state.stopping.Wait()
 	device.queue.encryption.wg.Add(cpus) // One for each RoutineHandshake
