@@ -18,7 +18,11 @@ import (
 // each (an exit's device has one per CPU) and room for 64 handshake messages (upstream: 1,024).
 // One peer needs no more; a worker per CPU per tunnel is most of a tunnel's goroutines on a big
 // machine (docs/performance.md).
-var clientDevice = device.DeviceOptions{Workers: 1, HandshakeQueue: 64}
+var clientDevice = device.DeviceOptions{Workers: 1, HandshakeQueue: 64, AdaptiveBatch: true}
+
+// exitDevice sizes an exit's device: upstream's workers and queues, and the adaptive batch
+// (its bind is netstack.Bind, which takes fewer buffers than its batch).
+var exitDevice = device.DeviceOptions{AdaptiveBatch: true}
 
 // stopOnFailure stops a child that panicked; it never restarts one (see package doc).
 var stopOnFailure = actor.NewOneForOneStrategy(0, 0, func(reason interface{}) actor.Directive {

@@ -259,7 +259,7 @@ func (d *deviceActor) create(ctx actor.Context) error {
 	}
 	d.stack = stack
 	d.bind = netstack.NewBind(d.cfg.listen.Addr())
-	var opts device.DeviceOptions // the exit's device serves every session: upstream's sizes
+	opts := exitDevice // the exit's device serves every session
 	if d.cfg.role == roleClient {
 		opts = clientDevice // one peer: third_party/wireguard DeviceOptions
 	}

@@ -18,6 +18,7 @@ import (
 )
 
 type Device struct {
+	opts  DeviceOptions // Warren: how the device was sized (NewDeviceWith)
 	state struct {
 		// state holds the device's state. It is accessed atomically.
 		// Use the device.deviceState method to read it.
@@ -217,7 +218,7 @@ func (device *Device) Down() error {
 func (device *Device) IsUnderLoad() bool {
 	// check if currently under load
 	now := time.Now()
-	underLoad := len(device.queue.handshake.c) >= QueueHandshakeSize/8
+	underLoad := len(device.queue.handshake.c) >= cap(device.queue.handshake.c)/8 // Warren: the queue's own size (DeviceOptions)
 	if underLoad {
 		device.rate.underLoadUntil.Store(now.Add(UnderLoadAfterTime).UnixNano())
 		return true
@@ -291,9 +292,15 @@ func NewDevice(tunDevice tun.Device, bind conn.Bind, logger *Logger) *Device {
 // tunnels in one process, runtime.NumCPU() × 3 goroutines per device (48 on 16 cores) is most of
 // a tunnel's goroutines, and one tunnel's crypto on one core each way is far above what one tunnel
 // carries — nor room for QueueHandshakeSize handshake messages (about 60 KiB per device).
+//
+// AdaptiveBatch lets the receive loops and the TUN reader hold buffers only for the batch slots
+// their recent reads used (warren_batch.go). A bind's ReceiveFunc and the TUN's Read are then often
+// given fewer buffers than their BatchSize: only for a bind and a TUN that allow that (Warren's
+// netstack.Bind and netstack.Stack do; StdNetBind does not).
 type DeviceOptions struct {
-	Workers        int // encryption, decryption and handshake workers each; 0: one per CPU
-	HandshakeQueue int // handshake messages waiting for a worker; 0: QueueHandshakeSize
+	Workers        int  // encryption, decryption and handshake workers each; 0: one per CPU
+	HandshakeQueue int  // handshake messages waiting for a worker; 0: QueueHandshakeSize
+	AdaptiveBatch  bool // false: every slot holds a buffer, as upstream
 }
 
 // NewDeviceWith is NewDevice sized by opts (Warren).
@@ -303,6 +310,7 @@ func NewDeviceWith(tunDevice tun.Device, bind conn.Bind, logger *Logger, opts De
 	device.closed = make(chan struct{})
 	device.log = logger
 	device.net.bind = bind
+	device.opts = opts
 	device.tun.device = tunDevice
 	mtu, err := device.tun.device.MTU()
 	if err != nil {

@@ -94,7 +94,7 @@ func (device *Device) RoutineReceiveIncoming(maxBatchSize int, recv conn.Receive
 	)
 
 	// Warren: only the active slots hold buffers (warren_batch.go).
-	batch := newAdaptiveBatch(maxBatchSize)
+	batch := newAdaptiveBatch(maxBatchSize, device.opts.AdaptiveBatch)
 	for i := range batch.active {
 		bufsArrs[i] = device.GetMessageBuffer()
 		bufs[i] = bufsArrs[i][:]

@@ -224,7 +224,7 @@ func (device *Device) RoutineReadFromTUN() {
 	)
 
 	// Warren: only the active slots hold elements and their buffers (warren_batch.go).
-	batch := newAdaptiveBatch(batchSize)
+	batch := newAdaptiveBatch(batchSize, device.opts.AdaptiveBatch)
 	for i := range batch.active {
 		elems[i] = device.NewOutboundElement()
 		bufs[i] = elems[i].buffer[:]

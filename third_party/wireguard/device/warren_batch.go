@@ -14,7 +14,7 @@ import "time"
 // minActiveSlots (two), doubles its active slots as soon as one read fills them all (up to the bind's or
 // the TUN's batch size), and at most once per shrinkEvery gives back the slots the busiest read of
 // that span did not need (rounded up to a power of two). A busy tunnel reaches its full batch
-// within a few reads; an idle one holds one buffer per loop. The buffers go back to the device's
+// within a few reads; an idle one holds two buffers per loop. The buffers go back to the device's
 // pool, a sync.Pool, so the GC frees what no loop takes again.
 const (
 	minActiveSlots = 2 // a read of one datagram (a probe, a keepalive) leaves the batch as it is: no buffer churn
@@ -24,12 +24,18 @@ const (
 // adaptiveBatch tracks one loop's active slots.
 type adaptiveBatch struct {
 	max, active int
+	fixed       bool      // not adaptive (DeviceOptions.AdaptiveBatch unset): always max
 	peak        int       // the most slots one read used since windowStart
 	windowStart time.Time // start of the span the next shrink looks back over
+	last        time.Time // the previous read
 }
 
-func newAdaptiveBatch(max int) adaptiveBatch {
-	return adaptiveBatch{max: max, active: min(minActiveSlots, max), windowStart: time.Now()}
+func newAdaptiveBatch(max int, adaptive bool) adaptiveBatch {
+	now := time.Now()
+	if !adaptive {
+		return adaptiveBatch{max: max, active: max, fixed: true}
+	}
+	return adaptiveBatch{max: max, active: min(minActiveSlots, max), windowStart: now, last: now}
 }
 
 // next returns the active slot count for the read after one that used count slots (a read that
@@ -37,6 +43,15 @@ func newAdaptiveBatch(max int) adaptiveBatch {
 func (b *adaptiveBatch) next(count int) int { return b.nextAt(count, time.Now()) }
 
 func (b *adaptiveBatch) nextAt(count int, now time.Time) int {
+	if b.fixed {
+		return b.active
+	}
+	if now.Sub(b.last) >= shrinkEvery {
+		// Quiet for a whole span since the previous read: the reads before it (a burst that has
+		// ended) say nothing about what the next ones need.
+		b.peak, b.windowStart = 0, b.last
+	}
+	b.last = now
 	b.peak = max(b.peak, count)
 	if count >= b.active && b.active < b.max {
 		return min(2*b.active, b.max)

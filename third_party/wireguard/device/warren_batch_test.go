@@ -14,8 +14,8 @@ import (
 // datagrams, and gives back what a quiet second did not need.
 func TestAdaptiveBatch(t *testing.T) {
 	t0 := time.Now()
-	b := newAdaptiveBatch(64)
-	b.windowStart = t0
+	b := newAdaptiveBatch(64, true)
+	b.windowStart, b.last = t0, t0
 	step := func(count int, at time.Duration, want int) {
 		t.Helper()
 		if got := b.nextAt(count, t0.Add(at)); got != want {
@@ -36,8 +36,20 @@ func TestAdaptiveBatch(t *testing.T) {
 	step(1, 2200*time.Millisecond, 4) // the busiest read of the last second used 3: four slots
 	step(1, 3300*time.Millisecond, 2) // a quiet second: back to two
 	step(1, 9*time.Second, 2)         // never below two
-	small := newAdaptiveBatch(1)
+	// A burst, then a read after a quiet span: the burst no longer counts (no second small read
+	// in a later span needed).
+	for range 5 {
+		step(b.active, 9100*time.Millisecond, min(2*b.active, 64))
+	}
+	step(64, 9200*time.Millisecond, 64)
+	step(1, 9300*time.Millisecond, 64) // within the span of the burst
+	step(1, 20*time.Second, 2)         // after ten quiet seconds
+	small := newAdaptiveBatch(1, true)
 	if small.active != 1 || small.nextAt(1, t0) != 1 {
 		t.Fatalf("a batch of one stays one: %+v", small)
+	}
+	fixed := newAdaptiveBatch(64, false) // DeviceOptions.AdaptiveBatch unset: upstream's full batch
+	if fixed.active != 64 || fixed.nextAt(1, t0.Add(time.Hour)) != 64 || fixed.nextAt(64, t0) != 64 {
+		t.Fatalf("a fixed batch stays full: %+v", fixed)
 	}
 }
