@@ -109,7 +109,7 @@ func TestLifecycleChurn(t *testing.T) {
 	}
 	srv.CloseClientConnections()
 	waitFor(t, 20*time.Second, "devices, goroutines and descriptors to return to their starting level", func() bool {
-		return netstack.LiveStacks() == baseStacks && runtime.NumGoroutine() <= baseG+5 && fdCount(t) <= baseFD+2
+		return netstack.LiveStacks() == baseStacks && runtime.NumGoroutine() <= baseG && fdCount(t) <= baseFD
 	})
 	t.Logf("after 200 cycles: live stacks %d (start %d), goroutines %d (start %d), fds %d (start %d)",
 		netstack.LiveStacks(), baseStacks, runtime.NumGoroutine(), baseG, fdCount(t), baseFD)
