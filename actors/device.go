@@ -34,10 +34,9 @@ import (
 
 	"github.com/asynkron/protoactor-go/actor"
 
-	"github.com/warren-tunnel/warren/third_party/wireguard/device"
-
 	"github.com/warren-tunnel/warren/netstack"
 	"github.com/warren-tunnel/warren/signaling"
+	"github.com/warren-tunnel/warren/third_party/wireguard/device"
 )
 
 type deviceRole int
@@ -106,22 +105,19 @@ type flowUDP struct{ f *netstack.UDPFlow }
 type serviceConn struct{ c net.Conn }
 
 type deviceActor struct {
-	cfg      deviceConfig
-	behavior actor.Behavior
-	endT     *time.Timer // bounds the wait for peers told endWith; stopped in Stopping
-	// servicesClosed: the listener and echo socket are closed (endWith or Stopping); their loops
-	// are awaited in Stopping.
-	servicesClosed bool
-	stack          *netstack.Stack // alive until Stopped
-	bind           *netstack.Bind
-	dev            *device.Device
-	listener       net.Listener   // exit connect service; closed in Stopping
-	stopAccept     chan struct{}  // closed in Stopping, before the listener
-	echo           net.PacketConn // exit: the probe echo service; closed in Stopping
-	echoEnd        chan struct{}  // closed when the echo loop has returned
-	acceptEnd      chan struct{}  // closed when the accept loop has returned
-	peers          map[netip.Addr]*actor.PID
-	stopping       bool // set on endWith or in Stopping: no new peer; flows are refused
+	cfg        deviceConfig
+	behavior   actor.Behavior
+	endT       *time.Timer     // bounds the wait for peers told endWith; stopped in Stopping
+	stack      *netstack.Stack // alive until Stopped
+	bind       *netstack.Bind
+	dev        *device.Device
+	listener   net.Listener   // exit connect service; closed on endWith or in Stopping
+	stopAccept chan struct{}  // closed with the listener, before it; nil once closed
+	echo       net.PacketConn // exit: the probe echo service; closed with the listener
+	echoEnd    chan struct{}  // closed when the echo loop has returned
+	acceptEnd  chan struct{}  // closed when the accept loop has returned
+	peers      map[netip.Addr]*actor.PID
+	stopping   bool // set on endWith or in Stopping: no new peer; flows are refused
 }
 
 func newDeviceActor(cfg deviceConfig) actor.Producer {

@@ -23,11 +23,10 @@ import (
 
 	"github.com/asynkron/protoactor-go/actor"
 
-	"github.com/warren-tunnel/warren/third_party/wireguard/device"
-
 	"github.com/warren-tunnel/warren/messages"
 	"github.com/warren-tunnel/warren/netstack"
 	"github.com/warren-tunnel/warren/signaling"
+	"github.com/warren-tunnel/warren/third_party/wireguard/device"
 )
 
 type peerConfig struct {

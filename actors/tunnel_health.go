@@ -22,14 +22,12 @@ type GetTunnelChildren struct{}
 // TunnelChildren answers GetTunnelChildren.
 type TunnelChildren struct {
 	Keepalive *actor.PID
-	Legs      []*actor.PID // the leg actors, until they terminate
 	Devices   []*actor.PID // one per leg whose device was reported (a leg's child)
 }
 
 func (t *tunnelActor) children() *TunnelChildren {
 	c := &TunnelChildren{Keepalive: t.keepalive}
 	for _, l := range t.legs {
-		c.Legs = append(c.Legs, l.pid)
 		if l.device != nil {
 			c.Devices = append(c.Devices, l.device)
 		}

@@ -12,10 +12,9 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/warren-tunnel/warren/internal/testutil"
 	"github.com/warren-tunnel/warren/third_party/wireguard/conn"
 	"github.com/warren-tunnel/warren/third_party/wireguard/tun"
-
-	"github.com/warren-tunnel/warren/internal/testutil"
 )
 
 func TestStackCloseIdempotent(t *testing.T) {

@@ -11,9 +11,8 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/warren-tunnel/warren/third_party/wireguard/device"
-
 	"github.com/warren-tunnel/warren/internal/testutil"
+	"github.com/warren-tunnel/warren/third_party/wireguard/device"
 )
 
 func TestMain(m *testing.M) {

@@ -12,10 +12,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/warren-tunnel/warren/third_party/wireguard/device"
-
 	"github.com/warren-tunnel/warren/internal/testutil"
 	"github.com/warren-tunnel/warren/netstack"
+	"github.com/warren-tunnel/warren/third_party/wireguard/device"
 )
 
 // nsbChunk is the unit of BenchmarkNetstackBaseline: b.N chunks go through

@@ -12,12 +12,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/warren-tunnel/warren/third_party/wireguard/device"
-
 	"github.com/warren-tunnel/warren/engine"
 	"github.com/warren-tunnel/warren/internal/testutil"
 	"github.com/warren-tunnel/warren/netstack"
 	"github.com/warren-tunnel/warren/signaling"
+	"github.com/warren-tunnel/warren/third_party/wireguard/device"
 )
 
 // plainWireGuardClient is a standard WireGuard client with no Warren signaling: a wireguard-go
