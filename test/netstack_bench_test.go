@@ -61,8 +61,9 @@ func nsbPeer(b *testing.B, n, other *nsbNode, allowed netip.Addr) {
 	}
 }
 
-// nsbHeapInUse returns the heap in use after a full GC.
-func nsbHeapInUse() uint64 {
+// heapInUse is the Go heap in use after two collections (the second frees what the first left to
+// finalizers and pools).
+func heapInUse() uint64 {
 	runtime.GC()
 	runtime.GC()
 	var ms runtime.MemStats
@@ -77,7 +78,7 @@ func nsbHeapInUse() uint64 {
 // heapEnd-MiB/dev the heap in use when the transfer ends, garbage and pooled
 // buffers included.
 func BenchmarkNetstackBaseline(b *testing.B) {
-	base := nsbHeapInUse()
+	base := heapInUse()
 	srvAddr, cliAddr := netip.MustParseAddr("10.98.0.2"), netip.MustParseAddr("10.98.0.1")
 	srv, cli := nsbNewNode(b, srvAddr), nsbNewNode(b, cliAddr)
 	nsbPeer(b, srv, cli, cliAddr)
@@ -125,7 +126,7 @@ func BenchmarkNetstackBaseline(b *testing.B) {
 	}
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	peak, live := ms.HeapInuse, nsbHeapInUse()
+	peak, live := ms.HeapInuse, heapInUse()
 	b.ReportMetric(float64(max(live, base)-base)/2/(1<<20), "heap-MiB/dev")
 	b.ReportMetric(float64(max(peak, base)-base)/2/(1<<20), "heapEnd-MiB/dev")
 }

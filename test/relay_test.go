@@ -13,7 +13,6 @@ import (
 // blackhole, make lossy, or restore. Point the exit's advertised endpoint (ExitConfig.Endpoint) at
 // Addr() and the relay at the exit's real UDP address; every client then goes through it.
 type Relay struct {
-	t        testing.TB
 	ln       *net.UDPConn
 	target   atomic.Pointer[netip.AddrPort]
 	drop     atomic.Int64 // per mille of datagrams dropped, both ways; 1000 = blackhole
@@ -31,7 +30,7 @@ func NewRelay(t testing.TB) *Relay {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &Relay{t: t, ln: ln, ups: map[netip.AddrPort]*net.UDPConn{}}
+	r := &Relay{ln: ln, ups: map[netip.AddrPort]*net.UDPConn{}}
 	r.wg.Add(1)
 	go r.fromClients()
 	t.Cleanup(r.Close)

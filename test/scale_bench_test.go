@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/warren-tunnel/warren/engine"
+	"github.com/warren-tunnel/warren/internal/testutil"
 )
 
 // procStats is one look at the process.
@@ -37,11 +38,7 @@ type procStats struct {
 
 func sample(tb testing.TB) procStats {
 	tb.Helper()
-	runtime.GC()
-	runtime.GC() // a second cycle frees what the first one's finalizers and sync.Pools released
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	return procStats{heap: ms.HeapInuse, rss: rssBytes(tb), goroutines: runtime.NumGoroutine(), fds: fdCount(tb)}
+	return procStats{heap: heapInUse(), rss: rssBytes(tb), goroutines: runtime.NumGoroutine(), fds: fdCount(tb)}
 }
 
 // rssBytes reads the resident set from /proc/self/statm.
@@ -51,7 +48,13 @@ func rssBytes(tb testing.TB) uint64 {
 		tb.Skipf("no /proc/self/statm: %v", err)
 	}
 	f := strings.Fields(string(data))
-	pages, _ := strconv.ParseUint(f[1], 10, 64)
+	if len(f) < 2 {
+		tb.Fatalf("/proc/self/statm: %q", data)
+	}
+	pages, err := strconv.ParseUint(f[1], 10, 64)
+	if err != nil {
+		tb.Fatalf("/proc/self/statm: %v", err)
+	}
 	return pages * uint64(os.Getpagesize())
 }
 
@@ -184,11 +187,13 @@ func BenchmarkTunnelChurn(b *testing.B) {
 		for range cycles {
 			closeAll(b, w.openMany(b, perCycle, 100))
 		}
+		// The goroutines of the last closes may still be unwinding: wait for them (an event of the
+		// runtime's, seen by looking), within a bound.
 		var end procStats
-		deadline := time.Now().Add(30 * time.Second)
-		for end = sample(b); end.goroutines > base.goroutines && time.Now().Before(deadline); end = sample(b) {
-			<-time.After(100 * time.Millisecond) // goroutines of the last closes still unwinding
-		}
+		testutil.Until(30*time.Second, func(context.Context) bool {
+			end = sample(b)
+			return end.goroutines <= base.goroutines
+		})
 		if d, err := time.ParseDuration(os.Getenv("WARREN_CHURN_SETTLE")); err == nil {
 			<-time.After(d) // what expires on its own (TIME_WAIT endpoints) is not retained
 			end = sample(b)

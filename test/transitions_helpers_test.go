@@ -212,9 +212,9 @@ func (w *world) open(spec engine.TunnelSpec) *engine.Tunnel {
 	return openTunnelSpec(w.t, w.client, spec)
 }
 
-// openErr opens the row's tunnel, which must not come up, and returns why.
+// openErr opens the row's tunnel, which must not come up, and returns why (an error saying it
+// came up if it did: openErr runs off the test goroutine too, where it must not fail the test).
 func (w *world) openErr(ctx context.Context, spec engine.TunnelSpec) error {
-	w.t.Helper()
 	spec.Name, spec.UDPBind = rowTunnel, "127.0.0.1"
 	if spec.SOCKS == "" && spec.HTTP == "" {
 		spec.SOCKS, spec.HTTP = "127.0.0.1:0", "127.0.0.1:0"
@@ -222,7 +222,7 @@ func (w *world) openErr(ctx context.Context, spec engine.TunnelSpec) error {
 	tun, err := w.client.OpenTunnel(ctx, spec)
 	if err == nil {
 		_ = tun.Close(context.Background())
-		w.t.Fatalf("OpenTunnel to %s came up; want an error", spec.Exit)
+		return fmt.Errorf("OpenTunnel to %s came up; want an error", spec.Exit)
 	}
 	return err
 }
@@ -237,13 +237,7 @@ func async(f func() error) <-chan error {
 // result waits for an async call's error, within the bound.
 func result(t testing.TB, ch <-chan error, what string) error {
 	t.Helper()
-	select {
-	case err := <-ch:
-		return err
-	case <-time.After(within):
-		t.Fatalf("%s did not return within %v", what, within)
-		return nil
-	}
+	return testutil.Await(t, ch, within, what+" to return")
 }
 
 // bounded is a context for one call of a row.
@@ -281,14 +275,11 @@ func awaitExitEvent(t testing.TB, e *engine.Engine, kind engine.EventKind) {
 // is still Switching and has no current session. No event marks this; the tunnel's Info does.
 func awaitCurrentLost(t testing.TB, tun *engine.Tunnel) {
 	t.Helper()
-	waitFor(t, within, "the old exit's loss to reach the switching tunnel", func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		info, err := tun.Info(ctx)
-		if err == nil && info.State != stSw {
+	testutil.Poll(t, within, "the old exit's loss to reach the switching tunnel", tun.Info, func(info engine.TunnelInfo) bool {
+		if info.State != stSw {
 			t.Fatalf("tunnel %s while its old exit was being lost mid-switch, want switching", info.State)
 		}
-		return err == nil && info.SessionID == ""
+		return info.SessionID == ""
 	})
 }
 
@@ -316,14 +307,10 @@ func silentExit(t testing.TB, ns *natsServer, id string) <-chan struct{} {
 	return got
 }
 
-// received waits for one signal on ch.
+// heard waits for one signal on ch.
 func heard(t testing.TB, ch <-chan struct{}, what string) {
 	t.Helper()
-	select {
-	case <-ch:
-	case <-time.After(within):
-		t.Fatalf("%s: nothing within %v", what, within)
-	}
+	testutil.Await(t, ch, within, what)
 }
 
 // bareTunnel is a tunnel actor spawned without an engine, on its own actor system and NATS
