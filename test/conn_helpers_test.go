@@ -302,8 +302,9 @@ type logRecord map[string]slog.Value
 func (r logRecord) str(k string) string { return r[k].String() }
 func (r logRecord) int(k string) int64  { return r[k].Int64() }
 
-// logCapture is a slog.Handler that keeps every "connection ended" and "connection refused" record
-// (any level; the message is under "msg") and passes everything on to testLogger's handler.
+// logCapture is a slog.Handler that keeps every record with one of its messages (by default
+// "connection ended" and "connection refused"; any level; the message is under "msg") and passes
+// everything on to testLogger's handler.
 type logCapture struct {
 	store *logStore
 	attrs []slog.Attr
@@ -311,18 +312,22 @@ type logCapture struct {
 }
 
 type logStore struct {
+	keep []string // the messages kept
 	mu   sync.Mutex
 	recs []logRecord
 }
 
-func newLogCapture() *logCapture {
-	return &logCapture{store: &logStore{}, next: testLogger().Handler()}
+func newLogCapture(keep ...string) *logCapture {
+	if len(keep) == 0 {
+		keep = []string{"connection ended", "connection refused"}
+	}
+	return &logCapture{store: &logStore{keep: keep}, next: testLogger().Handler()}
 }
 
 func (h *logCapture) Enabled(context.Context, slog.Level) bool { return true }
 
 func (h *logCapture) Handle(ctx context.Context, r slog.Record) error {
-	if r.Message == "connection ended" || r.Message == "connection refused" {
+	if slices.Contains(h.store.keep, r.Message) {
 		rec := logRecord{"msg": slog.StringValue(r.Message)}
 		for _, a := range h.attrs {
 			rec[a.Key] = a.Value.Resolve()

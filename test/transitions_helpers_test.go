@@ -376,23 +376,40 @@ func (bt *bareTunnel) ask(t testing.TB, msg any) any {
 // row per transition, | from | to | on |, states named as messages.TunnelState (any case).
 func docTransitions(t testing.TB) map[step]string {
 	t.Helper()
-	const doc, heading = "../docs/state-machines.md", "### Tunnel transitions"
-	data, err := os.ReadFile(doc)
-	if err != nil {
-		t.Fatal(err)
-	}
 	known := map[string]messages.TunnelState{}
 	for _, s := range allStates {
 		known[string(s)] = s
 	}
-	state := func(cell string, line int) messages.TunnelState {
-		s, ok := known[strings.ToLower(strings.Trim(cell, "` "))]
-		if !ok {
-			t.Fatalf("%s:%d: %q is no tunnel state", doc, line, cell)
-		}
-		return s
-	}
 	out := map[step]string{}
+	for _, r := range docTable(t, "### Tunnel transitions") {
+		from, okFrom := known[strings.ToLower(r.from)]
+		to, okTo := known[strings.ToLower(r.to)]
+		if !okFrom || !okTo {
+			t.Fatalf("%s:%d: %q → %q is not between tunnel states", stateMachinesDoc, r.line, r.from, r.to)
+		}
+		out[step{from, to}] = r.on
+	}
+	return out
+}
+
+const stateMachinesDoc = "../docs/state-machines.md"
+
+// docRow is one row of a transition table: | from | to | on |.
+type docRow struct {
+	from, to, on string
+	line         int
+}
+
+// docTable reads the transition table under heading in docs/state-machines.md: its header must be
+// | from | to | on |, every row must have all three cells, and no from → to may be listed twice.
+func docTable(t testing.TB, heading string) []docRow {
+	t.Helper()
+	data, err := os.ReadFile(stateMachinesDoc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []docRow
+	seen := map[[2]string]bool{}
 	in, header := false, false
 	for i, line := range strings.Split(string(data), "\n") {
 		s := strings.TrimSpace(line)
@@ -401,39 +418,37 @@ func docTransitions(t testing.TB) map[step]string {
 			continue
 		}
 		if !strings.HasPrefix(s, "|") {
-			if header {
-				break // the end of the table
-			}
-			if strings.HasPrefix(s, "#") {
-				break // the next heading, and no table
+			if header || strings.HasPrefix(s, "#") {
+				break // the end of the table, or the next heading and no table
 			}
 			continue
 		}
 		cells := strings.Split(strings.Trim(s, "|"), "|")
 		for j := range cells {
-			cells[j] = strings.TrimSpace(cells[j])
+			cells[j] = strings.Trim(strings.TrimSpace(cells[j]), "`")
 		}
 		switch {
 		case !header:
 			if len(cells) != 3 || cells[0] != "from" || cells[1] != "to" || cells[2] != "on" {
-				t.Fatalf("%s:%d: the table's header is %q, want | from | to | on |", doc, i+1, s)
+				t.Fatalf("%s:%d: the table's header is %q, want | from | to | on |", stateMachinesDoc, i+1, s)
 			}
 			header = true
 		case strings.Trim(cells[0], "-: ") == "":
 			// the separator
 		default:
 			if len(cells) != 3 || cells[2] == "" {
-				t.Fatalf("%s:%d: want | from | to | on |, got %q", doc, i+1, s)
+				t.Fatalf("%s:%d: want | from | to | on |, got %q", stateMachinesDoc, i+1, s)
 			}
-			st := step{state(cells[0], i+1), state(cells[1], i+1)}
-			if _, dup := out[st]; dup {
-				t.Fatalf("%s:%d: %s listed twice", doc, i+1, st)
+			if key := [2]string{cells[0], cells[1]}; seen[key] {
+				t.Fatalf("%s:%d: %s → %s listed twice", stateMachinesDoc, i+1, cells[0], cells[1])
+			} else {
+				seen[key] = true
 			}
-			out[st] = cells[2]
+			out = append(out, docRow{from: cells[0], to: cells[1], on: cells[2], line: i + 1})
 		}
 	}
 	if len(out) == 0 {
-		t.Fatalf("%s: no table of transitions under %q", doc, heading)
+		t.Fatalf("%s: no table of transitions under %q", stateMachinesDoc, heading)
 	}
 	return out
 }

@@ -8,13 +8,8 @@ package test
 // it drains.
 
 import (
-	"context"
-	"log/slog"
 	"net"
-	"os"
 	"slices"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,113 +19,41 @@ import (
 // legStep is one transition of a leg, as its log line names the states.
 type legStep struct{ from, to string }
 
-// legStepLog records the leg transitions logged through its handlers.
-type legStepLog struct {
-	mu   sync.Mutex
-	seen map[legStep]int
-}
-
-var legSteps = &legStepLog{seen: map[legStep]int{}}
-
-// logger returns a logger that records leg transitions and passes everything on to testLogger.
-func (l *legStepLog) logger() *slog.Logger {
-	return slog.New(&legStepHandler{log: l, next: testLogger().Handler()})
-}
-
-type legStepHandler struct {
-	log  *legStepLog
-	next slog.Handler
-}
-
-func (h *legStepHandler) Enabled(context.Context, slog.Level) bool { return true }
-
-func (h *legStepHandler) Handle(ctx context.Context, r slog.Record) error {
-	if r.Message == "leg state" {
-		var s legStep
-		r.Attrs(func(a slog.Attr) bool {
-			switch a.Key {
-			case "from":
-				s.from = a.Value.String()
-			case "to":
-				s.to = a.Value.String()
-			}
-			return true
-		})
-		h.log.mu.Lock()
-		h.log.seen[s]++
-		h.log.mu.Unlock()
-	}
-	if h.next.Enabled(ctx, r.Level) {
-		return h.next.Handle(ctx, r)
-	}
-	return nil
-}
-
-func (h *legStepHandler) WithAttrs(as []slog.Attr) slog.Handler {
-	return &legStepHandler{log: h.log, next: h.next.WithAttrs(as)}
-}
-
-func (h *legStepHandler) WithGroup(name string) slog.Handler {
-	return &legStepHandler{log: h.log, next: h.next.WithGroup(name)}
-}
+// legSteps keeps every leg's "leg state" log line (from, to) of every TestTransitions row.
+var legSteps = newLogCapture("leg state")
 
 // checkLegSteps compares the leg transitions taken with the documented ones.
 func checkLegSteps(t *testing.T) {
 	t.Helper()
 	doc := docLegTransitions(t)
-	legSteps.mu.Lock()
-	defer legSteps.mu.Unlock()
-	for s, n := range legSteps.seen {
+	seen := map[legStep]int{}
+	for _, r := range legSteps.ended(func(r logRecord) bool { return r.str("msg") == "leg state" }) {
+		seen[legStep{r.str("from"), r.str("to")}]++
+	}
+	for s, n := range seen {
 		if _, ok := doc[s]; !ok {
 			t.Errorf("a leg went %s→%s (%d times), which docs/state-machines.md does not list", s.from, s.to, n)
 		}
 	}
 	var taken []string
 	for s, on := range doc {
-		if legSteps.seen[s] == 0 {
+		if seen[s] == 0 {
 			t.Errorf("docs/state-machines.md lists the leg transition %s→%s (on %s), which no row took", s.from, s.to, on)
 		}
 		taken = append(taken, s.from+"→"+s.to)
 	}
-	slices.Sort(taken)
-	t.Logf("%d documented leg transitions, all taken: %v", len(doc), taken)
+	if !t.Failed() {
+		slices.Sort(taken)
+		t.Logf("%d documented leg transitions, all taken: %v", len(doc), taken)
+	}
 }
 
 // docLegTransitions reads the "### Leg transitions" table (| from | to | on |).
 func docLegTransitions(t testing.TB) map[legStep]string {
 	t.Helper()
-	data, err := os.ReadFile("../docs/state-machines.md")
-	if err != nil {
-		t.Fatal(err)
-	}
 	out := map[legStep]string{}
-	in := false
-	for _, line := range strings.Split(string(data), "\n") {
-		s := strings.TrimSpace(line)
-		switch {
-		case s == "### Leg transitions":
-			in = true
-			continue
-		case !in:
-			continue
-		case strings.HasPrefix(s, "#"):
-			in = false
-			continue
-		case !strings.HasPrefix(s, "|"):
-			continue
-		}
-		cells := strings.Split(strings.Trim(s, "|"), "|")
-		if len(cells) != 3 {
-			t.Fatalf("leg transitions: row %q has %d cells, want 3", s, len(cells))
-		}
-		from, to := strings.Trim(cells[0], "` "), strings.Trim(cells[1], "` ")
-		if from == "from" || strings.HasPrefix(from, "---") {
-			continue
-		}
-		out[legStep{from, to}] = strings.TrimSpace(cells[2])
-	}
-	if len(out) == 0 {
-		t.Fatal("docs/state-machines.md has no \"### Leg transitions\" table")
+	for _, r := range docTable(t, "### Leg transitions") {
+		out[legStep{r.from, r.to}] = r.on
 	}
 	return out
 }
