@@ -69,6 +69,7 @@ type deviceReady struct {
 	stack     *netstack.Stack // alive until the device actor stops
 	endpoint  netip.AddrPort  // the bound UDP address
 	publicKey signaling.Key
+	traffic   func() (rx, tx uint64) // bytes received from and sent to all peers; cheap, safe from any goroutine
 }
 
 type deviceFailed struct{ err error }
@@ -152,7 +153,8 @@ func (d *deviceActor) running(ctx actor.Context) {
 			return
 		}
 		d.cfg.logger.Debug("device up", "role", d.cfg.role, "udp", d.bind.LocalAddrPort(), "addresses", d.cfg.addresses)
-		ctx.Request(ctx.Parent(), &deviceReady{stack: d.stack, endpoint: d.bind.LocalAddrPort(), publicKey: d.cfg.privateKey.Public()})
+		ctx.Request(ctx.Parent(), &deviceReady{stack: d.stack, endpoint: d.bind.LocalAddrPort(), publicKey: d.cfg.privateKey.Public(),
+			traffic: d.dev.Traffic})
 	case *getPeerStats:
 		if d.stopping || d.dev == nil {
 			ctx.Respond(&peerStats{err: errors.New("device stopping")})

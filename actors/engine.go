@@ -4,11 +4,13 @@ package actors
 // tunnels, hands their events to the embedding program, and shuts them down in order.
 //
 //	running ──Shutdown──▶ shuttingDown: CloseTunnel to every tunnel ──all terminated──▶
+//	   │          health hub stopped ──terminated──▶
 //	   │          endWith(engine_shutdown) to the exit ──terminated──▶ signaling poisoned
 //	   │          ──terminated──▶ ShutdownResponse
 //	   │          (Shutdown{Force} meanwhile: CloseTunnel again, with no drain, to the tunnels left)
 //	   ├──exit lost──▶ a fresh exit (at most 3 respawns a minute, then given up)
 //	   ├──signaling lost──▶ not replaced (OpenTunnel answers ErrNoSignaling)
+//	   ├──health hub lost──▶ a fresh hub; every tunnel registers its current leg with it
 //	   └──Stopping (Engine.Kill)──▶ killed: its children stop with it, none counted as lost
 //
 // Tunnels go first and drain, so that downloads in flight through this process's own exit finish
@@ -71,6 +73,7 @@ type engineActor struct {
 	cfg       EngineConfig
 	behavior  actor.Behavior
 	signaling *actor.PID
+	hub       *actor.PID // the health hub; replaced if lost, stopped after the tunnels
 	exit      *actor.PID
 	tunnels   map[string]*actor.PID
 	starter   *actor.PID                           // waiting for EngineStarted
@@ -171,6 +174,7 @@ func (e *engineActor) running(ctx actor.Context) {
 	case *actor.Started:
 		e.signaling = ctx.Spawn(NewSignalingProps(e.cfg.Signaling))
 		ctx.Watch(e.signaling)
+		e.spawnHub(ctx)
 	case *actor.Stopping:
 		// Stopped from outside (Engine.Kill) without a Shutdown: its children stop with it, and
 		// none of them is lost.
@@ -188,7 +192,7 @@ func (e *engineActor) running(ctx actor.Context) {
 			return
 		}
 		tc := m.Config
-		tc.Signaling, tc.Events = e.signaling, ctx.Self()
+		tc.Signaling, tc.Hub, tc.Events = e.signaling, e.hub, ctx.Self()
 		if tc.Logger == nil {
 			tc.Logger = e.cfg.Logger
 		}
@@ -205,6 +209,15 @@ func (e *engineActor) running(ctx actor.Context) {
 				return
 			}
 			e.exitLost(ctx)
+		case e.hub != nil && m.Who.Equal(e.hub):
+			// It held only registrations and cadences: a fresh one takes over, and every tunnel
+			// registers its current leg with it.
+			e.spawnHub(ctx)
+			for _, pid := range e.tunnels {
+				ctx.Send(pid, &healthHubReplaced{hub: e.hub})
+			}
+			e.cfg.Logger.Error("health hub stopped unexpectedly", "action", "respawned")
+			e.lost(ctx, "health hub", "respawned")
 		case e.signaling != nil && m.Who.Equal(e.signaling):
 			e.signaling = nil
 			// Signaling owns the NATS connection and the embedded server, released as it stopped:
@@ -232,6 +245,8 @@ func (e *engineActor) shuttingDown(ctx actor.Context) {
 		switch {
 		case e.exit != nil && m.Who.Equal(e.exit):
 			e.exit = nil
+		case e.hub != nil && m.Who.Equal(e.hub):
+			e.hub = nil
 		case e.signaling != nil && m.Who.Equal(e.signaling):
 			e.signaling = nil
 		}
@@ -292,6 +307,12 @@ func (e *engineActor) lost(ctx actor.Context, child, action string) {
 	}
 }
 
+// spawnHub starts the health hub, which judges the health of all the engine's tunnels.
+func (e *engineActor) spawnHub(ctx actor.Context) {
+	e.hub = ctx.Spawn(NewHealthHubProps(e.signaling, e.cfg.Logger))
+	ctx.Watch(e.hub)
+}
+
 // spawnExit starts the exit role; it reports ExitReady to the engine.
 func (e *engineActor) spawnExit(ctx actor.Context) {
 	xc := *e.cfg.Exit
@@ -307,6 +328,8 @@ func (e *engineActor) spawnExit(ctx actor.Context) {
 func (e *engineActor) advance(ctx actor.Context) {
 	switch {
 	case len(e.tunnels) > 0:
+	case e.hub != nil:
+		ctx.Stop(e.hub) // it owns only cadences and probes; with the tunnels gone it watches nothing
 	case e.exit != nil:
 		if !e.exitTold { // its connections record engine_shutdown; Terminated moves shutdown on
 			e.exitTold = true

@@ -215,8 +215,8 @@ func (e *exitActor) starting(ctx actor.Context) {
 		}
 	case *sessionRequested:
 		ctx.Respond(&sessionGranted{err: &signaling.WireError{Code: messages.ErrCodeUnavailable, Message: "exit starting"}})
-	case *sessionPinged:
-		ctx.Respond(&sessionPong{})
+	case *sessionsPinged:
+		ctx.Respond(&sessionsPong{})
 	}
 }
 
@@ -245,7 +245,7 @@ func (e *exitActor) serving(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *sessionRequested:
 		e.grant(ctx, m.req)
-	case *sessionPinged:
+	case *sessionsPinged:
 		ctx.Respond(e.answerPing(m))
 	case *sweepSessions:
 		e.sweep(ctx)

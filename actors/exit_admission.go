@@ -113,20 +113,24 @@ func (a *admission) maybeSweep(now time.Time) {
 	}
 }
 
-// answerPing: known for the session's own client with a newer timestamp than its last ping; a ping
-// for another client's session is refused, and an old one is a replay.
-func (e *exitActor) answerPing(m *sessionPinged) *sessionPong {
-	s := e.sessions[m.sessionID]
-	switch {
-	case s == nil:
-		return &sessionPong{known: false}
-	case s.clientID != m.clientID:
-		return &sessionPong{err: &signaling.WireError{Code: messages.ErrCodeForbidden, Message: "not this client's session"}}
-	case m.ts <= s.lastPing:
-		return &sessionPong{err: &signaling.WireError{Code: messages.ErrCodeReplayed, Message: "ping older than the last one"}}
+// answerPing: the asked sessions held for the pinging client. A ping no newer than the last one for
+// any of them is a replay, and is refused whole; otherwise each known session records its time.
+func (e *exitActor) answerPing(m *sessionsPinged) *sessionsPong {
+	known := make([]string, 0, len(m.sessionIDs))
+	for _, id := range m.sessionIDs {
+		s := e.sessions[id]
+		if s == nil || s.clientID != m.clientID {
+			continue
+		}
+		if m.ts <= s.lastPing {
+			return &sessionsPong{err: &signaling.WireError{Code: messages.ErrCodeReplayed, Message: "ping older than the last one"}}
+		}
+		known = append(known, id)
 	}
-	s.lastPing = m.ts
-	return &sessionPong{known: true}
+	for _, id := range known {
+		e.sessions[id].lastPing = m.ts
+	}
+	return &sessionsPong{known: known}
 }
 
 // forgedGoodbye drops a goodbye signed by someone other than the session's client.

@@ -37,7 +37,7 @@ func (e *exitActor) ending(ctx actor.Context) {
 	switch ctx.Message().(type) {
 	case *sessionRequested:
 		ctx.Respond(&sessionGranted{err: &signaling.WireError{Code: messages.ErrCodeUnavailable, Message: "exit shutting down"}})
-	case *sessionPinged:
-		ctx.Respond(&sessionPong{}) // its session is ending: the client heard the goodbye
+	case *sessionsPinged:
+		ctx.Respond(&sessionsPong{}) // its sessions are ending: the client heard the goodbye
 	}
 }

@@ -96,6 +96,7 @@ type legSession struct {
 	exitIdentity string
 	device       *actor.PID      // the leg's child; alive until the leg terminates
 	dialer       netstack.Dialer // valid from up on; its stack is alive while device is
+	traffic      func() (rx, tx uint64) // valid from up on: the device's transfer counters
 	endpoint     netip.AddrPort
 	addrs        []netip.Addr
 }
@@ -233,6 +234,7 @@ func (l *legActor) handshaking(ctx actor.Context) {
 	case *deviceReady:
 		exitAddr, _ := netip.ParseAddr(l.resp.ExitAddresses[0])
 		l.sess.dialer = netstack.Dialer{Stack: m.stack, Service: netip.AddrPortFrom(exitAddr, l.resp.ConnectPort)}
+		l.sess.traffic = m.traffic
 		exitKey, _ := signaling.ParseKey(l.resp.ExitWGPublicKey)
 		limit := max(time.Until(l.deadline), minWait)
 		f := ctx.RequestFuture(l.sess.device, &addPeer{

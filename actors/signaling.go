@@ -61,28 +61,32 @@ type exitSaidGoodbye struct {
 
 type inboundClientEvent struct{ msg *nats.Msg }
 
-// pingExit asks an exit whether it still holds a session; the requester hears one *pingReply. Only
-// a pong signed by exitIdentity (the session's exit, trusted when the session was granted) counts.
-type pingExit struct {
-	exitID, sessionID, exitIdentity string
-	timeout                         time.Duration
+// pingSessions asks an exit which of this client's sessions (at most messages.MaxPingSessions) it
+// still holds; the requester hears one *pingReply carrying this request. Only a pong signed by
+// exitIdentity (the sessions' exit, trusted when they were granted) counts.
+type pingSessions struct {
+	exitID, exitIdentity string
+	sessionIDs           []string
+	timeout              time.Duration
 }
 
 type pingReply struct {
-	known bool
+	req   *pingSessions
+	known map[string]bool // the asked sessions the exit holds (nil with err)
 	err   error
 }
 
-// sessionPinged asks the exit actor whether it holds a session for the client that signed the
-// ping at ts; it replies *sessionPong.
-type sessionPinged struct {
-	sessionID, clientID string
-	ts                  int64
+// sessionsPinged asks the exit actor which of sessionIDs it holds for the client that signed the
+// ping at ts; it replies *sessionsPong.
+type sessionsPinged struct {
+	sessionIDs []string
+	clientID   string
+	ts         int64
 }
 
-type sessionPong struct {
-	known bool
-	err   *signaling.WireError // the ping is refused: another client's session, or replayed
+type sessionsPong struct {
+	known []string
+	err   *signaling.WireError // the ping is refused: replayed
 }
 
 // DropConnection closes the NATS connection at once, without flushing: nothing more is published
@@ -216,7 +220,7 @@ func (s *signalingActor) Receive(ctx actor.Context) {
 		ctx.Send(m.pid, &st)
 	case *unwatchNATS:
 		delete(s.natsSubs, m.pid.Id)
-	case *pingExit:
+	case *pingSessions:
 		s.ping(ctx, m)
 	case *DropConnection:
 		s.cfg.Conn.Close()

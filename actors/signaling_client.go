@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -207,20 +208,20 @@ func (s *signalingActor) trusted(m *requestSession, bound bool, verify func() er
 	return nil
 }
 
-// ping runs one session ping in a goroutine the actor owns and answers the requester directly.
-func (s *signalingActor) ping(ctx actor.Context, m *pingExit) {
+// ping runs one sessions ping in a goroutine the actor owns and answers the requester directly.
+func (s *signalingActor) ping(ctx actor.Context, m *pingSessions) {
 	requester, system := ctx.Sender(), ctx.ActorSystem()
 	if !s.cfg.Conn.IsConnected() || s.cfg.Identity == nil {
-		ctx.Send(requester, &pingReply{err: fmt.Errorf("%w: not connected", signaling.ErrNATSUnavailable)})
+		ctx.Send(requester, &pingReply{req: m, err: fmt.Errorf("%w: not connected", signaling.ErrNATSUnavailable)})
 		return
 	}
 	var nonce [16]byte
 	_, _ = rand.Read(nonce[:])
-	p := &messages.SessionPing{SessionID: m.sessionID, Nonce: hex.EncodeToString(nonce[:])}
-	s.cfg.Identity.SignSessionPing(p, time.Now())
-	data, err := signaling.Encode(messages.TypeSessionPing, p)
+	p := &messages.SessionsPing{SessionIDs: m.sessionIDs, Nonce: hex.EncodeToString(nonce[:])}
+	s.cfg.Identity.SignSessionsPing(p, time.Now())
+	data, err := signaling.Encode(messages.TypeSessionsPing, p)
 	if err != nil {
-		ctx.Send(requester, &pingReply{err: err})
+		ctx.Send(requester, &pingReply{req: m, err: err})
 		return
 	}
 	s.wg.Add(1)
@@ -229,19 +230,22 @@ func (s *signalingActor) ping(ctx actor.Context, m *pingExit) {
 		rctx, cancel := context.WithTimeout(s.ctx, m.timeout)
 		defer cancel()
 		reply := &pingReply{}
-		defer func() { system.Root.Send(requester, reply) }()
-		defer s.recoverInto(&reply.err, "session ping")
+		defer func() { reply.req = m; system.Root.Send(requester, reply) }()
+		defer s.recoverInto(&reply.err, "sessions ping")
 		reply = s.awaitPong(rctx, m, p, data)
 	}()
 }
 
-// awaitPong waits for a pong signed by the session's exit that carries the ping's nonce.
-func (s *signalingActor) awaitPong(ctx context.Context, m *pingExit, p *messages.SessionPing, data []byte) *pingReply {
+// awaitPong waits for a pong signed by the sessions' exit that carries the ping's nonce.
+func (s *signalingActor) awaitPong(ctx context.Context, m *pingSessions, p *messages.SessionsPing, data []byte) *pingReply {
 	sub, _, err := s.ask(signaling.ExitSubject(m.exitID), data)
 	if err != nil {
 		return &pingReply{err: fmt.Errorf("ping exit %q: %w", m.exitID, err)}
 	}
 	defer func() { _ = sub.Unsubscribe() }()
+	drop := func(what string, reason any) {
+		s.cfg.Logger.Warn(what+" dropped", "exit", m.exitID, "sessions", len(p.SessionIDs), "reason", reason)
+	}
 	for {
 		msg, err := sub.NextMsgWithContext(ctx)
 		if errors.Is(err, nats.ErrSlowConsumer) {
@@ -256,39 +260,51 @@ func (s *signalingActor) awaitPong(ctx context.Context, m *pingExit, p *messages
 		body, err := signaling.Decode(msg.Data)
 		if err != nil {
 			s.cfg.Stats.Forged.Add(1)
-			s.cfg.Logger.Warn("pong dropped", "exit", m.exitID, "session", p.SessionID, "reason", err)
+			drop("pong", err)
 			continue
 		}
 		switch b := body.(type) {
-		case *messages.SessionPong:
-			if b.SessionID != p.SessionID || b.Nonce != p.Nonce || b.Signer != m.exitIdentity ||
-				b.ExitID != m.exitID || b.ClientID != p.ClientID {
+		case *messages.SessionsPong:
+			known, ok := knownOf(p.SessionIDs, b.Known)
+			if !ok || b.Nonce != p.Nonce || b.Signer != m.exitIdentity || b.ExitID != m.exitID || b.ClientID != p.ClientID {
 				s.cfg.Stats.Forged.Add(1)
-				s.cfg.Logger.Warn("pong dropped", "exit", m.exitID, "session", p.SessionID, "reason", "not the session exit's answer to this ping")
+				drop("pong", "not the sessions exit's answer to this ping")
 				continue
 			}
-			if err := signaling.VerifySessionPong(b, time.Now()); err != nil {
+			if err := signaling.VerifySessionsPong(b, time.Now()); err != nil {
 				s.cfg.Stats.Forged.Add(1)
-				s.cfg.Logger.Warn("pong dropped", "exit", m.exitID, "session", p.SessionID, "reason", err)
+				drop("pong", err)
 				continue
 			}
-			return &pingReply{known: b.Known}
+			return &pingReply{known: known}
 		case *messages.ErrorResponse:
 			if b.Signer == "" {
 				s.cfg.Stats.Unsigned.Add(1)
-				s.cfg.Logger.Warn("ping refusal dropped", "exit", m.exitID, "session", p.SessionID, "reason", "unsigned", "code", b.Code)
+				drop("ping refusal", "unsigned "+b.Code)
 				continue
 			}
-			if b.Signer != m.exitIdentity || b.SessionID != p.SessionID || b.ClientID != p.ClientID ||
+			if b.Signer != m.exitIdentity || b.SessionID != "" || b.ClientID != p.ClientID ||
 				b.ExitID != m.exitID || b.Nonce != p.Nonce || signaling.VerifyError(b, time.Now()) != nil {
 				s.cfg.Stats.Forged.Add(1)
-				s.cfg.Logger.Warn("ping refusal dropped", "exit", m.exitID, "session", p.SessionID, "reason", "not the session exit's answer to this ping")
+				drop("ping refusal", "not the sessions exit's answer to this ping")
 				continue
 			}
 			return &pingReply{err: fmt.Errorf("ping exit %q: %w", m.exitID, &signaling.WireError{Code: b.Code, Message: b.Message})}
 		default:
 			s.cfg.Stats.Forged.Add(1)
-			s.cfg.Logger.Warn("pong dropped", "exit", m.exitID, "session", p.SessionID, "reason", fmt.Sprintf("unexpected %T", body))
+			drop("pong", fmt.Sprintf("unexpected %T", body))
 		}
 	}
+}
+
+// knownOf turns a pong's Known list into a set; ok is false if it names a session that was not asked.
+func knownOf(asked, known []string) (map[string]bool, bool) {
+	set := make(map[string]bool, len(known))
+	for _, id := range known {
+		if !slices.Contains(asked, id) {
+			return nil, false
+		}
+		set[id] = true
+	}
+	return set, true
 }

@@ -41,49 +41,51 @@ func signalingUnderTest(t *testing.T) (*actor.ActorSystem, *actor.PID, *Signalin
 	return system, pid, stats, exit
 }
 
-// TestPongChecks: a pong counts only if the session's exit signed it for this ping (nonce), this
-// exit id and this client. Each near-miss is dropped and counted, and the genuine pong that
-// follows is the answer.
+// TestPongChecks: a pong counts only if the sessions' exit signed it for this ping (nonce), this
+// exit id and this client, and names only sessions that were asked. Each near-miss is dropped and
+// counted, and the genuine pong that follows is the answer.
 func TestPongChecks(t *testing.T) {
 	system, pid, stats, exitConn := signalingUnderTest(t)
 	exitID, _ := signaling.NewIdentity()
 	other, _ := signaling.NewIdentity()
 	sub, err := exitConn.Subscribe(signaling.ExitSubject("exit-a"), func(m *nats.Msg) {
 		body, err := signaling.Decode(m.Data)
-		p, ok := body.(*messages.SessionPing)
+		p, ok := body.(*messages.SessionsPing)
 		if err != nil || !ok {
 			return
 		}
-		send := func(signer *signaling.Identity, mutate func(*messages.SessionPong)) {
-			pong := &messages.SessionPong{SessionID: p.SessionID, Nonce: p.Nonce, ExitID: "exit-a", ClientID: p.ClientID, Known: false}
+		send := func(signer *signaling.Identity, mutate func(*messages.SessionsPong)) {
+			pong := &messages.SessionsPong{Nonce: p.Nonce, ExitID: "exit-a", ClientID: p.ClientID, Known: []string{}}
 			mutate(pong)
-			signer.SignSessionPong(pong, time.Now())
-			data, _ := signaling.Encode(messages.TypeSessionPong, pong)
+			signer.SignSessionsPong(pong, time.Now())
+			data, _ := signaling.Encode(messages.TypeSessionsPong, pong)
 			_ = exitConn.Publish(m.Reply, data)
 		}
-		send(exitID, func(q *messages.SessionPong) { q.ExitID = "exit-b" })          // another exit of the same identity
-		send(exitID, func(q *messages.SessionPong) { q.ClientID = other.ID() })      // an answer to someone else's ping
-		send(exitID, func(q *messages.SessionPong) { q.Nonce = "00" + q.Nonce[2:] }) // an earlier ping's
-		send(other, func(*messages.SessionPong) {})                                  // not the session's exit
+		send(exitID, func(q *messages.SessionsPong) { q.ExitID = "exit-b" })                                    // another exit of the same identity
+		send(exitID, func(q *messages.SessionsPong) { q.ClientID = other.ID() })                                // an answer to someone else's ping
+		send(exitID, func(q *messages.SessionsPong) { q.Nonce = "00" + q.Nonce[2:] })                           // an earlier ping's
+		send(other, func(*messages.SessionsPong) {})                                                            // not the sessions' exit
+		send(exitID, func(q *messages.SessionsPong) { q.Known = []string{"fedcba9876543210fedcba9876543210"} }) // a session not asked
 		unsigned, _ := signaling.Encode(messages.TypeError, &messages.ErrorResponse{Code: messages.ErrCodeForbidden})
-		_ = exitConn.Publish(m.Reply, unsigned)                        // an unsigned refusal
-		send(exitID, func(q *messages.SessionPong) { q.Known = true }) // the genuine answer
+		_ = exitConn.Publish(m.Reply, unsigned)                                     // an unsigned refusal
+		send(exitID, func(q *messages.SessionsPong) { q.Known = p.SessionIDs[:1] }) // the genuine answer
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer sub.Unsubscribe()
 	_ = exitConn.Flush()
-	res, err := system.Root.RequestFuture(pid, &pingExit{exitID: "exit-a", sessionID: "0123456789abcdef0123456789abcdef",
+	held, gone := "0123456789abcdef0123456789abcdef", "00112233445566778899aabbccddeeff"
+	res, err := system.Root.RequestFuture(pid, &pingSessions{exitID: "exit-a", sessionIDs: []string{held, gone},
 		exitIdentity: exitID.ID(), timeout: 5 * time.Second}, 6*time.Second).Result()
 	if err != nil {
 		t.Fatal(err)
 	}
 	r := res.(*pingReply)
-	if r.err != nil || !r.known {
-		t.Fatalf("ping answered %+v, want the genuine known=true", r)
+	if r.err != nil || !r.known[held] || r.known[gone] || len(r.known) != 1 {
+		t.Fatalf("ping answered %+v, want the genuine answer: %s held, %s gone", r, held, gone)
 	}
-	if f, u := stats.Forged.Load(), stats.Unsigned.Load(); f != 4 || u != 1 {
-		t.Fatalf("dropped: %d forged, %d unsigned; want 4 and 1", f, u)
+	if f, u := stats.Forged.Load(), stats.Unsigned.Load(); f != 5 || u != 1 {
+		t.Fatalf("dropped: %d forged, %d unsigned; want 5 and 1", f, u)
 	}
 }

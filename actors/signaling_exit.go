@@ -112,7 +112,7 @@ func (s *signalingActor) handleRPC(ctx actor.Context, m *inboundRPC) {
 			return
 		}
 		ctx.Send(m.exit, &sessionClosedByClient{close: b})
-	case *messages.SessionPing:
+	case *messages.SessionsPing:
 		s.pinged(ctx, m, b)
 	default:
 		s.refuse(m.msg, messages.ErrCodeUnknownType, fmt.Sprintf("%T is not a request", body))
@@ -162,36 +162,34 @@ func (s *signalingActor) dequeue(ctx actor.Context) {
 	}
 }
 
-// pinged answers a signed ping with a signed pong: does the exit hold the session, for this client?
-func (s *signalingActor) pinged(ctx actor.Context, m *inboundRPC, p *messages.SessionPing) {
+// pinged answers a signed ping with a signed pong: which of the sessions does the exit hold, for
+// this client? Another client's session is simply not among them: the pong says nothing about it.
+func (s *signalingActor) pinged(ctx actor.Context, m *inboundRPC, p *messages.SessionsPing) {
 	if m.msg.Reply == "" {
 		s.cfg.Stats.Forged.Add(1)
 		s.cfg.Logger.Warn("ping dropped", "subject", m.msg.Subject, "reason", "no reply subject")
 		return
 	}
-	if err := signaling.VerifySessionPing(p, time.Now()); err != nil {
+	if err := signaling.VerifySessionsPing(p, time.Now()); err != nil {
 		s.refuse(m.msg, messages.ErrCodeForbidden, err.Error()) // unsigned: it proves nothing about anyone
 		return
 	}
 	msg, exitID := m.msg, m.exitID
-	f := ctx.RequestFuture(m.exit, &sessionPinged{sessionID: p.SessionID, clientID: p.ClientID, ts: p.Timestamp}, exitPingWait)
+	f := ctx.RequestFuture(m.exit, &sessionsPinged{sessionIDs: p.SessionIDs, clientID: p.ClientID, ts: p.Timestamp}, exitPingWait)
 	reenter(ctx, f, func(res any, err error) {
-		refusal := &messages.ErrorResponse{SessionID: p.SessionID, ClientID: p.ClientID, ExitID: exitID, Nonce: p.Nonce}
-		r, ok := res.(*sessionPong)
+		refusal := &messages.ErrorResponse{ClientID: p.ClientID, ExitID: exitID, Nonce: p.Nonce}
+		r, ok := res.(*sessionsPong)
 		switch {
 		case err != nil || !ok:
 			refusal.Code, refusal.Message = messages.ErrCodeUnavailable, fmt.Sprintf("exit did not answer: %v", err)
 			s.refuseSigned(msg, refusal)
-		case r.err != nil && r.err.Code == messages.ErrCodeForbidden:
-			// Another client's session: say nothing signed about it.
-			s.refuse(msg, r.err.Code, r.err.Message)
 		case r.err != nil:
 			refusal.Code, refusal.Message = r.err.Code, r.err.Message
 			s.refuseSigned(msg, refusal)
 		case s.cfg.Identity != nil:
-			pong := &messages.SessionPong{SessionID: p.SessionID, Nonce: p.Nonce, ExitID: exitID, ClientID: p.ClientID, Known: r.known}
-			s.cfg.Identity.SignSessionPong(pong, time.Now())
-			if data, err := signaling.Encode(messages.TypeSessionPong, pong); err == nil {
+			pong := &messages.SessionsPong{Nonce: p.Nonce, ExitID: exitID, ClientID: p.ClientID, Known: r.known}
+			s.cfg.Identity.SignSessionsPong(pong, time.Now())
+			if data, err := signaling.Encode(messages.TypeSessionsPong, pong); err == nil {
 				_ = msg.Respond(data)
 			}
 		}

@@ -18,8 +18,8 @@ const (
 	serveExitWait  = 5 * time.Second // exit: signaling confirms the exit's subscription
 	addPeerWait    = 5 * time.Second // exit: the device adds a session's (or a static) peer
 	peerStatsWait  = time.Second     // exit: the device's peer counters, for the idle sweep
-	exitPingWait   = 2 * time.Second // signaling: the exit actor's answer to a session.ping
-	pingReplyGrace = time.Second     // keepalive: its wait for signaling's answer to a ping outlasts the ping's own timeout by this
+	exitPingWait   = 2 * time.Second // signaling: the exit actor's answer to a sessions.ping
+	pingReplyGrace = time.Second     // health hub: a ping round unanswered for its timeout and this long is given up
 	admitWait      = 5 * time.Second // connection: the tunnel's admission once its handshake is done (within its setup deadline)
 	// exitAnswer bounds the exit actor's answer to one session request. Longer than the exit's own
 	// bound on adding the peer (addPeerWait): an "unavailable" from signaling must never race a
@@ -100,28 +100,13 @@ type legTimers struct{ setup, drain *time.Timer }
 
 func (t *legTimers) stopAll() { stopTimers(t.setup, t.drain) }
 
-// Keepalive (keepalive.go): kaTick is time for the next data-plane check, kaSigTick for the next
-// session.ping; each carries the generation it was armed for.
+// Health hub (health_hub*.go): hubTick is time for a group's next data-plane round, hubPingTick for
+// its next sessions.ping; each names its group, and one of a group that is gone is ignored. A
+// group's two timers are stopped when its last leg goes, and in Stopping.
 type (
-	kaTick    struct{ gen int }
-	kaSigTick struct{ gen int }
+	hubTick     struct{ g *pathGroup }
+	hubPingTick struct{ g *pathGroup }
 )
-
-// keepaliveTimers are the keepalive's two cadences; both stopped on every new leg and in Stopping.
-type keepaliveTimers struct{ checkT, pingT *time.Timer }
-
-func (t *keepaliveTimers) check(ctx actor.Context, d time.Duration, gen int) {
-	rearm(&t.checkT, ctx, d, &kaTick{gen: gen})
-}
-
-func (t *keepaliveTimers) ping(ctx actor.Context, d time.Duration, gen int) {
-	rearm(&t.pingT, ctx, d, &kaSigTick{gen: gen})
-}
-
-func (t *keepaliveTimers) stopAll() {
-	stopTimers(t.checkT, t.pingT)
-	t.checkT, t.pingT = nil, nil
-}
 
 // Connection (connection*.go).
 type (

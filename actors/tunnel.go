@@ -82,6 +82,7 @@ type TunnelConfig struct {
 	Trust             signaling.ExitTrust // which identities may answer for this tunnel's exits
 	Certificate       string              // this client's operator certificate, sent with requests
 	Signaling         *actor.PID
+	Hub               *actor.PID // the engine's health hub (health_hub.go)
 	Events            *actor.PID
 	Logger            *slog.Logger
 	ReplyTo           *actor.PID // hears one messages.OpenTunnelResponse
@@ -164,6 +165,8 @@ func (t *tunnelActor) Receive(ctx actor.Context) {
 		t.legDrainExpired(ctx, m)
 	case *signalingHealth, *dataPlaneFailed, *sessionLost:
 		t.health(ctx, m)
+	case *healthHubReplaced:
+		t.hubReplaced(ctx, m)
 	case *messages.CloseTunnel:
 		if ctx.Sender() != nil {
 			t.closers = append(t.closers, ctx.Sender())

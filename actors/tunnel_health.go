@@ -37,7 +37,7 @@ func (t *tunnelActor) children() *TunnelChildren {
 
 // spawnKeepalive starts the keepalive child (in Started, and in place of a lost one).
 func (t *tunnelActor) spawnKeepalive(ctx actor.Context) {
-	t.keepalive = ctx.Spawn(props(newKeepaliveActor(t.cfg.Health, t.cfg.Signaling, t.cfg.Logger, t.sigOK)))
+	t.keepalive = ctx.Spawn(props(newKeepaliveActor(t.cfg.Health, t.cfg.Logger)))
 }
 
 // keepaliveLost: the keepalive stopped while the tunnel was not stopping. A fresh one takes over
@@ -55,6 +55,15 @@ func (t *tunnelActor) keepaliveLost(ctx actor.Context) {
 		Action: action, At: time.Now()})
 }
 
+// hubReplaced: the engine lost its health hub and spawned a fresh one; the current leg, if it is
+// being watched, is registered with it.
+func (t *tunnelActor) hubReplaced(ctx actor.Context, m *healthHubReplaced) {
+	t.cfg.Hub = m.hub
+	if l := t.current; l != nil && l.state == legUp && !l.ending() {
+		t.monitor(ctx, l)
+	}
+}
+
 // restoreDegraded puts a tunnel that came back Up into Degraded if signaling is still failing.
 func (t *tunnelActor) restoreDegraded(ctx actor.Context) {
 	if !t.sigOK && t.state == messages.StateUp {
@@ -64,7 +73,7 @@ func (t *tunnelActor) restoreDegraded(ctx actor.Context) {
 
 // monitor points the keepalive actor at the current leg; signaling's health stays as last heard.
 func (t *tunnelActor) monitor(ctx actor.Context, l *leg) {
-	ctx.Send(t.keepalive, &monitorLeg{device: l.device, dialer: l.dialer, exitID: l.exitID, sessionID: l.sessionID,
+	ctx.Send(t.keepalive, &monitorLeg{hub: t.cfg.Hub, traffic: l.traffic, dialer: l.dialer, exitID: l.exitID, sessionID: l.sessionID,
 		exitIdentity: l.exitIdentity, sigOK: t.sigOK})
 }
 

@@ -20,8 +20,8 @@ const (
 	TypeSessionRequest  = "session.request"
 	TypeSessionResponse = "session.response"
 	TypeSessionClose    = "session.close"
-	TypeSessionPing     = "session.ping"
-	TypeSessionPong     = "session.pong"
+	TypeSessionsPing    = "sessions.ping"
+	TypeSessionsPong    = "sessions.pong"
 	TypeError           = "error"
 )
 
@@ -66,28 +66,35 @@ type SessionClose struct {
 	Signature string `json:"sig"`
 }
 
-// SessionPing asks an exit whether it still holds a session: the signaling half of a tunnel's
-// health check. It changes no state. Signed by the session's client; Nonce is fresh per ping and
-// comes back in the pong, so a pong cannot be replayed.
-type SessionPing struct {
-	SessionID string `json:"session_id"`
-	Nonce     string `json:"nonce"` // 32 hex characters
-	ClientID  string `json:"client_id"`
-	Timestamp int64  `json:"ts"`
-	Signature string `json:"sig"`
+// MaxPingSessions caps the sessions one SessionsPing asks about (a ping of 128 fits MaxWireSize
+// with room to spare).
+const MaxPingSessions = 128
+
+// SessionsPing asks an exit which of a client's sessions it still holds: the signaling half of
+// tunnel health. One ping covers up to MaxPingSessions sessions of one client on one exit, so a
+// client with a thousand tunnels sends a few pings per interval, not a thousand. It changes no
+// state. Signed by the sessions' client; Nonce is fresh per ping and comes back in the pong, so a
+// pong cannot be replayed. (Replaced session.ping, which asked about one session: an exit of this
+// version answers that with unknown_type.)
+type SessionsPing struct {
+	SessionIDs []string `json:"session_ids"` // 1..MaxPingSessions, distinct
+	Nonce      string   `json:"nonce"`       // 32 hex characters
+	ClientID   string   `json:"client_id"`
+	Timestamp  int64    `json:"ts"`
+	Signature  string   `json:"sig"`
 }
 
-// SessionPong answers SessionPing. Known is false when the exit has no such session (it restarted,
-// or released it): the tunnel's data plane cannot work any more. Signed by the exit's identity.
-type SessionPong struct {
-	SessionID string `json:"session_id"`
-	Nonce     string `json:"nonce"`     // the ping's
-	ExitID    string `json:"exit_id"`   // the exit that answers (one identity may serve several)
-	ClientID  string `json:"client_id"` // the client that pinged
-	Known     bool   `json:"known"`
-	Signer    string `json:"signer"`
-	Timestamp int64  `json:"ts"`
-	Signature string `json:"sig"`
+// SessionsPong answers SessionsPing. Known lists the asked sessions the exit holds for the client
+// that pinged; an asked session not listed is gone (the exit restarted, released it, or never held
+// it for this client): that tunnel's data plane cannot work any more. Signed by the exit's identity.
+type SessionsPong struct {
+	Nonce     string   `json:"nonce"`     // the ping's
+	ExitID    string   `json:"exit_id"`   // the exit that answers (one identity may serve several)
+	ClientID  string   `json:"client_id"` // the client that pinged
+	Known     []string `json:"known"`     // a subset of the ping's SessionIDs
+	Signer    string   `json:"signer"`
+	Timestamp int64    `json:"ts"`
+	Signature string   `json:"sig"`
 }
 
 // Error codes of ErrorResponse.

@@ -98,10 +98,10 @@ func Decode(data []byte) (any, error) {
 		body = new(messages.SessionResponse)
 	case messages.TypeSessionClose:
 		body = new(messages.SessionClose)
-	case messages.TypeSessionPing:
-		body = new(messages.SessionPing)
-	case messages.TypeSessionPong:
-		body = new(messages.SessionPong)
+	case messages.TypeSessionsPing:
+		body = new(messages.SessionsPing)
+	case messages.TypeSessionsPong:
+		body = new(messages.SessionsPong)
 	case messages.TypeError:
 		body = new(messages.ErrorResponse)
 	default:

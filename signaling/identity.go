@@ -85,12 +85,16 @@ func errorSigningBytes(e *messages.ErrorResponse) []byte {
 	return signingBytes("warren-error-v1", e.SessionID, e.ClientID, e.ExitID, e.Nonce, e.Code, e.Message, e.Certificate, e.Signer, strconv.FormatInt(e.Timestamp, 10))
 }
 
-func pingSigningBytes(p *messages.SessionPing) []byte {
-	return signingBytes("warren-session-ping-v1", p.SessionID, p.Nonce, p.ClientID, strconv.FormatInt(p.Timestamp, 10))
+// The session lists are signed as one field each, joined by commas (session ids are hex, so no id
+// holds a comma), after their count.
+func pingSigningBytes(p *messages.SessionsPing) []byte {
+	return signingBytes("warren-sessions-ping-v1", strconv.Itoa(len(p.SessionIDs)), strings.Join(p.SessionIDs, ","),
+		p.Nonce, p.ClientID, strconv.FormatInt(p.Timestamp, 10))
 }
 
-func pongSigningBytes(p *messages.SessionPong) []byte {
-	return signingBytes("warren-session-pong-v1", p.SessionID, p.Nonce, p.ExitID, p.ClientID, strconv.FormatBool(p.Known), p.Signer, strconv.FormatInt(p.Timestamp, 10))
+func pongSigningBytes(p *messages.SessionsPong) []byte {
+	return signingBytes("warren-sessions-pong-v1", p.Nonce, p.ExitID, p.ClientID, strconv.Itoa(len(p.Known)),
+		strings.Join(p.Known, ","), p.Signer, strconv.FormatInt(p.Timestamp, 10))
 }
 
 func closeSigningBytes(c *messages.SessionClose) []byte {
@@ -125,15 +129,15 @@ func (id *Identity) SignError(e *messages.ErrorResponse, now time.Time) {
 	e.Signature = id.sign(errorSigningBytes(e))
 }
 
-// SignSessionPing fills ClientID, Timestamp and Signature.
-func (id *Identity) SignSessionPing(p *messages.SessionPing, now time.Time) {
+// SignSessionsPing fills ClientID, Timestamp and Signature.
+func (id *Identity) SignSessionsPing(p *messages.SessionsPing, now time.Time) {
 	p.ClientID = id.ID()
 	p.Timestamp = now.UnixMilli()
 	p.Signature = id.sign(pingSigningBytes(p))
 }
 
-// SignSessionPong fills Signer, Timestamp and Signature.
-func (id *Identity) SignSessionPong(p *messages.SessionPong, now time.Time) {
+// SignSessionsPong fills Signer, Timestamp and Signature.
+func (id *Identity) SignSessionsPong(p *messages.SessionsPong, now time.Time) {
 	p.Signer = id.ID()
 	p.Timestamp = now.UnixMilli()
 	p.Signature = id.sign(pongSigningBytes(p))
@@ -158,13 +162,13 @@ func VerifyError(e *messages.ErrorResponse, now time.Time) error {
 	return verify(e.Signer, e.Signature, e.Timestamp, errorSigningBytes(e), now)
 }
 
-// VerifySessionPing checks the ping's signature by its ClientID and the clock.
-func VerifySessionPing(p *messages.SessionPing, now time.Time) error {
+// VerifySessionsPing checks the ping's signature by its ClientID and the clock.
+func VerifySessionsPing(p *messages.SessionsPing, now time.Time) error {
 	return verify(p.ClientID, p.Signature, p.Timestamp, pingSigningBytes(p), now)
 }
 
-// VerifySessionPong checks the pong's signature by its Signer and the clock.
-func VerifySessionPong(p *messages.SessionPong, now time.Time) error {
+// VerifySessionsPong checks the pong's signature by its Signer and the clock.
+func VerifySessionsPong(p *messages.SessionsPong, now time.Time) error {
 	return verify(p.Signer, p.Signature, p.Timestamp, pongSigningBytes(p), now)
 }
 

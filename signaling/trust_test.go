@@ -78,10 +78,11 @@ func TestSignedMessagesRoundTrip(t *testing.T) {
 	exit.SignSessionResponse(resp, now)
 	refusal := &messages.ErrorResponse{Code: messages.ErrCodeForbidden, Message: "no", SessionID: sid, ClientID: client.ID(), ExitID: "exit-1"}
 	exit.SignError(refusal, now)
-	ping := &messages.SessionPing{SessionID: sid, Nonce: nonce}
-	client.SignSessionPing(ping, now)
-	pong := &messages.SessionPong{SessionID: sid, Nonce: nonce, ExitID: "exit-1", ClientID: client.ID(), Known: true}
-	exit.SignSessionPong(pong, now)
+	sid2 := strings.Repeat("ef", 16)
+	ping := &messages.SessionsPing{SessionIDs: []string{sid, sid2}, Nonce: nonce}
+	client.SignSessionsPing(ping, now)
+	pong := &messages.SessionsPong{Nonce: nonce, ExitID: "exit-1", ClientID: client.ID(), Known: []string{sid}}
+	exit.SignSessionsPong(pong, now)
 	for _, c := range []struct {
 		typ    string
 		msg    any
@@ -92,10 +93,14 @@ func TestSignedMessagesRoundTrip(t *testing.T) {
 			func(m any) { m.(*messages.SessionResponse).Endpoint = "127.0.0.1:9" }},
 		{messages.TypeError, refusal, func(m any) error { return VerifyError(m.(*messages.ErrorResponse), now) },
 			func(m any) { m.(*messages.ErrorResponse).ExitID = "exit-2" }},
-		{messages.TypeSessionPing, ping, func(m any) error { return VerifySessionPing(m.(*messages.SessionPing), now) },
-			func(m any) { m.(*messages.SessionPing).Nonce = strings.Repeat("ef", 16) }},
-		{messages.TypeSessionPong, pong, func(m any) error { return VerifySessionPong(m.(*messages.SessionPong), now) },
-			func(m any) { m.(*messages.SessionPong).ClientID = exit.ID() }},
+		{messages.TypeSessionsPing, ping, func(m any) error { return VerifySessionsPing(m.(*messages.SessionsPing), now) },
+			func(m any) { m.(*messages.SessionsPing).Nonce = strings.Repeat("ef", 16) }},
+		{messages.TypeSessionsPing, ping, func(m any) error { return VerifySessionsPing(m.(*messages.SessionsPing), now) },
+			func(m any) { m.(*messages.SessionsPing).SessionIDs = []string{sid} }},
+		{messages.TypeSessionsPong, pong, func(m any) error { return VerifySessionsPong(m.(*messages.SessionsPong), now) },
+			func(m any) { m.(*messages.SessionsPong).ClientID = exit.ID() }},
+		{messages.TypeSessionsPong, pong, func(m any) error { return VerifySessionsPong(m.(*messages.SessionsPong), now) },
+			func(m any) { m.(*messages.SessionsPong).Known = []string{sid, sid2} }},
 	} {
 		data, err := Encode(c.typ, c.msg)
 		if err != nil {
@@ -115,9 +120,9 @@ func TestSignedMessagesRoundTrip(t *testing.T) {
 	}
 	// A pong's signature is not a response's, though both are signed by the exit.
 	forged := *pong
-	forged.Known = false
+	forged.Known = nil
 	forged.Signature = resp.Signature
-	if err := VerifySessionPong(&forged, now); err == nil {
+	if err := VerifySessionsPong(&forged, now); err == nil {
 		t.Error("a response's signature verified as a pong's")
 	}
 	if err := VerifyError(&messages.ErrorResponse{Code: "forbidden"}, now); !errors.Is(err, ErrUnsigned) {
@@ -125,10 +130,10 @@ func TestSignedMessagesRoundTrip(t *testing.T) {
 	}
 	// Only canonical spellings of identities, keys and signatures pass validation: base64url
 	// decoding skips line breaks and trailing bits, which would let one key have many names.
-	for name, mutate := range map[string]func(*messages.SessionPong){
-		"line break in the signer": func(p *messages.SessionPong) { p.Signer = p.Signer[:10] + "\n" + p.Signer[10:] },
-		"trailing bits":            func(p *messages.SessionPong) { p.Signer = p.Signer[:42] + "B" },
-		"signature with a break":   func(p *messages.SessionPong) { p.Signature = p.Signature[:5] + "\r\n" + p.Signature[5:] },
+	for name, mutate := range map[string]func(*messages.SessionsPong){
+		"line break in the signer": func(p *messages.SessionsPong) { p.Signer = p.Signer[:10] + "\n" + p.Signer[10:] },
+		"trailing bits":            func(p *messages.SessionsPong) { p.Signer = p.Signer[:42] + "B" },
+		"signature with a break":   func(p *messages.SessionsPong) { p.Signature = p.Signature[:5] + "\r\n" + p.Signature[5:] },
 	} {
 		q := *pong
 		mutate(&q)

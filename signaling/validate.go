@@ -60,11 +60,14 @@ func Validate(m any) error {
 			return fmt.Errorf("reason: longer than %d", maxReason)
 		}
 		return firstErr(validSessionID(m.SessionID), validClientID(m.Signer), positive("ts", m.Timestamp), validSignature(m.Signature))
-	case *messages.SessionPing:
-		return firstErr(validSessionID(m.SessionID), validNonce(m.Nonce), validClientID(m.ClientID),
+	case *messages.SessionsPing:
+		if len(m.SessionIDs) == 0 {
+			return fmt.Errorf("session_ids: empty")
+		}
+		return firstErr(validSessionIDs("session_ids", m.SessionIDs), validNonce(m.Nonce), validClientID(m.ClientID),
 			positive("ts", m.Timestamp), validSignature(m.Signature))
-	case *messages.SessionPong:
-		return firstErr(validSessionID(m.SessionID), validNonce(m.Nonce), ValidID(m.ExitID), validClientID(m.ClientID),
+	case *messages.SessionsPong:
+		return firstErr(validSessionIDs("known", m.Known), validNonce(m.Nonce), ValidID(m.ExitID), validClientID(m.ClientID),
 			validClientID(m.Signer), positive("ts", m.Timestamp), validSignature(m.Signature))
 	case *messages.ErrorResponse:
 		if m.Code == "" || len(m.Code) > 64 {
@@ -162,6 +165,24 @@ func validAddrs(field string, addrs []string) error {
 		if _, err := netip.ParseAddr(a); err != nil {
 			return fmt.Errorf("%s: %q is not an IP address", field, truncate(a, 64))
 		}
+	}
+	return nil
+}
+
+// validSessionIDs: at most messages.MaxPingSessions session ids, each valid, none twice.
+func validSessionIDs(field string, ids []string) error {
+	if len(ids) > messages.MaxPingSessions {
+		return fmt.Errorf("%s: %d sessions, limit %d", field, len(ids), messages.MaxPingSessions)
+	}
+	seen := make(map[string]struct{}, len(ids))
+	for i, id := range ids {
+		if err := validSessionID(id); err != nil {
+			return fmt.Errorf("%s[%d]: %w", field, i, err)
+		}
+		if _, dup := seen[id]; dup {
+			return fmt.Errorf("%s[%d]: %s twice", field, i, id)
+		}
+		seen[id] = struct{}{}
 	}
 	return nil
 }

@@ -18,6 +18,7 @@ type Relay struct {
 	drop     atomic.Int64 // per mille of datagrams dropped, both ways; 1000 = blackhole
 	mu       sync.Mutex
 	ups      map[netip.AddrPort]*net.UDPConn // one upstream socket per client address
+	holes    map[netip.AddrPort]bool         // clients whose datagrams are dropped both ways
 	wg       sync.WaitGroup
 	closed   atomic.Bool
 	Passed   atomic.Int64 // datagrams forwarded, both ways
@@ -30,7 +31,7 @@ func NewRelay(t testing.TB) *Relay {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &Relay{ln: ln, ups: map[netip.AddrPort]*net.UDPConn{}}
+	r := &Relay{ln: ln, ups: map[netip.AddrPort]*net.UDPConn{}, holes: map[netip.AddrPort]bool{}}
 	r.wg.Add(1)
 	go r.fromClients()
 	t.Cleanup(r.Close)
@@ -48,6 +49,28 @@ func (r *Relay) Blackhole()           { r.drop.Store(1000) }
 func (r *Relay) Restore()             { r.drop.Store(0) }
 func (r *Relay) Lossy(perMille int64) { r.drop.Store(perMille) }
 
+// BlackholeClient drops everything of one client seen so far (the lowest address), both ways, and
+// returns it; ok is false if no client was seen yet.
+func (r *Relay) BlackholeClient() (client netip.AddrPort, ok bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for c := range r.ups {
+		if !r.holes[c] && (!ok || c.Compare(client) < 0) {
+			client, ok = c, true
+		}
+	}
+	if ok {
+		r.holes[client] = true
+	}
+	return client, ok
+}
+
+func (r *Relay) holed(client netip.AddrPort) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.holes[client]
+}
+
 func (r *Relay) dropped() bool {
 	d := r.drop.Load()
 	return d >= 1000 || (d > 0 && rand.Int64N(1000) < d)
@@ -62,7 +85,7 @@ func (r *Relay) fromClients() {
 			return
 		}
 		tgt := r.target.Load()
-		if tgt == nil || r.dropped() {
+		if tgt == nil || r.dropped() || r.holed(src) {
 			continue
 		}
 		up := r.upstream(src)
@@ -98,7 +121,7 @@ func (r *Relay) upstream(client netip.AddrPort) *net.UDPConn {
 			if err != nil {
 				return
 			}
-			if r.dropped() {
+			if r.dropped() || r.holed(client) {
 				continue
 			}
 			if _, err := r.ln.WriteToUDPAddrPort(buf[:n], client); err == nil {

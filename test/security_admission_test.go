@@ -195,7 +195,7 @@ func TestFloodOnTheExitSubject(t *testing.T) {
 	x := startSecureEngine(t, engine.Config{NATS: bus, Identity: exitSeed,
 		Exit: &engine.ExitConfig{ID: "flooded", Listen: "127.0.0.1:0", Open: true, Egress: engine.EgressConfig{AllowLoopback: true}}})
 	evil := newAttacker(t, ns.URL())
-	junk := []byte(`{"v":1,"type":"session.ping","body":{}}`)
+	junk := []byte(`{"v":1,"type":"sessions.ping","body":{}}`)
 	for range 50_000 {
 		if err := evil.nc.Publish(signaling.ExitSubject("flooded"), junk); err != nil {
 			t.Fatal(err)

@@ -150,13 +150,13 @@ func TestForgedRepliesNeitherHijackNorFail(t *testing.T) {
 			seenRequests.Add(1)
 			captured.Store(b.SessionID, b)
 			evil.forgeAnswers(m.Reply, b, evilKey)
-		case *messages.SessionPing:
+		case *messages.SessionsPing:
 			if !forgePongs.Load() {
 				return
 			}
-			p := &messages.SessionPong{SessionID: b.SessionID, Nonce: b.Nonce, ExitID: "genuine", ClientID: b.ClientID, Known: false}
-			evil.id.SignSessionPong(p, time.Now())
-			evil.publish(m.Reply, "", messages.TypeSessionPong, p)
+			p := &messages.SessionsPong{Nonce: b.Nonce, ExitID: "genuine", ClientID: b.ClientID, Known: []string{}}
+			evil.id.SignSessionsPong(p, time.Now())
+			evil.publish(m.Reply, "", messages.TypeSessionsPong, p)
 			forgedPongs.Add(1)
 		}
 	})
@@ -338,8 +338,9 @@ func TestTrustIsRequiredOnASharedBus(t *testing.T) {
 
 // TestExitSignsNothingForOthers: the exit signs refusals only for requests and pings whose own
 // signature verified, and says nothing signed about another client's session — else an attacker
-// could obtain a refusal bound to a victim's session and hand it to the victim. A goodbye signed
-// by someone else for a session still being set up is ignored.
+// could obtain an answer bound to a victim's session and hand it to the victim: the attacker's own
+// ping for the victim's session gets a pong bound to the attacker that lists no session. A goodbye
+// signed by someone else for a session still being set up is ignored.
 func TestExitSignsNothingForOthers(t *testing.T) {
 	ns := startNATS(t, nil)
 	_, exitSeed := newIdentitySeed(t)
@@ -348,7 +349,7 @@ func TestExitSignsNothingForOthers(t *testing.T) {
 		Exit: &engine.ExitConfig{ID: "quiet", Listen: "127.0.0.1:0", Open: true}})
 	client := startSecureEngine(t, engine.Config{NATS: bus})
 	evil := newAttacker(t, ns.URL())
-	pings := make(chan *messages.SessionPing, 64)
+	pings := make(chan *messages.SessionsPing, 64)
 	sub, err := evil.nc.Subscribe(signaling.ExitSubject("quiet"), func(m *nats.Msg) {
 		body, err := signaling.Decode(m.Data)
 		if err != nil {
@@ -360,7 +361,7 @@ func TestExitSignsNothingForOthers(t *testing.T) {
 			c := &messages.SessionClose{SessionID: b.SessionID, Reason: "forged"}
 			evil.id.SignSessionClose(c, time.Now())
 			evil.publish(signaling.ExitSubject("quiet"), "", messages.TypeSessionClose, c)
-		case *messages.SessionPing:
+		case *messages.SessionsPing:
 			if b.ClientID == client.ClientID() {
 				select {
 				case pings <- b:
@@ -392,19 +393,23 @@ func TestExitSignsNothingForOthers(t *testing.T) {
 	// The victim's ping with a made-up signature, and the attacker's own ping for the victim's session.
 	badSig := *ping
 	badSig.Signature = evil.id.ID() + evil.id.ID()[:43]
-	theirs := &messages.SessionPing{SessionID: ping.SessionID, Nonce: ping.Nonce}
-	evil.id.SignSessionPing(theirs, time.Now())
+	theirs := &messages.SessionsPing{SessionIDs: ping.SessionIDs, Nonce: ping.Nonce}
+	evil.id.SignSessionsPing(theirs, time.Now())
 	// A copy of a victim's request with a made-up signature.
 	req := signedRequest(t, newID(t), "quiet")
 	req.ClientID = client.ClientID()
 	for name, e := range map[string]*messages.ErrorResponse{
-		"ping with a bad signature":    ask(messages.TypeSessionPing, &badSig),
-		"ping for another's session":   ask(messages.TypeSessionPing, theirs),
+		"ping with a bad signature":    ask(messages.TypeSessionsPing, &badSig),
 		"request with a bad signature": ask(messages.TypeSessionRequest, req),
 	} {
 		if e.Signer != "" || e.Signature != "" {
 			t.Errorf("%s: the exit signed its refusal (%s): %+v", name, e.Code, e)
 		}
+	}
+	data, _ := signaling.Encode(messages.TypeSessionsPing, theirs)
+	reply, err := evil.request("quiet", data)
+	if pong, ok := reply.(*messages.SessionsPong); err != nil || !ok || len(pong.Known) != 0 || pong.ClientID != evil.id.ID() || pong.Nonce != ping.Nonce {
+		t.Errorf("the attacker's ping for the victim's session answered %#v, %v; want a pong to the attacker naming no session", reply, err)
 	}
 	info, err := tun.Info(context.Background())
 	if err != nil || info.State != messages.StateUp || info.Reconnects != 0 {
@@ -430,13 +435,13 @@ func TestPongFromAnotherExitOfTheSameIdentity(t *testing.T) {
 	var redirected atomic.Int64
 	sub, err := evil.nc.Subscribe(signaling.ExitSubject("twin-a"), func(m *nats.Msg) {
 		body, err := signaling.Decode(m.Data)
-		p, ok := body.(*messages.SessionPing)
+		p, ok := body.(*messages.SessionsPing)
 		if err != nil || !ok || m.Reply == "" || p.ClientID != client.ClientID() {
 			return
 		}
-		mine := &messages.SessionPing{SessionID: p.SessionID, Nonce: p.Nonce}
-		evil.id.SignSessionPing(mine, time.Now())
-		evil.publish(signaling.ExitSubject("twin-b"), m.Reply, messages.TypeSessionPing, mine)
+		mine := &messages.SessionsPing{SessionIDs: p.SessionIDs, Nonce: p.Nonce}
+		evil.id.SignSessionsPing(mine, time.Now())
+		evil.publish(signaling.ExitSubject("twin-b"), m.Reply, messages.TypeSessionsPing, mine)
 		redirected.Add(1)
 	})
 	if err != nil {

@@ -46,6 +46,17 @@ func (p *WaitPool) Put(x any) {
 	p.cond.Signal()
 }
 
+// Warren: with no preallocation (a WaitPool without a cap), message buffers and queue elements come
+// from pools shared by every device of the process, not one set of pools per device. A device that
+// sends a packet every few seconds (an idle tunnel's keepalive or probe) would otherwise find its
+// own pool emptied by the GC each time and allocate and zero a fresh 64 KiB buffer per packet;
+// shared, the buffers that a thousand such devices pass around stay in use.
+var (
+	sharedMessageBuffers   = NewWaitPool(0, func() any { return new([MaxMessageSize]byte) })
+	sharedInboundElements  = NewWaitPool(0, func() any { return new(QueueInboundElement) })
+	sharedOutboundElements = NewWaitPool(0, func() any { return new(QueueOutboundElement) })
+)
+
 func (device *Device) PopulatePools() {
 	device.pool.inboundElementsContainer = NewWaitPool(PreallocatedBuffersPerPool, func() any {
 		s := make([]*QueueInboundElement, 0, device.BatchSize())
@@ -55,6 +66,12 @@ func (device *Device) PopulatePools() {
 		s := make([]*QueueOutboundElement, 0, device.BatchSize())
 		return &QueueOutboundElementsContainer{elems: s}
 	})
+	if PreallocatedBuffersPerPool == 0 { // Warren: shared (see above)
+		device.pool.messageBuffers = sharedMessageBuffers
+		device.pool.inboundElements = sharedInboundElements
+		device.pool.outboundElements = sharedOutboundElements
+		return
+	}
 	device.pool.messageBuffers = NewWaitPool(PreallocatedBuffersPerPool, func() any {
 		return new([MaxMessageSize]byte)
 	})
