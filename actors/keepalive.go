@@ -42,7 +42,7 @@ type HealthPolicy struct {
 
 // monitorLeg starts watching a leg (replacing any other).
 type monitorLeg struct {
-	hub                             *actor.PID // the engine's health hub
+	hub                             *actor.PID             // the engine's health hub
 	traffic                         func() (rx, tx uint64) // the leg's device counters
 	dialer                          netstack.Dialer
 	exitID, sessionID, exitIdentity string // exitIdentity signs the pongs (verified when the session was granted)

@@ -94,8 +94,8 @@ type legChanged struct {
 type legSession struct {
 	sessionID    string
 	exitIdentity string
-	device       *actor.PID      // the leg's child; alive until the leg terminates
-	dialer       netstack.Dialer // valid from up on; its stack is alive while device is
+	device       *actor.PID             // the leg's child; alive until the leg terminates
+	dialer       netstack.Dialer        // valid from up on; its stack is alive while device is
 	traffic      func() (rx, tx uint64) // valid from up on: the device's transfer counters
 	endpoint     netip.AddrPort
 	addrs        []netip.Addr

@@ -13,6 +13,7 @@ import (
 
 	"github.com/asynkron/protoactor-go/actor"
 	"github.com/nats-io/nats.go"
+
 	"github.com/warren-tunnel/warren/messages"
 	"github.com/warren-tunnel/warren/signaling"
 )
