@@ -17,12 +17,13 @@ import (
 // clientDevice sizes a client tunnel's device: one encryption, decryption and handshake worker
 // each (an exit's device has one per CPU) and room for 64 handshake messages (upstream: 1,024).
 // One peer needs no more; a worker per CPU per tunnel is most of a tunnel's goroutines on a big
-// machine (docs/performance.md).
-var clientDevice = device.DeviceOptions{Workers: 1, HandshakeQueue: 64, AdaptiveBatch: true}
+// machine (docs/performance.md). Like an exit's, it reads no TUN events: the device actor brings
+// it up (deviceActor.create) and a netstack.Stack's MTU is fixed.
+var clientDevice = device.DeviceOptions{Workers: 1, HandshakeQueue: 64, AdaptiveBatch: true, NoTUNEvents: true}
 
-// exitDevice sizes an exit's device: upstream's workers and queues, and the adaptive batch
-// (its bind is netstack.Bind, which takes fewer buffers than its batch).
-var exitDevice = device.DeviceOptions{AdaptiveBatch: true}
+// exitDevice sizes an exit's device: upstream's workers and queues, the adaptive batch (its bind
+// is netstack.Bind, which takes fewer buffers than its batch) and no TUN event reader.
+var exitDevice = device.DeviceOptions{AdaptiveBatch: true, NoTUNEvents: true}
 
 // stopOnFailure stops a child that panicked; it never restarts one (see package doc).
 var stopOnFailure = actor.NewOneForOneStrategy(0, 0, func(reason interface{}) actor.Directive {

@@ -233,7 +233,8 @@ func (s *Stack) Name() (string, error) { return "warren-netstack", nil }
 // MTU implements tun.Device.
 func (s *Stack) MTU() (int, error) { return s.mtu, nil }
 
-// Events implements tun.Device; it yields EventUp once and is closed by Close.
+// Events implements tun.Device; it yields EventUp once and is closed by Close. Warren's own
+// devices do not read it (device.DeviceOptions.NoTUNEvents): their actor calls Up itself.
 func (s *Stack) Events() <-chan tun.Event { return s.events }
 
 // BatchSize implements tun.Device.

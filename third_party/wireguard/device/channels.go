@@ -7,7 +7,7 @@ package device
 
 import (
 	"runtime"
-	"sync"
+	"sync/atomic"
 )
 
 // An outboundQueue is a channel of QueueOutboundElements awaiting encryption.
@@ -20,56 +20,72 @@ import (
 // When the refcount hits 0, the queue's channel is closed.
 type outboundQueue struct {
 	c  chan *QueueOutboundElementsContainer
-	wg sync.WaitGroup
+	wg queueWriters // Warren: was a sync.WaitGroup waited on by a goroutine that closed c
 }
 
 func newOutboundQueue() *outboundQueue {
 	q := &outboundQueue{
 		c: make(chan *QueueOutboundElementsContainer, QueueOutboundSize),
 	}
-	q.wg.Add(1)
-	go func() {
-		q.wg.Wait()
-		close(q.c)
-	}()
+	q.wg.init(func() { close(q.c) }) // Warren: the last writer closes c; no goroutine
 	return q
 }
 
 // A inboundQueue is similar to an outboundQueue; see those docs.
 type inboundQueue struct {
 	c  chan *QueueInboundElementsContainer
-	wg sync.WaitGroup
+	wg queueWriters // Warren: see outboundQueue
 }
 
 func newInboundQueue() *inboundQueue {
 	q := &inboundQueue{
 		c: make(chan *QueueInboundElementsContainer, QueueInboundSize),
 	}
-	q.wg.Add(1)
-	go func() {
-		q.wg.Wait()
-		close(q.c)
-	}()
+	q.wg.init(func() { close(q.c) }) // Warren: see newOutboundQueue
 	return q
 }
 
 // A handshakeQueue is similar to an outboundQueue; see those docs.
 type handshakeQueue struct {
 	c  chan QueueHandshakeElement
-	wg sync.WaitGroup
+	wg queueWriters // Warren: see outboundQueue
 }
 
 func newHandshakeQueue(size int) *handshakeQueue { // Warren: the size is the device's (DeviceOptions)
 	q := &handshakeQueue{
 		c: make(chan QueueHandshakeElement, size),
 	}
-	q.wg.Add(1)
-	go func() {
-		q.wg.Wait()
-		close(q.c)
-	}()
+	q.wg.init(func() { close(q.c) }) // Warren: see newOutboundQueue
 	return q
 }
+
+// queueWriters counts a queue's writers (Warren). Upstream each queue had a sync.WaitGroup and a
+// goroutine that waited on it and then closed the channel: three goroutines per device, alive for
+// the device's whole life. Now the writer whose Done brings the count to zero closes the channel
+// itself. The rules are the WaitGroup's: the count starts at one (the device's own reference,
+// dropped by Device.Close); Add for every writer before it starts, Done when it has written its
+// last; no Add once the count has reached zero. So the channel is still closed exactly once,
+// after every writer is done, and the workers still range over it until then.
+type queueWriters struct {
+	n     atomic.Int64
+	close func() // closes the queue's channel; called once, by the Done that reaches zero
+}
+
+func (w *queueWriters) init(close func()) {
+	w.close = close
+	w.n.Store(1)
+}
+
+func (w *queueWriters) Add(delta int) {
+	switch n := w.n.Add(int64(delta)); {
+	case n < 0:
+		panic("device: negative queue writer count")
+	case n == 0 && delta < 0: // Add(0), like a WaitGroup's, changes nothing
+		w.close()
+	}
+}
+
+func (w *queueWriters) Done() { w.Add(-1) }
 
 type autodrainingInboundQueue struct {
 	c chan *QueueInboundElementsContainer

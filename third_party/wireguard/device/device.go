@@ -297,10 +297,17 @@ func NewDevice(tunDevice tun.Device, bind conn.Bind, logger *Logger) *Device {
 // their recent reads used (warren_batch.go). A bind's ReceiveFunc and the TUN's Read are then often
 // given fewer buffers than their BatchSize: only for a bind and a TUN that allow that (Warren's
 // netstack.Bind and netstack.Stack do; StdNetBind does not).
+//
+// NoTUNEvents starts no TUN event reader (RoutineTUNEventReader), a goroutine that upstream stays
+// for the device's whole life to act on the TUN's events: EventUp brings the device up, EventDown
+// down, EventMTUUpdate reloads the MTU. Only for a TUN whose MTU never changes and an owner that
+// brings the device up itself (Up), as Warren's does for its netstack.Stack, which sends nothing
+// but one EventUp at the start. The events are then never read.
 type DeviceOptions struct {
 	Workers        int  // encryption, decryption and handshake workers each; 0: one per CPU
 	HandshakeQueue int  // handshake messages waiting for a worker; 0: QueueHandshakeSize
 	AdaptiveBatch  bool // false: every slot holds a buffer, as upstream
+	NoTUNEvents    bool // false: a goroutine reads the TUN's events, as upstream
 }
 
 // NewDeviceWith is NewDevice sized by opts (Warren).
@@ -351,7 +358,9 @@ func NewDeviceWith(tunDevice tun.Device, bind conn.Bind, logger *Logger, opts De
 	device.state.stopping.Add(1)      // RoutineReadFromTUN
 	device.queue.encryption.wg.Add(1) // RoutineReadFromTUN
 	go device.RoutineReadFromTUN()
-	go device.RoutineTUNEventReader()
+	if !opts.NoTUNEvents { // Warren: the owner calls Up (DeviceOptions)
+		go device.RoutineTUNEventReader()
+	}
 
 	return device
 }

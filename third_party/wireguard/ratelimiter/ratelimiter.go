@@ -29,17 +29,21 @@ type Ratelimiter struct {
 	mu      sync.RWMutex
 	timeNow func() time.Time
 
-	stopReset chan struct{} // send to reset, close to stop
+	// Warren: the sweeper runs only while the table has entries. Upstream one goroutine per
+	// limiter (per device) lived from Init to Close, its ticker stopped while the table was empty;
+	// a limiter only gets entries when its device is under load (a handshake flood).
+	stopSweep chan struct{} // closed to stop the running sweeper; nil while none runs
+	closed    bool          // set by Close: no sweeper starts again until Init
+	sweepers  sync.WaitGroup
 	table     map[netip.Addr]*RatelimiterEntry
 }
 
 func (rate *Ratelimiter) Close() {
 	rate.mu.Lock()
-	defer rate.mu.Unlock()
-
-	if rate.stopReset != nil {
-		close(rate.stopReset)
-	}
+	rate.stopSweeperLocked() // Warren: the sweeper, if one runs
+	rate.closed = true
+	rate.mu.Unlock()
+	rate.sweepers.Wait() // Warren: it has ended when Close returns (it takes mu to sweep)
 }
 
 func (rate *Ratelimiter) Init() {
@@ -51,39 +55,47 @@ func (rate *Ratelimiter) Init() {
 	}
 
 	// stop any ongoing garbage collection routine
-	if rate.stopReset != nil {
-		close(rate.stopReset)
-	}
+	rate.stopSweeperLocked() // Warren: the next new entry starts one (Allow)
+	rate.closed = false
 
-	rate.stopReset = make(chan struct{})
 	rate.table = make(map[netip.Addr]*RatelimiterEntry)
-
-	stopReset := rate.stopReset // store in case Init is called again.
-
-	// Start garbage collection routine.
-	go func() {
-		ticker := time.NewTicker(time.Second)
-		ticker.Stop()
-		for {
-			select {
-			case _, ok := <-stopReset:
-				ticker.Stop()
-				if !ok {
-					return
-				}
-				ticker = time.NewTicker(time.Second)
-			case <-ticker.C:
-				if rate.cleanup() {
-					ticker.Stop()
-				}
-			}
-		}
-	}()
 }
 
-func (rate *Ratelimiter) cleanup() (empty bool) {
+// stopSweeperLocked stops the sweeper if one runs (Warren).
+func (rate *Ratelimiter) stopSweeperLocked() {
+	if rate.stopSweep != nil {
+		close(rate.stopSweep)
+		rate.stopSweep = nil
+	}
+}
+
+// sweep removes stale entries every garbageCollectTime until the table is empty or stop is
+// closed (Warren: started by Allow when the table gets its first entry).
+func (rate *Ratelimiter) sweep(stop chan struct{}) {
+	defer rate.sweepers.Done()
+	ticker := time.NewTicker(time.Second)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-ticker.C:
+			if rate.cleanup(stop) {
+				return
+			}
+		}
+	}
+}
+
+// cleanup removes stale entries. It reports whether the sweeper given stop is to end: its table is
+// empty (it is then no longer the running sweeper) or it has been stopped (Warren).
+func (rate *Ratelimiter) cleanup(stop chan struct{}) (done bool) {
 	rate.mu.Lock()
 	defer rate.mu.Unlock()
+
+	if rate.stopSweep != stop { // Warren: stopped by Close or Init, maybe with a new table
+		return true
+	}
 
 	for key, entry := range rate.table {
 		entry.mu.Lock()
@@ -93,7 +105,11 @@ func (rate *Ratelimiter) cleanup() (empty bool) {
 		entry.mu.Unlock()
 	}
 
-	return len(rate.table) == 0
+	if len(rate.table) == 0 {
+		rate.stopSweep = nil // Warren: the next new entry starts a new sweeper
+		return true
+	}
+	return false
 }
 
 func (rate *Ratelimiter) Allow(ip netip.Addr) bool {
@@ -110,8 +126,10 @@ func (rate *Ratelimiter) Allow(ip netip.Addr) bool {
 		entry.lastTime = rate.timeNow()
 		rate.mu.Lock()
 		rate.table[ip] = entry
-		if len(rate.table) == 1 {
-			rate.stopReset <- struct{}{}
+		if rate.stopSweep == nil && !rate.closed { // Warren: start the sweeper with the first entry
+			rate.stopSweep = make(chan struct{})
+			rate.sweepers.Add(1)
+			go rate.sweep(rate.stopSweep)
 		}
 		rate.mu.Unlock()
 		return true
