@@ -114,7 +114,8 @@ func (a *admission) maybeSweep(now time.Time) {
 }
 
 // answerPing: the asked sessions held for the pinging client. A ping no newer than the last one for
-// any of them is a replay, and is refused whole; otherwise each known session records its time.
+// any of them is a replay, and is refused whole; otherwise each known session records its time,
+// and counts as active for the idle sweep: its client, which signed the ping, is alive.
 func (e *exitActor) answerPing(m *sessionsPinged) *sessionsPong {
 	known := make([]string, 0, len(m.sessionIDs))
 	for _, id := range m.sessionIDs {
@@ -127,8 +128,10 @@ func (e *exitActor) answerPing(m *sessionsPinged) *sessionsPong {
 		}
 		known = append(known, id)
 	}
+	now := time.Now()
 	for _, id := range known {
-		e.sessions[id].lastPing = m.ts
+		s := e.sessions[id]
+		s.lastPing, s.lastActive = m.ts, now
 	}
 	return &sessionsPong{known: known}
 }

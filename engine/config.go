@@ -146,8 +146,9 @@ type ExitConfig struct {
 	// MaxConnectionsPerSession bounds a session's (or static peer's) flows at once; default 1024,
 	// -1 unlimited. Each flow holds a host socket on the exit.
 	MaxConnectionsPerSession int `yaml:"max_connections_per_session"`
-	// SessionIdleTimeout releases a session whose client sent nothing for this long (a client
-	// that died without a goodbye; live tunnels send keepalives and probes). Default 3m; negative: never.
+	// SessionIdleTimeout releases a session whose client sent nothing (no packet, no signed ping)
+	// for this long (a client that died without a goodbye; live tunnels send keepalives, probes and
+	// pings). Default 3m; negative: never.
 	SessionIdleTimeout Duration `yaml:"session_idle_timeout"`
 }
 

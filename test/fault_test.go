@@ -305,7 +305,8 @@ func TestLossyPathStaysUp(t *testing.T) {
 
 // TestExitReleasesSilentSessions: a client that dies without a goodbye has its session (WireGuard
 // peer, address) released by the exit after session_idle_timeout; a live but idle tunnel keeps its
-// session, because its keepalives and health probes reach the exit.
+// session, because its signed pings (here every 200 ms; it sends no packet at all while its
+// receive counter moves) reach the exit.
 func TestExitReleasesSilentSessions(t *testing.T) {
 	srv, _ := slowServer(t)
 	ns := startNATS(t, nil)
@@ -314,7 +315,7 @@ func TestExitReleasesSilentSessions(t *testing.T) {
 		c.Exit.SessionIdleTimeout = engine.Duration(1500 * time.Millisecond)
 	})
 	live := startEngine(t, engine.Config{NATS: engine.NATSConfig{URLs: []string{ns.URL()}}})
-	liveTun := openTunnelSpec(t, live, engine.TunnelSpec{Exit: "reaper"})
+	liveTun := openTunnelSpec(t, live, engine.TunnelSpec{Exit: "reaper", Health: fastHealth()})
 	doomed := startEngine(t, engine.Config{NATS: engine.NATSConfig{URLs: []string{ns.URL()}}})
 	openTunnelSpec(t, doomed, engine.TunnelSpec{Exit: "reaper"})
 	opened := map[string]bool{}
