@@ -69,7 +69,7 @@ type deviceReady struct {
 	stack     *netstack.Stack // alive until the device actor stops
 	endpoint  netip.AddrPort  // the bound UDP address
 	publicKey signaling.Key
-	traffic   func() (rx, tx uint64) // bytes received from and sent to all peers; cheap, safe from any goroutine
+	traffic   func() (rx, tx uint64) // bytes received from all peers, packets of data sent to them (Device.Traffic); cheap, safe from any goroutine
 }
 
 type deviceFailed struct{ err error }

@@ -83,9 +83,9 @@ type groupKey struct {
 type watched struct {
 	*watchLeg
 	group     *pathGroup
-	gone      bool // dropped: late probe results and ping answers are ignored
-	lastRx    uint64
-	lastTx    uint64
+	gone      bool   // dropped: late probe results and ping answers are ignored
+	lastRx    uint64 // bytes received, at the last check
+	lastTx    uint64 // packets of data sent, at the last check
 	failures  int
 	urgent    bool // this round: a suspect, or it sent and heard nothing
 	probing   bool
@@ -244,7 +244,8 @@ func (h *healthHub) round(ctx actor.Context, g *pathGroup) {
 			continue
 		}
 		rx, tx := w.traffic()
-		// In use but answered by nothing: probed this round, like a suspect.
+		// In use (it had data to send; its own keepalives and handshakes do not count) but
+		// answered by nothing: probed this round, like a suspect.
 		w.urgent = w.failures > 0 || tx > w.lastTx
 		w.lastTx = tx
 		if rx > w.lastRx {

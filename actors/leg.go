@@ -96,7 +96,7 @@ type legSession struct {
 	exitIdentity string
 	device       *actor.PID             // the leg's child; alive until the leg terminates
 	dialer       netstack.Dialer        // valid from up on; its stack is alive while device is
-	traffic      func() (rx, tx uint64) // valid from up on: the device's transfer counters
+	traffic      func() (rx, tx uint64) // valid from up on: the device's counters (deviceReady)
 	endpoint     netip.AddrPort
 	addrs        []netip.Addr
 }

@@ -22,6 +22,7 @@ type Peer struct {
 	device            *Device
 	stopping          sync.WaitGroup // routines pending stop
 	txBytes           atomic.Uint64  // bytes send to peer (endpoint)
+	txPackets         atomic.Uint64  // Warren: packets read from the TUN for this peer (no keepalive or handshake)
 	rxBytes           atomic.Uint64  // bytes received from peer
 	lastHandshakeNano atomic.Int64   // nano seconds since epoch
 

@@ -286,6 +286,7 @@ func (device *Device) RoutineReadFromTUN() {
 
 		for peer, elemsForPeer := range elemsByPeer {
 			if peer.isRunning.Load() {
+				peer.txPackets.Add(uint64(len(elemsForPeer.elems))) // Warren: see warren_stats.go
 				peer.StagePackets(elemsForPeer)
 				peer.SendStagedPackets()
 			} else {
