@@ -22,11 +22,12 @@ type GetTunnelChildren struct{}
 // TunnelChildren answers GetTunnelChildren.
 type TunnelChildren struct {
 	Keepalive *actor.PID
+	Hub       *actor.PID   // the engine's health hub its keepalive registers with (not a child)
 	Devices   []*actor.PID // one per leg whose device was reported (a leg's child)
 }
 
 func (t *tunnelActor) children() *TunnelChildren {
-	c := &TunnelChildren{Keepalive: t.keepalive}
+	c := &TunnelChildren{Keepalive: t.keepalive, Hub: t.cfg.Hub}
 	for _, l := range t.legs {
 		if l.device != nil {
 			c.Devices = append(c.Devices, l.device)

@@ -95,6 +95,60 @@ func TestKeepaliveLostIsReplaced(t *testing.T) {
 	}
 }
 
+// TestHealthHubLostIsReplaced: the engine's health hub stops without the engine asking (as a
+// supervisor stops a panicking actor). The engine spawns a fresh hub, says so with an event, and
+// every tunnel registers its current leg with it: the new hub then detects the exit's death.
+// Done three times.
+func TestHealthHubLostIsReplaced(t *testing.T) {
+	x := startTestEngine(t, Config{Exit: &ExitConfig{ID: "hub-exit", Listen: "127.0.0.1:0", Egress: EgressConfig{AllowLoopback: true}, Open: true},
+		NATS: NATSConfig{EmbeddedListen: "127.0.0.1:0"}})
+	client := startTestEngine(t, Config{NATS: NATSConfig{URLs: []string{x.NATSURL()}}})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var tuns []*Tunnel
+	for range 2 {
+		tun, err := client.OpenTunnel(ctx, TunnelSpec{Exit: "hub-exit", SOCKS: "127.0.0.1:0", UDPBind: "127.0.0.1",
+			Pins: map[string]string{"hub-exit": x.ClientID()}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tuns = append(tuns, tun)
+	}
+	for round := 1; round <= 3; round++ {
+		old := tunnelChildren(t, tuns[0]).Hub
+		client.system.Root.Stop(old)
+		ev := nextEvent(t, client, 5*time.Second, func(ev Event) bool { return ev.Kind == EventChildLost })
+		if ev.Actor != "engine/health hub" || ev.Cause != "respawned" {
+			t.Fatalf("round %d: child lost event %+v", round, ev)
+		}
+		for _, tun := range tuns {
+			testutil.Eventually(t, 5*time.Second, "the tunnel to hear of the new hub", func() bool {
+				now := tunnelChildren(t, tun).Hub
+				return now != nil && !now.Equal(old)
+			})
+			if info, err := tun.Info(ctx); err != nil || info.State != messages.StateUp {
+				t.Fatalf("round %d: tunnel %+v, %v", round, info, err)
+			}
+		}
+	}
+	// The new hub watches both tunnels' legs: an exit that dies without a word is detected.
+	x.Kill()
+	killed := time.Now()
+	seen := map[string]bool{}
+	testutil.AwaitMatch(t, client.Events(), 10*time.Second, "both tunnels reconnecting", func(ev Event) bool {
+		if ev.Kind == EventTunnelState && ev.To == messages.StateReconnecting {
+			seen[ev.Tunnel] = true
+		}
+		return len(seen) == len(tuns)
+	})
+	if d := time.Since(killed); d > 5*time.Second {
+		t.Fatalf("dead exit detected after %v, want within 5 s", d)
+	}
+	if n := client.ActorPanics(); n != 0 {
+		t.Fatalf("%d actor panics", n)
+	}
+}
+
 // TestActorPanicsAreReported: a panic in any actor of the engine's system is counted and reported
 // as an event with its reason.
 func TestActorPanicsAreReported(t *testing.T) {
