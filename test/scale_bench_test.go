@@ -30,7 +30,8 @@ import (
 
 // procStats is one look at the process.
 type procStats struct {
-	heap       uint64 // Go heap in use (HeapInuse) after a forced GC
+	heap       uint64 // Go heap in use (HeapInuse) after a forced GC: live objects and their spans' free space
+	live       uint64 // Go heap objects (HeapAlloc) after the same GC: what is reachable
 	rss        uint64 // resident set, bytes
 	goroutines int
 	fds        int
@@ -38,7 +39,8 @@ type procStats struct {
 
 func sample(tb testing.TB) procStats {
 	tb.Helper()
-	return procStats{heap: heapInUse(), rss: rssBytes(tb), goroutines: runtime.NumGoroutine(), fds: fdCount(tb)}
+	ms := memAfterGC()
+	return procStats{heap: ms.HeapInuse, live: ms.HeapAlloc, rss: rssBytes(tb), goroutines: runtime.NumGoroutine(), fds: fdCount(tb)}
 }
 
 // rssBytes reads the resident set from /proc/self/statm.
@@ -208,7 +210,7 @@ func BenchmarkTunnelChurn(b *testing.B) {
 
 // profileFile creates $WARREN_HEAP_PROFILE_DIR/<name> when that variable is set (nil otherwise):
 // where the scale benchmarks write their profiles (docs/performance.md).
-func profileFile(b *testing.B, name string) *os.File {
+func profileFile(b testing.TB, name string) *os.File {
 	dir := os.Getenv("WARREN_HEAP_PROFILE_DIR")
 	if dir == "" {
 		return nil
@@ -222,7 +224,7 @@ func profileFile(b *testing.B, name string) *os.File {
 
 // writeHeapProfile writes the heap profile as it is now to <name>.pprof (go tool pprof
 // -sample_index=inuse_space).
-func writeHeapProfile(b *testing.B, name string) {
+func writeHeapProfile(b testing.TB, name string) {
 	f := profileFile(b, name+".pprof")
 	if f == nil {
 		return
@@ -237,7 +239,7 @@ func writeHeapProfile(b *testing.B, name string) {
 }
 
 // cpuProfile starts a CPU profile to <name>.pprof; the returned function stops it.
-func cpuProfile(b *testing.B, name string) func() {
+func cpuProfile(b testing.TB, name string) func() {
 	f := profileFile(b, name+".pprof")
 	if f == nil {
 		return func() {}
@@ -249,7 +251,7 @@ func cpuProfile(b *testing.B, name string) func() {
 }
 
 // writeGoroutines writes the goroutines, grouped by stack, to <name>.txt.
-func writeGoroutines(b *testing.B, name string) {
+func writeGoroutines(b testing.TB, name string) {
 	if f := profileFile(b, name+".txt"); f != nil {
 		defer f.Close()
 		_ = pprof.Lookup("goroutine").WriteTo(f, 1)
