@@ -12,7 +12,9 @@ package test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -45,19 +47,32 @@ func sample(tb testing.TB) procStats {
 
 // rssBytes reads the resident set from /proc/self/statm.
 func rssBytes(tb testing.TB) uint64 {
+	n, err := readRSS()
+	if errors.Is(err, fs.ErrNotExist) {
+		tb.Skipf("no /proc/self/statm: %v", err)
+	}
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return n
+}
+
+// readRSS reads the resident set from /proc/self/statm; it does not fail the test, so it may run
+// off the test's goroutine.
+func readRSS() (uint64, error) {
 	data, err := os.ReadFile("/proc/self/statm")
 	if err != nil {
-		tb.Skipf("no /proc/self/statm: %v", err)
+		return 0, err
 	}
 	f := strings.Fields(string(data))
 	if len(f) < 2 {
-		tb.Fatalf("/proc/self/statm: %q", data)
+		return 0, fmt.Errorf("/proc/self/statm: %q", data)
 	}
 	pages, err := strconv.ParseUint(f[1], 10, 64)
 	if err != nil {
-		tb.Fatalf("/proc/self/statm: %v", err)
+		return 0, fmt.Errorf("/proc/self/statm: %w", err)
 	}
-	return pages * uint64(os.Getpagesize())
+	return pages * uint64(os.Getpagesize()), nil
 }
 
 // cpuTime is the process's user and system CPU time so far.
