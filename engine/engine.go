@@ -295,6 +295,7 @@ func (e *Engine) Start(ctx context.Context) error {
 		// A dead letter (a message to an actor that just stopped, normal during shutdown) starts a
 		// throttle goroutine that lives one interval: keep it short so Close leaves nothing behind.
 		actor.WithDeadLetterThrottleInterval(50*time.Millisecond))
+	compactRegistry(e.system)
 	// Every supervisor directive (here always a stop after a panic) is counted and reported as an
 	// event through the engine actor, whose name is fixed, so the PID is known before it exists.
 	enginePID := actor.NewPID(e.system.Address(), "engine")

@@ -63,12 +63,15 @@ func nsbPeer(b *testing.B, n, other *nsbNode, allowed netip.Addr) {
 
 // heapInUse is the Go heap in use after two collections (the second frees what the first left to
 // finalizers and pools).
-func heapInUse() uint64 {
+func heapInUse() uint64 { return memAfterGC().HeapInuse }
+
+// memAfterGC is the runtime's memory statistics after the same two collections.
+func memAfterGC() runtime.MemStats {
 	runtime.GC()
 	runtime.GC()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	return ms.HeapInuse
+	return ms
 }
 
 // BenchmarkNetstackBaseline is a bulk TCP transfer between two bare

@@ -12,7 +12,9 @@ package test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -31,7 +33,8 @@ import (
 
 // procStats is one look at the process.
 type procStats struct {
-	heap       uint64 // Go heap in use (HeapInuse) after a forced GC
+	heap       uint64 // Go heap in use (HeapInuse) after a forced GC: live objects and their spans' free space
+	live       uint64 // Go heap objects (HeapAlloc) after the same GC: what is reachable
 	rss        uint64 // resident set, bytes
 	goroutines int
 	fds        int
@@ -39,24 +42,38 @@ type procStats struct {
 
 func sample(tb testing.TB) procStats {
 	tb.Helper()
-	return procStats{heap: heapInUse(), rss: rssBytes(tb), goroutines: runtime.NumGoroutine(), fds: fdCount(tb)}
+	ms := memAfterGC()
+	return procStats{heap: ms.HeapInuse, live: ms.HeapAlloc, rss: rssBytes(tb), goroutines: runtime.NumGoroutine(), fds: fdCount(tb)}
 }
 
 // rssBytes reads the resident set from /proc/self/statm.
 func rssBytes(tb testing.TB) uint64 {
+	n, err := readRSS()
+	if errors.Is(err, fs.ErrNotExist) {
+		tb.Skipf("no /proc/self/statm: %v", err)
+	}
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return n
+}
+
+// readRSS reads the resident set from /proc/self/statm; it does not fail the test, so it may run
+// off the test's goroutine.
+func readRSS() (uint64, error) {
 	data, err := os.ReadFile("/proc/self/statm")
 	if err != nil {
-		tb.Skipf("no /proc/self/statm: %v", err)
+		return 0, err
 	}
 	f := strings.Fields(string(data))
 	if len(f) < 2 {
-		tb.Fatalf("/proc/self/statm: %q", data)
+		return 0, fmt.Errorf("/proc/self/statm: %q", data)
 	}
 	pages, err := strconv.ParseUint(f[1], 10, 64)
 	if err != nil {
-		tb.Fatalf("/proc/self/statm: %v", err)
+		return 0, fmt.Errorf("/proc/self/statm: %w", err)
 	}
-	return pages * uint64(os.Getpagesize())
+	return pages * uint64(os.Getpagesize()), nil
 }
 
 // cpuTime is the process's user and system CPU time so far.
@@ -213,7 +230,7 @@ func BenchmarkTunnelChurn(b *testing.B) {
 
 // profileFile creates $WARREN_HEAP_PROFILE_DIR/<name> when that variable is set (nil otherwise):
 // where the scale benchmarks write their profiles (docs/performance.md).
-func profileFile(b *testing.B, name string) *os.File {
+func profileFile(b testing.TB, name string) *os.File {
 	dir := os.Getenv("WARREN_HEAP_PROFILE_DIR")
 	if dir == "" {
 		return nil
@@ -227,7 +244,7 @@ func profileFile(b *testing.B, name string) *os.File {
 
 // writeHeapProfile writes the heap profile as it is now to <name>.pprof (go tool pprof
 // -sample_index=inuse_space).
-func writeHeapProfile(b *testing.B, name string) {
+func writeHeapProfile(b testing.TB, name string) {
 	f := profileFile(b, name+".pprof")
 	if f == nil {
 		return
@@ -242,7 +259,7 @@ func writeHeapProfile(b *testing.B, name string) {
 }
 
 // cpuProfile starts a CPU profile to <name>.pprof; the returned function stops it.
-func cpuProfile(b *testing.B, name string) func() {
+func cpuProfile(b testing.TB, name string) func() {
 	f := profileFile(b, name+".pprof")
 	if f == nil {
 		return func() {}
@@ -254,7 +271,7 @@ func cpuProfile(b *testing.B, name string) func() {
 }
 
 // writeGoroutines writes the goroutines, grouped by stack, to <name>.txt.
-func writeGoroutines(b *testing.B, name string) {
+func writeGoroutines(b testing.TB, name string) {
 	if f := profileFile(b, name+".txt"); f != nil {
 		defer f.Close()
 		_ = pprof.Lookup("goroutine").WriteTo(f, 1)
