@@ -32,7 +32,7 @@ func TestIdleTunnelsShareTheirExitsHealth(t *testing.T) {
 		tun := openTunnelSpec(t, client, engine.TunnelSpec{Exit: "shared", Health: fastHealth(), HandshakeTimeout: engine.Duration(2 * time.Second)})
 		tuns[tun.ID()] = tun
 	}
-	drainEvents(ev) // the opens
+	dropReceived(ev) // the opens
 
 	// Idle: replies from the exit over 4 s. One probe per tunnel per second would be 32 echoes.
 	before := relay.FromExit.Load()
@@ -132,8 +132,8 @@ func healedAlone(t *testing.T, ev *tunnelEvents, tuns map[string]*engine.Tunnel,
 	}
 }
 
-// drainEvents drops the transitions received so far.
-func drainEvents(te *tunnelEvents) {
+// dropReceived drops the transitions received so far.
+func dropReceived(te *tunnelEvents) {
 	for {
 		select {
 		case <-te.ch:
