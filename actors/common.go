@@ -18,12 +18,22 @@ import (
 // each (an exit's device has one per CPU) and room for 64 handshake messages (upstream: 1,024).
 // One peer needs no more; a worker per CPU per tunnel is most of a tunnel's goroutines on a big
 // machine (docs/performance.md). Like an exit's, it reads no TUN events: the device actor brings
-// it up (deviceActor.create) and a netstack.Stack's MTU is fixed.
-var clientDevice = device.DeviceOptions{Workers: 1, HandshakeQueue: 64, AdaptiveBatch: true, NoTUNEvents: true}
+// it up (deviceActor.create) and a netstack.Stack's MTU is fixed. It holds at most
+// clientMaxBuffers message buffers at once (9 KiB each): under load a reader waits for one to come
+// back rather than queue without bound (upstream does the same on iOS and Android, with 1,024).
+var clientDevice = device.DeviceOptions{Workers: 1, HandshakeQueue: 64, AdaptiveBatch: true, NoTUNEvents: true,
+	MaxBuffers: clientMaxBuffers}
 
 // exitDevice sizes an exit's device: upstream's workers and queues, the adaptive batch (its bind
-// is netstack.Bind, which takes fewer buffers than its batch) and no TUN event reader.
-var exitDevice = device.DeviceOptions{AdaptiveBatch: true, NoTUNEvents: true}
+// is netstack.Bind, which takes fewer buffers than its batch), no TUN event reader, and at most
+// exitMaxBuffers message buffers at once for all its sessions.
+var exitDevice = device.DeviceOptions{AdaptiveBatch: true, NoTUNEvents: true, MaxBuffers: exitMaxBuffers}
+
+// Message buffers a device may hold at once: 9 MiB for a tunnel, 18 MiB for an exit.
+const (
+	clientMaxBuffers = 1024
+	exitMaxBuffers   = 2048
+)
 
 // stopOnFailure stops a child that panicked; it never restarts one (see package doc).
 var stopOnFailure = actor.NewOneForOneStrategy(0, 0, func(reason interface{}) actor.Directive {

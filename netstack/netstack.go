@@ -30,6 +30,10 @@ import (
 // DefaultMTU is the tunnel MTU used when Config.MTU is 0.
 const DefaultMTU = 1420
 
+// MaxMTU is the largest MTU a stack accepts: the carried wireguard-go's message buffers hold a
+// packet of this size with WireGuard's header, padding and tag (device.MaxMessageSize).
+const MaxMTU = 9000
+
 // nicID is the stack's only NIC.
 const nicID tcpip.NICID = 1
 
@@ -99,8 +103,8 @@ func New(cfg Config) (*Stack, error) {
 	if mtu == 0 {
 		mtu = DefaultMTU
 	}
-	if mtu < 1280 || mtu > 65535 {
-		return nil, fmt.Errorf("netstack: MTU %d out of range [1280, 65535]", mtu)
+	if mtu < 1280 || mtu > MaxMTU {
+		return nil, fmt.Errorf("netstack: MTU %d out of range [1280, %d]", mtu, MaxMTU)
 	}
 	st := stack.New(stack.Options{
 		NetworkProtocols: []stack.NetworkProtocolFactory{

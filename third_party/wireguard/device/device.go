@@ -308,6 +308,10 @@ type DeviceOptions struct {
 	HandshakeQueue int  // handshake messages waiting for a worker; 0: QueueHandshakeSize
 	AdaptiveBatch  bool // false: every slot holds a buffer, as upstream
 	NoTUNEvents    bool // false: a goroutine reads the TUN's events, as upstream
+	// MaxBuffers caps the message buffers (and queue elements of each kind) the device holds at
+	// once; a reader that would take one more waits for one to come back. 0: no cap, as upstream
+	// on Linux, macOS and Windows (PreallocatedBuffersPerPool).
+	MaxBuffers uint32
 }
 
 // NewDeviceWith is NewDevice sized by opts (Warren).

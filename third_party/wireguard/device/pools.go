@@ -10,7 +10,7 @@ import (
 )
 
 type WaitPool struct {
-	pool  sync.Pool
+	pool  *sync.Pool // Warren: may be shared by several WaitPools (sharedPools)
 	cond  sync.Cond
 	lock  sync.Mutex
 	count uint32 // Get calls not yet Put back
@@ -18,7 +18,12 @@ type WaitPool struct {
 }
 
 func NewWaitPool(max uint32, new func() any) *WaitPool {
-	p := &WaitPool{pool: sync.Pool{New: new}, max: max}
+	return newWaitPoolOn(&sync.Pool{New: new}, max)
+}
+
+// newWaitPoolOn counts (and, with max > 0, caps) what is taken from pool (Warren).
+func newWaitPoolOn(pool *sync.Pool, max uint32) *WaitPool {
+	p := &WaitPool{pool: pool, max: max}
 	p.cond = sync.Cond{L: &p.lock}
 	return p
 }
@@ -46,16 +51,19 @@ func (p *WaitPool) Put(x any) {
 	p.cond.Signal()
 }
 
-// Warren: with no preallocation (a WaitPool without a cap), message buffers and queue elements come
-// from pools shared by every device of the process, not one set of pools per device. A device that
-// sends a packet every few seconds (an idle tunnel's keepalive or probe) would otherwise find its
-// own pool emptied by the GC each time and allocate and zero a fresh 64 KiB buffer per packet;
-// shared, the buffers that a thousand such devices pass around stay in use.
-var (
-	sharedMessageBuffers   = NewWaitPool(0, func() any { return new([MaxMessageSize]byte) })
-	sharedInboundElements  = NewWaitPool(0, func() any { return new(QueueInboundElement) })
-	sharedOutboundElements = NewWaitPool(0, func() any { return new(QueueOutboundElement) })
-)
+// Warren: message buffers and queue elements come from pools shared by every device of the
+// process, not one set of pools per device; each device still counts (and with
+// DeviceOptions.MaxBuffers caps) what it holds. A device that sends a packet every few seconds (an
+// idle tunnel's keepalive or probe) would otherwise find its own pool emptied by the GC each time
+// and allocate and zero a fresh buffer per packet; shared, the buffers that a thousand such devices
+// pass around stay in use.
+var sharedPools = struct {
+	messageBuffers, inboundElements, outboundElements sync.Pool
+}{
+	messageBuffers:   sync.Pool{New: func() any { return new([MaxMessageSize]byte) }},
+	inboundElements:  sync.Pool{New: func() any { return new(QueueInboundElement) }},
+	outboundElements: sync.Pool{New: func() any { return new(QueueOutboundElement) }},
+}
 
 func (device *Device) PopulatePools() {
 	device.pool.inboundElementsContainer = NewWaitPool(PreallocatedBuffersPerPool, func() any {
@@ -66,21 +74,13 @@ func (device *Device) PopulatePools() {
 		s := make([]*QueueOutboundElement, 0, device.BatchSize())
 		return &QueueOutboundElementsContainer{elems: s}
 	})
-	if PreallocatedBuffersPerPool == 0 { // Warren: shared (see above)
-		device.pool.messageBuffers = sharedMessageBuffers
-		device.pool.inboundElements = sharedInboundElements
-		device.pool.outboundElements = sharedOutboundElements
-		return
+	max := uint32(PreallocatedBuffersPerPool) // Warren: shared pools, capped per device (above)
+	if device.opts.MaxBuffers > 0 {
+		max = device.opts.MaxBuffers
 	}
-	device.pool.messageBuffers = NewWaitPool(PreallocatedBuffersPerPool, func() any {
-		return new([MaxMessageSize]byte)
-	})
-	device.pool.inboundElements = NewWaitPool(PreallocatedBuffersPerPool, func() any {
-		return new(QueueInboundElement)
-	})
-	device.pool.outboundElements = NewWaitPool(PreallocatedBuffersPerPool, func() any {
-		return new(QueueOutboundElement)
-	})
+	device.pool.messageBuffers = newWaitPoolOn(&sharedPools.messageBuffers, max)
+	device.pool.inboundElements = newWaitPoolOn(&sharedPools.inboundElements, max)
+	device.pool.outboundElements = newWaitPoolOn(&sharedPools.outboundElements, max)
 }
 
 func (device *Device) GetInboundElementsContainer() *QueueInboundElementsContainer {
