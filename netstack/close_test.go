@@ -1,6 +1,7 @@
 package netstack
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -289,6 +290,45 @@ func TestBindIPv6(t *testing.T) {
 	}
 	if got != "xyz" {
 		t.Fatalf("got %q", got)
+	}
+}
+
+// TestBindTruncatesOversizeDatagrams: a datagram longer than the buffer it is read into (the
+// carried wireguard-go's buffers are 9 KiB) is cut to the buffer's length, never reported longer,
+// and the next datagram is read whole.
+func TestBindTruncatesOversizeDatagrams(t *testing.T) {
+	a := NewBind(netip.MustParseAddr("127.0.0.1"))
+	fns, port, err := a.Open(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	ep, err := a.ParseEndpoint(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := bytes.Repeat([]byte{0xab}, 20000)
+	if err := a.Send([][]byte{big, []byte("small")}, ep); err != nil {
+		t.Fatal(err)
+	}
+	bufs := [][]byte{make([]byte, 9216), make([]byte, 9216)}
+	sizes := make([]int, 2)
+	eps := make([]conn.Endpoint, 2)
+	var got []int
+	var last string
+	for len(got) < 2 {
+		_ = a.udp.SetReadDeadline(time.Now().Add(testTimeout))
+		k, err := fns[0](bufs, sizes, eps)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range k {
+			got = append(got, sizes[i])
+			last = string(bufs[i][:sizes[i]])
+		}
+	}
+	if got[0] != 9216 || got[1] != 5 || last != "small" {
+		t.Fatalf("sizes %v, last %q; want [9216 5] and \"small\"", got, last)
 	}
 }
 
