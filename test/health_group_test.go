@@ -13,7 +13,7 @@ import (
 )
 
 // groupSize tunnels share one exit in TestIdleTunnelsShareTheirExitsHealth; with checks every
-// second, the hub probes one of them per second while all idle (each at least every 30 s).
+// second, the hub probes one of them per second while all idle (each at least every 60 s).
 const groupSize = 8
 
 // TestIdleTunnelsShareTheirExitsHealth: the tunnels of one exit are judged together (the health
