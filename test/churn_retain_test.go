@@ -52,23 +52,27 @@ func TestTunnelChurnRetainsNothing(t *testing.T) {
 }
 
 // restingFor waits, within limit, until goroutines, descriptors and netstacks have not changed and
-// the live heap has moved less than 64 KiB for stable, and returns the last look. It looks every
-// 200 ms (each look runs two GCs).
+// the live heap has moved less than 64 KiB for stable, and returns that look with the least live
+// heap and heap in use seen over the stable span: the floor, without what happened to be allocated
+// and not yet collected at one look. It looks every 200 ms (each look runs two GCs).
 func restingFor(tb testing.TB, stable, limit time.Duration) (procStats, int64) {
 	tb.Helper()
 	deadline := time.Now().Add(limit)
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
-	var first procStats
+	var first, floor procStats
 	var firstStacks int64
 	var since time.Time
 	for {
 		now, stacks := sample(tb), netstack.LiveStacks()
 		if since.IsZero() || now.goroutines != first.goroutines || now.fds != first.fds || stacks != firstStacks ||
 			max(now.live, first.live)-min(now.live, first.live) >= 64<<10 {
-			first, firstStacks, since = now, stacks, time.Now()
-		} else if time.Since(since) >= stable {
-			return now, stacks
+			first, floor, firstStacks, since = now, now, stacks, time.Now()
+		} else {
+			floor.live, floor.heap, floor.rss = min(floor.live, now.live), min(floor.heap, now.heap), min(floor.rss, now.rss)
+			if time.Since(since) >= stable {
+				return floor, stacks
+			}
 		}
 		if time.Now().After(deadline) {
 			tb.Fatalf("the process did not rest for %v within %v: last %+v, %d live netstacks", stable, limit, now, stacks)

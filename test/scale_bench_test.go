@@ -28,7 +28,6 @@ import (
 	"time"
 
 	"github.com/warren-tunnel/warren/engine"
-	"github.com/warren-tunnel/warren/internal/testutil"
 )
 
 // procStats is one look at the process.
@@ -201,31 +200,23 @@ func BenchmarkIdleTunnels(b *testing.B) {
 // goroutines and file descriptors left after the last cycle.
 func BenchmarkTunnelChurn(b *testing.B) {
 	const perCycle, cycles = 100, 10
-	// With WARREN_CHURN_SETTLE, what expires on its own (the exit's TIME_WAIT endpoints, 5 s) has
-	// expired at both looks: after the warm-up and after the last cycle.
-	settle, _ := time.ParseDuration(os.Getenv("WARREN_CHURN_SETTLE"))
+	// Both looks are taken once the process has rested this long (WARREN_CHURN_SETTLE, default 6 s:
+	// longer than the exit's TIME_WAIT, 5 s, so that neither counts connections still waiting it out).
+	rest := 6 * time.Second
+	if d, err := time.ParseDuration(os.Getenv("WARREN_CHURN_SETTLE")); err == nil {
+		rest = d
+	}
 	for range b.N {
 		w := newScaleWorld(b, nil)
 		for range cycles { // warm-up as long as the run: see TestTunnelChurnRetainsNothing
 			closeAll(b, w.openMany(b, perCycle, 100))
 		}
-		<-time.After(settle) // the span of the measurement, not a synchronisation
-		base := sample(b)
+		base, _ := restingFor(b, rest, retainSettle+rest)
 		writeHeapProfile(b, "churn-base")
 		for range cycles {
 			closeAll(b, w.openMany(b, perCycle, 100))
 		}
-		// The goroutines of the last closes may still be unwinding: wait for them (an event of the
-		// runtime's, seen by looking), within a bound.
-		var end procStats
-		testutil.Until(30*time.Second, func(context.Context) bool {
-			end = sample(b)
-			return end.goroutines <= base.goroutines
-		})
-		if settle > 0 {
-			<-time.After(settle)
-			end = sample(b)
-		}
+		end, _ := restingFor(b, rest, retainSettle+rest)
 		writeHeapProfile(b, "churn-end")
 		writeGoroutines(b, "churn-goroutines")
 		b.ReportMetric((float64(end.heap)-float64(base.heap))/cycles/1024, "retained-KiB/cycle")
