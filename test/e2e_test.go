@@ -32,6 +32,11 @@ func httpProxyClient(t testing.TB, tun *engine.Tunnel) *http.Client {
 }
 
 func download(c *http.Client, base string, seed uint64, n int64) error {
+	return fetchPayload(c, base, seed, n, func(body io.Reader) error { return testutil.CheckPayload(body, seed, n) })
+}
+
+// fetchPayload asks the payload server at base for Payload(seed, n) and hands a 200's body to check.
+func fetchPayload(c *http.Client, base string, seed uint64, n int64, check func(io.Reader) error) error {
 	resp, err := c.Get(fmt.Sprintf("%s/data?seed=%d&n=%d", base, seed, n))
 	if err != nil {
 		return err
@@ -40,7 +45,7 @@ func download(c *http.Client, base string, seed uint64, n int64) error {
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("status %s", resp.Status)
 	}
-	return testutil.CheckPayload(resp.Body, seed, n)
+	return check(resp.Body)
 }
 
 func upload(c *http.Client, base string, seed uint64, n int64) error {

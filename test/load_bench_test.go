@@ -12,6 +12,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -205,20 +206,14 @@ func BenchmarkSixteenStreams(b *testing.B) {
 
 // fetchChecked downloads Payload(seed, n) and checks its length and sha256 against sum.
 func fetchChecked(c *http.Client, base string, seed uint64, n int64, sum string) error {
-	resp, err := c.Get(fmt.Sprintf("%s/data?seed=%d&n=%d", base, seed, n))
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("status %s", resp.Status)
-	}
-	got, m, err := testutil.Sum(resp.Body)
-	if err != nil {
-		return fmt.Errorf("after %d bytes: %w", m, err)
-	}
-	if m != n || got != sum {
-		return fmt.Errorf("got %d bytes sha256 %s, want %d bytes sha256 %s", m, got, n, sum)
-	}
-	return nil
+	return fetchPayload(c, base, seed, n, func(body io.Reader) error {
+		got, m, err := testutil.Sum(body)
+		if err != nil {
+			return fmt.Errorf("after %d bytes: %w", m, err)
+		}
+		if m != n || got != sum {
+			return fmt.Errorf("got %d bytes sha256 %s, want %d bytes sha256 %s", m, got, n, sum)
+		}
+		return nil
+	})
 }
