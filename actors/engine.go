@@ -10,7 +10,8 @@ package actors
 //	   │          (Shutdown{Force} meanwhile: CloseTunnel again, with no drain, to the tunnels left)
 //	   ├──exit lost──▶ a fresh exit (at most 3 respawns a minute, then given up)
 //	   ├──signaling lost──▶ not replaced (OpenTunnel answers ErrNoSignaling)
-//	   ├──health hub lost──▶ a fresh hub; every tunnel registers its current leg with it
+//	   ├──health hub lost──▶ a fresh hub, every tunnel registers its current leg with it (at most 3
+//	   │                      respawns a minute, none without signaling)
 //	   └──Stopping (Engine.Kill)──▶ killed: its children stop with it, none counted as lost
 //
 // Tunnels go first and drain, so that downloads in flight through this process's own exit finish
@@ -79,13 +80,14 @@ type engineActor struct {
 	starter   *actor.PID                           // waiting for EngineStarted
 	stopper   *actor.PID                           // waiting for ShutdownResponse
 	stats     map[string]*messages.ConnectionStats // by role: "client", "exit"
-	// exitRespawns: when the exit was replaced after stopping unexpectedly, within exitRespawnWindow
-	exitRespawns []time.Time
-	exitServing  bool // the exit said it serves (ExitReady without Err): only then is its stop a loss
-	exitTold     bool // shutting down: the exit was told endWith
+	// exitRespawns, hubRespawns: when the exit or the health hub was replaced after stopping
+	// unexpectedly, within exitRespawnWindow
+	exitRespawns, hubRespawns []time.Time
+	exitServing               bool // the exit said it serves (ExitReady without Err): only then is its stop a loss
+	exitTold                  bool // shutting down: the exit was told endWith
 }
 
-// An exit lost more than exitRespawnLimit times within exitRespawnWindow (timers.go) is not
+// An exit (or health hub) lost more than exitRespawnLimit times within exitRespawnWindow (timers.go) is not
 // replaced again.
 const exitRespawnLimit = 3
 
@@ -210,14 +212,7 @@ func (e *engineActor) running(ctx actor.Context) {
 			}
 			e.exitLost(ctx)
 		case e.hub != nil && m.Who.Equal(e.hub):
-			// It held only registrations and cadences: a fresh one takes over, and every tunnel
-			// registers its current leg with it.
-			e.spawnHub(ctx)
-			for _, pid := range e.tunnels {
-				ctx.Send(pid, &healthHubReplaced{hub: e.hub})
-			}
-			e.cfg.Logger.Error("health hub stopped unexpectedly", "action", "respawned")
-			e.lost(ctx, "health hub", "respawned")
+			e.hubLost(ctx)
 		case e.signaling != nil && m.Who.Equal(e.signaling):
 			e.signaling = nil
 			// Signaling owns the NATS connection and the embedded server, released as it stopped:
@@ -281,24 +276,54 @@ func (e *engineActor) exitLost(ctx actor.Context) {
 		e.lost(ctx, "exit", action)
 		return
 	}
-	now := time.Now()
-	recent := e.exitRespawns[:0]
-	for _, at := range e.exitRespawns {
-		if now.Sub(at) < exitRespawnWindow {
-			recent = append(recent, at)
-		}
-	}
-	e.exitRespawns = recent
-	if len(recent) >= exitRespawnLimit {
-		action := fmt.Sprintf("not replaced: lost %d times within %v", len(recent)+1, exitRespawnWindow)
+	if !mayRespawn(&e.exitRespawns) {
+		action := fmt.Sprintf("not replaced: lost %d times within %v", len(e.exitRespawns)+1, exitRespawnWindow)
 		e.cfg.Logger.Error("exit stopped unexpectedly", "action", action)
 		e.lost(ctx, "exit", action)
 		return
 	}
-	e.exitRespawns = append(e.exitRespawns, now)
 	e.spawnExit(ctx)
 	e.cfg.Logger.Error("exit stopped unexpectedly", "action", "respawned")
 	e.lost(ctx, "exit", "respawned")
+}
+
+// hubLost: the health hub stopped while the engine runs (it panicked). It held only registrations
+// and cadences: a fresh one takes over and every tunnel registers its current leg with it — unless
+// signaling is gone too (nothing to ping with) or hubs were lost too often.
+func (e *engineActor) hubLost(ctx actor.Context) {
+	e.hub = nil
+	action := "respawned"
+	switch {
+	case e.signaling == nil:
+		action = "not replaced: no signaling"
+	case !mayRespawn(&e.hubRespawns):
+		action = fmt.Sprintf("not replaced: lost %d times within %v", len(e.hubRespawns)+1, exitRespawnWindow)
+	default:
+		e.spawnHub(ctx)
+		for _, pid := range e.tunnels {
+			ctx.Send(pid, &healthHubReplaced{hub: e.hub})
+		}
+	}
+	e.cfg.Logger.Error("health hub stopped unexpectedly", "action", action)
+	e.lost(ctx, "health hub", action)
+}
+
+// mayRespawn forgets the respawns older than exitRespawnWindow and, if fewer than exitRespawnLimit
+// remain, records one now.
+func mayRespawn(times *[]time.Time) bool {
+	now := time.Now()
+	recent := (*times)[:0]
+	for _, at := range *times {
+		if now.Sub(at) < exitRespawnWindow {
+			recent = append(recent, at)
+		}
+	}
+	*times = recent
+	if len(recent) >= exitRespawnLimit {
+		return false
+	}
+	*times = append(*times, now)
+	return true
 }
 
 func (e *engineActor) lost(ctx actor.Context, child, action string) {

@@ -89,6 +89,7 @@ type watched struct {
 	failures  int
 	urgent    bool // this round: a suspect, or it sent and heard nothing
 	probing   bool
+	round     int                // of the probe in flight
 	cancel    context.CancelFunc // of the probe in flight
 	lastProbe time.Time
 	sigFails  int
@@ -123,6 +124,7 @@ type healthHub struct {
 	groups    map[groupKey]*pathGroup
 	watchers  map[string]*watched // by watcher PID id
 	pings     map[*pingSessions]*pingRound
+	natsEpoch int                // bumped on every disconnect: a ping sent before one does not count after it
 	ctx       context.Context    // parent of every probe; cancelled in Stopping
 	cancel    context.CancelFunc //
 	probes    sync.WaitGroup     // the probe goroutines
@@ -147,12 +149,14 @@ func (h *healthHub) Receive(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *actor.Started:
 		h.ctx, h.cancel = context.WithCancel(context.Background())
-		ctx.Send(h.signaling, &watchNATS{pid: ctx.Self()})
+		if h.signaling != nil {
+			ctx.Send(h.signaling, &watchNATS{pid: ctx.Self()})
+		}
 	case *watchLeg:
 		h.watch(ctx, m)
 	case *unwatchLeg:
 		if w := h.watchers[m.watcher.Id]; w != nil {
-			h.drop(w)
+			h.drop(ctx, w)
 		}
 	case *hubTick:
 		if h.live(m.g) {
@@ -169,7 +173,9 @@ func (h *healthHub) Receive(ctx actor.Context) {
 	case *NATSState:
 		h.natsState(ctx, m)
 	case *actor.Stopping:
-		ctx.Send(h.signaling, &unwatchNATS{pid: ctx.Self()})
+		if h.signaling != nil {
+			ctx.Send(h.signaling, &unwatchNATS{pid: ctx.Self()})
+		}
 		for _, g := range h.groups {
 			g.stop()
 		}
@@ -182,9 +188,12 @@ func (h *healthHub) live(g *pathGroup) bool { return h.groups[g.key] == g }
 
 func (h *healthHub) watch(ctx actor.Context, m *watchLeg) {
 	if w := h.watchers[m.watcher.Id]; w != nil {
-		h.drop(w)
+		h.drop(ctx, w)
 	}
 	key := groupKey{exitID: m.exitID, exitIdentity: m.exitIdentity, policy: m.policy}
+	if g := h.groups[key]; g != nil && g.legs[m.sessionID] != nil {
+		h.drop(ctx, g.legs[m.sessionID]) // another watcher's record of the session (it may take the group with it)
+	}
 	g := h.groups[key]
 	if g == nil {
 		g = &pathGroup{key: key, legs: map[string]*watched{}, judged: true}
@@ -195,32 +204,40 @@ func (h *healthHub) watch(ctx actor.Context, m *watchLeg) {
 	// The leg's first handshake probe has just proved its path: it is the last one due.
 	w := &watched{watchLeg: m, group: g, lastProbe: time.Now(), sigOK: m.sigOK}
 	w.lastRx, w.lastTx = m.traffic()
-	if old := g.legs[m.sessionID]; old != nil {
-		h.drop(old)
-	}
 	g.legs[m.sessionID] = w
 	h.watchers[m.watcher.Id] = w
 }
 
-// drop forgets a leg: its probe is cancelled, and its group goes with its last leg.
-func (h *healthHub) drop(w *watched) {
+// drop forgets a leg: its probe is cancelled (and no longer awaited by its round), and its group
+// goes with its last leg, pings in flight included.
+func (h *healthHub) drop(ctx actor.Context, w *watched) {
 	if w.gone {
 		return
 	}
 	w.gone = true
+	g := w.group
 	if w.cancel != nil {
 		w.cancel()
 	}
-	g := w.group
 	if h.watchers[w.watcher.Id] == w {
 		delete(h.watchers, w.watcher.Id)
 	}
 	if g.legs[w.sessionID] == w {
 		delete(g.legs, w.sessionID)
 	}
-	if len(g.legs) == 0 && h.live(g) {
+	if !h.live(g) {
+		return
+	}
+	if len(g.legs) == 0 {
 		g.stop()
+		h.forget(g)
 		delete(h.groups, g.key)
+		return
+	}
+	if w.probing && w.round == g.round && !g.judged {
+		if g.out--; g.out == 0 {
+			h.judge(ctx, g)
+		}
 	}
 }
 
@@ -313,7 +330,7 @@ func (h *healthHub) judge(ctx actor.Context, g *pathGroup) {
 }
 
 func (h *healthHub) probe(ctx actor.Context, g *pathGroup, w *watched) {
-	w.probing = true
+	w.probing, w.round = true, g.round
 	g.out++
 	pctx, cancel := context.WithTimeout(h.ctx, g.key.policy.ProbeTimeout)
 	w.cancel = cancel
@@ -347,7 +364,7 @@ func (h *healthHub) probed(ctx actor.Context, m *hubProbed) {
 		}
 		h.failed(ctx, w, "probe through the tunnel: "+m.err.Error())
 	}
-	if current {
+	if current && h.live(g) {
 		if g.out--; g.out == 0 {
 			h.judge(ctx, g)
 		}
@@ -360,6 +377,6 @@ func (h *healthHub) failed(ctx actor.Context, w *watched, cause string) {
 	if w.failures >= w.policy.Failures {
 		h.verdict(ctx, w, &dataPlaneFailed{sessionID: w.sessionID,
 			cause: fmt.Sprintf("%d data-plane checks failed in a row; last: %s", w.failures, cause)})
-		h.drop(w)
+		h.drop(ctx, w)
 	}
 }

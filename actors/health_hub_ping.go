@@ -8,9 +8,11 @@ package actors
 //	not known (the exit forgot it) ──▶ sessionLost; the leg is dropped
 //	no valid answer               ──▶ sigFails + 1; at policy.SignalingFailures signalingHealth{!ok}
 //
-// nats.go's disconnect counts as SignalingFailures failures at once for every leg; a reconnect
-// pings every group at once. At most one ping round per group is in flight; one that has not been
-// answered within the ping's timeout and pingReplyGrace is given up (its legs fail this ping).
+// nats.go's disconnect counts as SignalingFailures failures at once for every leg, and answers to
+// pings sent before it no longer count; a reconnect pings every group at once. At most one ping
+// round per group is in flight; a ping of it not answered within its timeout and pingReplyGrace is
+// given up (the legs it asked about fail this ping). Without signaling (the engine lost it) every
+// ping fails.
 
 import (
 	"errors"
@@ -24,11 +26,15 @@ import (
 
 // pingRound is one ping of a group in flight.
 type pingRound struct {
-	g   *pathGroup
-	seq int
+	g     *pathGroup
+	seq   int
+	epoch int // h.natsEpoch when it was sent
 }
 
-var errPingUnanswered = errors.New("signaling did not answer the ping")
+var (
+	errPingUnanswered = errors.New("signaling did not answer the ping")
+	errNoSignaling    = errors.New("the engine has no signaling")
+)
 
 func (h *healthHub) ping(ctx actor.Context, g *pathGroup) {
 	p := g.key.policy
@@ -38,9 +44,12 @@ func (h *healthHub) ping(ctx actor.Context, g *pathGroup) {
 		if time.Since(g.pingSince) < p.SignalingTimeout+pingReplyGrace {
 			return // the last round is still within its time
 		}
-		h.forget(g)
-		for _, w := range g.legs {
-			h.signalingResult(ctx, w, errPingUnanswered)
+		for _, req := range h.forget(g) {
+			for _, id := range req.sessionIDs {
+				if w := g.legs[id]; w != nil {
+					h.signalingResult(ctx, w, errPingUnanswered)
+				}
+			}
 		}
 	}
 	g.pingSeq++
@@ -48,7 +57,13 @@ func (h *healthHub) ping(ctx actor.Context, g *pathGroup) {
 	ids := make([]string, 0, min(len(g.legs), messages.MaxPingSessions))
 	send := func() {
 		req := &pingSessions{exitID: g.key.exitID, exitIdentity: g.key.exitIdentity, sessionIDs: ids, timeout: p.SignalingTimeout}
-		h.pings[req] = &pingRound{g: g, seq: g.pingSeq}
+		if h.signaling == nil {
+			for _, id := range ids {
+				h.signalingResult(ctx, g.legs[id], errNoSignaling)
+			}
+			return
+		}
+		h.pings[req] = &pingRound{g: g, seq: g.pingSeq, epoch: h.natsEpoch}
 		g.pinging++
 		ctx.Request(h.signaling, req)
 	}
@@ -64,14 +79,18 @@ func (h *healthHub) ping(ctx actor.Context, g *pathGroup) {
 	}
 }
 
-// forget drops the group's pings in flight: their answers, should they come, are ignored.
-func (h *healthHub) forget(g *pathGroup) {
+// forget drops the group's pings in flight and returns them: their answers, should they come, are
+// ignored.
+func (h *healthHub) forget(g *pathGroup) []*pingSessions {
+	var gone []*pingSessions
 	for req, r := range h.pings {
 		if r.g == g {
 			delete(h.pings, req)
+			gone = append(gone, req)
 		}
 	}
 	g.pinging = 0
+	return gone
 }
 
 func (h *healthHub) pinged(ctx actor.Context, m *pingReply) {
@@ -85,6 +104,9 @@ func (h *healthHub) pinged(ctx actor.Context, m *pingReply) {
 		return
 	}
 	g.pinging--
+	if r.epoch != h.natsEpoch {
+		return // sent before NATS disconnected: it says nothing about signaling now
+	}
 	for _, id := range m.req.sessionIDs {
 		w := g.legs[id]
 		switch {
@@ -95,7 +117,7 @@ func (h *healthHub) pinged(ctx actor.Context, m *pingReply) {
 			h.signalingResult(ctx, w, nil)
 		default:
 			h.verdict(ctx, w, &sessionLost{sessionID: id})
-			h.drop(w) // the tunnel decides what comes next; a new leg is registered afresh
+			h.drop(ctx, w) // the tunnel decides what comes next; a new leg is registered afresh
 		}
 	}
 }
@@ -123,6 +145,9 @@ func (h *healthHub) report(ctx actor.Context, w *watched, ok bool, cause string)
 // natsState: a disconnect fails signaling for every leg at once; a reconnect pings every group now
 // rather than at its next tick.
 func (h *healthHub) natsState(ctx actor.Context, m *NATSState) {
+	if !m.Connected {
+		h.natsEpoch++
+	}
 	for _, g := range h.groups {
 		if !m.Connected {
 			for _, w := range g.legs {

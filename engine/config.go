@@ -220,7 +220,7 @@ type TunnelSpec struct {
 // HealthConfig is a tunnel's health policy (docs/health.md). Zero values take the defaults.
 type HealthConfig struct {
 	Interval          Duration `yaml:"interval"`           // data-plane check period; default 1s
-	ProbeTimeout      Duration `yaml:"probe_timeout"`      // one probe through the tunnel; default 750ms
+	ProbeTimeout      Duration `yaml:"probe_timeout"`      // one probe through the tunnel, shorter than interval; default 750ms (3/4 of an interval of 750ms or less)
 	Failures          int      `yaml:"failures"`           // failed checks in a row before reconnecting; default 3
 	SignalingInterval Duration `yaml:"signaling_interval"` // session ping period; default 2s
 	SignalingTimeout  Duration `yaml:"signaling_timeout"`  // one ping; default 2s
@@ -263,6 +263,14 @@ func (h HealthConfig) resolve(path string) (actors.HealthPolicy, actors.Backoff,
 	}
 	if b.Max < b.Min {
 		return p, b, 0, fieldErr(path+".backoff_max", "%v is below backoff_min %v", b.Max, b.Min)
+	}
+	// A probe is judged within its round: it must end before the next check. Left unset, it is
+	// shortened to three quarters of a short interval.
+	if p.ProbeTimeout >= p.Interval {
+		if h.ProbeTimeout != 0 {
+			return p, b, 0, fieldErr(path+".probe_timeout", "%v not in [10ms, %v): it must be shorter than interval", p.ProbeTimeout, p.Interval)
+		}
+		p.ProbeTimeout = p.Interval * 3 / 4
 	}
 	return p, b, wait, nil
 }

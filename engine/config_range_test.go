@@ -106,6 +106,7 @@ func TestValidateRanges(t *testing.T) {
 		{"tunnels[0].health.interval", tun(func(s *TunnelSpec) { s.Health.Interval = d("-1s") })},
 		{"tunnels[0].health.interval", tun(func(s *TunnelSpec) { s.Health.Interval = 5 })}, // `interval: 5` is 5ns
 		{"tunnels[0].health.probe_timeout", tun(func(s *TunnelSpec) { s.Health.ProbeTimeout = d("2m") })},
+		{"tunnels[0].health.probe_timeout", tun(func(s *TunnelSpec) { s.Health.Interval, s.Health.ProbeTimeout = d("1s"), d("1s") })},
 		{"tunnels[0].health.failures", tun(func(s *TunnelSpec) { s.Health.Failures = -1 })},
 		{"tunnels[0].health.failures", tun(func(s *TunnelSpec) { s.Health.Failures = 101 })},
 		{"tunnels[0].health.signaling_interval", tun(func(s *TunnelSpec) { s.Health.SignalingInterval = d("1h") })},
@@ -149,7 +150,7 @@ func TestValidateRanges(t *testing.T) {
 			s := &c.Tunnels[0]
 			s.HandshakeTimeout, s.ConnectTimeout, s.DrainTimeout, s.Keepalive = d("5m"), d("5m"), d("1h"), 65535
 			s.MaxConnections, s.MaxConnectionsPerSource = 1e6, 1e6
-			s.Health = HealthConfig{Interval: d("1m"), ProbeTimeout: d("1m"), Failures: 100, SignalingInterval: d("5m"),
+			s.Health = HealthConfig{Interval: d("1m"), ProbeTimeout: d("59s"), Failures: 100, SignalingInterval: d("5m"),
 				SignalingTimeout: d("1m"), SignalingFailures: 100, ReconnectWait: d("5m"), BackoffMin: d("1m"), BackoffMax: d("1h")}
 		},
 		"special values": func(c *Config) {
