@@ -22,13 +22,11 @@ package actors
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
-	"strconv"
 	"strings"
 	"time"
 
@@ -95,10 +93,8 @@ type addPeerResponse struct {
 type getPeerStats struct{}
 
 type peerStats struct {
-	rxBytes       int64                   // summed over peers
-	lastHandshake time.Time               // the most recent of any peer
-	rxByPeer      map[signaling.Key]int64 // per peer public key
-	err           error
+	rxByPeer map[signaling.Key]int64 // bytes received, per peer public key
+	err      error
 }
 
 type flowTCP struct{ f *netstack.TCPFlow }
@@ -363,33 +359,9 @@ func wireguardLogger(l *slog.Logger) *device.Logger {
 	return &device.Logger{Verbosef: logf, Errorf: logf}
 }
 
-// readPeerStats parses wireguard-go's IPC dump (a few lines per peer; called about once a second).
+// readPeerStats reads each peer's receive counter (Device.ReceivedByPeer).
 func readPeerStats(dev *device.Device) *peerStats {
-	dump, err := dev.IpcGet()
-	if err != nil {
-		return &peerStats{err: fmt.Errorf("read peer stats: %w", err)}
-	}
 	st := &peerStats{rxByPeer: map[signaling.Key]int64{}}
-	var peer signaling.Key
-	for _, line := range strings.Split(dump, "\n") {
-		k, v, ok := strings.Cut(line, "=")
-		if !ok {
-			continue
-		}
-		switch k {
-		case "public_key":
-			if b, err := hex.DecodeString(v); err == nil && len(b) == len(peer) {
-				copy(peer[:], b)
-			}
-		case "rx_bytes":
-			n, _ := strconv.ParseInt(v, 10, 64)
-			st.rxBytes += n
-			st.rxByPeer[peer] = n
-		case "last_handshake_time_sec":
-			if sec, _ := strconv.ParseInt(v, 10, 64); sec > 0 && time.Unix(sec, 0).After(st.lastHandshake) {
-				st.lastHandshake = time.Unix(sec, 0)
-			}
-		}
-	}
+	dev.ReceivedByPeer(func(key device.NoisePublicKey, rx uint64) { st.rxByPeer[signaling.Key(key)] = int64(rx) })
 	return st
 }

@@ -109,7 +109,6 @@ type pathGroup struct {
 	spared       []*watched // idle legs not probed this round
 	scratch      []*watched
 	pinging      int // pings in flight
-	pingSeq      int
 	pingSince    time.Time
 }
 
@@ -138,11 +137,10 @@ func NewHealthHubProps(signaling *actor.PID, logger *slog.Logger) *actor.Props {
 	})
 }
 
-// hubProbed is a probe's result, for round of the leg's group.
+// hubProbed is a probe's result; the leg records the round it was started in.
 type hubProbed struct {
-	w     *watched
-	round int
-	err   error
+	w   *watched
+	err error
 }
 
 func (h *healthHub) Receive(ctx actor.Context) {
@@ -334,13 +332,13 @@ func (h *healthHub) probe(ctx actor.Context, g *pathGroup, w *watched) {
 	g.out++
 	pctx, cancel := context.WithTimeout(h.ctx, g.key.policy.ProbeTimeout)
 	w.cancel = cancel
-	system, self, round, dialer := ctx.ActorSystem(), ctx.Self(), g.round, w.dialer
+	system, self, dialer := ctx.ActorSystem(), ctx.Self(), w.dialer
 	h.probes.Add(1)
 	go func() {
 		defer h.probes.Done()
 		defer cancel()
 		err := dialer.PingUDP(pctx)
-		system.Root.Send(self, &hubProbed{w: w, round: round, err: err})
+		system.Root.Send(self, &hubProbed{w: w, err: err})
 	}()
 }
 
@@ -352,7 +350,7 @@ func (h *healthHub) probed(ctx actor.Context, m *hubProbed) {
 	g := w.group
 	w.probing, w.cancel, w.lastProbe = false, nil, time.Now()
 	w.lastRx, w.lastTx = w.traffic() // the probe and its reply are not progress: measure from here
-	current := m.round == g.round && !g.judged
+	current := w.round == g.round && !g.judged
 	if m.err == nil {
 		w.failures = 0
 		if current {

@@ -24,10 +24,10 @@ import (
 	"github.com/warren-tunnel/warren/messages"
 )
 
-// pingRound is one ping of a group in flight.
+// pingRound is one ping of a group in flight. All of a group's pings in flight belong to its current
+// round: a round is sent only when none is out, or after the last one was given up (forget).
 type pingRound struct {
 	g     *pathGroup
-	seq   int
 	epoch int // h.natsEpoch when it was sent
 }
 
@@ -52,7 +52,6 @@ func (h *healthHub) ping(ctx actor.Context, g *pathGroup) {
 			}
 		}
 	}
-	g.pingSeq++
 	g.pingSince = time.Now()
 	ids := make([]string, 0, min(len(g.legs), messages.MaxPingSessions))
 	send := func() {
@@ -63,7 +62,7 @@ func (h *healthHub) ping(ctx actor.Context, g *pathGroup) {
 			}
 			return
 		}
-		h.pings[req] = &pingRound{g: g, seq: g.pingSeq, epoch: h.natsEpoch}
+		h.pings[req] = &pingRound{g: g, epoch: h.natsEpoch}
 		g.pinging++
 		ctx.Request(h.signaling, req)
 	}
@@ -100,7 +99,7 @@ func (h *healthHub) pinged(ctx actor.Context, m *pingReply) {
 	}
 	delete(h.pings, m.req)
 	g := r.g
-	if !h.live(g) || r.seq != g.pingSeq {
+	if !h.live(g) {
 		return
 	}
 	g.pinging--

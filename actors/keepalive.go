@@ -19,7 +19,6 @@ package actors
 // being asked to, the tunnel spawns a fresh one (tunnel_health.go).
 
 import (
-	"log/slog"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -69,13 +68,12 @@ type signalingHealth struct {
 
 type keepaliveActor struct {
 	policy HealthPolicy
-	logger *slog.Logger
 	hub    *actor.PID // where the current leg is registered; nil while idle
 	gen    int        // bumped on every monitorLeg/stop: stale verdicts are ignored
 }
 
-func newKeepaliveActor(policy HealthPolicy, logger *slog.Logger) actor.Producer {
-	return func() actor.Actor { return &keepaliveActor{policy: policy, logger: logger} }
+func newKeepaliveActor(policy HealthPolicy) actor.Producer {
+	return func() actor.Actor { return &keepaliveActor{policy: policy} }
 }
 
 func (k *keepaliveActor) Receive(ctx actor.Context) {

@@ -38,7 +38,7 @@ func (t *tunnelActor) children() *TunnelChildren {
 
 // spawnKeepalive starts the keepalive child (in Started, and in place of a lost one).
 func (t *tunnelActor) spawnKeepalive(ctx actor.Context) {
-	t.keepalive = ctx.Spawn(props(newKeepaliveActor(t.cfg.Health, t.cfg.Logger)))
+	t.keepalive = ctx.Spawn(props(newKeepaliveActor(t.cfg.Health)))
 }
 
 // keepaliveLost: the keepalive stopped while the tunnel was not stopping. A fresh one takes over

@@ -277,18 +277,11 @@ func TestForwardBodies(t *testing.T) {
 				t.Fatalf("%d %q", resp.StatusCode, body)
 			}
 		}
-		c.CloseWrite()
-		expectClosed(t, c, br)
-		if err := h.forwarded(t); err != nil {
-			t.Fatal(err)
-		}
 		var want strings.Builder
 		for i := range 3 {
 			fmt.Fprintf(&want, "PUT /p%d HTTP/1.1\r\nHost: %s\r\nContent-Length: 5\r\n\r\nhello", i, host)
 		}
-		if got := o.next(t); got != want.String() {
-			t.Fatalf("origin got %q", got)
-		}
+		finishKeepalive(t, c, br, h, o, want.String())
 		h.result(t)
 	})
 }

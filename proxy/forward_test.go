@@ -96,6 +96,20 @@ func readResp(t testing.TB, br *bufio.Reader, method string) (*http.Response, st
 	return resp, string(b)
 }
 
+// finishKeepalive half-closes the client's side of a keep-alive session: the proxy closes the
+// connection, the forward ends without an error, and the origin received exactly want.
+func finishKeepalive(t testing.TB, c *net.TCPConn, br *bufio.Reader, h *harness, o *recOrigin, want string) {
+	t.Helper()
+	c.CloseWrite()
+	expectClosed(t, c, br)
+	if err := h.forwarded(t); err != nil {
+		t.Fatal(err)
+	}
+	if got := o.next(t); got != want {
+		t.Fatalf("origin got %d bytes, want %d:\n%q", len(got), len(want), got)
+	}
+}
+
 // expectClosed checks the proxy closed the connection: nothing more, then EOF; then the client
 // closes its side too, as clients do.
 func expectClosed(t testing.TB, c *net.TCPConn, br *bufio.Reader) {
@@ -254,18 +268,11 @@ func TestForwardPythonLike100(t *testing.T) {
 					}
 				}
 			}
-			c.CloseWrite()
-			expectClosed(t, c, br)
-			if err := h.forwarded(t); err != nil {
-				t.Fatal(err)
-			}
 			var want strings.Builder
 			for i := range 100 {
 				fmt.Fprintf(&want, "GET /item/%d HTTP/1.1\r\nHost: %s\r\nAccept-Encoding: identity\r\n\r\n", i, host)
 			}
-			if got := o.next(t); got != want.String() {
-				t.Fatalf("origin got %d bytes, want %d:\n%q", len(got), want.Len(), got)
-			}
+			finishKeepalive(t, c, br, h, o, want.String())
 			o.none(t)
 		})
 	}

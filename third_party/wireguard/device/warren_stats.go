@@ -1,7 +1,7 @@
 package device
 
-// Warren: Traffic reads the peers' counters without formatting the IPC dump, for health checks that
-// run every second on every tunnel.
+// Warren: Traffic and ReceivedByPeer read the peers' counters without formatting the IPC dump, for
+// health checks that run every second on every tunnel and an exit's sweep of silent sessions.
 
 // Traffic is the number of bytes received from all peers (rx_bytes in IpcGet, summed) and the
 // number of packets read from the TUN for them: data the device had to send, as opposed to its
@@ -14,4 +14,14 @@ func (device *Device) Traffic() (rxBytes, txPackets uint64) {
 		txPackets += peer.txPackets.Load()
 	}
 	return rxBytes, txPackets
+}
+
+// ReceivedByPeer calls f with each peer's public key and the bytes received from it (rx_bytes in
+// IpcGet). f must not call back into the device.
+func (device *Device) ReceivedByPeer(f func(key NoisePublicKey, rxBytes uint64)) {
+	device.peers.RLock()
+	defer device.peers.RUnlock()
+	for key, peer := range device.peers.keyMap {
+		f(key, peer.rxBytes.Load())
+	}
 }

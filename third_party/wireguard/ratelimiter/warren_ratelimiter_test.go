@@ -46,17 +46,19 @@ func TestSweeperRunsOnlyWithEntries(t *testing.T) {
 	}
 
 	now.Add(int64(2 * garbageCollectTime)) // the entry goes stale
-	deadline := time.Now().Add(10 * time.Second)
-	for sweeping(&rate) {
-		if time.Now().After(deadline) {
-			t.Fatalf("sweeper still running with %d entries", tableLen(&rate))
-		}
-		time.Sleep(50 * time.Millisecond)
+	ended := make(chan struct{})
+	go func() { rate.sweepers.Wait(); close(ended) }() // the sweeper's return is the event
+	select {
+	case <-ended:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("sweeper still running with %d entries", tableLen(&rate))
+	}
+	if sweeping(&rate) {
+		t.Fatal("sweeper returned but is still recorded")
 	}
 	if n := tableLen(&rate); n != 0 {
 		t.Fatalf("sweeper ended with %d entries", n)
 	}
-	rate.sweepers.Wait() // it has returned
 
 	rate.Allow(ip)
 	if !sweeping(&rate) {
