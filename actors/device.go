@@ -82,6 +82,7 @@ type addPeer struct {
 	probe      *netstack.Dialer // client: prove the data plane and report HandshakeCompleted to notify
 	notify     *actor.PID
 	probeLimit time.Duration
+	goodbye    bool // exit: the client hears of the peer's end by a signed goodbye (see peerConfig.goodbye)
 }
 
 type addPeerResponse struct {
@@ -328,7 +329,7 @@ func (d *deviceActor) addPeer(ctx actor.Context, m *addPeer) (*actor.PID, error)
 		dev: d.dev, publicKey: m.publicKey, sessionID: m.sessionID, owner: d.cfg.owner,
 		probe: m.probe, probeLimit: m.probeLimit, notify: m.notify, logger: d.cfg.logger,
 		egress: d.cfg.egress, conn: d.cfg.conn, udpIdle: d.cfg.udpIdle, maxConns: d.cfg.maxConns,
-		events: d.cfg.events,
+		events: d.cfg.events, goodbye: m.goodbye,
 	})))
 	ctx.Watch(pid)
 	for _, p := range m.allowedIPs {

@@ -330,6 +330,7 @@ func (e *exitActor) grant(ctx actor.Context, req *messages.SessionRequest) {
 	e.keys[key] = req.SessionID
 	f := ctx.RequestFuture(e.device, &addPeer{
 		publicKey: key, allowedIPs: []netip.Prefix{netip.PrefixFrom(addr, addr.BitLen())}, sessionID: req.SessionID,
+		goodbye: true,
 	}, addPeerWait)
 	reenter(ctx, f, func(res any, err error) {
 		goneAlready := e.pending[req.SessionID].gone

@@ -6,7 +6,8 @@ package actors
 //
 //	Started ──(client) probe ok──▶ HandshakeCompleted to notify
 //	   │        probe failed ────▶ probeFailed to notify
-//	running ──endWith(why)──▶ ending: endWith(why) to every connection; flows refused
+//	running ──endWith(why)──▶ ending: (a client session: the WireGuard peer removed first)
+//	                            endWith(why) to every connection; flows refused
 //	                            ──all terminated, or childrenEndWait──▶ stop
 //	Stopping: cancel the probe and wait; remove the peer from the device; children (flows) stop.
 //
@@ -44,6 +45,13 @@ type peerConfig struct {
 	udpIdle  time.Duration
 	maxConns int // flows at once; 0 unlimited
 	events   *actor.PID
+
+	// goodbye: a client session on the exit, told of the exit's end by a signed goodbye. Told
+	// endWith, the peer leaves the WireGuard device before its connections end, so that their
+	// resets cannot reach the client ahead of the goodbye: the client's connections then end with
+	// tunnel_closed, not with a reset that raced it. A static peer has no goodbye: it keeps its
+	// resets, its only news of the end.
+	goodbye bool
 }
 
 // probeFailed: the data plane could not be proven within the limit.
@@ -67,6 +75,7 @@ type peerActor struct {
 	nextConn uint64
 	active   int  // connection children
 	stopping bool // set on endWith or in Stopping: flows that still arrive are refused, not spawned
+	removed  bool // the WireGuard peer is gone from the device (goodbye on endWith, or Stopping)
 }
 
 func newPeerActor(cfg peerConfig) actor.Producer {
@@ -139,6 +148,9 @@ func (p *peerActor) running(ctx actor.Context) {
 			return
 		}
 		p.stopping, p.endWhy = true, m.why
+		if p.cfg.goodbye {
+			p.removePeer()
+		}
 		p.endT = endChildren(ctx, m.why, ctx.Children())
 		p.behavior.Become(p.ending)
 		stopWhenEnded(ctx, p.cfg.logger, len(ctx.Children()), false)
@@ -149,9 +161,18 @@ func (p *peerActor) running(ctx actor.Context) {
 			p.cancel()
 		}
 		p.wg.Wait()
-		if err := p.cfg.dev.IpcSet(fmt.Sprintf("public_key=%s\nremove=true\n", p.cfg.publicKey.Hex())); err != nil {
-			p.cfg.logger.Debug("remove peer", "session", p.cfg.sessionID, "err", err)
-		}
+		p.removePeer()
+	}
+}
+
+// removePeer takes the WireGuard peer off the device, once.
+func (p *peerActor) removePeer() {
+	if p.removed {
+		return
+	}
+	p.removed = true
+	if err := p.cfg.dev.IpcSet(fmt.Sprintf("public_key=%s\nremove=true\n", p.cfg.publicKey.Hex())); err != nil {
+		p.cfg.logger.Debug("remove peer", "session", p.cfg.sessionID, "err", err)
 	}
 }
 
