@@ -84,8 +84,12 @@ type TunnelConfig struct {
 	Signaling         *actor.PID
 	Hub               *actor.PID // the engine's health hub (health_hub.go)
 	Events            *actor.PID
-	Logger            *slog.Logger
-	ReplyTo           *actor.PID // hears one messages.OpenTunnelResponse
+	// Steer, if set, steers the tunnel (a pool slot): it hears every TunnelStateChanged of the
+	// tunnel and a messages.TunnelExitDraining when the current exit drains, and moves the tunnel
+	// itself (SwitchTunnel). Unset, a tunnel whose exit drains moves itself to its next exit.
+	Steer   *actor.PID
+	Logger  *slog.Logger
+	ReplyTo *actor.PID // hears one messages.OpenTunnelResponse
 }
 
 type connAccepted struct {

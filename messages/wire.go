@@ -109,6 +109,7 @@ const (
 	ErrCodeUnavailable = "unavailable" // the exit is starting, shutting down, or its queue is full: retry
 	ErrCodeLimited     = "limited"     // an admission limit of the exit (sessions or requests per client)
 	ErrCodeReplayed    = "replayed"    // a request the exit has already seen
+	ErrCodeDraining    = "draining"    // the exit drains: it admits no session; the client tries another exit
 )
 
 // ErrorResponse answers a request that was refused. It changes no state on either side. A refusal
@@ -127,4 +128,72 @@ type ErrorResponse struct {
 	Signer      string `json:"signer,omitempty"`
 	Timestamp   int64  `json:"ts,omitempty"`
 	Signature   string `json:"sig,omitempty"`
+}
+
+// Exit discovery and drain (docs/pool.md). Exits announce themselves on signaling.AnnounceSubject
+// at their cadence; a client that starts asks on signaling.DiscoverSubject and every exit answers
+// with a fresh announcement. A draining exit tells each of its clients with SessionDraining.
+const (
+	TypeExitAnnouncement = "exit.announcement"
+	TypeExitsDiscover    = "exits.discover"
+	TypeSessionDraining  = "session.draining"
+)
+
+// States an exit announces.
+const (
+	ExitServing  = "serving"  // admits sessions
+	ExitDraining = "draining" // admits none; its flows go on until its drain timeout
+	ExitLeaving  = "leaving"  // its last word: the exit is gone (a goodbye to the directory)
+)
+
+// Limits of an announcement's free-form fields (signaling validates them).
+const (
+	MaxExitLabels     = 16
+	MaxLabelKey       = 32
+	MaxLabelValue     = 64
+	MaxExitVersionLen = 64
+)
+
+// ExitLoad is what an exit carries when it announces.
+type ExitLoad struct {
+	Sessions int `json:"sessions"` // client sessions held
+	Flows    int `json:"flows"`    // forwarded connections open
+}
+
+// ExitAnnouncement is an exit's signed statement of itself: who it is, where, with what labels,
+// how loaded, and whether it admits sessions. The directory of a client engine keeps the newest one
+// per exit (by Timestamp: an older one, replayed, changes nothing) and forgets an exit that misses
+// three of its IntervalMS, says it is leaving, or fails verification. Signed by Identity.
+type ExitAnnouncement struct {
+	ExitID      string            `json:"exit_id"`
+	Identity    string            `json:"identity"`         // the exit's ed25519 identity: it signs this, its responses and goodbyes
+	Certificate string            `json:"cert,omitempty"`   // the exit's operator certificate, if it has one
+	Endpoint    string            `json:"endpoint"`         // its WireGuard UDP endpoint, ip:port
+	Labels      map[string]string `json:"labels,omitempty"` // from its configuration, e.g. region: eu
+	Capacity    int               `json:"capacity"`         // client sessions it can hold at once (its free tunnel addresses and held sessions)
+	Load        ExitLoad          `json:"load"`
+	State       string            `json:"state"`       // ExitServing, ExitDraining or ExitLeaving
+	Version     string            `json:"version"`     // the exit's software version
+	IntervalMS  int64             `json:"interval_ms"` // its cadence: the next announcement is due within this
+	Timestamp   int64             `json:"ts"`
+	Signature   string            `json:"sig"`
+}
+
+// ExitsDiscover asks every exit for a fresh announcement, sent to the request's reply subject. It
+// changes no state; exits answer a bounded number of them per second.
+type ExitsDiscover struct {
+	Nonce string `json:"nonce"` // 32 hex characters
+}
+
+// SessionDraining tells a client that the exit of its session drains: the exit admits no new
+// session and ends the session's flows within DrainMS; the client should move its tunnel to another
+// exit (make-before-break) and let its connections finish here. Sent by the exit to the client's
+// events subject, signed by the exit identity that granted the session.
+type SessionDraining struct {
+	SessionID string `json:"session_id"`
+	ExitID    string `json:"exit_id"`
+	DrainMS   int64  `json:"drain_ms"` // until the exit ends the session's remaining flows
+	Signer    string `json:"signer"`
+	Timestamp int64  `json:"ts"`
+	Signature string `json:"sig"`
 }

@@ -104,6 +104,12 @@ func Decode(data []byte) (any, error) {
 		body = new(messages.SessionsPong)
 	case messages.TypeError:
 		body = new(messages.ErrorResponse)
+	case messages.TypeExitAnnouncement:
+		body = new(messages.ExitAnnouncement)
+	case messages.TypeExitsDiscover:
+		body = new(messages.ExitsDiscover)
+	case messages.TypeSessionDraining:
+		body = new(messages.SessionDraining)
 	default:
 		return nil, wireErr(messages.ErrCodeUnknownType, ErrUnknownType, "type %q", truncate(env.Type, 64))
 	}

@@ -23,3 +23,10 @@ func ExitSubject(exitID string) string { return SubjectPrefix + ".exit." + exitI
 
 // ClientSubject is where a client with identity clientID hears from exits (goodbyes).
 func ClientSubject(clientID string) string { return SubjectPrefix + ".client." + clientID + ".events" }
+
+// AnnounceSubject is where every exit publishes its ExitAnnouncement (a broadcast).
+const AnnounceSubject = SubjectPrefix + ".exits.announce"
+
+// DiscoverSubject is where a client asks every exit for a fresh announcement (ExitsDiscover; each
+// exit answers to the reply subject).
+const DiscoverSubject = SubjectPrefix + ".exits.discover"

@@ -87,6 +87,12 @@ func Validate(m any) error {
 		}
 		return firstErr(validSessionID(m.SessionID), ValidID(m.ExitID), validClientID(m.ClientID), validClientID(m.Signer),
 			positive("ts", m.Timestamp), validSignature(m.Signature), validCertField(m.Certificate))
+	case *messages.ExitAnnouncement:
+		return validateAnnouncement(m)
+	case *messages.ExitsDiscover:
+		return validNonce(m.Nonce)
+	case *messages.SessionDraining:
+		return validateDraining(m)
 	default:
 		return fmt.Errorf("%T: %w", m, ErrUnknownType)
 	}
