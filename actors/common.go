@@ -128,7 +128,8 @@ func orDiscard(l *slog.Logger) *slog.Logger {
 // isEvent reports whether m is an event for the embedding program (messages package events).
 func isEvent(m any) bool {
 	switch m.(type) {
-	case *messages.TunnelStateChanged, *messages.SessionOpened, *messages.SessionClosed, *messages.ChildLost, *messages.ActorPanicked:
+	case *messages.TunnelStateChanged, *messages.SessionOpened, *messages.SessionClosed, *messages.ChildLost, *messages.ActorPanicked,
+		*messages.SlotStateChanged:
 		return true
 	}
 	return false
@@ -162,3 +163,11 @@ func truncateUTF8(s string, n int) string {
 	}
 	return s[:n]
 }
+
+// NewProps is props for actors layered on the engine (pool/): a child that panics is stopped, never
+// restarted, and the panic is logged with its stack.
+func NewProps(producer actor.Producer) *actor.Props { return props(producer) }
+
+// Reenter is reenter for actors layered on the engine: ctx.ReenterAfter whose continuation's panic
+// is logged before it reaches the supervisor.
+func Reenter(ctx actor.Context, f *actor.Future, cont func(res any, err error)) { reenter(ctx, f, cont) }

@@ -3,7 +3,8 @@ package actors
 // The engine actor is the root supervisor: it spawns the signaling actor, the exit (if any) and the
 // tunnels, hands their events to the embedding program, and shuts them down in order.
 //
-//	running ──Shutdown──▶ shuttingDown: CloseTunnel to every tunnel ──all terminated──▶
+//	running ──Shutdown──▶ shuttingDown: ReleaseTunnels to layered children (pools), CloseTunnel to every
+//	   │          tunnel ──all terminated──▶
 //	   │          health hub stopped ──terminated──▶
 //	   │          endWith(engine_shutdown) to the exit ──terminated──▶ signaling poisoned
 //	   │          ──terminated──▶ ShutdownResponse
@@ -60,6 +61,29 @@ type TunnelSpawned struct {
 	Err error
 }
 
+// SpawnChild starts an actor layered on the engine (a pool) as the engine actor's child; the reply
+// is *ChildSpawned. The engine stops such children first when it shuts down, before it closes the
+// tunnels (which the child opened through OpenTunnel and which stay the engine's), so that nothing
+// reopens what the shutdown closes.
+type SpawnChild struct {
+	Props *actor.Props
+	Name  string // its role, for logs and ChildLost
+}
+
+// ReleaseTunnels tells a child started with SpawnChild that the engine shuts down and closes every
+// tunnel itself (with their drains): the child lets go of the tunnels it opened without closing
+// them, and stops. The engine moves on at its Terminated.
+type ReleaseTunnels struct{}
+
+// ChildSpawned answers SpawnChild.
+type ChildSpawned struct {
+	PID *actor.PID
+	Err error
+}
+
+// ErrShuttingDown: the engine is shutting down and starts nothing new.
+var ErrShuttingDown = errors.New("engine is shutting down")
+
 // ErrNoSignaling: the engine lost its signaling actor and can negotiate nothing any more.
 var ErrNoSignaling = errors.New("engine has no signaling (lost): restart it")
 
@@ -77,6 +101,7 @@ type engineActor struct {
 	hub       *actor.PID // the health hub; replaced if lost, stopped after the tunnels
 	exit      *actor.PID
 	tunnels   map[string]*actor.PID
+	layered   map[string]*actor.PID                // children started with SpawnChild, by PID id; stopped first in shutdown
 	starter   *actor.PID                           // waiting for EngineStarted
 	stopper   *actor.PID                           // waiting for ShutdownResponse
 	stats     map[string]*messages.ConnectionStats // by role: "client", "exit"
@@ -113,7 +138,7 @@ func NewEngineProps(cfg EngineConfig) *actor.Props {
 	cfg.Logger = orDiscard(cfg.Logger)
 	// A root actor is supervised by its guardian; the default one would restart the engine.
 	return props(func() actor.Actor {
-		e := &engineActor{cfg: cfg, behavior: actor.NewBehavior(), tunnels: map[string]*actor.PID{},
+		e := &engineActor{cfg: cfg, behavior: actor.NewBehavior(), tunnels: map[string]*actor.PID{}, layered: map[string]*actor.PID{},
 			stats: map[string]*messages.ConnectionStats{}}
 		e.behavior.Become(e.running)
 		return e
@@ -202,8 +227,21 @@ func (e *engineActor) running(ctx actor.Context) {
 		ctx.Watch(pid)
 		e.tunnels[pid.Id] = pid
 		ctx.Respond(&TunnelSpawned{PID: pid})
+	case *SpawnChild:
+		pid, err := ctx.SpawnNamed(m.Props, m.Name)
+		if err != nil {
+			ctx.Respond(&ChildSpawned{Err: fmt.Errorf("spawn %s: %w", m.Name, err)})
+			return
+		}
+		ctx.Watch(pid)
+		e.layered[pid.Id] = pid
+		ctx.Respond(&ChildSpawned{PID: pid})
 	case *actor.Terminated:
 		delete(e.tunnels, m.Who.Id)
+		if _, ok := e.layered[m.Who.Id]; ok {
+			delete(e.layered, m.Who.Id) // closed by its owner, or stopped by its supervisor (ActorPanicked says so)
+			return
+		}
 		switch {
 		case e.exit != nil && m.Who.Equal(e.exit):
 			if !e.exitServing {
@@ -224,6 +262,9 @@ func (e *engineActor) running(ctx actor.Context) {
 	case *Shutdown:
 		e.stopper = ctx.Sender()
 		e.behavior.Become(e.shuttingDown)
+		for _, pid := range e.layered {
+			ctx.Send(pid, &ReleaseTunnels{}) // a pool stops steering; its tunnels drain with the others
+		}
 		for _, pid := range e.tunnels {
 			// Each tunnel drains (its proxies refuse new connections, active ones may finish within
 			// its drain timeout), says goodbye, and stops; Terminated moves shutdown on.
@@ -237,6 +278,7 @@ func (e *engineActor) shuttingDown(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *actor.Terminated:
 		delete(e.tunnels, m.Who.Id)
+		delete(e.layered, m.Who.Id)
 		switch {
 		case e.exit != nil && m.Who.Equal(e.exit):
 			e.exit = nil
@@ -247,7 +289,9 @@ func (e *engineActor) shuttingDown(ctx actor.Context) {
 		}
 		e.advance(ctx)
 	case *OpenTunnel:
-		ctx.Respond(&TunnelSpawned{})
+		ctx.Respond(&TunnelSpawned{Err: ErrShuttingDown})
+	case *SpawnChild:
+		ctx.Respond(&ChildSpawned{Err: ErrShuttingDown})
 	case *Shutdown:
 		if m.Force {
 			// The graceful part ran out of time: close what is left now, with no drain, still in
@@ -352,7 +396,7 @@ func (e *engineActor) spawnExit(ctx actor.Context) {
 // advance moves shutdown to its next phase once the current one has finished.
 func (e *engineActor) advance(ctx actor.Context) {
 	switch {
-	case len(e.tunnels) > 0:
+	case len(e.tunnels) > 0, len(e.layered) > 0:
 	case e.hub != nil:
 		ctx.Stop(e.hub) // it owns only cadences and probes; with the tunnels gone it watches nothing
 	case e.exit != nil:

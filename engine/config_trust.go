@@ -15,6 +15,10 @@ import (
 // one else on it.
 func (n NATSConfig) shared() bool { return len(n.URLs) > 0 || n.EmbeddedListen != "" }
 
+// Shared reports whether other engines may reach this bus (nats.urls, or an embedded server with a
+// listener): then trust decides which exits answer.
+func (n NATSConfig) Shared() bool { return n.shared() }
+
 func (t TrustConfig) validate(identity string) error {
 	for i, op := range t.Operators {
 		if err := signaling.ValidIdentity(op); err != nil {

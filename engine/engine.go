@@ -53,6 +53,9 @@ const (
 	// EventActorPanicked: an actor panicked and was stopped by its supervisor (Actor is its PID,
 	// Cause the panic). Counted by ActorPanics.
 	EventActorPanicked EventKind = "actor_panicked"
+	// EventSlotState: a pool slot changed state (Pool, Slot, SlotFrom, SlotTo; Exit is the exit it
+	// is on or moving to, Tunnel its tunnel).
+	EventSlotState EventKind = "slot_state"
 )
 
 // Event is something that happened in the engine.
@@ -66,6 +69,10 @@ type Event struct {
 	Session  string
 	Client   string
 	Actor    string // EventChildLost, EventActorPanicked
+	Pool     string // EventSlotState
+	Slot     int
+	SlotFrom messages.SlotState
+	SlotTo   messages.SlotState
 }
 
 // ExitInfo describes this engine's exit once it serves.
@@ -403,6 +410,8 @@ func (e *Engine) sink(m any) {
 		ev.Kind, ev.Tunnel, ev.Actor, ev.Cause, ev.Time = EventChildLost, m.TunnelID, m.Parent+"/"+m.Child, m.Action, m.At
 	case *messages.ActorPanicked:
 		ev.Kind, ev.Actor, ev.Cause, ev.Time = EventActorPanicked, m.Actor, m.Reason, m.At
+	case *messages.SlotStateChanged:
+		ev = slotEvent(m)
 	default:
 		return
 	}

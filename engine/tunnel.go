@@ -11,7 +11,6 @@ import (
 
 	"github.com/warren-tunnel/warren/actors"
 	"github.com/warren-tunnel/warren/messages"
-	"github.com/warren-tunnel/warren/signaling"
 )
 
 // TunnelInfo describes a tunnel at one moment.
@@ -45,54 +44,42 @@ func (e *Engine) OpenTunnel(ctx context.Context, spec TunnelSpec) (*Tunnel, erro
 		return nil, ErrEngineClosed
 	default:
 	}
-	r, err := spec.resolve("tunnel", 0)
+	cfg, err := e.tunnelConfig(spec, "tunnel")
 	if err != nil {
 		return nil, err
 	}
-	if err := e.cfg.checkTunnelTrust(&spec, "tunnel"); err != nil {
-		return nil, err
-	}
-	if spec.Name == "" {
-		r.name = "tunnel-" + randomHex(4)
-	}
-	limit := r.handshakeTimeout
+	limit := cfg.HandshakeTimeout
 	if d := untilDeadline(ctx, limit); d < limit {
 		limit = d
 	}
-	openDeadline, _ := ctx.Deadline()
+	cfg.OpenDeadline, _ = ctx.Deadline()
 	up := actor.NewFuture(e.system, limit+time.Second)
-	cfg := actors.TunnelConfig{ID: r.name, ExitID: spec.Exit, SOCKSAddr: spec.SOCKS, HTTPAddr: spec.HTTP,
-		UDPBind: r.udpBind, HandshakeTimeout: r.handshakeTimeout, OpenDeadline: openDeadline, Conn: r.limits.timeouts(r.connectTimeout), Keepalive: r.keepalive,
-		MaxConns: r.maxConns, MaxConnsPerSource: spec.MaxConnectionsPerSource,
-		MaxHandshakes: r.handshake.maxPending, ProxyOpts: r.handshake.options(),
-		DrainTimeout: orDuration(spec.DrainTimeout, DefaultDrainTimeout),
-		Exits:        spec.Exits, Health: r.health, Backoff: r.backoff, ReconnectWait: r.reconnectWait,
-		Identity: e.identity, ReplyTo: up.PID(), Certificate: e.cfg.Trust.Certificate,
-		Trust: signaling.ExitTrust{Pins: spec.Pins, Operators: e.cfg.Trust.Operators,
-			// On a private bus (embedded server, no listener) no one else can answer.
-			AnyExit: e.cfg.Trust.AnyExit || !e.cfg.NATS.shared()}}
+	cfg.ReplyTo = up.PID()
 	res, err := e.system.Root.RequestFuture(e.pid, &actors.OpenTunnel{Config: cfg}, 5*time.Second).Result()
 	if err != nil {
 		return nil, fmt.Errorf("open tunnel: %w", err)
 	}
 	spawned, _ := res.(*actors.TunnelSpawned)
+	if spawned != nil && errors.Is(spawned.Err, actors.ErrShuttingDown) {
+		return nil, ErrEngineClosed
+	}
 	if spawned != nil && spawned.Err != nil {
-		return nil, fmt.Errorf("open tunnel %s: %w", r.name, spawned.Err)
+		return nil, fmt.Errorf("open tunnel %s: %w", cfg.ID, spawned.Err)
 	}
 	if spawned == nil || spawned.PID == nil {
 		return nil, ErrEngineClosed
 	}
 	res, err = await(ctx, up)
 	if err != nil { // the tunnel did not answer in time: close it and wait until it has released everything
-		_ = (&Tunnel{e: e, pid: spawned.PID, info: TunnelInfo{ID: r.name}}).Close(context.Background(), WithDrainTimeout(0))
+		_ = (&Tunnel{e: e, pid: spawned.PID, info: TunnelInfo{ID: cfg.ID}}).Close(context.Background(), WithDrainTimeout(0))
 		if ctx.Err() != nil {
-			return nil, fmt.Errorf("open tunnel %s: %w", r.name, ctx.Err())
+			return nil, fmt.Errorf("open tunnel %s: %w", cfg.ID, ctx.Err())
 		}
-		return nil, fmt.Errorf("open tunnel %s: %w: %w", r.name, ErrHandshakeTimeout, err)
+		return nil, fmt.Errorf("open tunnel %s: %w: %w", cfg.ID, ErrHandshakeTimeout, err)
 	}
 	resp := res.(*messages.OpenTunnelResponse)
 	if resp.Err != nil { // sent once the failed tunnel has released everything
-		return nil, fmt.Errorf("open tunnel %s: %w", r.name, resp.Err)
+		return nil, fmt.Errorf("open tunnel %s: %w", cfg.ID, resp.Err)
 	}
 	return &Tunnel{e: e, pid: spawned.PID, info: resp.Info}, nil
 }

@@ -17,6 +17,8 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/warren-tunnel/warren/engine"
+	"github.com/warren-tunnel/warren/messages"
+	"github.com/warren-tunnel/warren/pool"
 	"github.com/warren-tunnel/warren/signaling"
 )
 
@@ -41,7 +43,7 @@ func demo(args []string) int {
 		},
 		Tunnels: []engine.TunnelSpec{{Name: "demo", Exit: "demo-exit", SOCKS: *socks, HTTP: *httpAddr, UDPBind: "127.0.0.1"}},
 	}
-	return serve(cfg)
+	return serve(runConfig{Config: cfg})
 }
 
 func run(args []string) int {
@@ -62,8 +64,29 @@ func run(args []string) int {
 	return serve(cfg)
 }
 
-func loadConfig(path string) (engine.Config, error) {
-	var cfg engine.Config
+// runConfig is the file `engine run` reads: the engine's configuration and, optionally, a pool.
+type runConfig struct {
+	engine.Config `yaml:",inline"`
+	Pool          *pool.Config `yaml:"pool"`
+}
+
+func (c *runConfig) validate() error {
+	if err := c.Config.Validate(); err != nil {
+		return err
+	}
+	if c.Pool != nil {
+		if err := c.Pool.Validate(); err != nil {
+			return err
+		}
+		if c.NATS.Shared() && !c.Trust.AnyExit && len(c.Trust.Operators) == 0 {
+			return &engine.FieldError{Field: "trust.operators", Err: errors.New("a pool on a shared NATS bus takes exits from the directory: trust operators that certify them, or set trust.any_exit")}
+		}
+	}
+	return nil
+}
+
+func loadConfig(path string) (runConfig, error) {
+	var cfg runConfig
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return cfg, err
@@ -73,19 +96,20 @@ func loadConfig(path string) (engine.Config, error) {
 	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
 		return cfg, fmt.Errorf("%s: %w", path, err)
 	}
-	if err := cfg.Validate(); err != nil {
+	if err := cfg.validate(); err != nil {
 		return cfg, fmt.Errorf("%s: %w", path, err)
 	}
-	if cfg.Exit == nil && len(cfg.Tunnels) == 0 {
-		return cfg, fmt.Errorf("%s: config: exit: nothing to run: configure an exit, tunnels, or both", path)
+	if cfg.Exit == nil && len(cfg.Tunnels) == 0 && cfg.Pool == nil {
+		return cfg, fmt.Errorf("%s: config: exit: nothing to run: configure an exit, tunnels, a pool, or some of them", path)
 	}
 	return cfg, nil
 }
 
 // serve starts the engine and its tunnels, prints the ready line, and shuts down on a signal: the
 // first SIGINT or SIGTERM gracefully, a second at once.
-func serve(cfg engine.Config) int {
-	if err := cfg.Validate(); err != nil {
+func serve(rc runConfig) int {
+	cfg := rc.Config
+	if err := rc.validate(); err != nil {
 		fmt.Fprintf(os.Stderr, "engine: %v\n", err)
 		return exitUsage
 	}
@@ -107,7 +131,7 @@ func serve(cfg engine.Config) int {
 	startCtx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	startErr := make(chan error, 1)
-	go func() { startErr <- start(startCtx, eng, cfg) }()
+	go func() { startErr <- start(startCtx, eng, rc) }()
 	select {
 	case err := <-startErr:
 		if err != nil {
@@ -131,7 +155,8 @@ func serve(cfg engine.Config) int {
 	return shutdown(eng, sigs)
 }
 
-func start(ctx context.Context, eng *engine.Engine, cfg engine.Config) error {
+func start(ctx context.Context, eng *engine.Engine, rc runConfig) error {
+	cfg := rc.Config
 	if err := eng.Start(ctx); err != nil {
 		return err
 	}
@@ -162,6 +187,29 @@ func start(ctx context.Context, eng *engine.Engine, cfg engine.Config) error {
 		}
 		if a := t.HTTPAddr(); a != "" {
 			line += fmt.Sprintf(" http=%s", a)
+		}
+	}
+	if rc.Pool != nil {
+		p, err := pool.Open(ctx, eng, *rc.Pool)
+		if err != nil {
+			return err
+		}
+		slots, err := p.Slots(ctx)
+		if err != nil {
+			return err
+		}
+		up := 0
+		for _, s := range slots {
+			if s.State == messages.SlotUp {
+				up++
+			}
+		}
+		line += fmt.Sprintf(" pool=%s slots=%d up=%d", p.Name(), len(slots), up)
+		if r := p.SOCKSPorts(); r.Count > 0 {
+			line += " pool_socks5=" + r.String()
+		}
+		if r := p.HTTPPorts(); r.Count > 0 {
+			line += " pool_http=" + r.String()
 		}
 	}
 	fmt.Println(line)

@@ -1,0 +1,343 @@
+package pool
+
+// The slot actor holds one of its pool's fixed ports (SOCKS5, and HTTP if configured) with one
+// tunnel behind them, on the exit its pool chose. It opens, moves and replaces that tunnel as the
+// pool says (place), steers it (TunnelConfig.Steer: it hears the tunnel's transitions and its exit's
+// drain), and reports every transition to the pool and, as an event, to the engine.
+//
+//	waiting ──place(exit)──▶ opening ──tunnel Up──▶ up ──place(exit)──▶ moving ──switched──▶ up
+//	   ▲                        │                    │                    └──refused: up on the old exit (asks again)
+//	   └──failed: asks again────┘                    ├──place while the tunnel reconnects (its exit is lost) ──▶
+//	                                                 │     replacing: tunnel closed at once ──closed──▶ opening (same ports)
+//	                                                 ├──tunnel Reconnecting, or its exit drains: asks for another exit
+//	                                                 └──tunnel gone (it panicked): waiting (asks again)
+//	any ──closeSlot(drain)──▶ closing: the tunnel drains and closes ──closed──▶ stop
+//	any ──release──▶ stop, the tunnel left to the engine (it shuts down and closes it with a drain)
+//	Stopping: a tunnel still held is closed at once (fire and forget), so none is left behind.
+//
+// A place that arrives while the slot is opening, moving, replacing or closing waits (the newest
+// only) until the slot is up or waiting again. The tunnel itself is the engine actor's child (so
+// that the engine's shutdown drains it with the others); the slot owns it in every other sense.
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+
+	"github.com/warren-tunnel/warren/actors"
+	"github.com/warren-tunnel/warren/messages"
+)
+
+// place tells a slot which exit to be on; why is recorded in its transition.
+type place struct {
+	exit string
+	why  string
+	gen  uint64 // the pool's placement number, echoed in the report that ends it
+}
+
+// closeSlot drains the slot's tunnel (drain; 0: its configured drain timeout; negative: none) and
+// stops the slot.
+type closeSlot struct{ drain time.Duration }
+
+// release stops the slot without closing its tunnel (the engine shuts down and closes it).
+type release struct{}
+
+// slotReport tells the pool of a slot's transition. need says the slot wants another exit (its
+// exit failed, was lost or drains); avoid names the exit it should not be placed on again soon.
+type slotReport struct {
+	index   int
+	state   messages.SlotState
+	exit    string // the exit it is on, or opening or moving to
+	tunnel  *actor.PID
+	upSince time.Time
+	need    bool
+	avoid   string
+	cause   string
+	gen     uint64 // the placement this report ends, if any
+}
+
+type slotConfig struct {
+	pool      string
+	index     int
+	socks     string // fixed listen addresses ("" if the pool has no such range)
+	http      string
+	template  actors.TunnelConfig
+	engine    *actor.PID // opens the tunnels; hears the slot's events
+	openWait  time.Duration
+	switchCap time.Duration
+	logger    *slog.Logger
+}
+
+type slotActor struct {
+	cfg      slotConfig
+	behavior actor.Behavior
+	state    messages.SlotState
+	tunnel   *actor.PID // alive until it terminates; nil when the slot holds none
+	tstate   messages.TunnelState
+	exit     string // the exit the tunnel is on (or opening on)
+	target   string // while moving or replacing: the exit it goes to
+	gen      uint64 // the placement under way
+	upSince  time.Time
+	opened   int // tunnels opened, for their ids
+	next     *place
+	closing  *closeSlot
+	released bool
+}
+
+func newSlot(cfg slotConfig) actor.Producer {
+	return func() actor.Actor {
+		s := &slotActor{cfg: cfg, behavior: actor.NewBehavior(), state: messages.SlotWaiting}
+		s.behavior.Become(s.waiting)
+		return s
+	}
+}
+
+func (s *slotActor) Receive(ctx actor.Context) {
+	switch m := ctx.Message().(type) {
+	case *release:
+		s.released = true
+		ctx.Stop(ctx.Self())
+		return
+	case *actor.Stopping:
+		if s.tunnel != nil && !s.released {
+			ctx.Request(s.tunnel, &messages.CloseTunnel{Reason: "pool slot stopped", Drain: -1, Why: messages.EndTunnelClosed})
+		}
+		return
+	case *messages.TunnelStateChanged:
+		if ctx.Sender() == nil || s.tunnel == nil || m.TunnelID != s.tunnelID() {
+			return // an earlier tunnel of this slot
+		}
+		s.tstate = m.To
+	case *actor.Terminated:
+		if s.tunnel != nil && m.Who.Equal(s.tunnel) {
+			s.tunnel, s.tstate = nil, ""
+		} else {
+			return
+		}
+	}
+	s.behavior.Receive(ctx)
+}
+
+func (s *slotActor) tunnelID() string {
+	return fmt.Sprintf("%s-%d-%d", s.cfg.pool, s.cfg.index, s.opened)
+}
+
+// enter records a transition and reports it to the pool (the slot's parent) and the engine.
+func (s *slotActor) enter(ctx actor.Context, to messages.SlotState, exit, cause string, need bool, avoid string, ended uint64) {
+	from := s.state
+	s.state = to
+	r := &slotReport{index: s.cfg.index, state: to, exit: exit, tunnel: s.tunnel, upSince: s.upSince, need: need, avoid: avoid, cause: cause, gen: ended}
+	ctx.Send(ctx.Parent(), r)
+	if from != to || need {
+		ctx.Send(s.cfg.engine, &messages.SlotStateChanged{Pool: s.cfg.pool, Slot: s.cfg.index, TunnelID: s.tunnelID(),
+			ExitID: exit, From: from, To: to, Cause: cause, At: time.Now()})
+	}
+	if from != to {
+		s.cfg.logger.Debug("slot", "slot", s.cfg.index, "from", from, "to", to, "exit", exit, "cause", cause)
+	}
+}
+
+// settled: waiting or up. A place or close that waited is taken now.
+func (s *slotActor) settled(ctx actor.Context) {
+	if c := s.closing; c != nil {
+		s.closing = nil
+		s.close(ctx, c)
+		return
+	}
+	if p := s.next; p != nil {
+		s.next = nil
+		ctx.Send(ctx.Self(), p)
+	}
+}
+
+func (s *slotActor) waiting(ctx actor.Context) {
+	switch m := ctx.Message().(type) {
+	case *place:
+		s.open(ctx, m)
+	case *closeSlot:
+		s.close(ctx, m)
+	}
+}
+
+// open asks the engine for a tunnel to p.exit on the slot's ports.
+func (s *slotActor) open(ctx actor.Context, p *place) {
+	s.opened++
+	s.exit, s.gen = p.exit, p.gen
+	tc := s.cfg.template
+	tc.ID, tc.ExitID, tc.SOCKSAddr, tc.HTTPAddr = s.tunnelID(), p.exit, s.cfg.socks, s.cfg.http
+	tc.ReplyTo, tc.Steer = ctx.Self(), ctx.Self()
+	s.behavior.Become(s.opening)
+	s.enter(ctx, messages.SlotOpening, p.exit, p.why, false, "", 0)
+	f := ctx.RequestFuture(s.cfg.engine, &actors.OpenTunnel{Config: tc}, s.cfg.openWait)
+	seq := s.opened
+	actors.Reenter(ctx, f, func(res any, err error) {
+		sp, _ := res.(*actors.TunnelSpawned)
+		if s.opened != seq || s.state != messages.SlotOpening { // it answered, failed, before this
+			if sp != nil && sp.PID != nil {
+				ctx.Request(sp.PID, &messages.CloseTunnel{Reason: "pool: open abandoned", Drain: -1, Why: messages.EndTunnelClosed})
+			}
+			return
+		}
+		if err == nil && sp != nil && sp.Err != nil {
+			err = sp.Err
+		}
+		if err == nil && (sp == nil || sp.PID == nil) {
+			err = fmt.Errorf("engine spawned no tunnel")
+		}
+		if err != nil {
+			s.failed(ctx, fmt.Errorf("open tunnel: %w", err))
+			return
+		}
+		s.tunnel = sp.PID
+		ctx.Watch(sp.PID)
+	})
+}
+
+func (s *slotActor) opening(ctx actor.Context) {
+	switch m := ctx.Message().(type) {
+	case *messages.OpenTunnelResponse:
+		if m.Err != nil {
+			s.failed(ctx, m.Err) // the tunnel released everything before it answered, and stops
+			return
+		}
+		s.upSince = time.Now()
+		s.behavior.Become(s.up)
+		s.enter(ctx, messages.SlotUp, s.exit, "tunnel up", false, "", s.gen)
+		s.settled(ctx)
+	case *actor.Terminated:
+		s.failed(ctx, fmt.Errorf("tunnel stopped while opening"))
+	case *place:
+		s.next = m
+	case *closeSlot:
+		s.closing = m
+	}
+}
+
+// failed: the tunnel did not come up on s.exit; the slot waits for another exit.
+func (s *slotActor) failed(ctx actor.Context, err error) {
+	if s.tunnel != nil {
+		ctx.Unwatch(s.tunnel)
+		s.tunnel = nil
+	}
+	bad := s.exit
+	s.exit = ""
+	s.behavior.Become(s.waiting)
+	s.enter(ctx, messages.SlotWaiting, bad, err.Error(), true, bad, s.gen)
+	s.settled(ctx)
+}
+
+func (s *slotActor) up(ctx actor.Context) {
+	switch m := ctx.Message().(type) {
+	case *place:
+		s.move(ctx, m)
+	case *closeSlot:
+		s.close(ctx, m)
+	case *messages.TunnelStateChanged:
+		if m.To == messages.StateReconnecting && m.From != messages.StateReconnecting {
+			s.enter(ctx, messages.SlotUp, s.exit, "tunnel reconnecting: "+m.Cause, true, s.exit, 0)
+		}
+	case *messages.TunnelExitDraining:
+		if m.ExitID == s.exit {
+			s.enter(ctx, messages.SlotUp, s.exit, "exit draining", true, s.exit, 0)
+		}
+	case *actor.Terminated: // the tunnel stopped on its own (it panicked, or failed for good)
+		lost := s.exit
+		s.exit = ""
+		s.behavior.Become(s.waiting)
+		s.enter(ctx, messages.SlotWaiting, lost, "tunnel stopped", true, "", 0)
+	}
+}
+
+// move switches the tunnel to p.exit make-before-break; a tunnel that is reconnecting (its exit is
+// lost) cannot switch and is replaced instead.
+func (s *slotActor) move(ctx actor.Context, p *place) {
+	s.target, s.gen = p.exit, p.gen
+	if s.tstate == messages.StateReconnecting {
+		s.replace(ctx, p)
+		return
+	}
+	s.behavior.Become(s.moving)
+	s.enter(ctx, messages.SlotMoving, p.exit, p.why, false, "", 0)
+	f := ctx.RequestFuture(s.tunnel, &messages.SwitchTunnel{ExitID: p.exit}, s.cfg.switchCap)
+	actors.Reenter(ctx, f, func(res any, err error) {
+		r, _ := res.(*messages.SwitchTunnelResponse)
+		if err == nil && r != nil {
+			err = r.Err
+		}
+		if s.state != messages.SlotMoving {
+			return // the tunnel went away meanwhile
+		}
+		if err != nil {
+			if s.tstate == messages.StateReconnecting {
+				s.replace(ctx, p)
+				return
+			}
+			s.behavior.Become(s.up)
+			s.enter(ctx, messages.SlotUp, s.exit, fmt.Sprintf("switch to %s: %v", p.exit, err), true, p.exit, s.gen)
+			s.settled(ctx)
+			return
+		}
+		s.exit, s.upSince = p.exit, time.Now()
+		s.behavior.Become(s.up)
+		s.enter(ctx, messages.SlotUp, s.exit, "moved: "+p.why, false, "", s.gen)
+		s.settled(ctx)
+	})
+}
+
+func (s *slotActor) moving(ctx actor.Context) {
+	switch m := ctx.Message().(type) {
+	case *place:
+		s.next = m
+	case *closeSlot:
+		s.closing = m
+	case *actor.Terminated:
+		s.exit = ""
+		s.behavior.Become(s.waiting)
+		s.enter(ctx, messages.SlotWaiting, "", "tunnel stopped while moving", true, "", s.gen)
+		s.settled(ctx)
+	}
+}
+
+// replace closes the tunnel at once (its exit is lost: its connections are dead already) and opens
+// a new one on the same ports to p.exit.
+func (s *slotActor) replace(ctx actor.Context, p *place) {
+	s.behavior.Become(s.replacing)
+	s.enter(ctx, messages.SlotReplacing, p.exit, p.why, false, "", 0)
+	ctx.Request(s.tunnel, &messages.CloseTunnel{Reason: "pool: replaced (" + p.why + ")", Drain: -1, Why: messages.EndTunnelClosed})
+	s.target = p.exit
+}
+
+func (s *slotActor) replacing(ctx actor.Context) {
+	switch m := ctx.Message().(type) {
+	case *actor.Terminated: // closed, listeners released: the ports are free again
+		if s.closing != nil {
+			ctx.Stop(ctx.Self())
+			return
+		}
+		s.open(ctx, &place{exit: s.target, why: "replaced", gen: s.gen})
+	case *place:
+		s.target = m.exit // not opened yet: go there instead
+		s.gen = m.gen
+	case *closeSlot:
+		s.closing = m
+	}
+}
+
+// close drains and closes the tunnel, then stops the slot.
+func (s *slotActor) close(ctx actor.Context, c *closeSlot) {
+	s.behavior.Become(s.closingState)
+	s.enter(ctx, messages.SlotClosing, s.exit, "slot removed", false, "", 0)
+	if s.tunnel == nil {
+		ctx.Stop(ctx.Self())
+		return
+	}
+	ctx.Request(s.tunnel, &messages.CloseTunnel{Reason: "pool: slot removed", Drain: c.drain})
+}
+
+func (s *slotActor) closingState(ctx actor.Context) {
+	if _, ok := ctx.Message().(*actor.Terminated); ok && s.tunnel == nil {
+		ctx.Stop(ctx.Self())
+	}
+}
