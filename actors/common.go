@@ -170,4 +170,6 @@ func NewProps(producer actor.Producer) *actor.Props { return props(producer) }
 
 // Reenter is reenter for actors layered on the engine: ctx.ReenterAfter whose continuation's panic
 // is logged before it reaches the supervisor.
-func Reenter(ctx actor.Context, f *actor.Future, cont func(res any, err error)) { reenter(ctx, f, cont) }
+func Reenter(ctx actor.Context, f *actor.Future, cont func(res any, err error)) {
+	reenter(ctx, f, cont)
+}

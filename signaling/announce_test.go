@@ -39,11 +39,15 @@ func TestAnnouncementRoundTripAndTamper(t *testing.T) {
 	for name, tamper := range map[string]func(*messages.ExitAnnouncement){
 		"label value": func(x *messages.ExitAnnouncement) { x.Labels["region"] = "us" },
 		"label added": func(x *messages.ExitAnnouncement) { x.Labels["zz"] = "1" },
-		"label moved": func(x *messages.ExitAnnouncement) { delete(x.Labels, "tier"); x.Labels["region"] = "eu"; x.Labels["tie"] = "ra" },
-		"state":       func(x *messages.ExitAnnouncement) { x.State = messages.ExitDraining },
-		"load":        func(x *messages.ExitAnnouncement) { x.Load.Sessions = 0 },
-		"endpoint":    func(x *messages.ExitAnnouncement) { x.Endpoint = "192.0.2.8:51820" },
-		"interval":    func(x *messages.ExitAnnouncement) { x.IntervalMS = 600000 },
+		"label moved": func(x *messages.ExitAnnouncement) {
+			delete(x.Labels, "tier")
+			x.Labels["region"] = "eu"
+			x.Labels["tie"] = "ra"
+		},
+		"state":    func(x *messages.ExitAnnouncement) { x.State = messages.ExitDraining },
+		"load":     func(x *messages.ExitAnnouncement) { x.Load.Sessions = 0 },
+		"endpoint": func(x *messages.ExitAnnouncement) { x.Endpoint = "192.0.2.8:51820" },
+		"interval": func(x *messages.ExitAnnouncement) { x.IntervalMS = 600000 },
 	} {
 		c := *b
 		c.Labels = map[string]string{}
