@@ -90,8 +90,12 @@ func Open(ctx context.Context, eng *engine.Engine, cfg Config) (*Pool, error) {
 		return nil, fmt.Errorf("pool: %w", sp.Err)
 	}
 	p := &Pool{system: system, pid: sp.PID, cfg: r}
-	if _, err := p.ask(ctx, &awaitPlaced{}, time.Hour); err != nil {
-		_ = p.Close(context.Background(), 0)
+	res, err = p.ask(ctx, &awaitPlaced{}, time.Hour)
+	if err == nil {
+		err = res.(*placed).err
+	}
+	if err != nil {
+		_ = p.Close(context.Background(), -1)
 		return nil, fmt.Errorf("pool: %w", err)
 	}
 	return p, nil

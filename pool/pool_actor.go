@@ -67,7 +67,7 @@ type (
 	closed   struct{}
 	// awaitPlaced is answered once every slot has been placed once (up) or found no exit.
 	awaitPlaced struct{}
-	placed      struct{}
+	placed      struct{ err error }
 	sweep       struct{}
 )
 
@@ -116,6 +116,8 @@ type poolActor struct {
 	resizes   []*resizeWait
 	placers   []*actor.PID // awaiting placed
 	closer    *actor.PID
+	ending    bool  // closing or releasing: nothing is placed any more
+	dirErr    error // the engine gave no directory: Open fails with it
 }
 
 type resizeWait struct {
@@ -162,6 +164,8 @@ func (p *poolActor) running(ctx actor.Context) {
 			}
 			if err != nil {
 				p.cfg.logger.Error("pool has no exit directory: its slots wait", "pool", p.cfg.r.name, "err", err)
+				p.dirErr = fmt.Errorf("exit directory: %w", err)
+				p.checkPlaced(ctx)
 				return
 			}
 			ctx.Send(d.PID, &actors.WatchExits{PID: ctx.Self()})
@@ -183,7 +187,7 @@ func (p *poolActor) running(ctx actor.Context) {
 	case *resize:
 		p.resize(ctx, m)
 	case *closeAll:
-		p.closer = ctx.Sender()
+		p.closer, p.ending = ctx.Sender(), true
 		p.behavior.Become(p.closing)
 		p.answerAll(ctx, ErrClosed)
 		for _, v := range p.slots {
@@ -191,6 +195,7 @@ func (p *poolActor) running(ctx actor.Context) {
 		}
 		p.stopIfEmpty(ctx)
 	case *actors.ReleaseTunnels:
+		p.ending = true
 		p.behavior.Become(p.closing)
 		p.answerAll(ctx, ErrClosed)
 		for _, v := range p.slots {
@@ -226,7 +231,7 @@ func (p *poolActor) closing(ctx actor.Context) {
 	case *resize:
 		ctx.Respond(&resized{err: ErrClosed})
 	case *awaitPlaced:
-		ctx.Respond(&placed{})
+		ctx.Respond(&placed{err: ErrClosed})
 	}
 }
 
@@ -250,7 +255,7 @@ func (p *poolActor) answerAll(ctx actor.Context, err error) {
 		ctx.Send(w.to, &resized{err: err})
 	}
 	for _, to := range p.placers {
-		ctx.Send(to, &placed{})
+		ctx.Send(to, &placed{err: err})
 	}
 	p.rotations, p.resizes, p.placers = nil, nil, nil
 }
@@ -262,8 +267,14 @@ func (p *poolActor) startSweep(ctx actor.Context) {
 
 // onSweep queues the rotations that are due and retries placements that found no exit.
 func (p *poolActor) onSweep(ctx actor.Context) {
+	if p.ending {
+		return
+	}
 	now := time.Now()
 	for _, v := range p.slots {
+		if v.state == messages.SlotUp && v.inflight == 0 && v.want == "" && !v.removing && p.dir != nil && p.dir.Ready && p.eligible[v.exit] == nil {
+			v.want, v.rotation = p.whyIneligible(v.exit), false // it came up on an exit that left meanwhile
+		}
 		for e, until := range v.avoid {
 			if now.After(until) {
 				delete(v.avoid, e)
@@ -551,12 +562,12 @@ func (p *poolActor) checkPlaced(ctx actor.Context) {
 		return
 	}
 	for _, v := range p.slots {
-		if !v.settled && !v.removing {
+		if !v.settled && !v.removing && p.dirErr == nil {
 			return
 		}
 	}
 	for _, to := range p.placers {
-		ctx.Send(to, &placed{})
+		ctx.Send(to, &placed{err: p.dirErr})
 	}
 	p.placers = nil
 }
