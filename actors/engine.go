@@ -4,7 +4,7 @@ package actors
 // tunnels, hands their events to the embedding program, and shuts them down in order.
 //
 //	running ──Shutdown──▶ shuttingDown: CloseTunnel to every tunnel ──all terminated──▶
-//	   │          health hub stopped ──terminated──▶
+//	   │          exit directory stopped ──terminated──▶ health hub stopped ──terminated──▶
 //	   │          endWith(engine_shutdown) to the exit ──terminated──▶ signaling poisoned
 //	   │          ──terminated──▶ ShutdownResponse
 //	   │          (Shutdown{Force} meanwhile: CloseTunnel again, with no drain, to the tunnels left)
@@ -12,6 +12,8 @@ package actors
 //	   ├──signaling lost──▶ not replaced (OpenTunnel answers ErrNoSignaling)
 //	   ├──health hub lost──▶ a fresh hub, every tunnel registers its current leg with it (at most 3
 //	   │                      respawns a minute, none without signaling)
+//	   ├──EnsureDirectory──▶ the exit directory, spawned at the first (none without signaling); if
+//	   │                      lost, a fresh one (at most 3 respawns a minute, none without signaling)
 //	   └──Stopping (Engine.Kill)──▶ killed: its children stop with it, none counted as lost
 //
 // Tunnels go first and drain, so that downloads in flight through this process's own exit finish
@@ -35,8 +37,9 @@ import (
 // EngineConfig configures the engine actor.
 type EngineConfig struct {
 	Signaling SignalingConfig
-	Exit      *ExitConfig // nil: no exit role
-	Sink      func(any)   // receives every event; called from the engine actor only, must not block
+	Exit      *ExitConfig     // nil: no exit role
+	Sink      func(any)       // receives every event; called from the engine actor only, must not block
+	Directory DirectoryConfig // the exit directory's, spawned on the first EnsureDirectory
 	Logger    *slog.Logger
 }
 
@@ -75,6 +78,7 @@ type engineActor struct {
 	behavior  actor.Behavior
 	signaling *actor.PID
 	hub       *actor.PID // the health hub; replaced if lost, stopped after the tunnels
+	dir       *actor.PID // the exit directory, from the first EnsureDirectory; replaced if lost, stopped after the tunnels
 	exit      *actor.PID
 	tunnels   map[string]*actor.PID
 	starter   *actor.PID                           // waiting for EngineStarted
@@ -82,9 +86,10 @@ type engineActor struct {
 	stats     map[string]*messages.ConnectionStats // by role: "client", "exit"
 	// exitRespawns, hubRespawns: when the exit or the health hub was replaced after stopping
 	// unexpectedly, within exitRespawnWindow
-	exitRespawns, hubRespawns []time.Time
-	exitServing               bool // the exit said it serves (ExitReady without Err): only then is its stop a loss
-	exitTold                  bool // shutting down: the exit was told endWith
+	exitRespawns, hubRespawns, dirRespawns []time.Time
+	dirGivenUp                             bool // the directory was lost too often and not replaced
+	exitServing                            bool // the exit said it serves (ExitReady without Err): only then is its stop a loss
+	exitTold                               bool // shutting down: the exit was told endWith
 }
 
 // An exit (or health hub) lost more than exitRespawnLimit times within exitRespawnWindow (timers.go) is not
@@ -111,6 +116,9 @@ func (e *engineActor) roleStats(role string) *messages.ConnectionStats {
 // NewEngineProps returns the props of the engine actor.
 func NewEngineProps(cfg EngineConfig) *actor.Props {
 	cfg.Logger = orDiscard(cfg.Logger)
+	if cfg.Signaling.Stats == nil { // one set of counters for signaling and the directory
+		cfg.Signaling.Stats = &SignalingStats{}
+	}
 	// A root actor is supervised by its guardian; the default one would restart the engine.
 	return props(func() actor.Actor {
 		e := &engineActor{cfg: cfg, behavior: actor.NewBehavior(), tunnels: map[string]*actor.PID{},
@@ -202,6 +210,8 @@ func (e *engineActor) running(ctx actor.Context) {
 		ctx.Watch(pid)
 		e.tunnels[pid.Id] = pid
 		ctx.Respond(&TunnelSpawned{PID: pid})
+	case *EnsureDirectory:
+		ctx.Respond(e.ensureDirectory(ctx))
 	case *actor.Terminated:
 		delete(e.tunnels, m.Who.Id)
 		switch {
@@ -213,6 +223,8 @@ func (e *engineActor) running(ctx actor.Context) {
 			e.exitLost(ctx)
 		case e.hub != nil && m.Who.Equal(e.hub):
 			e.hubLost(ctx)
+		case e.dir != nil && m.Who.Equal(e.dir):
+			e.directoryLost(ctx)
 		case e.signaling != nil && m.Who.Equal(e.signaling):
 			e.signaling = nil
 			// Signaling owns the NATS connection and the embedded server, released as it stopped:
@@ -242,12 +254,16 @@ func (e *engineActor) shuttingDown(ctx actor.Context) {
 			e.exit = nil
 		case e.hub != nil && m.Who.Equal(e.hub):
 			e.hub = nil
+		case e.dir != nil && m.Who.Equal(e.dir):
+			e.dir = nil
 		case e.signaling != nil && m.Who.Equal(e.signaling):
 			e.signaling = nil
 		}
 		e.advance(ctx)
 	case *OpenTunnel:
 		ctx.Respond(&TunnelSpawned{})
+	case *EnsureDirectory:
+		ctx.Respond(&DirectoryReady{Err: ErrShuttingDown})
 	case *Shutdown:
 		if m.Force {
 			// The graceful part ran out of time: close what is left now, with no drain, still in
@@ -353,6 +369,8 @@ func (e *engineActor) spawnExit(ctx actor.Context) {
 func (e *engineActor) advance(ctx actor.Context) {
 	switch {
 	case len(e.tunnels) > 0:
+	case e.dir != nil:
+		ctx.Stop(e.dir) // it owns only its entries, watchers and timers; it unwatches signaling as it stops
 	case e.hub != nil:
 		ctx.Stop(e.hub) // it owns only cadences and probes; with the tunnels gone it watches nothing
 	case e.exit != nil:
