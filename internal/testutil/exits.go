@@ -153,4 +153,6 @@ func (x *AnnouncingExit) AnnounceEvery() (stop func()) {
 }
 
 // String names the exit in failures.
-func (x *AnnouncingExit) String() string { return fmt.Sprintf("exit %s (%s)", x.ID, x.Identity.ID()[:8]) }
+func (x *AnnouncingExit) String() string {
+	return fmt.Sprintf("exit %s (%s)", x.ID, x.Identity.ID()[:8])
+}
