@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -193,5 +194,28 @@ func TestDirectoryErrors(t *testing.T) {
 	}
 	if _, err := closed.Exits(ctx); !errors.Is(err, ErrEngineClosed) {
 		t.Fatalf("Exits after Close: %v", err)
+	}
+}
+
+// TestDirectoryAsksAgainAfterReconnect: when NATS comes back after a disconnect, the directory runs
+// another discovery round rather than wait for each exit's cadence. (The connection's state changes
+// are handed to signaling as nats.go reports them; here the test reports them.)
+func TestDirectoryAsksAgainAfterReconnect(t *testing.T) {
+	e := directoryEngine(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if list, err := e.Exits(ctx); err != nil || len(list) != 0 {
+		t.Fatalf("exits %v, %v", list, err)
+	}
+	x := testutil.NewAnnouncingExit(t, e.NATSURL(), "late")
+	x.Interval = time.Minute // it never announces: only a discovery round lists it
+	var answered atomic.Int64
+	x.AnswerDiscovery(&answered)
+	sig := e.sigPID.Load()
+	e.system.Root.Send(sig, &actors.NATSState{Connected: false, Err: errors.New("test: disconnected")})
+	e.system.Root.Send(sig, &actors.NATSState{Connected: true, URL: e.NATSURL()})
+	testutil.Poll(t, 5*time.Second, "the exit listed by a new round", e.Exits, func(l []*ExitEntry) bool { return len(l) == 1 && l[0].ID == "late" })
+	if n := answered.Load(); n != 1 {
+		t.Fatalf("%d discovery requests answered, want 1", n)
 	}
 }

@@ -110,11 +110,11 @@ func (x *AnnouncingExit) AnswerDiscovery(answered *atomic.Int64) {
 		if _, err := signaling.Decode(m.Data); err != nil || m.Reply == "" {
 			return
 		}
-		cur := x.now.Load()
-		x.Publish(m.Reply, x.Announcement(cur.state, cur.load))
 		if answered != nil {
 			answered.Add(1)
 		}
+		cur := x.now.Load()
+		x.Publish(m.Reply, x.Announcement(cur.state, cur.load))
 	})
 	if err == nil {
 		err = x.nc.Flush()
