@@ -15,6 +15,10 @@ import (
 	"github.com/warren-tunnel/warren/messages"
 )
 
+// ErrNoDirectory: the engine's exit directory was lost (it panicked) more than 3 times within a
+// minute and is not replaced again; restart the engine.
+var ErrNoDirectory = actors.ErrNoDirectory
+
 // ExitEntry is one live exit as its newest verified announcement describes it: id, identity
 // (trusted for the id by this engine's trust.operators or trust.any_exit, or any exit on a private
 // bus), endpoint, labels, capacity, load, state (serving or draining: Serving reports whether it
@@ -55,7 +59,7 @@ func (e *Engine) Exits(ctx context.Context) ([]*ExitEntry, error) {
 // change), actors.UnwatchExits, actors.GetExits. Such a watcher should watch the PID too: if the
 // directory is lost the engine replaces it, and the watcher asks Directory again. Errors:
 // ErrNotStarted, ErrEngineClosed (also while the engine shuts down), ErrNoSignaling (signaling was
-// lost), actors.ErrNoDirectory (the directory was lost too often).
+// lost), ErrNoDirectory (the directory was lost too often).
 func (e *Engine) Directory(ctx context.Context) (*actor.PID, error) {
 	if !e.started.Load() || e.pid == nil {
 		return nil, ErrNotStarted

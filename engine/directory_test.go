@@ -138,7 +138,7 @@ func TestDirectoryLostIsReplaced(t *testing.T) {
 			if ev.Actor != "engine/exit directory" || ev.Cause != "not replaced: lost 4 times within 1m0s" {
 				t.Fatalf("round %d: child lost event %+v", round, ev)
 			}
-			if _, err := e.Directory(ctx); !errors.Is(err, actors.ErrNoDirectory) {
+			if _, err := e.Directory(ctx); !errors.Is(err, ErrNoDirectory) {
 				t.Fatalf("Directory after the directory was given up: %v", err)
 			}
 			break
