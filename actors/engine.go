@@ -37,10 +37,12 @@ import (
 // EngineConfig configures the engine actor.
 type EngineConfig struct {
 	Signaling SignalingConfig
-	Exit      *ExitConfig     // nil: no exit role
-	Sink      func(any)       // receives every event; called from the engine actor only, must not block
-	Directory DirectoryConfig // the exit directory's, spawned on the first EnsureDirectory
+	Exit      *ExitConfig // nil: no exit role
+	Sink      func(any)   // receives every event; called from the engine actor only, must not block
 	Logger    *slog.Logger
+
+	// Directory configures the exit directory, spawned on the first EnsureDirectory.
+	Directory DirectoryConfig
 }
 
 // StartEngine starts the exit (if configured); the reply is *EngineStarted once it serves.
@@ -86,10 +88,14 @@ type engineActor struct {
 	stats     map[string]*messages.ConnectionStats // by role: "client", "exit"
 	// exitRespawns, hubRespawns: when the exit or the health hub was replaced after stopping
 	// unexpectedly, within exitRespawnWindow
-	exitRespawns, hubRespawns, dirRespawns []time.Time
-	dirGivenUp                             bool // the directory was lost too often and not replaced
-	exitServing                            bool // the exit said it serves (ExitReady without Err): only then is its stop a loss
-	exitTold                               bool // shutting down: the exit was told endWith
+	exitRespawns, hubRespawns []time.Time
+	exitServing               bool // the exit said it serves (ExitReady without Err): only then is its stop a loss
+	exitTold                  bool // shutting down: the exit was told endWith
+
+	// dirRespawns: when the exit directory was replaced after stopping unexpectedly, within
+	// exitRespawnWindow; dirGivenUp: it was lost too often and is not replaced again.
+	dirRespawns []time.Time
+	dirGivenUp  bool
 }
 
 // An exit (or health hub) lost more than exitRespawnLimit times within exitRespawnWindow (timers.go) is not
