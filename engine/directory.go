@@ -35,22 +35,23 @@ type ExitDirectory = messages.ExitDirectory
 // is listed from its first verified, trusted announcement until it announces that it leaves or
 // misses three of its announcements; a draining exit stays listed with State "draining".
 func (e *Engine) Exits(ctx context.Context) ([]*ExitEntry, error) {
-	pid, err := e.Directory(ctx)
-	if err != nil {
-		return nil, err
-	}
-	res, err := await(ctx, e.system.Root.RequestFuture(pid, &actors.GetExits{}, untilDeadline(ctx, 10*time.Second)))
-	if err != nil {
-		if errors.Is(err, actor.ErrDeadLetter) {
+	// A directory lost between the two asks has been replaced (or the engine closes): ask again, once.
+	for attempt := 1; ; attempt++ {
+		pid, err := e.Directory(ctx)
+		if err != nil {
+			return nil, err
+		}
+		res, err := await(ctx, e.system.Root.RequestFuture(pid, &actors.GetExits{}, untilDeadline(ctx, 10*time.Second)))
+		if err != nil && !errors.Is(err, actor.ErrDeadLetter) {
+			return nil, fmt.Errorf("exits: %w", err)
+		}
+		if dir, _ := res.(*messages.ExitDirectory); dir != nil && dir.Ready {
+			return dir.Exits, nil
+		}
+		if attempt == 2 {
 			return nil, fmt.Errorf("exits: the directory stopped: %w", ErrEngineClosed)
 		}
-		return nil, fmt.Errorf("exits: %w", err)
 	}
-	dir, _ := res.(*messages.ExitDirectory)
-	if dir == nil || !dir.Ready {
-		return nil, fmt.Errorf("exits: the directory stopped: %w", ErrEngineClosed)
-	}
-	return dir.Exits, nil
 }
 
 // Directory returns the PID of the engine's exit directory actor, starting it at the first call.

@@ -105,12 +105,31 @@ func TestDirectoryWatchers(t *testing.T) {
 	// Unwatched, the first watcher hears nothing of a change a second watcher hears.
 	dir, _ := e.Directory(context.Background())
 	e.system.Root.Send(dir, &actors.UnwatchExits{PID: w})
-	_, snaps2 := watchDirectory(t, e)
+	w2, snaps2 := watchDirectory(t, e)
 	testutil.Await(t, snaps2, 2*time.Second, "the second watcher's first snapshot")
 	a.Announce(messages.ExitDraining, messages.ExitLoad{})
 	testutil.Await(t, snaps2, 2*time.Second, "the second watcher's snapshot of the drain")
 	if s, ok := testutil.Recv(snaps, 200*time.Millisecond); ok {
 		t.Fatalf("an unwatched watcher heard %+v", s)
+	}
+
+	// A watcher that stops is forgotten: nothing is sent to it any more (it would be a dead letter).
+	var dead atomic.Int64
+	sub := e.system.EventStream.Subscribe(func(evt any) {
+		if dl, ok := evt.(*actor.DeadLetterEvent); ok && dl.PID != nil && dl.PID.Equal(w2) {
+			dead.Add(1)
+		}
+	})
+	defer e.system.EventStream.Unsubscribe(sub)
+	if err := e.system.Root.StopFuture(w2).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	_, snaps3 := watchDirectory(t, e)
+	testutil.Await(t, snaps3, 2*time.Second, "the third watcher's first snapshot")
+	a.Announce(messages.ExitServing, messages.ExitLoad{})
+	testutil.Await(t, snaps3, 2*time.Second, "the third watcher's snapshot of the change")
+	if n := dead.Load(); n != 0 {
+		t.Fatalf("%d snapshots sent to a watcher that stopped", n)
 	}
 }
 
