@@ -10,12 +10,13 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 
 	"github.com/warren-tunnel/warren/actors"
+	"github.com/warren-tunnel/warren/internal/fakeexit"
 	"github.com/warren-tunnel/warren/internal/testutil"
 	"github.com/warren-tunnel/warren/messages"
 )
 
 // directoryEngine starts a client engine whose embedded NATS server listens on loopback, so that
-// stand-in exits (testutil.AnnouncingExit) can join; it trusts any exit (the bus is the test's).
+// stand-in exits (fakeexit.Exit) can join; it trusts any exit (the bus is the test's).
 func directoryEngine(t *testing.T) *Engine {
 	return startTestEngine(t, Config{NATS: NATSConfig{EmbeddedListen: "127.0.0.1:0"}, Trust: TrustConfig{AnyExit: true}})
 }
@@ -54,7 +55,7 @@ func entryOf(d *messages.ExitDirectory, id string) *messages.ExitEntry {
 // the same value in consecutive snapshots. An unwatched watcher hears nothing more.
 func TestDirectoryWatchers(t *testing.T) {
 	e := directoryEngine(t)
-	a := testutil.NewAnnouncingExit(t, e.NATSURL(), "exit-a")
+	a := fakeexit.New(t, e.NATSURL(), "exit-a")
 	a.AnswerDiscovery(nil)
 	w, snaps := watchDirectory(t, e)
 	first := testutil.Await(t, snaps, 5*time.Second, "the first snapshot")
@@ -66,7 +67,7 @@ func TestDirectoryWatchers(t *testing.T) {
 		t.Fatalf("ready with %+v, want exit-a (it answered discovery)", ready.Exits)
 	}
 
-	b := testutil.NewAnnouncingExit(t, e.NATSURL(), "exit-b")
+	b := fakeexit.New(t, e.NATSURL(), "exit-b")
 	b.Announce(messages.ExitServing, messages.ExitLoad{})
 	joined := testutil.Await(t, snaps, 2*time.Second, "the snapshot of exit-b's join")
 	if len(joined.Exits) != 2 || joined.Exits[0].ID != "exit-a" || joined.Exits[1].ID != "exit-b" {
@@ -138,7 +139,7 @@ func TestDirectoryWatchers(t *testing.T) {
 // so with an event; three times. The fourth loss within a minute is not replaced.
 func TestDirectoryLostIsReplaced(t *testing.T) {
 	e := directoryEngine(t)
-	a := testutil.NewAnnouncingExit(t, e.NATSURL(), "exit-a")
+	a := fakeexit.New(t, e.NATSURL(), "exit-a")
 	a.Interval = time.Minute
 	a.AnswerDiscovery(nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -226,7 +227,7 @@ func TestDirectoryAsksAgainAfterReconnect(t *testing.T) {
 	if list, err := e.Exits(ctx); err != nil || len(list) != 0 {
 		t.Fatalf("exits %v, %v", list, err)
 	}
-	x := testutil.NewAnnouncingExit(t, e.NATSURL(), "late")
+	x := fakeexit.New(t, e.NATSURL(), "late")
 	x.Interval = time.Minute // it never announces: only a discovery round lists it
 	var answered atomic.Int64
 	x.AnswerDiscovery(&answered)

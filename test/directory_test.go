@@ -3,7 +3,7 @@ package test
 // The exit directory of a client engine (docs/pool.md): it fills from exits' signed announcements
 // and from one discovery round at its start, follows draining, leaving and silent exits, and
 // — the bus being hostile (docs/security.md) — changes for nothing but a genuine, trusted, newer
-// announcement. Exits here are stand-ins (testutil.AnnouncingExit): real NATS clients with their own
+// announcement. Exits here are stand-ins (fakeexit.Exit): real NATS clients with their own
 // identities that publish genuine signed announcements and answer discovery, without a data plane.
 
 import (
@@ -20,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/warren-tunnel/warren/engine"
+	"github.com/warren-tunnel/warren/internal/fakeexit"
 	"github.com/warren-tunnel/warren/internal/testutil"
 	"github.com/warren-tunnel/warren/messages"
 	"github.com/warren-tunnel/warren/signaling"
@@ -58,9 +59,9 @@ var serving = messages.ExitServing
 func TestDirectoryDiscoversAndFollowsExits(t *testing.T) {
 	ns := startNATS(t, nil)
 	var answered atomic.Int64
-	exits := map[string]*testutil.AnnouncingExit{}
+	exits := map[string]*fakeexit.Exit{}
 	for _, id := range []string{"exit-a", "exit-b", "exit-c"} {
-		x := testutil.NewAnnouncingExit(t, ns.URL(), id)
+		x := fakeexit.New(t, ns.URL(), id)
 		x.Interval = time.Minute // only discovery can explain an early listing
 		x.Labels = map[string]string{"region": "eu", "name": id}
 		x.AnswerDiscovery(&answered)
@@ -97,7 +98,7 @@ func TestDirectoryDiscoversAndFollowsExits(t *testing.T) {
 	t.Logf("discovered 3 exits in %v", took)
 
 	// A fourth exit joins by announcing; exit-a's load changes.
-	d := testutil.NewAnnouncingExit(t, ns.URL(), "exit-d")
+	d := fakeexit.New(t, ns.URL(), "exit-d")
 	d.Announce(serving, messages.ExitLoad{})
 	exits["exit-a"].Announce(serving, messages.ExitLoad{Sessions: 5, Flows: 9})
 	pollExits(t, client, 5*time.Second, "exit-d listed and exit-a's new load", func(m map[string]*engine.ExitEntry) bool {
@@ -136,7 +137,7 @@ func TestDirectoryDiscoversAndFollowsExits(t *testing.T) {
 // not bring it back, a fresh one does.
 func TestDirectoryExpiresSilentExits(t *testing.T) {
 	ns := startNATS(t, nil)
-	x := testutil.NewAnnouncingExit(t, ns.URL(), "blinker")
+	x := fakeexit.New(t, ns.URL(), "blinker")
 	x.Interval = 100 * time.Millisecond
 	client := startEngine(t, natsClient(ns))
 	if _, err := client.Exits(context.Background()); err != nil { // the directory runs from here on
@@ -193,7 +194,7 @@ func TestDirectoryDropsWhatIsNotGenuine(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := testutil.NewAnnouncingExit(t, ns.URL(), "genuine")
+	g := fakeexit.New(t, ns.URL(), "genuine")
 	if g.Cert, err = op.Certify(signaling.CertExit, "genuine", g.Identity.ID(), time.Hour, time.Now()); err != nil {
 		t.Fatal(err)
 	}
@@ -305,7 +306,7 @@ func sameEntry(a, b *engine.ExitEntry) bool {
 // genuine announcement changes the directory again.
 func TestDirectoryFloodIsBounded(t *testing.T) {
 	ns := startNATS(t, nil)
-	g := testutil.NewAnnouncingExit(t, ns.URL(), "steady")
+	g := fakeexit.New(t, ns.URL(), "steady")
 	g.AnswerDiscovery(nil)
 	client := startEngine(t, natsClient(ns))
 	newest := g.Announce(serving, messages.ExitLoad{Sessions: 1})

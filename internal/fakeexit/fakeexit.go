@@ -1,4 +1,7 @@
-package testutil
+// Package fakeexit stands in for exits on a NATS bus in tests of the exit directory: real NATS
+// clients with their own identities that publish genuine signed announcements and answer discovery,
+// without a data plane. (Apart from internal/testutil, which signaling's own tests import.)
+package fakeexit
 
 import (
 	"errors"
@@ -14,11 +17,11 @@ import (
 	"github.com/warren-tunnel/warren/signaling"
 )
 
-// AnnouncingExit is a stand-in for an exit on the bus, for the exit directory's tests: a plain
-// NATS client with its own identity that publishes genuine signed announcements (and answers
-// discovery requests if asked to), without a data plane. Its timestamps strictly increase, so two
-// announcements in one millisecond are not taken for a replay of each other.
-type AnnouncingExit struct {
+// Exit is a stand-in for an exit on the bus: a plain NATS client with its own identity that
+// publishes genuine signed announcements (and answers discovery requests if asked to). Its
+// timestamps strictly increase, so two announcements in one millisecond are not taken for a replay
+// of each other.
+type Exit struct {
 	t        testing.TB
 	nc       *nats.Conn
 	ID       string
@@ -38,9 +41,9 @@ type exitNow struct {
 	load  messages.ExitLoad
 }
 
-// NewAnnouncingExit connects to natsURL as exit id with a fresh identity, a 10 s cadence and
+// New connects to natsURL as exit id with a fresh identity, a 10 s cadence and
 // label region=test; it is closed at the test's end.
-func NewAnnouncingExit(t testing.TB, natsURL, id string) *AnnouncingExit {
+func New(t testing.TB, natsURL, id string) *Exit {
 	t.Helper()
 	nc, err := nats.Connect(natsURL)
 	if err != nil {
@@ -50,7 +53,7 @@ func NewAnnouncingExit(t testing.TB, natsURL, id string) *AnnouncingExit {
 	if err != nil {
 		t.Fatal(err)
 	}
-	x := &AnnouncingExit{t: t, nc: nc, ID: id, Identity: ident, Endpoint: "127.0.0.1:51820",
+	x := &Exit{t: t, nc: nc, ID: id, Identity: ident, Endpoint: "127.0.0.1:51820",
 		Labels: map[string]string{"region": "test"}, Interval: 10 * time.Second, closed: make(chan struct{})}
 	x.now.Store(&exitNow{state: messages.ExitServing})
 	t.Cleanup(func() {
@@ -62,11 +65,11 @@ func NewAnnouncingExit(t testing.TB, natsURL, id string) *AnnouncingExit {
 }
 
 // Conn is the exit's NATS connection.
-func (x *AnnouncingExit) Conn() *nats.Conn { return x.nc }
+func (x *Exit) Conn() *nats.Conn { return x.nc }
 
 // Announcement is a signed announcement in state with load, timestamped now (or just after the
 // last one). It also becomes what the exit answers discovery with.
-func (x *AnnouncingExit) Announcement(state string, load messages.ExitLoad) *messages.ExitAnnouncement {
+func (x *Exit) Announcement(state string, load messages.ExitLoad) *messages.ExitAnnouncement {
 	x.now.Store(&exitNow{state: state, load: load})
 	a := &messages.ExitAnnouncement{ExitID: x.ID, Certificate: x.Cert, Endpoint: x.Endpoint, Labels: x.Labels,
 		Capacity: 100, Load: load, State: state, Version: "test", IntervalMS: x.Interval.Milliseconds()}
@@ -82,14 +85,14 @@ func (x *AnnouncingExit) Announcement(state string, load messages.ExitLoad) *mes
 
 // Announce publishes a fresh announcement in state with load on signaling.AnnounceSubject, and
 // returns it (to replay later).
-func (x *AnnouncingExit) Announce(state string, load messages.ExitLoad) *messages.ExitAnnouncement {
+func (x *Exit) Announce(state string, load messages.ExitLoad) *messages.ExitAnnouncement {
 	a := x.Announcement(state, load)
 	x.Publish(signaling.AnnounceSubject, a)
 	return a
 }
 
 // Publish sends a, as it is, to subject, and flushes.
-func (x *AnnouncingExit) Publish(subject string, a *messages.ExitAnnouncement) {
+func (x *Exit) Publish(subject string, a *messages.ExitAnnouncement) {
 	data, err := signaling.Encode(messages.TypeExitAnnouncement, a)
 	if err == nil {
 		err = x.nc.Publish(subject, data)
@@ -104,7 +107,7 @@ func (x *AnnouncingExit) Publish(subject string, a *messages.ExitAnnouncement) {
 
 // AnswerDiscovery answers every exits.discover request with a fresh announcement of the exit's
 // current state; it counts the requests it answered in answered (may be nil).
-func (x *AnnouncingExit) AnswerDiscovery(answered *atomic.Int64) {
+func (x *Exit) AnswerDiscovery(answered *atomic.Int64) {
 	x.t.Helper()
 	_, err := x.nc.Subscribe(signaling.DiscoverSubject, func(m *nats.Msg) {
 		if _, err := signaling.Decode(m.Data); err != nil || m.Reply == "" {
@@ -126,7 +129,7 @@ func (x *AnnouncingExit) AnswerDiscovery(answered *atomic.Int64) {
 
 // AnnounceEvery announces the exit's current state every Interval until the returned stop is
 // called; stop waits for the announcing goroutine.
-func (x *AnnouncingExit) AnnounceEvery() (stop func()) {
+func (x *Exit) AnnounceEvery() (stop func()) {
 	done := make(chan struct{})
 	x.wg.Add(1)
 	go func() {
@@ -153,6 +156,6 @@ func (x *AnnouncingExit) AnnounceEvery() (stop func()) {
 }
 
 // String names the exit in failures.
-func (x *AnnouncingExit) String() string {
+func (x *Exit) String() string {
 	return fmt.Sprintf("exit %s (%s)", x.ID, x.Identity.ID()[:8])
 }
