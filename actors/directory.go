@@ -116,43 +116,103 @@ func NewDirectoryProps(cfg DirectoryConfig) *actor.Props {
 func (d *directory) Receive(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *actor.Started:
-		if d.signaling == nil {
-			d.becomeReady(ctx)
-			return
-		}
-		ctx.Watch(d.signaling)
-		ctx.Send(d.signaling, &watchAnnouncements{pid: ctx.Self(), queued: d.queued})
-		ctx.Send(d.signaling, &watchNATS{pid: ctx.Self()})
-		d.natsUp = true // the first NATSState is the current one: no new round for it
-		d.discover(ctx)
+		d.started(ctx)
 	case *messages.ExitAnnouncement:
 		d.queued.Add(-1)
 		d.announced(ctx, m, time.Now())
 	case *WatchExits:
-		if m.PID == nil {
-			return
-		}
-		if d.watchers[m.PID.Id] == nil {
-			d.watchers[m.PID.Id] = m.PID
-			ctx.Watch(m.PID)
-		}
-		ctx.Send(m.PID, d.snapshot(time.Now()))
+		d.watch(ctx, m.PID)
 	case *UnwatchExits:
 		if m.PID != nil && d.watchers[m.PID.Id] != nil {
 			delete(d.watchers, m.PID.Id)
 			ctx.Unwatch(m.PID)
 		}
 	case *actor.Terminated:
-		if d.signaling != nil && m.Who.Equal(d.signaling) {
-			// Nothing more will come: the entries expire as their exits fall silent.
-			d.signaling = nil
-			d.cfg.Logger.Warn("signaling lost: the directory hears no more announcements")
-			if d.rounding {
-				d.roundEnded(ctx, &discoveryEnded{round: d.round, err: ErrNoSignaling})
-			}
-			return
+		d.terminated(ctx, m.Who)
+	case *NATSState, *discoverWindowEnded, *discoveryEnded:
+		d.rounds(ctx)
+	case *directorySweep:
+		d.sweepT = nil
+		d.sweep(ctx, time.Now())
+	case *directoryLoadDue:
+		d.loadT = nil
+		if d.loadDirty {
+			d.publish(ctx)
 		}
-		delete(d.watchers, m.Who.Id)
+	case *actor.Stopping:
+		d.stopping(ctx)
+	default:
+		d.behavior.Receive(ctx)
+	}
+}
+
+func (d *directory) started(ctx actor.Context) {
+	if d.signaling == nil {
+		d.becomeReady(ctx)
+		return
+	}
+	ctx.Watch(d.signaling)
+	ctx.Send(d.signaling, &watchAnnouncements{pid: ctx.Self(), queued: d.queued})
+	ctx.Send(d.signaling, &watchNATS{pid: ctx.Self()})
+	d.natsUp = true // the first NATSState is the current one: no new round for it
+	d.discover(ctx)
+}
+
+func (d *directory) watch(ctx actor.Context, pid *actor.PID) {
+	if pid == nil {
+		return
+	}
+	if d.watchers[pid.Id] == nil {
+		d.watchers[pid.Id] = pid
+		ctx.Watch(pid)
+	}
+	ctx.Send(pid, d.snapshot(time.Now()))
+}
+
+// terminated: signaling, or a watcher, stopped.
+func (d *directory) terminated(ctx actor.Context, who *actor.PID) {
+	if d.signaling == nil || !who.Equal(d.signaling) {
+		delete(d.watchers, who.Id)
+		return
+	}
+	// Nothing more will come: the entries expire as their exits fall silent.
+	d.signaling = nil
+	d.cfg.Logger.Warn("signaling lost: the directory hears no more announcements")
+	if d.rounding {
+		d.roundEnded(ctx, &discoveryEnded{round: d.round, err: ErrNoSignaling})
+	}
+}
+
+func (d *directory) stopping(ctx actor.Context) {
+	stopTimers(d.windowT, d.sweepT, d.loadT)
+	if d.signaling != nil {
+		ctx.Send(d.signaling, &unwatchAnnouncements{pid: ctx.Self()})
+		ctx.Send(d.signaling, &unwatchNATS{pid: ctx.Self()})
+	}
+	snap := d.snapshot(time.Now())
+	for _, pid := range d.waiting {
+		ctx.Send(pid, snap)
+	}
+	d.waiting = nil
+}
+
+// discovering: the first round is open; GetExits waits for its end.
+func (d *directory) discovering(ctx actor.Context) {
+	if _, ok := ctx.Message().(*GetExits); ok && ctx.Sender() != nil {
+		d.waiting = append(d.waiting, ctx.Sender())
+	}
+}
+
+func (d *directory) readyState(ctx actor.Context) {
+	if _, ok := ctx.Message().(*GetExits); ok {
+		ctx.Respond(d.snapshot(time.Now()))
+	}
+}
+
+// rounds takes the messages of discovery rounds: NATS back after a disconnect (a new round), the
+// window's end (end the round with signaling), and signaling's word that the round has ended.
+func (d *directory) rounds(ctx actor.Context) {
+	switch m := ctx.Message().(type) {
 	case *NATSState:
 		if m.Connected && !d.natsUp && !d.rounding && d.signaling != nil {
 			d.discover(ctx) // back after a disconnect: ask again rather than wait a cadence
@@ -167,40 +227,6 @@ func (d *directory) Receive(ctx actor.Context) {
 		if d.rounding && m.round == d.round {
 			d.roundEnded(ctx, m)
 		}
-	case *directorySweep:
-		d.sweepT = nil
-		d.sweep(ctx, time.Now())
-	case *directoryLoadDue:
-		d.loadT = nil
-		if d.loadDirty {
-			d.publish(ctx)
-		}
-	case *actor.Stopping:
-		stopTimers(d.windowT, d.sweepT, d.loadT)
-		if d.signaling != nil {
-			ctx.Send(d.signaling, &unwatchAnnouncements{pid: ctx.Self()})
-			ctx.Send(d.signaling, &unwatchNATS{pid: ctx.Self()})
-		}
-		snap := d.snapshot(time.Now())
-		for _, pid := range d.waiting {
-			ctx.Send(pid, snap)
-		}
-		d.waiting = nil
-	default:
-		d.behavior.Receive(ctx)
-	}
-}
-
-// discovering: the first round is open; GetExits waits for its end.
-func (d *directory) discovering(ctx actor.Context) {
-	if _, ok := ctx.Message().(*GetExits); ok && ctx.Sender() != nil {
-		d.waiting = append(d.waiting, ctx.Sender())
-	}
-}
-
-func (d *directory) readyState(ctx actor.Context) {
-	if _, ok := ctx.Message().(*GetExits); ok {
-		ctx.Respond(d.snapshot(time.Now()))
 	}
 }
 

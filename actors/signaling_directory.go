@@ -101,39 +101,15 @@ func (s *signalingActor) directorySignal(ctx actor.Context, m directorySignal) {
 	case *watchAnnouncements:
 		s.watchAnnouncements(ctx, m)
 	case *unwatchAnnouncements:
-		if w := d.watchers[m.pid.Id]; w != nil {
-			s.endRound(w)
-			delete(d.watchers, m.pid.Id)
-		}
-		if len(d.watchers) == 0 && d.sub != nil {
-			s.dropSub(d.sub)
-			d.sub = nil
-		}
-	case *discoverExits:
-		w := d.watchers[ctx.Sender().Id]
-		if w == nil {
-			ctx.Respond(&discoveryEnded{round: m.round, err: fmt.Errorf("discover exits: %s does not watch announcements", ctx.Sender().Id)})
-			return
-		}
-		if err := s.discover(ctx, w, m.round); err != nil {
-			ctx.Respond(&discoveryEnded{round: m.round, err: err})
-		}
-	case *endDiscovery:
-		w := d.watchers[ctx.Sender().Id]
-		answers := 0
-		if w != nil && w.round != nil && w.round.round == m.round {
-			answers = w.round.answers
-			s.endRound(w)
-		}
-		ctx.Respond(&discoveryEnded{round: m.round, answers: answers})
+		s.unwatchAnnouncements(m.pid)
+	case *discoverExits, *endDiscovery:
+		s.discoveryRound(ctx)
 	case *inboundAnnouncement:
 		s.backlog.Add(-1)
-		a := s.decodeAnnouncement(m.msg)
-		if a == nil {
-			return
-		}
-		for _, w := range d.watchers {
-			s.handOn(ctx, w, a)
+		if a := s.decodeAnnouncement(m.msg); a != nil {
+			for _, w := range d.watchers {
+				s.handOn(ctx, w, a)
+			}
 		}
 	case *inboundDiscovered:
 		s.backlog.Add(-1)
@@ -145,6 +121,44 @@ func (s *signalingActor) directorySignal(ctx actor.Context, m directorySignal) {
 			w.round.answers++
 			s.handOn(ctx, w, a)
 		}
+	}
+}
+
+func (s *signalingActor) unwatchAnnouncements(pid *actor.PID) {
+	d := &s.dir
+	if w := d.watchers[pid.Id]; w != nil {
+		s.endRound(w)
+		delete(d.watchers, pid.Id)
+	}
+	if len(d.watchers) == 0 && d.sub != nil {
+		s.dropSub(d.sub)
+		d.sub = nil
+	}
+}
+
+// discoveryRound starts (discoverExits) or ends (endDiscovery) the sender's discovery round.
+func (s *signalingActor) discoveryRound(ctx actor.Context) {
+	sender := ctx.Sender()
+	if sender == nil {
+		return // only a watcher's request has someone to hear the end
+	}
+	w := s.dir.watchers[sender.Id]
+	switch m := ctx.Message().(type) {
+	case *discoverExits:
+		err := fmt.Errorf("discover exits: %s does not watch announcements", sender.Id)
+		if w != nil {
+			err = s.discover(ctx, w, m.round)
+		}
+		if err != nil {
+			ctx.Respond(&discoveryEnded{round: m.round, err: err})
+		}
+	case *endDiscovery:
+		answers := 0
+		if w != nil && w.round != nil && w.round.round == m.round {
+			answers = w.round.answers
+			s.endRound(w)
+		}
+		ctx.Respond(&discoveryEnded{round: m.round, answers: answers})
 	}
 }
 
