@@ -3,6 +3,8 @@
 // The tree (docs/architecture.md):
 //
 //	engine ─┬─ signaling (NATS connection, subscriptions, embedded server)
+//	        ├─ health hub (judges every tunnel's health, grouped by exit)
+//	        ├─ directory (live exits from their signed announcements; from the first ask on)
 //	        ├─ exit ── device ─┬─ peer (one per session or static peer) ── connection (one per flow)
 //	        │                  └─ connect-service accept loop, probe echo loop
 //	        └─ tunnel ─┬─ keepalive (judges the current leg's health; respawned if lost)

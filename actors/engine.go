@@ -5,7 +5,7 @@ package actors
 //
 //	running ──Shutdown──▶ shuttingDown: ReleaseTunnels to layered children (pools), CloseTunnel to every
 //	   │          tunnel ──all terminated──▶
-//	   │          health hub stopped ──terminated──▶
+//	   │          exit directory stopped ──terminated──▶ health hub stopped ──terminated──▶
 //	   │          endWith(engine_shutdown) to the exit ──terminated──▶ signaling poisoned
 //	   │          ──terminated──▶ ShutdownResponse
 //	   │          (Shutdown{Force} meanwhile: CloseTunnel again, with no drain, to the tunnels left)
@@ -13,6 +13,8 @@ package actors
 //	   ├──signaling lost──▶ not replaced (OpenTunnel answers ErrNoSignaling)
 //	   ├──health hub lost──▶ a fresh hub, every tunnel registers its current leg with it (at most 3
 //	   │                      respawns a minute, none without signaling)
+//	   ├──EnsureDirectory──▶ the exit directory, spawned at the first (none without signaling); if
+//	   │                      lost, a fresh one (at most 3 respawns a minute, none without signaling)
 //	   └──Stopping (Engine.Kill)──▶ killed: its children stop with it, none counted as lost
 //
 // Tunnels go first and drain, so that downloads in flight through this process's own exit finish
@@ -39,6 +41,9 @@ type EngineConfig struct {
 	Exit      *ExitConfig // nil: no exit role
 	Sink      func(any)   // receives every event; called from the engine actor only, must not block
 	Logger    *slog.Logger
+
+	// Directory configures the exit directory, spawned on the first EnsureDirectory.
+	Directory DirectoryConfig
 }
 
 // StartEngine starts the exit (if configured); the reply is *EngineStarted once it serves.
@@ -81,9 +86,6 @@ type ChildSpawned struct {
 	Err error
 }
 
-// ErrShuttingDown: the engine is shutting down and starts nothing new.
-var ErrShuttingDown = errors.New("engine is shutting down")
-
 // ErrNoSignaling: the engine lost its signaling actor and can negotiate nothing any more.
 var ErrNoSignaling = errors.New("engine has no signaling (lost): restart it")
 
@@ -99,6 +101,7 @@ type engineActor struct {
 	behavior  actor.Behavior
 	signaling *actor.PID
 	hub       *actor.PID // the health hub; replaced if lost, stopped after the tunnels
+	dir       *actor.PID // the exit directory, from the first EnsureDirectory; replaced if lost, stopped after the tunnels
 	exit      *actor.PID
 	tunnels   map[string]*actor.PID
 	layered   map[string]*actor.PID                // children started with SpawnChild, by PID id; stopped first in shutdown
@@ -110,6 +113,11 @@ type engineActor struct {
 	exitRespawns, hubRespawns []time.Time
 	exitServing               bool // the exit said it serves (ExitReady without Err): only then is its stop a loss
 	exitTold                  bool // shutting down: the exit was told endWith
+
+	// dirRespawns: when the exit directory was replaced after stopping unexpectedly, within
+	// exitRespawnWindow; dirGivenUp: it was lost too often and is not replaced again.
+	dirRespawns []time.Time
+	dirGivenUp  bool
 }
 
 // An exit (or health hub) lost more than exitRespawnLimit times within exitRespawnWindow (timers.go) is not
@@ -136,6 +144,9 @@ func (e *engineActor) roleStats(role string) *messages.ConnectionStats {
 // NewEngineProps returns the props of the engine actor.
 func NewEngineProps(cfg EngineConfig) *actor.Props {
 	cfg.Logger = orDiscard(cfg.Logger)
+	if cfg.Signaling.Stats == nil { // one set of counters for signaling and the directory
+		cfg.Signaling.Stats = &SignalingStats{}
+	}
 	// A root actor is supervised by its guardian; the default one would restart the engine.
 	return props(func() actor.Actor {
 		e := &engineActor{cfg: cfg, behavior: actor.NewBehavior(), tunnels: map[string]*actor.PID{}, layered: map[string]*actor.PID{},
@@ -236,6 +247,8 @@ func (e *engineActor) running(ctx actor.Context) {
 		ctx.Watch(pid)
 		e.layered[pid.Id] = pid
 		ctx.Respond(&ChildSpawned{PID: pid})
+	case *EnsureDirectory:
+		ctx.Respond(e.ensureDirectory(ctx))
 	case *actor.Terminated:
 		delete(e.tunnels, m.Who.Id)
 		if _, ok := e.layered[m.Who.Id]; ok {
@@ -251,6 +264,8 @@ func (e *engineActor) running(ctx actor.Context) {
 			e.exitLost(ctx)
 		case e.hub != nil && m.Who.Equal(e.hub):
 			e.hubLost(ctx)
+		case e.dir != nil && m.Who.Equal(e.dir):
+			e.directoryLost(ctx)
 		case e.signaling != nil && m.Who.Equal(e.signaling):
 			e.signaling = nil
 			// Signaling owns the NATS connection and the embedded server, released as it stopped:
@@ -284,6 +299,8 @@ func (e *engineActor) shuttingDown(ctx actor.Context) {
 			e.exit = nil
 		case e.hub != nil && m.Who.Equal(e.hub):
 			e.hub = nil
+		case e.dir != nil && m.Who.Equal(e.dir):
+			e.dir = nil
 		case e.signaling != nil && m.Who.Equal(e.signaling):
 			e.signaling = nil
 		}
@@ -292,6 +309,8 @@ func (e *engineActor) shuttingDown(ctx actor.Context) {
 		ctx.Respond(&TunnelSpawned{Err: ErrShuttingDown})
 	case *SpawnChild:
 		ctx.Respond(&ChildSpawned{Err: ErrShuttingDown})
+	case *EnsureDirectory:
+		ctx.Respond(&DirectoryReady{Err: ErrShuttingDown})
 	case *Shutdown:
 		if m.Force {
 			// The graceful part ran out of time: close what is left now, with no drain, still in
@@ -397,6 +416,8 @@ func (e *engineActor) spawnExit(ctx actor.Context) {
 func (e *engineActor) advance(ctx actor.Context) {
 	switch {
 	case len(e.tunnels) > 0, len(e.layered) > 0:
+	case e.dir != nil:
+		ctx.Stop(e.dir) // it owns only its entries, watchers and timers; it unwatches signaling as it stops
 	case e.hub != nil:
 		ctx.Stop(e.hub) // it owns only cadences and probes; with the tunnels gone it watches nothing
 	case e.exit != nil:

@@ -180,6 +180,7 @@ type signalingActor struct {
 	natsSubs  map[string]*actor.PID // watchers of NATSState, by PID id
 	subs      []*nats.Subscription
 	clientSub *nats.Subscription // this engine's client subject; from the first watched session on
+	dir       directorySignaling // announcements and discovery rounds for the exit directory (signaling_directory.go)
 	ctx       context.Context    // cancelled in Stopping; ends outstanding requests
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup // outstanding request goroutines
@@ -252,6 +253,8 @@ func (s *signalingActor) Receive(ctx actor.Context) {
 	case *inboundRPC:
 		s.backlog.Add(-1)
 		s.handleRPC(ctx, m)
+	case directorySignal:
+		s.directorySignal(ctx, m)
 	case *requestSession:
 		s.subscribeClientEvents(ctx)
 		if ctx.Sender() != nil {

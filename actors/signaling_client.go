@@ -35,7 +35,12 @@ type SignalingStats struct {
 	Stale      atomic.Int64 // genuine-looking goodbyes for sessions not (or no longer) here
 	// SlowConsumer: times NATS reported dropping messages for a subscription (nats.go async errors)
 	SlowConsumer atomic.Int64
-	Dropped      atomic.Int64 // messages to this engine's subjects dropped because its backlog was full
+	Dropped      atomic.Int64 // messages to this engine's subjects dropped because its backlog was full (announcements: also the directory's backlog, or a full directory)
+	// Exits' announcements (and answers to discovery) dropped by the exit directory, by why.
+	AnnouncementsMalformed atomic.Int64 // undecodable, invalid, oversize, or not an announcement
+	AnnouncementsForged    atomic.Int64 // bad signature, or a timestamp off the clock
+	AnnouncementsUntrusted atomic.Int64 // signed by an identity not trusted for its exit id
+	AnnouncementsStale     atomic.Int64 // no newer than what the directory has (or had) of that exit: a replay
 }
 
 // request runs one session request in a goroutine the actor owns (cancelled and awaited in

@@ -50,6 +50,14 @@ const (
 	minWait          = time.Millisecond      // the least wait derived from a deadline that is (nearly) past
 	logPrecision     = time.Millisecond      // durations in log lines
 	rttPrecision     = time.Microsecond      // round trips in causes and log lines
+
+	// Exit directory (directory*.go).
+	discoverWindow     = 500 * time.Millisecond // a discovery round takes answers this long
+	directoryLoadEvery = time.Second            // load-only changes: at most one snapshot to watchers this often
+	directorySweepMin  = 50 * time.Millisecond  // the sweep looks for silent exits every shortest interval/2, within these bounds
+	directorySweepMax  = time.Second
+	// directoryMissed: an exit silent for this many of its announced intervals is dropped.
+	directoryMissed = 3
 )
 
 // sendAfter arms a timer that sends msg to the calling actor after d. The caller owns the timer.
@@ -126,3 +134,14 @@ func (t *connTimers) stopAll() { stopTimers(t.idle, t.lifetime, t.grace) }
 
 // Exit (exit_sessions.go): sweepSessions is time to release sessions whose client went silent.
 type sweepSessions struct{}
+
+// Exit directory (directory*.go): its timers are fields of the directory actor, stopped in Stopping.
+type (
+	// discoverWindowEnded: the discovery round has taken answers for discoverWindow; end it.
+	discoverWindowEnded struct{ round int }
+	// directorySweep: time to drop exits that missed directoryMissed announcements, and to forget
+	// old marks of exits that left.
+	directorySweep struct{}
+	// directoryLoadDue: directoryLoadEvery has passed since the last snapshot; send the load changes.
+	directoryLoadDue struct{}
+)

@@ -175,8 +175,15 @@ type SignalingStats struct {
 	// subscriptions because they came faster than they were read.
 	SlowConsumer int64
 	// Dropped counts messages to this engine's subjects (its exit's requests, exits' goodbyes to
-	// its tunnels) dropped because 4096 were already waiting to be handled (a flood).
+	// its tunnels, exits' announcements) dropped because 4096 were already waiting to be handled
+	// (a flood), announcements also because 1024 were waiting for the exit directory, or because
+	// it lists 8192 exits already.
 	Dropped int64
+	// Exits' announcements and answers to discovery dropped by the exit directory (Exits), by why:
+	// undecodable, invalid or oversize; a bad signature or a timestamp off the clock; an identity
+	// not trusted for the exit id; no newer than what the directory has or had of that exit (a
+	// replay). None of them changed the directory.
+	AnnouncementsMalformed, AnnouncementsForged, AnnouncementsUntrusted, AnnouncementsStale int64
 }
 
 // SignalingStats returns the counters of dropped and refused signaling messages.
@@ -184,7 +191,9 @@ func (e *Engine) SignalingStats() SignalingStats {
 	s := &e.sigStats
 	return SignalingStats{Forged: s.Forged.Load(), Unsigned: s.Unsigned.Load(), Untrusted: s.Untrusted.Load(),
 		Replayed: s.Replayed.Load(), Refused: s.Refused.Load(), Unanswered: s.Unanswered.Load(), Stale: s.Stale.Load(),
-		SlowConsumer: s.SlowConsumer.Load(), Dropped: s.Dropped.Load()}
+		SlowConsumer: s.SlowConsumer.Load(), Dropped: s.Dropped.Load(),
+		AnnouncementsMalformed: s.AnnouncementsMalformed.Load(), AnnouncementsForged: s.AnnouncementsForged.Load(),
+		AnnouncementsUntrusted: s.AnnouncementsUntrusted.Load(), AnnouncementsStale: s.AnnouncementsStale.Load()}
 }
 
 // ActorPanics counts actors that panicked and were stopped by their supervisors since Start. Each
@@ -319,6 +328,10 @@ func (e *Engine) Start(ctx context.Context) error {
 			Identity: e.identity, Stats: &e.sigStats, ExitCertificate: exitCert(e.cfg.Exit)},
 		Sink:   e.sink,
 		Logger: e.logger,
+		// Pins are per tunnel: the directory trusts what the engine's operators certify, or any
+		// exit where declared, and any exit on a private bus (as OpenTunnel does).
+		Directory: actors.DirectoryConfig{Trust: signaling.ExitTrust{Operators: e.cfg.Trust.Operators,
+			AnyExit: e.cfg.Trust.AnyExit || !e.cfg.NATS.shared()}},
 	}
 	ecfg.Exit = exitCfg
 	e.nc = nc
