@@ -3,23 +3,27 @@ package actors
 // The engine actor is the root supervisor: it spawns the signaling actor, the exit (if any) and the
 // tunnels, hands their events to the embedding program, and shuts them down in order.
 //
-//	running ──Shutdown──▶ shuttingDown: CloseTunnel to every tunnel ──all terminated──▶
-//	   │          health hub stopped ──terminated──▶
-//	   │          endWith(engine_shutdown) to the exit ──terminated──▶ signaling poisoned
+//	running ──Shutdown──▶ shuttingDown: CloseTunnel to every tunnel, drainExit to the exit (both
+//	   │          drain at once) ──all tunnels terminated──▶ health hub stopped ──terminated──▶
+//	   │          the exit's drain over (it ends itself) ──terminated──▶ signaling poisoned
 //	   │          ──terminated──▶ ShutdownResponse
-//	   │          (Shutdown{Force} meanwhile: CloseTunnel again, with no drain, to the tunnels left)
+//	   │          (Shutdown{Force} meanwhile: CloseTunnel again, with no drain, to the tunnels left;
+//	   │          endWith(engine_shutdown) to the exit, which cuts its drain short)
+//	   ├──DrainExit──▶ drainExit to the exit; it drains and stops: answered then, not replaced
 //	   ├──exit lost──▶ a fresh exit (at most 3 respawns a minute, then given up)
 //	   ├──signaling lost──▶ not replaced (OpenTunnel answers ErrNoSignaling)
 //	   ├──health hub lost──▶ a fresh hub, every tunnel registers its current leg with it (at most 3
 //	   │                      respawns a minute, none without signaling)
 //	   └──Stopping (Engine.Kill)──▶ killed: its children stop with it, none counted as lost
 //
-// Tunnels go first and drain, so that downloads in flight through this process's own exit finish
-// and their goodbyes still reach exits; the exit then says goodbye to its remaining clients;
-// signaling goes last because everything before it may still publish. The engine stops none of
-// them from outside: tunnels are closed with CloseTunnel (a forced shutdown closes them again,
-// with no drain), the exit is ended with endWith(engine_shutdown), signaling is poisoned; each
-// tells its own children why, and the engine moves on at each Terminated.
+// Tunnels and the exit drain together: downloads in flight through this process's own exit
+// finish, other engines' tunnels move to other exits while their flows here go on, and the exit
+// ends once nothing is left to drain (or at its drain timeout), saying goodbye to its remaining
+// clients; signaling goes last because everything before it may still publish. The engine stops
+// none of them from outside: tunnels are closed with CloseTunnel (a forced shutdown closes them
+// again, with no drain), the exit drains and ends itself with endWith(engine_shutdown) (a forced
+// shutdown sends it that), signaling is poisoned; each tells its own children why, and the engine
+// moves on at each Terminated. An exit that stops after a drain is not lost: it is not replaced.
 
 import (
 	"errors"
@@ -70,6 +74,17 @@ type Shutdown struct{ Force bool }
 // ShutdownResponse answers Shutdown.
 type ShutdownResponse struct{}
 
+// DrainExit drains the engine's exit: it admits no session, tells its clients, lets its flows
+// run until nothing is left or its drain timeout, then ends and stops (it is not replaced). The
+// reply is *DrainExitResponse once the exit has stopped.
+type DrainExit struct{}
+
+// DrainExitResponse answers DrainExit: Err is ErrNoExit for an engine that serves no exit.
+type DrainExitResponse struct{ Err error }
+
+// ErrNoExit: the engine serves no exit (none configured, or it was given up).
+var ErrNoExit = errors.New("engine serves no exit")
+
 type engineActor struct {
 	cfg       EngineConfig
 	behavior  actor.Behavior
@@ -83,8 +98,11 @@ type engineActor struct {
 	// exitRespawns, hubRespawns: when the exit or the health hub was replaced after stopping
 	// unexpectedly, within exitRespawnWindow
 	exitRespawns, hubRespawns []time.Time
-	exitServing               bool // the exit said it serves (ExitReady without Err): only then is its stop a loss
-	exitTold                  bool // shutting down: the exit was told endWith
+	exitServing               bool         // the exit said it serves (ExitReady without Err): only then is its stop a loss
+	exitTold                  bool         // shutting down: the exit was told endWith
+	exitDrain                 bool         // the exit was told to drain: its stop is its end, not a loss
+	exitDrained               bool         // the exit drained and stopped
+	drainers                  []*actor.PID // DrainExit callers, answered once the exit has stopped
 }
 
 // An exit (or health hub) lost more than exitRespawnLimit times within exitRespawnWindow (timers.go) is not
@@ -202,9 +220,13 @@ func (e *engineActor) running(ctx actor.Context) {
 		ctx.Watch(pid)
 		e.tunnels[pid.Id] = pid
 		ctx.Respond(&TunnelSpawned{PID: pid})
+	case *DrainExit:
+		e.drainExit(ctx)
 	case *actor.Terminated:
 		delete(e.tunnels, m.Who.Id)
 		switch {
+		case e.exit != nil && m.Who.Equal(e.exit) && e.exitDrain:
+			e.exitEnded(ctx)
 		case e.exit != nil && m.Who.Equal(e.exit):
 			if !e.exitServing {
 				e.exit = nil // it failed to start and said so (ExitReady with Err): nothing to replace
@@ -229,6 +251,10 @@ func (e *engineActor) running(ctx actor.Context) {
 			// its drain timeout), says goodbye, and stops; Terminated moves shutdown on.
 			ctx.Send(pid, &messages.CloseTunnel{Reason: "engine shutdown", Why: messages.EndEngineShutdown})
 		}
+		if e.exit != nil && !e.exitDrain { // it drains beside the tunnels, and ends itself
+			e.exitDrain = true
+			ctx.Send(e.exit, &drainExit{})
+		}
 		e.advance(ctx)
 	}
 }
@@ -239,7 +265,7 @@ func (e *engineActor) shuttingDown(ctx actor.Context) {
 		delete(e.tunnels, m.Who.Id)
 		switch {
 		case e.exit != nil && m.Who.Equal(e.exit):
-			e.exit = nil
+			e.exitEnded(ctx)
 		case e.hub != nil && m.Who.Equal(e.hub):
 			e.hub = nil
 		case e.signaling != nil && m.Who.Equal(e.signaling):
@@ -248,12 +274,19 @@ func (e *engineActor) shuttingDown(ctx actor.Context) {
 		e.advance(ctx)
 	case *OpenTunnel:
 		ctx.Respond(&TunnelSpawned{})
+	case *DrainExit:
+		e.drainExit(ctx) // joins the drain under way
 	case *Shutdown:
 		if m.Force {
 			// The graceful part ran out of time: close what is left now, with no drain, still in
-			// order (tunnels say goodbye as they stop, before signaling goes).
+			// order (tunnels say goodbye as they stop, before signaling goes); the exit's drain is
+			// cut short (its goodbyes still go out).
 			for _, pid := range e.tunnels {
 				ctx.Send(pid, &messages.CloseTunnel{Reason: "engine shutdown (forced)", Drain: -1, Why: messages.EndEngineShutdown})
+			}
+			if e.exit != nil && !e.exitTold {
+				e.exitTold = true
+				ctx.Send(e.exit, &endWith{why: messages.EndEngineShutdown})
 			}
 			e.advance(ctx)
 		}
@@ -263,29 +296,6 @@ func (e *engineActor) shuttingDown(ctx actor.Context) {
 
 // killed ignores everything: the engine is being stopped with its children.
 func (e *engineActor) killed(actor.Context) {}
-
-// exitLost: the exit stopped while the engine runs (it panicked; its devices released the sessions
-// as they stopped). A fresh exit with the same configuration takes over, so its clients (whose
-// pings now find their sessions unknown) reconnect to it — unless exits were lost too often, when
-// the role is given up rather than restarted in a loop.
-func (e *engineActor) exitLost(ctx actor.Context) {
-	e.exit, e.exitServing = nil, false
-	if e.signaling == nil {
-		action := "not replaced: no signaling"
-		e.cfg.Logger.Error("exit stopped unexpectedly", "action", action)
-		e.lost(ctx, "exit", action)
-		return
-	}
-	if !mayRespawn(&e.exitRespawns) {
-		action := fmt.Sprintf("not replaced: lost %d times within %v", len(e.exitRespawns)+1, exitRespawnWindow)
-		e.cfg.Logger.Error("exit stopped unexpectedly", "action", action)
-		e.lost(ctx, "exit", action)
-		return
-	}
-	e.spawnExit(ctx)
-	e.cfg.Logger.Error("exit stopped unexpectedly", "action", "respawned")
-	e.lost(ctx, "exit", "respawned")
-}
 
 // hubLost: the health hub stopped while the engine runs (it panicked). It held only registrations
 // and cadences: a fresh one takes over and every tunnel registers its current leg with it — unless
@@ -338,17 +348,6 @@ func (e *engineActor) spawnHub(ctx actor.Context) {
 	ctx.Watch(e.hub)
 }
 
-// spawnExit starts the exit role; it reports ExitReady to the engine.
-func (e *engineActor) spawnExit(ctx actor.Context) {
-	xc := *e.cfg.Exit
-	xc.Signaling, xc.Events, xc.ReadyTo = e.signaling, ctx.Self(), ctx.Self()
-	if xc.Logger == nil {
-		xc.Logger = e.cfg.Logger
-	}
-	e.exit = ctx.Spawn(NewExitProps(xc))
-	ctx.Watch(e.exit)
-}
-
 // advance moves shutdown to its next phase once the current one has finished.
 func (e *engineActor) advance(ctx actor.Context) {
 	switch {
@@ -356,10 +355,8 @@ func (e *engineActor) advance(ctx actor.Context) {
 	case e.hub != nil:
 		ctx.Stop(e.hub) // it owns only cadences and probes; with the tunnels gone it watches nothing
 	case e.exit != nil:
-		if !e.exitTold { // its connections record engine_shutdown; Terminated moves shutdown on
-			e.exitTold = true
-			ctx.Send(e.exit, &endWith{why: messages.EndEngineShutdown})
-		}
+		// It drains since Shutdown and ends itself (its connections record engine_shutdown);
+		// Terminated moves shutdown on.
 	case e.signaling != nil:
 		// Poison, not Stop: a stop is a system message and overtakes user messages still in the
 		// mailbox — the goodbyes the tunnels and the exit sent as they stopped would be lost.

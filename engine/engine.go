@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -366,8 +367,9 @@ func (e *Engine) exitConfig(x *ExitConfig) (actors.ExitConfig, error) {
 		MaxSessionsPerClient: r.maxSessions, RequestRate: r.rate, RequestBurst: r.burst,
 		Conn:    r.limits.timeouts(orDuration(x.ConnectTimeout, DefaultConnectTimeout)),
 		UDPIdle: orDuration(x.UDPIdleTimeout, DefaultUDPIdleTimeout), MaxConnsPerSession: r.maxFlows,
-		SessionIdle: sessionIdle(x.SessionIdleTimeout),
-		Logger:      e.logger, Identity: e.identity}
+		SessionIdle: sessionIdle(x.SessionIdleTimeout), Labels: maps.Clone(x.Labels),
+		AnnounceInterval: r.announce, DrainTimeout: r.drain,
+		Logger: e.logger, Identity: e.identity}
 	for _, sp := range r.static {
 		xc.StaticPeers = append(xc.StaticPeers, actors.StaticPeer{Name: sp.name, PublicKey: sp.key, Addresses: sp.addrs})
 	}
