@@ -15,7 +15,7 @@ package actors
 //	                                                                                                                │
 //	  Up, and Degraded (which does all that Up does, and traffic flows):                                            │
 //	   ├─signaling failing ◀──▶ Degraded                                                                            │
-//	   ├─Switch──▶ Switching ──new leg up; or new leg failed while the old one serves (stays on it)─────────────────┤
+//	   ├─Switch, or the exit drains──▶ Switching ──new leg up; or new legs failed while the old one serves (stays)──┤
 //	   │              ├─the old exit lost meanwhile, then the new leg failed──▶ Reconnecting                        │
 //	   │              └─Close──▶ Draining (Closing if the old exit was lost meanwhile)                              │
 //	   ├─Reconfigure──▶ Reconfiguring ──new leg up──────────────────────────────────────────────────────────────────┤
