@@ -6,7 +6,7 @@ package actors
 // signed session.draining (DrainMS: the time left), so that clients move their tunnels to other
 // exits make-before-break while the flows already running here go on.
 //
-//	Serving ──drainExit──▶ Draining ──no client session left (and no static peer), or no flow open,
+//	Serving ──drainExit──▶ Draining ──no client session left, or no flow open,
 //	                                  or drain_timeout──▶ Ending (endWith(engine_shutdown): leaving
 //	                                  announced, goodbyes, the flows left end)
 //
@@ -71,9 +71,10 @@ func (e *exitActor) drainingState(ctx actor.Context) {
 }
 
 // drained reports whether nothing is left to drain: no forwarded flow is open, or no client session
-// is held or being set up (and no static peer, whose flows have no other exit to move to).
+// is held or being set up (they moved and said goodbye; static peers, which cannot move, do not
+// hold a drain up).
 func (e *exitActor) drained() bool {
-	return e.flows <= 0 || len(e.sessions) == 0 && len(e.pending) == 0 && len(e.cfg.StaticPeers) == 0
+	return e.flows <= 0 || len(e.sessions) == 0 && len(e.pending) == 0
 }
 
 // tellDraining sends a client session the signed notice of the drain, with the time left.

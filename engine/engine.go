@@ -141,7 +141,8 @@ func (e *Engine) DroppedEvents() int64 { return e.dropped.Load() }
 // ExitStatus is the state of this engine's exit: sessions and tunnel addresses.
 type ExitStatus = actors.ExitStatus
 
-// ExitStatus reports the exit's sessions and address pool (zero without an exit).
+// ExitStatus reports the exit's sessions, address pool, open flows and whether it drains (zero
+// without an exit, or once it has drained and stopped).
 func (e *Engine) ExitStatus(ctx context.Context) (ExitStatus, error) {
 	if e.pid == nil {
 		return ExitStatus{}, ErrNotStarted
@@ -478,10 +479,12 @@ func (e *Engine) closeEvents() {
 	e.sinkMu.Unlock()
 }
 
-// Close shuts down gracefully: tunnels first (each says goodbye to its exit), then the exit, then
-// signaling and the embedded NATS server. It returns when everything has been released, or when ctx
-// ends (then the rest is stopped at once, still before Close returns). Events() is closed after.
-// Close is idempotent.
+// Close shuts down gracefully: the tunnels drain (each then says goodbye to its exit) and, at the
+// same time, the exit drains as DrainExit does (its clients move to other exits while its flows
+// finish, then it says goodbye to those left); then signaling and the embedded NATS server stop.
+// It returns when everything has been released, or when ctx ends (then both drains are cut short
+// and the rest is stopped at once, still before Close returns). Events() is closed after. Close is
+// idempotent.
 func (e *Engine) Close(ctx context.Context) error {
 	e.closeOnce.Do(func() {
 		defer close(e.closed)
