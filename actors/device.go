@@ -60,6 +60,7 @@ type deviceConfig struct {
 	udpIdle       time.Duration
 	maxConns      int // per peer
 	events        *actor.PID
+	flows         *actor.PID // the exit: hears flowsChanged from every peer
 }
 
 // deviceReady tells the parent the device is up.
@@ -329,7 +330,7 @@ func (d *deviceActor) addPeer(ctx actor.Context, m *addPeer) (*actor.PID, error)
 		dev: d.dev, publicKey: m.publicKey, sessionID: m.sessionID, owner: d.cfg.owner,
 		probe: m.probe, probeLimit: m.probeLimit, notify: m.notify, logger: d.cfg.logger,
 		egress: d.cfg.egress, conn: d.cfg.conn, udpIdle: d.cfg.udpIdle, maxConns: d.cfg.maxConns,
-		events: d.cfg.events, goodbye: m.goodbye,
+		events: d.cfg.events, flows: d.cfg.flows, goodbye: m.goodbye,
 	})))
 	ctx.Watch(pid)
 	for _, p := range m.allowedIPs {

@@ -3,12 +3,14 @@ package actors
 // The engine actor is the root supervisor: it spawns the signaling actor, the exit (if any) and the
 // tunnels, hands their events to the embedding program, and shuts them down in order.
 //
-//	running ──Shutdown──▶ shuttingDown: ReleaseTunnels to layered children (pools), CloseTunnel to every
-//	   │          tunnel ──all terminated──▶
+//	running ──Shutdown──▶ shuttingDown: ReleaseTunnels to layered children (pools), CloseTunnel to
+//	   │          every tunnel, drainExit to the exit (both drain at once) ──all tunnels terminated──▶
 //	   │          exit directory stopped ──terminated──▶ health hub stopped ──terminated──▶
-//	   │          endWith(engine_shutdown) to the exit ──terminated──▶ signaling poisoned
+//	   │          the exit's drain over (it ends itself) ──terminated──▶ signaling poisoned
 //	   │          ──terminated──▶ ShutdownResponse
-//	   │          (Shutdown{Force} meanwhile: CloseTunnel again, with no drain, to the tunnels left)
+//	   │          (Shutdown{Force} meanwhile: CloseTunnel again, with no drain, to the tunnels left;
+//	   │          endWith(engine_shutdown) to the exit, which cuts its drain short)
+//	   ├──DrainExit──▶ drainExit to the exit; it drains and stops: answered then, not replaced
 //	   ├──exit lost──▶ a fresh exit (at most 3 respawns a minute, then given up)
 //	   ├──signaling lost──▶ not replaced (OpenTunnel answers ErrNoSignaling)
 //	   ├──health hub lost──▶ a fresh hub, every tunnel registers its current leg with it (at most 3
@@ -17,12 +19,14 @@ package actors
 //	   │                      lost, a fresh one (at most 3 respawns a minute, none without signaling)
 //	   └──Stopping (Engine.Kill)──▶ killed: its children stop with it, none counted as lost
 //
-// Tunnels go first and drain, so that downloads in flight through this process's own exit finish
-// and their goodbyes still reach exits; the exit then says goodbye to its remaining clients;
-// signaling goes last because everything before it may still publish. The engine stops none of
-// them from outside: tunnels are closed with CloseTunnel (a forced shutdown closes them again,
-// with no drain), the exit is ended with endWith(engine_shutdown), signaling is poisoned; each
-// tells its own children why, and the engine moves on at each Terminated.
+// Tunnels and the exit drain together: downloads in flight through this process's own exit
+// finish, other engines' tunnels move to other exits while their flows here go on, and the exit
+// ends once nothing is left to drain (or at its drain timeout), saying goodbye to its remaining
+// clients; signaling goes last because everything before it may still publish. The engine stops
+// none of them from outside: tunnels are closed with CloseTunnel (a forced shutdown closes them
+// again, with no drain), the exit drains and ends itself with endWith(engine_shutdown) (a forced
+// shutdown sends it that), signaling is poisoned; each tells its own children why, and the engine
+// moves on at each Terminated. An exit that stops after a drain is not lost: it is not replaced.
 
 import (
 	"errors"
@@ -96,6 +100,17 @@ type Shutdown struct{ Force bool }
 // ShutdownResponse answers Shutdown.
 type ShutdownResponse struct{}
 
+// DrainExit drains the engine's exit: it admits no session, tells its clients, lets its flows
+// run until nothing is left or its drain timeout, then ends and stops (it is not replaced). The
+// reply is *DrainExitResponse once the exit has stopped.
+type DrainExit struct{}
+
+// DrainExitResponse answers DrainExit: Err is ErrNoExit for an engine that serves no exit.
+type DrainExitResponse struct{ Err error }
+
+// ErrNoExit: the engine serves no exit (none configured, or it was given up).
+var ErrNoExit = errors.New("engine serves no exit")
+
 type engineActor struct {
 	cfg       EngineConfig
 	behavior  actor.Behavior
@@ -111,8 +126,11 @@ type engineActor struct {
 	// exitRespawns, hubRespawns: when the exit or the health hub was replaced after stopping
 	// unexpectedly, within exitRespawnWindow
 	exitRespawns, hubRespawns []time.Time
-	exitServing               bool // the exit said it serves (ExitReady without Err): only then is its stop a loss
-	exitTold                  bool // shutting down: the exit was told endWith
+	exitServing               bool         // the exit said it serves (ExitReady without Err): only then is its stop a loss
+	exitTold                  bool         // shutting down: the exit was told endWith
+	exitDrain                 bool         // the exit was told to drain: its stop is its end, not a loss
+	exitDrained               bool         // the exit drained and stopped
+	drainers                  []*actor.PID // DrainExit callers, answered once the exit has stopped
 
 	// dirRespawns: when the exit directory was replaced after stopping unexpectedly, within
 	// exitRespawnWindow; dirGivenUp: it was lost too often and is not replaced again.
@@ -249,6 +267,8 @@ func (e *engineActor) running(ctx actor.Context) {
 		ctx.Respond(&ChildSpawned{PID: pid})
 	case *EnsureDirectory:
 		ctx.Respond(e.ensureDirectory(ctx))
+	case *DrainExit:
+		e.drainExit(ctx)
 	case *actor.Terminated:
 		delete(e.tunnels, m.Who.Id)
 		if _, ok := e.layered[m.Who.Id]; ok {
@@ -256,6 +276,8 @@ func (e *engineActor) running(ctx actor.Context) {
 			return
 		}
 		switch {
+		case e.exit != nil && m.Who.Equal(e.exit) && e.exitDrain:
+			e.exitEnded(ctx)
 		case e.exit != nil && m.Who.Equal(e.exit):
 			if !e.exitServing {
 				e.exit = nil // it failed to start and said so (ExitReady with Err): nothing to replace
@@ -285,6 +307,10 @@ func (e *engineActor) running(ctx actor.Context) {
 			// its drain timeout), says goodbye, and stops; Terminated moves shutdown on.
 			ctx.Send(pid, &messages.CloseTunnel{Reason: "engine shutdown", Why: messages.EndEngineShutdown})
 		}
+		if e.exit != nil && !e.exitDrain { // it drains beside the tunnels, and ends itself
+			e.exitDrain = true
+			ctx.Send(e.exit, &drainExit{})
+		}
 		e.advance(ctx)
 	}
 }
@@ -296,7 +322,7 @@ func (e *engineActor) shuttingDown(ctx actor.Context) {
 		delete(e.layered, m.Who.Id)
 		switch {
 		case e.exit != nil && m.Who.Equal(e.exit):
-			e.exit = nil
+			e.exitEnded(ctx)
 		case e.hub != nil && m.Who.Equal(e.hub):
 			e.hub = nil
 		case e.dir != nil && m.Who.Equal(e.dir):
@@ -311,12 +337,19 @@ func (e *engineActor) shuttingDown(ctx actor.Context) {
 		ctx.Respond(&ChildSpawned{Err: ErrShuttingDown})
 	case *EnsureDirectory:
 		ctx.Respond(&DirectoryReady{Err: ErrShuttingDown})
+	case *DrainExit:
+		e.drainExit(ctx) // joins the drain under way
 	case *Shutdown:
 		if m.Force {
 			// The graceful part ran out of time: close what is left now, with no drain, still in
-			// order (tunnels say goodbye as they stop, before signaling goes).
+			// order (tunnels say goodbye as they stop, before signaling goes); the exit's drain is
+			// cut short (its goodbyes still go out).
 			for _, pid := range e.tunnels {
 				ctx.Send(pid, &messages.CloseTunnel{Reason: "engine shutdown (forced)", Drain: -1, Why: messages.EndEngineShutdown})
+			}
+			if e.exit != nil && !e.exitTold {
+				e.exitTold = true
+				ctx.Send(e.exit, &endWith{why: messages.EndEngineShutdown})
 			}
 			e.advance(ctx)
 		}
@@ -326,29 +359,6 @@ func (e *engineActor) shuttingDown(ctx actor.Context) {
 
 // killed ignores everything: the engine is being stopped with its children.
 func (e *engineActor) killed(actor.Context) {}
-
-// exitLost: the exit stopped while the engine runs (it panicked; its devices released the sessions
-// as they stopped). A fresh exit with the same configuration takes over, so its clients (whose
-// pings now find their sessions unknown) reconnect to it — unless exits were lost too often, when
-// the role is given up rather than restarted in a loop.
-func (e *engineActor) exitLost(ctx actor.Context) {
-	e.exit, e.exitServing = nil, false
-	if e.signaling == nil {
-		action := "not replaced: no signaling"
-		e.cfg.Logger.Error("exit stopped unexpectedly", "action", action)
-		e.lost(ctx, "exit", action)
-		return
-	}
-	if !mayRespawn(&e.exitRespawns) {
-		action := fmt.Sprintf("not replaced: lost %d times within %v", len(e.exitRespawns)+1, exitRespawnWindow)
-		e.cfg.Logger.Error("exit stopped unexpectedly", "action", action)
-		e.lost(ctx, "exit", action)
-		return
-	}
-	e.spawnExit(ctx)
-	e.cfg.Logger.Error("exit stopped unexpectedly", "action", "respawned")
-	e.lost(ctx, "exit", "respawned")
-}
 
 // hubLost: the health hub stopped while the engine runs (it panicked). It held only registrations
 // and cadences: a fresh one takes over and every tunnel registers its current leg with it — unless
@@ -401,17 +411,6 @@ func (e *engineActor) spawnHub(ctx actor.Context) {
 	ctx.Watch(e.hub)
 }
 
-// spawnExit starts the exit role; it reports ExitReady to the engine.
-func (e *engineActor) spawnExit(ctx actor.Context) {
-	xc := *e.cfg.Exit
-	xc.Signaling, xc.Events, xc.ReadyTo = e.signaling, ctx.Self(), ctx.Self()
-	if xc.Logger == nil {
-		xc.Logger = e.cfg.Logger
-	}
-	e.exit = ctx.Spawn(NewExitProps(xc))
-	ctx.Watch(e.exit)
-}
-
 // advance moves shutdown to its next phase once the current one has finished.
 func (e *engineActor) advance(ctx actor.Context) {
 	switch {
@@ -421,10 +420,8 @@ func (e *engineActor) advance(ctx actor.Context) {
 	case e.hub != nil:
 		ctx.Stop(e.hub) // it owns only cadences and probes; with the tunnels gone it watches nothing
 	case e.exit != nil:
-		if !e.exitTold { // its connections record engine_shutdown; Terminated moves shutdown on
-			e.exitTold = true
-			ctx.Send(e.exit, &endWith{why: messages.EndEngineShutdown})
-		}
+		// It drains since Shutdown and ends itself (its connections record engine_shutdown);
+		// Terminated moves shutdown on.
 	case e.signaling != nil:
 		// Poison, not Stop: a stop is a system message and overtakes user messages still in the
 		// mailbox — the goodbyes the tunnels and the exit sent as they stopped would be lost.

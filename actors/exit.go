@@ -4,20 +4,31 @@ package actors
 // child) runs one WireGuard device for every client; each session or static peer is a peer actor
 // under the device, and each forwarded flow a connection actor under its peer.
 //
-//	Starting ──device ready, static peers added, subscribed──▶ Serving ──endWith(why)──▶ Ending
+//	Starting ──device ready, static peers added, subscribed──▶ Serving ──drainExit──▶ Draining
+//	   │                                                          │                     │
+//	   │                                                          │   no session or no flow left,
+//	   │                                                          │   or drain_timeout ──▶ Ending
+//	   │                                                          ├──endWith(why)──▶ Ending ◀── endWith(why) (a forced shutdown)
 //	   │                                                          └──device lost──▶ stop
 //	   └──device, a static peer or the subscription failed──▶ ExitReady{Err} to ReadyTo, stop
-//	Ending: goodbye to every client session, then endWith(why) to the device (which ends its peers,
-//	        which end their connections) ──device terminated, or childrenEndWait (5 s; warning)──▶ stop
-//	Stopping (unless it was Ending): the same goodbyes; its children stop with it.
+//	Draining: session requests refused "draining"; draining announced at once; each client session
+//	          told (a signed session.draining); sessions and flows go on (exit_drain.go).
+//	Ending: leaving announced, goodbye to every client session, then endWith(why) to the device
+//	        (which ends its peers, which end their connections)
+//	        ──device terminated, or childrenEndWait (5 s; warning)──▶ stop
+//	Stopping (unless it was Ending): the same announcement and goodbyes; its children stop with it.
 //
-// The engine ends the exit with endWith(engine_shutdown), so that its connections record why; the
-// goodbyes go out first, before the engine stops signaling. Stopped from outside (it failed to
-// start, its device stopped, the actor system shut down), it says the same goodbyes in Stopping and
-// its children are stopped with it: their connections end with their default, tunnel_closed.
+// The engine drains the exit (Engine.DrainExit, Engine.Close): once the drain is over it ends
+// itself with endWith(engine_shutdown), so that its connections record why; the goodbyes go out
+// first, before the engine stops signaling. Stopped from outside (it failed to start, its device
+// stopped, the actor system shut down), it says the same goodbyes in Stopping and its children are
+// stopped with it: their connections end with their default, tunnel_closed.
+//
+// While Serving and Draining it announces itself on warren.v1.exits.announce every
+// AnnounceInterval, and at once on every change of state (exit_announce.go).
 //
 // A session request arrives verified (signature, clock: the signaling actor), is admitted (allowed
-// clients, replay, limits: exit_admission.go) and given addresses,
+// clients, replay, limits: exit_admission.go) and given addresses (exit_sessions.go),
 // and its peer added before it is answered. A client's goodbye stops that peer at once: the
 // WireGuard peer is removed and its flows end, with no handshake or keepalive timeout involved.
 
@@ -71,7 +82,14 @@ type ExitConfig struct {
 	Logger      *slog.Logger
 	ReadyTo     *actor.PID          // hears one *ExitReady
 	Stats       *SignalingStats     // goodbyes dropped; nil: not kept
-	Identity    *signaling.Identity // signs the exit's goodbyes; announced in session responses
+	Identity    *signaling.Identity // signs the exit's goodbyes and announcements; announced in session responses
+	Labels      map[string]string   // announced; read only
+	// AnnounceInterval is the cadence of the exit's announcements; 0: it neither announces nor
+	// answers discovery.
+	AnnounceInterval time.Duration
+	// DrainTimeout bounds a drain: how long the flows left may run once the exit drains; 0: none
+	// (a drain ends the exit at once).
+	DrainTimeout time.Duration
 }
 
 // ExitReady tells the engine the exit serves (Err nil) or could not start.
@@ -99,24 +117,31 @@ type pendingSession struct {
 }
 
 type exitActor struct {
-	cfg      ExitConfig
-	behavior actor.Behavior
-	addr     netip.Addr // the exit's own tunnel address
-	device   *actor.PID
-	endpoint netip.AddrPort
-	used     map[netip.Addr]bool
-	next     netip.Addr
-	sessions map[string]*exitSession    // by session id
-	byPeer   map[string]*exitSession    // by peer PID id
-	pending  map[string]*pendingSession // session ids being set up
-	static   map[string]*actor.PID      // by name
-	keys     map[signaling.Key]string   // WireGuard public keys in use (sessions, static peers, the exit's own)
-	waiting  int                        // static peers and the subscription still to confirm in Starting
-	ready    *ExitReady                 // what to announce once waiting reaches 0
-	stopping bool                       // ending or stopped: continuations start nothing
-	sweepT   *time.Timer                // next idle-session sweep; stopped in Stopping
-	endT     *time.Timer                // bounds the wait for the device told endWith
-	adm      admission                  // replay cache, rate buckets, sessions per client (exit_admission.go)
+	cfg       ExitConfig
+	behavior  actor.Behavior
+	addr      netip.Addr // the exit's own tunnel address
+	device    *actor.PID
+	endpoint  netip.AddrPort
+	used      map[netip.Addr]bool
+	next      netip.Addr
+	sessions  map[string]*exitSession    // by session id
+	byPeer    map[string]*exitSession    // by peer PID id
+	pending   map[string]*pendingSession // session ids being set up
+	static    map[string]*actor.PID      // by name
+	keys      map[signaling.Key]string   // WireGuard public keys in use (sessions, static peers, the exit's own)
+	waiting   int                        // static peers and the subscription still to confirm in Starting
+	ready     *ExitReady                 // what to announce once waiting reaches 0
+	stopping  bool                       // ending or stopped: continuations start nothing
+	draining  bool                       // Draining (or Ending after a drain): announced as such, sessions granted now are told
+	drainEnd  time.Time                  // when the drain timeout runs out
+	flows     int                        // forwarded connections open (flowsChanged from the peers)
+	capacity  int                        // client sessions the address pool holds, held and free
+	sweepT    *time.Timer                // next idle-session sweep; stopped in Stopping
+	announceT *time.Timer                // next announcement; stopped on leaving and in Stopping
+	drainT    *time.Timer                // the drain timeout; stopped on leaving and in Stopping
+	endT      *time.Timer                // bounds the wait for the device told endWith
+	announced bool                       // an announcement went out: a leaving one follows at the end
+	adm       admission                  // replay cache, rate buckets, sessions per client (exit_admission.go)
 }
 
 // NewExitProps returns the props of an exit actor.
@@ -138,16 +163,15 @@ func (e *exitActor) Receive(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *GetExitStatus:
 		ctx.Respond(e.status())
+	case *flowsChanged:
+		e.flows += m.delta
+		e.behavior.Receive(ctx) // a drain may be over
+	case *describeExit:
+		ctx.Respond(&exitDescribed{a: e.describe()})
 	case *endWith:
-		if e.stopping {
-			return
-		}
-		e.leave(ctx)
-		e.endT = endChildren(ctx, m.why, ctx.Children()) // the device
-		e.behavior.Become(e.ending)
-		stopWhenEnded(ctx, e.cfg.Logger, len(ctx.Children()), false)
+		e.end(ctx, m.why)
 	case *actor.Stopping:
-		stopTimers(e.endT)
+		stopTimers(e.endT, e.announceT, e.drainT)
 		if !e.stopping {
 			e.leave(ctx)
 		}
@@ -172,7 +196,7 @@ func (e *exitActor) starting(ctx actor.Context) {
 			addresses: []netip.Addr{e.addr}, mtu: e.cfg.MTU, logger: e.cfg.Logger,
 			conn: e.cfg.Conn, connectPort: e.cfg.ConnectPort, egress: &e.cfg.Egress,
 			allowLoopback: e.cfg.Egress.AllowLoopback, udpIdle: e.cfg.UDPIdle, maxConns: e.cfg.MaxConnsPerSession,
-			events: e.cfg.Events,
+			events: e.cfg.Events, flows: ctx.Self(),
 		})))
 		ctx.Watch(e.device)
 	case *deviceReady:
@@ -217,6 +241,8 @@ func (e *exitActor) starting(ctx actor.Context) {
 		ctx.Respond(&sessionGranted{err: &signaling.WireError{Code: messages.ErrCodeUnavailable, Message: "exit starting"}})
 	case *sessionsPinged:
 		ctx.Respond(&sessionsPong{})
+	case *drainExit: // nothing to drain yet
+		e.end(ctx, messages.EndEngineShutdown)
 	}
 }
 
@@ -227,8 +253,10 @@ func (e *exitActor) confirmed(ctx actor.Context) {
 	}
 	e.behavior.Become(e.serving)
 	e.armSweep(ctx)
+	e.capacity = max(e.status().AddressesTotal-len(e.used), 0) // the exit's own address and the static peers' are not for sessions
 	e.cfg.Logger.Info("exit serving", "endpoint", e.endpoint, "address", e.addr, "public_key", e.ready.PublicKey.String())
 	ctx.Send(e.cfg.ReadyTo, e.ready)
+	e.announce(ctx)
 }
 
 func (e *exitActor) failStart(ctx actor.Context, err error) {
@@ -245,6 +273,19 @@ func (e *exitActor) serving(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *sessionRequested:
 		e.grant(ctx, m.req)
+	case *drainExit:
+		e.drain(ctx)
+	default:
+		e.held(ctx)
+	}
+}
+
+// held handles what Serving and Draining share: the sessions held, their pings, goodbyes and
+// sweeps, the device and static peers, and the announcements' cadence.
+func (e *exitActor) held(ctx actor.Context) {
+	switch m := ctx.Message().(type) {
+	case *announceTick:
+		e.announce(ctx)
 	case *sessionsPinged:
 		ctx.Respond(e.answerPing(m))
 	case *sweepSessions:
@@ -292,87 +333,4 @@ func (e *exitActor) serving(ctx actor.Context) {
 			emit(ctx, e.cfg.Events, &messages.SessionClosed{ExitID: e.cfg.ID, SessionID: s.id, Reason: "peer released"})
 		}
 	}
-}
-
-func (e *exitActor) grant(ctx actor.Context, req *messages.SessionRequest) {
-	refuse := func(code, format string, args ...any) {
-		msg := fmt.Sprintf(format, args...)
-		e.cfg.Logger.Warn("session refused", "session", req.SessionID, "client", req.ClientID, "code", code, "reason", msg)
-		ctx.Respond(&sessionGranted{err: &signaling.WireError{Code: code, Message: msg}})
-	}
-	if req.ExitID != e.cfg.ID {
-		refuse(messages.ErrCodeBadRequest, "request for exit %q reached exit %q", req.ExitID, e.cfg.ID)
-		return
-	}
-	now := time.Now()
-	if e.pending[req.SessionID] != nil {
-		refuse(messages.ErrCodeReplayed, "request already seen")
-		return
-	}
-	if code, text := e.admitRequest(req, now); code != "" {
-		refuse(code, "%s", text)
-		return
-	}
-	key, _ := signaling.ParseKey(req.WGPublicKey) // validated by the codec
-	if _, used := e.keys[key]; used {
-		// wireguard-go would update the existing peer (and take its address): refuse instead.
-		e.releaseClient(req.ClientID)
-		refuse(messages.ErrCodeBadRequest, "wireguard key in use")
-		return
-	}
-	addr, err := e.allocate()
-	if err != nil {
-		e.releaseClient(req.ClientID)
-		refuse(messages.ErrCodeExhausted, "%v", err)
-		return
-	}
-	e.pending[req.SessionID] = &pendingSession{clientID: req.ClientID}
-	e.keys[key] = req.SessionID
-	f := ctx.RequestFuture(e.device, &addPeer{
-		publicKey: key, allowedIPs: []netip.Prefix{netip.PrefixFrom(addr, addr.BitLen())}, sessionID: req.SessionID,
-		goodbye: true,
-	}, addPeerWait)
-	reenter(ctx, f, func(res any, err error) {
-		goneAlready := e.pending[req.SessionID].gone
-		delete(e.pending, req.SessionID)
-		if e.stopped() { // the exit is stopping: its goodbyes went out already; this session never starts
-			if r, ok := res.(*addPeerResponse); ok && r.err == nil {
-				ctx.Stop(r.pid)
-			}
-			err = errors.New("exit shutting down")
-			res = nil
-		}
-		if r, ok := res.(*addPeerResponse); ok {
-			err = r.err
-			if err == nil {
-				s := &exitSession{id: req.SessionID, clientID: req.ClientID, key: key, peer: r.pid, addrs: []netip.Addr{addr},
-					lastRx: -1, lastActive: time.Now()}
-				e.sessions[s.id], e.byPeer[r.pid.Id] = s, s
-				ctx.Watch(r.pid)
-				resp := &messages.SessionResponse{
-					SessionID: req.SessionID, ExitWGPublicKey: e.cfg.PrivateKey.Public().String(),
-					Endpoint: e.endpoint.String(), ClientAddresses: []string{addr.String()},
-					ExitAddresses: []string{e.addr.String()}, ConnectPort: e.cfg.ConnectPort, MTU: e.cfg.MTU,
-					ExitID: e.cfg.ID, ClientID: req.ClientID, Certificate: e.cfg.Certificate,
-				}
-				e.cfg.Identity.SignSessionResponse(resp, time.Now())
-				ctx.Respond(&sessionGranted{resp: resp})
-				e.cfg.Logger.Info("session opened", "session", s.id, "client", s.clientID, "address", addr)
-				emit(ctx, e.cfg.Events, &messages.SessionOpened{ExitID: e.cfg.ID, SessionID: s.id, ClientID: s.clientID, ClientAddresses: s.addrs})
-				if goneAlready {
-					e.cfg.Logger.Info("client said goodbye during setup", "session", s.id)
-					ctx.Stop(r.pid)
-				}
-				return
-			}
-		}
-		delete(e.used, addr)
-		delete(e.keys, key)
-		e.releaseClient(req.ClientID)
-		if e.stopped() {
-			refuse(messages.ErrCodeUnavailable, "%v", err)
-			return
-		}
-		refuse(messages.ErrCodeInternal, "add peer: %v", err)
-	})
 }

@@ -152,6 +152,8 @@ type ExitStatus struct {
 	AddressesUsed  int // tunnel addresses taken (the exit's own and static peers' included)
 	AddressesTotal int // usable addresses of the subnet (capped at 2^20)
 	Clients        int // distinct client identities holding sessions
+	Flows          int // forwarded connections open (as the exit counts them: announced, and what a drain waits for)
+	Draining       bool
 }
 
 func (e *exitActor) status() *ExitStatus {
@@ -161,5 +163,5 @@ func (e *exitActor) status() *ExitStatus {
 		total -= 2 // network and broadcast
 	}
 	return &ExitStatus{Sessions: len(e.sessions), Pending: len(e.pending), AddressesUsed: len(e.used),
-		AddressesTotal: total, Clients: len(e.adm.perConn)}
+		AddressesTotal: total, Clients: len(e.adm.perConn), Flows: max(e.flows, 0), Draining: e.draining && !e.stopping}
 }

@@ -1,6 +1,7 @@
 package actors
 
-// The exit's end. The engine ends it with endWith(engine_shutdown): it says goodbye to every client
+// The exit's end. The engine ends it with endWith(engine_shutdown), or the exit ends itself so once
+// a drain is over (exit_drain.go): it announces that it leaves, says goodbye to every client
 // session, tells its device endWith (the device ends its peers, each peer its connections, so that
 // they record why), and stops once the device has terminated (bounded by childrenEndWait).
 
@@ -13,13 +14,25 @@ import (
 	"github.com/warren-tunnel/warren/signaling"
 )
 
-// leave starts the exit's end: no new sweep or session, and a goodbye to every client session
-// before the peers go, so that clients leave Up at once instead of waiting for a handshake or
-// keepalive timeout.
+// end ends the exit (once): leave, then endWith(why) to the device; ending waits for it.
+func (e *exitActor) end(ctx actor.Context, why messages.EndReason) {
+	if e.stopping {
+		return
+	}
+	e.leave(ctx)
+	e.endT = endChildren(ctx, why, ctx.Children()) // the device
+	e.behavior.Become(e.ending)
+	stopWhenEnded(ctx, e.cfg.Logger, len(ctx.Children()), false)
+}
+
+// leave starts the exit's end: no new sweep, announcement or session; a last announcement that it
+// leaves (the directory's goodbye), and a goodbye to every client session before the peers go, so
+// that clients leave Up at once instead of waiting for a handshake or keepalive timeout.
 func (e *exitActor) leave(ctx actor.Context) {
 	e.stopping = true
-	if e.sweepT != nil {
-		e.sweepT.Stop()
+	stopTimers(e.sweepT, e.announceT, e.drainT)
+	if e.announced {
+		e.announce(ctx) // state leaving: stopping is set
 	}
 	for _, s := range e.sessions {
 		c := &messages.SessionClose{SessionID: s.id, Reason: "exit shutting down"}

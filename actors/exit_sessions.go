@@ -1,7 +1,8 @@
 package actors
 
-// The exit's address pool and its sweep of sessions whose clients went silent (they died without
-// a goodbye).
+// The exit's sessions: a request granted (its address allocated and its peer added before the
+// answer), the address pool, and the sweep of sessions whose clients went silent (they died
+// without a goodbye).
 
 import (
 	"errors"
@@ -10,7 +11,95 @@ import (
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
+
+	"github.com/warren-tunnel/warren/messages"
+	"github.com/warren-tunnel/warren/signaling"
 )
+
+func (e *exitActor) grant(ctx actor.Context, req *messages.SessionRequest) {
+	refuse := func(code, format string, args ...any) {
+		msg := fmt.Sprintf(format, args...)
+		e.cfg.Logger.Warn("session refused", "session", req.SessionID, "client", req.ClientID, "code", code, "reason", msg)
+		ctx.Respond(&sessionGranted{err: &signaling.WireError{Code: code, Message: msg}})
+	}
+	if req.ExitID != e.cfg.ID {
+		refuse(messages.ErrCodeBadRequest, "request for exit %q reached exit %q", req.ExitID, e.cfg.ID)
+		return
+	}
+	now := time.Now()
+	if e.pending[req.SessionID] != nil {
+		refuse(messages.ErrCodeReplayed, "request already seen")
+		return
+	}
+	if code, text := e.admitRequest(req, now); code != "" {
+		refuse(code, "%s", text)
+		return
+	}
+	key, _ := signaling.ParseKey(req.WGPublicKey) // validated by the codec
+	if _, used := e.keys[key]; used {
+		// wireguard-go would update the existing peer (and take its address): refuse instead.
+		e.releaseClient(req.ClientID)
+		refuse(messages.ErrCodeBadRequest, "wireguard key in use")
+		return
+	}
+	addr, err := e.allocate()
+	if err != nil {
+		e.releaseClient(req.ClientID)
+		refuse(messages.ErrCodeExhausted, "%v", err)
+		return
+	}
+	e.pending[req.SessionID] = &pendingSession{clientID: req.ClientID}
+	e.keys[key] = req.SessionID
+	f := ctx.RequestFuture(e.device, &addPeer{
+		publicKey: key, allowedIPs: []netip.Prefix{netip.PrefixFrom(addr, addr.BitLen())}, sessionID: req.SessionID,
+		goodbye: true,
+	}, addPeerWait)
+	reenter(ctx, f, func(res any, err error) {
+		goneAlready := e.pending[req.SessionID].gone
+		delete(e.pending, req.SessionID)
+		if e.stopped() { // the exit is stopping: its goodbyes went out already; this session never starts
+			if r, ok := res.(*addPeerResponse); ok && r.err == nil {
+				ctx.Stop(r.pid)
+			}
+			err = errors.New("exit shutting down")
+			res = nil
+		}
+		if r, ok := res.(*addPeerResponse); ok {
+			err = r.err
+			if err == nil {
+				s := &exitSession{id: req.SessionID, clientID: req.ClientID, key: key, peer: r.pid, addrs: []netip.Addr{addr},
+					lastRx: -1, lastActive: time.Now()}
+				e.sessions[s.id], e.byPeer[r.pid.Id] = s, s
+				ctx.Watch(r.pid)
+				resp := &messages.SessionResponse{
+					SessionID: req.SessionID, ExitWGPublicKey: e.cfg.PrivateKey.Public().String(),
+					Endpoint: e.endpoint.String(), ClientAddresses: []string{addr.String()},
+					ExitAddresses: []string{e.addr.String()}, ConnectPort: e.cfg.ConnectPort, MTU: e.cfg.MTU,
+					ExitID: e.cfg.ID, ClientID: req.ClientID, Certificate: e.cfg.Certificate,
+				}
+				e.cfg.Identity.SignSessionResponse(resp, time.Now())
+				ctx.Respond(&sessionGranted{resp: resp})
+				e.cfg.Logger.Info("session opened", "session", s.id, "client", s.clientID, "address", addr)
+				emit(ctx, e.cfg.Events, &messages.SessionOpened{ExitID: e.cfg.ID, SessionID: s.id, ClientID: s.clientID, ClientAddresses: s.addrs})
+				if goneAlready {
+					e.cfg.Logger.Info("client said goodbye during setup", "session", s.id)
+					ctx.Stop(r.pid)
+				} else if e.draining { // asked before the drain began: told now
+					e.tellDraining(ctx, s)
+				}
+				return
+			}
+		}
+		delete(e.used, addr)
+		delete(e.keys, key)
+		e.releaseClient(req.ClientID)
+		if e.stopped() {
+			refuse(messages.ErrCodeUnavailable, "%v", err)
+			return
+		}
+		refuse(messages.ErrCodeInternal, "add peer: %v", err)
+	})
+}
 
 // armSweep schedules the next idle-session sweep.
 func (e *exitActor) armSweep(ctx actor.Context) {

@@ -79,6 +79,13 @@ type closeLeg struct {
 	quiet  bool
 }
 
+// legExitDraining tells the tunnel that the exit of one of its legs drains (tunnel_drain.go).
+type legExitDraining struct {
+	id        int
+	sessionID string
+	drain     time.Duration
+}
+
 // legChanged reports a leg's transition to its tunnel. Entering up, it carries what the tunnel
 // needs to use the leg; entering failed, why.
 type legChanged struct {
@@ -148,6 +155,10 @@ func (l *legActor) Receive(ctx actor.Context) {
 		if !l.state.final() {
 			l.saidBye = true
 			l.end(ctx, legFailed, "exit said goodbye: "+m.reason, fmt.Errorf("%w: %s", ErrExitGone, m.reason))
+		}
+	case *exitDraining:
+		if !l.state.final() { // the tunnel decides what it means
+			ctx.Send(l.tunnel, &legExitDraining{id: l.cfg.id, sessionID: m.sessionID, drain: m.drain})
 		}
 	case *deviceFailed:
 		if !l.state.final() {

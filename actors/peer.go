@@ -45,6 +45,7 @@ type peerConfig struct {
 	udpIdle  time.Duration
 	maxConns int // flows at once; 0 unlimited
 	events   *actor.PID
+	flows    *actor.PID // the exit: hears flowsChanged as connections open and end (nil on a client)
 
 	// goodbye: a client session on the exit, told of the exit's end by a signed goodbye. Told
 	// endWith, the peer leaves the WireGuard device before its connections end, so that their
@@ -75,6 +76,7 @@ type peerActor struct {
 	nextConn uint64
 	active   int  // connection children
 	stopping bool // set on endWith or in Stopping: flows that still arrive are refused, not spawned
+	counted  bool // Stopping reported the connections still open to cfg.flows: nothing more is reported
 	removed  bool // the WireGuard peer is gone from the device (goodbye on endWith, or Stopping)
 }
 
@@ -143,6 +145,9 @@ func (p *peerActor) running(ctx actor.Context) {
 		p.spawnConn(ctx, connConfig{kind: connService, in: m.c})
 	case *messages.ConnectionEnded, *pingServed:
 		p.active--
+		if !p.counted {
+			emit(ctx, p.cfg.flows, &flowsChanged{delta: -1})
+		}
 	case *endWith:
 		if p.stopping {
 			return
@@ -162,6 +167,10 @@ func (p *peerActor) running(ctx actor.Context) {
 		}
 		p.wg.Wait()
 		p.removePeer()
+		if !p.counted && p.active > 0 { // they stop with the peer: their reports may never be read
+			emit(ctx, p.cfg.flows, &flowsChanged{delta: -p.active})
+		}
+		p.counted = true
 	}
 }
 
@@ -196,6 +205,7 @@ func (p *peerActor) refusedForLimit(ctx actor.Context) {
 func (p *peerActor) spawnConn(ctx actor.Context, cfg connConfig) {
 	p.nextConn++
 	p.active++
+	emit(ctx, p.cfg.flows, &flowsChanged{delta: 1})
 	cfg.id, cfg.role, cfg.owner, cfg.logger = p.nextConn, "exit", p.cfg.owner+"/"+p.cfg.sessionID, p.cfg.logger
 	if cfg.limits.Setup == 0 {
 		cfg.limits = p.cfg.conn

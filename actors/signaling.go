@@ -59,6 +59,13 @@ type exitSaidGoodbye struct {
 	reason    string
 }
 
+// exitDraining tells a leg that the exit of its session drains: it ends the session's flows within
+// drain (messages.SessionDraining, verified).
+type exitDraining struct {
+	sessionID string
+	drain     time.Duration
+}
+
 type inboundClientEvent struct{ msg *nats.Msg }
 
 // pingSessions asks an exit which of this client's sessions (at most messages.MaxPingSessions) it
@@ -116,6 +123,7 @@ type watchedSession struct {
 	tunnel       *actor.PID // the leg that asked for the session
 	exitIdentity string
 	early        []*messages.SessionClose
+	earlyDrain   []*messages.SessionDraining // drain notices held the same way
 }
 
 // requestSession asks an exit for a session; the requester hears one *sessionReply. Only an answer
@@ -181,9 +189,13 @@ type signalingActor struct {
 	subs      []*nats.Subscription
 	clientSub *nats.Subscription // this engine's client subject; from the first watched session on
 	dir       directorySignaling // announcements and discovery rounds for the exit directory (signaling_directory.go)
-	ctx       context.Context    // cancelled in Stopping; ends outstanding requests
-	cancel    context.CancelFunc
-	wg        sync.WaitGroup // outstanding request goroutines
+	// announcer is this engine's exit while it announces (signaling_announce.go): it answers
+	// discovery, on discoverSub (from its first announcement on).
+	announcer   *actor.PID
+	discoverSub *nats.Subscription
+	ctx         context.Context // cancelled in Stopping; ends outstanding requests
+	cancel      context.CancelFunc
+	wg          sync.WaitGroup // outstanding request goroutines
 }
 
 // NewSignalingProps returns the props of the signaling actor.
@@ -241,6 +253,13 @@ func (s *signalingActor) Receive(ctx actor.Context) {
 		if err != nil {
 			s.cfg.Logger.Warn("exit goodbye not sent", "client", m.clientID, "session", m.close.SessionID, "err", err)
 		}
+	case *announce:
+		s.announce(ctx, m)
+	case *inboundDiscover:
+		s.backlog.Add(-1)
+		s.discovered(ctx, m.msg)
+	case *sendSessionDraining:
+		s.sendDraining(m)
 	case *serveExit:
 		exit, exitID := m.exit, m.exitID
 		sub, err := s.subscribeBounded(ctx, signaling.ExitSubject(m.exitID), func(msg *nats.Msg) any {
@@ -288,7 +307,8 @@ func (s *signalingActor) Receive(ctx actor.Context) {
 	}
 }
 
-// subscribeBounded subscribes to subject and hands each message, wrapped, to the actor. The mailbox
+// subscribeBounded subscribes to subject and hands each message, wrapped, to the actor (unless wrap
+// returns nil: it dropped the message, and counted it). The mailbox
 // is unbounded, so what waits in it is bounded here: past maxBacklog messages (for all of this
 // actor's subscriptions together) the rest are dropped and counted, and a flood on a subject —
 // anyone on the bus may publish to it — costs bounded memory. The actor decrements backlog as it
@@ -296,12 +316,16 @@ func (s *signalingActor) Receive(ctx actor.Context) {
 func (s *signalingActor) subscribeBounded(ctx actor.Context, subject string, wrap func(*nats.Msg) any) (*nats.Subscription, error) {
 	system, self, backlog, stats := ctx.ActorSystem(), ctx.Self(), &s.backlog, s.cfg.Stats
 	sub, err := s.cfg.Conn.Subscribe(subject, func(msg *nats.Msg) {
+		m := wrap(msg)
+		if m == nil { // the wrapper dropped it, and counted it
+			return
+		}
 		if backlog.Add(1) > maxBacklog {
 			backlog.Add(-1)
 			stats.Dropped.Add(1)
 			return
 		}
-		system.Root.Send(self, wrap(msg))
+		system.Root.Send(self, m)
 	})
 	if err == nil {
 		_ = sub.SetPendingLimits(maxBacklog, 8<<20)

@@ -110,6 +110,8 @@ func (s *signalingActor) awaitSession(ctx context.Context, m *requestSession, da
 			if err := nc.PublishRequest(subject, inbox, data); err != nil {
 				return nil, fmt.Errorf("%w: exit %q: %w", ErrExitUnreachable, m.exitID, err)
 			}
+		case refusal.Code == messages.ErrCodeDraining: // final for this exit: no retry
+			return nil, fmt.Errorf("%w: %w: %w", ErrSessionRefused, ErrExitDraining, refusal)
 		default:
 			return nil, fmt.Errorf("%w: %w", ErrSessionRefused, refusal)
 		}

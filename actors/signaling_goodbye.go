@@ -1,8 +1,8 @@
 package actors
 
-// Exits' goodbyes to this engine's clients (legs): the client subject, which goodbyes are acted on
-// (valid, for a watched session, signed by that session's exit), the ones held between a request
-// and its grant, and the ones that crossed our own.
+// Exits' goodbyes and drain notices to this engine's clients (legs): the client subject, which
+// goodbyes and notices are acted on (valid, for a watched session, signed by that session's exit),
+// the ones held between a request and its grant, and the goodbyes that crossed our own.
 
 import (
 	"context"
@@ -38,7 +38,8 @@ func (s *signalingActor) subscribeClientEvents(ctx actor.Context) {
 	s.subs = append(s.subs, sub)
 }
 
-// handleClientEvent takes an exit's goodbye: valid, for a watched session, signed by that session's exit.
+// handleClientEvent takes an exit's goodbye or drain notice: valid, for a watched session, signed by
+// that session's exit. Anything else is dropped and counted, never acted on.
 func (s *signalingActor) handleClientEvent(ctx actor.Context, msg *nats.Msg) {
 	body, err := signaling.Decode(msg.Data)
 	if err != nil {
@@ -46,12 +47,19 @@ func (s *signalingActor) handleClientEvent(ctx actor.Context, msg *nats.Msg) {
 		s.cfg.Logger.Warn("client event refused", "subject", msg.Subject, "reason", err)
 		return
 	}
-	c, ok := body.(*messages.SessionClose)
-	if !ok {
+	switch b := body.(type) {
+	case *messages.SessionClose:
+		s.exitGoodbye(ctx, b)
+	case *messages.SessionDraining:
+		s.exitDraining(ctx, b)
+	default:
 		s.cfg.Stats.Forged.Add(1)
 		s.cfg.Logger.Warn("client event refused", "subject", msg.Subject, "reason", fmt.Sprintf("unexpected %T", body))
-		return
 	}
+}
+
+// exitGoodbye takes an exit's goodbye: valid, for a watched session, signed by that session's exit.
+func (s *signalingActor) exitGoodbye(ctx actor.Context, c *messages.SessionClose) {
 	w, ok := s.watched[c.SessionID]
 	if !ok {
 		// Never acted on; not necessarily forged. One for a session we ended lately crossed our own
@@ -90,11 +98,56 @@ func (s *signalingActor) handleClientEvent(ctx actor.Context, msg *nats.Msg) {
 	ctx.Send(w.tunnel, &exitSaidGoodbye{sessionID: c.SessionID, reason: c.Reason})
 }
 
-// watch records a granted session's exit identity; a goodbye held since the request is delivered
-// now if that exit signed it.
+// exitDraining takes an exit's drain notice like a goodbye: valid, for a watched and granted session,
+// signed by that session's exit; the session stays watched (its goodbye comes later). A notice that
+// overtakes the grant is held, verified, like an early goodbye (one per signer).
+func (s *signalingActor) exitDraining(ctx actor.Context, d *messages.SessionDraining) {
+	w, ok := s.watched[d.SessionID]
+	if !ok {
+		s.cfg.Stats.Stale.Add(1)
+		s.cfg.Logger.Debug("exit drain notice dropped", "session", d.SessionID, "reason", "no such session here")
+		return
+	}
+	if w.exitIdentity != "" && d.Signer != w.exitIdentity {
+		s.cfg.Stats.Forged.Add(1)
+		s.cfg.Logger.Warn("exit drain notice refused", "session", d.SessionID, "reason", "not signed by the session's exit")
+		return
+	}
+	if err := signaling.VerifySessionDraining(d, time.Now()); err != nil {
+		s.cfg.Stats.Forged.Add(1)
+		s.cfg.Logger.Warn("exit drain notice refused", "session", d.SessionID, "reason", err)
+		return
+	}
+	if w.exitIdentity == "" {
+		if len(w.earlyDrain) < maxEarlyGoodbyes && !slices.ContainsFunc(w.earlyDrain, func(e *messages.SessionDraining) bool { return e.Signer == d.Signer }) {
+			w.earlyDrain = append(w.earlyDrain, d)
+			s.watched[d.SessionID] = w
+		}
+		return
+	}
+	ctx.Send(w.tunnel, drainNotice(d))
+}
+
+func drainNotice(d *messages.SessionDraining) *exitDraining {
+	return &exitDraining{sessionID: d.SessionID, drain: time.Duration(d.DrainMS) * time.Millisecond}
+}
+
+// watch records a granted session's exit identity; a goodbye (or drain notice) held since the
+// request is delivered now if that exit signed it.
 func (s *signalingActor) watch(ctx actor.Context, m *watchSession) {
 	w := s.watched[m.sessionID]
 	s.watched[m.sessionID] = watchedSession{tunnel: m.tunnel, exitIdentity: m.exitIdentity}
+	for i, d := range w.earlyDrain {
+		if d.Signer == m.exitIdentity {
+			ctx.Send(m.tunnel, drainNotice(d))
+			w.earlyDrain = slices.Delete(w.earlyDrain, i, i+1)
+			break
+		}
+	}
+	if len(w.earlyDrain) > 0 {
+		s.cfg.Stats.Forged.Add(int64(len(w.earlyDrain)))
+		s.cfg.Logger.Warn("exit drain notice refused", "session", m.sessionID, "reason", "not signed by the session's exit", "held", len(w.earlyDrain))
+	}
 	for _, c := range w.early {
 		if c.Signer == m.exitIdentity {
 			delete(s.watched, m.sessionID)

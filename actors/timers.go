@@ -132,8 +132,15 @@ type connTimers struct{ idle, lifetime, grace *time.Timer }
 
 func (t *connTimers) stopAll() { stopTimers(t.idle, t.lifetime, t.grace) }
 
-// Exit (exit_sessions.go): sweepSessions is time to release sessions whose client went silent.
-type sweepSessions struct{}
+// Exit (exit*.go).
+type (
+	// sweepSessions: time to release sessions whose client went silent (exit_sessions.go).
+	sweepSessions struct{}
+	// announceTick: time for the exit's next announcement (exit_announce.go).
+	announceTick struct{}
+	// exitDrainExpired: the exit's drain timeout ran out; the flows left end (exit_drain.go).
+	exitDrainExpired struct{}
+)
 
 // Exit directory (directory*.go): its timers are fields of the directory actor, stopped in Stopping.
 type (

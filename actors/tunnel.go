@@ -15,7 +15,7 @@ package actors
 //	                                                                                                                │
 //	  Up, and Degraded (which does all that Up does, and traffic flows):                                            │
 //	   ├─signaling failing ◀──▶ Degraded                                                                            │
-//	   ├─Switch──▶ Switching ──new leg up; or new leg failed while the old one serves (stays on it)─────────────────┤
+//	   ├─Switch, or the exit drains──▶ Switching ──new leg up; or new legs failed while the old one serves (stays)──┤
 //	   │              ├─the old exit lost meanwhile, then the new leg failed──▶ Reconnecting                        │
 //	   │              └─Close──▶ Draining (Closing if the old exit was lost meanwhile)                              │
 //	   ├─Reconfigure──▶ Reconfiguring ──new leg up──────────────────────────────────────────────────────────────────┤
@@ -56,6 +56,9 @@ var (
 	ErrExitGone         = errors.New("exit ended the session")
 	ErrBusy             = errors.New("tunnel is switching or reconfiguring")
 	ErrNotUp            = errors.New("tunnel is not up")
+	// ErrExitDraining: the exit refused the session because it drains; final for that exit (a
+	// tunnel tries its next exit at once).
+	ErrExitDraining = errors.New("exit is draining")
 )
 
 // TunnelConfig is a client tunnel, resolved and validated by the engine.
@@ -110,6 +113,7 @@ type tunnelActor struct {
 	waiter     *actor.PID          // the Switch or Reconfigure caller
 	waitReconf bool                // the waiter asked for Reconfigure (else Switch)
 	drainFor   time.Duration       // the drain a Switch gives the old leg
+	move       []string            // a switch away from a draining exit: the exits left to try (tunnel_drain.go)
 	drainT     *time.Timer         // the drain timeout of a Close; sends tunnelDrainExpired
 	drainEnd   time.Time           // when drainT fires
 	drainWhy   messages.EndReason  // recorded for connections still open when the drain ends
@@ -167,6 +171,8 @@ func (t *tunnelActor) Receive(ctx actor.Context) {
 		t.legChanged(ctx, m)
 	case *legDrainExpired:
 		t.legDrainExpired(ctx, m)
+	case *legExitDraining:
+		t.exitDrains(ctx, m)
 	case *signalingHealth, *dataPlaneFailed, *sessionLost:
 		t.health(ctx, m)
 	case *healthHubReplaced:
@@ -204,7 +210,9 @@ func (t *tunnelActor) enter(ctx actor.Context, to messages.TunnelState, cause st
 		t.behavior.Become(t.closing)
 	}
 	t.cfg.Logger.Info("tunnel state", "from", from, "to", to, "cause", cause)
-	emit(ctx, t.cfg.Events, &messages.TunnelStateChanged{TunnelID: t.cfg.ID, From: from, To: to, Cause: cause, At: time.Now()})
+	ev := &messages.TunnelStateChanged{TunnelID: t.cfg.ID, From: from, To: to, Cause: cause, At: time.Now()}
+	emit(ctx, t.cfg.Events, ev)
+	emit(ctx, t.cfg.Steer, ev)
 }
 
 // opening is Negotiating and Handshaking: the first leg is coming up.
@@ -237,7 +245,7 @@ func (t *tunnelActor) up(ctx actor.Context) {
 			ctx.Respond(&messages.SwitchTunnelResponse{Err: err})
 			return
 		}
-		t.waiter, t.waitReconf, t.drainFor = ctx.Sender(), false, t.drainTimeout(m.Drain)
+		t.waiter, t.waitReconf, t.drainFor, t.move = ctx.Sender(), false, t.drainTimeout(m.Drain), nil
 		t.enter(ctx, messages.StateSwitching, "switch to "+m.ExitID)
 		t.pending = t.startLeg(ctx, m.ExitID, legSwitch)
 	case *messages.ReconfigureTunnel:
@@ -255,6 +263,7 @@ func (t *tunnelActor) up(ctx actor.Context) {
 func (t *tunnelActor) changing(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *messages.CloseTunnel:
+		t.move = nil
 		t.answerWaiter(ctx, fmt.Errorf("%w: closed during %s", ErrTunnelClosed, t.state))
 		if t.pending != nil {
 			t.releaseLeg(ctx, t.pending)

@@ -199,7 +199,7 @@ func (t *tunnelActor) legUp(ctx actor.Context, l *leg, rtt time.Duration) {
 		t.reply(ctx, nil)
 	case l == t.pending && l.purpose == legSwitch:
 		old := t.current
-		t.current, t.pending = l, nil
+		t.current, t.pending, t.move = l, nil, nil
 		t.info.ExitID = l.exitID
 		t.enter(ctx, messages.StateUp, fmt.Sprintf("switched to %s (probe rtt %v)", l.exitID, rtt.Round(rttPrecision)))
 		t.watchNewLeg(ctx, l)
@@ -228,6 +228,9 @@ func (t *tunnelActor) legFailed(ctx actor.Context, l *leg, err error) {
 		t.fail(ctx, err)
 	case l == t.pending && l.purpose == legSwitch:
 		t.pending = nil
+		if t.nextMove(ctx, err) { // moving off a draining exit: the next one
+			return
+		}
 		t.answerWaiter(ctx, err)
 		if t.current == nil || t.current.state != legUp || t.current.ending() { // the old leg was lost meanwhile
 			t.reconnect(ctx, "switch failed ("+err.Error()+") and the old exit was lost", false)

@@ -10,6 +10,7 @@ package actors
 //	meanwhile wait (up to ReconnectWait) and then go to the new leg, or get a clear failure.
 
 import (
+	"errors"
 	"math/rand/v2"
 	"net"
 	"slices"
@@ -40,6 +41,7 @@ func (t *tunnelActor) exits() []string { return append([]string{t.cfg.ExitID}, t
 // to one (lost).
 type reconnection struct {
 	attempt int          // reconnection attempts that failed so far
+	skipped int          // exits in a row that refused because they drain (tried next at once)
 	order   []string     // the exits a reconnect tries, in turn (failoverOrder)
 	lost    lostExit     // the exit lost during a switch, for a reconnect after it
 	retryT  *time.Timer  // next reconnection attempt (reconnectAttempt)
@@ -81,7 +83,7 @@ func (t *tunnelActor) reconnect(ctx actor.Context, cause string, next bool) {
 	}
 	t.enter(ctx, messages.StateReconnecting, cause)
 	ctx.Send(t.keepalive, &stopMonitoring{})
-	t.recon.attempt, t.recon.order, t.recon.lost = 0, t.failoverOrder(lost), lostExit{}
+	t.recon.attempt, t.recon.skipped, t.recon.order, t.recon.lost = 0, 0, t.failoverOrder(lost), lostExit{}
 	t.current = nil
 	if t.alive(old) {
 		t.released = old
@@ -124,10 +126,18 @@ func (t *tunnelActor) nextAttempt(ctx actor.Context) {
 	t.pending = t.startLeg(ctx, exit, legReconnect)
 }
 
-// reconnectFailed schedules the next attempt after the backoff.
+// reconnectFailed schedules the next attempt after the backoff; after an exit that drains, the
+// next exit is tried at once (unless every exit of the order refused so in a row).
 func (t *tunnelActor) reconnectFailed(ctx actor.Context, err error) {
 	t.pending = nil
 	t.recon.attempt++
+	if errors.Is(err, ErrExitDraining) && t.recon.skipped+1 < len(t.recon.order) {
+		t.recon.skipped++
+		t.cfg.Logger.Info("reconnect attempt refused: the exit drains; trying the next at once", "attempt", t.recon.attempt)
+		t.nextAttempt(ctx)
+		return
+	}
+	t.recon.skipped = 0
 	wait := t.cfg.Backoff.Min << min(t.recon.attempt-1, 20)
 	if wait > t.cfg.Backoff.Max || wait <= 0 {
 		wait = t.cfg.Backoff.Max

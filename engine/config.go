@@ -150,6 +150,18 @@ type ExitConfig struct {
 	// for this long (a client that died without a goodbye; live tunnels send keepalives, probes and
 	// pings). Default 3m; negative: never.
 	SessionIdleTimeout Duration `yaml:"session_idle_timeout"`
+	// Labels describe the exit in its announcements (e.g. region: eu), for clients that choose exits
+	// by label: at most 16; keys 1-32 of a-z 0-9 _ . - (starting with a letter or digit), values
+	// 0-64 of A-Z a-z 0-9 _ . : / -.
+	Labels map[string]string `yaml:"labels"`
+	// AnnounceInterval is the cadence of the exit's signed announcements on
+	// warren.v1.exits.announce (docs/signaling.md). Default 10s; 50ms-10m; negative: the exit
+	// neither announces nor answers discovery.
+	AnnounceInterval Duration `yaml:"announce_interval"`
+	// DrainTimeout is how long a draining exit (Engine.DrainExit, Engine.Close, SIGTERM) lets its
+	// forwarded flows run while its clients move to other exits; the drain ends earlier once no
+	// session or no flow is left. Default 5s; 1ms-1h; negative: no drain (the exit ends at once).
+	DrainTimeout Duration `yaml:"drain_timeout"`
 }
 
 // ConnLimits are the time limits of proxied or forwarded connections.
@@ -288,6 +300,9 @@ const (
 	DefaultCloseGrace       = time.Second
 	DefaultMaxConnections   = 4096
 	DefaultDrainTimeout     = 5 * time.Second
+	// An exit's announcements and drain (docs/signaling.md).
+	DefaultAnnounceInterval = 10 * time.Second
+	DefaultExitDrainTimeout = 5 * time.Second
 	// Exit admission limits (docs/security.md).
 	DefaultMaxSessionsPerClient     = 16
 	DefaultRequestsPerSecond        = 10

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/warren-tunnel/warren/netstack"
@@ -27,6 +28,7 @@ type resolvedExit struct {
 	rate                         float64
 	// timers (engine.exitConfig resolves them again with the same result)
 	connect, udpIdle, sessionIdle time.Duration
+	announce, drain               time.Duration // 0: off
 }
 
 type staticPeer struct {
@@ -170,6 +172,16 @@ func (x *ExitConfig) resolve() (resolvedExit, error) {
 		if err := signaling.ValidIdentity(id); err != nil {
 			return r, fieldErr(fmt.Sprintf("exit.allowed_clients[%d]", i), "%w", err)
 		}
+	}
+	if err := signaling.ValidLabels(x.Labels); err != nil {
+		return r, fieldErr("exit.labels", "%s", strings.TrimPrefix(err.Error(), signaling.ErrInvalid.Error()+": "))
+	}
+	if r.announce, err = durationIn("exit.announce_interval", x.AnnounceInterval, DefaultAnnounceInterval,
+		signaling.MinAnnounceInterval, signaling.MaxAnnounceInterval, true); err != nil {
+		return r, err
+	}
+	if r.drain, err = durationIn("exit.drain_timeout", x.DrainTimeout, DefaultExitDrainTimeout, time.Millisecond, time.Hour, true); err != nil {
+		return r, err
 	}
 	return r, nil
 }

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"errors"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -81,6 +82,10 @@ func TestValidateRanges(t *testing.T) {
 		{"exit.request_burst", exit(func(x *ExitConfig) { x.RequestBurst = 2e6 })},
 		{"exit.max_connections_per_session", exit(func(x *ExitConfig) { x.MaxConnectionsPerSession = -5 })},
 		{"exit.max_connections_per_session", exit(func(x *ExitConfig) { x.MaxConnectionsPerSession = 2e6 })},
+		{"exit.announce_interval", exit(func(x *ExitConfig) { x.AnnounceInterval = d("10ms") })},
+		{"exit.announce_interval", exit(func(x *ExitConfig) { x.AnnounceInterval = d("11m") })},
+		{"exit.drain_timeout", exit(func(x *ExitConfig) { x.DrainTimeout = d("500us") })},
+		{"exit.drain_timeout", exit(func(x *ExitConfig) { x.DrainTimeout = d("2h") })},
 		{"exit.connections.idle_timeout", exit(func(x *ExitConfig) { x.Connections.IdleTimeout = d("1ms") })},
 		{"exit.connections.close_grace", exit(func(x *ExitConfig) { x.Connections.CloseGrace = d("-1s") })},
 		{"exit.connections.max_lifetime", exit(func(x *ExitConfig) { x.Connections.MaxLifetime = d("-1s") })},
@@ -134,6 +139,7 @@ func TestValidateRanges(t *testing.T) {
 			x := c.Exit
 			x.MTU, x.ConnectTimeout, x.UDPIdleTimeout, x.SessionIdleTimeout = 1280, d("100ms"), d("1s"), d("1s")
 			x.MaxSessionsPerClient, x.RequestsPerSecond, x.RequestBurst, x.MaxConnectionsPerSession = 1, 0.001, 1, 1
+			x.AnnounceInterval, x.DrainTimeout = d("50ms"), d("1ms")
 			x.Connections = ConnLimits{IdleTimeout: d("100ms"), KeepaliveIdleTimeout: d("100ms"), MaxLifetime: d("100ms"), CloseGrace: d("1ms")}
 			s := &c.Tunnels[0]
 			s.HandshakeTimeout, s.ConnectTimeout, s.DrainTimeout, s.Keepalive = d("100ms"), d("100ms"), d("1ms"), 1
@@ -146,6 +152,7 @@ func TestValidateRanges(t *testing.T) {
 			x := c.Exit
 			x.MTU, x.ConnectTimeout, x.UDPIdleTimeout, x.SessionIdleTimeout = 9000, d("5m"), d("24h"), d("24h")
 			x.MaxSessionsPerClient, x.RequestsPerSecond, x.RequestBurst, x.MaxConnectionsPerSession = 65536, 1e6, 1e6, 1e6
+			x.AnnounceInterval, x.DrainTimeout = d("10m"), d("1h")
 			x.Connections = ConnLimits{IdleTimeout: d("168h"), KeepaliveIdleTimeout: d("168h"), MaxLifetime: d("8760h"), CloseGrace: d("1m")}
 			s := &c.Tunnels[0]
 			s.HandshakeTimeout, s.ConnectTimeout, s.DrainTimeout, s.Keepalive = d("5m"), d("5m"), d("1h"), 65535
@@ -157,6 +164,7 @@ func TestValidateRanges(t *testing.T) {
 			x := c.Exit
 			x.SessionIdleTimeout, x.Connections.IdleTimeout = d("-1s"), d("-1ns") // never, off
 			x.MaxSessionsPerClient, x.RequestsPerSecond, x.MaxConnectionsPerSession = -1, -1, -1
+			x.AnnounceInterval, x.DrainTimeout = d("-1s"), d("-1s") // off, none
 			s := &c.Tunnels[0]
 			s.Keepalive, s.MaxConnections, s.Connections.IdleTimeout = -1, -1, d("-5m")
 		},
@@ -176,9 +184,49 @@ func TestValidateRanges(t *testing.T) {
 		t.Errorf("special values resolve to keepalive %d, max_connections %d, idle %v (%v); want 0 (off/unlimited)", r.keepalive, r.maxConns, r.limits.idle, err)
 	}
 	x, err := c.Exit.resolve()
-	if err != nil || x.sessionIdle != 0 || x.maxSessions != 0 || x.rate != 0 || x.maxFlows != 0 {
+	if err != nil || x.sessionIdle != 0 || x.maxSessions != 0 || x.rate != 0 || x.maxFlows != 0 || x.announce != 0 || x.drain != 0 {
 		t.Errorf("exit special values: %+v, %v", x, err)
 	}
+	// And the defaults of the exit's announcements and drain.
+	if x, err := rangeBase().Exit.resolve(); err != nil || x.announce != DefaultAnnounceInterval || x.drain != DefaultExitDrainTimeout {
+		t.Errorf("exit defaults: announce %v, drain %v (%v); want %v, %v", x.announce, x.drain, err, DefaultAnnounceInterval, DefaultExitDrainTimeout)
+	}
+}
+
+// TestValidateExitLabels: labels are checked as announced (signaling.ValidLabels); the error names
+// exit.labels and what is wrong, and a good set passes.
+func TestValidateExitLabels(t *testing.T) {
+	for name, tc := range map[string]struct {
+		labels map[string]string
+		also   string
+	}{
+		"key with a space": {map[string]string{"the region": "eu"}, "label key"},
+		"upper-case key":   {map[string]string{"Region": "eu"}, "label key"},
+		"long key":         {map[string]string{strings.Repeat("k", 33): "eu"}, "label key"},
+		"value with comma": {map[string]string{"region": "eu,us"}, "value"},
+		"long value":       {map[string]string{"region": strings.Repeat("v", 65)}, "value"},
+		"too many":         {manyLabels(17), "limit 16"},
+	} {
+		c := rangeBase()
+		c.Exit.Labels = tc.labels
+		wantField(t, name, c.Validate(), "exit.labels", tc.also)
+	}
+	c := rangeBase()
+	c.Exit.Labels = manyLabels(16)
+	c.Exit.Labels["region"], c.Exit.Labels["empty"] = "eu-west_1.a:b/c", ""
+	delete(c.Exit.Labels, "l0")
+	delete(c.Exit.Labels, "l1")
+	if err := c.Validate(); err != nil {
+		t.Errorf("16 good labels: %v", err)
+	}
+}
+
+func manyLabels(n int) map[string]string {
+	m := map[string]string{}
+	for i := range n {
+		m[fmt.Sprintf("l%d", i)] = "v"
+	}
+	return m
 }
 
 // TestValidateListens: proxies' listen addresses are IP literals with ports 0-65535, and no two

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -147,7 +148,8 @@ func (e *Engine) DroppedEvents() int64 { return e.dropped.Load() }
 // ExitStatus is the state of this engine's exit: sessions and tunnel addresses.
 type ExitStatus = actors.ExitStatus
 
-// ExitStatus reports the exit's sessions and address pool (zero without an exit).
+// ExitStatus reports the exit's sessions, address pool, open flows and whether it drains (zero
+// without an exit, or once it has drained and stopped).
 func (e *Engine) ExitStatus(ctx context.Context) (ExitStatus, error) {
 	if e.pid == nil {
 		return ExitStatus{}, ErrNotStarted
@@ -386,8 +388,9 @@ func (e *Engine) exitConfig(x *ExitConfig) (actors.ExitConfig, error) {
 		MaxSessionsPerClient: r.maxSessions, RequestRate: r.rate, RequestBurst: r.burst,
 		Conn:    r.limits.timeouts(orDuration(x.ConnectTimeout, DefaultConnectTimeout)),
 		UDPIdle: orDuration(x.UDPIdleTimeout, DefaultUDPIdleTimeout), MaxConnsPerSession: r.maxFlows,
-		SessionIdle: sessionIdle(x.SessionIdleTimeout),
-		Logger:      e.logger, Identity: e.identity}
+		SessionIdle: sessionIdle(x.SessionIdleTimeout), Labels: maps.Clone(x.Labels),
+		AnnounceInterval: r.announce, DrainTimeout: r.drain,
+		Logger: e.logger, Identity: e.identity}
 	for _, sp := range r.static {
 		xc.StaticPeers = append(xc.StaticPeers, actors.StaticPeer{Name: sp.name, PublicKey: sp.key, Addresses: sp.addrs})
 	}
@@ -498,10 +501,12 @@ func (e *Engine) closeEvents() {
 	e.sinkMu.Unlock()
 }
 
-// Close shuts down gracefully: tunnels first (each says goodbye to its exit), then the exit, then
-// signaling and the embedded NATS server. It returns when everything has been released, or when ctx
-// ends (then the rest is stopped at once, still before Close returns). Events() is closed after.
-// Close is idempotent.
+// Close shuts down gracefully: the tunnels drain (each then says goodbye to its exit) and, at the
+// same time, the exit drains as DrainExit does (its clients move to other exits while its flows
+// finish, then it says goodbye to those left); then signaling and the embedded NATS server stop.
+// It returns when everything has been released, or when ctx ends (then both drains are cut short
+// and the rest is stopped at once, still before Close returns). Events() is closed after. Close is
+// idempotent.
 func (e *Engine) Close(ctx context.Context) error {
 	e.closeOnce.Do(func() {
 		defer close(e.closed)

@@ -75,7 +75,11 @@ func TestConnReasonDrainTimeout(t *testing.T) {
 func twoEngines(t *testing.T, spec engine.TunnelSpec, closeClient bool) (exitEng, clientEng *engine.Engine, tun *engine.Tunnel, exitLog, clientLog *logCapture) {
 	t.Helper()
 	exitLog, clientLog = newLogCapture(), newLogCapture()
-	exitEng = startExitEngine(t, "far", func(c *engine.Config) { c.Logger = exitLog.logger(); listenTCP(c) })
+	exitEng = startExitEngine(t, "far", func(c *engine.Config) {
+		c.Logger = exitLog.logger()
+		listenTCP(c)
+		c.Exit.DrainTimeout = engine.Duration(300 * time.Millisecond) // an exit that shuts down with a flow open drains this long first
+	})
 	cfg := engine.Config{Logger: clientLog.logger(), NATS: engine.NATSConfig{URLs: []string{exitEng.NATSURL()}}}
 	trustTestBus(&cfg) // startEngine does this; the engine.New path below needs it too
 	if closeClient {
@@ -103,8 +107,8 @@ func twoEngines(t *testing.T, spec engine.TunnelSpec, closeClient bool) (exitEng
 
 // TestConnReasonTunnelClosed: a connection whose tunnel goes away under it ends with
 // tunnel_closed: closed with no drain (Tunnel.Close with WithDrainTimeout(0)), or its session taken
-// away by the exit (the exit engine shuts down; its own side ends with engine_shutdown, read from
-// its log since its stats are gone with it).
+// away by the exit (the exit engine shuts down: the flow outlasts its drain, and its own side ends
+// with engine_shutdown, read from its log since its stats are gone with it).
 func TestConnReasonTunnelClosed(t *testing.T) {
 	src := startServer(t, streamHandler)
 	t.Run("close without drain", func(t *testing.T) {

@@ -121,6 +121,7 @@ func (w *retainWorld) stopExit(i int) {
 	w.t.Helper()
 	e := w.exits[i]
 	w.exits[i] = nil
+	noFlows(w.t, e) // the last proof's flow has ended: the exit leaves at once (a reconnect), no drain (a switch)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := e.Close(ctx); err != nil {

@@ -192,10 +192,13 @@ func newWorld(t *testing.T) *world {
 	return &world{t: t, ns: ns, client: client, rec: record(watchTunnel(client), rowTunnel)}
 }
 
-// exit starts exit id on the world's NATS.
+// exit starts exit id on the world's NATS. It does not drain: closed, it ends at once and says
+// goodbye, whatever flows are open (the rows are about the exit's loss; exit_drain_test.go is
+// about its drain).
 func (w *world) exit(id string, mutate func(*engine.Config)) *engine.Engine {
 	return startExitEngine(w.t, id, func(c *engine.Config) {
 		c.NATS.URLs = []string{w.ns.URL()}
+		c.Exit.DrainTimeout = -1
 		if mutate != nil {
 			mutate(c)
 		}

@@ -1,0 +1,85 @@
+package actors
+
+// The exit's drain (Engine.DrainExit, Engine.Close, SIGTERM to `engine run`): it admits no session
+// any more (requests are refused "draining", which a client takes as final for this exit and tries
+// its next one at once), announces draining at once, and tells each client session so with a
+// signed session.draining (DrainMS: the time left), so that clients move their tunnels to other
+// exits make-before-break while the flows already running here go on.
+//
+//	Serving ──drainExit──▶ Draining ──no client session left, or no flow open,
+//	                                  or drain_timeout──▶ Ending (endWith(engine_shutdown): leaving
+//	                                  announced, goodbyes, the flows left end)
+//
+// A drain that is over at once (no flow open, or no drain configured) ends the exit at once and
+// tells no client: they hear the goodbye and reconnect elsewhere, as from an exit that shuts down.
+
+import (
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+
+	"github.com/warren-tunnel/warren/messages"
+	"github.com/warren-tunnel/warren/signaling"
+)
+
+// drainExit tells the exit to drain; the engine hears its Terminated once it has drained and ended.
+type drainExit struct{}
+
+// flowsChanged tells the exit that forwarded connections opened (delta > 0) or ended (delta < 0);
+// each peer reports its own, and those still open when it stops.
+type flowsChanged struct{ delta int }
+
+// drain starts the drain, or ends the exit at once if there is nothing to drain.
+func (e *exitActor) drain(ctx actor.Context) {
+	if e.cfg.DrainTimeout <= 0 || e.drained() {
+		e.cfg.Logger.Info("exit drain: nothing to drain; ending", "sessions", len(e.sessions), "flows", e.flows)
+		e.end(ctx, messages.EndEngineShutdown)
+		return
+	}
+	e.draining = true
+	e.drainEnd = time.Now().Add(e.cfg.DrainTimeout)
+	e.drainT = sendAfter(ctx, e.cfg.DrainTimeout, &exitDrainExpired{})
+	e.behavior.Become(e.drainingState)
+	e.cfg.Logger.Info("exit draining", "sessions", len(e.sessions), "flows", e.flows, "drain_timeout", e.cfg.DrainTimeout)
+	e.announce(ctx) // draining, at once
+	for _, s := range e.sessions {
+		e.tellDraining(ctx, s)
+	}
+}
+
+// drainingState is Draining: no session admitted; sessions, pings, goodbyes and flows go on until
+// the drain is over.
+func (e *exitActor) drainingState(ctx actor.Context) {
+	switch ctx.Message().(type) {
+	case *sessionRequested:
+		ctx.Respond(&sessionGranted{err: &signaling.WireError{Code: messages.ErrCodeDraining, Message: "exit draining: try another exit"}})
+		return
+	case *exitDrainExpired:
+		e.cfg.Logger.Info("exit drain timeout; ending", "sessions", len(e.sessions), "flows", e.flows)
+		e.end(ctx, messages.EndEngineShutdown)
+		return
+	case *drainExit: // a second ask joins the drain under way
+		return
+	case *flowsChanged:
+	default:
+		e.held(ctx)
+	}
+	if !e.stopping && e.drained() {
+		e.cfg.Logger.Info("exit drained", "sessions", len(e.sessions), "flows", e.flows)
+		e.end(ctx, messages.EndEngineShutdown)
+	}
+}
+
+// drained reports whether nothing is left to drain: no forwarded flow is open, or no client session
+// is held or being set up (they moved and said goodbye; static peers, which cannot move, do not
+// hold a drain up).
+func (e *exitActor) drained() bool {
+	return e.flows <= 0 || len(e.sessions) == 0 && len(e.pending) == 0
+}
+
+// tellDraining sends a client session the signed notice of the drain, with the time left.
+func (e *exitActor) tellDraining(ctx actor.Context, s *exitSession) {
+	d := &messages.SessionDraining{SessionID: s.id, ExitID: e.cfg.ID, DrainMS: max(time.Until(e.drainEnd), 0).Milliseconds()}
+	e.cfg.Identity.SignSessionDraining(d, time.Now())
+	ctx.Send(e.cfg.Signaling, &sendSessionDraining{clientID: s.clientID, draining: d})
+}

@@ -1,0 +1,4 @@
+package messages
+
+// SoftwareVersion is Warren's version, announced by every exit (ExitAnnouncement.Version).
+const SoftwareVersion = "0.13.0-dev"
