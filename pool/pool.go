@@ -30,6 +30,9 @@ type SlotInfo struct {
 	RotateAt  time.Time // its next scheduled rotation (zero: none)
 	Moves     int       // times it moved to another exit (rotations, heals, replacements)
 	Cause     string    // what its last transition said
+	// Tunnel describes its current tunnel (zero while it has none): its id, state, session and
+	// reconnections.
+	Tunnel messages.TunnelInfo
 	// Stats are its current tunnel's connection counters (a replaced tunnel's are gone with it).
 	Stats messages.ConnectionStats
 
@@ -142,19 +145,25 @@ func (p *Pool) Slots(ctx context.Context) ([]SlotInfo, error) {
 		return nil, err
 	}
 	slots := res.(*slotsReply).slots
-	futures := make([]*actor.Future, len(slots))
+	stats, infos := make([]*actor.Future, len(slots)), make([]*actor.Future, len(slots))
 	for i, s := range slots {
 		if s.tunnel != nil {
-			futures[i] = p.system.Root.RequestFuture(s.tunnel, &messages.GetStats{}, requestWait)
+			stats[i] = p.system.Root.RequestFuture(s.tunnel, &messages.GetStats{}, requestWait)
+			infos[i] = p.system.Root.RequestFuture(s.tunnel, &messages.GetTunnelInfo{}, requestWait)
 		}
 	}
-	for i, f := range futures {
-		if f == nil {
+	for i := range slots {
+		if stats[i] == nil {
 			continue
 		}
-		if r, err := f.Result(); err == nil {
+		if r, err := stats[i].Result(); err == nil {
 			if st, ok := r.(*messages.StatsResponse); ok {
 				slots[i].Stats = st.Stats
+			}
+		}
+		if r, err := infos[i].Result(); err == nil {
+			if in, ok := r.(*messages.TunnelInfoResponse); ok {
+				slots[i].Tunnel = in.Info
 			}
 		}
 	}

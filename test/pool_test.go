@@ -7,6 +7,7 @@ package test
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -38,15 +39,8 @@ func poolExit(t testing.TB, ns *natsServer, id string, labels map[string]string)
 func freePortRange(t testing.TB, n int) string {
 	t.Helper()
 	for attempt := 0; attempt < 50; attempt++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		base := l.Addr().(*net.TCPAddr).Port
-		l.Close()
-		if base+n > 65000 {
-			continue
-		}
+		// Below the ephemeral range (32768 and up here), where outgoing connections take theirs.
+		base := 10000 + rand.IntN(22000-n)
 		ok := true
 		for p := base; p < base+n && ok; p++ {
 			c, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
@@ -104,6 +98,17 @@ func (env *poolEnv) slots(t testing.TB) []pool.SlotInfo {
 	return s
 }
 
+// notUp describes the slots that are not up.
+func notUp(slots []pool.SlotInfo) []string {
+	var out []string
+	for _, s := range slots {
+		if s.State != messages.SlotUp {
+			out = append(out, fmt.Sprintf("slot %d %s on %q: %s", s.Index, s.State, s.Exit, s.Cause))
+		}
+	}
+	return out
+}
+
 // perExit counts the slots that are up on each exit; others counts the rest.
 func perExit(slots []pool.SlotInfo) (map[string]int, int) {
 	m, others := map[string]int{}, 0
@@ -140,7 +145,7 @@ func (env *poolEnv) everyPortCarries(t testing.TB, slots []pool.SlotInfo, srv st
 		go func() {
 			defer wg.Done()
 			if err := echoThrough(s.SOCKSAddr, env.echo, fmt.Sprintf("slot %d", s.Index)); err != nil {
-				errs <- fmt.Errorf("slot %d (%s): %w", s.Index, s.Exit, err)
+				errs <- fmt.Errorf("slot %d (%s, tunnel %s %s): %w", s.Index, s.Exit, s.Tunnel.ID, s.Tunnel.State, err)
 			}
 			if srv == "" {
 				return
@@ -228,31 +233,33 @@ func TestPoolAcrossExits(t *testing.T) {
 	slots := env.slots(t)
 	counts, others := perExit(slots)
 	if len(slots) != size || others != 0 || counts["pa"] != 20 || counts["pb"] != 20 || counts["pc"] != 20 {
-		t.Fatalf("after Open: %d slots, %v up per exit, %d not up; want 60 up, 20 on each exit (spread)", len(slots), counts, others)
+		t.Fatalf("after Open: %d slots, %v up per exit, %d not up %v; want 60 up, 20 on each exit (spread)", len(slots), counts, others, notUp(slots))
 	}
 	env.everyPortCarries(t, slots, srv.URL)
 
 	t.Run("rotation under load", func(t *testing.T) {
-		before := env.slots(t)
-		load := startLoad(env, before, 8)
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		defer cancel()
-		moved, failed, err := env.pool.RotateAll(ctx, 8)
-		if err != nil || moved != size || failed != 0 {
-			t.Errorf("RotateAll: moved %d, failed %d, err %v; want %d moved", moved, failed, err, size)
-		}
-		load.stop(t, "rotation of all slots")
-		after := env.slots(t)
-		for i, s := range after {
-			if s.State != messages.SlotUp || s.Exit == before[i].Exit {
-				t.Errorf("slot %d after rotation: %s on %s (was on %s), want up on another exit", i, s.State, s.Exit, before[i].Exit)
+		load := startLoad(env, env.slots(t), 8)
+		for round := 1; round <= 3; round++ {
+			before := env.slots(t)
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			moved, failed, err := env.pool.RotateAll(ctx, 8)
+			cancel()
+			if err != nil || moved != size || failed != 0 {
+				t.Errorf("round %d: RotateAll: moved %d, failed %d, err %v; want %d moved", round, moved, failed, err, size)
+			}
+			for i, s := range env.slots(t) {
+				if s.State != messages.SlotUp || s.Exit == before[i].Exit {
+					t.Errorf("round %d: slot %d after rotation: %s on %s (was on %s), want up on another exit", round, i, s.State, s.Exit, before[i].Exit)
+				}
 			}
 		}
+		load.stop(t, "three rotations of all slots")
 	})
 
+	parent := t // exits started in a subtest live as long as the pool
 	t.Run("new exit takes new and rotated slots", func(t *testing.T) {
-		env.exits["pd"] = poolExit(t, env.ns, "pd", map[string]string{"region": "eu"})
-		env.exits["px"] = poolExit(t, env.ns, "px", map[string]string{"region": "us"}) // filtered out
+		env.exits["pd"] = poolExit(parent, env.ns, "pd", map[string]string{"region": "eu"})
+		env.exits["px"] = poolExit(parent, env.ns, "px", map[string]string{"region": "us"}) // filtered out
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		testutil.Eventually(t, 10*time.Second, "the pool's directory to list pd", func() bool {
@@ -273,7 +280,7 @@ func TestPoolAcrossExits(t *testing.T) {
 		slots := env.slots(t)
 		for _, s := range slots[60:] {
 			if s.Exit != "pd" || s.State != messages.SlotUp {
-				t.Errorf("new slot %d: %s on %s, want up on pd (spread: the emptiest exit)", s.Index, s.State, s.Exit)
+				t.Errorf("new slot %d: %s on %s (%s), want up on pd (spread: the emptiest exit)", s.Index, s.State, s.Exit, s.Cause)
 			}
 		}
 		for i := 0; i < 5; i++ {
@@ -297,7 +304,7 @@ func TestPoolAcrossExits(t *testing.T) {
 		}
 		slots := env.slots(t)
 		if _, others := perExit(slots); len(slots) != 100 || others != 0 {
-			t.Fatalf("after Resize 100: %d slots, %d not up", len(slots), others)
+			t.Fatalf("after Resize 100: %d slots, %d not up: %v", len(slots), others, notUp(slots))
 		}
 		env.everyPortCarries(t, slots, "")
 		if err := env.pool.Resize(ctx, 30); err != nil {
@@ -370,7 +377,7 @@ func TestPoolAcrossExits(t *testing.T) {
 		after := env.slots(t)
 		for _, s := range after {
 			if s.Exit == victim || s.State != messages.SlotUp {
-				t.Errorf("slot %d after %s drained: %s on %s", s.Index, victim, s.State, s.Exit)
+				t.Errorf("slot %d after %s drained: %s on %s (%s)", s.Index, victim, s.State, s.Exit, s.Cause)
 			}
 		}
 		delete(env.exits, victim)
