@@ -72,7 +72,13 @@ func newPoolEnv(t *testing.T, size int, ids ...string) *poolEnv {
 		env.exits[id] = poolExit(t, env.ns, id, map[string]string{"region": "eu"})
 	}
 	env.client = startEngine(t, natsClient(env.ns))
-	cfg := pool.Config{Size: size, SOCKSPorts: freePortRange(t, 100), HTTPPorts: freePortRange(t, 100),
+	ports, err := pool.ParsePortRange(freePortRange(t, 200)) // SOCKS5 on the first 100, HTTP on the next
+	if err != nil {
+		t.Fatal(err)
+	}
+	socksR, httpR := ports, ports
+	socksR.Count, httpR.Count, httpR.First = 100, 100, ports.First+100
+	cfg := pool.Config{Size: size, SOCKSPorts: socksR.String(), HTTPPorts: httpR.String(),
 		Exits: pool.ExitFilter{Labels: map[string]string{"region": "eu"}}, MaxMoves: 32}
 	cfg.Tunnel.DrainTimeout = engine.Duration(15 * time.Second)
 	cfg.Tunnel.UDPBind = "127.0.0.1"
