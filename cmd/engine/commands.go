@@ -148,11 +148,11 @@ func serve(rc runConfig) int {
 			fmt.Fprintf(os.Stderr, "engine: %v again: forcing exit\n", sig)
 			return exitForced
 		}
-		return shutdown(eng, sigs)
+		return shutdown(eng, sigs, graceFor(cfg))
 	}
 	sig := <-sigs
 	fmt.Fprintf(os.Stderr, "engine: %v: shutting down gracefully (again to force)\n", sig)
-	return shutdown(eng, sigs)
+	return shutdown(eng, sigs, graceFor(cfg))
 }
 
 func start(ctx context.Context, eng *engine.Engine, rc runConfig) error {
@@ -216,8 +216,18 @@ func start(ctx context.Context, eng *engine.Engine, rc runConfig) error {
 	return nil
 }
 
-func shutdown(eng *engine.Engine, sigs <-chan os.Signal) int {
-	ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+// graceFor is shutdownGrace, or longer when the exit's drain needs it (its drain_timeout and 10 s
+// for the rest of the shutdown).
+func graceFor(cfg engine.Config) time.Duration {
+	grace := shutdownGrace
+	if cfg.Exit != nil {
+		grace = max(grace, time.Duration(cfg.Exit.DrainTimeout)+10*time.Second)
+	}
+	return grace
+}
+
+func shutdown(eng *engine.Engine, sigs <-chan os.Signal, grace time.Duration) int {
+	ctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- eng.Close(ctx) }()
