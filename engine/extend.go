@@ -4,6 +4,7 @@ package engine
 // tunnels. Not meant for applications: they use OpenTunnel and Tunnel.
 
 import (
+	"errors"
 	"log/slog"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -73,3 +74,14 @@ func slotEvent(m *messages.SlotStateChanged) Event {
 
 // Logger is the engine's logger, for packages layered on it.
 func (e *Engine) Logger() *slog.Logger { return e.logger }
+
+// ErrNoTrustedExits: on a shared NATS bus with neither trust.operators nor trust.any_exit, the
+// exit directory trusts no exit (pins are per tunnel), so a pool would find none.
+var ErrNoTrustedExits = &FieldError{Field: "trust.operators",
+	Err: errors.New("on a shared NATS bus the exit directory lists only exits an operator certified (trust.operators) or, declared insecure, any exit (trust.any_exit)")}
+
+// DirectoryTrustsExits reports whether the exit directory can list any exit: the engine trusts
+// operators' certificates or any exit, or runs on a private bus.
+func (e *Engine) DirectoryTrustsExits() bool {
+	return len(e.cfg.Trust.Operators) > 0 || e.cfg.Trust.AnyExit || !e.cfg.NATS.shared()
+}

@@ -72,6 +72,9 @@ func Open(ctx context.Context, eng *engine.Engine, cfg Config) (*Pool, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pool: %w", err)
 	}
+	if !eng.DirectoryTrustsExits() {
+		return nil, fmt.Errorf("pool: %w", engine.ErrNoTrustedExits)
+	}
 	spec := cfg.Tunnel
 	spec.Exit, spec.SOCKS = "pool", "127.0.0.1:0" // placeholders: each slot sets its own
 	tmpl, err := eng.TunnelConfig(spec)

@@ -79,7 +79,7 @@ func (c *runConfig) validate() error {
 			return err
 		}
 		if c.NATS.Shared() && !c.Trust.AnyExit && len(c.Trust.Operators) == 0 {
-			return &engine.FieldError{Field: "trust.operators", Err: errors.New("a pool on a shared NATS bus takes exits from the directory: trust operators that certify them, or set trust.any_exit")}
+			return engine.ErrNoTrustedExits
 		}
 	}
 	return nil

@@ -49,3 +49,43 @@ tunnels:
 		}
 	}
 }
+
+// TestRunPoolConfig: a pool section is read with the rest (unknown keys refused), its errors name
+// their field under pool., and a pool on a shared bus without operators or any_exit is refused.
+func TestRunPoolConfig(t *testing.T) {
+	ok := "pool:\n  size: 3\n  socks_ports: 127.0.0.1:20000-20002\n  exits: {labels: {region: eu}}\n  rotate: {max_age: 30m, jitter: 10%}\n  tunnel: {drain_timeout: 30s}\n"
+	path := filepath.Join(t.TempDir(), "ok.yaml")
+	if err := os.WriteFile(path, []byte(ok), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := loadConfig(path)
+	if err != nil || cfg.Pool == nil || cfg.Pool.Size != 3 || cfg.Pool.Exits.Labels["region"] != "eu" {
+		t.Fatalf("good pool config: %+v, %v", cfg.Pool, err)
+	}
+	for name, tc := range map[string]struct{ yaml, field string }{
+		"few ports": {"pool: {size: 5, socks_ports: \"127.0.0.1:20000-20002\"}\n", "pool.socks_ports"},
+		"strategy":  {"pool: {size: 1, socks_ports: \"127.0.0.1:20000\", strategy: fastest}\n", "pool.strategy"},
+		"tunnel":    {"pool: {size: 1, socks_ports: \"127.0.0.1:20000\", tunnel: {exit: x}}\n", "pool.tunnel.exit"},
+		"shared":    {"nats: {urls: [\"nats://127.0.0.1:4222\"]}\npool: {size: 1, socks_ports: \"127.0.0.1:20000\"}\n", "trust.operators"},
+	} {
+		path := filepath.Join(t.TempDir(), "bad.yaml")
+		if err := os.WriteFile(path, []byte(tc.yaml), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, err := loadConfig(path)
+		var fe *engine.FieldError
+		if !errors.As(err, &fe) || fe.Field != tc.field {
+			t.Errorf("%s: %v, want a field error for %s", name, err, tc.field)
+		}
+		if code := run([]string{"--config", path}); code != exitUsage {
+			t.Errorf("%s: engine run exited %d, want %d", name, code, exitUsage)
+		}
+	}
+	path = filepath.Join(t.TempDir(), "unknown.yaml")
+	if err := os.WriteFile(path, []byte("pool: {size: 1, socks_ports: \"127.0.0.1:20000\", sise: 2}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := loadConfig(path); err == nil || !strings.Contains(err.Error(), "sise") {
+		t.Errorf("unknown pool key: %v", err)
+	}
+}
