@@ -20,6 +20,7 @@ package pool
 // that the engine's shutdown drains it with the others); the slot owns it in every other sense.
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -106,7 +107,7 @@ func (s *slotActor) Receive(ctx actor.Context) {
 		}
 		return
 	case *messages.TunnelStateChanged:
-		if ctx.Sender() == nil || s.tunnel == nil || m.TunnelID != s.tunnelID() {
+		if s.tunnel == nil || m.TunnelID != s.tunnelID() {
 			return // an earlier tunnel of this slot
 		}
 		s.tstate = m.To
@@ -270,7 +271,9 @@ func (s *slotActor) move(ctx actor.Context, p *place) {
 			return // the tunnel went away meanwhile
 		}
 		if err != nil {
-			if s.tstate == messages.StateReconnecting {
+			// Busy: the tunnel is reconnecting (the slot runs one switch at a time, and nothing else
+			// switches or reconfigures its tunnel) — its exit is lost, whatever its state event said.
+			if s.tstate == messages.StateReconnecting || errors.Is(err, actors.ErrBusy) {
 				s.replace(ctx, p)
 				return
 			}

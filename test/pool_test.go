@@ -24,11 +24,15 @@ import (
 
 // poolExit starts an exit on ns that announces every 300 ms and takes a pool's sessions.
 func poolExit(t testing.TB, ns *natsServer, id string, labels map[string]string) *engine.Engine {
+	return poolExitEvery(t, ns, id, labels, 300*time.Millisecond)
+}
+
+func poolExitEvery(t testing.TB, ns *natsServer, id string, labels map[string]string, announce time.Duration) *engine.Engine {
 	t.Helper()
 	return startExitEngine(t, id, func(c *engine.Config) {
 		c.NATS.URLs = []string{ns.URL()}
 		c.Exit.Labels = labels
-		c.Exit.AnnounceInterval = engine.Duration(300 * time.Millisecond)
+		c.Exit.AnnounceInterval = engine.Duration(announce)
 		c.Exit.DrainTimeout = engine.Duration(20 * time.Second)
 		c.Exit.MaxSessionsPerClient = 1000
 		c.Exit.RequestsPerSecond, c.Exit.RequestBurst = 1000, 1000
@@ -59,6 +63,7 @@ func freePortRange(t testing.TB, n int) string {
 }
 
 type poolEnv struct {
+	events *slotEvents
 	ns     *natsServer
 	exits  map[string]*engine.Engine
 	client *engine.Engine
@@ -72,6 +77,7 @@ func newPoolEnv(t *testing.T, size int, ids ...string) *poolEnv {
 		env.exits[id] = poolExit(t, env.ns, id, map[string]string{"region": "eu"})
 	}
 	env.client = startEngine(t, natsClient(env.ns))
+	env.events = collectSlotEvents(env.client)
 	ports, err := pool.ParsePortRange(freePortRange(t, 200)) // SOCKS5 on the first 100, HTTP on the next
 	if err != nil {
 		t.Fatal(err)
@@ -83,6 +89,7 @@ func newPoolEnv(t *testing.T, size int, ids ...string) *poolEnv {
 	cfg.Tunnel.DrainTimeout = engine.Duration(15 * time.Second)
 	cfg.Tunnel.UDPBind = "127.0.0.1"
 	cfg.Tunnel.Health = fastHealth()
+	cfg.Tunnel.Health.Interval = engine.Duration(500 * time.Millisecond) // a dead exit is found in 3 checks: 1.5 s
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	p, err := pool.Open(ctx, env.client, cfg)
@@ -102,6 +109,32 @@ func (env *poolEnv) slots(t testing.TB) []pool.SlotInfo {
 		t.Fatalf("Slots: %v", err)
 	}
 	return s
+}
+
+// slotEvents counts the client engine's slot transitions by the state entered.
+type slotEvents struct {
+	mu sync.Mutex
+	to map[messages.SlotState]int
+}
+
+func collectSlotEvents(e *engine.Engine) *slotEvents {
+	se := &slotEvents{to: map[messages.SlotState]int{}}
+	go func() {
+		for ev := range e.Events() { // closed when the engine has closed
+			if ev.Kind == engine.EventSlotState && ev.SlotFrom != ev.SlotTo {
+				se.mu.Lock()
+				se.to[ev.SlotTo]++
+				se.mu.Unlock()
+			}
+		}
+	}()
+	return se
+}
+
+func (se *slotEvents) count(to messages.SlotState) int {
+	se.mu.Lock()
+	defer se.mu.Unlock()
+	return se.to[to]
 }
 
 // notUp describes the slots that are not up.
@@ -264,7 +297,9 @@ func TestPoolAcrossExits(t *testing.T) {
 
 	parent := t // exits started in a subtest live as long as the pool
 	t.Run("new exit takes new and rotated slots", func(t *testing.T) {
-		env.exits["pd"] = poolExit(parent, env.ns, "pd", map[string]string{"region": "eu"})
+		// pd announces every 2 s: killed, its slots' tunnels go Reconnecting (about 3 s) before the
+		// directory drops it (6 s), so they heal by replacement (below).
+		env.exits["pd"] = poolExitEvery(parent, env.ns, "pd", map[string]string{"region": "eu"}, 2*time.Second)
 		env.exits["px"] = poolExit(parent, env.ns, "px", map[string]string{"region": "us"}) // filtered out
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
@@ -392,13 +427,11 @@ func TestPoolAcrossExits(t *testing.T) {
 	t.Run("exit killed", func(t *testing.T) {
 		slots := env.slots(t)
 		counts, _ := perExit(slots)
-		var victim string
-		for id, n := range counts {
-			if n > 0 && id != "px" {
-				victim = id
-				break
-			}
+		victim := "pd" // it announces slowly: its tunnels find it dead first, and are replaced
+		if counts[victim] == 0 {
+			t.Fatalf("no slot on pd to heal: %v", counts)
 		}
+		replacedBefore := env.events.count(messages.SlotReplacing)
 		killed := time.Now()
 		env.exits[victim].Kill()
 		delete(env.exits, victim)
@@ -416,6 +449,9 @@ func TestPoolAcrossExits(t *testing.T) {
 			return true
 		})
 		healed := time.Since(killed)
+		if n := env.events.count(messages.SlotReplacing) - replacedBefore; n != counts[victim] {
+			t.Errorf("%d slots replaced after %s was killed, want its %d (its tunnels were reconnecting)", n, victim, counts[victim])
+		}
 		t.Logf("exit %s (%d slots) killed: every port carries new connections after %v", victim, counts[victim], healed.Round(time.Millisecond))
 		if healed > 5*time.Second*time.Duration(raceSlowdown) {
 			t.Errorf("healed after %v, want within 5 s", healed)
