@@ -11,6 +11,8 @@ package actors
 //	failed from up      current, Up or Degraded              Reconnecting (the next exit first after a goodbye)
 //	failed from up      current, while switching             the switch decides (currentLost)
 //	failed              draining, or no longer wanted        nothing: it is ending
+//	exit drains         current, Up or Degraded              the steerer told, or Switching to the next exit (tunnel_drain.go)
+//	exit drains         any other                            nothing
 //	Terminated          any                                  forgotten; a reconnect or reconfigure that
 //	                                                         waited for its release goes on (legReleased)
 
