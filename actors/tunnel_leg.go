@@ -48,6 +48,7 @@ type leg struct {
 	draining   bool                  // drainLeg sent: no new connection goes to it
 	closing    bool                  // closeLeg sent
 	exitForgot bool                  // the exit no longer holds the session: no goodbye to say
+	drains     *legExitDraining      // its exit drains: heard before the leg was current and Up, acted on once it is
 	conns      map[string]*actor.PID // connection children relaying over this leg
 }
 
@@ -220,6 +221,11 @@ func (t *tunnelActor) legUp(ctx actor.Context, l *leg, rtt time.Duration) {
 		t.reconnected(ctx, l, rtt)
 	default:
 		t.releaseLeg(ctx, l) // no longer wanted
+		return
+	}
+	if m := l.drains; m != nil && l == t.current && t.isUp() { // its exit began to drain as it came up
+		l.drains = nil
+		t.exitDrains(ctx, m)
 	}
 }
 
