@@ -11,7 +11,8 @@ package actors
 //	                             draining exit until it goes (its goodbye: Reconnecting, as today)
 //
 // A notice for a session that is not the current one, or while the tunnel is not Up or Degraded,
-// changes nothing. An exit that refuses a session because it drains (ErrExitDraining) is final for
+// changes nothing — except for a leg still coming up (its exit began to drain as it granted the
+// session): the notice is acted on if that leg becomes the current one. An exit that refuses a session because it drains (ErrExitDraining) is final for
 // that exit: a reconnect tries the next one at once instead of backing off (tunnel_reconnect.go).
 
 import (
@@ -27,7 +28,14 @@ import (
 // exitDrains handles a leg's report that its exit drains.
 func (t *tunnelActor) exitDrains(ctx actor.Context, m *legExitDraining) {
 	l := t.legs[m.id]
-	if l == nil || l != t.current || l.sessionID != m.sessionID || !t.isUp() || l.ending() {
+	if l == nil || l.ending() || t.over() {
+		return
+	}
+	if l.state == legNegotiating || l.state == legHandshaking {
+		l.drains = m // a leg coming up: acted on if it becomes the current one (legUp)
+		return
+	}
+	if l != t.current || l.sessionID != m.sessionID || !t.isUp() {
 		t.cfg.Logger.Debug("exit drain notice for a session not in use; nothing to do", "leg", m.id, "session", m.sessionID, "state", t.state)
 		return
 	}

@@ -11,6 +11,8 @@ package actors
 //	failed from up      current, Up or Degraded              Reconnecting (the next exit first after a goodbye)
 //	failed from up      current, while switching             the switch decides (currentLost)
 //	failed              draining, or no longer wanted        nothing: it is ending
+//	exit drains         current, Up or Degraded              the steerer told, or Switching to the next exit (tunnel_drain.go)
+//	exit drains         any other                            nothing
 //	Terminated          any                                  forgotten; a reconnect or reconfigure that
 //	                                                         waited for its release goes on (legReleased)
 
@@ -46,6 +48,7 @@ type leg struct {
 	draining   bool                  // drainLeg sent: no new connection goes to it
 	closing    bool                  // closeLeg sent
 	exitForgot bool                  // the exit no longer holds the session: no goodbye to say
+	drains     *legExitDraining      // its exit drains: heard before the leg was current and Up, acted on once it is
 	conns      map[string]*actor.PID // connection children relaying over this leg
 }
 
@@ -218,6 +221,11 @@ func (t *tunnelActor) legUp(ctx actor.Context, l *leg, rtt time.Duration) {
 		t.reconnected(ctx, l, rtt)
 	default:
 		t.releaseLeg(ctx, l) // no longer wanted
+		return
+	}
+	if m := l.drains; m != nil && l == t.current && t.isUp() { // its exit began to drain as it came up
+		l.drains = nil
+		t.exitDrains(ctx, m)
 	}
 }
 

@@ -76,7 +76,7 @@ func TestExitDrainMovesTunnel(t *testing.T) {
 
 	const size = 8 << 20
 	dl := make(chan error, 1)
-	go func() { dl <- slowDownload(hc, srv.URL, 131, size, 4000) }()
+	go func() { dl <- slowDownload(hc, srv.URL, 131, size, 3000) }()
 	awaitStarted(t, started)
 	drainStart := time.Now()
 	drained := drainAsync(exitA)

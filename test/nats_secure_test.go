@@ -248,7 +248,7 @@ func TestNATSWithTLSAndPermissions(t *testing.T) {
 		// The client may not take an exit's requests, nor read inboxes other than its own.
 		nc, errs := ns.rawConn(t, "client-1", ns.clientPass, "_INBOX."+ns.clientID)
 		// It may ask for the exits on the discovery subject, and the exit may answer it there.
-		answers := askExits(t, nc, 1, 2*time.Second)
+		answers := askExits(t, nc, 1, 1, 5*time.Second)
 		if len(answers) != 1 || answers[0].err != nil || answers[0].a.ExitID != "exit-1" || answers[0].a.Identity != x.ClientID() {
 			t.Errorf("discovery through the documented permissions: %+v, want exit-1's signed announcement", answers)
 		}
