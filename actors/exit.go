@@ -139,6 +139,8 @@ type exitActor struct {
 	sweepT    *time.Timer                // next idle-session sweep; stopped in Stopping
 	announceT *time.Timer                // next announcement; stopped on leaving and in Stopping
 	drainT    *time.Timer                // the drain timeout; stopped on leaving and in Stopping
+	moveT     *time.Timer                // the drain's move window; stopped on leaving and in Stopping
+	moveOver  bool                       // the move window has passed: a drain with no flow open is over
 	endT      *time.Timer                // bounds the wait for the device told endWith
 	announced bool                       // an announcement went out: a leaving one follows at the end
 	adm       admission                  // replay cache, rate buckets, sessions per client (exit_admission.go)
@@ -171,7 +173,7 @@ func (e *exitActor) Receive(ctx actor.Context) {
 	case *endWith:
 		e.end(ctx, m.why)
 	case *actor.Stopping:
-		stopTimers(e.endT, e.announceT, e.drainT)
+		stopTimers(e.endT, e.announceT, e.drainT, e.moveT)
 		if !e.stopping {
 			e.leave(ctx)
 		}

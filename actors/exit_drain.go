@@ -6,12 +6,14 @@ package actors
 // signed session.draining (DrainMS: the time left), so that clients move their tunnels to other
 // exits make-before-break while the flows already running here go on.
 //
-//	Serving ──drainExit──▶ Draining ──no client session left, or no flow open,
-//	                                  or drain_timeout──▶ Ending (endWith(engine_shutdown): leaving
-//	                                  announced, goodbyes, the flows left end)
+//	Serving ──drainExit──▶ Draining ──no client session left; or no flow open once the move
+//	                                  window has passed; or drain_timeout──▶ Ending
+//	                                  (endWith(engine_shutdown): leaving announced, goodbyes, the
+//	                                  flows left end)
 //
-// A drain that is over at once (no flow open, or no drain configured) ends the exit at once and
-// tells no client: they hear the goodbye and reconnect elsewhere, as from an exit that shuts down.
+// The move window (drainMoveWindow, at most drain_timeout) gives clients time to move their idle
+// tunnels make-before-break before the exit goes: a pool moves at most max_moves slots at once. A
+// drain with no client session (or no drain configured) ends the exit at once.
 
 import (
 	"time"
@@ -31,7 +33,7 @@ type flowsChanged struct{ delta int }
 
 // drain starts the drain, or ends the exit at once if there is nothing to drain.
 func (e *exitActor) drain(ctx actor.Context) {
-	if e.cfg.DrainTimeout <= 0 || e.drained() {
+	if e.cfg.DrainTimeout <= 0 || len(e.sessions) == 0 && len(e.pending) == 0 {
 		e.cfg.Logger.Info("exit drain: nothing to drain; ending", "sessions", len(e.sessions), "flows", e.flows)
 		e.end(ctx, messages.EndEngineShutdown)
 		return
@@ -39,6 +41,7 @@ func (e *exitActor) drain(ctx actor.Context) {
 	e.draining = true
 	e.drainEnd = time.Now().Add(e.cfg.DrainTimeout)
 	e.drainT = sendAfter(ctx, e.cfg.DrainTimeout, &exitDrainExpired{})
+	e.moveT = sendAfter(ctx, min(drainMoveWindow, e.cfg.DrainTimeout), &exitMoveWindowOver{})
 	e.behavior.Become(e.drainingState)
 	e.cfg.Logger.Info("exit draining", "sessions", len(e.sessions), "flows", e.flows, "drain_timeout", e.cfg.DrainTimeout)
 	e.announce(ctx) // draining, at once
@@ -60,6 +63,8 @@ func (e *exitActor) drainingState(ctx actor.Context) {
 		return
 	case *drainExit: // a second ask joins the drain under way
 		return
+	case *exitMoveWindowOver:
+		e.moveT, e.moveOver = nil, true
 	case *flowsChanged:
 	default:
 		e.held(ctx)
@@ -70,11 +75,11 @@ func (e *exitActor) drainingState(ctx actor.Context) {
 	}
 }
 
-// drained reports whether nothing is left to drain: no forwarded flow is open, or no client session
-// is held or being set up (they moved and said goodbye; static peers, which cannot move, do not
-// hold a drain up).
+// drained reports whether nothing is left to drain: no client session is held or being set up
+// (they moved and said goodbye; static peers, which cannot move, do not hold a drain up), or no
+// forwarded flow is open once the move window has passed.
 func (e *exitActor) drained() bool {
-	return e.flows <= 0 || len(e.sessions) == 0 && len(e.pending) == 0
+	return e.flows <= 0 && e.moveOver || len(e.sessions) == 0 && len(e.pending) == 0
 }
 
 // tellDraining sends a client session the signed notice of the drain, with the time left.

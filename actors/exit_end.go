@@ -30,7 +30,7 @@ func (e *exitActor) end(ctx actor.Context, why messages.EndReason) {
 // that clients leave Up at once instead of waiting for a handshake or keepalive timeout.
 func (e *exitActor) leave(ctx actor.Context) {
 	e.stopping = true
-	stopTimers(e.sweepT, e.announceT, e.drainT)
+	stopTimers(e.sweepT, e.announceT, e.drainT, e.moveT)
 	if e.announced {
 		e.announce(ctx) // state leaving: stopping is set
 	}

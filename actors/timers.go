@@ -52,6 +52,9 @@ const (
 	rttPrecision     = time.Microsecond      // round trips in causes and log lines
 
 	// Exit directory (directory*.go).
+	// drainMoveWindow: a draining exit with no flow open waits this long (at most its
+	// drain_timeout) for its clients to move their tunnels before it ends (exit_drain.go).
+	drainMoveWindow    = 2 * time.Second
 	discoverWindow     = 500 * time.Millisecond // a discovery round takes answers this long
 	directoryLoadEvery = time.Second            // load-only changes: at most one snapshot to watchers this often
 	directorySweepMin  = 50 * time.Millisecond  // the sweep looks for silent exits every shortest interval/2, within these bounds
@@ -140,6 +143,8 @@ type (
 	announceTick struct{}
 	// exitDrainExpired: the exit's drain timeout ran out; the flows left end (exit_drain.go).
 	exitDrainExpired struct{}
+	// exitMoveWindowOver: the drain's move window passed: with no flow open, the drain is over.
+	exitMoveWindowOver struct{}
 )
 
 // Exit directory (directory*.go): its timers are fields of the directory actor, stopped in Stopping.

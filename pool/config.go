@@ -170,8 +170,8 @@ func (c *Config) resolve() (resolved, error) {
 			return r, fieldErr(p.field, "%d ports for %d slots", p.out.Count, r.size)
 		}
 	}
-	if r.socks.Count > 0 && r.http.Count > 0 && r.socks.Addr == r.http.Addr {
-		sLast, hLast := int(r.socks.First)+r.size-1, int(r.http.First)+r.size-1
+	if r.socks.Count > 0 && r.http.Count > 0 && r.socks.Addr == r.http.Addr { // whole ranges: a resize may grow into them
+		sLast, hLast := int(r.socks.First)+r.socks.Count-1, int(r.http.First)+r.http.Count-1
 		if int(r.socks.First) <= hLast && int(r.http.First) <= sLast {
 			return r, fieldErr("pool.http_ports", "overlaps socks_ports")
 		}

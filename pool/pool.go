@@ -54,8 +54,12 @@ type Pool struct {
 	cfg    resolved
 }
 
-// requestWait bounds requests that the pool answers at once.
-const requestWait = 10 * time.Second
+// requestWait bounds requests that the pool answers at once; tunnelWait a slot's tunnel's answer to
+// Slots (one that is releasing its device may take a moment: its stats are then left out).
+const (
+	requestWait = 10 * time.Second
+	tunnelWait  = 2 * time.Second
+)
 
 // Open starts a pool on a started engine and returns once every slot has been placed once (its
 // tunnel is up) or has found no exit to go to (it waits for one). Its proxies listen on their
@@ -82,7 +86,7 @@ func Open(ctx context.Context, eng *engine.Engine, cfg Config) (*Pool, error) {
 		return nil, fmt.Errorf("pool: %w", err)
 	}
 	tmpl.SOCKSAddr, tmpl.HTTPAddr, tmpl.ExitID = "", "", ""
-	pc := poolConfig{r: r, template: tmpl, engine: enginePID, openWait: 5 * time.Second,
+	pc := poolConfig{r: r, template: tmpl, engine: enginePID, openWait: 30 * time.Second,
 		switchCap: 2*tmpl.HandshakeTimeout + 5*time.Second, logger: eng.Logger().With("pool", r.name)}
 	res, err := system.Root.RequestFuture(enginePID, &actors.SpawnChild{Props: actors.NewProps(newPool(pc)), Name: "pool-" + r.name}, requestWait).Result()
 	if err != nil {
@@ -151,8 +155,8 @@ func (p *Pool) Slots(ctx context.Context) ([]SlotInfo, error) {
 	stats, infos := make([]*actor.Future, len(slots)), make([]*actor.Future, len(slots))
 	for i, s := range slots {
 		if s.tunnel != nil {
-			stats[i] = p.system.Root.RequestFuture(s.tunnel, &messages.GetStats{}, requestWait)
-			infos[i] = p.system.Root.RequestFuture(s.tunnel, &messages.GetTunnelInfo{}, requestWait)
+			stats[i] = p.system.Root.RequestFuture(s.tunnel, &messages.GetStats{}, tunnelWait)
+			infos[i] = p.system.Root.RequestFuture(s.tunnel, &messages.GetTunnelInfo{}, tunnelWait)
 		}
 	}
 	for i := range slots {

@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"time"
@@ -82,8 +83,14 @@ type slotView struct {
 	rotateAt time.Time
 	avoid    map[string]time.Time
 	want     string // why it waits for a placement ("": it does not)
-	rotation bool   // the wanted (or running) placement is a rotation
+	rotation bool   // the wanted placement is a rotation
 	inflight uint64 // the placement under way, 0 none
+	// inflightRot: the placement under way was started as a rotation (it holds a unit of the
+	// rotation limit until it ends, whatever happens to the slot meanwhile)
+	inflightRot bool
+	// awaited: a Rotate or RotateAll waits for this slot: answered when its next placement ends
+	// (a heal that overtook the rotation counts), or when the slot goes
+	awaited  bool
 	moves    int
 	cause    string
 	removing bool
@@ -116,13 +123,15 @@ type poolActor struct {
 	resizes   []*resizeWait
 	placers   []*actor.PID // awaiting placed
 	closer    *actor.PID
-	ending    bool  // closing or releasing: nothing is placed any more
-	dirErr    error // the engine gave no directory: Open fails with it
+	target    int        // the size asked for: slots below it are kept (respawned if lost), those at or above it removed
+	dirPID    *actor.PID // the directory watched; a replaced one is asked again
+	ending    bool       // closing or releasing: nothing is placed any more
+	dirErr    error      // the engine gave no directory: Open fails with it
 }
 
 type resizeWait struct {
-	to   *actor.PID
-	left map[int]bool
+	to           *actor.PID
+	grow, shrink map[int]bool // slots still to be placed, and to stop
 }
 
 func newPool(cfg poolConfig) actor.Producer {
@@ -153,29 +162,19 @@ func (p *poolActor) running(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *actor.Started:
 		p.startSweep(ctx)
-		f := ctx.RequestFuture(p.cfg.engine, &actors.EnsureDirectory{}, p.cfg.openWait)
-		actors.Reenter(ctx, f, func(res any, err error) {
-			d, _ := res.(*actors.DirectoryReady)
-			if err == nil && d != nil && d.Err != nil {
-				err = d.Err
-			}
-			if err == nil && (d == nil || d.PID == nil) {
-				err = errors.New("engine has no directory")
-			}
-			if err != nil {
-				p.cfg.logger.Error("pool has no exit directory: its slots wait", "pool", p.cfg.r.name, "err", err)
-				p.dirErr = fmt.Errorf("exit directory: %w", err)
-				p.checkPlaced(ctx)
-				return
-			}
-			ctx.Send(d.PID, &actors.WatchExits{PID: ctx.Self()})
-		})
-		p.grow(ctx, p.cfg.r.size)
+		p.watchDirectory(ctx)
+		p.target = p.cfg.r.size
+		p.fill(ctx)
 	case *messages.ExitDirectory:
 		p.directory(ctx, m)
 	case *slotReport:
 		p.report(ctx, m)
 	case *actor.Terminated:
+		if p.dirPID != nil && m.Who.Equal(p.dirPID) { // the engine replaces a lost directory: ask again
+			p.dirPID, p.dir = nil, nil
+			p.watchDirectory(ctx)
+			return
+		}
 		p.slotGone(ctx, m.Who)
 	case *getSlots:
 		ctx.Respond(&slotsReply{slots: p.infos()})
@@ -202,6 +201,32 @@ func (p *poolActor) running(ctx actor.Context) {
 			ctx.Send(v.pid, &release{})
 		}
 		p.stopIfEmpty(ctx)
+	}
+}
+
+// watchDirectory asks the engine for its exit directory and watches it (and its PID: a lost
+// directory is replaced by the engine, and asked again).
+func (p *poolActor) watchDirectory(ctx actor.Context) {
+	{
+		f := ctx.RequestFuture(p.cfg.engine, &actors.EnsureDirectory{}, p.cfg.openWait)
+		actors.Reenter(ctx, f, func(res any, err error) {
+			d, _ := res.(*actors.DirectoryReady)
+			if err == nil && d != nil && d.Err != nil {
+				err = d.Err
+			}
+			if err == nil && (d == nil || d.PID == nil) {
+				err = errors.New("engine has no directory")
+			}
+			if err != nil {
+				p.cfg.logger.Error("pool has no exit directory: its slots wait", "pool", p.cfg.r.name, "err", err)
+				p.dirErr = fmt.Errorf("exit directory: %w", err)
+				p.checkPlaced(ctx)
+				return
+			}
+			p.dirPID = d.PID
+			ctx.Watch(d.PID)
+			ctx.Send(d.PID, &actors.WatchExits{PID: ctx.Self()})
+		})
 	}
 }
 
@@ -291,27 +316,30 @@ func (p *poolActor) onSweep(ctx actor.Context) {
 	p.sweepT.Reset(sweepEvery)
 }
 
-// grow adds slots up to size; each asks for a placement.
-func (p *poolActor) grow(ctx actor.Context, size int) {
-	for i := len(p.slots); i < size; i++ {
-		if _, taken := p.slots[i]; taken {
-			continue
+// fill spawns every slot below the target size that is missing; each asks for a placement.
+func (p *poolActor) fill(ctx actor.Context) {
+	for i := 0; i < p.target; i++ {
+		if _, ok := p.slots[i]; !ok {
+			p.spawnSlot(ctx, i)
 		}
-		sc := slotConfig{pool: p.cfg.r.name, index: i, template: p.cfg.template, engine: p.cfg.engine,
-			openWait: p.cfg.openWait, switchCap: p.cfg.switchCap, logger: p.cfg.logger}
-		if p.cfg.r.socks.Count > 0 {
-			sc.socks = p.cfg.r.socks.AddrOf(i)
-		}
-		if p.cfg.r.http.Count > 0 {
-			sc.http = p.cfg.r.http.AddrOf(i)
-		}
-		pid := ctx.Spawn(actors.NewProps(newSlot(sc)))
-		ctx.Watch(pid)
-		v := &slotView{pid: pid, index: i, state: messages.SlotWaiting, want: "new slot", avoid: map[string]time.Time{}}
-		p.slots[i], p.byPID[pid.Id] = v, i
-		p.enqueue(v)
 	}
 	p.pump(ctx)
+}
+
+func (p *poolActor) spawnSlot(ctx actor.Context, i int) {
+	sc := slotConfig{pool: p.cfg.r.name, index: i, template: p.cfg.template, engine: p.cfg.engine,
+		openWait: p.cfg.openWait, switchCap: p.cfg.switchCap, logger: p.cfg.logger}
+	if p.cfg.r.socks.Count > 0 {
+		sc.socks = p.cfg.r.socks.AddrOf(i)
+	}
+	if p.cfg.r.http.Count > 0 {
+		sc.http = p.cfg.r.http.AddrOf(i)
+	}
+	pid := ctx.Spawn(actors.NewProps(newSlot(sc)))
+	ctx.Watch(pid)
+	v := &slotView{pid: pid, index: i, state: messages.SlotWaiting, want: "new slot", avoid: map[string]time.Time{}}
+	p.slots[i], p.byPID[pid.Id] = v, i
+	p.enqueue(v)
 }
 
 func (p *poolActor) enqueue(v *slotView) {
@@ -324,6 +352,12 @@ func (p *poolActor) enqueue(v *slotView) {
 func (p *poolActor) directory(ctx actor.Context, d *messages.ExitDirectory) {
 	p.dir = d
 	clear(p.eligible)
+	listed := map[string]bool{}
+	for _, e := range d.Exits {
+		listed[e.ID] = true
+	}
+	maps.DeleteFunc(p.placedNew, func(id string, _ int) bool { return !listed[id] })
+	maps.DeleteFunc(p.announced, func(id string, _ time.Time) bool { return !listed[id] })
 	for _, e := range d.Exits {
 		if p.passes(e) {
 			p.eligible[e.ID] = e
@@ -401,9 +435,9 @@ func (p *poolActor) pump(ctx actor.Context) {
 			continue // retried on the next directory change or sweep
 		}
 		p.gen++
-		v.inflight, v.exit = p.gen, exit
+		v.inflight, v.exit, v.inflightRot = p.gen, exit, v.rotation
 		p.inflight++
-		if v.rotation {
+		if v.inflightRot {
 			p.rotating++
 		}
 		p.placedNew[exit]++
@@ -415,10 +449,15 @@ func (p *poolActor) pump(ctx actor.Context) {
 // noExit: nothing to place v on. A new or failed slot has been placed as far as it can be; a
 // rotation asked for ends as failed; a slot that is up stays where it is.
 func (p *poolActor) noExit(ctx actor.Context, v *slotView) {
-	if v.rotation && v.state == messages.SlotUp {
-		v.want, v.rotation = "", false
-		p.rotationDone(ctx, v.index, false)
-		p.scheduleRotation(v)
+	if v.state == messages.SlotUp {
+		if v.rotation { // nowhere else to go: it stays, and rotates again at its next age
+			v.want, v.rotation = "", false
+			p.scheduleRotation(v)
+		}
+		if v.awaited {
+			v.awaited = false
+			p.rotationDone(ctx, v.index, false)
+		}
 	}
 	if !v.settled && v.state == messages.SlotWaiting {
 		v.settled = true
@@ -494,8 +533,12 @@ func (p *poolActor) report(ctx actor.Context, r *slotReport) {
 		ok := !r.need
 		v.inflight = 0
 		p.inflight--
-		if v.rotation {
+		if v.inflightRot {
 			p.rotating--
+			v.inflightRot = false
+		}
+		if v.awaited {
+			v.awaited = false
 			p.rotationDone(ctx, v.index, ok)
 		}
 		v.rotation = false
@@ -544,14 +587,20 @@ func (p *poolActor) slotGone(ctx actor.Context, who *actor.PID) {
 		return
 	}
 	delete(p.byPID, who.Id)
-	if v := p.slots[i]; v != nil && v.inflight != 0 {
+	v := p.slots[i]
+	if v.inflight != 0 {
 		p.inflight--
-		if v.rotation {
+		if v.inflightRot {
 			p.rotating--
-			p.rotationDone(ctx, i, false)
 		}
 	}
+	if v.awaited {
+		p.rotationDone(ctx, i, false)
+	}
 	delete(p.slots, i)
+	if i < p.target && !p.ending { // lost (it panicked), or removed and asked back by a later resize
+		p.spawnSlot(ctx, i)
+	}
 	p.checkResizes(ctx)
 	p.checkPlaced(ctx)
 	p.pump(ctx)
@@ -578,7 +627,7 @@ func (p *poolActor) rotate(ctx actor.Context, m *rotate) {
 		if (m.index >= 0 && v.index != m.index) || v.removing || v.state != messages.SlotUp || v.inflight != 0 {
 			continue
 		}
-		v.want, v.rotation = "rotation (asked)", true
+		v.want, v.rotation, v.awaited = "rotation (asked)", true, true
 		w.left[v.index] = true
 		p.enqueue(v)
 	}
@@ -625,37 +674,43 @@ func (p *poolActor) resize(ctx actor.Context, m *resize) {
 		ctx.Respond(&resized{err: fmt.Errorf("size %d: %w (%d ports)", m.size, ErrRange, limit)})
 		return
 	}
-	w := &resizeWait{to: ctx.Sender(), left: map[int]bool{}}
-	n := len(p.slots)
-	for i := m.size; i < n; i++ {
-		if v := p.slots[i]; v != nil && !v.removing {
+	p.target = m.size
+	w := &resizeWait{to: ctx.Sender(), grow: map[int]bool{}, shrink: map[int]bool{}}
+	for i, v := range p.slots {
+		if i >= p.target && !v.removing {
 			v.removing, v.want = true, ""
 			ctx.Send(v.pid, &closeSlot{})
-			w.left[i] = true
+		}
+		if i >= p.target {
+			w.shrink[i] = true
 		}
 	}
-	if m.size > n {
-		p.grow(ctx, m.size)
-		for i := n; i < m.size; i++ {
-			w.left[i] = true
+	for i := 0; i < p.target; i++ {
+		if v := p.slots[i]; v == nil || v.removing || !v.settled {
+			w.grow[i] = true // placed once it exists, is kept, and has been placed (or found no exit)
 		}
 	}
 	p.resizes = append(p.resizes, w)
+	p.fill(ctx)
 	p.checkResizes(ctx)
 }
 
-// checkResizes answers a resize once its new slots are placed (or found no exit) and its removed
-// slots have stopped.
+// checkResizes answers a resize once the slots it keeps are placed (or found no exit) and the
+// slots it removes have stopped.
 func (p *poolActor) checkResizes(ctx actor.Context) {
 	keep := p.resizes[:0]
 	for _, w := range p.resizes {
-		for i := range w.left {
-			v := p.slots[i]
-			if v == nil || (!v.removing && v.settled) {
-				delete(w.left, i)
+		for i := range w.shrink {
+			if p.slots[i] == nil || i < p.target { // gone, or asked back by a later resize
+				delete(w.shrink, i)
 			}
 		}
-		if len(w.left) == 0 {
+		for i := range w.grow {
+			if v := p.slots[i]; i >= p.target || (v != nil && !v.removing && v.settled) {
+				delete(w.grow, i)
+			}
+		}
+		if len(w.grow) == 0 && len(w.shrink) == 0 {
 			ctx.Send(w.to, &resized{})
 			continue
 		}

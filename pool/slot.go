@@ -13,10 +13,11 @@ package pool
 //	                                                 └──tunnel gone (it panicked): waiting (asks again)
 //	any ──closeSlot(drain)──▶ closing: the tunnel drains and closes ──closed──▶ stop
 //	any ──release──▶ stop, the tunnel left to the engine (it shuts down and closes it with a drain)
-//	Stopping: a tunnel still held is closed at once (fire and forget), so none is left behind.
+//	Stopping: a tunnel still held is closed at once (fire and forget); one whose open the engine had
+//	not yet confirmed (its reply later than openWait, 30 s) is not known to the slot.
 //
-// A place that arrives while the slot is opening, moving, replacing or closing waits (the newest
-// only) until the slot is up or waiting again. The tunnel itself is the engine actor's child (so
+// A place that arrives while the slot is opening, moving or replacing waits (the newest only) until
+// the slot is up or waiting again; one that arrives while it closes is dropped. The tunnel itself is the engine actor's child (so
 // that the engine's shutdown drains it with the others); the slot owns it in every other sense.
 
 import (
@@ -199,6 +200,9 @@ func (s *slotActor) open(ctx actor.Context, p *place) {
 func (s *slotActor) opening(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *messages.OpenTunnelResponse:
+		if m.Err == nil && m.Info.ID != s.tunnelID() {
+			return // an earlier open's, answered late
+		}
 		if m.Err != nil {
 			s.failed(ctx, m.Err) // the tunnel released everything before it answered, and stops
 			return
@@ -340,7 +344,14 @@ func (s *slotActor) close(ctx actor.Context, c *closeSlot) {
 }
 
 func (s *slotActor) closingState(ctx actor.Context) {
-	if _, ok := ctx.Message().(*actor.Terminated); ok && s.tunnel == nil {
-		ctx.Stop(ctx.Self())
+	switch m := ctx.Message().(type) {
+	case *actor.Terminated:
+		if s.tunnel == nil {
+			ctx.Stop(ctx.Self())
+		}
+	case *closeSlot: // again, shorter (Pool.Close ran out of time): the tunnel's drain shortens
+		if s.tunnel != nil {
+			ctx.Request(s.tunnel, &messages.CloseTunnel{Reason: "pool: slot removed", Drain: m.drain})
+		}
 	}
 }

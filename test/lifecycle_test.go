@@ -177,7 +177,9 @@ func TestCloseReturnsPromptly(t *testing.T) {
 // shuts down leave Up at once. Neither waits for a handshake or keepalive timeout.
 func TestGoodbyes(t *testing.T) {
 	srv, started := slowServer(t)
-	exitEng := startExitEngine(t, "bye", listenTCP)
+	// No drain: this test is about goodbyes (a draining exit's idle clients get 2 s to move away
+	// first: exit_drain_test.go).
+	exitEng := startExitEngine(t, "bye", func(c *engine.Config) { listenTCP(c); c.Exit.DrainTimeout = -1 })
 	client := startEngine(t, engine.Config{NATS: engine.NATSConfig{URLs: []string{exitEng.NATSURL()}}})
 	tun := openTunnelSpec(t, client, engine.TunnelSpec{Exit: "bye"})
 	go func() { _ = slowDownload(socksClient(t, tun), srv.URL, 1, 1<<20, 10_000) }()

@@ -148,11 +148,11 @@ func serve(rc runConfig) int {
 			fmt.Fprintf(os.Stderr, "engine: %v again: forcing exit\n", sig)
 			return exitForced
 		}
-		return shutdown(eng, sigs, graceFor(cfg))
+		return shutdown(eng, sigs, graceFor(rc))
 	}
 	sig := <-sigs
 	fmt.Fprintf(os.Stderr, "engine: %v: shutting down gracefully (again to force)\n", sig)
-	return shutdown(eng, sigs, graceFor(cfg))
+	return shutdown(eng, sigs, graceFor(rc))
 }
 
 func start(ctx context.Context, eng *engine.Engine, rc runConfig) error {
@@ -216,14 +216,20 @@ func start(ctx context.Context, eng *engine.Engine, rc runConfig) error {
 	return nil
 }
 
-// graceFor is shutdownGrace, or longer when the exit's drain needs it (its drain_timeout and 10 s
-// for the rest of the shutdown).
-func graceFor(cfg engine.Config) time.Duration {
-	grace := shutdownGrace
-	if cfg.Exit != nil {
-		grace = max(grace, time.Duration(cfg.Exit.DrainTimeout)+10*time.Second)
+// graceFor is shutdownGrace, or longer when a drain needs it: the longest of the exit's, the
+// tunnels' and the pool's drain_timeout, and 10 s for the rest of the shutdown.
+func graceFor(rc runConfig) time.Duration {
+	drain := time.Duration(0)
+	if rc.Exit != nil {
+		drain = max(drain, time.Duration(rc.Exit.DrainTimeout))
 	}
-	return grace
+	for _, t := range rc.Tunnels {
+		drain = max(drain, time.Duration(t.DrainTimeout))
+	}
+	if rc.Pool != nil {
+		drain = max(drain, time.Duration(rc.Pool.Tunnel.DrainTimeout))
+	}
+	return max(shutdownGrace, drain+10*time.Second)
 }
 
 func shutdown(eng *engine.Engine, sigs <-chan os.Signal, grace time.Duration) int {
