@@ -32,11 +32,9 @@ func newTwoExits(t *testing.T, prefix string) *twoExits {
 		return startExitEngine(t, x.ids[i], func(c *engine.Config) {
 			c.NATS.URLs = []string{ns.URL()}
 			c.Identity = idents[i]
-			if prefix == "bye" {
-				// Goodbye failover: an exit that shuts down says goodbye at once (no drain, in
-				// which its clients would move away instead: exit_drain_test.go).
-				c.Exit.DrainTimeout = -1
-			}
+			// Goodbye failover: an exit that shuts down says goodbye at once (no drain, in which
+			// its clients would move away instead: exit_drain_test.go).
+			c.Exit.DrainTimeout = -1
 		})
 	}
 	x.eng = [2]*engine.Engine{x.start(0), x.start(1)}
