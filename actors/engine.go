@@ -70,26 +70,6 @@ type TunnelSpawned struct {
 	Err error
 }
 
-// SpawnChild starts an actor layered on the engine (a pool) as the engine actor's child; the reply
-// is *ChildSpawned. The engine stops such children first when it shuts down, before it closes the
-// tunnels (which the child opened through OpenTunnel and which stay the engine's), so that nothing
-// reopens what the shutdown closes.
-type SpawnChild struct {
-	Props *actor.Props
-	Name  string // its role, for logs and ChildLost
-}
-
-// ReleaseTunnels tells a child started with SpawnChild that the engine shuts down and closes every
-// tunnel itself (with their drains): the child lets go of the tunnels it opened without closing
-// them, and stops. The engine moves on at its Terminated.
-type ReleaseTunnels struct{}
-
-// ChildSpawned answers SpawnChild.
-type ChildSpawned struct {
-	PID *actor.PID
-	Err error
-}
-
 // ErrNoSignaling: the engine lost its signaling actor and can negotiate nothing any more.
 var ErrNoSignaling = errors.New("engine has no signaling (lost): restart it")
 
@@ -379,30 +359,6 @@ func (e *engineActor) hubLost(ctx actor.Context) {
 	}
 	e.cfg.Logger.Error("health hub stopped unexpectedly", "action", action)
 	e.lost(ctx, "health hub", action)
-}
-
-// mayRespawn forgets the respawns older than exitRespawnWindow and, if fewer than exitRespawnLimit
-// remain, records one now.
-func mayRespawn(times *[]time.Time) bool {
-	now := time.Now()
-	recent := (*times)[:0]
-	for _, at := range *times {
-		if now.Sub(at) < exitRespawnWindow {
-			recent = append(recent, at)
-		}
-	}
-	*times = recent
-	if len(recent) >= exitRespawnLimit {
-		return false
-	}
-	*times = append(*times, now)
-	return true
-}
-
-func (e *engineActor) lost(ctx actor.Context, child, action string) {
-	if e.cfg.Sink != nil {
-		e.cfg.Sink(&messages.ChildLost{Parent: "engine", Child: child, Action: action, At: time.Now()})
-	}
 }
 
 // spawnHub starts the health hub, which judges the health of all the engine's tunnels.
