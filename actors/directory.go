@@ -78,6 +78,8 @@ const maxDirectoryExits = 8192
 
 type directory struct {
 	cfg       DirectoryConfig
+	warnedAt  time.Time // the last dropped announcement logged at warn (warnDrop)
+	unlogged  int       // dropped announcements not logged since
 	behavior  actor.Behavior
 	signaling *actor.PID // nil once lost
 	// queued counts announcements signaling handed to this mailbox and not yet taken: flow control

@@ -36,12 +36,12 @@ func (d *directory) announced(ctx actor.Context, a *messages.ExitAnnouncement, n
 	st, log := d.cfg.Stats, d.cfg.Logger
 	if err := signaling.VerifyExitAnnouncement(a, now); err != nil {
 		st.AnnouncementsForged.Add(1)
-		log.Warn("exit announcement dropped", "exit", a.ExitID, "identity", short(a.Identity), "reason", err)
+		d.warnDrop(now, "exit", a.ExitID, "identity", short(a.Identity), "reason", err)
 		return
 	}
 	if err := d.cfg.Trust.Check(a.ExitID, a.Identity, a.Certificate, now); err != nil {
 		st.AnnouncementsUntrusted.Add(1)
-		log.Warn("exit announcement dropped", "exit", a.ExitID, "identity", short(a.Identity), "reason", err)
+		d.warnDrop(now, "exit", a.ExitID, "identity", short(a.Identity), "reason", err)
 		return
 	}
 	cur := d.entries[a.ExitID]
@@ -62,7 +62,7 @@ func (d *directory) announced(ctx actor.Context, a *messages.ExitAnnouncement, n
 	}
 	if cur == nil && len(d.entries) >= maxDirectoryExits {
 		st.Dropped.Add(1)
-		log.Warn("exit announcement dropped", "exit", a.ExitID, "reason", "directory full", "exits", len(d.entries))
+		d.warnDrop(now, "exit", a.ExitID, "reason", "directory full", "exits", len(d.entries))
 		return
 	}
 	delete(d.gone, a.ExitID) // back, with a newer announcement than its last
@@ -194,4 +194,18 @@ func short(id string) string {
 		return id[:12]
 	}
 	return id
+}
+
+// warnDrop logs a dropped announcement at warn, at most once per second: anyone on the bus may
+// send a flood of them (each is counted all the same); the next line says how many were not logged.
+func (d *directory) warnDrop(now time.Time, args ...any) {
+	if now.Sub(d.warnedAt) < time.Second {
+		d.unlogged++
+		return
+	}
+	if d.unlogged > 0 {
+		args = append(args, "not_logged_since_last", d.unlogged)
+	}
+	d.warnedAt, d.unlogged = now, 0
+	d.cfg.Logger.Warn("exit announcement dropped", args...)
 }
