@@ -12,9 +12,9 @@ import (
 )
 
 // SpawnChild starts an actor layered on the engine (a pool) as the engine actor's child; the reply
-// is *ChildSpawned. The engine stops such children first when it shuts down, before it closes the
-// tunnels (which the child opened through OpenTunnel and which stay the engine's), so that nothing
-// reopens what the shutdown closes.
+// is *ChildSpawned. When the engine shuts down it tells such children ReleaseTunnels as it closes
+// the tunnels (which they opened through OpenTunnel and which stay the engine's), and waits for
+// their Terminated with the tunnels', so that nothing reopens what the shutdown closes.
 type SpawnChild struct {
 	Props *actor.Props
 	Name  string // its role, for logs and ChildLost
