@@ -2,12 +2,18 @@ package test
 
 import (
 	"context"
+	"errors"
+	"net"
+	"net/http"
+	"net/url"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
 
 	"github.com/warren-tunnel/warren/internal/testutil"
+	"github.com/warren-tunnel/warren/messages"
+	"github.com/warren-tunnel/warren/pool"
 )
 
 // TestCloseLeavesNothing runs a whole life — engine, exit, tunnel, traffic — and checks that
@@ -26,6 +32,57 @@ func TestCloseLeavesNothing(t *testing.T) {
 	srv.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	if err := e.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	testutil.AwaitClosed(t, e.Events(), 10*time.Second, "Events to close after Close returned")
+}
+
+// TestPoolCloseLeavesNothing: a pool on an engine that is also its exit (a private bus) carries
+// traffic; Pool.Close closes every slot's ports and tunnel while the engine goes on; Engine.Close
+// then leaves no goroutine behind.
+func TestPoolCloseLeavesNothing(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	srv := newPayloadServer()
+	defer srv.Close()
+	e := startEngineNoCleanup(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cfg := pool.Config{Size: 5, SOCKSPorts: freePortRange(t, 5)}
+	cfg.Tunnel.UDPBind = "127.0.0.1"
+	p, err := pool.Open(ctx, e, cfg)
+	if err != nil {
+		t.Fatalf("pool.Open: %v", err)
+	}
+	slots, err := p.Slots(ctx)
+	if err != nil || len(slots) != 5 {
+		t.Fatalf("Slots: %d, %v", len(slots), err)
+	}
+	for _, s := range slots {
+		if s.State != messages.SlotUp || s.Exit != "leak" {
+			t.Fatalf("slot %d: %s on %q (%s), want up on leak", s.Index, s.State, s.Exit, s.Cause)
+		}
+		u, _ := url.Parse("socks5h://" + s.SOCKSAddr)
+		c := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(u), DisableKeepAlives: true}, Timeout: time.Minute}
+		if err := download(c, srv.URL, uint64(s.Index), 64<<10); err != nil {
+			t.Fatalf("slot %d: %v", s.Index, err)
+		}
+	}
+	if err := p.Close(ctx, 0); err != nil {
+		t.Fatalf("Pool.Close: %v", err)
+	}
+	for _, s := range slots {
+		if c, err := net.DialTimeout("tcp", s.SOCKSAddr, time.Second); err == nil {
+			c.Close()
+			t.Errorf("slot %d's port %s still accepts after Pool.Close", s.Index, s.SOCKSAddr)
+		}
+	}
+	if _, err := p.Slots(ctx); !errors.Is(err, pool.ErrClosed) {
+		t.Errorf("Slots after Close: %v, want ErrClosed", err)
+	}
+	if err := p.Close(ctx, 0); err != nil {
+		t.Errorf("second Pool.Close: %v", err)
+	}
 	if err := e.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
