@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/warren-tunnel/warren/actors"
+	"github.com/warren-tunnel/warren/internal/future"
 	"github.com/warren-tunnel/warren/messages"
 	"github.com/warren-tunnel/warren/signaling"
 )
@@ -518,8 +519,8 @@ func (e *Engine) Close(ctx context.Context) error {
 			done := resultOf(e.system.Root.RequestFuture(e.pid, &actors.Shutdown{}, untilDeadline(ctx, time.Minute)+forceGrace))
 			select {
 			case r := <-done:
-				if r.err != nil {
-					e.closeErr = fmt.Errorf("graceful shutdown: %w", r.err)
+				if r.Err != nil {
+					e.closeErr = fmt.Errorf("graceful shutdown: %w", r.Err)
 				}
 			case <-ctx.Done():
 				e.closeErr = fmt.Errorf("graceful shutdown: %w", ctx.Err())
@@ -536,45 +537,13 @@ func (e *Engine) Close(ctx context.Context) error {
 	return e.closeErr
 }
 
-type futureResult struct {
-	v   any
-	err error
-}
-
-// resultOf waits for f in a goroutine and delivers its result once. It must be f's only waiter:
-// protoactor's Future wakes waiters with sync.Cond.Signal, so a second Result() on the same
-// future can block forever. The goroutine ends when f completes or times out (futures always do).
-func resultOf(f *actor.Future) <-chan futureResult {
-	ch := make(chan futureResult, 1)
-	go func() {
-		v, err := f.Result()
-		ch <- futureResult{v, err}
-	}()
-	return ch
-}
-
-// awaitResult waits for a result from resultOf, or for ctx to end, whichever comes first.
-func awaitResult(ctx context.Context, ch <-chan futureResult) (any, error) {
-	select {
-	case r := <-ch:
-		return r.v, r.err
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-}
-
-// await waits for f, or for ctx to end: resultOf and awaitResult in one, for a future waited on once.
-func await(ctx context.Context, f *actor.Future) (any, error) { return awaitResult(ctx, resultOf(f)) }
-
-func untilDeadline(ctx context.Context, def time.Duration) time.Duration {
-	if dl, ok := ctx.Deadline(); ok {
-		if d := time.Until(dl); d > 0 {
-			return d
-		}
-		return time.Millisecond
-	}
-	return def
-}
+// The engine's waits on futures (internal/future).
+var (
+	resultOf      = future.ResultOf
+	awaitResult   = future.AwaitResult
+	await         = future.Await
+	untilDeadline = future.UntilDeadline
+)
 
 // forceGrace bounds a forced shutdown after Close's context ended: tunnels stop without draining,
 // then the exit, then signaling.

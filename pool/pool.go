@@ -13,6 +13,7 @@ import (
 
 	"github.com/warren-tunnel/warren/actors"
 	"github.com/warren-tunnel/warren/engine"
+	"github.com/warren-tunnel/warren/internal/future"
 	"github.com/warren-tunnel/warren/messages"
 )
 
@@ -121,28 +122,11 @@ func (p *Pool) SOCKSPorts() PortRange { return p.cfg.socks }
 func (p *Pool) HTTPPorts() PortRange { return p.cfg.http }
 
 func (p *Pool) ask(ctx context.Context, msg any, limit time.Duration) (any, error) {
-	if d, ok := ctx.Deadline(); ok && time.Until(d) < limit {
-		limit = max(time.Until(d), time.Millisecond)
+	res, err := future.Await(ctx, p.system.Root.RequestFuture(p.pid, msg, min(limit, future.UntilDeadline(ctx, limit))))
+	if errors.Is(err, actor.ErrDeadLetter) {
+		return nil, ErrClosed
 	}
-	f := p.system.Root.RequestFuture(p.pid, msg, limit)
-	type result struct {
-		res any
-		err error
-	}
-	done := make(chan result, 1)
-	go func() { // ends by the future's own timeout at the latest
-		res, err := f.Result()
-		done <- result{res, err}
-	}()
-	select {
-	case r := <-done:
-		if errors.Is(r.err, actor.ErrDeadLetter) {
-			return nil, ErrClosed
-		}
-		return r.res, r.err
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
+	return res, err
 }
 
 // Slots describes every slot, with its tunnel's connection counters, ordered by index.
