@@ -72,26 +72,14 @@ func (s *signalingActor) exitGoodbye(ctx actor.Context, c *messages.SessionClose
 		s.cfg.Logger.Log(context.Background(), lvl, "exit goodbye dropped", "session", c.SessionID, "reason", "no such session here")
 		return
 	}
+	if !s.fromSessionExit("exit goodbye", c.SessionID, c.Signer, w.exitIdentity, func() error { return signaling.VerifySessionClose(c, time.Now()) }) {
+		return
+	}
 	if w.exitIdentity == "" { // not granted yet: hold it, verified, until the grant names the exit
-		if err := signaling.VerifySessionClose(c, time.Now()); err != nil {
-			s.cfg.Stats.Forged.Add(1)
-			s.cfg.Logger.Warn("exit goodbye refused", "session", c.SessionID, "reason", err)
-			return
-		}
 		if len(w.early) < maxEarlyGoodbyes && !slices.ContainsFunc(w.early, func(e *messages.SessionClose) bool { return e.Signer == c.Signer }) {
 			w.early = append(w.early, c)
 			s.watched[c.SessionID] = w
 		}
-		return
-	}
-	if c.Signer != w.exitIdentity {
-		s.cfg.Stats.Forged.Add(1)
-		s.cfg.Logger.Warn("exit goodbye refused", "session", c.SessionID, "reason", "not signed by the session's exit")
-		return
-	}
-	if err := signaling.VerifySessionClose(c, time.Now()); err != nil {
-		s.cfg.Stats.Forged.Add(1)
-		s.cfg.Logger.Warn("exit goodbye refused", "session", c.SessionID, "reason", err)
 		return
 	}
 	delete(s.watched, c.SessionID)
@@ -108,14 +96,7 @@ func (s *signalingActor) exitDraining(ctx actor.Context, d *messages.SessionDrai
 		s.cfg.Logger.Debug("exit drain notice dropped", "session", d.SessionID, "reason", "no such session here")
 		return
 	}
-	if w.exitIdentity != "" && d.Signer != w.exitIdentity {
-		s.cfg.Stats.Forged.Add(1)
-		s.cfg.Logger.Warn("exit drain notice refused", "session", d.SessionID, "reason", "not signed by the session's exit")
-		return
-	}
-	if err := signaling.VerifySessionDraining(d, time.Now()); err != nil {
-		s.cfg.Stats.Forged.Add(1)
-		s.cfg.Logger.Warn("exit drain notice refused", "session", d.SessionID, "reason", err)
+	if !s.fromSessionExit("exit drain notice", d.SessionID, d.Signer, w.exitIdentity, func() error { return signaling.VerifySessionDraining(d, time.Now()) }) {
 		return
 	}
 	if w.exitIdentity == "" {
@@ -126,6 +107,24 @@ func (s *signalingActor) exitDraining(ctx actor.Context, d *messages.SessionDrai
 		return
 	}
 	ctx.Send(w.tunnel, drainNotice(d))
+}
+
+// fromSessionExit reports whether an exit's message about a watched session may be acted on: once
+// the session is granted (exitIdentity set) it must be signed by that identity, and it must verify
+// (checked last: a signature costs more than a comparison). Otherwise it is counted forged and
+// logged, never acted on.
+func (s *signalingActor) fromSessionExit(what, sessionID, signer, exitIdentity string, verify func() error) bool {
+	var reason any
+	if exitIdentity != "" && signer != exitIdentity {
+		reason = "not signed by the session's exit"
+	} else if err := verify(); err != nil {
+		reason = err
+	} else {
+		return true
+	}
+	s.cfg.Stats.Forged.Add(1)
+	s.cfg.Logger.Warn(what+" refused", "session", sessionID, "reason", reason)
+	return false
 }
 
 func drainNotice(d *messages.SessionDraining) *exitDraining {
