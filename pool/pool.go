@@ -87,7 +87,7 @@ func Open(ctx context.Context, eng *engine.Engine, cfg Config) (*Pool, error) {
 		return nil, fmt.Errorf("pool: %w", err)
 	}
 	tmpl.SOCKSAddr, tmpl.HTTPAddr, tmpl.ExitID = "", "", ""
-	pc := poolConfig{r: r, template: tmpl, engine: enginePID, openWait: 30 * time.Second,
+	pc := poolConfig{r: r, template: tmpl, spec: cfg.Tunnel, engine: enginePID, openWait: 30 * time.Second,
 		switchCap: 2*tmpl.HandshakeTimeout + 5*time.Second, logger: eng.Logger().With("pool", r.name)}
 	res, err := system.Root.RequestFuture(enginePID, &actors.SpawnChild{Props: actors.NewProps(newPool(pc)), Name: "pool-" + r.name}, requestWait).Result()
 	if err != nil {

@@ -25,6 +25,7 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 
 	"github.com/warren-tunnel/warren/actors"
+	"github.com/warren-tunnel/warren/engine"
 	"github.com/warren-tunnel/warren/messages"
 )
 
@@ -42,6 +43,7 @@ const (
 type poolConfig struct {
 	r         resolved
 	template  actors.TunnelConfig
+	spec      engine.TunnelSpec // as configured: fixed for the pool's life (Update)
 	engine    *actor.PID
 	openWait  time.Duration // an OpenTunnel request to the engine actor
 	switchCap time.Duration // a SwitchTunnel
@@ -183,6 +185,8 @@ func (p *poolActor) running(ctx actor.Context) {
 		p.rotate(ctx, m)
 	case *resize:
 		p.resize(ctx, m)
+	case *update:
+		p.reconfigure(ctx, m)
 	case *closeAll:
 		p.closer, p.ending = ctx.Sender(), true
 		p.behavior.Become(p.closing)
@@ -253,6 +257,8 @@ func (p *poolActor) closing(ctx actor.Context) {
 		ctx.Respond(&rotated{err: ErrClosed})
 	case *resize:
 		ctx.Respond(&resized{err: ErrClosed})
+	case *update:
+		ctx.Respond(&updated{err: ErrClosed})
 	case *awaitPlaced:
 		ctx.Respond(&placed{err: ErrClosed})
 	}
