@@ -21,7 +21,6 @@ import (
 
 	"github.com/warren-tunnel/warren/admin"
 	"github.com/warren-tunnel/warren/engine"
-	"github.com/warren-tunnel/warren/internal/testutil"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -227,28 +226,29 @@ func tunnelJSON(name, exit string) string {
 	return fmt.Sprintf(`{"name": %q, "exit": %q, "socks": "127.0.0.1:0", "http": "127.0.0.1:0", "udp_bind": "127.0.0.1"}`, name, exit)
 }
 
-// socksEcho connects through a SOCKS5 proxy to target, writes payload, reads it back (an echo
-// destination) and closes.
-func socksEcho(t *testing.T, proxyAddr, target string, payload []byte) {
+// openSocks connects through a SOCKS5 proxy (no auth) to target, an IPv4 host:port.
+func openSocks(t *testing.T, proxyAddr, target string) net.Conn {
 	t.Helper()
 	ap := netip.MustParseAddrPort(target)
 	c, err := net.DialTimeout("tcp", proxyAddr, 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
 	a := ap.Addr().As4()
 	req := []byte{5, 1, 0, 5, 1, 0, 1, a[0], a[1], a[2], a[3], 0, 0}
 	binary.BigEndian.PutUint16(req[11:], ap.Port())
 	if _, err := c.Write(req); err != nil {
+		c.Close()
 		t.Fatal(err)
 	}
 	var rep [2 + 4 + 16 + 2]byte
 	if _, err := io.ReadFull(c, rep[:6]); err != nil { // method reply, then the reply's head
+		c.Close()
 		t.Fatalf("socks5 reply: %v", err)
 	}
 	if rep[1] != 0 || rep[3] != 0 {
+		c.Close()
 		t.Fatalf("socks5 reply %x", rep[:6])
 	}
 	rest := 4 + 2
@@ -256,8 +256,18 @@ func socksEcho(t *testing.T, proxyAddr, target string, payload []byte) {
 		rest = 16 + 2
 	}
 	if _, err := io.ReadFull(c, rep[6:6+rest]); err != nil {
+		c.Close()
 		t.Fatalf("socks5 reply address: %v", err)
 	}
+	return c
+}
+
+// socksEcho connects through a SOCKS5 proxy to an echo server, writes payload, reads it back and
+// closes.
+func socksEcho(t *testing.T, proxyAddr, target string, payload []byte) {
+	t.Helper()
+	c := openSocks(t, proxyAddr, target)
+	defer c.Close()
 	if _, err := c.Write(payload); err != nil {
 		t.Fatal(err)
 	}
@@ -291,5 +301,3 @@ func freePortRange(t *testing.T, n int) string {
 	t.Fatalf("no %d consecutive free ports", n)
 	return ""
 }
-
-var _ = testutil.Tick

@@ -10,6 +10,7 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -50,11 +51,11 @@ var refusals = []struct {
 type metrics struct {
 	s          *Server
 	handler    http.Handler
-	snapErrors prometheus.Counter
+	snapErrors atomic.Uint64 // a statistic
 
 	buildInfo, natsConnected, tunnels, connsActive, connsOpened, connsTotal, bytes, handshakeAge,
 	transitions, reconnects, signalingRTT, exitSessions, exitFlows, exitDraining, poolSlots,
-	refused, panics, childrenLost, eventsDropped *prometheus.Desc
+	refused, panics, childrenLost, eventsDropped, snapshotErrors *prometheus.Desc
 }
 
 func newMetrics(s *Server) *metrics {
@@ -62,8 +63,8 @@ func newMetrics(s *Server) *metrics {
 		return prometheus.NewDesc(name, help, labels, nil)
 	}
 	m := &metrics{s: s,
-		snapErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "warren_admin_snapshot_errors_total",
-			Help: "Parts of a scrape's snapshot of the engine that failed (their series are left out of that scrape)."}),
+		snapshotErrors: d("warren_admin_snapshot_errors_total",
+			"Parts of scrapes' snapshots of the engine that failed (their series were left out of those scrapes)."),
 		buildInfo:     d("warren_build_info", "Always 1; the version label names the build.", "version"),
 		natsConnected: d("warren_nats_connected", "1 while the engine is connected to its NATS server."),
 		tunnels:       d("warren_tunnels", "Tunnels by state: the engine's own and its pool slots' tunnels.", "state"),
@@ -91,7 +92,7 @@ func newMetrics(s *Server) *metrics {
 		eventsDropped: d("warren_events_dropped_total", "Engine events lost to a slow consumer."),
 	}
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), m, m.snapErrors)
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), m)
 	m.handler = promhttp.HandlerFor(reg, promhttp.HandlerOpts{
 		ErrorLog:            slog.NewLogLogger(s.logger.Handler(), slog.LevelWarn),
 		ErrorHandling:       promhttp.ContinueOnError,
@@ -110,13 +111,13 @@ func (m *metrics) serve(w http.ResponseWriter, r *http.Request) error {
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{m.buildInfo, m.natsConnected, m.tunnels, m.connsActive, m.connsOpened,
 		m.connsTotal, m.bytes, m.handshakeAge, m.transitions, m.reconnects, m.signalingRTT, m.exitSessions,
-		m.exitFlows, m.exitDraining, m.poolSlots, m.refused, m.panics, m.childrenLost, m.eventsDropped} {
+		m.exitFlows, m.exitDraining, m.poolSlots, m.refused, m.panics, m.childrenLost, m.eventsDropped, m.snapshotErrors} {
 		ch <- d
 	}
 }
 
 func (m *metrics) failed(part string, err error) {
-	m.snapErrors.Inc()
+	m.snapErrors.Add(1)
 	m.s.logger.Debug("metrics snapshot part failed", "part", part, "err", err)
 }
 
@@ -212,6 +213,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- constHistogram(m.signalingRTT, c.SignalingRTT)
 	}
+	counter(m.snapshotErrors, float64(m.snapErrors.Load())) // last: this scrape's failures included
 }
 
 // handshakeAges sends the distribution of the tunnels' handshake ages (tunnels with a handshake).

@@ -9,6 +9,8 @@ import (
 	"bytes"
 	"encoding"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"reflect"
 	"strings"
 	"sync"
@@ -106,6 +108,16 @@ func decodeTunnelSpec(data []byte) (engine.TunnelSpec, error) {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(m.Interface()); err != nil {
+		var ae *Error
+		if errors.As(jsonError(err), &ae) && strings.HasPrefix(ae.Message, "body:") {
+			// An error of a field's own decoding (a duration that does not parse) names no field.
+			var raw any
+			if json.Unmarshal(data, &raw) == nil {
+				if path := badText(raw, tunnelSpecMirror(), "body"); path != "" {
+					return spec, badRequest("%s: %v", path, err)
+				}
+			}
+		}
 		return spec, jsonError(err)
 	}
 	if dec.More() {
@@ -113,6 +125,49 @@ func decodeTunnelSpec(data []byte) (engine.TunnelSpec, error) {
 	}
 	copyShape(reflect.ValueOf(&spec).Elem(), m.Elem())
 	return spec, nil
+}
+
+// badText finds the path of the first value in raw that a field of type t (a mirror) implementing
+// encoding.TextUnmarshaler refuses; "" if none does.
+func badText(raw any, t reflect.Type, path string) string {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if reflect.PointerTo(t).Implements(textUnmarshaler) {
+		str, ok := raw.(string)
+		if ok && reflect.New(t).Interface().(encoding.TextUnmarshaler).UnmarshalText([]byte(str)) != nil {
+			return path
+		}
+		return ""
+	}
+	switch t.Kind() {
+	case reflect.Struct:
+		obj, _ := raw.(map[string]any)
+		for i := range t.NumField() {
+			f := t.Field(i)
+			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+			if v, ok := obj[name]; ok && name != "-" {
+				if p := badText(v, f.Type, path+"."+name); p != "" {
+					return p
+				}
+			}
+		}
+	case reflect.Slice:
+		arr, _ := raw.([]any)
+		for i, v := range arr {
+			if p := badText(v, t.Elem(), fmt.Sprintf("%s[%d]", path, i)); p != "" {
+				return p
+			}
+		}
+	case reflect.Map:
+		obj, _ := raw.(map[string]any)
+		for k, v := range obj {
+			if p := badText(v, t.Elem(), path+"."+k); p != "" {
+				return p
+			}
+		}
+	}
+	return ""
 }
 
 // encodeTunnelSpec writes spec as decodeTunnelSpec reads it (ProxyAuth.Check, a function, is left out).
