@@ -220,13 +220,13 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 func (m *metrics) handshakeAges(ch chan<- prometheus.Metric, infos []engine.TunnelInfo) {
 	h := histogram{Bounds: handshakeAgeBuckets, Counts: make([]uint64, len(handshakeAgeBuckets)+1)}
 	now := time.Now()
-	any := false
+	seen := false
 	for _, in := range infos {
 		last := extraOf(in).LastHandshake
 		if last.IsZero() {
 			continue
 		}
-		any = true
+		seen = true
 		age := max(now.Sub(last).Seconds(), 0)
 		i := 0
 		for i < len(h.Bounds) && age > h.Bounds[i] {
@@ -236,7 +236,7 @@ func (m *metrics) handshakeAges(ch chan<- prometheus.Metric, infos []engine.Tunn
 		h.Count++
 		h.Sum += age
 	}
-	if !any && !engineCounters(m.s.eng).ok {
+	if !seen && !engineCounters(m.s.eng).ok {
 		return // the engine of this build does not report handshakes (TODO(core): always send it)
 	}
 	ch <- constHistogram(m.handshakeAge, h)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/warren-tunnel/warren/admin"
 	"github.com/warren-tunnel/warren/engine"
+	"github.com/warren-tunnel/warren/internal/testutil"
 )
 
 const token = "s3cret-token-0123456789"
@@ -231,5 +232,39 @@ func TestReload(t *testing.T) {
 	_, err = e.c.Reload(bounded(t))
 	if ae := wantAPIError(t, err, admin.CodeBadRequest); !strings.Contains(ae.Message, "tunnels[1].socks") {
 		t.Fatalf("reload error %q does not name the field", ae.Message)
+	}
+}
+
+// TestCloseWaitsForHandlers: Close with a short context while a DELETE drains a tunnel that has
+// an open connection: the drain is cut short, the connection ends, and Close returns only once
+// the handler has (goleak checks that nothing is left behind).
+func TestCloseWaitsForHandlers(t *testing.T) {
+	eng := startEngine(t, "x", nil)
+	e := serve(t, eng, admin.Config{}, admin.Options{})
+	tun := decodeReply[admin.Tunnel](t, e.do("POST", "/v1/tunnels", tunnelJSON("t", "x")), http.StatusCreated)
+	echo := testutil.EchoServer(t)
+	conn := openSocks(t, tun.SOCKS, echo.Addr())
+	defer conn.Close()
+	deleted := make(chan error, 1)
+	go func() { deleted <- e.c.CloseTunnel(context.Background(), "t", time.Minute) }()
+	testutil.Poll(t, 10*time.Second, "the tunnel to drain", func(ctx context.Context) (admin.Tunnel, error) {
+		return e.c.Tunnel(ctx, "t")
+	}, func(v admin.Tunnel) bool { return v.State == "draining" })
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if err := e.srv.Close(ctx); err == nil {
+		t.Fatal("Close with a drain in progress and a short context: no error")
+	}
+	t.Logf("Close took %v", time.Since(start))
+	if err := testutil.Await(t, deleted, 10*time.Second, "the DELETE to end"); err == nil {
+		t.Fatal("DELETE cut short by Close: no error")
+	}
+	// The drain was cut short: the connection was ended.
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := conn.Read(make([]byte, 1)); err == nil {
+		t.Fatal("the connection is still open")
+	} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		t.Fatal("the connection is still open after the close")
 	}
 }

@@ -5,7 +5,6 @@ package admin
 import (
 	"maps"
 	"net/netip"
-	"slices"
 	"time"
 
 	"github.com/warren-tunnel/warren/engine"
@@ -340,5 +339,3 @@ type Health struct {
 	OK       bool     `json:"ok"`
 	Problems []string `json:"problems,omitempty"`
 }
-
-func sortedKeys[M ~map[string]V, V any](m M) []string { return slices.Sorted(maps.Keys(m)) }
