@@ -109,6 +109,7 @@ func (s *Server) guard(next http.Handler) http.Handler {
 			return
 		}
 		if !s.authorized(r) {
+			s.logger.Debug("admin request refused: no or a wrong token", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr)
 			if r.URL.Path == "/" {
 				w.Header().Set("WWW-Authenticate", `Basic realm="warren admin", charset="UTF-8"`)
 			} else {
@@ -121,9 +122,19 @@ func (s *Server) guard(next http.Handler) http.Handler {
 	})
 }
 
-// wrap turns a handler that returns an error into one that writes it.
+// wrap turns a handler that returns an error into one that writes it. Calls that change
+// something are logged at info once answered (method, path, status, who, how long).
 func (s *Server) wrap(h func(http.ResponseWriter, *http.Request) error) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			sw := &statusWriter{ResponseWriter: w}
+			w = sw
+			start := time.Now()
+			defer func() {
+				s.logger.Info("admin call", "method", r.Method, "path", r.URL.Path, "status", sw.status,
+					"remote", r.RemoteAddr, "took", time.Since(start).Round(time.Millisecond))
+			}()
+		}
 		if r.Method == http.MethodPost || r.Method == http.MethodPatch {
 			// A JSON content type makes a browser ask first (CORS preflight, never answered here),
 			// so that no web page can post a form to the API.
@@ -137,6 +148,29 @@ func (s *Server) wrap(h func(http.ResponseWriter, *http.Request) error) http.Han
 		}
 	})
 }
+
+// statusWriter remembers the status written.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(status int) {
+	if w.status == 0 {
+		w.status = status
+	}
+	w.ResponseWriter.WriteHeader(status)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach the connection's writer.
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // tracker counts the requests being handled; Close waits until none is left and lets no new one in.
 type tracker struct {
