@@ -69,6 +69,7 @@ type deviceReady struct {
 	endpoint  netip.AddrPort  // the bound UDP address
 	publicKey signaling.Key
 	traffic   func() (rx, tx uint64) // bytes received from all peers, packets of data sent to them (Device.Traffic); cheap, safe from any goroutine
+	handshake func() time.Time       // the last completed handshake with any peer (Device.LastHandshake); as cheap, as safe
 }
 
 type deviceFailed struct{ err error }
@@ -152,7 +153,7 @@ func (d *deviceActor) running(ctx actor.Context) {
 		}
 		d.cfg.logger.Debug("device up", "role", d.cfg.role, "udp", d.bind.LocalAddrPort(), "addresses", d.cfg.addresses)
 		ctx.Request(ctx.Parent(), &deviceReady{stack: d.stack, endpoint: d.bind.LocalAddrPort(), publicKey: d.cfg.privateKey.Public(),
-			traffic: d.dev.Traffic})
+			traffic: d.dev.Traffic, handshake: d.dev.LastHandshake})
 	case *getPeerStats:
 		if d.stopping || d.dev == nil {
 			ctx.Respond(&peerStats{err: errors.New("device stopping")})

@@ -61,8 +61,24 @@ type EngineStarted struct {
 }
 
 // OpenTunnel spawns a tunnel; the reply is *TunnelSpawned at once, and Config.ReplyTo later hears
-// *messages.OpenTunnelResponse.
-type OpenTunnel struct{ Config TunnelConfig }
+// *messages.OpenTunnelResponse. Named marks one of the engine's own tunnels (engine.OpenTunnel,
+// StartTunnel; not a pool's): its Config.ID must be unique among them (else ErrTunnelExists), and
+// GetTunnels lists it until it is Closed.
+type OpenTunnel struct {
+	Config TunnelConfig
+	Named  bool
+}
+
+// ErrTunnelExists: an OpenTunnel with Named gave the name of one of the engine's own tunnels that
+// is not Closed yet.
+var ErrTunnelExists = errors.New("tunnel name in use")
+
+// GetTunnels asks the engine actor for its own (Named) tunnels, or for the one called Name if it is
+// set; the reply is *TunnelsList. The engine actor answers from its own table: it asks no tunnel.
+type GetTunnels struct{ Name string }
+
+// TunnelsList answers GetTunnels: PIDs by tunnel name.
+type TunnelsList struct{ Tunnels map[string]*actor.PID }
 
 // TunnelSpawned answers OpenTunnel: the tunnel's PID, or why none was spawned.
 type TunnelSpawned struct {
@@ -99,6 +115,7 @@ type engineActor struct {
 	dir       *actor.PID // the exit directory, from the first EnsureDirectory; replaced if lost, stopped after the tunnels
 	exit      *actor.PID
 	tunnels   map[string]*actor.PID
+	named     namedTunnels                         // the engine's own tunnels (OpenTunnel.Named), by name (engine_children.go)
 	layered   map[string]*actor.PID                // children started with SpawnChild, by PID id; stopped first in shutdown
 	starter   *actor.PID                           // waiting for EngineStarted
 	stopper   *actor.PID                           // waiting for ShutdownResponse
@@ -148,7 +165,7 @@ func NewEngineProps(cfg EngineConfig) *actor.Props {
 	// A root actor is supervised by its guardian; the default one would restart the engine.
 	return props(func() actor.Actor {
 		e := &engineActor{cfg: cfg, behavior: actor.NewBehavior(), tunnels: map[string]*actor.PID{}, layered: map[string]*actor.PID{},
-			stats: map[string]*messages.ConnectionStats{}}
+			stats: map[string]*messages.ConnectionStats{}, named: newNamedTunnels()}
 		e.behavior.Become(e.running)
 		return e
 	}).Configure(actor.WithGuardian(stopOnFailure))
@@ -195,6 +212,17 @@ func (e *engineActor) Receive(ctx actor.Context) {
 		}
 		ctx.Respond(&EngineStatsResponse{ByRole: out})
 		return
+	case *GetTunnels:
+		ctx.Respond(e.named.list(m.Name))
+		return
+	case *messages.TunnelStateChanged:
+		if m.To == messages.StateClosed { // its name is free from now on (its closers hear of it after this)
+			e.named.forget(m.TunnelID, ctx.Sender())
+		}
+		if e.cfg.Sink != nil {
+			e.cfg.Sink(m)
+		}
+		return
 	case *actor.Terminated, *actor.Started, *actor.Stopping, *actor.Stopped:
 	default:
 		if e.cfg.Sink != nil && isEvent(m) {
@@ -228,6 +256,10 @@ func (e *engineActor) running(ctx actor.Context) {
 			return
 		}
 		tc := m.Config
+		if m.Named && e.named.taken(tc.ID) {
+			ctx.Respond(&TunnelSpawned{Err: fmt.Errorf("%w: %s", ErrTunnelExists, tc.ID)})
+			return
+		}
 		tc.Signaling, tc.Hub, tc.Events = e.signaling, e.hub, ctx.Self()
 		if tc.Logger == nil {
 			tc.Logger = e.cfg.Logger
@@ -235,6 +267,9 @@ func (e *engineActor) running(ctx actor.Context) {
 		pid := ctx.Spawn(NewTunnelProps(tc))
 		ctx.Watch(pid)
 		e.tunnels[pid.Id] = pid
+		if m.Named {
+			e.named.add(tc.ID, pid)
+		}
 		ctx.Respond(&TunnelSpawned{PID: pid})
 	case *SpawnChild:
 		pid, err := ctx.SpawnNamed(m.Props, m.Name)
@@ -251,6 +286,7 @@ func (e *engineActor) running(ctx actor.Context) {
 		e.drainExit(ctx)
 	case *actor.Terminated:
 		delete(e.tunnels, m.Who.Id)
+		e.named.terminated(m.Who)
 		if _, ok := e.layered[m.Who.Id]; ok {
 			delete(e.layered, m.Who.Id) // closed by its owner, or stopped by its supervisor (ActorPanicked says so)
 			return
@@ -299,6 +335,7 @@ func (e *engineActor) shuttingDown(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *actor.Terminated:
 		delete(e.tunnels, m.Who.Id)
+		e.named.terminated(m.Who)
 		delete(e.layered, m.Who.Id)
 		switch {
 		case e.exit != nil && m.Who.Equal(e.exit):

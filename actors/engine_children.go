@@ -54,3 +54,47 @@ func (e *engineActor) lost(ctx actor.Context, child, action string) {
 		e.cfg.Sink(&messages.ChildLost{Parent: "engine", Child: child, Action: action, At: time.Now()})
 	}
 }
+
+// namedTunnels are the engine's own tunnels (OpenTunnel.Named) by name. A name is taken from the
+// open until the tunnel is Closed: its TunnelStateChanged to Closed (sent with the tunnel as
+// sender, before the tunnel answers its closers) frees it, so that a Close that returned lets the
+// same name be opened again at once; Terminated frees what is left (a tunnel that never said so).
+type namedTunnels struct {
+	byName map[string]*actor.PID
+	byPID  map[string]string // PID id → name
+}
+
+func newNamedTunnels() namedTunnels {
+	return namedTunnels{byName: map[string]*actor.PID{}, byPID: map[string]string{}}
+}
+
+func (n namedTunnels) taken(name string) bool { _, ok := n.byName[name]; return ok }
+
+func (n namedTunnels) add(name string, pid *actor.PID) {
+	n.byName[name], n.byPID[pid.Id] = pid, name
+}
+
+// forget frees name if pid (the sender of its Closed event) holds it.
+func (n namedTunnels) forget(name string, pid *actor.PID) {
+	if held := n.byName[name]; held != nil && pid != nil && held.Equal(pid) {
+		delete(n.byName, name)
+		delete(n.byPID, pid.Id)
+	}
+}
+
+func (n namedTunnels) terminated(pid *actor.PID) {
+	if name, ok := n.byPID[pid.Id]; ok {
+		n.forget(name, pid)
+	}
+}
+
+// list answers GetTunnels: every name, or only name if it is set (an empty list if it is not taken).
+func (n namedTunnels) list(name string) *TunnelsList {
+	out := map[string]*actor.PID{}
+	for k, pid := range n.byName {
+		if name == "" || k == name {
+			out[k] = pid
+		}
+	}
+	return &TunnelsList{Tunnels: out}
+}

@@ -209,9 +209,15 @@ func (t *tunnelActor) enter(ctx actor.Context, to messages.TunnelState, cause st
 	default: // Closing, Failed, Closed
 		t.behavior.Become(t.closing)
 	}
+	t.info.Cause = cause
 	t.cfg.Logger.Info("tunnel state", "from", from, "to", to, "cause", cause)
 	ev := &messages.TunnelStateChanged{TunnelID: t.cfg.ID, From: from, To: to, Cause: cause, At: time.Now()}
-	emit(ctx, t.cfg.Events, ev)
+	if to == messages.StateReconnecting {
+		ev.Reconnect = t.recon.class
+	}
+	if t.cfg.Events != nil {
+		ctx.Request(t.cfg.Events, ev) // with the tunnel as sender: the engine frees its name on Closed
+	}
 	emit(ctx, t.cfg.Steer, ev)
 }
 
@@ -219,7 +225,7 @@ func (t *tunnelActor) enter(ctx actor.Context, to messages.TunnelState, cause st
 func (t *tunnelActor) opening(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *actor.Started:
-		t.info = messages.TunnelInfo{ID: t.cfg.ID, ExitID: t.cfg.ExitID}
+		t.info = messages.TunnelInfo{ID: t.cfg.ID, ExitID: t.cfg.ExitID, OpenedAt: time.Now()}
 		if err := t.bindListeners(); err != nil {
 			t.fail(ctx, err)
 			return
@@ -300,8 +306,12 @@ func (t *tunnelActor) closing(ctx actor.Context) {
 func (t *tunnelActor) snapshot() messages.TunnelInfo {
 	info := t.info
 	info.State = t.state
+	info.Exits = t.exits()
 	if l := t.current; l != nil {
 		info.SessionID, info.ExitID, info.ClientAddresses, info.ExitEndpoint = l.sessionID, l.exitID, l.addrs, l.endpoint
+		if l.handshake != nil {
+			info.LastHandshake = l.handshake() // an atomic of the device's peer: no wait
+		}
 	}
 	return info
 }

@@ -133,10 +133,21 @@ func (t *tunnelActor) legLost(ctx actor.Context, l *leg, err error) {
 	switch {
 	case l != t.current:
 	case t.isUp():
-		t.reconnect(ctx, err.Error(), errors.Is(err, ErrExitGone))
+		t.reconnect(ctx, err.Error(), lostClass(err), errors.Is(err, ErrExitGone))
 	case t.state == messages.StateSwitching:
-		t.currentLost(ctx, err.Error(), errors.Is(err, ErrExitGone)) // the switch decides what comes next
+		t.currentLost(ctx, err.Error(), lostClass(err), errors.Is(err, ErrExitGone)) // the switch decides what comes next
 	}
+}
+
+// lostClass classes the loss of an up leg (messages.ReconnectCauses).
+func lostClass(err error) string {
+	switch {
+	case errors.Is(err, ErrExitGone):
+		return messages.ReconnectExitGoodbye
+	case errors.Is(err, ErrDeviceFailed):
+		return messages.ReconnectDeviceLost
+	}
+	return messages.ReconnectOther
 }
 
 // drainLeg lets the leg's connections finish for d, then ends them with drain_timeout; the leg is
@@ -241,7 +252,7 @@ func (t *tunnelActor) legFailed(ctx actor.Context, l *leg, err error) {
 		}
 		t.answerWaiter(ctx, err)
 		if t.current == nil || t.current.state != legUp || t.current.ending() { // the old leg was lost meanwhile
-			t.reconnect(ctx, "switch failed ("+err.Error()+") and the old exit was lost", false)
+			t.reconnect(ctx, "switch failed ("+err.Error()+") and the old exit was lost", "", false)
 			return
 		}
 		t.enter(ctx, messages.StateUp, "switch failed, staying on "+t.current.exitID+": "+err.Error())

@@ -44,6 +44,7 @@ type reconnection struct {
 	skipped int          // exits in a row that refused because they drain (tried next at once)
 	order   []string     // the exits a reconnect tries, in turn (failoverOrder)
 	lost    lostExit     // the exit lost during a switch, for a reconnect after it
+	class   string       // why the reconnect began: one of messages.ReconnectCauses
 	retryT  *time.Timer  // next reconnection attempt (reconnectAttempt)
 	parkT   *time.Timer  // next parked-connection deadline (parkExpired)
 	parked  []parkedConn // proxy connections waiting for a reconnect; owned until handed on
@@ -53,6 +54,7 @@ type reconnection struct {
 type lostExit struct {
 	exitID string
 	next   bool
+	class  string // how it was lost (messages.ReconnectCauses)
 }
 
 // failoverOrder is the order of a reconnect's attempts: the failover list rotated to start at the
@@ -74,12 +76,17 @@ func (t *tunnelActor) failoverOrder(lost lostExit) []string {
 
 // reconnect leaves Up (or Degraded) for Reconnecting. next selects the exit after the lost one
 // first (it said goodbye); otherwise the same exit is tried first. The lost exit is the current
-// leg's, or, after a switch that failed once the old exit was lost, the one currentLost recorded.
-func (t *tunnelActor) reconnect(ctx actor.Context, cause string, next bool) {
+// leg's, or, after a switch that failed once the old exit was lost, the one currentLost recorded
+// (and then its class is how that one was lost). class is one of messages.ReconnectCauses.
+func (t *tunnelActor) reconnect(ctx actor.Context, cause, class string, next bool) {
 	old := t.current
 	lost := t.recon.lost
 	if old != nil {
-		lost = lostExit{exitID: old.exitID, next: next}
+		lost = lostExit{exitID: old.exitID, next: next, class: class}
+	}
+	t.recon.class = lost.class
+	if t.recon.class == "" {
+		t.recon.class = messages.ReconnectOther
 	}
 	t.enter(ctx, messages.StateReconnecting, cause)
 	ctx.Send(t.keepalive, &stopMonitoring{})
@@ -167,11 +174,11 @@ func (t *tunnelActor) reconnected(ctx actor.Context, l *leg, rtt time.Duration) 
 
 // currentLost handles the current leg failing while a switch is under way: it is released, and the
 // switch's outcome decides (its success makes the new leg current; its failure reconnects).
-func (t *tunnelActor) currentLost(ctx actor.Context, cause string, next bool) {
+func (t *tunnelActor) currentLost(ctx actor.Context, cause, class string, next bool) {
 	old := t.current
 	t.current = nil
 	if old != nil {
-		t.recon.lost = lostExit{exitID: old.exitID, next: next} // where a reconnect after the switch starts
+		t.recon.lost = lostExit{exitID: old.exitID, next: next, class: class} // where a reconnect after the switch starts
 	}
 	ctx.Send(t.keepalive, &stopMonitoring{})
 	t.cfg.Logger.Warn("current exit lost during a switch", "cause", cause)
