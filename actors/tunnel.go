@@ -11,6 +11,7 @@ package actors
 //	  Negotiating ──session granted──▶ Handshaking ──HandshakeCompleted──▶ Up ◀─────────────────────────────────────┐
 //	   │   │                            │   │                                                                       │
 //	   │   └─refused / timeout / error──┼───┴─▶ Failed(cause) ──(released)──▶ Closed                                │
+//	   │   │  (StartTunnel: instead ────┼───┴─▶ Reconnecting, class "start" (below))                                │
 //	   └─Close (before Up)──────────────┴─────▶ Closing ──(released)──▶ Closed                                      │
 //	                                                                                                                │
 //	  Up, and Degraded (which does all that Up does, and traffic flows):                                            │
@@ -63,13 +64,18 @@ var (
 
 // TunnelConfig is a client tunnel, resolved and validated by the engine.
 type TunnelConfig struct {
-	ID                string
-	ExitID            string
-	SOCKSAddr         string        // "" disables the SOCKS5 proxy
-	HTTPAddr          string        // "" disables the HTTP proxy
-	UDPBind           netip.Addr    // the device's UDP address; invalid: the local address routed to the exit
-	HandshakeTimeout  time.Duration // session request and first handshake together, per leg
-	OpenDeadline      time.Time     // OpenTunnel's context deadline: bounds the first leg only
+	ID               string
+	ExitID           string
+	SOCKSAddr        string        // "" disables the SOCKS5 proxy
+	HTTPAddr         string        // "" disables the HTTP proxy
+	UDPBind          netip.Addr    // the device's UDP address; invalid: the local address routed to the exit
+	HandshakeTimeout time.Duration // session request and first handshake together, per leg
+	OpenDeadline     time.Time     // OpenTunnel's context deadline: bounds the first leg only
+	// KeepTrying (engine.StartTunnel): the opener is answered once the listeners are bound, which
+	// accept at once (refusing until the tunnel is Up), and a first session that fails sends the
+	// tunnel to Reconnecting (class "start") instead of Failed: it tries its exits with its backoff
+	// until one comes up or it is closed.
+	KeepTrying        bool
 	DrainTimeout      time.Duration // default for Close and Switch
 	Conn              ConnTimeouts  // each proxied connection's limits (Setup: its handshake and dial)
 	MaxConns          int           // proxied connections at once; 0 unlimited
@@ -232,6 +238,10 @@ func (t *tunnelActor) opening(ctx actor.Context) {
 		}
 		t.sigOK = true
 		t.spawnKeepalive(ctx)
+		if t.cfg.KeepTrying { // the listeners are bound: StartTunnel returns
+			t.startAccepting(ctx)
+			t.reply(ctx, nil)
+		}
 		t.current = t.startLeg(ctx, t.cfg.ExitID, legOpen)
 	case *messages.CloseTunnel:
 		t.closeNow(ctx, reasonOr(m.Reason))

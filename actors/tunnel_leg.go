@@ -7,7 +7,8 @@ package actors
 //	leg report          the leg's purpose / place            the tunnel
 //	handshaking         the first leg                        Negotiating → Handshaking
 //	up                  first / switch / reconfigure / retry Up (legUp)
-//	failed from setup   first / switch / reconfigure / retry Failed / stay Up / Failed / next attempt (legFailed)
+//	failed from setup   first / switch / reconfigure / retry Failed / stay Up / Failed / next attempt (legFailed);
+//	                                                         the first of a StartTunnel tunnel: Reconnecting
 //	failed from up      current, Up or Degraded              Reconnecting (the next exit first after a goodbye)
 //	failed from up      current, while switching             the switch decides (currentLost)
 //	failed              draining, or no longer wanted        nothing: it is ending
@@ -243,6 +244,8 @@ func (t *tunnelActor) legUp(ctx actor.Context, l *leg, rtt time.Duration) {
 // legFailed is called when a leg could not come up (it is ending by itself).
 func (t *tunnelActor) legFailed(ctx actor.Context, l *leg, err error) {
 	switch {
+	case l.purpose == legOpen && l == t.current && t.cfg.KeepTrying:
+		t.retryStart(ctx, err)
 	case l.purpose == legOpen && l == t.current:
 		t.fail(ctx, err)
 	case l == t.pending && l.purpose == legSwitch:

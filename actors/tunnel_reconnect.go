@@ -4,6 +4,7 @@ package actors
 //
 //	Up ──signaling failing──▶ Degraded ──signaling answers──▶ Up       (traffic flows throughout)
 //	Up / Degraded ──data plane failed, session lost, exit goodbye, device lost──▶ Reconnecting
+//	Negotiating / Handshaking of a StartTunnel tunnel ──its first session failed──▶ Reconnecting
 //	Reconnecting: release the leg (goodbye; netstack → device → bind), then try exits in turn —
 //	the same exit first after a data-plane failure, the next one after a goodbye — with exponential
 //	backoff and jitter between attempts, until one comes up ──▶ Up. Proxy connections that arrive
@@ -103,6 +104,18 @@ func (t *tunnelActor) reconnect(ctx actor.Context, cause, class string, next boo
 	t.nextAttempt(ctx)
 }
 
+// retryStart: the first session of a tunnel started with StartTunnel (KeepTrying) failed. Rather
+// than Failed, the tunnel goes to Reconnecting (class "start") and tries its failover list from
+// the exit after the one that failed (the same one again if it has no other) with its backoff,
+// as after a failed reconnection attempt, until one comes up or it is closed.
+func (t *tunnelActor) retryStart(ctx actor.Context, err error) {
+	t.current = nil
+	t.recon.class = messages.ReconnectStart
+	t.enter(ctx, messages.StateReconnecting, "first session failed: "+err.Error())
+	t.recon.attempt, t.recon.skipped, t.recon.order, t.recon.lost = 0, 0, t.exits(), lostExit{}
+	t.reconnectFailed(ctx, err) // the failed leg counts as the first attempt
+}
+
 func (t *tunnelActor) reconnecting(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *reconnectAttempt:
@@ -159,6 +172,9 @@ func (t *tunnelActor) reconnected(ctx actor.Context, l *leg, rtt time.Duration) 
 	t.current, t.pending = l, nil
 	t.info.Reconnects++
 	t.info.ExitID = l.exitID
+	if t.info.UpSince.IsZero() { // a StartTunnel tunnel's first time Up
+		t.info.UpSince = time.Now()
+	}
 	if t.recon.parkT != nil {
 		t.recon.parkT.Stop()
 	}

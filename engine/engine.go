@@ -95,6 +95,7 @@ type Engine struct {
 	panics   atomic.Int64 // actor panics seen by supervisors (a statistic; no lifecycle state)
 	lost     atomic.Int64 // children lost and reacted to by their parents (a statistic)
 	sigStats actors.SignalingStats
+	counters counters // tunnel transitions and reconnections, counted by sink (status.go)
 	// sinkMu orders the engine actor's sends on events with Close's close of it, for the case where
 	// a shutdown that ran out of time leaves the engine actor alive for a moment.
 	sinkMu     sync.Mutex
@@ -417,6 +418,7 @@ func (e *Engine) sink(m any) {
 	ev := Event{Time: time.Now()}
 	switch m := m.(type) {
 	case *messages.TunnelStateChanged:
+		e.counters.transition(m)
 		ev.Kind, ev.Tunnel, ev.From, ev.To, ev.Cause, ev.Time = EventTunnelState, m.TunnelID, m.From, m.To, m.Cause, m.At
 	case *messages.SessionOpened:
 		ev.Kind, ev.Exit, ev.Session, ev.Client = EventSessionOpened, m.ExitID, m.SessionID, m.ClientID

@@ -88,6 +88,9 @@ func (e *Engine) spawnTunnel(ctx context.Context, cfg actors.TunnelConfig, limit
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("open tunnel %s: %w", cfg.ID, ctx.Err())
 		}
+		if cfg.KeepTrying { // it did not even bind in time
+			return nil, fmt.Errorf("start tunnel %s: %w", cfg.ID, err)
+		}
 		return nil, fmt.Errorf("open tunnel %s: %w: %w", cfg.ID, ErrHandshakeTimeout, err)
 	}
 	resp := res.(*messages.OpenTunnelResponse)

@@ -29,6 +29,27 @@ var (
 // ConnInfo describes an active proxied connection of a tunnel (Tunnel.Connections).
 type ConnInfo = messages.ConnInfo
 
+// StartTunnel opens a tunnel that keeps trying. It returns once the proxy listeners are bound, and
+// they accept from then on (refusing with SOCKS5 0x03 / HTTP 503 until the tunnel is first Up);
+// what can fail at once does: a bad spec (a FieldError), an address in use, ErrTunnelExists,
+// ErrNotStarted, ErrEngineClosed. A first session that fails (the exit not there yet or
+// unreachable, NATS down, refused, a handshake timeout) sends the tunnel to Reconnecting (cause
+// class "start") with its backoff, and it tries its exits — spec.Exit, then spec.Exits, in turn —
+// until one comes up or it is closed; Events and Info tell how it goes. OpenTunnel, by contrast,
+// returns only once the tunnel is Up, and fails with it. ctx bounds the wait for the listeners.
+func (e *Engine) StartTunnel(ctx context.Context, spec TunnelSpec) (*Tunnel, error) {
+	cfg, err := e.openable(spec)
+	if err != nil {
+		return nil, err
+	}
+	cfg.KeepTrying = true
+	return e.spawnTunnel(ctx, cfg, untilDeadline(ctx, startWait))
+}
+
+// startWait bounds StartTunnel's wait for the tunnel's listeners (binding is immediate; a failure
+// is answered once the tunnel has released what it held).
+const startWait = 30 * time.Second
+
 // listWait bounds the engine actor's and each tunnel's answer to a listing.
 const listWait = 5 * time.Second
 
