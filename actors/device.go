@@ -61,6 +61,7 @@ type deviceConfig struct {
 	maxConns      int // per peer
 	events        *actor.PID
 	flows         *actor.PID // the exit: hears flowsChanged from every peer
+	bytes         *ByteTotals
 }
 
 // deviceReady tells the parent the device is up.
@@ -331,7 +332,7 @@ func (d *deviceActor) addPeer(ctx actor.Context, m *addPeer) (*actor.PID, error)
 		dev: d.dev, publicKey: m.publicKey, sessionID: m.sessionID, owner: d.cfg.owner,
 		probe: m.probe, probeLimit: m.probeLimit, notify: m.notify, logger: d.cfg.logger,
 		egress: d.cfg.egress, conn: d.cfg.conn, udpIdle: d.cfg.udpIdle, maxConns: d.cfg.maxConns,
-		events: d.cfg.events, flows: d.cfg.flows, goodbye: m.goodbye,
+		events: d.cfg.events, flows: d.cfg.flows, goodbye: m.goodbye, bytes: d.cfg.bytes,
 	})))
 	ctx.Watch(pid)
 	for _, p := range m.allowedIPs {

@@ -48,6 +48,10 @@ type EngineConfig struct {
 
 	// Directory configures the exit directory, spawned on the first EnsureDirectory.
 	Directory DirectoryConfig
+
+	// ClientBytes and ExitBytes count the bytes of the tunnels' connections and of the exit's
+	// flows as they move (nil: the engine actor makes its own); GetEngineStats reports them.
+	ClientBytes, ExitBytes *ByteTotals
 }
 
 // StartEngine starts the exit (if configured); the reply is *EngineStarted once it serves.
@@ -162,6 +166,12 @@ func NewEngineProps(cfg EngineConfig) *actor.Props {
 	if cfg.Signaling.Stats == nil { // one set of counters for signaling and the directory
 		cfg.Signaling.Stats = &SignalingStats{}
 	}
+	if cfg.ClientBytes == nil {
+		cfg.ClientBytes = &ByteTotals{}
+	}
+	if cfg.ExitBytes == nil {
+		cfg.ExitBytes = &ByteTotals{}
+	}
 	// A root actor is supervised by its guardian; the default one would restart the engine.
 	return props(func() actor.Actor {
 		e := &engineActor{cfg: cfg, behavior: actor.NewBehavior(), tunnels: map[string]*actor.PID{}, layered: map[string]*actor.PID{},
@@ -193,8 +203,6 @@ func (e *engineActor) Receive(ctx actor.Context) {
 		st.Ended++
 		st.ByEnd[messages.SideIncoming][m.Incoming]++
 		st.ByEnd[messages.SideOutgoing][m.Outgoing]++
-		st.Bytes.In += m.BytesIn
-		st.Bytes.Out += m.BytesOut
 		return
 	case *GetExitStatus:
 		if e.exit == nil {
@@ -208,6 +216,12 @@ func (e *engineActor) Receive(ctx actor.Context) {
 		for role, st := range e.stats {
 			c := *st
 			c.ByEnd = cloneByEnd(st.ByEnd)
+			out[role] = c
+		}
+		// Bytes: delivered so far by every connection, ended or active (ByteTotals), so they only grow.
+		for role, b := range map[string]*ByteTotals{"client": e.cfg.ClientBytes, "exit": e.cfg.ExitBytes} {
+			c := out[role]
+			c.Bytes.In, c.Bytes.Out = b.In.Load(), b.Out.Load()
 			out[role] = c
 		}
 		ctx.Respond(&EngineStatsResponse{ByRole: out})
@@ -260,7 +274,7 @@ func (e *engineActor) running(ctx actor.Context) {
 			ctx.Respond(&TunnelSpawned{Err: fmt.Errorf("%w: %s", ErrTunnelExists, tc.ID)})
 			return
 		}
-		tc.Signaling, tc.Hub, tc.Events = e.signaling, e.hub, ctx.Self()
+		tc.Signaling, tc.Hub, tc.Events, tc.Bytes = e.signaling, e.hub, ctx.Self(), e.cfg.ClientBytes
 		if tc.Logger == nil {
 			tc.Logger = e.cfg.Logger
 		}

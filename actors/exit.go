@@ -82,6 +82,7 @@ type ExitConfig struct {
 	Logger      *slog.Logger
 	ReadyTo     *actor.PID          // hears one *ExitReady
 	Stats       *SignalingStats     // goodbyes dropped; nil: not kept
+	Bytes       *ByteTotals         // the engine's byte totals of forwarded flows (set by the engine actor); nil: none
 	Identity    *signaling.Identity // signs the exit's goodbyes and announcements; announced in session responses
 	Labels      map[string]string   // announced; read only
 	// AnnounceInterval is the cadence of the exit's announcements; 0: it neither announces nor
@@ -198,7 +199,7 @@ func (e *exitActor) starting(ctx actor.Context) {
 			addresses: []netip.Addr{e.addr}, mtu: e.cfg.MTU, logger: e.cfg.Logger,
 			conn: e.cfg.Conn, connectPort: e.cfg.ConnectPort, egress: &e.cfg.Egress,
 			allowLoopback: e.cfg.Egress.AllowLoopback, udpIdle: e.cfg.UDPIdle, maxConns: e.cfg.MaxConnsPerSession,
-			events: e.cfg.Events, flows: ctx.Self(),
+			events: e.cfg.Events, flows: ctx.Self(), bytes: e.cfg.Bytes,
 		})))
 		ctx.Watch(e.device)
 	case *deviceReady:

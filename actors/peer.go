@@ -45,7 +45,8 @@ type peerConfig struct {
 	udpIdle  time.Duration
 	maxConns int // flows at once; 0 unlimited
 	events   *actor.PID
-	flows    *actor.PID // the exit: hears flowsChanged as connections open and end (nil on a client)
+	flows    *actor.PID  // the exit: hears flowsChanged as connections open and end (nil on a client)
+	bytes    *ByteTotals // the engine's byte totals of forwarded flows (nil: none)
 
 	// goodbye: a client session on the exit, told of the exit's end by a signed goodbye. Told
 	// endWith, the peer leaves the WireGuard device before its connections end, so that their
@@ -210,6 +211,6 @@ func (p *peerActor) spawnConn(ctx actor.Context, cfg connConfig) {
 	if cfg.limits.Setup == 0 {
 		cfg.limits = p.cfg.conn
 	}
-	cfg.egress, cfg.events = p.cfg.egress, p.cfg.events
+	cfg.egress, cfg.events, cfg.totals = p.cfg.egress, p.cfg.events, p.cfg.bytes
 	ctx.Spawn(props(newConnActor(cfg)))
 }

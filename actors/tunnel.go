@@ -83,6 +83,7 @@ type TunnelConfig struct {
 	MaxHandshakes     int           // proxy connections in their handshake at once (apart from MaxConns); 0 unlimited
 	ProxyOpts         proxy.Options // authentication and handshake limits of the proxies
 	Keepalive         int           // WireGuard persistent keepalive, seconds
+	Bytes             *ByteTotals   // the engine's byte totals of client connections (set by the engine actor); nil: none
 	Exits             []string      // failover exits after ExitID
 	Health            HealthPolicy
 	Backoff           Backoff
@@ -160,9 +161,9 @@ func (t *tunnelActor) Receive(ctx actor.Context) {
 	case *GetTunnelChildren:
 		ctx.Respond(t.children())
 	case *messages.GetStats:
-		st := t.book.stats
-		st.ByEnd = cloneByEnd(t.book.stats.ByEnd)
-		ctx.Respond(&messages.StatsResponse{Stats: st})
+		ctx.Respond(&messages.StatsResponse{Stats: t.stats()})
+	case *messages.GetConnections:
+		ctx.Respond(&messages.ConnectionsResponse{Conns: t.connections()})
 	case *connAccepted:
 		// Handled in every state: one accepted as the listener closed must not stay open in the mailbox.
 		t.accept(ctx, m)

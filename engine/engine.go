@@ -453,6 +453,8 @@ type Stats struct {
 }
 
 // Stats returns connection counters by role, side and end reason, and the active connections.
+// Bytes count what every connection of the role delivered so far, ended or active (a tunnel's
+// copy loops and an exit's add to them as bytes move), so they only grow.
 func (e *Engine) Stats(ctx context.Context) (Stats, error) {
 	if e.pid == nil {
 		return Stats{}, ErrNotStarted

@@ -195,7 +195,8 @@ func (t *Tunnel) Reconfigure(ctx context.Context) error {
 	return nil
 }
 
-// Stats returns the tunnel's connection counters. A closed tunnel answers ErrTunnelClosed.
+// Stats returns the tunnel's connection counters. Bytes count what its ended connections delivered
+// plus what its active ones have so far: they only grow. A closed tunnel answers ErrTunnelClosed.
 func (t *Tunnel) Stats(ctx context.Context) (messages.ConnectionStats, error) {
 	res, err := await(ctx, t.e.system.Root.RequestFuture(t.pid, &messages.GetStats{}, untilDeadline(ctx, 5*time.Second)))
 	if err != nil {

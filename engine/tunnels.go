@@ -122,3 +122,18 @@ func (e *Engine) namedTunnels(ctx context.Context, name string) ([]*actor.PID, e
 	}
 	return pids, nil
 }
+
+// Connections describes the tunnel's active proxied connections, sorted by ID: the proxy each
+// came through, its client's address, its target (once the client said it), since when, the bytes
+// it delivered so far each way, and the exit it goes through. Refused connections are not listed.
+// A closed tunnel answers ErrTunnelClosed.
+func (t *Tunnel) Connections(ctx context.Context) ([]ConnInfo, error) {
+	res, err := await(ctx, t.e.system.Root.RequestFuture(t.pid, &messages.GetConnections{}, untilDeadline(ctx, listWait)))
+	if err != nil {
+		if errors.Is(err, actor.ErrDeadLetter) {
+			return nil, ErrTunnelClosed
+		}
+		return nil, err
+	}
+	return res.(*messages.ConnectionsResponse).Conns, nil
+}
