@@ -211,6 +211,13 @@ func (e *engineActor) Receive(ctx actor.Context) {
 		}
 		ctx.Forward(e.exit)
 		return
+	case *GetExitSessions:
+		if e.exit == nil {
+			ctx.Respond(&ExitSessions{Err: ErrNoExit})
+			return
+		}
+		ctx.Forward(e.exit)
+		return
 	case *GetEngineStats:
 		out := map[string]messages.ConnectionStats{}
 		for role, st := range e.stats {

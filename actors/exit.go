@@ -109,6 +109,8 @@ type exitSession struct {
 	lastPing     int64     // timestamp of the last ping answered: older ones are replays
 	peer         *actor.PID
 	addrs        []netip.Addr
+	since        time.Time // when it was granted
+	flows        int       // forwarded connections open (flowsChanged from its peer)
 }
 
 // pendingSession is a session being set up: whose it is, and whether its client already said goodbye.
@@ -168,7 +170,12 @@ func (e *exitActor) Receive(ctx actor.Context) {
 		ctx.Respond(e.status())
 	case *flowsChanged:
 		e.flows += m.delta
+		if s := e.sessions[m.sessionID]; s != nil {
+			s.flows += m.delta
+		}
 		e.behavior.Receive(ctx) // a drain may be over
+	case *GetExitSessions:
+		ctx.Respond(e.sessionInfos())
 	case *describeExit:
 		ctx.Respond(&exitDescribed{a: e.describe()})
 	case *endWith:

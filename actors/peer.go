@@ -147,7 +147,7 @@ func (p *peerActor) running(ctx actor.Context) {
 	case *messages.ConnectionEnded, *pingServed:
 		p.active--
 		if !p.counted {
-			emit(ctx, p.cfg.flows, &flowsChanged{delta: -1})
+			emit(ctx, p.cfg.flows, &flowsChanged{delta: -1, sessionID: p.cfg.sessionID})
 		}
 	case *endWith:
 		if p.stopping {
@@ -169,7 +169,7 @@ func (p *peerActor) running(ctx actor.Context) {
 		p.wg.Wait()
 		p.removePeer()
 		if !p.counted && p.active > 0 { // they stop with the peer: their reports may never be read
-			emit(ctx, p.cfg.flows, &flowsChanged{delta: -p.active})
+			emit(ctx, p.cfg.flows, &flowsChanged{delta: -p.active, sessionID: p.cfg.sessionID})
 		}
 		p.counted = true
 	}
@@ -206,7 +206,7 @@ func (p *peerActor) refusedForLimit(ctx actor.Context) {
 func (p *peerActor) spawnConn(ctx actor.Context, cfg connConfig) {
 	p.nextConn++
 	p.active++
-	emit(ctx, p.cfg.flows, &flowsChanged{delta: 1})
+	emit(ctx, p.cfg.flows, &flowsChanged{delta: 1, sessionID: p.cfg.sessionID})
 	cfg.id, cfg.role, cfg.owner, cfg.logger = p.nextConn, "exit", p.cfg.owner+"/"+p.cfg.sessionID, p.cfg.logger
 	if cfg.limits.Setup == 0 {
 		cfg.limits = p.cfg.conn

@@ -1,7 +1,13 @@
 package engine
 
 import (
+	"bufio"
+	"errors"
+	"fmt"
 	"maps"
+	"net"
+	"net/http"
+	"slices"
 	"testing"
 	"time"
 
@@ -74,5 +80,69 @@ func TestCounters(t *testing.T) {
 	// Three sessions were granted (open, switch, reconnect); pings add more.
 	if h.Count < 3 || sum != h.Count || h.Sum <= 0 || h.Sum > float64(h.Count)*5 {
 		t.Fatalf("signaling round trips: %+v", h)
+	}
+}
+
+// connectVia opens a CONNECT tunnel to target through the HTTP proxy at proxyAddr.
+func connectVia(t *testing.T, proxyAddr, target string) net.Conn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", proxyAddr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("CONNECT %s: %v %v", target, resp, err)
+	}
+	_ = c.SetDeadline(time.Time{})
+	return c
+}
+
+// TestExitSessions: the exit lists its client sessions (client, addresses, since when, open
+// flows); an engine without an exit, or whose exit drained, answers ErrNoExit.
+func TestExitSessions(t *testing.T) {
+	x, c := exitAndClient(t, "sess-x", nil)
+	ctx := testCtx(t)
+	if _, err := c.ExitSessions(ctx); !errors.Is(err, ErrNoExit) {
+		t.Fatalf("ExitSessions without an exit: %v; want ErrNoExit", err)
+	}
+	if list, err := x.ExitSessions(ctx); err != nil || len(list) != 0 {
+		t.Fatalf("sessions before any: %v, %v", list, err)
+	}
+	before := time.Now()
+	tun, err := c.OpenTunnel(ctx, TunnelSpec{Name: "s", Exit: "sess-x", HTTP: "127.0.0.1:0", UDPBind: "127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, _ := tun.Info(ctx)
+	list, err := x.ExitSessions(ctx)
+	if err != nil || len(list) != 1 {
+		t.Fatalf("sessions: %+v, %v", list, err)
+	}
+	s := list[0]
+	if s.ID != info.SessionID || s.ClientID != c.ClientID() || !slices.Equal(s.Addresses, info.ClientAddresses) ||
+		s.Since.Before(before) || s.LastActive.Before(s.Since) || s.Flows != 0 {
+		t.Fatalf("session %+v; tunnel %+v, client %s", s, info, c.ClientID())
+	}
+	echo := testutil.EchoServer(t)
+	conn := connectVia(t, tun.HTTPAddr(), echo.Addr())
+	flows := func(n int) func([]ExitSession) bool {
+		return func(l []ExitSession) bool { return len(l) == 1 && l[0].Flows == n }
+	}
+	testutil.Poll(t, 5*time.Second, "one flow", x.ExitSessions, flows(1))
+	conn.Close()
+	testutil.Poll(t, 5*time.Second, "no flow", x.ExitSessions, flows(0))
+	if err := tun.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Poll(t, 5*time.Second, "no session", x.ExitSessions, func(l []ExitSession) bool { return len(l) == 0 })
+	if err := x.DrainExit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := x.ExitSessions(ctx); !errors.Is(err, ErrNoExit) {
+		t.Fatalf("ExitSessions once drained: %v; want ErrNoExit", err)
 	}
 }
