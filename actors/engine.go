@@ -236,6 +236,10 @@ func (e *engineActor) Receive(ctx actor.Context) {
 	case *GetTunnels:
 		ctx.Respond(e.named.list(m.Name))
 		return
+	case *GetEngineParts:
+		ctx.Respond(&EngineParts{Signaling: e.signaling, Exit: e.exit,
+			ExitLost: e.cfg.Exit != nil && e.exit == nil && !e.exitDrained && e.starter == nil})
+		return
 	case *messages.TunnelStateChanged:
 		if m.To == messages.StateClosed { // its name is free from now on (its closers hear of it after this)
 			e.named.forget(m.TunnelID, ctx.Sender())

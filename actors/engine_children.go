@@ -98,3 +98,15 @@ func (n namedTunnels) list(name string) *TunnelsList {
 	}
 	return &TunnelsList{Tunnels: out}
 }
+
+// GetEngineParts asks the engine actor for its long-lived children (for Engine.Ping, which then
+// asks each whether it answers); the reply is *EngineParts.
+type GetEngineParts struct{}
+
+// EngineParts answers GetEngineParts.
+type EngineParts struct {
+	Signaling *actor.PID // nil: lost
+	Exit      *actor.PID // nil: none
+	// ExitLost: an exit is configured, but none runs: it was lost and given up (not drained).
+	ExitLost bool
+}

@@ -111,7 +111,11 @@ type Engine struct {
 	unsubscribe func()
 
 	sigPID atomic.Pointer[actor.PID] // the signaling actor, once started: hears NATS state changes
-	nc     *nats.Conn                // owned by the signaling actor; read here only for NATSConnectedURL
+	nc     *nats.Conn                // owned by the signaling actor; read here only for NATSConnectedURL and NATSStatus
+	// nats: the connection's state as nats.go last reported it, for NATSStatus (a report, not
+	// lifecycle state: the signaling actor hears the same changes as messages and acts on them)
+	nats      atomic.Pointer[NATSStatus]
+	startedAt atomic.Pointer[time.Time] // when Start succeeded
 
 	closeOnce sync.Once
 	closed    chan struct{} // closed when Close has finished
@@ -254,10 +258,11 @@ func (e *Engine) Start(ctx context.Context) error {
 	timeout := n.timeout
 	copts := signaling.ConnectOptions{URLs: n.urls, Name: "warren-" + e.identity.ID()[:8], Timeout: timeout,
 		User: n.user, Password: n.password, Token: n.token, NKeySeedFile: n.nkeySeed, CredentialsFile: n.creds,
-		TLS: n.tls, Logger: e.logger,
+		TLS: n.tls, Logger: e.logger, RetryOnFailedConnect: n.wait,
 		// Replies come to _INBOX.<client id>.…, so server permissions can give each client its own inbox.
 		InboxPrefix: "_INBOX." + e.identity.ID(),
 		OnState: func(s signaling.ConnState) {
+			e.natsChanged(s) // for NATSStatus
 			// nats.go's goroutine: hand the change to the signaling actor as a message.
 			if pid := e.sigPID.Load(); pid != nil && e.system != nil {
 				e.system.Root.Send(pid, &actors.NATSState{Connected: s.Status == nats.CONNECTED, URL: s.URL, Err: s.Err})
@@ -283,6 +288,9 @@ func (e *Engine) Start(ctx context.Context) error {
 		}
 	}
 	nc, err := signaling.Connect(copts)
+	if err == nil {
+		e.natsStarted(nc)
+	}
 	if err != nil {
 		if srv != nil {
 			srv.Shutdown()
@@ -362,13 +370,15 @@ func (e *Engine) Start(ctx context.Context) error {
 			}
 		}
 	}
-	if err == nil {
+	if err == nil && nc.IsConnected() { // (with wait_on_start it may not be yet: they are sent on connect)
 		err = nc.FlushTimeout(timeout) // subscriptions are registered with the server before Start returns
 	}
 	if err != nil {
 		_ = e.Close(context.Background())
 		return fmt.Errorf("start engine: %w", err)
 	}
+	now := time.Now()
+	e.startedAt.Store(&now)
 	return nil
 }
 
