@@ -73,17 +73,6 @@ type OpenTunnel struct {
 	Named  bool
 }
 
-// ErrTunnelExists: an OpenTunnel with Named gave the name of one of the engine's own tunnels that
-// is not Closed yet.
-var ErrTunnelExists = errors.New("tunnel name in use")
-
-// GetTunnels asks the engine actor for its own (Named) tunnels, or for the one called Name if it is
-// set; the reply is *TunnelsList. The engine actor answers from its own table: it asks no tunnel.
-type GetTunnels struct{ Name string }
-
-// TunnelsList answers GetTunnels: PIDs by tunnel name.
-type TunnelsList struct{ Tunnels map[string]*actor.PID }
-
 // TunnelSpawned answers OpenTunnel: the tunnel's PID, or why none was spawned.
 type TunnelSpawned struct {
 	PID *actor.PID
@@ -119,7 +108,7 @@ type engineActor struct {
 	dir       *actor.PID // the exit directory, from the first EnsureDirectory; replaced if lost, stopped after the tunnels
 	exit      *actor.PID
 	tunnels   map[string]*actor.PID
-	named     namedTunnels                         // the engine's own tunnels (OpenTunnel.Named), by name (engine_children.go)
+	named     namedTunnels                         // the engine's own tunnels (OpenTunnel.Named), by name (engine_reads.go)
 	layered   map[string]*actor.PID                // children started with SpawnChild, by PID id; stopped first in shutdown
 	starter   *actor.PID                           // waiting for EngineStarted
 	stopper   *actor.PID                           // waiting for ShutdownResponse
@@ -142,23 +131,6 @@ type engineActor struct {
 // An exit (or health hub) lost more than exitRespawnLimit times within exitRespawnWindow (timers.go) is not
 // replaced again.
 const exitRespawnLimit = 3
-
-// GetEngineStats asks for connection statistics by role; the reply is *EngineStatsResponse.
-type GetEngineStats struct{}
-
-// EngineStatsResponse answers GetEngineStats.
-type EngineStatsResponse struct {
-	ByRole map[string]messages.ConnectionStats
-}
-
-func (e *engineActor) roleStats(role string) *messages.ConnectionStats {
-	st := e.stats[role]
-	if st == nil {
-		st = &messages.ConnectionStats{ByEnd: newByEnd()}
-		e.stats[role] = st
-	}
-	return st
-}
 
 // NewEngineProps returns the props of the engine actor.
 func NewEngineProps(cfg EngineConfig) *actor.Props {
@@ -192,17 +164,8 @@ func (e *engineActor) Receive(ctx actor.Context) {
 			e.cfg.Logger.Error("respawned exit failed to start", "err", m.Err)
 		}
 		return
-	case *messages.ConnectionOpened:
-		st := e.roleStats(m.Role)
-		st.Opened++
-		st.Active++
-		return
-	case *messages.ConnectionEnded:
-		st := e.roleStats(m.Role)
-		st.Active--
-		st.Ended++
-		st.ByEnd[messages.SideIncoming][m.Incoming]++
-		st.ByEnd[messages.SideOutgoing][m.Outgoing]++
+	case *messages.ConnectionOpened, *messages.ConnectionEnded:
+		e.countConnection(m)
 		return
 	case *GetExitStatus:
 		if e.exit == nil {
@@ -219,26 +182,13 @@ func (e *engineActor) Receive(ctx actor.Context) {
 		ctx.Forward(e.exit)
 		return
 	case *GetEngineStats:
-		out := map[string]messages.ConnectionStats{}
-		for role, st := range e.stats {
-			c := *st
-			c.ByEnd = cloneByEnd(st.ByEnd)
-			out[role] = c
-		}
-		// Bytes: delivered so far by every connection, ended or active (ByteTotals), so they only grow.
-		for role, b := range map[string]*ByteTotals{"client": e.cfg.ClientBytes, "exit": e.cfg.ExitBytes} {
-			c := out[role]
-			c.Bytes.In, c.Bytes.Out = b.In.Load(), b.Out.Load()
-			out[role] = c
-		}
-		ctx.Respond(&EngineStatsResponse{ByRole: out})
+		ctx.Respond(e.engineStats())
 		return
 	case *GetTunnels:
 		ctx.Respond(e.named.list(m.Name))
 		return
 	case *GetEngineParts:
-		ctx.Respond(&EngineParts{Signaling: e.signaling, Exit: e.exit,
-			ExitLost: e.cfg.Exit != nil && e.exit == nil && !e.exitDrained && e.starter == nil})
+		ctx.Respond(e.parts())
 		return
 	case *messages.TunnelStateChanged:
 		if m.To == messages.StateClosed { // its name is free from now on (its closers hear of it after this)
