@@ -111,7 +111,7 @@ type Engine struct {
 	unsubscribe func()
 
 	sigPID atomic.Pointer[actor.PID] // the signaling actor, once started: hears NATS state changes
-	nc     *nats.Conn                // owned by the signaling actor; read here only for NATSConnectedURL and NATSStatus
+	nc     atomic.Pointer[nats.Conn] // owned by the signaling actor; read here only for NATSConnectedURL and NATSStatus
 	// nats: the connection's state as nats.go last reported it, for NATSStatus (a report, not
 	// lifecycle state: the signaling actor hears the same changes as messages and acts on them)
 	nats      atomic.Pointer[NATSStatus]
@@ -218,10 +218,11 @@ func (e *Engine) ClientID() string { return e.identity.ID() }
 // NATSConnectedURL is the NATS server the engine is connected to right now ("" while disconnected;
 // signaling.InProcessURL when connected in-process to its embedded server). Passwords are redacted.
 func (e *Engine) NATSConnectedURL() string {
-	if e.nc == nil {
+	nc := e.nc.Load()
+	if nc == nil {
 		return ""
 	}
-	return e.nc.ConnectedUrlRedacted()
+	return nc.ConnectedUrlRedacted()
 }
 
 // NATSURL is where other engines join this engine's signaling: the first of nats.urls; for the
@@ -346,7 +347,6 @@ func (e *Engine) Start(ctx context.Context) error {
 			AnyExit: e.cfg.Trust.AnyExit || !e.cfg.NATS.shared()}},
 	}
 	ecfg.Exit = exitCfg
-	e.nc = nc
 	// From here on the signaling actor owns nc and srv; Close releases them.
 	e.pid, err = e.system.Root.SpawnNamed(actors.NewEngineProps(ecfg), "engine")
 	if err != nil {

@@ -105,8 +105,8 @@ func (e *Engine) NATSStatus() NATSStatus {
 		return NATSStatus{}
 	}
 	out := *st
-	if out.LastError == "" && !out.Connected && e.nc != nil {
-		if err := e.nc.LastError(); err != nil {
+	if nc := e.nc.Load(); out.LastError == "" && !out.Connected && nc != nil {
+		if err := nc.LastError(); err != nil {
 			out.LastError = err.Error()
 		}
 	}
@@ -115,6 +115,7 @@ func (e *Engine) NATSStatus() NATSStatus {
 
 // natsStarted records the state of a connection just made (unless nats.go reported one already).
 func (e *Engine) natsStarted(nc *nats.Conn) {
+	e.nc.Store(nc)
 	st := &NATSStatus{Connected: nc.IsConnected(), URL: nc.ConnectedUrlRedacted(), Since: time.Now()}
 	if st.URL == "" {
 		st.URL = redactURL(e.natsURL)
