@@ -30,7 +30,6 @@ import (
 	"log/slog"
 	"net"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -67,8 +66,10 @@ type connConfig struct {
 	owner   string // tunnel id or exit/session id, for the log line and stats
 	logger  *slog.Logger
 	limits  ConnTimeouts
-	events  *actor.PID // hears ConnectionEnded (the engine's stats), besides the parent
-	refusal error      // connRefuse: the error to answer with
+	events  *actor.PID  // hears ConnectionEnded (the engine's stats), besides the parent
+	live    *connLive   // its byte counts, made by the owner that reads them (nil: made here)
+	totals  *ByteTotals // the role's byte totals, counted as bytes move (nil: none); with live made here
+	refusal error       // connRefuse: the error to answer with
 
 	// client
 	handshake time.Duration // a proxy client's handshake budget, before Setup's dial (0: none)
@@ -99,11 +100,10 @@ type connActor struct {
 	target   string
 	source   string
 	started  time.Time
-	bytesIn  atomic.Int64 // in → out, as accepted by out
-	bytesOut atomic.Int64 // out → in, as accepted by in
-	pumps    int          // directions still running
-	ending   bool         // graceful end under way
-	closedUs bool         // we closed or reset both sockets: later I/O errors are our own doing
+	live     *connLive // bytes in → out (as accepted by out) and out → in (as accepted by in); read by the owner
+	pumps    int       // directions still running
+	ending   bool      // graceful end under way
+	closedUs bool      // we closed or reset both sockets: later I/O errors are our own doing
 	refused  bool
 	ping     bool               // a connect-protocol ping (a health probe): not a connection, not counted
 	opened   bool               // ConnectionOpened was emitted
@@ -126,7 +126,10 @@ type connSetupDone struct{}
 // finished its handshake (and is about to dial) may be established: it then no longer counts
 // against the pending-handshake limit, and counts against max_connections. The reply is
 // *connAdmitted.
-type connAdmit struct{ pid *actor.PID }
+type connAdmit struct {
+	pid    *actor.PID
+	target string // where the client asked to go (the first request's, for plain HTTP)
+}
 
 // connAdmitted answers connAdmit: err refuses (the connection was evicted, or the tunnel is full).
 type connAdmitted struct{ err error }
@@ -152,7 +155,13 @@ type connSetupFailed struct {
 }
 
 func newConnActor(cfg connConfig) actor.Producer {
-	return func() actor.Actor { return &connActor{cfg: cfg} }
+	return func() actor.Actor {
+		live := cfg.live
+		if live == nil {
+			live = newConnLive(cfg.totals)
+		}
+		return &connActor{cfg: cfg, live: live}
+	}
 }
 
 func (c *connActor) Receive(ctx actor.Context) {
@@ -273,9 +282,9 @@ func (c *connActor) adopt(ctx actor.Context, r any) {
 			report := func(d *pumpDone) { c.system.Root.Send(c.self, d) }
 			go func() {
 				defer c.wg.Done()
-				pump(c.out, m.inReader, &c.bytesIn, func(d *pumpDone) { d.toOut = true; report(d) })
+				pump(c.out, m.inReader, &c.live.in, func(d *pumpDone) { d.toOut = true; report(d) })
 			}()
-			go func() { defer c.wg.Done(); pump(c.in, c.out, &c.bytesOut, report) }()
+			go func() { defer c.wg.Done(); pump(c.in, c.out, &c.live.out, report) }()
 		}
 		if c.cfg.limits.Idle > 0 {
 			c.exemptIdle = c.cfg.limits.IdleExempt != nil && c.cfg.limits.IdleExempt(c.target)
@@ -369,7 +378,7 @@ func (c *connActor) report(ctx actor.Context) {
 	}
 	c.emitOpened(ctx) // stopped during setup: it was a connection all the same
 	ev := &messages.ConnectionEnded{Owner: c.cfg.owner, Role: c.cfg.role, ID: c.cfg.id, Source: c.source,
-		Target: c.target, Duration: time.Since(c.started), BytesIn: c.bytesIn.Load(), BytesOut: c.bytesOut.Load(),
+		Target: c.target, Duration: time.Since(c.started), BytesIn: c.live.in.Load(), BytesOut: c.live.out.Load(),
 		Incoming: c.inWhy, Outgoing: c.outWhy, Refused: c.refused, Keepalive: c.keepalive}
 	lvl := slog.LevelDebug
 	if ev.Incoming != messages.EndNormal || ev.Outgoing != messages.EndNormal {

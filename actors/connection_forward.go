@@ -26,7 +26,7 @@ func (c *connActor) serveForward(s *proxy.Session) {
 	system, self := c.system, c.self
 	go func() {
 		defer c.wg.Done()
-		err := proxy.ServeForward(loopCtx, s, c.dialForward, &c.bytesIn, &c.bytesOut)
+		err := proxy.ServeForward(loopCtx, s, c.dialForward, &c.live.in, &c.live.out)
 		system.Root.Send(self, &forwardDone{err: err})
 	}()
 }

@@ -21,7 +21,7 @@ func (c *connActor) idleCheck(ctx actor.Context) {
 		return
 	}
 	now := time.Now()
-	total := c.bytesIn.Load() + c.bytesOut.Load()
+	total := c.live.in.Load() + c.live.out.Load()
 	in, out, quiet, ok := segments(c.in)
 	switch {
 	case total != c.lastTotal:

@@ -66,8 +66,8 @@ func (c *connActor) setupRecovered(ctx context.Context) (msg any) {
 }
 
 // admit asks the parent to establish this connection, whose handshake is done (the client said
-// where it goes and authenticated). Runs on the setup goroutine; bounded by ctx and 5 s.
-func (c *connActor) admit(ctx context.Context) error {
+// where it goes, target, and authenticated). Runs on the setup goroutine; bounded by ctx and 5 s.
+func (c *connActor) admit(ctx context.Context, target string) error {
 	if c.parent == nil {
 		return nil
 	}
@@ -75,7 +75,7 @@ func (c *connActor) admit(ctx context.Context) error {
 	if dl, ok := ctx.Deadline(); ok {
 		limit = min(limit, max(time.Until(dl), minWait))
 	}
-	res, err := c.system.Root.RequestFuture(c.parent, &connAdmit{pid: c.self}, limit).Result()
+	res, err := c.system.Root.RequestFuture(c.parent, &connAdmit{pid: c.self, target: target}, limit).Result()
 	if err != nil {
 		return fmt.Errorf("admission: %w", err)
 	}
@@ -89,7 +89,7 @@ func (c *connActor) setupProxy(ctx context.Context) any {
 	var target string
 	dial := func(ctx context.Context, t proxy.Target) (net.Conn, error) {
 		target = t.String()
-		if err := c.admit(ctx); err != nil {
+		if err := c.admit(ctx, target); err != nil {
 			return nil, err
 		}
 		return c.cfg.dialer.DialTCP(ctx, t.Host, t.Port)

@@ -61,6 +61,7 @@ type deviceConfig struct {
 	maxConns      int // per peer
 	events        *actor.PID
 	flows         *actor.PID // the exit: hears flowsChanged from every peer
+	bytes         *ByteTotals
 }
 
 // deviceReady tells the parent the device is up.
@@ -69,6 +70,7 @@ type deviceReady struct {
 	endpoint  netip.AddrPort  // the bound UDP address
 	publicKey signaling.Key
 	traffic   func() (rx, tx uint64) // bytes received from all peers, packets of data sent to them (Device.Traffic); cheap, safe from any goroutine
+	handshake func() time.Time       // the last completed handshake with any peer (Device.LastHandshake); as cheap, as safe
 }
 
 type deviceFailed struct{ err error }
@@ -152,7 +154,7 @@ func (d *deviceActor) running(ctx actor.Context) {
 		}
 		d.cfg.logger.Debug("device up", "role", d.cfg.role, "udp", d.bind.LocalAddrPort(), "addresses", d.cfg.addresses)
 		ctx.Request(ctx.Parent(), &deviceReady{stack: d.stack, endpoint: d.bind.LocalAddrPort(), publicKey: d.cfg.privateKey.Public(),
-			traffic: d.dev.Traffic})
+			traffic: d.dev.Traffic, handshake: d.dev.LastHandshake})
 	case *getPeerStats:
 		if d.stopping || d.dev == nil {
 			ctx.Respond(&peerStats{err: errors.New("device stopping")})
@@ -330,7 +332,7 @@ func (d *deviceActor) addPeer(ctx actor.Context, m *addPeer) (*actor.PID, error)
 		dev: d.dev, publicKey: m.publicKey, sessionID: m.sessionID, owner: d.cfg.owner,
 		probe: m.probe, probeLimit: m.probeLimit, notify: m.notify, logger: d.cfg.logger,
 		egress: d.cfg.egress, conn: d.cfg.conn, udpIdle: d.cfg.udpIdle, maxConns: d.cfg.maxConns,
-		events: d.cfg.events, flows: d.cfg.flows, goodbye: m.goodbye,
+		events: d.cfg.events, flows: d.cfg.flows, goodbye: m.goodbye, bytes: d.cfg.bytes,
 	})))
 	ctx.Watch(pid)
 	for _, p := range m.allowedIPs {

@@ -48,6 +48,10 @@ type EngineConfig struct {
 
 	// Directory configures the exit directory, spawned on the first EnsureDirectory.
 	Directory DirectoryConfig
+
+	// ClientBytes and ExitBytes count the bytes of the tunnels' connections and of the exit's
+	// flows as they move (nil: the engine actor makes its own); GetEngineStats reports them.
+	ClientBytes, ExitBytes *ByteTotals
 }
 
 // StartEngine starts the exit (if configured); the reply is *EngineStarted once it serves.
@@ -61,8 +65,13 @@ type EngineStarted struct {
 }
 
 // OpenTunnel spawns a tunnel; the reply is *TunnelSpawned at once, and Config.ReplyTo later hears
-// *messages.OpenTunnelResponse.
-type OpenTunnel struct{ Config TunnelConfig }
+// *messages.OpenTunnelResponse. Named marks one of the engine's own tunnels (engine.OpenTunnel,
+// StartTunnel; not a pool's): its Config.ID must be unique among them (else ErrTunnelExists), and
+// GetTunnels lists it until it is Closed.
+type OpenTunnel struct {
+	Config TunnelConfig
+	Named  bool
+}
 
 // TunnelSpawned answers OpenTunnel: the tunnel's PID, or why none was spawned.
 type TunnelSpawned struct {
@@ -99,6 +108,7 @@ type engineActor struct {
 	dir       *actor.PID // the exit directory, from the first EnsureDirectory; replaced if lost, stopped after the tunnels
 	exit      *actor.PID
 	tunnels   map[string]*actor.PID
+	named     namedTunnels                         // the engine's own tunnels (OpenTunnel.Named), by name (engine_reads.go)
 	layered   map[string]*actor.PID                // children started with SpawnChild, by PID id; stopped first in shutdown
 	starter   *actor.PID                           // waiting for EngineStarted
 	stopper   *actor.PID                           // waiting for ShutdownResponse
@@ -122,33 +132,22 @@ type engineActor struct {
 // replaced again.
 const exitRespawnLimit = 3
 
-// GetEngineStats asks for connection statistics by role; the reply is *EngineStatsResponse.
-type GetEngineStats struct{}
-
-// EngineStatsResponse answers GetEngineStats.
-type EngineStatsResponse struct {
-	ByRole map[string]messages.ConnectionStats
-}
-
-func (e *engineActor) roleStats(role string) *messages.ConnectionStats {
-	st := e.stats[role]
-	if st == nil {
-		st = &messages.ConnectionStats{ByEnd: newByEnd()}
-		e.stats[role] = st
-	}
-	return st
-}
-
 // NewEngineProps returns the props of the engine actor.
 func NewEngineProps(cfg EngineConfig) *actor.Props {
 	cfg.Logger = orDiscard(cfg.Logger)
 	if cfg.Signaling.Stats == nil { // one set of counters for signaling and the directory
 		cfg.Signaling.Stats = &SignalingStats{}
 	}
+	if cfg.ClientBytes == nil {
+		cfg.ClientBytes = &ByteTotals{}
+	}
+	if cfg.ExitBytes == nil {
+		cfg.ExitBytes = &ByteTotals{}
+	}
 	// A root actor is supervised by its guardian; the default one would restart the engine.
 	return props(func() actor.Actor {
 		e := &engineActor{cfg: cfg, behavior: actor.NewBehavior(), tunnels: map[string]*actor.PID{}, layered: map[string]*actor.PID{},
-			stats: map[string]*messages.ConnectionStats{}}
+			stats: map[string]*messages.ConnectionStats{}, named: newNamedTunnels()}
 		e.behavior.Become(e.running)
 		return e
 	}).Configure(actor.WithGuardian(stopOnFailure))
@@ -165,19 +164,8 @@ func (e *engineActor) Receive(ctx actor.Context) {
 			e.cfg.Logger.Error("respawned exit failed to start", "err", m.Err)
 		}
 		return
-	case *messages.ConnectionOpened:
-		st := e.roleStats(m.Role)
-		st.Opened++
-		st.Active++
-		return
-	case *messages.ConnectionEnded:
-		st := e.roleStats(m.Role)
-		st.Active--
-		st.Ended++
-		st.ByEnd[messages.SideIncoming][m.Incoming]++
-		st.ByEnd[messages.SideOutgoing][m.Outgoing]++
-		st.Bytes.In += m.BytesIn
-		st.Bytes.Out += m.BytesOut
+	case *messages.ConnectionOpened, *messages.ConnectionEnded:
+		e.countConnection(m)
 		return
 	case *GetExitStatus:
 		if e.exit == nil {
@@ -186,14 +174,29 @@ func (e *engineActor) Receive(ctx actor.Context) {
 		}
 		ctx.Forward(e.exit)
 		return
-	case *GetEngineStats:
-		out := map[string]messages.ConnectionStats{}
-		for role, st := range e.stats {
-			c := *st
-			c.ByEnd = cloneByEnd(st.ByEnd)
-			out[role] = c
+	case *GetExitSessions:
+		if e.exit == nil {
+			ctx.Respond(&ExitSessions{Err: ErrNoExit})
+			return
 		}
-		ctx.Respond(&EngineStatsResponse{ByRole: out})
+		ctx.Forward(e.exit)
+		return
+	case *GetEngineStats:
+		ctx.Respond(e.engineStats())
+		return
+	case *GetTunnels:
+		ctx.Respond(e.named.list(m.Name))
+		return
+	case *GetEngineParts:
+		ctx.Respond(e.parts())
+		return
+	case *messages.TunnelStateChanged:
+		if m.To == messages.StateClosed { // its name is free from now on (its closers hear of it after this)
+			e.named.forget(m.TunnelID, ctx.Sender())
+		}
+		if e.cfg.Sink != nil {
+			e.cfg.Sink(m)
+		}
 		return
 	case *actor.Terminated, *actor.Started, *actor.Stopping, *actor.Stopped:
 	default:
@@ -228,13 +231,20 @@ func (e *engineActor) running(ctx actor.Context) {
 			return
 		}
 		tc := m.Config
-		tc.Signaling, tc.Hub, tc.Events = e.signaling, e.hub, ctx.Self()
+		if m.Named && e.named.taken(tc.ID) {
+			ctx.Respond(&TunnelSpawned{Err: fmt.Errorf("%w: %s", ErrTunnelExists, tc.ID)})
+			return
+		}
+		tc.Signaling, tc.Hub, tc.Events, tc.Bytes = e.signaling, e.hub, ctx.Self(), e.cfg.ClientBytes
 		if tc.Logger == nil {
 			tc.Logger = e.cfg.Logger
 		}
 		pid := ctx.Spawn(NewTunnelProps(tc))
 		ctx.Watch(pid)
 		e.tunnels[pid.Id] = pid
+		if m.Named {
+			e.named.add(tc.ID, pid)
+		}
 		ctx.Respond(&TunnelSpawned{PID: pid})
 	case *SpawnChild:
 		pid, err := ctx.SpawnNamed(m.Props, m.Name)
@@ -251,6 +261,7 @@ func (e *engineActor) running(ctx actor.Context) {
 		e.drainExit(ctx)
 	case *actor.Terminated:
 		delete(e.tunnels, m.Who.Id)
+		e.named.terminated(m.Who)
 		if _, ok := e.layered[m.Who.Id]; ok {
 			delete(e.layered, m.Who.Id) // closed by its owner, or stopped by its supervisor (ActorPanicked says so)
 			return
@@ -299,6 +310,7 @@ func (e *engineActor) shuttingDown(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *actor.Terminated:
 		delete(e.tunnels, m.Who.Id)
+		e.named.terminated(m.Who)
 		delete(e.layered, m.Who.Id)
 		switch {
 		case e.exit != nil && m.Who.Equal(e.exit):

@@ -13,7 +13,7 @@ import (
 // spawnExit starts the exit role; it reports ExitReady to the engine.
 func (e *engineActor) spawnExit(ctx actor.Context) {
 	xc := *e.cfg.Exit
-	xc.Signaling, xc.Events, xc.ReadyTo = e.signaling, ctx.Self(), ctx.Self()
+	xc.Signaling, xc.Events, xc.ReadyTo, xc.Bytes = e.signaling, ctx.Self(), ctx.Self(), e.cfg.ExitBytes
 	if xc.Logger == nil {
 		xc.Logger = e.cfg.Logger
 	}

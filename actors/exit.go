@@ -82,6 +82,7 @@ type ExitConfig struct {
 	Logger      *slog.Logger
 	ReadyTo     *actor.PID          // hears one *ExitReady
 	Stats       *SignalingStats     // goodbyes dropped; nil: not kept
+	Bytes       *ByteTotals         // the engine's byte totals of forwarded flows (set by the engine actor); nil: none
 	Identity    *signaling.Identity // signs the exit's goodbyes and announcements; announced in session responses
 	Labels      map[string]string   // announced; read only
 	// AnnounceInterval is the cadence of the exit's announcements; 0: it neither announces nor
@@ -108,6 +109,8 @@ type exitSession struct {
 	lastPing     int64     // timestamp of the last ping answered: older ones are replays
 	peer         *actor.PID
 	addrs        []netip.Addr
+	since        time.Time // when it was granted
+	flows        int       // forwarded connections open (flowsChanged from its peer)
 }
 
 // pendingSession is a session being set up: whose it is, and whether its client already said goodbye.
@@ -167,7 +170,12 @@ func (e *exitActor) Receive(ctx actor.Context) {
 		ctx.Respond(e.status())
 	case *flowsChanged:
 		e.flows += m.delta
+		if s := e.sessions[m.sessionID]; s != nil {
+			s.flows += m.delta
+		}
 		e.behavior.Receive(ctx) // a drain may be over
+	case *GetExitSessions:
+		ctx.Respond(e.sessionInfos())
 	case *describeExit:
 		ctx.Respond(&exitDescribed{a: e.describe()})
 	case *endWith:
@@ -198,7 +206,7 @@ func (e *exitActor) starting(ctx actor.Context) {
 			addresses: []netip.Addr{e.addr}, mtu: e.cfg.MTU, logger: e.cfg.Logger,
 			conn: e.cfg.Conn, connectPort: e.cfg.ConnectPort, egress: &e.cfg.Egress,
 			allowLoopback: e.cfg.Egress.AllowLoopback, udpIdle: e.cfg.UDPIdle, maxConns: e.cfg.MaxConnsPerSession,
-			events: e.cfg.Events, flows: ctx.Self(),
+			events: e.cfg.Events, flows: ctx.Self(), bytes: e.cfg.Bytes,
 		})))
 		ctx.Watch(e.device)
 	case *deviceReady:

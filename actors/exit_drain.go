@@ -29,7 +29,10 @@ type drainExit struct{}
 
 // flowsChanged tells the exit that forwarded connections opened (delta > 0) or ended (delta < 0);
 // each peer reports its own, and those still open when it stops.
-type flowsChanged struct{ delta int }
+type flowsChanged struct {
+	delta     int
+	sessionID string // the peer's: a client session's id, or "static-" and a static peer's name
+}
 
 // drain starts the drain, or ends the exit at once if there is nothing to drain.
 func (e *exitActor) drain(ctx actor.Context) {

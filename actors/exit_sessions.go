@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -67,8 +69,9 @@ func (e *exitActor) grant(ctx actor.Context, req *messages.SessionRequest) {
 		if r, ok := res.(*addPeerResponse); ok {
 			err = r.err
 			if err == nil {
+				now := time.Now()
 				s := &exitSession{id: req.SessionID, clientID: req.ClientID, key: key, peer: r.pid, addrs: []netip.Addr{addr},
-					lastRx: -1, lastActive: time.Now()}
+					lastRx: -1, lastActive: now, since: now}
 				e.sessions[s.id], e.byPeer[r.pid.Id] = s, s
 				ctx.Watch(r.pid)
 				resp := &messages.SessionResponse{
@@ -159,4 +162,36 @@ func (e *exitActor) allocate() (netip.Addr, error) {
 
 func isBroadcast(p netip.Prefix, a netip.Addr) bool {
 	return a.Is4() && p.Bits() < 31 && !p.Contains(a.Next())
+}
+
+// GetExitSessions asks the exit (through the engine actor) for its client sessions; the reply is
+// *ExitSessions.
+type GetExitSessions struct{}
+
+// ExitSessions answers GetExitSessions: the sessions sorted by ID, or Err (ErrNoExit from an
+// engine that serves no exit).
+type ExitSessions struct {
+	Sessions []ExitSessionInfo
+	Err      error
+}
+
+// ExitSessionInfo describes one client session of an exit.
+type ExitSessionInfo struct {
+	ID, ClientID string       // the session, and the client identity that holds it
+	Addresses    []netip.Addr // the client's tunnel addresses
+	Since        time.Time    // when it was granted
+	// LastActive is when the client was last heard: its WireGuard traffic as the idle sweep
+	// (every session_idle_timeout/4) saw it move, or its last sessions ping.
+	LastActive time.Time
+	Flows      int // forwarded connections open
+}
+
+func (e *exitActor) sessionInfos() *ExitSessions {
+	out := make([]ExitSessionInfo, 0, len(e.sessions))
+	for _, s := range e.sessions {
+		out = append(out, ExitSessionInfo{ID: s.id, ClientID: s.clientID, Addresses: slices.Clone(s.addrs), Since: s.since,
+			LastActive: s.lastActive, Flows: max(s.flows, 0)})
+	}
+	slices.SortFunc(out, func(a, b ExitSessionInfo) int { return strings.Compare(a.ID, b.ID) })
+	return &ExitSessions{Sessions: out}
 }

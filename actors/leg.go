@@ -104,6 +104,7 @@ type legSession struct {
 	device       *actor.PID             // the leg's child; alive until the leg terminates
 	dialer       netstack.Dialer        // valid from up on; its stack is alive while device is
 	traffic      func() (rx, tx uint64) // valid from up on: the device's counters (deviceReady)
+	handshake    func() time.Time       // from handshaking on, once the device is ready: its last completed handshake
 	endpoint     netip.AddrPort
 	addrs        []netip.Addr
 }
@@ -245,7 +246,7 @@ func (l *legActor) handshaking(ctx actor.Context) {
 	case *deviceReady:
 		exitAddr, _ := netip.ParseAddr(l.resp.ExitAddresses[0])
 		l.sess.dialer = netstack.Dialer{Stack: m.stack, Service: netip.AddrPortFrom(exitAddr, l.resp.ConnectPort)}
-		l.sess.traffic = m.traffic
+		l.sess.traffic, l.sess.handshake = m.traffic, m.handshake
 		exitKey, _ := signaling.ParseKey(l.resp.ExitWGPublicKey)
 		limit := max(time.Until(l.deadline), minWait)
 		f := ctx.RequestFuture(l.sess.device, &addPeer{

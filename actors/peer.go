@@ -45,7 +45,8 @@ type peerConfig struct {
 	udpIdle  time.Duration
 	maxConns int // flows at once; 0 unlimited
 	events   *actor.PID
-	flows    *actor.PID // the exit: hears flowsChanged as connections open and end (nil on a client)
+	flows    *actor.PID  // the exit: hears flowsChanged as connections open and end (nil on a client)
+	bytes    *ByteTotals // the engine's byte totals of forwarded flows (nil: none)
 
 	// goodbye: a client session on the exit, told of the exit's end by a signed goodbye. Told
 	// endWith, the peer leaves the WireGuard device before its connections end, so that their
@@ -146,7 +147,7 @@ func (p *peerActor) running(ctx actor.Context) {
 	case *messages.ConnectionEnded, *pingServed:
 		p.active--
 		if !p.counted {
-			emit(ctx, p.cfg.flows, &flowsChanged{delta: -1})
+			emit(ctx, p.cfg.flows, &flowsChanged{delta: -1, sessionID: p.cfg.sessionID})
 		}
 	case *endWith:
 		if p.stopping {
@@ -168,7 +169,7 @@ func (p *peerActor) running(ctx actor.Context) {
 		p.wg.Wait()
 		p.removePeer()
 		if !p.counted && p.active > 0 { // they stop with the peer: their reports may never be read
-			emit(ctx, p.cfg.flows, &flowsChanged{delta: -p.active})
+			emit(ctx, p.cfg.flows, &flowsChanged{delta: -p.active, sessionID: p.cfg.sessionID})
 		}
 		p.counted = true
 	}
@@ -205,11 +206,11 @@ func (p *peerActor) refusedForLimit(ctx actor.Context) {
 func (p *peerActor) spawnConn(ctx actor.Context, cfg connConfig) {
 	p.nextConn++
 	p.active++
-	emit(ctx, p.cfg.flows, &flowsChanged{delta: 1})
+	emit(ctx, p.cfg.flows, &flowsChanged{delta: 1, sessionID: p.cfg.sessionID})
 	cfg.id, cfg.role, cfg.owner, cfg.logger = p.nextConn, "exit", p.cfg.owner+"/"+p.cfg.sessionID, p.cfg.logger
 	if cfg.limits.Setup == 0 {
 		cfg.limits = p.cfg.conn
 	}
-	cfg.egress, cfg.events = p.cfg.egress, p.cfg.events
+	cfg.egress, cfg.events, cfg.totals = p.cfg.egress, p.cfg.events, p.cfg.bytes
 	ctx.Spawn(props(newConnActor(cfg)))
 }

@@ -7,11 +7,50 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/warren-tunnel/warren/messages"
 )
+
+// ByteTotals counts the bytes delivered by all the connections of one role of an engine (its
+// tunnels' proxied connections, or its exit's forwarded flows) as they move: ended and active
+// connections together, so the counts only grow. Statistics only: no actor acts on them.
+type ByteTotals struct {
+	In  atomic.Int64 // incoming → outgoing side (client: proxy client → target; exit: tunnel → destination)
+	Out atomic.Int64 // outgoing → incoming side
+}
+
+// connBytes counts one direction of a connection as its copy loop or request loop delivers: the
+// connection's own count and, if set, its role's total. One atomic add each per write, no allocation.
+type connBytes struct {
+	n     atomic.Int64
+	total *atomic.Int64
+}
+
+// Add counts d bytes delivered (proxy.Counter).
+func (b *connBytes) Add(d int64) int64 {
+	if b.total != nil {
+		b.total.Add(d)
+	}
+	return b.n.Add(d)
+}
+
+// Load is the connection's count so far.
+func (b *connBytes) Load() int64 { return b.n.Load() }
+
+// connLive is a connection's byte counts, shared with its owner: the tunnel reads them for
+// Connections and Stats while the connection runs (its copy loops write them).
+type connLive struct{ in, out connBytes }
+
+func newConnLive(totals *ByteTotals) *connLive {
+	l := &connLive{}
+	if totals != nil {
+		l.in.total, l.out.total = &totals.In, &totals.Out
+	}
+	return l
+}
 
 // bufPool holds relay buffers: big enough for any UDP datagram, so one pool serves both protocols.
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}

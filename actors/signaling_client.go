@@ -41,6 +41,9 @@ type SignalingStats struct {
 	AnnouncementsForged    atomic.Int64 // bad signature, or a timestamp off the clock
 	AnnouncementsUntrusted atomic.Int64 // signed by an identity not trusted for its exit id
 	AnnouncementsStale     atomic.Int64 // no newer than what the directory has (or had) of that exit: a replay
+	// RTT: signaling round trips, a session request's last publish to its verified answer (a grant
+	// or a signed refusal) and a sessions ping to its verified pong.
+	RTT RTTHistogram
 }
 
 // request runs one session request in a goroutine the actor owns (cancelled and awaited in
@@ -73,6 +76,7 @@ func (s *signalingActor) awaitSession(ctx context.Context, m *requestSession, da
 	if err != nil {
 		return nil, fmt.Errorf("%w: exit %q: %w", ErrExitUnreachable, m.exitID, err)
 	}
+	sent := time.Now()
 	defer func() { _ = sub.Unsubscribe() }()
 	wait, lastRefusal := retryUnavailableMin, error(nil)
 	for {
@@ -99,8 +103,10 @@ func (s *signalingActor) awaitSession(ctx context.Context, m *requestSession, da
 		case err != nil:
 			s.cfg.Logger.Warn("session reply dropped", "exit", m.exitID, "session", m.req.SessionID, "reason", err)
 		case resp != nil:
+			s.cfg.Stats.RTT.Observe(time.Since(sent))
 			return resp, nil
 		case refusal.Code == messages.ErrCodeUnavailable:
+			s.cfg.Stats.RTT.Observe(time.Since(sent))
 			s.cfg.Stats.Unanswered.Add(1)
 			lastRefusal = fmt.Errorf("%w: %w", ErrSessionRefused, refusal)
 			if !s.sleepCtx(ctx, wait) {
@@ -110,9 +116,12 @@ func (s *signalingActor) awaitSession(ctx context.Context, m *requestSession, da
 			if err := nc.PublishRequest(subject, inbox, data); err != nil {
 				return nil, fmt.Errorf("%w: exit %q: %w", ErrExitUnreachable, m.exitID, err)
 			}
+			sent = time.Now()
 		case refusal.Code == messages.ErrCodeDraining: // final for this exit: no retry
+			s.cfg.Stats.RTT.Observe(time.Since(sent))
 			return nil, fmt.Errorf("%w: %w: %w", ErrSessionRefused, ErrExitDraining, refusal)
 		default:
+			s.cfg.Stats.RTT.Observe(time.Since(sent))
 			return nil, fmt.Errorf("%w: %w", ErrSessionRefused, refusal)
 		}
 	}
@@ -249,6 +258,7 @@ func (s *signalingActor) awaitPong(ctx context.Context, m *pingSessions, p *mess
 	if err != nil {
 		return &pingReply{err: fmt.Errorf("ping exit %q: %w", m.exitID, err)}
 	}
+	sent := time.Now()
 	defer func() { _ = sub.Unsubscribe() }()
 	drop := func(what string, reason any) {
 		s.cfg.Logger.Warn(what+" dropped", "exit", m.exitID, "sessions", len(p.SessionIDs), "reason", reason)
@@ -283,6 +293,7 @@ func (s *signalingActor) awaitPong(ctx context.Context, m *pingSessions, p *mess
 				drop("pong", err)
 				continue
 			}
+			s.cfg.Stats.RTT.Observe(time.Since(sent))
 			return &pingReply{known: known}
 		case *messages.ErrorResponse:
 			if b.Signer == "" {
@@ -296,6 +307,7 @@ func (s *signalingActor) awaitPong(ctx context.Context, m *pingSessions, p *mess
 				drop("ping refusal", "not the sessions exit's answer to this ping")
 				continue
 			}
+			s.cfg.Stats.RTT.Observe(time.Since(sent))
 			return &pingReply{err: fmt.Errorf("ping exit %q: %w", m.exitID, &signaling.WireError{Code: b.Code, Message: b.Message})}
 		default:
 			s.cfg.Stats.Forged.Add(1)

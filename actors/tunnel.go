@@ -11,6 +11,7 @@ package actors
 //	  Negotiating ──session granted──▶ Handshaking ──HandshakeCompleted──▶ Up ◀─────────────────────────────────────┐
 //	   │   │                            │   │                                                                       │
 //	   │   └─refused / timeout / error──┼───┴─▶ Failed(cause) ──(released)──▶ Closed                                │
+//	   │   │  (StartTunnel: instead ────┼───┴─▶ Reconnecting, class "start" (below))                                │
 //	   └─Close (before Up)──────────────┴─────▶ Closing ──(released)──▶ Closed                                      │
 //	                                                                                                                │
 //	  Up, and Degraded (which does all that Up does, and traffic flows):                                            │
@@ -63,13 +64,18 @@ var (
 
 // TunnelConfig is a client tunnel, resolved and validated by the engine.
 type TunnelConfig struct {
-	ID                string
-	ExitID            string
-	SOCKSAddr         string        // "" disables the SOCKS5 proxy
-	HTTPAddr          string        // "" disables the HTTP proxy
-	UDPBind           netip.Addr    // the device's UDP address; invalid: the local address routed to the exit
-	HandshakeTimeout  time.Duration // session request and first handshake together, per leg
-	OpenDeadline      time.Time     // OpenTunnel's context deadline: bounds the first leg only
+	ID               string
+	ExitID           string
+	SOCKSAddr        string        // "" disables the SOCKS5 proxy
+	HTTPAddr         string        // "" disables the HTTP proxy
+	UDPBind          netip.Addr    // the device's UDP address; invalid: the local address routed to the exit
+	HandshakeTimeout time.Duration // session request and first handshake together, per leg
+	OpenDeadline     time.Time     // OpenTunnel's context deadline: bounds the first leg only
+	// KeepTrying (engine.StartTunnel): the opener is answered once the listeners are bound, which
+	// accept at once (refusing until the tunnel is Up), and a first session that fails sends the
+	// tunnel to Reconnecting (class "start") instead of Failed: it tries its exits with its backoff
+	// until one comes up or it is closed.
+	KeepTrying        bool
 	DrainTimeout      time.Duration // default for Close and Switch
 	Conn              ConnTimeouts  // each proxied connection's limits (Setup: its handshake and dial)
 	MaxConns          int           // proxied connections at once; 0 unlimited
@@ -77,6 +83,7 @@ type TunnelConfig struct {
 	MaxHandshakes     int           // proxy connections in their handshake at once (apart from MaxConns); 0 unlimited
 	ProxyOpts         proxy.Options // authentication and handshake limits of the proxies
 	Keepalive         int           // WireGuard persistent keepalive, seconds
+	Bytes             *ByteTotals   // the engine's byte totals of client connections (set by the engine actor); nil: none
 	Exits             []string      // failover exits after ExitID
 	Health            HealthPolicy
 	Backoff           Backoff
@@ -154,9 +161,9 @@ func (t *tunnelActor) Receive(ctx actor.Context) {
 	case *GetTunnelChildren:
 		ctx.Respond(t.children())
 	case *messages.GetStats:
-		st := t.book.stats
-		st.ByEnd = cloneByEnd(t.book.stats.ByEnd)
-		ctx.Respond(&messages.StatsResponse{Stats: st})
+		ctx.Respond(&messages.StatsResponse{Stats: t.stats()})
+	case *messages.GetConnections:
+		ctx.Respond(&messages.ConnectionsResponse{Conns: t.connections()})
 	case *connAccepted:
 		// Handled in every state: one accepted as the listener closed must not stay open in the mailbox.
 		t.accept(ctx, m)
@@ -209,9 +216,15 @@ func (t *tunnelActor) enter(ctx actor.Context, to messages.TunnelState, cause st
 	default: // Closing, Failed, Closed
 		t.behavior.Become(t.closing)
 	}
+	t.info.Cause = cause
 	t.cfg.Logger.Info("tunnel state", "from", from, "to", to, "cause", cause)
 	ev := &messages.TunnelStateChanged{TunnelID: t.cfg.ID, From: from, To: to, Cause: cause, At: time.Now()}
-	emit(ctx, t.cfg.Events, ev)
+	if to == messages.StateReconnecting {
+		ev.Reconnect = t.recon.class
+	}
+	if t.cfg.Events != nil {
+		ctx.Request(t.cfg.Events, ev) // with the tunnel as sender: the engine frees its name on Closed
+	}
 	emit(ctx, t.cfg.Steer, ev)
 }
 
@@ -219,13 +232,17 @@ func (t *tunnelActor) enter(ctx actor.Context, to messages.TunnelState, cause st
 func (t *tunnelActor) opening(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *actor.Started:
-		t.info = messages.TunnelInfo{ID: t.cfg.ID, ExitID: t.cfg.ExitID}
+		t.info = messages.TunnelInfo{ID: t.cfg.ID, ExitID: t.cfg.ExitID, OpenedAt: time.Now()}
 		if err := t.bindListeners(); err != nil {
 			t.fail(ctx, err)
 			return
 		}
 		t.sigOK = true
 		t.spawnKeepalive(ctx)
+		if t.cfg.KeepTrying { // the listeners are bound: StartTunnel returns
+			t.startAccepting(ctx)
+			t.reply(ctx, nil)
+		}
 		t.current = t.startLeg(ctx, t.cfg.ExitID, legOpen)
 	case *messages.CloseTunnel:
 		t.closeNow(ctx, reasonOr(m.Reason))
@@ -300,8 +317,12 @@ func (t *tunnelActor) closing(ctx actor.Context) {
 func (t *tunnelActor) snapshot() messages.TunnelInfo {
 	info := t.info
 	info.State = t.state
+	info.Exits = t.exits()
 	if l := t.current; l != nil {
 		info.SessionID, info.ExitID, info.ClientAddresses, info.ExitEndpoint = l.sessionID, l.exitID, l.addrs, l.endpoint
+		if l.handshake != nil {
+			info.LastHandshake = l.handshake() // an atomic of the device's peer: no wait
+		}
 	}
 	return info
 }

@@ -1,11 +1,16 @@
 package actors
 
 // The tunnel's connections: accepting proxy connections onto the current leg, limits, and the
-// counters behind Tunnel.Stats.
+// counters behind Tunnel.Stats and Tunnel.Connections. Each connection's byte counts are atomics
+// its copy loops add to (connLive, made here at accept): the tunnel reads them when asked, so no
+// byte count passes through a mailbox while a connection runs.
 
 import (
+	"cmp"
 	"fmt"
 	"net"
+	"slices"
+	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
 
@@ -52,6 +57,15 @@ type connEntry struct {
 	refusal bool
 	pending uint64 // > 0 while in its handshake: the order it was accepted in
 	evicted bool   // ended to make room for a new handshake; neither pending nor established
+
+	// what Connections reports (not of refusals)
+	id     uint64
+	kind   proxy.Kind
+	addr   string // the client's address, host:port
+	exit   string // its leg's exit
+	since  time.Time
+	target string    // from its admission on
+	live   *connLive // its byte counts so far
 }
 
 // accept spawns a connection actor for a proxy connection on the current leg, or a refusal.
@@ -91,12 +105,14 @@ func (t *tunnelActor) accept(ctx actor.Context, m *connAccepted) {
 	// Setup covers the handshake (its own budget) and then the dial (connect_timeout).
 	cfg.handshake = t.cfg.ProxyOpts.Budget()
 	cfg.dialer = t.current.dialer
+	cfg.live = newConnLive(t.cfg.Bytes)
 	t.book.stats.Active++
 	t.book.sources[src]++
 	t.book.handshaking++
 	t.book.handshakeN++
 	pid := ctx.Spawn(props(newConnActor(cfg)))
-	t.book.conns[pid.Id] = connEntry{pid: pid, leg: t.current.id, source: src, pending: t.book.handshakeN}
+	t.book.conns[pid.Id] = connEntry{pid: pid, leg: t.current.id, source: src, pending: t.book.handshakeN,
+		id: cfg.id, kind: m.kind, addr: addrOf(m.c.RemoteAddr()), exit: t.current.exitID, since: time.Now(), live: cfg.live}
 	t.current.conns[pid.Id] = pid
 }
 
@@ -114,6 +130,10 @@ func (t *tunnelActor) ending() bool {
 // or it was evicted meanwhile.
 func (t *tunnelActor) admit(ctx actor.Context, m *connAdmit) {
 	e, ok := t.book.conns[m.pid.Id]
+	if ok && e.target == "" {
+		e.target = m.target
+		t.book.conns[m.pid.Id] = e
+	}
 	switch {
 	case !ok || e.evicted:
 		ctx.Respond(&connAdmitted{err: errLimit{"evicted to make room for a newer handshake"}})
@@ -219,6 +239,40 @@ func (t *tunnelActor) count(m *messages.ConnectionEnded) {
 	t.book.stats.ByEnd[messages.SideOutgoing][m.Outgoing]++
 	t.book.stats.Bytes.In += m.BytesIn
 	t.book.stats.Bytes.Out += m.BytesOut
+}
+
+// stats are the tunnel's counters; Bytes counts the ended connections' and, so far, the active ones'.
+func (t *tunnelActor) stats() messages.ConnectionStats {
+	st := t.book.stats
+	st.ByEnd = cloneByEnd(t.book.stats.ByEnd)
+	for _, e := range t.book.conns {
+		if e.live != nil {
+			st.Bytes.In += e.live.in.Load()
+			st.Bytes.Out += e.live.out.Load()
+		}
+	}
+	return st
+}
+
+// connections describes the active proxied connections (refusals left out), sorted by ID.
+func (t *tunnelActor) connections() []messages.ConnInfo {
+	out := make([]messages.ConnInfo, 0, len(t.book.conns))
+	for _, e := range t.book.conns {
+		if e.refusal || e.live == nil {
+			continue
+		}
+		out = append(out, messages.ConnInfo{ID: e.id, Kind: e.kind.String(), Source: e.addr, Target: e.target, Since: e.since,
+			BytesIn: e.live.in.Load(), BytesOut: e.live.out.Load(), Exit: e.exit})
+	}
+	slices.SortFunc(out, func(a, b messages.ConnInfo) int { return cmp.Compare(a.ID, b.ID) })
+	return out
+}
+
+func addrOf(a net.Addr) string {
+	if a == nil {
+		return ""
+	}
+	return a.String()
 }
 
 func hostOf(a net.Addr) string {

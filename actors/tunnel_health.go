@@ -100,24 +100,24 @@ func (t *tunnelActor) health(ctx actor.Context, msg any) {
 		}
 	case *dataPlaneFailed:
 		if t.current != nil && t.current.sessionID == m.sessionID {
-			t.lostCurrent(ctx, "data plane failed: "+m.cause)
+			t.lostCurrent(ctx, "data plane failed: "+m.cause, messages.ReconnectDataPlane)
 		}
 	case *sessionLost:
 		if t.current != nil && t.current.sessionID == m.sessionID {
 			t.current.exitForgot = true // the exit has no such session: nothing to say goodbye to
-			t.lostCurrent(ctx, "the exit no longer holds the session")
+			t.lostCurrent(ctx, "the exit no longer holds the session", messages.ReconnectSessionLost)
 		}
 	}
 }
 
 // lostCurrent: the current leg cannot carry traffic. Up or Degraded reconnect; a switch under way
 // decides for itself (currentLost).
-func (t *tunnelActor) lostCurrent(ctx actor.Context, cause string) {
+func (t *tunnelActor) lostCurrent(ctx actor.Context, cause, class string) {
 	switch {
 	case t.isUp():
-		t.reconnect(ctx, cause, false)
+		t.reconnect(ctx, cause, class, false)
 	case t.state == messages.StateSwitching:
-		t.currentLost(ctx, cause, false)
+		t.currentLost(ctx, cause, class, false)
 	}
 }
 

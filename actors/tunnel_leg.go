@@ -7,7 +7,8 @@ package actors
 //	leg report          the leg's purpose / place            the tunnel
 //	handshaking         the first leg                        Negotiating → Handshaking
 //	up                  first / switch / reconfigure / retry Up (legUp)
-//	failed from setup   first / switch / reconfigure / retry Failed / stay Up / Failed / next attempt (legFailed)
+//	failed from setup   first / switch / reconfigure / retry Failed / stay Up / Failed / next attempt (legFailed);
+//	                                                         the first of a StartTunnel tunnel: Reconnecting
 //	failed from up      current, Up or Degraded              Reconnecting (the next exit first after a goodbye)
 //	failed from up      current, while switching             the switch decides (currentLost)
 //	failed              draining, or no longer wanted        nothing: it is ending
@@ -133,10 +134,21 @@ func (t *tunnelActor) legLost(ctx actor.Context, l *leg, err error) {
 	switch {
 	case l != t.current:
 	case t.isUp():
-		t.reconnect(ctx, err.Error(), errors.Is(err, ErrExitGone))
+		t.reconnect(ctx, err.Error(), lostClass(err), errors.Is(err, ErrExitGone))
 	case t.state == messages.StateSwitching:
-		t.currentLost(ctx, err.Error(), errors.Is(err, ErrExitGone)) // the switch decides what comes next
+		t.currentLost(ctx, err.Error(), lostClass(err), errors.Is(err, ErrExitGone)) // the switch decides what comes next
 	}
+}
+
+// lostClass classes the loss of an up leg (messages.ReconnectCauses).
+func lostClass(err error) string {
+	switch {
+	case errors.Is(err, ErrExitGone):
+		return messages.ReconnectExitGoodbye
+	case errors.Is(err, ErrDeviceFailed):
+		return messages.ReconnectDeviceLost
+	}
+	return messages.ReconnectOther
 }
 
 // drainLeg lets the leg's connections finish for d, then ends them with drain_timeout; the leg is
@@ -232,6 +244,8 @@ func (t *tunnelActor) legUp(ctx actor.Context, l *leg, rtt time.Duration) {
 // legFailed is called when a leg could not come up (it is ending by itself).
 func (t *tunnelActor) legFailed(ctx actor.Context, l *leg, err error) {
 	switch {
+	case l.purpose == legOpen && l == t.current && t.cfg.KeepTrying:
+		t.retryStart(ctx, err)
 	case l.purpose == legOpen && l == t.current:
 		t.fail(ctx, err)
 	case l == t.pending && l.purpose == legSwitch:
@@ -241,7 +255,7 @@ func (t *tunnelActor) legFailed(ctx actor.Context, l *leg, err error) {
 		}
 		t.answerWaiter(ctx, err)
 		if t.current == nil || t.current.state != legUp || t.current.ending() { // the old leg was lost meanwhile
-			t.reconnect(ctx, "switch failed ("+err.Error()+") and the old exit was lost", false)
+			t.reconnect(ctx, "switch failed ("+err.Error()+") and the old exit was lost", "", false)
 			return
 		}
 		t.enter(ctx, messages.StateUp, "switch failed, staying on "+t.current.exitID+": "+err.Error())

@@ -1,7 +1,8 @@
 package actors
 
 // A tunnel's proxy listeners: bound synchronously when the tunnel starts (a port in use fails the
-// open at once), accepted from by one goroutine each once the tunnel is Up, closed when draining
+// open at once), accepted from by one goroutine each once the tunnel is Up (a StartTunnel tunnel's
+// from the start: it refuses until it is Up, and parks while it reconnects), closed when draining
 // starts or in Stopping; they keep their ports across switches, reconfigurations and reconnects.
 // acceptLoop, at the end, is also the exit device's connect-service loop.
 
@@ -59,9 +60,14 @@ func (t *tunnelActor) bindListeners() error {
 	return nil
 }
 
+// startAccepting starts each listener's accept loop (once: a StartTunnel tunnel starts them when it
+// binds, before it is Up).
 func (t *tunnelActor) startAccepting(ctx actor.Context) {
 	system, self := ctx.ActorSystem(), ctx.Self()
 	for _, l := range t.listeners {
+		if l.stop != nil {
+			continue // started already
+		}
 		l.stop, l.end = make(chan struct{}), make(chan struct{})
 		kind := l.kind
 		go acceptLoop(l.ln, l.stop, l.end, func(c net.Conn) { system.Root.Send(self, &connAccepted{c: c, kind: kind}) })

@@ -4,6 +4,7 @@ package actors
 //
 //	Up ──signaling failing──▶ Degraded ──signaling answers──▶ Up       (traffic flows throughout)
 //	Up / Degraded ──data plane failed, session lost, exit goodbye, device lost──▶ Reconnecting
+//	Negotiating / Handshaking of a StartTunnel tunnel ──its first session failed──▶ Reconnecting
 //	Reconnecting: release the leg (goodbye; netstack → device → bind), then try exits in turn —
 //	the same exit first after a data-plane failure, the next one after a goodbye — with exponential
 //	backoff and jitter between attempts, until one comes up ──▶ Up. Proxy connections that arrive
@@ -44,6 +45,7 @@ type reconnection struct {
 	skipped int          // exits in a row that refused because they drain (tried next at once)
 	order   []string     // the exits a reconnect tries, in turn (failoverOrder)
 	lost    lostExit     // the exit lost during a switch, for a reconnect after it
+	class   string       // why the reconnect began: one of messages.ReconnectCauses
 	retryT  *time.Timer  // next reconnection attempt (reconnectAttempt)
 	parkT   *time.Timer  // next parked-connection deadline (parkExpired)
 	parked  []parkedConn // proxy connections waiting for a reconnect; owned until handed on
@@ -53,6 +55,7 @@ type reconnection struct {
 type lostExit struct {
 	exitID string
 	next   bool
+	class  string // how it was lost (messages.ReconnectCauses)
 }
 
 // failoverOrder is the order of a reconnect's attempts: the failover list rotated to start at the
@@ -74,12 +77,17 @@ func (t *tunnelActor) failoverOrder(lost lostExit) []string {
 
 // reconnect leaves Up (or Degraded) for Reconnecting. next selects the exit after the lost one
 // first (it said goodbye); otherwise the same exit is tried first. The lost exit is the current
-// leg's, or, after a switch that failed once the old exit was lost, the one currentLost recorded.
-func (t *tunnelActor) reconnect(ctx actor.Context, cause string, next bool) {
+// leg's, or, after a switch that failed once the old exit was lost, the one currentLost recorded
+// (and then its class is how that one was lost). class is one of messages.ReconnectCauses.
+func (t *tunnelActor) reconnect(ctx actor.Context, cause, class string, next bool) {
 	old := t.current
 	lost := t.recon.lost
 	if old != nil {
-		lost = lostExit{exitID: old.exitID, next: next}
+		lost = lostExit{exitID: old.exitID, next: next, class: class}
+	}
+	t.recon.class = lost.class
+	if t.recon.class == "" {
+		t.recon.class = messages.ReconnectOther
 	}
 	t.enter(ctx, messages.StateReconnecting, cause)
 	ctx.Send(t.keepalive, &stopMonitoring{})
@@ -94,6 +102,18 @@ func (t *tunnelActor) reconnect(ctx actor.Context, cause string, next bool) {
 		return // a leg lost during a switch is still being released: legReleased starts the first attempt
 	}
 	t.nextAttempt(ctx)
+}
+
+// retryStart: the first session of a tunnel started with StartTunnel (KeepTrying) failed. Rather
+// than Failed, the tunnel goes to Reconnecting (class "start") and tries its failover list from
+// the exit after the one that failed (the same one again if it has no other) with its backoff,
+// as after a failed reconnection attempt, until one comes up or it is closed.
+func (t *tunnelActor) retryStart(ctx actor.Context, err error) {
+	t.current = nil
+	t.recon.class = messages.ReconnectStart
+	t.enter(ctx, messages.StateReconnecting, "first session failed: "+err.Error())
+	t.recon.attempt, t.recon.skipped, t.recon.order, t.recon.lost = 0, 0, t.exits(), lostExit{}
+	t.reconnectFailed(ctx, err) // the failed leg counts as the first attempt
 }
 
 func (t *tunnelActor) reconnecting(ctx actor.Context) {
@@ -152,6 +172,9 @@ func (t *tunnelActor) reconnected(ctx actor.Context, l *leg, rtt time.Duration) 
 	t.current, t.pending = l, nil
 	t.info.Reconnects++
 	t.info.ExitID = l.exitID
+	if t.info.UpSince.IsZero() { // a StartTunnel tunnel's first time Up
+		t.info.UpSince = time.Now()
+	}
 	if t.recon.parkT != nil {
 		t.recon.parkT.Stop()
 	}
@@ -167,11 +190,11 @@ func (t *tunnelActor) reconnected(ctx actor.Context, l *leg, rtt time.Duration) 
 
 // currentLost handles the current leg failing while a switch is under way: it is released, and the
 // switch's outcome decides (its success makes the new leg current; its failure reconnects).
-func (t *tunnelActor) currentLost(ctx actor.Context, cause string, next bool) {
+func (t *tunnelActor) currentLost(ctx actor.Context, cause, class string, next bool) {
 	old := t.current
 	t.current = nil
 	if old != nil {
-		t.recon.lost = lostExit{exitID: old.exitID, next: next} // where a reconnect after the switch starts
+		t.recon.lost = lostExit{exitID: old.exitID, next: next, class: class} // where a reconnect after the switch starts
 	}
 	ctx.Send(t.keepalive, &stopMonitoring{})
 	t.cfg.Logger.Warn("current exit lost during a switch", "cause", cause)

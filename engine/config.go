@@ -100,6 +100,11 @@ type NATSConfig struct {
 	CredentialsFile string `yaml:"credentials_file"` // a .creds file: user JWT and NKey seed
 	// TLS to the servers in URLs. Any field set turns TLS on.
 	TLS NATSTLSConfig `yaml:"tls"`
+	// WaitOnStart: Start does not fail when no server in URLs can be reached (or the login is
+	// refused): it connects in the background, retrying as after a disconnect. Meanwhile tunnels
+	// opened with StartTunnel wait in Reconnecting, and the exit serves once NATS is there;
+	// Engine.NATSStatus tells. Needs URLs (the embedded server is always there).
+	WaitOnStart bool `yaml:"wait_on_start"`
 }
 
 // NATSTLSConfig is the TLS of the connection to NATS.

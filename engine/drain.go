@@ -13,7 +13,8 @@ import (
 
 // Errors of an exit's drain.
 var (
-	// ErrNoExit: DrainExit on an engine that serves no exit.
+	// ErrNoExit: DrainExit or ExitSessions on an engine that serves no exit (none configured,
+	// drained, or given up).
 	ErrNoExit = actors.ErrNoExit
 	// ErrExitDraining: the exit asked refused the session because it drains (wrapped with
 	// ErrSessionRefused). A tunnel tries its next exit at once rather than retrying this one.
@@ -50,4 +51,29 @@ func (e *Engine) DrainExit(ctx context.Context) error {
 		return fmt.Errorf("drain exit: %w", r.Err)
 	}
 	return nil
+}
+
+// ExitSession describes a client session of this engine's exit.
+type ExitSession = actors.ExitSessionInfo
+
+// ExitSessions lists the client sessions of this engine's exit, sorted by ID (static peers are
+// not sessions: they are left out). ErrNoExit if the engine serves no exit.
+func (e *Engine) ExitSessions(ctx context.Context) ([]ExitSession, error) {
+	if e.pid == nil {
+		return nil, ErrNotStarted
+	}
+	res, err := await(ctx, e.system.Root.RequestFuture(e.pid, &actors.GetExitSessions{}, untilDeadline(ctx, 5*time.Second)))
+	if errors.Is(err, actor.ErrDeadLetter) {
+		select {
+		case <-e.closed:
+			return nil, ErrEngineClosed
+		default:
+			return nil, ErrNoExit // the exit stopped as it was asked
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	r := res.(*actors.ExitSessions)
+	return r.Sessions, r.Err
 }

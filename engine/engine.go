@@ -95,6 +95,7 @@ type Engine struct {
 	panics   atomic.Int64 // actor panics seen by supervisors (a statistic; no lifecycle state)
 	lost     atomic.Int64 // children lost and reacted to by their parents (a statistic)
 	sigStats actors.SignalingStats
+	counters counters // tunnel transitions and reconnections, counted by sink (status.go)
 	// sinkMu orders the engine actor's sends on events with Close's close of it, for the case where
 	// a shutdown that ran out of time leaves the engine actor alive for a moment.
 	sinkMu     sync.Mutex
@@ -110,7 +111,11 @@ type Engine struct {
 	unsubscribe func()
 
 	sigPID atomic.Pointer[actor.PID] // the signaling actor, once started: hears NATS state changes
-	nc     *nats.Conn                // owned by the signaling actor; read here only for NATSConnectedURL
+	nc     atomic.Pointer[nats.Conn] // owned by the signaling actor; read here only for NATSConnectedURL and NATSStatus
+	// nats: the connection's state as nats.go last reported it, for NATSStatus (a report, not
+	// lifecycle state: the signaling actor hears the same changes as messages and acts on them)
+	nats      atomic.Pointer[NATSStatus]
+	startedAt atomic.Pointer[time.Time] // when Start succeeded
 
 	closeOnce sync.Once
 	closed    chan struct{} // closed when Close has finished
@@ -213,10 +218,11 @@ func (e *Engine) ClientID() string { return e.identity.ID() }
 // NATSConnectedURL is the NATS server the engine is connected to right now ("" while disconnected;
 // signaling.InProcessURL when connected in-process to its embedded server). Passwords are redacted.
 func (e *Engine) NATSConnectedURL() string {
-	if e.nc == nil {
+	nc := e.nc.Load()
+	if nc == nil {
 		return ""
 	}
-	return e.nc.ConnectedUrlRedacted()
+	return nc.ConnectedUrlRedacted()
 }
 
 // NATSURL is where other engines join this engine's signaling: the first of nats.urls; for the
@@ -253,10 +259,11 @@ func (e *Engine) Start(ctx context.Context) error {
 	timeout := n.timeout
 	copts := signaling.ConnectOptions{URLs: n.urls, Name: "warren-" + e.identity.ID()[:8], Timeout: timeout,
 		User: n.user, Password: n.password, Token: n.token, NKeySeedFile: n.nkeySeed, CredentialsFile: n.creds,
-		TLS: n.tls, Logger: e.logger,
+		TLS: n.tls, Logger: e.logger, RetryOnFailedConnect: n.wait,
 		// Replies come to _INBOX.<client id>.…, so server permissions can give each client its own inbox.
 		InboxPrefix: "_INBOX." + e.identity.ID(),
 		OnState: func(s signaling.ConnState) {
+			e.natsChanged(s) // for NATSStatus
 			// nats.go's goroutine: hand the change to the signaling actor as a message.
 			if pid := e.sigPID.Load(); pid != nil && e.system != nil {
 				e.system.Root.Send(pid, &actors.NATSState{Connected: s.Status == nats.CONNECTED, URL: s.URL, Err: s.Err})
@@ -282,6 +289,9 @@ func (e *Engine) Start(ctx context.Context) error {
 		}
 	}
 	nc, err := signaling.Connect(copts)
+	if err == nil {
+		e.natsStarted(nc)
+	}
 	if err != nil {
 		if srv != nil {
 			srv.Shutdown()
@@ -337,7 +347,6 @@ func (e *Engine) Start(ctx context.Context) error {
 			AnyExit: e.cfg.Trust.AnyExit || !e.cfg.NATS.shared()}},
 	}
 	ecfg.Exit = exitCfg
-	e.nc = nc
 	// From here on the signaling actor owns nc and srv; Close releases them.
 	e.pid, err = e.system.Root.SpawnNamed(actors.NewEngineProps(ecfg), "engine")
 	if err != nil {
@@ -361,13 +370,15 @@ func (e *Engine) Start(ctx context.Context) error {
 			}
 		}
 	}
-	if err == nil {
+	if err == nil && nc.IsConnected() { // (with wait_on_start it may not be yet: they are sent on connect)
 		err = nc.FlushTimeout(timeout) // subscriptions are registered with the server before Start returns
 	}
 	if err != nil {
 		_ = e.Close(context.Background())
 		return fmt.Errorf("start engine: %w", err)
 	}
+	now := time.Now()
+	e.startedAt.Store(&now)
 	return nil
 }
 
@@ -417,6 +428,7 @@ func (e *Engine) sink(m any) {
 	ev := Event{Time: time.Now()}
 	switch m := m.(type) {
 	case *messages.TunnelStateChanged:
+		e.counters.transition(m)
 		ev.Kind, ev.Tunnel, ev.From, ev.To, ev.Cause, ev.Time = EventTunnelState, m.TunnelID, m.From, m.To, m.Cause, m.At
 	case *messages.SessionOpened:
 		ev.Kind, ev.Exit, ev.Session, ev.Client = EventSessionOpened, m.ExitID, m.SessionID, m.ClientID
@@ -451,6 +463,8 @@ type Stats struct {
 }
 
 // Stats returns connection counters by role, side and end reason, and the active connections.
+// Bytes count what every connection of the role delivered so far, ended or active (a tunnel's
+// copy loops and an exit's add to them as bytes move), so they only grow.
 func (e *Engine) Stats(ctx context.Context) (Stats, error) {
 	if e.pid == nil {
 		return Stats{}, ErrNotStarted

@@ -28,14 +28,19 @@ type resolvedNATS struct {
 	nkeySeed string
 	creds    string
 	tls      *tls.Config // nil: no TLS asked for
+	wait     bool        // wait_on_start: connect in the background
 }
 
 // resolve checks the NATS section and loads its files (so an unreadable one is named at once).
 func (n *NATSConfig) resolve() (resolvedNATS, error) {
-	r := resolvedNATS{urls: n.URLs, user: n.User, password: n.Password, token: n.Token, nkeySeed: n.NKeySeedFile, creds: n.CredentialsFile}
+	r := resolvedNATS{urls: n.URLs, user: n.User, password: n.Password, token: n.Token, nkeySeed: n.NKeySeedFile, creds: n.CredentialsFile,
+		wait: n.WaitOnStart}
 	embedded := len(n.URLs) == 0
 	if err := checkNATSURLs(n.URLs); err != nil {
 		return r, err
+	}
+	if n.WaitOnStart && embedded {
+		return r, fieldErr("nats.wait_on_start", "needs nats.urls: the embedded server runs in this process, so there is nothing to wait for")
 	}
 	var err error
 	if r.timeout, err = durationIn("nats.connect_timeout", n.ConnectTimeout, DefaultNATSConnectTimeout, minTimeout, maxTimeout, false); err != nil {

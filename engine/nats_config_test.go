@@ -97,6 +97,7 @@ func TestNATSConfigNamesTheField(t *testing.T) {
 		{"server name alone", func() NATSConfig { n := remote(); n.TLS.ServerName = "x"; return n }()},
 		{"nkey seed", func() NATSConfig { n := remote(); n.NKeySeedFile = f.seed; return n }()},
 		{"credentials", func() NATSConfig { n := remote(); n.CredentialsFile = f.creds; return n }()},
+		{"wait on start", func() NATSConfig { n := remote(); n.WaitOnStart = true; return n }()},
 	}
 	for _, tc := range good {
 		c := Config{NATS: tc.n}
@@ -137,6 +138,7 @@ func TestNATSConfigNamesTheField(t *testing.T) {
 		{"nats.embedded_listen", func(n *NATSConfig) { n.URLs, n.EmbeddedListen = nil, "0.0.0.0:0" }},
 		{"nats.embedded_listen", func(n *NATSConfig) { n.URLs, n.EmbeddedListen = nil, "[::]:4222" }},
 		{"nats.embedded_listen", func(n *NATSConfig) { n.URLs, n.EmbeddedListen = nil, "192.0.2.10:4222" }},
+		{"nats.wait_on_start", func(n *NATSConfig) { n.URLs, n.WaitOnStart = nil, true }},
 	}
 	for i, tc := range bad {
 		n := remote()

@@ -35,16 +35,10 @@ func (t *Tunnel) HTTPAddr() string { return t.info.HTTPAddr }
 // OpenTunnel opens a tunnel to spec.Exit and returns once it is Up: session granted, first
 // handshake completed and a probe through the tunnel answered. The proxy listeners are bound
 // first, so an address in use fails at once with an error naming it. ctx bounds the whole open.
+// spec.Name must not be the name of another of the engine's own tunnels that is not Closed yet
+// (ErrTunnelExists); pools' tunnels do not count.
 func (e *Engine) OpenTunnel(ctx context.Context, spec TunnelSpec) (*Tunnel, error) {
-	if !e.started.Load() || e.pid == nil {
-		return nil, ErrNotStarted
-	}
-	select {
-	case <-e.closed:
-		return nil, ErrEngineClosed
-	default:
-	}
-	cfg, err := e.tunnelConfig(spec, "tunnel")
+	cfg, err := e.openable(spec)
 	if err != nil {
 		return nil, err
 	}
@@ -53,9 +47,28 @@ func (e *Engine) OpenTunnel(ctx context.Context, spec TunnelSpec) (*Tunnel, erro
 		limit = d
 	}
 	cfg.OpenDeadline, _ = ctx.Deadline()
-	up := actor.NewFuture(e.system, limit+time.Second)
+	return e.spawnTunnel(ctx, cfg, limit+time.Second)
+}
+
+// openable checks that the engine runs and resolves spec.
+func (e *Engine) openable(spec TunnelSpec) (actors.TunnelConfig, error) {
+	if !e.started.Load() || e.pid == nil {
+		return actors.TunnelConfig{}, ErrNotStarted
+	}
+	select {
+	case <-e.closed:
+		return actors.TunnelConfig{}, ErrEngineClosed
+	default:
+	}
+	return e.tunnelConfig(spec, "tunnel")
+}
+
+// spawnTunnel asks the engine actor for one of its own tunnels and waits (up to limit, and ctx)
+// for the tunnel's answer to its opener: Up, or for StartTunnel its listeners bound; or failed.
+func (e *Engine) spawnTunnel(ctx context.Context, cfg actors.TunnelConfig, limit time.Duration) (*Tunnel, error) {
+	up := actor.NewFuture(e.system, limit)
 	cfg.ReplyTo = up.PID()
-	res, err := e.system.Root.RequestFuture(e.pid, &actors.OpenTunnel{Config: cfg}, 5*time.Second).Result()
+	res, err := e.system.Root.RequestFuture(e.pid, &actors.OpenTunnel{Config: cfg, Named: true}, 5*time.Second).Result()
 	if err != nil {
 		return nil, fmt.Errorf("open tunnel: %w", err)
 	}
@@ -74,6 +87,9 @@ func (e *Engine) OpenTunnel(ctx context.Context, spec TunnelSpec) (*Tunnel, erro
 		_ = (&Tunnel{e: e, pid: spawned.PID, info: TunnelInfo{ID: cfg.ID}}).Close(context.Background(), WithDrainTimeout(0))
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("open tunnel %s: %w", cfg.ID, ctx.Err())
+		}
+		if cfg.KeepTrying { // it did not even bind in time
+			return nil, fmt.Errorf("start tunnel %s: %w", cfg.ID, err)
 		}
 		return nil, fmt.Errorf("open tunnel %s: %w: %w", cfg.ID, ErrHandshakeTimeout, err)
 	}
@@ -179,7 +195,8 @@ func (t *Tunnel) Reconfigure(ctx context.Context) error {
 	return nil
 }
 
-// Stats returns the tunnel's connection counters. A closed tunnel answers ErrTunnelClosed.
+// Stats returns the tunnel's connection counters. Bytes count what its ended connections delivered
+// plus what its active ones have so far: they only grow. A closed tunnel answers ErrTunnelClosed.
 func (t *Tunnel) Stats(ctx context.Context) (messages.ConnectionStats, error) {
 	res, err := await(ctx, t.e.system.Root.RequestFuture(t.pid, &messages.GetStats{}, untilDeadline(ctx, 5*time.Second)))
 	if err != nil {

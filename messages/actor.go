@@ -28,8 +28,25 @@ type TunnelStateChanged struct {
 	TunnelID string
 	From, To TunnelState
 	Cause    string // why: an error, or what asked for the transition
-	At       time.Time
+	// Reconnect classes a transition into Reconnecting (one of ReconnectCauses); "" for any other.
+	Reconnect string
+	At        time.Time
 }
+
+// Why a tunnel began to reconnect, as a bounded set of classes (TunnelStateChanged.Reconnect), for
+// counting: Cause says more, in words.
+const (
+	ReconnectDataPlane   = "data_plane"   // the health checks found the data plane dead
+	ReconnectExitGoodbye = "exit_goodbye" // the exit said goodbye (it shut down, or ended the session)
+	ReconnectSessionLost = "session_lost" // the exit answers but no longer holds the session (it restarted)
+	ReconnectDeviceLost  = "device_lost"  // the tunnel's device or leg stopped
+	ReconnectStart       = "start"        // a tunnel started with StartTunnel: its first session failed
+	ReconnectOther       = "other"        // anything else
+)
+
+// ReconnectCauses lists the classes of TunnelStateChanged.Reconnect.
+var ReconnectCauses = []string{ReconnectDataPlane, ReconnectExitGoodbye, ReconnectSessionLost, ReconnectDeviceLost,
+	ReconnectStart, ReconnectOther}
 
 // ChildLost is emitted when an actor stopped without its parent asking (it panicked and its
 // supervisor stopped it, which also released what it held) and the parent reacted: Action says how
@@ -74,8 +91,14 @@ type TunnelInfo struct {
 	SOCKSAddr, HTTPAddr   string // bound proxy addresses; empty when not configured
 	ClientAddresses       []netip.Addr
 	ExitEndpoint          netip.AddrPort
-	UpSince               time.Time
-	Reconnects            int // completed reconnections since the tunnel opened
+	UpSince               time.Time // when it first came up (zero: not yet)
+	Reconnects            int       // completed reconnections since the tunnel opened
+	OpenedAt              time.Time // when it was opened (its actor started)
+	// LastHandshake is the most recent completed WireGuard handshake of the current session (zero:
+	// none yet, or no current session). WireGuard renews it about every 2 minutes while traffic flows.
+	LastHandshake time.Time
+	Cause         string   // what its last transition said
+	Exits         []string // its failover list: the configured exit first, then the others
 }
 
 // GetTunnelInfo asks a tunnel for its TunnelInfo; the reply is TunnelInfoResponse.

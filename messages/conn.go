@@ -69,8 +69,28 @@ type ConnectionStats struct {
 	Opened uint64                        // accepted so far
 	Ended  uint64                        // ended so far (refusals included)
 	ByEnd  map[Side]map[EndReason]uint64 // per side, per reason
-	Bytes  struct{ In, Out int64 }       // delivered by ended connections
+	// Bytes delivered by ended connections plus, on a tunnel's client side, those delivered so far
+	// by its active ones: it only grows.
+	Bytes struct{ In, Out int64 }
 }
+
+// ConnInfo describes an active proxied connection of a tunnel.
+type ConnInfo struct {
+	ID     uint64
+	Kind   string // the proxy it came through: "socks5" or "http"
+	Source string // the proxy client's address
+	Target string // where it goes, as the client asked ("" while still in its handshake)
+	Since  time.Time
+	// BytesIn (client → target) and BytesOut (target → client) delivered so far.
+	BytesIn, BytesOut int64
+	Exit              string // the exit of the session it relays over
+}
+
+// GetConnections asks a tunnel for its active proxied connections; the reply is ConnectionsResponse.
+type GetConnections struct{}
+
+// ConnectionsResponse answers GetConnections, sorted by ID.
+type ConnectionsResponse struct{ Conns []ConnInfo }
 
 // GetStats asks a tunnel (or the engine) for its ConnectionStats; the reply is StatsResponse.
 type GetStats struct{}

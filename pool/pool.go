@@ -20,6 +20,9 @@ import (
 // ErrNotUp: a slot to rotate is not up (it is waiting, opening or moving).
 var ErrNotUp = errors.New("slot not up")
 
+// ErrNoSlot: the pool has no slot of that index.
+var ErrNoSlot = errors.New("no such slot")
+
 // SlotInfo describes a slot at one moment.
 type SlotInfo struct {
 	Index     int
@@ -159,6 +162,33 @@ func (p *Pool) Slots(ctx context.Context) ([]SlotInfo, error) {
 		}
 	}
 	return slots, nil
+}
+
+// SlotConnections describes the active proxied connections of slot i's current tunnel, sorted by
+// ID (none while the slot has no tunnel, or its tunnel closes as it is asked). ErrNoSlot if the pool
+// has no slot i.
+func (p *Pool) SlotConnections(ctx context.Context, i int) ([]engine.ConnInfo, error) {
+	res, err := p.ask(ctx, &getSlots{}, requestWait)
+	if err != nil {
+		return nil, err
+	}
+	for _, s := range res.(*slotsReply).slots {
+		if s.Index != i {
+			continue
+		}
+		if s.tunnel == nil {
+			return []engine.ConnInfo{}, nil
+		}
+		r, err := future.Await(ctx, p.system.Root.RequestFuture(s.tunnel, &messages.GetConnections{}, min(tunnelWait, future.UntilDeadline(ctx, tunnelWait))))
+		if errors.Is(err, actor.ErrDeadLetter) {
+			return []engine.ConnInfo{}, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("slot %d: %w", i, err)
+		}
+		return r.(*messages.ConnectionsResponse).Conns, nil
+	}
+	return nil, fmt.Errorf("slot %d: %w", i, ErrNoSlot)
 }
 
 // Rotate moves slot i to another exit (by the strategy; the same exit, with a fresh session, if it

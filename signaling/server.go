@@ -136,11 +136,15 @@ type ConnectOptions struct {
 	// OnAsyncError is called on NATS's goroutines with every asynchronous error (a slow consumer's
 	// dropped messages, a permissions violation); it must not block.
 	OnAsyncError func(subject string, err error)
+	// RetryOnFailedConnect: Connect does not fail when no server can be reached (or a login is
+	// refused): it returns the connection, not yet connected, which keeps trying in the background
+	// (subscriptions are made and publications buffered meanwhile); OnState reports the connect.
+	RetryOnFailedConnect bool
 }
 
 // Connect connects to NATS as o says and reconnects forever (credential files are read again on
 // every reconnect, so rotated credentials are picked up). A refused login wraps ErrNATSAuth; any
-// other failure ErrNATSUnavailable.
+// other failure ErrNATSUnavailable (neither with RetryOnFailedConnect, which keeps trying).
 func Connect(o ConnectOptions) (*nats.Conn, error) {
 	servers := InProcessURL
 	if o.InProcess == nil {
@@ -164,7 +168,7 @@ func Connect(o ConnectOptions) (*nats.Conn, error) {
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250 * time.Millisecond),
 		nats.ReconnectJitter(100*time.Millisecond, time.Second),
-		nats.RetryOnFailedConnect(false),
+		nats.RetryOnFailedConnect(o.RetryOnFailedConnect),
 		// Each session request and health ping reads its answers from a synchronous subscription on
 		// an inbox of its own; nats.go sizes such a subscription's channel at 65,536 messages
 		// (512 KiB, allocated and zeroed per ping: half of 1,000 idle tunnels' CPU). A few answers
@@ -174,6 +178,7 @@ func Connect(o ConnectOptions) (*nats.Conn, error) {
 		nats.IgnoreAuthErrorAbort(),
 		nats.DisconnectErrHandler(func(nc *nats.Conn, err error) { report(nc, err) }),
 		nats.ReconnectHandler(func(nc *nats.Conn) { report(nc, nil) }),
+		nats.ConnectHandler(func(nc *nats.Conn) { report(nc, nil) }), // the first connect (after a retried one, too)
 		nats.ClosedHandler(func(nc *nats.Conn) { report(nc, nil) }),
 		nats.ErrorHandler(func(nc *nats.Conn, sub *nats.Subscription, err error) {
 			subj := ""

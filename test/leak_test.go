@@ -11,6 +11,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/warren-tunnel/warren/engine"
 	"github.com/warren-tunnel/warren/internal/testutil"
 	"github.com/warren-tunnel/warren/messages"
 	"github.com/warren-tunnel/warren/pool"
@@ -82,6 +83,42 @@ func TestPoolCloseLeavesNothing(t *testing.T) {
 	}
 	if err := p.Close(ctx, 0); err != nil {
 		t.Errorf("second Pool.Close: %v", err)
+	}
+	if err := e.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	testutil.AwaitClosed(t, e.Events(), 10*time.Second, "Events to close after Close returned")
+}
+
+// TestWaitingEngineLeavesNothing: an engine started with nats.wait_on_start before its NATS server
+// exists, with a tunnel started (StartTunnel) that keeps trying, closes leaving no goroutine: not
+// nats.go's connect loop, nor the tunnel's accept loops and retries.
+func TestWaitingEngineLeavesNothing(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	url := "nats://" + testutil.ClosedAddr(t).String()
+	e, err := engine.New(engine.Config{Logger: testLogger(), NATS: engine.NATSConfig{URLs: []string{url}, WaitOnStart: true},
+		Trust: engine.TrustConfig{AnyExit: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := e.Start(ctx); err != nil {
+		t.Fatalf("Start with NATS down: %v", err)
+	}
+	ev := watchTunnel(e)
+	spec := startSpec("waits", "nowhere", 200*time.Millisecond)
+	spec.Health.ReconnectWait = engine.Duration(200 * time.Millisecond)
+	tun, err := e.StartTunnel(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev.await(t, within, stRcn, stFail, stClg)
+	if c, code, err := socksConnect(tun.SOCKSAddr(), "127.0.0.1:9"); err == nil { // parked, then refused: nothing is up
+		c.Close()
+		if code == socksSucceeded {
+			t.Fatal("a proxy connection succeeded through a tunnel that never came up")
+		}
 	}
 	if err := e.Close(ctx); err != nil {
 		t.Fatal(err)

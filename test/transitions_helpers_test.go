@@ -215,6 +215,17 @@ func (w *world) open(spec engine.TunnelSpec) *engine.Tunnel {
 	return openTunnelSpec(w.t, w.client, spec)
 }
 
+// start opens the row's tunnel with StartTunnel: it returns once the listeners are bound.
+func (w *world) start(spec engine.TunnelSpec) *engine.Tunnel {
+	w.t.Helper()
+	spec.Name, spec.UDPBind, spec.SOCKS, spec.HTTP = rowTunnel, "127.0.0.1", "127.0.0.1:0", "127.0.0.1:0"
+	tun, err := w.client.StartTunnel(bounded(w.t), spec)
+	if err != nil {
+		w.t.Fatalf("StartTunnel: %v", err)
+	}
+	return tun
+}
+
 // openErr opens the row's tunnel, which must not come up, and returns why (an error saying it
 // came up if it did: openErr runs off the test goroutine too, where it must not fail the test).
 func (w *world) openErr(ctx context.Context, spec engine.TunnelSpec) error {

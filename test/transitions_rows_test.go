@@ -448,3 +448,28 @@ func TestTransitionsExitGoodbyeDuringSetup(t *testing.T) {
 	}
 	t.Logf("%d of 20 goodbyes sent right after the grant were dropped", dropped)
 }
+
+// rowStartLate: StartTunnel to an exit nobody serves yet; once it starts, the tunnel comes Up by itself.
+func rowStartLate(t *testing.T) rowRun {
+	w := newWorld(t)
+	tun := w.start(spec("x", 2*time.Second, calmHealth()))
+	w.rec.await(t, stRcn)
+	w.exit("x", nil)
+	w.rec.await(t, stUp)
+	wantInfo(t, tun, stUp, "x", 1)
+	return rowRun{w.rec, tun}
+}
+
+// rowStartBlackholed: StartTunnel to an exit whose data plane is blackholed: the session is
+// granted, the first handshake times out, and the tunnel reconnects until the path heals.
+func rowStartBlackholed(t *testing.T) rowRun {
+	w := newWorld(t)
+	_, relay := w.relayed("x")
+	relay.Blackhole()
+	tun := w.start(spec("x", time.Second, calmHealth()))
+	w.rec.await(t, stRcn)
+	relay.Restore()
+	w.rec.await(t, stUp)
+	wantInfo(t, tun, stUp, "x", 1)
+	return rowRun{w.rec, tun}
+}

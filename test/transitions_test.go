@@ -58,6 +58,8 @@ func transitionRows() []transitionRow {
 		{"switch while degraded fails", rowDegradedSwitch, up(append([]messages.TunnelState{stDeg, stSw, stUp, stDeg, stUp}, closed...)...)},
 		{"reconfigure while degraded fails", rowDegradedReconfigure, up(stDeg, stRcf, stFail, stCld)},
 		{"data plane lost while degraded", rowDegradedDataPlane, up(stDeg, stRcn, stClg, stCld)},
+		{"started before its exit: reconnects until it comes", rowStartLate, path(append([]messages.TunnelState{stNeg, stRcn, stUp}, closed...)...)},
+		{"started through a blackhole: reconnects until it heals", rowStartBlackholed, path(append([]messages.TunnelState{stNeg, stHs, stRcn, stUp}, closed...)...)},
 	}
 }
 

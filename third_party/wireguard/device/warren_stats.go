@@ -1,7 +1,10 @@
 package device
 
-// Warren: Traffic and ReceivedByPeer read the peers' counters without formatting the IPC dump, for
-// health checks that run every second on every tunnel and an exit's sweep of silent sessions.
+// Warren: Traffic, ReceivedByPeer and LastHandshake read the peers' counters without formatting
+// the IPC dump, for health checks that run every second on every tunnel, an exit's sweep of silent
+// sessions, and a tunnel's status.
+
+import "time"
 
 // Traffic is the number of bytes received from all peers (rx_bytes in IpcGet, summed) and the
 // number of packets read from the TUN for them: data the device had to send, as opposed to its
@@ -24,4 +27,19 @@ func (device *Device) ReceivedByPeer(f func(key NoisePublicKey, rxBytes uint64))
 	for key, peer := range device.peers.keyMap {
 		f(key, peer.rxBytes.Load())
 	}
+}
+
+// LastHandshake is the time of the most recent completed handshake with any peer
+// (last_handshake_time in IpcGet; the zero time if none has completed).
+func (device *Device) LastHandshake() time.Time {
+	device.peers.RLock()
+	defer device.peers.RUnlock()
+	var last int64
+	for _, peer := range device.peers.keyMap {
+		last = max(last, peer.lastHandshakeNano.Load())
+	}
+	if last == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, last)
 }
