@@ -65,16 +65,21 @@ type Options struct {
 	Logger     *slog.Logger // nil: discard
 }
 
-// ReloadResult says what a reload changed (POST /v1/reload).
+// ReloadResult says what a reload did (POST /v1/reload; `engine run` on SIGHUP logs the same).
 type ReloadResult struct {
-	Opened       []string `json:"opened"`        // tunnels opened
-	Closed       []string `json:"closed"`        // tunnels closed (drained)
-	Switched     []string `json:"switched"`      // tunnels moved to another exit, make-before-break
-	Replaced     []string `json:"replaced"`      // tunnels closed and opened again (a change only a new tunnel applies)
-	Reconfigured []string `json:"reconfigured"`  // tunnels whose session was renewed
-	Pool         []string `json:"pool"`          // what changed in the pool ("size 4 → 6", …)
-	Unchanged    int      `json:"unchanged"`     // tunnels left alone
-	NeedsRestart []string `json:"needs_restart"` // fields that changed but only a restart applies
+	Opened   []string `json:"opened"`   // tunnels opened
+	Closed   []string `json:"closed"`   // tunnels closed (drained)
+	Switched []string `json:"switched"` // tunnels moved to another exit, make-before-break
+	Replaced []string `json:"replaced"` // tunnels closed (drained) and opened again: a change only a new tunnel applies
+	// Pool is what changed in the pool: the settings changed in place ("pool.size", "pool.rotate",
+	// …), or "opened", "closed", "replaced".
+	Pool         []string `json:"pool"`
+	Unchanged    int      `json:"unchanged"`           // tunnels left alone
+	NeedsRestart []string `json:"needs_restart"`       // sections that changed but only a restart applies
+	LogLevel     string   `json:"log_level,omitempty"` // the new log level, when it changed
+	// Errors are the changes that could not be applied (a port in use, an exit that refused a
+	// switch); the rest was applied, and a later reload tries these again.
+	Errors []string `json:"errors"`
 }
 
 // Server serves the admin API. Its methods are safe for concurrent use.
@@ -89,7 +94,6 @@ type Server struct {
 	handler  http.Handler
 	metrics  *metrics
 	rates    rates
-	tunnels  tunnelSet // TODO(core): delete with the registry in core_api.go
 
 	// base is the context of every request; cancelled by Close when its ctx ends before the
 	// handlers have returned.
@@ -150,6 +154,13 @@ func New(cfg Config, opts Options) (*Server, error) {
 
 func fieldErr(field, format string, args ...any) error {
 	return &engine.FieldError{Field: field, Err: fmt.Errorf(format, args...)}
+}
+
+// Validate checks the config as New does (the token file is read); errors are *engine.FieldError
+// naming the field.
+func (c Config) Validate() error {
+	_, _, err := c.check()
+	return err
 }
 
 // check validates the config and returns the token and whether Listen is on loopback.

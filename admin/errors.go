@@ -32,7 +32,7 @@ const (
 	CodeTooLarge         = "too_large"          // 413: a body over 64 KiB
 	CodeUnsupportedMedia = "unsupported_media"  // 415: a POST or PATCH without Content-Type: application/json
 	CodeInternal         = "internal"           // 500: a bug (logged)
-	CodeNotImplemented   = "not_implemented"    // 501: no reload function, or engine support not in this build
+	CodeNotImplemented   = "not_implemented"    // 501: no reload function
 	CodeFailed           = "failed"             // 502: the transition failed at the exit: unreachable, refused, no handshake
 	CodeUnavailable      = "unavailable"        // 503: the engine (or pool) is closed or not started, NATS or signaling is down
 	CodeTimeout          = "timeout"            // 504: the call's timeout passed first; the transition may still go on
@@ -85,9 +85,7 @@ func classify(err error) *Error {
 	switch {
 	case errors.As(err, &fe), errors.Is(err, engine.ErrInvalidConfig), errors.Is(err, pool.ErrRange):
 		return newError(CodeBadRequest, msg)
-	case errors.Is(err, errNotYet):
-		return newError(CodeNotImplemented, msg)
-	case errors.Is(err, errTunnelNotFound), errors.Is(err, engine.ErrTunnelClosed):
+	case errors.Is(err, errTunnelNotFound), errors.Is(err, engine.ErrTunnelClosed), errors.Is(err, pool.ErrNoSlot):
 		return newError(CodeNotFound, msg)
 	case errors.Is(err, engine.ErrNoExit):
 		return newError(CodeNotFound, errNoExit.Message)
@@ -100,7 +98,7 @@ func classify(err error) *Error {
 		return newError(CodeUnavailable, "the admin server is closing: "+msg)
 	case errors.Is(err, engine.ErrEngineClosed), errors.Is(err, engine.ErrNotStarted), errors.Is(err, pool.ErrClosed),
 		errors.Is(err, engine.ErrNATSUnavailable), errors.Is(err, engine.ErrNoSignaling), errors.Is(err, engine.ErrNoDirectory),
-		errors.Is(err, ErrClosed):
+		errors.Is(err, ErrClosed), errors.Is(err, engine.ErrUnresponsive):
 		return newError(CodeUnavailable, msg)
 	case errors.Is(err, engine.ErrExitUnreachable), errors.Is(err, engine.ErrSessionRefused),
 		errors.Is(err, engine.ErrHandshakeTimeout), errors.Is(err, engine.ErrExitGone), errors.Is(err, engine.ErrDeviceFailed),

@@ -206,15 +206,6 @@ func wantAPIError(t *testing.T, err error, code string) *admin.Error {
 	return ae
 }
 
-// notYet skips what needs the engine API of issue 14's CORE stream while this build lacks it.
-func notYet(t *testing.T, err error) {
-	t.Helper()
-	var ae *admin.Error
-	if errors.As(err, &ae) && ae.Code == admin.CodeNotImplemented {
-		t.Skipf("TODO(core): %v", err)
-	}
-}
-
 func bounded(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	t.Cleanup(cancel)

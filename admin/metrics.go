@@ -220,13 +220,11 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 func (m *metrics) handshakeAges(ch chan<- prometheus.Metric, infos []engine.TunnelInfo) {
 	h := histogram{Bounds: handshakeAgeBuckets, Counts: make([]uint64, len(handshakeAgeBuckets)+1)}
 	now := time.Now()
-	seen := false
 	for _, in := range infos {
 		last := extraOf(in).LastHandshake
 		if last.IsZero() {
 			continue
 		}
-		seen = true
 		age := max(now.Sub(last).Seconds(), 0)
 		i := 0
 		for i < len(h.Bounds) && age > h.Bounds[i] {
@@ -235,9 +233,6 @@ func (m *metrics) handshakeAges(ch chan<- prometheus.Metric, infos []engine.Tunn
 		h.Counts[i]++
 		h.Count++
 		h.Sum += age
-	}
-	if !seen && !engineCounters(m.s.eng).ok {
-		return // the engine of this build does not report handshakes (TODO(core): always send it)
 	}
 	ch <- constHistogram(m.handshakeAge, h)
 }

@@ -166,6 +166,23 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("%s%v: %v, want %v", c.name, c.labels, got, c.want)
 		}
 	}
+	// The tunnel's transitions, reconnections (none, every cause listed), its handshake, signaling.
+	for _, tr := range [][2]string{{"negotiating", "handshaking"}, {"handshaking", "up"}} {
+		if got := after.must(t, "warren_tunnel_transitions_total", "from", tr[0], "to", tr[1]); got != 1 {
+			t.Errorf("transitions %s→%s: %v, want 1", tr[0], tr[1], got)
+		}
+	}
+	for _, cause := range messages.ReconnectCauses {
+		if got := after.must(t, "warren_reconnects_total", "cause", cause); got != 0 {
+			t.Errorf("reconnects %s: %v", cause, got)
+		}
+	}
+	if got := after.must(t, "warren_handshake_age_seconds"); got != 1 {
+		t.Errorf("handshake ages: %v tunnels, want 1", got)
+	}
+	if got := after.must(t, "warren_signaling_rtt_seconds"); got < 1 {
+		t.Errorf("signaling round trips: %v, want at least the session request", got)
+	}
 	if f := after["warren_signed_messages_refused_total"]; f == nil || len(f.Metric) != 13 {
 		t.Errorf("refusal series: %v", f)
 	}

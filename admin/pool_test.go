@@ -9,6 +9,7 @@ import (
 
 	"github.com/warren-tunnel/warren/admin"
 	"github.com/warren-tunnel/warren/engine"
+	"github.com/warren-tunnel/warren/internal/testutil"
 	"github.com/warren-tunnel/warren/pool"
 )
 
@@ -51,6 +52,23 @@ func TestPoolAPI(t *testing.T) {
 			t.Fatalf("slot %d: %+v", i, s)
 		}
 	}
+	// A connection through slot 1's port is listed with its slot, under its tunnel's name too.
+	echo := testutil.EchoServer(t)
+	conn := openSocks(t, pv.Slots[1].SOCKS, echo.Addr())
+	cs := testutil.Poll(t, 10*time.Second, "the slot's connection", func(ctx context.Context) ([]admin.Connection, error) {
+		return e.c.Connections(ctx, "")
+	}, func(cs []admin.Connection) bool { return len(cs) == 1 })
+	if cs[0].Slot == nil || *cs[0].Slot != 1 || cs[0].Tunnel != pv.Slots[1].Tunnel || cs[0].Target != echo.Addr() {
+		t.Fatalf("slot connection: %+v", cs[0])
+	}
+	if one, err := e.c.Connections(bounded(t), pv.Slots[1].Tunnel); err != nil || len(one) != 1 || one[0].ID != cs[0].ID {
+		t.Fatalf("connections of the slot's tunnel: %+v, %v", one, err)
+	}
+	conn.Close()
+	testutil.Poll(t, 10*time.Second, "the slot's connection to end", func(ctx context.Context) ([]admin.Connection, error) {
+		return e.c.Connections(ctx, "")
+	}, func(cs []admin.Connection) bool { return len(cs) == 0 })
+
 	st, err := e.c.Status(bounded(t))
 	if err != nil || st.Pool == nil || st.Pool.Name != "pool" || st.Pool.Slots.Total != 2 || st.Role != "exit+client" {
 		t.Fatalf("status: %+v, %v", st, err)

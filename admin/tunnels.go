@@ -192,7 +192,6 @@ func (s *Server) deleteTunnel(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	err = t.Close(ctx, opts...)
-	s.tunnelClosed(t.ID())
 	if errors.Is(err, context.DeadlineExceeded) {
 		return newError(CodeTimeout, "the timeout passed during the drain: the tunnel was closed at once ("+err.Error()+")")
 	}

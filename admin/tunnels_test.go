@@ -2,6 +2,7 @@ package admin_test
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -140,18 +141,15 @@ func TestSwitchAPI(t *testing.T) {
 	}
 }
 
-// TestConnectionsAPI: GET /v1/connections lists the active connections (needs the engine's
-// connection list: skipped while this build lacks it).
+// TestConnectionsAPI: GET /v1/connections lists the active connections, of one tunnel or of all.
 func TestConnectionsAPI(t *testing.T) {
 	eng := startEngine(t, "x", nil)
 	e := serve(t, eng, admin.Config{}, admin.Options{})
 	tun := decodeReply[admin.Tunnel](t, e.do("POST", "/v1/tunnels", tunnelJSON("t", "x")), http.StatusCreated)
-	_, err := e.c.Connections(bounded(t), "")
-	notYet(t, err)
-	if err != nil {
-		t.Fatal(err)
+	if cs, err := e.c.Connections(bounded(t), ""); err != nil || len(cs) != 0 {
+		t.Fatalf("connections before any: %+v, %v", cs, err)
 	}
-	_, err = e.c.Connections(bounded(t), "nope")
+	_, err := e.c.Connections(bounded(t), "nope")
 	wantAPIError(t, err, admin.CodeNotFound)
 	echo := testutil.EchoServer(t)
 	conn := openSocks(t, tun.SOCKS, echo.Addr())
@@ -159,7 +157,20 @@ func TestConnectionsAPI(t *testing.T) {
 	cs := testutil.Poll(t, 10*time.Second, "one connection listed", func(ctx context.Context) ([]admin.Connection, error) {
 		return e.c.Connections(ctx, "t")
 	}, func(cs []admin.Connection) bool { return len(cs) == 1 })
-	if cs[0].Tunnel != "t" || cs[0].Kind != "socks5" || cs[0].Target != echo.Addr() || cs[0].Exit != "x" {
+	if cs[0].Tunnel != "t" || cs[0].Kind != "socks5" || cs[0].Target != echo.Addr() || cs[0].Exit != "x" ||
+		cs[0].Source != conn.LocalAddr().String() || cs[0].Slot != nil {
 		t.Fatalf("connection: %+v", cs[0])
+	}
+	if _, err := conn.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(conn, make([]byte, 5)); err != nil {
+		t.Fatal(err)
+	}
+	all := testutil.Poll(t, 10*time.Second, "its bytes so far", func(ctx context.Context) ([]admin.Connection, error) {
+		return e.c.Connections(ctx, "")
+	}, func(cs []admin.Connection) bool { return len(cs) == 1 && cs[0].BytesIn == 5 && cs[0].BytesOut == 5 })
+	if all[0].ID != cs[0].ID {
+		t.Fatalf("all connections: %+v", all)
 	}
 }

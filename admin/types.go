@@ -61,8 +61,8 @@ type ConnStats struct {
 	Active int    `json:"active"`
 	Opened uint64 `json:"opened"`
 	Ended  uint64 `json:"ended"`
-	// BytesIn: proxy client → destination (incoming side to outgoing side); BytesOut: back. They
-	// count delivered bytes of ended connections (and, with engine support, of active ones).
+	// BytesIn: proxy client → destination (incoming side to outgoing side); BytesOut: back: the
+	// bytes delivered by ended connections and, so far, by active ones.
 	BytesIn  int64 `json:"bytes_in"`
 	BytesOut int64 `json:"bytes_out"`
 	// Ends counts ended connections per side ("incoming", "outgoing") and end reason

@@ -60,7 +60,10 @@ type Config struct {
 	// clients (docs/security.md).
 	Trust    TrustConfig  `yaml:"trust"`
 	Logger   *slog.Logger `yaml:"-"`         // nil: discard
-	LogLevel string       `yaml:"log_level"` // for cmd/engine: debug, info, warn, error
+	LogLevel string       `yaml:"log_level"` // for cmd/engine: debug, info (default), warn, error
+	// LogFormat is cmd/engine's log format: text (default: key=value lines) or json (one object a
+	// line, for log shippers).
+	LogFormat string `yaml:"log_format"`
 }
 
 // TrustConfig is the engine's trust on a shared NATS bus (docs/security.md).
@@ -371,6 +374,11 @@ func (c *Config) Validate() error {
 	case "", "debug", "info", "warn", "error":
 	default:
 		return fieldErr("log_level", "%q is not one of debug, info, warn, error", echoValue(c.LogLevel))
+	}
+	switch c.LogFormat {
+	case "", "text", "json":
+	default:
+		return fieldErr("log_format", "%q is not one of text, json", echoValue(c.LogFormat))
 	}
 	if err := c.Trust.validate(c.Identity); err != nil {
 		return err

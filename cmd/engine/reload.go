@@ -1,0 +1,240 @@
+package main
+
+// Reload: `engine run` re-reads its config file (SIGHUP, or POST /v1/reload on the admin API) and
+// applies the difference to what runs. What can change in place does; a tunnel or pool setting
+// that cannot is applied by replacing that tunnel or pool; what only a restart applies (nats,
+// identity, trust, exit, log_format, admin) is reported and left as it runs.
+//
+//	tunnel added                 opened (StartTunnel: it keeps trying until its exit answers)
+//	tunnel removed               closed with its drain
+//	tunnel's exit changed only   switched, make-before-break (Tunnel.Switch)
+//	tunnel otherwise changed     replaced: the old one closes with its drain, then the new one opens
+//	pool added / removed         opened / closed with its drain
+//	pool size, strategy, cap,    changed in place (Pool.Update)
+//	  filter, max_moves, rotate
+//	pool name, ports, tunnel     replaced: the old pool closes with its drain, then the new one opens
+//	log_level                    changed at once
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/warren-tunnel/warren/admin"
+	"github.com/warren-tunnel/warren/engine"
+	"github.com/warren-tunnel/warren/pool"
+)
+
+// reloadResult says what a reload did.
+type reloadResult = admin.ReloadResult
+
+// reloadWait bounds one reload: drains, switches and opens included.
+const reloadWait = 5 * time.Minute
+
+// applyConfig moves what runs from n.cur to next, returns what it did, and makes next current
+// (keeping the running values of the fields that need a restart). It runs on the node's reload
+// goroutine only: reloads never overlap.
+func (n *node) applyConfig(ctx context.Context, next runConfig) reloadResult {
+	var res reloadResult
+	cur := n.cur
+	res.NeedsRestart = needsRestart(cur, next)
+	if next.LogLevel != cur.LogLevel {
+		n.level.Set(parseLevel(next.LogLevel))
+		res.LogLevel = parseLevel(next.LogLevel).String()
+	}
+
+	// Tunnels, by name (an unnamed one is tunnel-<its index>, as the engine names it).
+	curT, nextT := tunnelsByName(cur.Tunnels), tunnelsByName(next.Tunnels)
+	var closeFirst, open, replace []string
+	switches := map[string]string{}
+	for _, name := range sortedKeys(curT) {
+		spec, ok := nextT[name]
+		switch {
+		case !ok:
+			closeFirst = append(closeFirst, name)
+		case reflect.DeepEqual(spec, curT[name]):
+			res.Unchanged++
+		case onlyExitChanged(curT[name], spec):
+			switches[name] = spec.Exit
+		default:
+			replace = append(replace, name)
+		}
+	}
+	for _, name := range sortedKeys(nextT) {
+		if _, ok := curT[name]; !ok {
+			open = append(open, name)
+		}
+	}
+	var mu sync.Mutex // guards res while the steps below run at once
+	fail := func(format string, args ...any) {
+		mu.Lock()
+		res.Errors = append(res.Errors, fmt.Sprintf(format, args...))
+		mu.Unlock()
+	}
+	done := func(list *[]string, name string) {
+		mu.Lock()
+		*list = append(*list, name)
+		mu.Unlock()
+	}
+	var wg sync.WaitGroup
+	// 1. Close what goes and what is replaced (their ports are free afterwards); switch at once.
+	for _, name := range slices.Concat(closeFirst, replace) {
+		wg.Go(func() {
+			if err := n.closeTunnel(ctx, name); err != nil {
+				fail("tunnels %s: close: %v", name, err)
+			} else if slices.Contains(closeFirst, name) {
+				done(&res.Closed, name)
+			}
+		})
+	}
+	for name, exit := range switches {
+		wg.Go(func() {
+			t, err := n.eng.Tunnel(ctx, name)
+			if err == nil {
+				err = t.Switch(ctx, exit)
+			}
+			if err != nil {
+				fail("tunnels %s: switch to %s: %v (it stays where it was)", name, exit, err)
+				return
+			}
+			done(&res.Switched, name)
+		})
+	}
+	// The pool's close goes with the first step; its opening with the second.
+	poolOpen := false
+	running := n.pool.Load() != nil // a pool that failed to reopen in an earlier reload is gone
+	switch {
+	case running && next.Pool == nil:
+		wg.Go(func() {
+			if err := n.closePool(ctx); err != nil {
+				fail("pool: close: %v", err)
+				return
+			}
+			done(&res.Pool, "closed")
+		})
+	case !running && next.Pool != nil:
+		poolOpen = true
+	case running && !reflect.DeepEqual(*cur.Pool, *next.Pool):
+		changed, err := n.pool.Load().Update(ctx, *next.Pool)
+		switch {
+		case errors.Is(err, pool.ErrFixed):
+			res.Pool = append(res.Pool, "replaced")
+			if err := n.closePool(ctx); err != nil {
+				fail("pool: close: %v", err)
+			} else {
+				poolOpen = true
+			}
+		case err != nil:
+			fail("pool: %v", err)
+		default:
+			res.Pool = append(res.Pool, changed...)
+		}
+	}
+	wg.Wait()
+	// 2. Open what is new and what replaces.
+	for _, name := range slices.Concat(open, replace) {
+		wg.Go(func() {
+			if _, err := n.eng.StartTunnel(ctx, nextT[name]); err != nil {
+				fail("tunnels %s: open: %v", name, err)
+				return
+			}
+			if slices.Contains(open, name) {
+				done(&res.Opened, name)
+			} else {
+				done(&res.Replaced, name)
+			}
+		})
+	}
+	if poolOpen {
+		wg.Go(func() {
+			if err := n.openPool(ctx, *next.Pool); err != nil {
+				fail("pool: open: %v", err)
+				return
+			}
+			if !slices.Contains(res.Pool, "replaced") {
+				done(&res.Pool, "opened")
+			}
+		})
+	}
+	wg.Wait()
+	for _, l := range [][]string{res.Opened, res.Closed, res.Switched, res.Replaced, res.Errors} {
+		slices.Sort(l)
+	}
+	// What needs a restart keeps its running value, so that the next reload reports it again.
+	kept := next
+	kept.NATS, kept.Identity, kept.Trust, kept.Exit, kept.LogFormat, kept.Admin = cur.NATS, cur.Identity, cur.Trust, cur.Exit, cur.LogFormat, cur.Admin
+	kept.Tunnels = n.keepFailed(cur.Tunnels, next.Tunnels, res)
+	n.cur = kept
+	names := n.configuredNames()
+	n.configured.Store(&names)
+	n.grace.Store(int64(graceFor(kept)))
+	n.logger.Info("config reloaded", "opened", res.Opened, "closed", res.Closed, "switched", res.Switched,
+		"replaced", res.Replaced, "pool", res.Pool, "unchanged", res.Unchanged, "needs_restart", res.NeedsRestart, "errors", res.Errors)
+	return res
+}
+
+// keepFailed is the tunnel list that now runs: next's, except that a tunnel whose switch failed is
+// still on its old exit (a later reload tries again).
+func (n *node) keepFailed(cur, next []engine.TunnelSpec, res reloadResult) []engine.TunnelSpec {
+	curT := tunnelsByName(cur)
+	out := slices.Clone(next)
+	for i := range out {
+		name := tunnelName(out[i], i)
+		if old, ok := curT[name]; ok && onlyExitChanged(old, out[i]) && !slices.Contains(res.Switched, name) {
+			out[i] = old
+		}
+	}
+	return out
+}
+
+// needsRestart lists the top-level sections that changed and that only a restart applies.
+func needsRestart(cur, next runConfig) []string {
+	var out []string
+	for _, f := range []struct {
+		name string
+		a, b any
+	}{
+		{"nats", cur.NATS, next.NATS}, {"identity", cur.Identity, next.Identity}, {"trust", cur.Trust, next.Trust},
+		{"exit", cur.Exit, next.Exit}, {"log_format", cur.LogFormat, next.LogFormat}, {"admin", cur.Admin, next.Admin},
+	} {
+		if !reflect.DeepEqual(f.a, f.b) {
+			out = append(out, f.name)
+		}
+	}
+	return out
+}
+
+func tunnelName(s engine.TunnelSpec, i int) string {
+	if s.Name != "" {
+		return s.Name
+	}
+	return fmt.Sprintf("tunnel-%d", i)
+}
+
+// tunnelsByName names each spec as the engine does (tunnel-<index> when unnamed) and sets its Name.
+func tunnelsByName(specs []engine.TunnelSpec) map[string]engine.TunnelSpec {
+	m := make(map[string]engine.TunnelSpec, len(specs))
+	for i, s := range specs {
+		s.Name = tunnelName(s, i)
+		m[s.Name] = s
+	}
+	return m
+}
+
+func onlyExitChanged(a, b engine.TunnelSpec) bool {
+	a.Exit = b.Exit
+	return reflect.DeepEqual(a, b)
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}

@@ -1,0 +1,253 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	natstest "github.com/nats-io/nats-server/v2/test"
+	"golang.org/x/net/proxy"
+
+	"github.com/warren-tunnel/warren/engine"
+	"github.com/warren-tunnel/warren/internal/testutil"
+	"github.com/warren-tunnel/warren/messages"
+)
+
+// reloadEnv is a NATS server with two exits (ra, rb) that announce every second, and a node that
+// runs the config file path as `engine run` does.
+type reloadEnv struct {
+	natsURL string
+	dir     string
+	path    string
+	node    *node
+	echo    string
+}
+
+func newReloadEnv(t *testing.T) *reloadEnv {
+	opts := natstest.DefaultTestOptions
+	opts.Host, opts.Port = "127.0.0.1", -1
+	srv := natstest.RunServer(&opts)
+	t.Cleanup(srv.Shutdown)
+	env := &reloadEnv{natsURL: srv.ClientURL(), dir: t.TempDir(), echo: testutil.EchoServer(t).Addr()}
+	env.path = filepath.Join(env.dir, "engine.yaml")
+	for _, id := range []string{"ra", "rb"} {
+		e, err := engine.New(engine.Config{NATS: engine.NATSConfig{URLs: []string{env.natsURL}},
+			Exit: &engine.ExitConfig{ID: id, Listen: "127.0.0.1:0", Open: true, AnnounceInterval: engine.Duration(time.Second),
+				Egress: engine.EgressConfig{AllowLoopback: true}, RequestsPerSecond: 100, RequestBurst: 100}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err = e.Start(ctx)
+		cancel()
+		if err != nil {
+			t.Fatalf("exit %s: %v", id, err)
+		}
+		t.Cleanup(func() { _ = e.Close(context.Background()) })
+	}
+	return env
+}
+
+// write writes the node's config: the shared header, then body.
+func (env *reloadEnv) write(t *testing.T, body string) {
+	t.Helper()
+	head := fmt.Sprintf("nats: {urls: [%q]}\ntrust: {any_exit: true}\n", env.natsURL)
+	if err := os.WriteFile(env.path, []byte(head+body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// start runs the node on the config file as `engine run` would (without signals and the admin API).
+func (env *reloadEnv) start(t *testing.T) {
+	t.Helper()
+	rc, err := loadConfig(env.path)
+	if err != nil {
+		t.Fatalf("loadConfig: %v", err)
+	}
+	logger, level := newLogger(rc.LogFormat, rc.LogLevel, io.Discard)
+	cfg := rc.Config
+	cfg.Logger = logger
+	eng, err := engine.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := &node{path: env.path, eng: eng, logger: logger, level: level, cur: rc, changed: make(chan struct{}, 1)}
+	go n.logEvents()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := n.start(ctx); err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_ = eng.Close(ctx)
+	})
+	env.node = n
+}
+
+func (env *reloadEnv) reload(t *testing.T) (reloadResult, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	return env.node.reload(ctx)
+}
+
+// tunnelUp waits until the engine's tunnel name is Up on exit and carries an echo through socks.
+func (env *reloadEnv) tunnelUp(t *testing.T, name, exit string) engine.TunnelInfo {
+	t.Helper()
+	var tun *engine.Tunnel
+	info := testutil.Poll(t, 30*time.Second, name+" up on "+exit, func(ctx context.Context) (engine.TunnelInfo, error) {
+		var err error
+		if tun, err = env.node.eng.Tunnel(ctx, name); err != nil {
+			return engine.TunnelInfo{}, err
+		}
+		return tun.Info(ctx)
+	}, func(i engine.TunnelInfo) bool { return i.State == messages.StateUp && i.ExitID == exit })
+	if err := echoVia(info.SOCKSAddr, env.echo); err != nil {
+		t.Fatalf("%s: echo through %s: %v", name, info.SOCKSAddr, err)
+	}
+	return info
+}
+
+func echoVia(socks, target string) error {
+	d, err := proxy.SOCKS5("tcp", socks, nil, &net.Dialer{Timeout: 5 * time.Second})
+	if err != nil {
+		return err
+	}
+	c, err := d.Dial("tcp", target)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	msg := []byte("reload echo")
+	if _, err := c.Write(msg); err != nil {
+		return err
+	}
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, got); err != nil {
+		return err
+	}
+	if string(got) != string(msg) {
+		return fmt.Errorf("echo %q, want %q", got, msg)
+	}
+	return nil
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// TestReloadAppliesEachKindOfChange: one reload that switches a tunnel whose exit changed, closes
+// a removed one, opens a new one, replaces one whose proxies changed, leaves one alone, grows the
+// pool, changes the log level, and reports a NATS change as needing a restart; each outcome is
+// checked through the engine and through the proxies. An invalid file then changes nothing.
+func TestReloadAppliesEachKindOfChange(t *testing.T) {
+	env := newReloadEnv(t)
+	sa, sb, sd, se, sc, hd := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
+	ports := freeRange(t, 3)
+	tunnel := func(name, exit, socks string, extra string) string {
+		return fmt.Sprintf("  - {name: %s, exit: %s, socks: %q, udp_bind: 127.0.0.1%s}\n", name, exit, socks, extra)
+	}
+	poolYAML := func(size int) string {
+		return fmt.Sprintf("pool: {name: rp, size: %d, socks_ports: %q, exits: {ids: [ra, rb]}, tunnel: {udp_bind: 127.0.0.1}}\n", size, ports)
+	}
+	env.write(t, "log_level: info\ntunnels:\n"+tunnel("a", "ra", sa, "")+tunnel("b", "ra", sb, "")+
+		tunnel("d", "ra", sd, "")+tunnel("e", "rb", se, "")+poolYAML(2))
+	env.start(t)
+	for _, n := range []string{"a", "b", "d"} {
+		env.tunnelUp(t, n, "ra")
+	}
+	eInfo := env.tunnelUp(t, "e", "rb")
+
+	env.write(t, "log_level: debug\nlog_format: json\ntunnels:\n"+tunnel("a", "rb", sa, "")+tunnel("c", "rb", sc, "")+
+		tunnel("d", "ra", sd, fmt.Sprintf(", http: %q", hd))+tunnel("e", "rb", se, "")+poolYAML(3))
+	res, err := env.reload(t)
+	if err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	want := reloadResult{Opened: []string{"c"}, Closed: []string{"b"}, Switched: []string{"a"}, Replaced: []string{"d"},
+		Pool: []string{"pool.size"}, Unchanged: 1, NeedsRestart: []string{"log_format"}, LogLevel: "DEBUG"}
+	if fmt.Sprint(res) != fmt.Sprint(want) {
+		t.Fatalf("reload:\n got %+v\nwant %+v", res, want)
+	}
+	env.tunnelUp(t, "a", "rb")
+	env.tunnelUp(t, "c", "rb")
+	if d := env.tunnelUp(t, "d", "ra"); d.HTTPAddr != hd {
+		t.Errorf("d's HTTP proxy on %q, want %s", d.HTTPAddr, hd)
+	}
+	if e := env.tunnelUp(t, "e", "rb"); e.SessionID != eInfo.SessionID {
+		t.Errorf("the unchanged tunnel e was touched: session %s, was %s", e.SessionID, eInfo.SessionID)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := env.node.eng.Tunnel(ctx, "b"); !errors.Is(err, engine.ErrTunnelNotFound) {
+		t.Errorf("b after the reload: %v, want ErrTunnelNotFound", err)
+	}
+	if c, err := net.DialTimeout("tcp", sb, time.Second); err == nil {
+		c.Close()
+		t.Errorf("b's port %s still accepts", sb)
+	}
+	slots, err := env.node.pool.Load().Slots(ctx)
+	if err != nil || len(slots) != 3 {
+		t.Fatalf("pool after the reload: %d slots, %v; want 3", len(slots), err)
+	}
+	if !env.node.logger.Enabled(ctx, -4) {
+		t.Error("log level is not debug after the reload")
+	}
+
+	// The same file again: nothing to do but what still needs a restart.
+	res, err = env.reload(t)
+	if err != nil || res.Unchanged != 4 || len(res.Opened)+len(res.Closed)+len(res.Switched)+len(res.Replaced)+len(res.Pool) != 0 ||
+		!slices.Equal(res.NeedsRestart, []string{"log_format"}) {
+		t.Errorf("reload of the same file: %+v, %v", res, err)
+	}
+
+	// An invalid file changes nothing and names its field.
+	env.write(t, "tunnels:\n"+tunnel("a", "bad id!", sa, ""))
+	if _, err := env.reload(t); err == nil {
+		t.Fatal("reload of an invalid file succeeded")
+	} else if fe := new(engine.FieldError); !errors.As(err, &fe) || fe.Field != "tunnels[0].exit" {
+		t.Fatalf("reload of an invalid file: %v, want a field error for tunnels[0].exit", err)
+	}
+	tuns, err := env.node.eng.Tunnels(ctx)
+	if err != nil || len(tuns) != 4 {
+		t.Fatalf("tunnels after the invalid reload: %d, %v; want 4", len(tuns), err)
+	}
+	env.tunnelUp(t, "a", "rb")
+}
+
+// freeRange finds n consecutive free ports on 127.0.0.1 as a pool range.
+func freeRange(t *testing.T, n int) string {
+	t.Helper()
+	for base := 21000 + int(time.Now().UnixNano()%5000); base < 30000; base += n {
+		ok := true
+		for p := base; p < base+n && ok; p++ {
+			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+			if err != nil {
+				ok = false
+				continue
+			}
+			l.Close()
+		}
+		if ok {
+			return fmt.Sprintf("127.0.0.1:%d-%d", base, base+n-1)
+		}
+	}
+	t.Fatal("no free port range")
+	return ""
+}
