@@ -10,6 +10,7 @@ import (
 
 	"github.com/warren-tunnel/warren/engine"
 	"github.com/warren-tunnel/warren/pool"
+	"github.com/warren-tunnel/warren/signaling"
 )
 
 var (
@@ -85,6 +86,9 @@ func engineCounters(e *engine.Engine) counters {
 // natsStatus is the engine's NATS connection.
 func natsStatus(e *engine.Engine) NATSStatus {
 	n := e.NATSStatus()
+	if n.URL == signaling.InProcessURL {
+		n.URL = "in-process"
+	}
 	return NATSStatus{Connected: n.Connected, URL: n.URL, LastError: n.LastError, Since: n.Since}
 }
 

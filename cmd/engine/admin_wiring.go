@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"slices"
-	"sync/atomic"
 	"time"
 
 	"github.com/warren-tunnel/warren/admin"
@@ -59,7 +58,6 @@ func (n *node) startAdmin(c *admin.Config) (*admin.Server, error) {
 	if err := srv.Start(); err != nil {
 		return nil, fmt.Errorf("admin.listen %s: %w", c.Listen, err)
 	}
-	n.logger.Info("admin API listening", "addr", srv.Addr())
 	return srv, nil
 }
 
@@ -84,5 +82,3 @@ func closeAdmin(srv *admin.Server) {
 		fmt.Fprintf(os.Stderr, "engine: admin: %v\n", err)
 	}
 }
-
-var _ atomic.Bool

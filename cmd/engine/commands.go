@@ -40,7 +40,7 @@ func demo(args []string) int {
 		},
 		Tunnels: []engine.TunnelSpec{{Name: "demo", Exit: "demo-exit", SOCKS: *socks, HTTP: *httpAddr, UDPBind: "127.0.0.1"}},
 	}
-	return serve(runConfig{Config: cfg}, "", adminConfigOf(&admin.Config{Listen: *adminAddr}), true)
+	return serve(runConfig{Config: cfg}, "", nil, adminConfigOf(&admin.Config{Listen: *adminAddr}), true)
 }
 
 func run(args []string) int {
@@ -59,13 +59,18 @@ func run(args []string) int {
 		fmt.Fprintf(os.Stderr, "engine run: %v\n", err)
 		return exitUsage
 	}
-	if *level != "" {
-		cfg.LogLevel = *level
+	override := func(c *runConfig) {
+		if *level != "" {
+			c.LogLevel = *level
+		}
+		// An operator's engine waits for NATS and its exits rather than exiting: tunnels retry,
+		// and /readyz says what is missing. (Not with the embedded server: nothing to wait for.)
+		if len(c.NATS.URLs) > 0 {
+			c.NATS.WaitOnStart = true
+		}
 	}
-	// An operator's engine waits for NATS and its exits rather than exiting: tunnels retry, and
-	// /readyz says what is missing.
-	cfg.NATS.WaitOnStart = true
-	return serve(cfg, *path, adminConfigOf(cfg.Admin), false)
+	override(&cfg)
+	return serve(cfg, *path, override, adminConfigOf(cfg.Admin), false)
 }
 
 // runConfig is the file `engine run` reads: the engine's configuration and, optionally, a pool.

@@ -5,7 +5,8 @@ package main
 // that cannot is applied by replacing that tunnel or pool; what only a restart applies (nats,
 // identity, trust, exit, log_format, admin) is reported and left as it runs.
 //
-//	tunnel added                 opened (StartTunnel: it keeps trying until its exit answers)
+//	tunnel added, or not open    opened (StartTunnel: it keeps trying until its exit answers);
+//	                             a configured tunnel closed through the admin API opens again
 //	tunnel removed               closed with its drain
 //	tunnel's exit changed only   switched, make-before-break (Tunnel.Switch)
 //	tunnel otherwise changed     replaced: the old one closes with its drain, then the new one opens
@@ -56,6 +57,9 @@ func (n *node) applyConfig(ctx context.Context, next runConfig) reloadResult {
 		switch {
 		case !ok:
 			closeFirst = append(closeFirst, name)
+		case !n.isOpen(ctx, name):
+			// Closed meanwhile (through the admin API), or never opened: the file says it runs.
+			open = append(open, name)
 		case reflect.DeepEqual(spec, curT[name]):
 			res.Unchanged++
 		case onlyExitChanged(curT[name], spec):
@@ -175,6 +179,13 @@ func (n *node) applyConfig(ctx context.Context, next runConfig) reloadResult {
 	n.logger.Info("config reloaded", "opened", res.Opened, "closed", res.Closed, "switched", res.Switched,
 		"replaced", res.Replaced, "pool", res.Pool, "unchanged", res.Unchanged, "needs_restart", res.NeedsRestart, "errors", res.Errors)
 	return res
+}
+
+// isOpen reports whether the engine runs tunnel name (an error other than not found counts as open:
+// nothing is done to it).
+func (n *node) isOpen(ctx context.Context, name string) bool {
+	_, err := n.eng.Tunnel(ctx, name)
+	return !errors.Is(err, engine.ErrTunnelNotFound)
 }
 
 // keepFailed is the tunnel list that now runs: next's, except that a tunnel whose switch failed is

@@ -38,21 +38,27 @@ func newReloadEnv(t *testing.T) *reloadEnv {
 	env := &reloadEnv{natsURL: srv.ClientURL(), dir: t.TempDir(), echo: testutil.EchoServer(t).Addr()}
 	env.path = filepath.Join(env.dir, "engine.yaml")
 	for _, id := range []string{"ra", "rb"} {
-		e, err := engine.New(engine.Config{NATS: engine.NATSConfig{URLs: []string{env.natsURL}},
-			Exit: &engine.ExitConfig{ID: id, Listen: "127.0.0.1:0", Open: true, AnnounceInterval: engine.Duration(time.Second),
-				Egress: engine.EgressConfig{AllowLoopback: true}, RequestsPerSecond: 100, RequestBurst: 100}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		err = e.Start(ctx)
-		cancel()
-		if err != nil {
-			t.Fatalf("exit %s: %v", id, err)
-		}
-		t.Cleanup(func() { _ = e.Close(context.Background()) })
+		startExit(t, env.natsURL, id)
 	}
 	return env
+}
+
+// startExit starts exit id on the NATS server at url, announcing every second; closed at the
+// test's end.
+func startExit(t *testing.T, url, id string) {
+	t.Helper()
+	e, err := engine.New(engine.Config{NATS: engine.NATSConfig{URLs: []string{url}},
+		Exit: &engine.ExitConfig{ID: id, Listen: "127.0.0.1:0", Open: true, AnnounceInterval: engine.Duration(time.Second),
+			Egress: engine.EgressConfig{AllowLoopback: true}, RequestsPerSecond: 100, RequestBurst: 100}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := e.Start(ctx); err != nil {
+		t.Fatalf("exit %s: %v", id, err)
+	}
+	t.Cleanup(func() { _ = e.Close(context.Background()) })
 }
 
 // write writes the node's config: the shared header, then body.

@@ -47,6 +47,9 @@ type node struct {
 	// bind is logged and done without (the demo), instead of failing the start.
 	adminCfg      *admin.Config
 	adminOptional bool
+	// override applies the command line to a config read from the file (at start and at each
+	// reload): --log-level, and nats.wait_on_start for engine run.
+	override func(*runConfig)
 	admin         *admin.Server // set by start; closed after the engine
 }
 
@@ -76,7 +79,7 @@ func newLogger(format, level string, w io.Writer) (*slog.Logger, *slog.LevelVar)
 
 // serve starts the node, prints the ready line once the configured tunnels are up, reloads on
 // SIGHUP, and shuts down on a signal: the first SIGINT or SIGTERM gracefully, a second at once.
-func serve(rc runConfig, path string, adminCfg *admin.Config, adminOptional bool) int {
+func serve(rc runConfig, path string, override func(*runConfig), adminCfg *admin.Config, adminOptional bool) int {
 	if err := rc.validate(); err != nil {
 		fmt.Fprintf(os.Stderr, "engine: %v\n", err)
 		return exitUsage
@@ -94,7 +97,7 @@ func serve(rc runConfig, path string, adminCfg *admin.Config, adminOptional bool
 		return exitUsage
 	}
 	n := &node{path: path, eng: eng, logger: logger, level: level, cur: rc, reloads: make(chan reloadReq),
-		changed: make(chan struct{}, 1), adminCfg: adminCfg, adminOptional: adminOptional}
+		changed: make(chan struct{}, 1), adminCfg: adminCfg, adminOptional: adminOptional, override: override}
 	defer func() { closeAdmin(n.admin) }()
 	go n.logEvents()
 	startCtx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -327,6 +330,9 @@ func (n *node) reload(ctx context.Context) (reloadResult, error) {
 	next, err := loadConfig(n.path)
 	if err != nil {
 		return reloadResult{}, err
+	}
+	if n.override != nil {
+		n.override(&next)
 	}
 	return n.applyConfig(ctx, next), nil
 }
