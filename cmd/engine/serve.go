@@ -50,7 +50,7 @@ type node struct {
 	// override applies the command line to a config read from the file (at start and at each
 	// reload): --log-level, and nats.wait_on_start for engine run.
 	override func(*runConfig)
-	admin         *admin.Server // set by start; closed after the engine
+	admin    *admin.Server // set by start; closed after the engine
 }
 
 // errNoConfigFile: a reload of a node that runs without a config file (the demo).
