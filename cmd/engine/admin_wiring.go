@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"os"
 	"slices"
 	"time"
@@ -44,7 +45,7 @@ func (n *node) startAdmin(c *admin.Config) (*admin.Server, error) {
 		Pool:   func() *pool.Pool { return n.pool.Load() },
 		Reload: func(ctx context.Context) (admin.ReloadResult, error) {
 			if n.path == "" {
-				return admin.ReloadResult{}, errNoConfigFile
+				return admin.ReloadResult{}, &admin.Error{Status: http.StatusNotImplemented, Code: admin.CodeNotImplemented, Message: errNoConfigFile.Error()}
 			}
 			return n.requestReload(ctx)
 		},

@@ -329,6 +329,9 @@ func (n *node) reload(ctx context.Context) (reloadResult, error) {
 	}
 	next, err := loadConfig(n.path)
 	if err != nil {
+		if !errors.Is(err, engine.ErrInvalidConfig) { // unreadable, or not YAML: still the file's fault
+			err = fmt.Errorf("%w: %w", engine.ErrInvalidConfig, err)
+		}
 		return reloadResult{}, err
 	}
 	if n.override != nil {
