@@ -1,4 +1,4 @@
 package messages
 
 // SoftwareVersion is Warren's version, announced by every exit (ExitAnnouncement.Version).
-const SoftwareVersion = "0.13.0-dev"
+const SoftwareVersion = "0.14.0-dev"
