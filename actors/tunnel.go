@@ -321,7 +321,7 @@ func (t *tunnelActor) snapshot() messages.TunnelInfo {
 	if l := t.current; l != nil {
 		info.SessionID, info.ExitID, info.ClientAddresses, info.ExitEndpoint = l.sessionID, l.exitID, l.addrs, l.endpoint
 		if l.handshake != nil {
-			info.LastHandshake = l.handshake() // an atomic of the device's peer: no wait
+			info.LastHandshake = l.handshake() // one atomic read of the device: no lock, no wait
 		}
 	}
 	return info

@@ -101,11 +101,14 @@ func (p *poolActor) reconfigure(ctx actor.Context, m *update) {
 	}
 	r.size = old.size
 	p.cfg.r = r
-	ctx.Respond(&updated{changed: changed, target: p.target})
+	if len(changed) > 0 {
+		p.cfg.logger.Info("pool settings changed", "changed", changed)
+	}
+	// The caller appends to and sorts what it gets: its own copy.
+	ctx.Respond(&updated{changed: slices.Clone(changed), target: p.target})
 	if len(changed) == 0 {
 		return
 	}
-	p.cfg.logger.Info("pool settings changed", "changed", changed)
 	for _, v := range p.slots {
 		if v.state == messages.SlotUp && !v.removing {
 			p.scheduleRotation(v)

@@ -38,8 +38,6 @@ func (n *node) startAdmin(c *admin.Config) (*admin.Server, error) {
 	if c == nil {
 		return nil, nil
 	}
-	names := n.configuredNames()
-	n.configured.Store(&names)
 	srv, err := admin.New(*c, admin.Options{
 		Engine: n.eng,
 		Pool:   func() *pool.Pool { return n.pool.Load() },

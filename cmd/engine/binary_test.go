@@ -25,9 +25,18 @@ import (
 
 var (
 	binOnce sync.Once
+	binDir  string // removed by TestMain
 	binPath string
 	binErr  error
 )
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
 
 // binary builds cmd/engine once per test run (without -race: it is the program under test, not
 // the test).
@@ -39,7 +48,7 @@ func binary(t *testing.T) string {
 			binErr = err
 			return
 		}
-		binPath = filepath.Join(dir, "engine")
+		binDir, binPath = dir, filepath.Join(dir, "engine")
 		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
 		if err != nil {
 			binErr = fmt.Errorf("go build: %v\n%s", err, out)
@@ -118,9 +127,8 @@ func (p *proc) line(t *testing.T, prefix string, within time.Duration) string {
 func (p *proc) stop(t *testing.T, sig syscall.Signal) int {
 	t.Helper()
 	_ = p.cmd.Process.Signal(sig)
-	for range p.lines { // drain what is left
-	}
-	err := testutil.Await(t, p.done, 30*time.Second, "engine to exit")
+	testutil.AwaitClosed(t, p.lines, 30*time.Second, "engine's stdout to close") // drains what is left
+	err := testutil.Await(t, p.done, 10*time.Second, "engine to exit")
 	if ee, ok := err.(*exec.ExitError); ok {
 		return ee.ExitCode()
 	}

@@ -78,7 +78,7 @@ var cliCommands = map[string]cliCommand{
 		return o.print(cs, func(tw *tabwriter.Writer) {
 			fmt.Fprintln(tw, "TUNNEL\tID\tKIND\tSOURCE\tTARGET\tEXIT\tAGE\tIN\tOUT")
 			for _, x := range cs {
-				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", x.Tunnel, x.ID, x.Kind, x.Source, x.Target, x.Exit,
+				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", x.Tunnel, x.ID, x.Kind, x.Source, clean(x.Target), x.Exit,
 					age(x.AgeSeconds), size(x.BytesIn), size(x.BytesOut))
 			}
 		})
@@ -167,7 +167,7 @@ func cli(name string, args []string) int {
 	if err := run(ctx, c, pos, cliOut{json: *asJSON, w: os.Stdout}); err != nil {
 		var ae *admin.Error
 		if errors.As(err, &ae) {
-			fmt.Fprintf(os.Stderr, "engine %s: %s: %s\n", name, ae.Code, ae.Message)
+			fmt.Fprintf(os.Stderr, "engine %s: %s: %s\n", name, ae.Code, clean(ae.Message))
 		} else {
 			fmt.Fprintf(os.Stderr, "engine %s: %v\n", name, err)
 		}
@@ -225,7 +225,7 @@ func cliStatus(ctx context.Context, c *admin.Client, _ []string, o cliOut) error
 		fmt.Fprintf(tw, "version\t%s\n", s.Version)
 		fmt.Fprintf(tw, "role\t%s\n", s.Role)
 		fmt.Fprintf(tw, "uptime\t%s\n", age(s.UptimeSeconds))
-		fmt.Fprintf(tw, "nats\t%s %s\t%s\n", nats, s.NATS.URL, s.NATS.LastError)
+		fmt.Fprintf(tw, "nats\t%s %s\t%s\n", nats, s.NATS.URL, clean(s.NATS.LastError))
 		if s.Exit != nil {
 			state := "serving"
 			if s.Exit.Draining {
@@ -244,7 +244,7 @@ func cliStatus(ctx context.Context, c *admin.Client, _ []string, o cliOut) error
 		if ready.OK {
 			fmt.Fprintln(tw, "ready\tyes")
 		} else {
-			fmt.Fprintf(tw, "ready\tno\t%s\n", strings.Join(ready.Problems, "; "))
+			fmt.Fprintf(tw, "ready\tno\t%s\n", clean(strings.Join(ready.Problems, "; ")))
 		}
 		for k, n := range s.Problems {
 			fmt.Fprintf(tw, "problem\t%s\t%d\n", k, n)
@@ -286,7 +286,7 @@ func cliPool(ctx context.Context, c *admin.Client, a []string, o cliOut) error {
 		return o.print(r, func(tw *tabwriter.Writer) {
 			fmt.Fprintf(tw, "moved\t%d\nfailed\t%d\n", r.Moved, r.Failed)
 			for _, f := range r.Errors {
-				fmt.Fprintf(tw, "slot %d\t%s\t%s\n", f.Slot, f.Code, f.Message)
+				fmt.Fprintf(tw, "slot %d\t%s\t%s\n", f.Slot, f.Code, clean(f.Message))
 			}
 		})
 	}
@@ -298,7 +298,7 @@ func tunnelTable(tw *tabwriter.Writer, ts []admin.Tunnel) {
 	for _, t := range ts {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\n", t.Name, t.State, t.Exit, age(t.AgeSeconds),
 			t.Connections.Active, t.Connections.Opened, size(t.Connections.BytesIn), size(t.Connections.BytesOut),
-			dash(t.SOCKS), dash(t.HTTP), t.Cause)
+			dash(t.SOCKS), dash(t.HTTP), clean(t.Cause))
 	}
 }
 
@@ -313,7 +313,7 @@ func poolTable(tw *tabwriter.Writer, p admin.Pool) {
 	fmt.Fprintln(tw, "SLOT\tSTATE\tEXIT\tAGE\tMOVES\tACTIVE\tIN\tOUT\tSOCKS5\tHTTP\tCAUSE")
 	for _, s := range p.Slots {
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\n", s.Index, s.State, dash(s.Exit), age(s.AgeSeconds), s.Moves,
-			s.Connections.Active, size(s.Connections.BytesIn), size(s.Connections.BytesOut), dash(s.SOCKS), dash(s.HTTP), s.Cause)
+			s.Connections.Active, size(s.Connections.BytesIn), size(s.Connections.BytesOut), dash(s.SOCKS), dash(s.HTTP), clean(s.Cause))
 	}
 }
 
@@ -324,7 +324,7 @@ func reloadTable(tw *tabwriter.Writer, r admin.ReloadResult) {
 	}{{"opened", r.Opened}, {"closed", r.Closed}, {"switched", r.Switched}, {"replaced", r.Replaced},
 		{"pool", r.Pool}, {"needs restart", r.NeedsRestart}, {"errors", r.Errors}} {
 		if len(row.list) > 0 {
-			fmt.Fprintf(tw, "%s\t%s\n", row.what, strings.Join(row.list, ", "))
+			fmt.Fprintf(tw, "%s\t%s\n", row.what, clean(strings.Join(row.list, ", ")))
 		}
 	}
 	if r.LogLevel != "" {
@@ -363,7 +363,19 @@ func dash(s string) string {
 	if s == "" {
 		return "-"
 	}
-	return s
+	return clean(s)
+}
+
+// clean makes a string safe to print to a terminal: causes carry exits' messages and targets carry
+// what proxy clients sent, either of which could hold escape sequences. Control characters become
+// U+FFFD; tabs too (they would break the table).
+func clean(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
+			return '\uFFFD'
+		}
+		return r
+	}, s)
 }
 
 // age prints seconds as a short duration: 45s, 12m3s, 5h2m, 3d4h.

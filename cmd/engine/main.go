@@ -47,8 +47,9 @@ func main() {
 
 func usage() {
 	fmt.Fprint(os.Stderr, `usage:
-  engine demo [--socks ADDR] [--http ADDR] [--log-level LEVEL]
-      embedded NATS, one exit and one tunnel in this process; proxies on 127.0.0.1:1080 and :8080
+  engine demo [--socks ADDR] [--http ADDR] [--admin ADDR] [--log-level LEVEL]
+      embedded NATS, one exit and one tunnel in this process; proxies on 127.0.0.1:1080 and :8080,
+      admin API and status page on 127.0.0.1:9090 (--admin off: none)
   engine run --config FILE [--log-level LEVEL]
       an exit, client tunnels and/or a pool as FILE (YAML) says, against the configured NATS;
       admin API on 127.0.0.1:9090 (admin.listen); SIGHUP reloads FILE

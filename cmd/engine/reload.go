@@ -27,6 +27,7 @@ import (
 
 	"github.com/warren-tunnel/warren/admin"
 	"github.com/warren-tunnel/warren/engine"
+	"github.com/warren-tunnel/warren/messages"
 	"github.com/warren-tunnel/warren/pool"
 )
 
@@ -36,9 +37,10 @@ type reloadResult = admin.ReloadResult
 // reloadWait bounds one reload: drains, switches and opens included.
 const reloadWait = 5 * time.Minute
 
-// applyConfig moves what runs from n.cur to next, returns what it did, and makes next current
-// (keeping the running values of the fields that need a restart). It runs on the node's reload
-// goroutine only: reloads never overlap.
+// applyConfig moves what runs from n.cur to next, returns what it did, and makes next current —
+// except where a step failed (that part of cur stays, so that a later reload tries again) and for
+// the fields that need a restart (they keep their running values, so that every reload reports
+// them). It runs on the node's reload goroutine only: reloads never overlap.
 func (n *node) applyConfig(ctx context.Context, next runConfig) reloadResult {
 	var res reloadResult
 	cur := n.cur
@@ -54,17 +56,22 @@ func (n *node) applyConfig(ctx context.Context, next runConfig) reloadResult {
 	switches := map[string]string{}
 	for _, name := range sortedKeys(curT) {
 		spec, ok := nextT[name]
-		switch {
-		case !ok:
+		if !ok {
 			closeFirst = append(closeFirst, name)
-		case !n.isOpen(ctx, name):
+			continue
+		}
+		state, running := n.tunnelState(ctx, name)
+		switch {
+		case !running:
 			// Closed meanwhile (through the admin API), or never opened: the file says it runs.
 			open = append(open, name)
 		case reflect.DeepEqual(spec, curT[name]):
 			res.Unchanged++
-		case onlyExitChanged(curT[name], spec):
+		case onlyExitChanged(curT[name], spec) && serving(state):
 			switches[name] = spec.Exit
 		default:
+			// A tunnel that is not up (still trying a mistyped exit, say) cannot switch: it is
+			// replaced, and tries the new exit from the start.
 			replace = append(replace, name)
 		}
 	}
@@ -73,10 +80,14 @@ func (n *node) applyConfig(ctx context.Context, next runConfig) reloadResult {
 			open = append(open, name)
 		}
 	}
-	var mu sync.Mutex // guards res while the steps below run at once
-	fail := func(format string, args ...any) {
+	var mu sync.Mutex // guards res and keepOld while the steps below run at once
+	keepOld := map[string]bool{} // tunnels whose old spec still describes what runs (a close or switch failed)
+	fail := func(name, format string, args ...any) {
 		mu.Lock()
 		res.Errors = append(res.Errors, fmt.Sprintf(format, args...))
+		if name != "" {
+			keepOld[name] = true
+		}
 		mu.Unlock()
 	}
 	done := func(list *[]string, name string) {
@@ -84,15 +95,22 @@ func (n *node) applyConfig(ctx context.Context, next runConfig) reloadResult {
 		*list = append(*list, name)
 		mu.Unlock()
 	}
+	replaceOK := map[string]bool{}
 	var wg sync.WaitGroup
 	// 1. Close what goes and what is replaced (their ports are free afterwards); switch at once.
 	for _, name := range slices.Concat(closeFirst, replace) {
 		wg.Go(func() {
 			if err := n.closeTunnel(ctx, name); err != nil {
-				fail("tunnels %s: close: %v", name, err)
-			} else if slices.Contains(closeFirst, name) {
-				done(&res.Closed, name)
+				fail(name, "tunnels %s: close: %v", name, err)
+				return
 			}
+			if slices.Contains(closeFirst, name) {
+				done(&res.Closed, name)
+				return
+			}
+			mu.Lock()
+			replaceOK[name] = true
+			mu.Unlock()
 		})
 	}
 	for name, exit := range switches {
@@ -102,20 +120,20 @@ func (n *node) applyConfig(ctx context.Context, next runConfig) reloadResult {
 				err = t.Switch(ctx, exit)
 			}
 			if err != nil {
-				fail("tunnels %s: switch to %s: %v (it stays where it was)", name, exit, err)
+				fail(name, "tunnels %s: switch to %s: %v (it stays where it was)", name, exit, err)
 				return
 			}
 			done(&res.Switched, name)
 		})
 	}
 	// The pool's close goes with the first step; its opening with the second.
-	poolOpen := false
+	poolOpen, poolKeep := false, false
 	running := n.pool.Load() != nil // a pool that failed to reopen in an earlier reload is gone
 	switch {
 	case running && next.Pool == nil:
 		wg.Go(func() {
 			if err := n.closePool(ctx); err != nil {
-				fail("pool: close: %v", err)
+				fail("", "pool: close: %v", err)
 				return
 			}
 			done(&res.Pool, "closed")
@@ -128,35 +146,41 @@ func (n *node) applyConfig(ctx context.Context, next runConfig) reloadResult {
 		case errors.Is(err, pool.ErrFixed):
 			res.Pool = append(res.Pool, "replaced")
 			if err := n.closePool(ctx); err != nil {
-				fail("pool: close: %v", err)
+				fail("", "pool: close: %v", err)
 			} else {
 				poolOpen = true
 			}
 		case err != nil:
-			fail("pool: %v", err)
+			fail("", "pool: %v", err)
+			poolKeep = true
 		default:
 			res.Pool = append(res.Pool, changed...)
 		}
 	}
 	wg.Wait()
-	// 2. Open what is new and what replaces.
-	for _, name := range slices.Concat(open, replace) {
+	// 2. Open what is new, what was not running, and what replaces.
+	for _, name := range open {
 		wg.Go(func() {
 			if _, err := n.eng.StartTunnel(ctx, nextT[name]); err != nil {
-				fail("tunnels %s: open: %v", name, err)
+				fail("", "tunnels %s: open: %v", name, err)
 				return
 			}
-			if slices.Contains(open, name) {
-				done(&res.Opened, name)
-			} else {
-				done(&res.Replaced, name)
+			done(&res.Opened, name)
+		})
+	}
+	for name := range replaceOK {
+		wg.Go(func() {
+			if _, err := n.eng.StartTunnel(ctx, nextT[name]); err != nil {
+				fail("", "tunnels %s: open: %v", name, err) // closed, not open: the next reload opens it
+				return
 			}
+			done(&res.Replaced, name)
 		})
 	}
 	if poolOpen {
 		wg.Go(func() {
 			if err := n.openPool(ctx, *next.Pool); err != nil {
-				fail("pool: open: %v", err)
+				fail("", "pool: open: %v", err) // none runs: the next reload opens it
 				return
 			}
 			if !slices.Contains(res.Pool, "replaced") {
@@ -168,10 +192,13 @@ func (n *node) applyConfig(ctx context.Context, next runConfig) reloadResult {
 	for _, l := range [][]string{res.Opened, res.Closed, res.Switched, res.Replaced, res.Errors} {
 		slices.Sort(l)
 	}
-	// What needs a restart keeps its running value, so that the next reload reports it again.
 	kept := next
+	// What needs a restart keeps its running value, so that the next reload reports it again.
 	kept.NATS, kept.Identity, kept.Trust, kept.Exit, kept.LogFormat, kept.Admin = cur.NATS, cur.Identity, cur.Trust, cur.Exit, cur.LogFormat, cur.Admin
-	kept.Tunnels = n.keepFailed(cur.Tunnels, next.Tunnels, res)
+	kept.Tunnels = keptTunnels(curT, next.Tunnels, keepOld)
+	if poolKeep {
+		kept.Pool = cur.Pool
+	}
 	n.cur = kept
 	names := n.configuredNames()
 	n.configured.Store(&names)
@@ -181,22 +208,44 @@ func (n *node) applyConfig(ctx context.Context, next runConfig) reloadResult {
 	return res
 }
 
-// isOpen reports whether the engine runs tunnel name (an error other than not found counts as open:
-// nothing is done to it).
-func (n *node) isOpen(ctx context.Context, name string) bool {
-	_, err := n.eng.Tunnel(ctx, name)
-	return !errors.Is(err, engine.ErrTunnelNotFound)
+// tunnelState is the state of the engine's tunnel name, and whether it runs at all (an error other
+// than not found counts as running, in an unknown state: it is not switched, but replaced).
+func (n *node) tunnelState(ctx context.Context, name string) (messages.TunnelState, bool) {
+	t, err := n.eng.Tunnel(ctx, name)
+	if errors.Is(err, engine.ErrTunnelNotFound) {
+		return "", false
+	}
+	if err != nil {
+		return "", true
+	}
+	info, err := t.Info(ctx)
+	if errors.Is(err, engine.ErrTunnelClosed) {
+		return "", false
+	}
+	return info.State, true
 }
 
-// keepFailed is the tunnel list that now runs: next's, except that a tunnel whose switch failed is
-// still on its old exit (a later reload tries again).
-func (n *node) keepFailed(cur, next []engine.TunnelSpec, res reloadResult) []engine.TunnelSpec {
-	curT := tunnelsByName(cur)
-	out := slices.Clone(next)
-	for i := range out {
-		name := tunnelName(out[i], i)
-		if old, ok := curT[name]; ok && onlyExitChanged(old, out[i]) && !slices.Contains(res.Switched, name) {
-			out[i] = old
+// serving: the states in which a tunnel carries connections and can switch (as /readyz counts them).
+func serving(s messages.TunnelState) bool {
+	return s == messages.StateUp || s == messages.StateDegraded || s == messages.StateSwitching
+}
+
+// keptTunnels is the tunnel list that now runs: next's, except those whose close or switch
+// failed, which still run as cur describes them (a later reload tries again).
+func keptTunnels(curT map[string]engine.TunnelSpec, next []engine.TunnelSpec, keepOld map[string]bool) []engine.TunnelSpec {
+	out := make([]engine.TunnelSpec, 0, len(next))
+	seen := map[string]bool{}
+	for i, s := range next {
+		s.Name = tunnelName(s, i) // explicit from now on: positions may shift, names do not
+		seen[s.Name] = true
+		if keepOld[s.Name] {
+			s = curT[s.Name]
+		}
+		out = append(out, s)
+	}
+	for _, name := range sortedKeys(curT) {
+		if keepOld[name] && !seen[name] { // removed from the file, but its close failed
+			out = append(out, curT[name])
 		}
 	}
 	return out

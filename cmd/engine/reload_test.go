@@ -18,6 +18,7 @@ import (
 	"github.com/warren-tunnel/warren/engine"
 	"github.com/warren-tunnel/warren/internal/testutil"
 	"github.com/warren-tunnel/warren/messages"
+	"github.com/warren-tunnel/warren/pool"
 )
 
 // reloadEnv is a NATS server with two exits (ra, rb) that announce every second, and a node that
@@ -85,6 +86,8 @@ func (env *reloadEnv) start(t *testing.T) {
 		t.Fatal(err)
 	}
 	n := &node{path: env.path, eng: eng, logger: logger, level: level, cur: rc, changed: make(chan struct{}, 1)}
+	names := n.configuredNames()
+	n.configured.Store(&names)
 	go n.logEvents()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -235,6 +238,111 @@ func TestReloadAppliesEachKindOfChange(t *testing.T) {
 		t.Fatalf("tunnels after the invalid reload: %d, %v; want 4", len(tuns), err)
 	}
 	env.tunnelUp(t, "a", "rb")
+}
+
+// TestReloadPool: a reload changes a pool's settings in place, replaces it when a fixed setting
+// (its ports) changed, closes it when it is gone from the file, and opens it when it comes back.
+func TestReloadPool(t *testing.T) {
+	env := newReloadEnv(t)
+	four, err := pool.ParsePortRange(freeRange(t, 4))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r1 := fmt.Sprintf("127.0.0.1:%d-%d", four.First, four.First+1)
+	r2 := fmt.Sprintf("127.0.0.1:%d-%d", four.First+2, four.First+3)
+	// A tunnel stays throughout: a file with nothing to run is refused.
+	keep := fmt.Sprintf("tunnels: [{name: x, exit: ra, socks: %q, udp_bind: 127.0.0.1}]\n", freeAddr(t))
+	poolYAML := func(ports, extra string) string {
+		return keep + fmt.Sprintf("pool: {name: rp, size: 2, socks_ports: %q, exits: {ids: [ra, rb]}, tunnel: {udp_bind: 127.0.0.1, drain_timeout: 1s}%s}\n", ports, extra)
+	}
+	env.write(t, poolYAML(r1, ""))
+	env.start(t)
+	slotsUp := func(ports string) {
+		t.Helper()
+		pr, err := pool.ParsePortRange(ports)
+		if err != nil {
+			t.Fatal(err)
+		}
+		testutil.Eventually(t, 30*time.Second, "2 slots up on "+ports, func() bool {
+			p := env.node.pool.Load()
+			if p == nil || p.SOCKSPorts() != pr {
+				return false
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			slots, err := p.Slots(ctx)
+			return err == nil && len(slots) == 2 && slots[0].State == messages.SlotUp && slots[1].State == messages.SlotUp
+		})
+		for i := range 2 {
+			if err := echoVia(pr.AddrOf(i), env.echo); err != nil {
+				t.Fatalf("slot %d on %s: %v", i, pr.AddrOf(i), err)
+			}
+		}
+	}
+	refuses := func(ports string) {
+		t.Helper()
+		pr, _ := pool.ParsePortRange(ports)
+		for i := range 2 {
+			if c, err := net.DialTimeout("tcp", pr.AddrOf(i), time.Second); err == nil {
+				c.Close()
+				t.Errorf("%s still accepts", pr.AddrOf(i))
+			}
+		}
+	}
+	slotsUp(r1)
+	for _, step := range []struct {
+		file string
+		want []string
+	}{
+		{poolYAML(r1, ", strategy: random, rotate: {max_age: 1h}"), []string{"pool.rotate", "pool.strategy"}},
+		{poolYAML(r2, ", strategy: random, rotate: {max_age: 1h}"), []string{"replaced"}},
+		{keep, []string{"closed"}},
+		{poolYAML(r1, ""), []string{"opened"}},
+	} {
+		env.write(t, step.file)
+		res, err := env.reload(t)
+		if err != nil || !slices.Equal(res.Pool, step.want) || len(res.Errors) != 0 {
+			t.Fatalf("reload to %q: pool %v (%+v), %v; want %v", step.file, res.Pool, res, err, step.want)
+		}
+		switch step.want[0] {
+		case "replaced":
+			refuses(r1)
+			slotsUp(r2)
+		case "closed":
+			refuses(r2)
+			if env.node.pool.Load() != nil {
+				t.Fatal("a pool runs after it left the file")
+			}
+		case "opened":
+			slotsUp(r1)
+		}
+	}
+}
+
+// TestReloadFixesAMistypedExit: a tunnel that keeps trying an exit that does not exist cannot
+// switch (it is not up); a reload that corrects its exit replaces it, and it comes up there.
+func TestReloadFixesAMistypedExit(t *testing.T) {
+	env := newReloadEnv(t)
+	sa := freeAddr(t)
+	tunnel := func(exit string) string {
+		return fmt.Sprintf("tunnels: [{name: a, exit: %s, socks: %q, udp_bind: 127.0.0.1, handshake_timeout: 1s, "+
+			"health: {backoff_min: 100ms, backoff_max: 300ms}}]\n", exit, sa)
+	}
+	env.write(t, tunnel("rx"))
+	env.start(t)
+	testutil.Poll(t, 10*time.Second, "a reconnecting", func(ctx context.Context) (engine.TunnelInfo, error) {
+		tun, err := env.node.eng.Tunnel(ctx, "a")
+		if err != nil {
+			return engine.TunnelInfo{}, err
+		}
+		return tun.Info(ctx)
+	}, func(i engine.TunnelInfo) bool { return i.State == messages.StateReconnecting })
+	env.write(t, tunnel("ra"))
+	res, err := env.reload(t)
+	if err != nil || !slices.Equal(res.Replaced, []string{"a"}) || len(res.Switched)+len(res.Errors) != 0 {
+		t.Fatalf("reload correcting the exit: %+v, %v; want a replaced", res, err)
+	}
+	env.tunnelUp(t, "a", "ra")
 }
 
 // freeRange finds n consecutive free ports on 127.0.0.1 as a pool range.

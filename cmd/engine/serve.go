@@ -5,7 +5,8 @@ package main
 // reload goroutine, which also owns n.cur; the pool handle is published for the admin API.
 //
 //	starting ──engine started, tunnels bound, pool placed──▶ running ──configured tunnels Up──▶ "ready" printed
-//	running ──SIGHUP / POST /v1/reload──▶ (reload goroutine) re-read, diff, apply ──▶ running
+//	starting / running ──SIGHUP / POST /v1/reload──▶ queued; (reload goroutine, once started) re-read,
+//	                       diff, apply, one at a time, SIGHUPs that wait coalesced ──▶ running
 //	starting / running ──SIGINT or SIGTERM──▶ draining (Engine.Close) ──▶ exit 0
 //	draining ──second SIGINT or SIGTERM──▶ exit 130 at once
 
@@ -38,6 +39,7 @@ type node struct {
 	pool   atomic.Pointer[pool.Pool] // the running pool, nil without one; read by the admin API
 	// reloads carries reload requests to the reload goroutine; each is answered on its reply.
 	reloads chan reloadReq
+	hup     chan struct{} // a SIGHUP's reload, pending (capacity 1: they coalesce)
 	// changed is signalled (coalesced) on every tunnel state change, for the ready line.
 	changed chan struct{}
 	grace   atomic.Int64 // graceFor(cur), as a time.Duration: kept by the reload goroutine
@@ -57,8 +59,7 @@ type node struct {
 var errNoConfigFile = errors.New("no config file to reload: this engine runs without one (engine demo)")
 
 type reloadReq struct {
-	ctx   context.Context
-	reply chan reloadReply
+	reply chan reloadReply // buffered
 }
 
 type reloadReply struct {
@@ -96,10 +97,15 @@ func serve(rc runConfig, path string, override func(*runConfig), adminCfg *admin
 		fmt.Fprintf(os.Stderr, "engine: %v\n", err)
 		return exitUsage
 	}
-	n := &node{path: path, eng: eng, logger: logger, level: level, cur: rc, reloads: make(chan reloadReq),
+	n := &node{path: path, eng: eng, logger: logger, level: level, cur: rc, reloads: make(chan reloadReq), hup: make(chan struct{}, 1),
 		changed: make(chan struct{}, 1), adminCfg: adminCfg, adminOptional: adminOptional, override: override}
+	names := n.configuredNames()
+	n.configured.Store(&names)
 	defer func() { closeAdmin(n.admin) }()
 	go n.logEvents()
+	started, stopReloads := make(chan struct{}), make(chan struct{})
+	defer close(stopReloads)
+	go n.reloadLoop(started, stopReloads) // owns n.cur once started is closed
 	startCtx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	startErr := make(chan error, 1)
@@ -115,7 +121,8 @@ func serve(rc runConfig, path string, override func(*runConfig), adminCfg *admin
 			started = true
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
-				logger.Warn("SIGHUP during start: ignored (reload once started)")
+				logger.Info("SIGHUP during start: the file is reloaded once started")
+				n.hangup()
 				continue
 			}
 			fmt.Fprintf(os.Stderr, "engine: %v during start; shutting down (again to force)\n", sig)
@@ -133,15 +140,13 @@ func serve(rc runConfig, path string, override func(*runConfig), adminCfg *admin
 			}
 		}
 	}
-	go n.awaitReady(n.readyLine(), n.cur.Tunnels)
+	go n.awaitReady(n.readyLine())
 	n.grace.Store(int64(graceFor(n.cur)))
-	stopReloads := make(chan struct{})
-	defer close(stopReloads)
-	go n.reloadLoop(stopReloads) // owns n.cur from here on
+	close(started)
 	for {
 		sig := <-sigs
 		if sig == syscall.SIGHUP {
-			n.reloadAsync()
+			n.hangup()
 			continue
 		}
 		fmt.Fprintf(os.Stderr, "engine: %v: shutting down gracefully (again to force)\n", sig)
@@ -225,9 +230,9 @@ func (n *node) readyLine() string {
 // awaitReady prints line once every configured tunnel is Up (checked at every tunnel transition)
 // and the pool has slots up; until then /readyz says what is missing. A tunnel that cannot come up
 // is logged by the engine as it retries.
-func (n *node) awaitReady(line string, specs []engine.TunnelSpec) {
+func (n *node) awaitReady(line string) {
 	for {
-		if n.allUp(specs) {
+		if n.allUp(*n.configured.Load()) {
 			if p := n.pool.Load(); p != nil {
 				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 				slots, err := p.Slots(ctx)
@@ -251,16 +256,17 @@ func (n *node) awaitReady(line string, specs []engine.TunnelSpec) {
 	}
 }
 
-func (n *node) allUp(specs []engine.TunnelSpec) bool {
+// allUp reports whether every tunnel named is open and serving (as /readyz counts it).
+func (n *node) allUp(names []string) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	for i, spec := range specs {
-		t, err := n.eng.Tunnel(ctx, tunnelName(spec, i))
+	for _, name := range names {
+		t, err := n.eng.Tunnel(ctx, name)
 		if err != nil {
 			return false
 		}
 		info, err := t.Info(ctx)
-		if err != nil || (info.State != messages.StateUp && info.State != messages.StateDegraded) {
+		if err != nil || !serving(info.State) {
 			return false
 		}
 	}
@@ -282,36 +288,50 @@ func (n *node) logEvents() {
 	}
 }
 
-// reloadLoop runs reloads one at a time until stop is closed.
-func (n *node) reloadLoop(stop <-chan struct{}) {
+// reloadLoop runs reloads one at a time, once started is closed, until stop is. Each runs under
+// its own deadline (reloadWait), whatever happens to whoever asked: a reload is never left half
+// applied because a client went away.
+func (n *node) reloadLoop(started, stop <-chan struct{}) {
+	select {
+	case <-started:
+	case <-stop:
+		return
+	}
+	run := func() (reloadResult, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), reloadWait)
+		defer cancel()
+		return n.reload(ctx)
+	}
 	for {
 		select {
 		case <-stop:
 			return
+		case <-n.hup:
+			if _, err := run(); err != nil {
+				n.logger.Error("reload refused: nothing changed", "err", err)
+			}
 		case req := <-n.reloads:
-			res, err := n.reload(req.ctx)
-			req.reply <- reloadReply{res, err}
+			res, err := run()
+			req.reply <- reloadReply{res, err} // buffered: the caller may have given up
 		}
 	}
 }
 
-// reloadAsync asks for a reload and logs its outcome (SIGHUP).
-func (n *node) reloadAsync() {
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), reloadWait)
-		defer cancel()
-		if _, err := n.requestReload(ctx); err != nil {
-			n.logger.Error("reload refused: nothing changed", "err", err)
-		}
-	}()
+// hangup asks for a reload after SIGHUP; SIGHUPs that come while one waits make one reload.
+func (n *node) hangup() {
+	select {
+	case n.hup <- struct{}{}:
+	default:
+	}
 }
 
-// requestReload reloads the config file and applies it (POST /v1/reload, SIGHUP). An unreadable or
-// invalid file changes nothing: the error names the field.
+// requestReload reloads the config file and applies it (POST /v1/reload), and returns what it
+// did; ctx bounds only the wait (the reload itself runs to its end). An unreadable or invalid file
+// changes nothing: the error names the field.
 func (n *node) requestReload(ctx context.Context) (reloadResult, error) {
 	reply := make(chan reloadReply, 1)
 	select {
-	case n.reloads <- reloadReq{ctx: ctx, reply: reply}:
+	case n.reloads <- reloadReq{reply: reply}:
 	case <-ctx.Done():
 		return reloadResult{}, ctx.Err()
 	}

@@ -18,8 +18,11 @@ import (
 )
 
 type Device struct {
-	opts  DeviceOptions // Warren: how the device was sized (NewDeviceWith)
-	state struct {
+	opts DeviceOptions // Warren: how the device was sized (NewDeviceWith)
+	// Warren: the most recent completed handshake with any peer, nanoseconds since the epoch
+	// (LastHandshake); 0 before the first.
+	lastHandshakeNano atomic.Int64
+	state             struct {
 		// state holds the device's state. It is accessed atomically.
 		// Use the device.deviceState method to read it.
 		// device.deviceState does not acquire the mutex, so it captures only a snapshot.

@@ -180,7 +180,9 @@ func (peer *Peer) timersHandshakeComplete() {
 	}
 	peer.timers.handshakeAttempts.Store(0)
 	peer.timers.sentLastMinuteHandshake.Store(false)
-	peer.lastHandshakeNano.Store(time.Now().UnixNano())
+	now := time.Now().UnixNano()
+	peer.lastHandshakeNano.Store(now)
+	peer.device.lastHandshakeNano.Store(now) // Warren: LastHandshake reads it without the peers' lock
 }
 
 /* Should be called after an ephemeral key is created, which is before sending a handshake response or after receiving a handshake response. */

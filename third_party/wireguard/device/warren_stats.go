@@ -30,14 +30,10 @@ func (device *Device) ReceivedByPeer(f func(key NoisePublicKey, rxBytes uint64))
 }
 
 // LastHandshake is the time of the most recent completed handshake with any peer
-// (last_handshake_time in IpcGet; the zero time if none has completed).
+// (last_handshake_time in IpcGet; the zero time if none has completed). One atomic read: it takes
+// no lock, so a caller never waits on a peer being added or removed.
 func (device *Device) LastHandshake() time.Time {
-	device.peers.RLock()
-	defer device.peers.RUnlock()
-	var last int64
-	for _, peer := range device.peers.keyMap {
-		last = max(last, peer.lastHandshakeNano.Load())
-	}
+	last := device.lastHandshakeNano.Load()
 	if last == 0 {
 		return time.Time{}
 	}
