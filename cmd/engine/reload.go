@@ -80,7 +80,7 @@ func (n *node) applyConfig(ctx context.Context, next runConfig) reloadResult {
 			open = append(open, name)
 		}
 	}
-	var mu sync.Mutex // guards res and keepOld while the steps below run at once
+	var mu sync.Mutex            // guards res and keepOld while the steps below run at once
 	keepOld := map[string]bool{} // tunnels whose old spec still describes what runs (a close or switch failed)
 	fail := func(name, format string, args ...any) {
 		mu.Lock()
