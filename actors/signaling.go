@@ -185,6 +185,7 @@ type signalingActor struct {
 	watched   map[string]watchedSession // session id → the leg to tell of the exit's goodbye
 	unwatched recentSessions            // sessions no longer watched lately: a goodbye for one crossed ours
 	natsUp    NATSState
+	natsLookT *time.Timer           // started disconnected: sends natsLook once; stopped in Stopping
 	natsSubs  map[string]*actor.PID // watchers of NATSState, by PID id
 	subs      []*nats.Subscription
 	clientSub *nats.Subscription // this engine's client subject; from the first watched session on
@@ -214,9 +215,22 @@ func (s *signalingActor) Receive(ctx actor.Context) {
 		s.watched = map[string]watchedSession{}
 		s.natsSubs = map[string]*actor.PID{}
 		s.natsUp = NATSState{Connected: s.cfg.Conn.IsConnected(), URL: s.cfg.Conn.ConnectedUrlRedacted()}
+		if !s.natsUp.Connected { // nats.wait_on_start: started without a server, trying in the background
+			s.natsUp.Err = s.cfg.Conn.LastError()
+			s.cfg.Logger.Warn("nats connection", "connected", false, "err", s.natsUp.Err, "retrying", "in the background")
+			// nats.go reports no failed login while it retries: look once more what it last saw.
+			s.natsLookT = sendAfter(ctx, natsStartLook, &natsLook{})
+		}
+	case *natsLook:
+		if err := s.cfg.Conn.LastError(); !s.natsUp.Connected && err != nil && errText(err) != errText(s.natsUp.Err) {
+			s.natsUp.Err = err
+			s.cfg.Logger.Warn("nats connection", "connected", false, "err", err, "retrying", "in the background")
+		}
 
 	case *NATSState:
-		if m.Connected != s.natsUp.Connected {
+		// Logged when it connects or disconnects, and when the error changes while disconnected
+		// (a server refusing the credentials at start says so once, not at every retry).
+		if m.Connected != s.natsUp.Connected || (!m.Connected && errText(m.Err) != errText(s.natsUp.Err)) {
 			lvl := slog.LevelWarn
 			if m.Connected {
 				lvl = slog.LevelInfo
@@ -289,6 +303,9 @@ func (s *signalingActor) Receive(ctx actor.Context) {
 			s.cfg.Logger.Warn("goodbye not sent", "exit", m.exitID, "session", m.close.SessionID, "err", err)
 		}
 	case *actor.Stopping:
+		if s.natsLookT != nil {
+			s.natsLookT.Stop()
+		}
 		for _, q := range s.queue { // they would only time out: say so now (flushed below)
 			s.refuseRequest(q, messages.ErrCodeUnavailable, "exit shutting down")
 		}
@@ -332,3 +349,14 @@ func (s *signalingActor) subscribeBounded(ctx actor.Context, subject string, wra
 	}
 	return sub, err
 }
+
+func errText(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+// natsLook: look at the NATS connection's last error once, natsStartLook after a start without a
+// server (a refused login is reported by nothing else while nats.go retries).
+type natsLook struct{}

@@ -56,6 +56,7 @@ const (
 	// drain_timeout) for its clients to move their tunnels before it ends (exit_drain.go).
 	drainMoveWindow    = 2 * time.Second
 	discoverWindow     = 500 * time.Millisecond // a discovery round takes answers this long
+	natsStartLook      = 2 * time.Second        // started without NATS: when the signaling actor logs what nats.go last saw
 	directoryLoadEvery = time.Second            // load-only changes: at most one snapshot to watchers this often
 	directorySweepMin  = 50 * time.Millisecond  // the sweep looks for silent exits every shortest interval/2, within these bounds
 	directorySweepMax  = time.Second
