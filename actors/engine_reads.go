@@ -66,7 +66,7 @@ func (e *engineActor) engineStats() *EngineStatsResponse {
 	}
 	for role, b := range map[string]*ByteTotals{"client": e.cfg.ClientBytes, "exit": e.cfg.ExitBytes} {
 		c := out[role]
-		c.Bytes.In, c.Bytes.Out = b.In.Load(), b.Out.Load()
+		c.Bytes.In, c.Bytes.Out = b.In(), b.Out()
 		out[role] = c
 	}
 	return &EngineStatsResponse{ByRole: out}

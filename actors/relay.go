@@ -17,9 +17,40 @@ import (
 // ByteTotals counts the bytes delivered by all the connections of one role of an engine (its
 // tunnels' proxied connections, or its exit's forwarded flows) as they move: ended and active
 // connections together, so the counts only grow. Statistics only: no actor acts on them.
+//
+// Every write of every connection of the role adds to it, from whichever core its copy loop runs
+// on: the counts are spread over byteStripes stripes of a cache line each (a connection keeps to
+// the stripe it was given), so that concurrent connections do not fight over one line; a read sums
+// them.
 type ByteTotals struct {
-	In  atomic.Int64 // incoming → outgoing side (client: proxy client → target; exit: tunnel → destination)
-	Out atomic.Int64 // outgoing → incoming side
+	in, out [byteStripes]paddedInt64
+}
+
+// byteStripes: stripes of a ByteTotals (more than the cores of most machines that run Warren).
+const byteStripes = 16
+
+// paddedInt64 is an atomic counter alone on its 64-byte cache line.
+type paddedInt64 struct {
+	atomic.Int64
+	_ [56]byte
+}
+
+// stripeNext hands connections their stripes in turn (once per connection).
+var stripeNext atomic.Uint32
+
+// In is the bytes delivered from the incoming to the outgoing side (client: proxy client → target;
+// exit: tunnel → destination).
+func (b *ByteTotals) In() int64 { return sum(&b.in) }
+
+// Out is the bytes delivered from the outgoing to the incoming side.
+func (b *ByteTotals) Out() int64 { return sum(&b.out) }
+
+func sum(s *[byteStripes]paddedInt64) int64 {
+	var n int64
+	for i := range s {
+		n += s[i].Load()
+	}
+	return n
 }
 
 // connBytes counts one direction of a connection as its copy loop or request loop delivers: the
@@ -27,6 +58,7 @@ type ByteTotals struct {
 type connBytes struct {
 	n     atomic.Int64
 	total *atomic.Int64
+	_     [48]byte // the other direction's counter, written by the other copy loop, is on its own line
 }
 
 // Add counts d bytes delivered (proxy.Counter).
@@ -47,7 +79,8 @@ type connLive struct{ in, out connBytes }
 func newConnLive(totals *ByteTotals) *connLive {
 	l := &connLive{}
 	if totals != nil {
-		l.in.total, l.out.total = &totals.In, &totals.Out
+		i := stripeNext.Add(1) % byteStripes
+		l.in.total, l.out.total = &totals.in[i].Int64, &totals.out[i].Int64
 	}
 	return l
 }
