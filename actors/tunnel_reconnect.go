@@ -170,10 +170,11 @@ func (t *tunnelActor) reconnectFailed(ctx actor.Context, err error) {
 // reconnected makes the new leg current and hands it the connections that waited.
 func (t *tunnelActor) reconnected(ctx actor.Context, l *leg, rtt time.Duration) {
 	t.current, t.pending = l, nil
-	t.info.Reconnects++
 	t.info.ExitID = l.exitID
-	if t.info.UpSince.IsZero() { // a StartTunnel tunnel's first time Up
+	if t.info.UpSince.IsZero() { // a StartTunnel tunnel's first time Up: not a reconnection
 		t.info.UpSince = time.Now()
+	} else {
+		t.info.Reconnects++
 	}
 	if t.recon.parkT != nil {
 		t.recon.parkT.Stop()
