@@ -20,7 +20,7 @@ package actors
 //	   │              ├─the old exit lost meanwhile, then the new leg failed──▶ Reconnecting                        │
 //	   │              └─Close──▶ Draining (Closing if the old exit was lost meanwhile)                              │
 //	   ├─Reconfigure──▶ Reconfiguring ──new leg up──────────────────────────────────────────────────────────────────┤
-//	   │  (old leg released first)  ├─new leg failed──▶ Failed                                                      │
+//	   │  (old leg released first)  ├─new leg failed──▶ Failed (StartTunnel: Reconnecting, class "other")          │
 //	   │                            └─Close──▶ Closing                                                              │
 //	   ├─data plane failed / exit goodbye / session or device lost──▶ Reconnecting ──new leg up─────────────────────┘
 //	   │                                                               └─Close──▶ Closing

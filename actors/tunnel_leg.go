@@ -264,6 +264,10 @@ func (t *tunnelActor) legFailed(ctx actor.Context, l *leg, err error) {
 	case l == t.pending && l.purpose == legReconfigure:
 		t.pending = nil
 		t.answerWaiter(ctx, err)
+		if t.cfg.KeepTrying { // a tunnel that keeps trying does not give up on a failed renewal
+			t.retryReconfigure(ctx, err)
+			return
+		}
 		t.fail(ctx, err)
 	case l == t.pending && l.purpose == legReconnect:
 		t.reconnectFailed(ctx, err)

@@ -116,6 +116,18 @@ func (t *tunnelActor) retryStart(ctx actor.Context, err error) {
 	t.reconnectFailed(ctx, err) // the failed leg counts as the first attempt
 }
 
+// retryReconfigure: a Reconfigure of a tunnel started with StartTunnel (KeepTrying) failed to
+// bring up its new session (its old one is released already). Rather than Failed, the tunnel goes
+// to Reconnecting (class "other") and tries its failover list from the same exit, with its
+// backoff, as after a failed reconnection attempt.
+func (t *tunnelActor) retryReconfigure(ctx actor.Context, err error) {
+	t.current = nil
+	t.recon.class = messages.ReconnectOther
+	t.enter(ctx, messages.StateReconnecting, "reconfigure failed: "+err.Error())
+	t.recon.attempt, t.recon.skipped, t.recon.order, t.recon.lost = 0, 0, t.failoverOrder(lostExit{exitID: t.info.ExitID}), lostExit{}
+	t.reconnectFailed(ctx, err) // the failed leg counts as the first attempt
+}
+
 func (t *tunnelActor) reconnecting(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *reconnectAttempt:

@@ -456,7 +456,7 @@ func rowStartLate(t *testing.T) rowRun {
 	w.rec.await(t, stRcn)
 	w.exit("x", nil)
 	w.rec.await(t, stUp)
-	wantInfo(t, tun, stUp, "x", 1)
+	wantInfo(t, tun, stUp, "x", 0) // its first time Up is not a reconnection
 	return rowRun{w.rec, tun}
 }
 
@@ -467,6 +467,23 @@ func rowStartBlackholed(t *testing.T) rowRun {
 	_, relay := w.relayed("x")
 	relay.Blackhole()
 	tun := w.start(spec("x", time.Second, calmHealth()))
+	w.rec.await(t, stRcn)
+	relay.Restore()
+	w.rec.await(t, stUp)
+	wantInfo(t, tun, stUp, "x", 0) // its first time Up is not a reconnection
+	return rowRun{w.rec, tun}
+}
+
+// rowStartReconfigureFails: a StartTunnel tunnel Up, then a Reconfigure whose new session cannot
+// complete its handshake (blackholed): the tunnel keeps trying (Reconnecting) instead of failing,
+// and is Up again once the path heals.
+func rowStartReconfigureFails(t *testing.T) rowRun {
+	w := newWorld(t)
+	_, relay := w.relayed("x")
+	tun := w.start(spec("x", time.Second, calmHealth()))
+	w.rec.await(t, stUp)
+	relay.Blackhole()
+	wantErr(t, "Reconfigure through a blackhole", tun.Reconfigure(bounded(t)), engine.ErrHandshakeTimeout)
 	w.rec.await(t, stRcn)
 	relay.Restore()
 	w.rec.await(t, stUp)

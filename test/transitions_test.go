@@ -60,6 +60,7 @@ func transitionRows() []transitionRow {
 		{"data plane lost while degraded", rowDegradedDataPlane, up(stDeg, stRcn, stClg, stCld)},
 		{"started before its exit: reconnects until it comes", rowStartLate, path(append([]messages.TunnelState{stNeg, stRcn, stUp}, closed...)...)},
 		{"started through a blackhole: reconnects until it heals", rowStartBlackholed, path(append([]messages.TunnelState{stNeg, stHs, stRcn, stUp}, closed...)...)},
+		{"started, then a reconfigure that fails: reconnects", rowStartReconfigureFails, up(append([]messages.TunnelState{stRcf, stRcn, stUp}, closed...)...)},
 	}
 }
 
