@@ -185,11 +185,13 @@ type signalingActor struct {
 	watched   map[string]watchedSession // session id → the leg to tell of the exit's goodbye
 	unwatched recentSessions            // sessions no longer watched lately: a goodbye for one crossed ours
 	natsUp    NATSState
-	natsLookT *time.Timer           // started disconnected: sends natsLook once; stopped in Stopping
-	natsSubs  map[string]*actor.PID // watchers of NATSState, by PID id
-	subs      []*nats.Subscription
-	clientSub *nats.Subscription // this engine's client subject; from the first watched session on
-	dir       directorySignaling // announcements and discovery rounds for the exit directory (signaling_directory.go)
+	natsLookT *time.Timer // started disconnected: sends natsLook once; stopped in Stopping
+	// natsLogged is the NATS error last logged (natsLook logs what nats.go saw only if it is news)
+	natsLogged string
+	natsSubs   map[string]*actor.PID // watchers of NATSState, by PID id
+	subs       []*nats.Subscription
+	clientSub  *nats.Subscription // this engine's client subject; from the first watched session on
+	dir        directorySignaling // announcements and discovery rounds for the exit directory (signaling_directory.go)
 	// announcer is this engine's exit while it announces (signaling_announce.go): it answers
 	// discovery, on discoverSub (from its first announcement on).
 	announcer   *actor.PID
@@ -217,24 +219,30 @@ func (s *signalingActor) Receive(ctx actor.Context) {
 		s.natsUp = NATSState{Connected: s.cfg.Conn.IsConnected(), URL: s.cfg.Conn.ConnectedUrlRedacted()}
 		if !s.natsUp.Connected { // nats.wait_on_start: started without a server, trying in the background
 			s.natsUp.Err = s.cfg.Conn.LastError()
+			s.natsLogged = errText(s.natsUp.Err)
 			s.cfg.Logger.Warn("nats connection", "connected", false, "err", s.natsUp.Err, "retrying", "in the background")
 			// nats.go reports no failed login while it retries: look once more what it last saw.
 			s.natsLookT = sendAfter(ctx, natsStartLook, &natsLook{})
 		}
 	case *natsLook:
-		if err := s.cfg.Conn.LastError(); !s.natsUp.Connected && err != nil && errText(err) != errText(s.natsUp.Err) {
-			s.natsUp.Err = err
+		err := s.cfg.Conn.LastError() // a refused login is only here
+		if err == nil {
+			err = s.natsUp.Err // a failed dial, as its report said
+		}
+		if !s.natsUp.Connected && err != nil && errText(err) != s.natsLogged {
+			s.natsLogged = errText(err)
 			s.cfg.Logger.Warn("nats connection", "connected", false, "err", err, "retrying", "in the background")
 		}
 
 	case *NATSState:
-		// Logged when it connects or disconnects, and when the error changes while disconnected
-		// (a server refusing the credentials at start says so once, not at every retry).
-		if m.Connected != s.natsUp.Connected || (!m.Connected && errText(m.Err) != errText(s.natsUp.Err)) {
+		// Logged when it connects or disconnects; not at every failed attempt while disconnected
+		// (every 250 ms, alternating between servers): NATSStatus has the last error.
+		if m.Connected != s.natsUp.Connected {
 			lvl := slog.LevelWarn
 			if m.Connected {
 				lvl = slog.LevelInfo
 			}
+			s.natsLogged = errText(m.Err)
 			s.cfg.Logger.Log(context.Background(), lvl, "nats connection", "connected", m.Connected, "url", m.URL, "err", m.Err)
 		}
 		s.natsUp = *m

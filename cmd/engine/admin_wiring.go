@@ -55,7 +55,7 @@ func (n *node) startAdmin(c *admin.Config) (*admin.Server, error) {
 		return nil, err
 	}
 	if err := srv.Start(); err != nil {
-		return nil, fmt.Errorf("admin.listen %s: %w", c.Listen, err)
+		return nil, err // names admin.listen
 	}
 	return srv, nil
 }

@@ -225,7 +225,11 @@ func cliStatus(ctx context.Context, c *admin.Client, _ []string, o cliOut) error
 		fmt.Fprintf(tw, "version\t%s\n", s.Version)
 		fmt.Fprintf(tw, "role\t%s\n", s.Role)
 		fmt.Fprintf(tw, "uptime\t%s\n", age(s.UptimeSeconds))
-		fmt.Fprintf(tw, "nats\t%s %s\t%s\n", nats, s.NATS.URL, clean(s.NATS.LastError))
+		lastErr := ""
+		if !s.NATS.Connected {
+			lastErr = clean(s.NATS.LastError)
+		}
+		fmt.Fprintf(tw, "nats\t%s %s\t%s\n", nats, s.NATS.URL, lastErr)
 		if s.Exit != nil {
 			state := "serving"
 			if s.Exit.Draining {
@@ -310,6 +314,8 @@ func endsTable(tw *tabwriter.Writer, c admin.ConnStats) {
 
 func poolTable(tw *tabwriter.Writer, p admin.Pool) {
 	fmt.Fprintf(tw, "pool %s: %d slots\t%s\n", p.Name, p.Size, counts(p.States.ByState))
+	_ = tw.Flush() // a block of its own: its columns are not the slots'
+
 	fmt.Fprintln(tw, "SLOT\tSTATE\tEXIT\tAGE\tMOVES\tACTIVE\tIN\tOUT\tSOCKS5\tHTTP\tCAUSE")
 	for _, s := range p.Slots {
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\n", s.Index, s.State, dash(s.Exit), age(s.AgeSeconds), s.Moves,

@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"io"
 	"log/slog"
 	"net/url"
@@ -227,33 +228,50 @@ func (n *node) readyLine() string {
 	return line
 }
 
-// awaitReady prints line once every configured tunnel is Up (checked at every tunnel transition)
-// and the pool has slots up; until then /readyz says what is missing. A tunnel that cannot come up
+// awaitReady prints line once every configured tunnel is Up and the pool has admin.ready_fraction
+// of its slots up (checked at every tunnel and slot transition); until then /readyz says what is
+// missing. A tunnel that cannot come up
 // is logged by the engine as it retries.
 func (n *node) awaitReady(line string) {
 	for {
 		if n.allUp(*n.configured.Load()) {
-			if p := n.pool.Load(); p != nil {
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				slots, err := p.Slots(ctx)
-				cancel()
-				up := 0
-				for _, s := range slots {
-					if s.State == messages.SlotUp {
-						up++
-					}
+			if up, size, ok := n.poolReady(); ok {
+				if size >= 0 {
+					line += fmt.Sprintf(" slots=%d up=%d", size, up)
 				}
-				if err == nil {
-					line += fmt.Sprintf(" slots=%d up=%d", len(slots), up)
-				}
+				fmt.Println(line)
+				return
 			}
-			fmt.Println(line)
-			return
 		}
 		if _, ok := <-n.changed; !ok {
 			return
 		}
 	}
+}
+
+// poolReady reports whether the pool (if any) has at least the ready fraction of its slots up (as
+// /readyz counts them), with its slots up and its size (-1 without a pool).
+func (n *node) poolReady() (up, size int, ok bool) {
+	p := n.pool.Load()
+	if p == nil {
+		return 0, -1, true
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	slots, err := p.Slots(ctx)
+	if err != nil {
+		return 0, 0, false
+	}
+	for _, s := range slots {
+		if s.State == messages.SlotUp || s.State == messages.SlotMoving {
+			up++
+		}
+	}
+	fraction := 1.0
+	if n.adminCfg != nil && n.adminCfg.ReadyFraction > 0 {
+		fraction = n.adminCfg.ReadyFraction
+	}
+	return up, len(slots), float64(up) >= math.Ceil(fraction*float64(len(slots))-1e-9) // as /readyz
 }
 
 // allUp reports whether every tunnel named is open and serving (as /readyz counts it).
@@ -279,7 +297,7 @@ func (n *node) logEvents() {
 	defer close(n.changed)
 	for ev := range n.eng.Events() {
 		n.logger.Debug("event", "kind", ev.Kind, "tunnel", ev.Tunnel, "from", ev.From, "to", ev.To, "cause", ev.Cause, "session", ev.Session)
-		if ev.Kind == engine.EventTunnelState {
+		if ev.Kind == engine.EventTunnelState || ev.Kind == engine.EventSlotState {
 			select {
 			case n.changed <- struct{}{}:
 			default:
