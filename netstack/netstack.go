@@ -259,7 +259,8 @@ func (s *Stack) Events() <-chan tun.Event { return s.events }
 func (s *Stack) BatchSize() int { return batchSize }
 
 // Read implements tun.Device: it blocks until the stack has sent at least one
-// packet and returns as many queued packets as fit in bufs.
+// packet and returns as many queued packets as fit in bufs. Handed more than
+// two buffers, it returns no packet after idleRead of quiet.
 func (s *Stack) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	return s.link.read(bufs, sizes, offset)
 }
