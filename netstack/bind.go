@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"runtime"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
@@ -137,12 +139,13 @@ func (b *Bind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 // receiver is the state of one ReceiveFunc; wireguard-go calls it from a
 // single goroutine.
 type receiver struct {
-	udp  *net.UDPConn     // immutable
-	mm   *mmsgReader      // immutable; nil where raw recvmmsg is not implemented
-	from []netip.AddrPort // len batchSize; mm's sender scratch
-	pc   batchConn        // immutable; nil where batching is unsupported
-	msgs []ipv4.Message   // len batchSize, each with one buffer slot (pc only)
-	last *Endpoint        // most recent sender, reused while it repeats
+	udp      *net.UDPConn     // immutable
+	mm       *mmsgReader      // immutable; nil where raw recvmmsg is not implemented
+	from     []netip.AddrPort // len batchSize; mm's sender scratch
+	pc       batchConn        // immutable; nil where batching is unsupported
+	msgs     []ipv4.Message   // len batchSize, each with one buffer slot (pc only)
+	last     *Endpoint        // most recent sender, reused while it repeats
+	deadline time.Time        // the socket's read deadline; zero when none is set (idleRead)
 }
 
 func newReceiver(c *net.UDPConn, pc batchConn) *receiver {
@@ -162,10 +165,17 @@ func newReceiver(c *net.UDPConn, pc batchConn) *receiver {
 	return r
 }
 
-// receive implements conn.ReceiveFunc.
+// receive implements conn.ReceiveFunc. Handed more than heldFloor buffers, it waits at most about
+// idleRead and then returns 0 datagrams (see idleRead).
 func (r *receiver) receive(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
+	if err := r.boundIdle(len(bufs) > heldFloor); err != nil {
+		return 0, recvError(err)
+	}
 	if r.mm != nil {
 		n, err := r.mm.read(bufs, sizes, r.from)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return 0, nil
+		}
 		if err != nil {
 			return 0, recvError(err)
 		}
@@ -176,6 +186,9 @@ func (r *receiver) receive(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int
 	}
 	if r.pc == nil || len(bufs) == 1 {
 		n, ap, err := r.udp.ReadFromUDPAddrPort(bufs[0])
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return 0, nil
+		}
 		if err != nil {
 			return 0, recvError(err)
 		}
@@ -190,6 +203,9 @@ func (r *receiver) receive(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int
 		r.msgs[i].Addr = nil
 	}
 	n, err := r.pc.ReadBatch(r.msgs[:k], 0)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return 0, nil
+	}
 	if err != nil {
 		return 0, recvError(err)
 	}
@@ -207,6 +223,24 @@ func (r *receiver) receive(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int
 		m.Addr = nil
 	}
 	return n, nil
+}
+
+// boundIdle keeps the socket's read deadline 1.5 to 2 s (idleRead) ahead while bounded, moving it
+// at most every half second rather than at each read, and removes it otherwise.
+func (r *receiver) boundIdle(bounded bool) error {
+	if !bounded {
+		if r.deadline.IsZero() {
+			return nil
+		}
+		r.deadline = time.Time{}
+		return r.udp.SetReadDeadline(r.deadline)
+	}
+	now := time.Now()
+	if !r.deadline.IsZero() && r.deadline.Sub(now) >= idleRead-idleRead/4 {
+		return nil
+	}
+	r.deadline = now.Add(idleRead)
+	return r.udp.SetReadDeadline(r.deadline)
 }
 
 // endpoint returns an Endpoint for ap, reusing the previous one when the

@@ -3,6 +3,7 @@ package netstack
 import (
 	"os"
 	"sync"
+	"time"
 
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -47,9 +48,11 @@ type linkEndpoint struct {
 	// done is closed by close.
 	done chan struct{}
 
-	// readMu serialises read; scratch is read's batch buffer (len batchSize).
+	// readMu serialises read; scratch is read's batch buffer (len batchSize); idle bounds the
+	// wait of a read handed more than heldFloor buffers (idleRead; made by the first such wait).
 	readMu  sync.Mutex
 	scratch []*stack.PacketBuffer
+	idle    *time.Timer
 
 	// writeMu serialises inject, which owns gro.
 	writeMu sync.Mutex
@@ -73,11 +76,14 @@ func newLinkEndpoint(mtu int) *linkEndpoint {
 
 // read blocks until at least one outbound packet is queued, then copies up to
 // len(bufs) of them into bufs[i][offset:]. It returns os.ErrClosed once the
-// endpoint is closed. A packet that does not fit its buffer gets size 0.
+// endpoint is closed. A packet that does not fit its buffer gets size 0. Handed
+// more than heldFloor buffers, it waits at most idleRead and then returns 0
+// packets (see idleRead).
 func (e *linkEndpoint) read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	e.readMu.Lock()
 	defer e.readMu.Unlock()
 	var n int
+	var idle <-chan time.Time
 	for {
 		e.mu.Lock()
 		if e.closed {
@@ -95,9 +101,15 @@ func (e *linkEndpoint) read(bufs [][]byte, sizes []int, offset int) (int, error)
 		if n > 0 {
 			break
 		}
+		if idle == nil && len(bufs) > heldFloor {
+			idle = e.armIdle()
+			defer e.idle.Stop()
+		}
 		select {
 		case <-e.wake:
 		case <-e.done:
+		case <-idle:
+			return 0, nil
 		}
 	}
 	for i := range n {
@@ -110,6 +122,16 @@ func (e *linkEndpoint) read(bufs [][]byte, sizes []int, offset int) (int, error)
 		pkt.DecRef()
 	}
 	return n, nil
+}
+
+// armIdle starts the idle bound of one read (readMu held).
+func (e *linkEndpoint) armIdle() <-chan time.Time {
+	if e.idle == nil {
+		e.idle = time.NewTimer(idleRead)
+	} else {
+		e.idle.Reset(idleRead)
+	}
+	return e.idle.C
 }
 
 // copyPacket copies the whole of pkt into dst without allocating. It returns

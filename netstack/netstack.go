@@ -47,6 +47,20 @@ const nicID tcpip.NICID = 1
 // than 64.
 const batchSize = 64
 
+// idleRead and heldFloor let an idle device give back the buffers of its last burst. The device's
+// adaptive batch (third_party/wireguard/device/warren_batch.go) keeps a buffer for each slot its
+// recent reads used, and gives back all but two (its minimum) only at a read that comes after a
+// second of quiet. A device that nothing reaches after a burst, such as an exit whose clients have
+// all gone, would otherwise keep up to batchSize buffers (9 KiB each) in its TUN reader and as many
+// in its bind's receive loop for good. So a read that was handed more than heldFloor buffers waits
+// at most idleRead (longer than that second) for a packet and then returns none: the loop shrinks
+// its batch and reads again with two buffers, and waits as long as it takes. An idle device thus
+// wakes once after a burst, never periodically.
+const (
+	idleRead  = 2 * time.Second
+	heldFloor = 2
+)
+
 // TCP tuning; see tuneTCP.
 const (
 	tcpBufMin     = 4 << 10
@@ -245,7 +259,8 @@ func (s *Stack) Events() <-chan tun.Event { return s.events }
 func (s *Stack) BatchSize() int { return batchSize }
 
 // Read implements tun.Device: it blocks until the stack has sent at least one
-// packet and returns as many queued packets as fit in bufs.
+// packet and returns as many queued packets as fit in bufs. Handed more than
+// two buffers, it returns no packet after idleRead of quiet.
 func (s *Stack) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	return s.link.read(bufs, sizes, offset)
 }

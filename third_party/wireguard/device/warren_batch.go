@@ -14,8 +14,10 @@ import "time"
 // minActiveSlots (two), doubles its active slots as soon as one read fills them all (up to the bind's or
 // the TUN's batch size), and at most once per shrinkEvery gives back the slots the busiest read of
 // that span did not need (rounded up to a power of two). A busy tunnel reaches its full batch
-// within a few reads; an idle one holds two buffers per loop. The buffers go back to the device's
-// pool, a sync.Pool, so the GC frees what no loop takes again.
+// within a few reads; an idle one holds two buffers per loop. The shrink needs a read: Warren's
+// bind and TUN (netstack.idleRead) return an empty one after 2 s of quiet to a loop holding more
+// than two, so that a device nothing reaches after a burst shrinks too. The buffers go back to the
+// device's pool, a sync.Pool, so the GC frees what no loop takes again.
 const (
 	minActiveSlots = 2 // a read of one datagram (a probe, a keepalive) leaves the batch as it is: no buffer churn
 	shrinkEvery    = time.Second
