@@ -111,7 +111,7 @@ func serve(rc runConfig, path string, override func(*runConfig), adminCfg *admin
 	defer cancel()
 	startErr := make(chan error, 1)
 	go func() { startErr <- n.start(startCtx) }()
-	for started := false; !started; {
+	for up := false; !up; {
 		select {
 		case err := <-startErr:
 			if err != nil {
@@ -119,7 +119,7 @@ func serve(rc runConfig, path string, override func(*runConfig), adminCfg *admin
 				_ = eng.Close(context.Background())
 				return exitFailure
 			}
-			started = true
+			up = true
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
 				logger.Info("SIGHUP during start: the file is reloaded once started")
