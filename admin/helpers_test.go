@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/netip"
@@ -269,26 +268,4 @@ func socksEcho(t *testing.T, proxyAddr, target string, payload []byte) {
 	if string(got) != string(payload) {
 		t.Fatal("echo: bytes differ")
 	}
-}
-
-// freePortRange finds n consecutive free TCP ports on 127.0.0.1.
-func freePortRange(t *testing.T, n int) string {
-	t.Helper()
-	for range 50 {
-		base := 10000 + rand.IntN(22000-n)
-		ok := true
-		for p := base; p < base+n && ok; p++ {
-			c, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
-			if err != nil {
-				ok = false
-				break
-			}
-			c.Close()
-		}
-		if ok {
-			return fmt.Sprintf("127.0.0.1:%d-%d", base, base+n-1)
-		}
-	}
-	t.Fatalf("no %d consecutive free ports", n)
-	return ""
 }

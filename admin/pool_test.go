@@ -17,7 +17,7 @@ import (
 // closed at the test's end, before the engine.
 func openPool(t *testing.T, eng *engine.Engine, size int, mutate func(*pool.Config)) *pool.Pool {
 	t.Helper()
-	cfg := pool.Config{Size: size, SOCKSPorts: freePortRange(t, 4)}
+	cfg := pool.Config{Size: size, SOCKSPorts: testutil.FreePortRange(t, 4)}
 	cfg.Tunnel.UDPBind = "127.0.0.1"
 	if mutate != nil {
 		mutate(&cfg)

@@ -110,7 +110,7 @@ func TestPoolSlotConnections(t *testing.T) {
 	echo := startServer(t, echoHandler)
 	e := startExitEngine(t, "slotconns", nil)
 	ctx := bounded(t)
-	cfg := pool.Config{Name: "sc", Size: 2, SOCKSPorts: freePortRange(t, 2)}
+	cfg := pool.Config{Name: "sc", Size: 2, SOCKSPorts: testutil.FreePortRange(t, 2)}
 	cfg.Tunnel.UDPBind = "127.0.0.1"
 	p, err := pool.Open(ctx, e, cfg)
 	if err != nil {

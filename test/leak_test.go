@@ -49,7 +49,7 @@ func TestPoolCloseLeavesNothing(t *testing.T) {
 	e := startEngineNoCleanup(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cfg := pool.Config{Size: 5, SOCKSPorts: freePortRange(t, 5)}
+	cfg := pool.Config{Size: 5, SOCKSPorts: testutil.FreePortRange(t, 5)}
 	cfg.Tunnel.UDPBind = "127.0.0.1"
 	p, err := pool.Open(ctx, e, cfg)
 	if err != nil {

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/warren-tunnel/warren/engine"
+	"github.com/warren-tunnel/warren/internal/testutil"
 	"github.com/warren-tunnel/warren/messages"
 	"github.com/warren-tunnel/warren/pool"
 )
@@ -45,7 +46,7 @@ func BenchmarkPoolSlots(b *testing.B) {
 		}
 		client := startEngine(b, natsClient(ns))
 		base := sample(b)
-		cfg := pool.Config{Size: n, SOCKSPorts: freePortRange(b, n), MaxMoves: 64}
+		cfg := pool.Config{Size: n, SOCKSPorts: testutil.FreePortRange(b, n), MaxMoves: 64}
 		cfg.Tunnel.UDPBind = "127.0.0.1"
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 		start := time.Now()

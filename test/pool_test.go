@@ -7,7 +7,6 @@ package test
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -41,29 +40,6 @@ func poolExitEvery(t testing.TB, ns *natsServer, id string, labels map[string]st
 	})
 }
 
-// freePortRange finds n consecutive free TCP ports on 127.0.0.1 (each bound and released once).
-func freePortRange(t testing.TB, n int) string {
-	t.Helper()
-	for attempt := 0; attempt < 50; attempt++ {
-		// Below the ephemeral range (32768 and up here), where outgoing connections take theirs.
-		base := 10000 + rand.IntN(22000-n)
-		ok := true
-		for p := base; p < base+n && ok; p++ {
-			c, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
-			if err != nil {
-				ok = false
-				break
-			}
-			c.Close()
-		}
-		if ok {
-			return fmt.Sprintf("127.0.0.1:%d-%d", base, base+n-1)
-		}
-	}
-	t.Fatalf("no %d consecutive free ports", n)
-	return ""
-}
-
 type poolEnv struct {
 	events *slotEvents
 	ns     *natsServer
@@ -80,7 +56,7 @@ func newPoolEnv(t *testing.T, size int, ids ...string) *poolEnv {
 	}
 	env.client = startEngine(t, natsClient(env.ns))
 	env.events = collectSlotEvents(env.client)
-	ports, err := pool.ParsePortRange(freePortRange(t, 200)) // SOCKS5 on the first 100, HTTP on the next
+	ports, err := pool.ParsePortRange(testutil.FreePortRange(t, 200)) // SOCKS5 on the first 100, HTTP on the next
 	if err != nil {
 		t.Fatal(err)
 	}

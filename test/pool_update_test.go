@@ -20,7 +20,7 @@ func TestPoolUpdate(t *testing.T) {
 	poolExit(t, ns, "upd-eu", map[string]string{"region": "eu"})
 	poolExit(t, ns, "upd-us", map[string]string{"region": "us"})
 	client := startEngine(t, natsClient(ns))
-	cfg := pool.Config{Name: "upd", Size: 3, SOCKSPorts: freePortRange(t, 6), Exits: pool.ExitFilter{Labels: map[string]string{"region": "eu"}}}
+	cfg := pool.Config{Name: "upd", Size: 3, SOCKSPorts: testutil.FreePortRange(t, 6), Exits: pool.ExitFilter{Labels: map[string]string{"region": "eu"}}}
 	cfg.Tunnel.UDPBind = "127.0.0.1"
 	cfg.Tunnel.DrainTimeout = engine.Duration(time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -52,7 +52,7 @@ func TestPoolUpdate(t *testing.T) {
 		fixed  bool
 		mutate func(*pool.Config)
 	}{
-		{"pool.socks_ports", true, func(c *pool.Config) { c.SOCKSPorts = freePortRange(t, 6) }},
+		{"pool.socks_ports", true, func(c *pool.Config) { c.SOCKSPorts = testutil.FreePortRange(t, 6) }},
 		{"pool.tunnel", true, func(c *pool.Config) { c.Tunnel.DrainTimeout = engine.Duration(2 * time.Second) }},
 		{"pool.name", true, func(c *pool.Config) { c.Name = "other" }},
 		{"pool.strategy", false, func(c *pool.Config) { c.Strategy = "fastest" }},

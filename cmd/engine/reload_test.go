@@ -168,7 +168,7 @@ func freeAddr(t *testing.T) string {
 func TestReloadAppliesEachKindOfChange(t *testing.T) {
 	env := newReloadEnv(t)
 	sa, sb, sd, se, sc, hd := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
-	ports := freeRange(t, 3)
+	ports := testutil.FreePortRange(t, 3)
 	tunnel := func(name, exit, socks string, extra string) string {
 		return fmt.Sprintf("  - {name: %s, exit: %s, socks: %q, udp_bind: 127.0.0.1%s}\n", name, exit, socks, extra)
 	}
@@ -244,7 +244,7 @@ func TestReloadAppliesEachKindOfChange(t *testing.T) {
 // (its ports) changed, closes it when it is gone from the file, and opens it when it comes back.
 func TestReloadPool(t *testing.T) {
 	env := newReloadEnv(t)
-	four, err := pool.ParsePortRange(freeRange(t, 4))
+	four, err := pool.ParsePortRange(testutil.FreePortRange(t, 4))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -343,25 +343,4 @@ func TestReloadFixesAMistypedExit(t *testing.T) {
 		t.Fatalf("reload correcting the exit: %+v, %v; want a replaced", res, err)
 	}
 	env.tunnelUp(t, "a", "ra")
-}
-
-// freeRange finds n consecutive free ports on 127.0.0.1 as a pool range.
-func freeRange(t *testing.T, n int) string {
-	t.Helper()
-	for base := 21000 + int(time.Now().UnixNano()%5000); base < 30000; base += n {
-		ok := true
-		for p := base; p < base+n && ok; p++ {
-			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
-			if err != nil {
-				ok = false
-				continue
-			}
-			l.Close()
-		}
-		if ok {
-			return fmt.Sprintf("127.0.0.1:%d-%d", base, base+n-1)
-		}
-	}
-	t.Fatal("no free port range")
-	return ""
 }

@@ -2,7 +2,9 @@ package testutil
 
 import (
 	"encoding/binary"
+	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"sync"
@@ -195,4 +197,28 @@ func FreeUDPAddr(t testing.TB) netip.AddrPort {
 	}
 	defer c.Close()
 	return c.LocalAddr().(*net.UDPAddr).AddrPort()
+}
+
+// FreePortRange finds n consecutive free TCP ports on 127.0.0.1 (each bound and released once) and
+// returns them as a pool range, "127.0.0.1:first-last". They lie below the ephemeral range (32768
+// and up here), where outgoing connections take theirs.
+func FreePortRange(t testing.TB, n int) string {
+	t.Helper()
+	for range 50 {
+		base := 10000 + rand.IntN(22000-n)
+		ok := true
+		for p := base; p < base+n && ok; p++ {
+			c, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+			if err != nil {
+				ok = false
+				break
+			}
+			c.Close()
+		}
+		if ok {
+			return fmt.Sprintf("127.0.0.1:%d-%d", base, base+n-1)
+		}
+	}
+	t.Fatalf("no %d consecutive free ports", n)
+	return ""
 }
