@@ -164,6 +164,8 @@ func (t *tunnelActor) Receive(ctx actor.Context) {
 		ctx.Respond(&messages.StatsResponse{Stats: t.stats()})
 	case *messages.GetConnections:
 		ctx.Respond(&messages.ConnectionsResponse{Conns: t.connections()})
+	case *UpdateTunnel:
+		t.update(ctx, m)
 	case *connAccepted:
 		// Handled in every state: one accepted as the listener closed must not stay open in the mailbox.
 		t.accept(ctx, m)

@@ -70,6 +70,7 @@ type ReloadResult struct {
 	Opened   []string `json:"opened"`   // tunnels opened
 	Closed   []string `json:"closed"`   // tunnels closed (drained)
 	Switched []string `json:"switched"` // tunnels moved to another exit, make-before-break
+	Updated  []string `json:"updated"`  // tunnels whose settings changed in place (Tunnel.Update): nothing running touched
 	Replaced []string `json:"replaced"` // tunnels closed (drained) and opened again: a change only a new tunnel applies
 	// Pool is what changed in the pool: the settings changed in place ("pool.size", "pool.rotate",
 	// …), or "opened", "closed", "replaced".

@@ -8,8 +8,10 @@ package main
 //	tunnel added, or not open    opened (StartTunnel: it keeps trying until its exit answers);
 //	                             a configured tunnel closed through the admin API opens again
 //	tunnel removed               closed with its drain
-//	tunnel's exit changed only   switched, make-before-break (Tunnel.Switch)
-//	tunnel otherwise changed     replaced: the old one closes with its drain, then the new one opens
+//	tunnel's exit changed only   switched, make-before-break (Tunnel.Switch); replaced if not up
+//	tunnel's other settings      in place (Tunnel.Update: limits, timeouts, auth, failover list,
+//	                             pins, drain...), then switched if its exit changed too
+//	tunnel's proxies or health   replaced: the old one closes with its drain, then the new one opens
 //	pool added / removed         opened / closed with its drain
 //	pool size, strategy, cap,    changed in place (Pool.Update)
 //	  filter, max_moves, rotate
@@ -52,6 +54,7 @@ func (n *node) applyConfig(ctx context.Context, next runConfig) reloadResult {
 
 	// Tunnels, by name (an unnamed one is tunnel-<its index>, as the engine names it).
 	curT, nextT := tunnelsByName(cur.Tunnels), tunnelsByName(next.Tunnels)
+	keepOld := map[string]bool{} // tunnels whose old spec still describes what runs (an update, close or switch failed)
 	var closeFirst, open, replace []string
 	switches := map[string]string{}
 	for _, name := range sortedKeys(curT) {
@@ -69,10 +72,25 @@ func (n *node) applyConfig(ctx context.Context, next runConfig) reloadResult {
 			res.Unchanged++
 		case onlyExitChanged(curT[name], spec) && serving(state):
 			switches[name] = spec.Exit
-		default:
+		case spec.Exit != curT[name].Exit && !serving(state):
 			// A tunnel that is not up (still trying a mistyped exit, say) cannot switch: it is
 			// replaced, and tries the new exit from the start.
 			replace = append(replace, name)
+		default:
+			// Settings other than the exit: in place if the tunnel takes them (then a changed
+			// exit is a switch), else replaced.
+			switch err := n.updateInPlace(ctx, name, spec, curT[name].Exit); {
+			case err == nil:
+				res.Updated = append(res.Updated, name)
+				if spec.Exit != curT[name].Exit {
+					switches[name] = spec.Exit
+				}
+			case errors.Is(err, engine.ErrNotInPlace):
+				replace = append(replace, name)
+			default:
+				res.Errors = append(res.Errors, fmt.Sprintf("tunnels %s: update: %v", name, err))
+				keepOld[name] = true
+			}
 		}
 	}
 	for _, name := range sortedKeys(nextT) {
@@ -80,8 +98,7 @@ func (n *node) applyConfig(ctx context.Context, next runConfig) reloadResult {
 			open = append(open, name)
 		}
 	}
-	var mu sync.Mutex            // guards res and keepOld while the steps below run at once
-	keepOld := map[string]bool{} // tunnels whose old spec still describes what runs (a close or switch failed)
+	var mu sync.Mutex // guards res and keepOld while the steps below run at once
 	fail := func(name, format string, args ...any) {
 		mu.Lock()
 		res.Errors = append(res.Errors, fmt.Sprintf(format, args...))
@@ -189,7 +206,7 @@ func (n *node) applyConfig(ctx context.Context, next runConfig) reloadResult {
 		})
 	}
 	wg.Wait()
-	for _, l := range [][]string{res.Opened, res.Closed, res.Switched, res.Replaced, res.Errors} {
+	for _, l := range [][]string{res.Opened, res.Closed, res.Switched, res.Updated, res.Replaced, res.Errors} {
 		slices.Sort(l)
 	}
 	kept := next
@@ -204,8 +221,19 @@ func (n *node) applyConfig(ctx context.Context, next runConfig) reloadResult {
 	n.configured.Store(&names)
 	n.grace.Store(int64(graceFor(kept)))
 	n.logger.Info("config reloaded", "opened", res.Opened, "closed", res.Closed, "switched", res.Switched,
-		"replaced", res.Replaced, "pool", res.Pool, "unchanged", res.Unchanged, "needs_restart", res.NeedsRestart, "errors", res.Errors)
+		"updated", res.Updated, "replaced", res.Replaced, "pool", res.Pool, "unchanged", res.Unchanged, "needs_restart", res.NeedsRestart, "errors", res.Errors)
 	return res
+}
+
+// updateInPlace gives tunnel name the settings of spec, on its current exit (a changed exit is a
+// switch after it); engine.ErrNotInPlace if only a new tunnel applies them.
+func (n *node) updateInPlace(ctx context.Context, name string, spec engine.TunnelSpec, exit string) error {
+	t, err := n.eng.Tunnel(ctx, name)
+	if err != nil {
+		return err
+	}
+	spec.Exit = exit
+	return t.Update(ctx, spec)
 }
 
 // tunnelState is the state of the engine's tunnel name, and whether it runs at all (an error other

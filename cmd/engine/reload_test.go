@@ -126,6 +126,28 @@ func (env *reloadEnv) tunnelUp(t *testing.T, name, exit string) engine.TunnelInf
 	return info
 }
 
+// dialVia opens a connection to target through the SOCKS5 proxy at socks and proves it relays.
+func dialVia(socks, target string) (net.Conn, error) {
+	d, err := proxy.SOCKS5("tcp", socks, nil, &net.Dialer{Timeout: 5 * time.Second})
+	if err != nil {
+		return nil, err
+	}
+	c, err := d.Dial("tcp", target)
+	if err != nil {
+		return nil, err
+	}
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write([]byte("x")); err == nil {
+		_, err = io.ReadFull(c, make([]byte, 1))
+	}
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	_ = c.SetDeadline(time.Time{})
+	return c, nil
+}
+
 func echoVia(socks, target string) error {
 	d, err := proxy.SOCKS5("tcp", socks, nil, &net.Dialer{Timeout: 5 * time.Second})
 	if err != nil {
@@ -167,7 +189,7 @@ func freeAddr(t *testing.T) string {
 // checked through the engine and through the proxies. An invalid file then changes nothing.
 func TestReloadAppliesEachKindOfChange(t *testing.T) {
 	env := newReloadEnv(t)
-	sa, sb, sd, se, sc, hd := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
+	sa, sb, sd, se, sc, hd, sf := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
 	ports := testutil.FreePortRange(t, 3)
 	tunnel := func(name, exit, socks string, extra string) string {
 		return fmt.Sprintf("  - {name: %s, exit: %s, socks: %q, udp_bind: 127.0.0.1%s}\n", name, exit, socks, extra)
@@ -176,20 +198,22 @@ func TestReloadAppliesEachKindOfChange(t *testing.T) {
 		return fmt.Sprintf("pool: {name: rp, size: %d, socks_ports: %q, exits: {ids: [ra, rb]}, tunnel: {udp_bind: 127.0.0.1}}\n", size, ports)
 	}
 	env.write(t, "log_level: info\ntunnels:\n"+tunnel("a", "ra", sa, "")+tunnel("b", "ra", sb, "")+
-		tunnel("d", "ra", sd, "")+tunnel("e", "rb", se, "")+poolYAML(2))
+		tunnel("d", "ra", sd, "")+tunnel("e", "rb", se, "")+tunnel("f", "ra", sf, "")+poolYAML(2))
 	env.start(t)
 	for _, n := range []string{"a", "b", "d"} {
 		env.tunnelUp(t, n, "ra")
 	}
 	eInfo := env.tunnelUp(t, "e", "rb")
+	fInfo := env.tunnelUp(t, "f", "ra")
 
 	env.write(t, "log_level: debug\nlog_format: json\ntunnels:\n"+tunnel("a", "rb", sa, "")+tunnel("c", "rb", sc, "")+
-		tunnel("d", "ra", sd, fmt.Sprintf(", http: %q", hd))+tunnel("e", "rb", se, "")+poolYAML(3))
+		tunnel("d", "ra", sd, fmt.Sprintf(", http: %q", hd))+tunnel("e", "rb", se, "")+
+		tunnel("f", "ra", sf, ", max_connections: 1, drain_timeout: 2s")+poolYAML(3))
 	res, err := env.reload(t)
 	if err != nil {
 		t.Fatalf("reload: %v", err)
 	}
-	want := reloadResult{Opened: []string{"c"}, Closed: []string{"b"}, Switched: []string{"a"}, Replaced: []string{"d"},
+	want := reloadResult{Opened: []string{"c"}, Closed: []string{"b"}, Switched: []string{"a"}, Updated: []string{"f"}, Replaced: []string{"d"},
 		Pool: []string{"pool.size"}, Unchanged: 1, NeedsRestart: []string{"log_format"}, LogLevel: "DEBUG"}
 	if fmt.Sprint(res) != fmt.Sprint(want) {
 		t.Fatalf("reload:\n got %+v\nwant %+v", res, want)
@@ -202,6 +226,26 @@ func TestReloadAppliesEachKindOfChange(t *testing.T) {
 	if e := env.tunnelUp(t, "e", "rb"); e.SessionID != eInfo.SessionID {
 		t.Errorf("the unchanged tunnel e was touched: session %s, was %s", e.SessionID, eInfo.SessionID)
 	}
+	// f took max_connections: 1 in place: same session, and a second connection is refused while
+	// one is open.
+	if f := env.tunnelUp(t, "f", "ra"); f.SessionID != fInfo.SessionID {
+		t.Errorf("f was updated in place but its session changed: %s, was %s", f.SessionID, fInfo.SessionID)
+	}
+	testutil.Poll(t, 10*time.Second, "f's earlier connections to end", func(ctx context.Context) (messages.ConnectionStats, error) {
+		tun, err := env.node.eng.Tunnel(ctx, "f")
+		if err != nil {
+			return messages.ConnectionStats{}, err
+		}
+		return tun.Stats(ctx)
+	}, func(s messages.ConnectionStats) bool { return s.Active == 0 })
+	held, err := dialVia(sf, env.echo)
+	if err != nil {
+		t.Fatalf("a connection through f: %v", err)
+	}
+	if err := echoVia(sf, env.echo); err == nil {
+		t.Error("f took a second connection with max_connections: 1")
+	}
+	held.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if _, err := env.node.eng.Tunnel(ctx, "b"); !errors.Is(err, engine.ErrTunnelNotFound) {
@@ -221,7 +265,7 @@ func TestReloadAppliesEachKindOfChange(t *testing.T) {
 
 	// The same file again: nothing to do but what still needs a restart.
 	res, err = env.reload(t)
-	if err != nil || res.Unchanged != 4 || len(res.Opened)+len(res.Closed)+len(res.Switched)+len(res.Replaced)+len(res.Pool) != 0 ||
+	if err != nil || res.Unchanged != 5 || len(res.Opened)+len(res.Closed)+len(res.Switched)+len(res.Updated)+len(res.Replaced)+len(res.Pool) != 0 ||
 		!slices.Equal(res.NeedsRestart, []string{"log_format"}) {
 		t.Errorf("reload of the same file: %+v, %v", res, err)
 	}
@@ -234,8 +278,8 @@ func TestReloadAppliesEachKindOfChange(t *testing.T) {
 		t.Fatalf("reload of an invalid file: %v, want a field error for tunnels[0].exit", err)
 	}
 	tuns, err := env.node.eng.Tunnels(ctx)
-	if err != nil || len(tuns) != 4 {
-		t.Fatalf("tunnels after the invalid reload: %d, %v; want 4", len(tuns), err)
+	if err != nil || len(tuns) != 5 {
+		t.Fatalf("tunnels after the invalid reload: %d, %v; want 5", len(tuns), err)
 	}
 	env.tunnelUp(t, "a", "rb")
 }

@@ -1,0 +1,62 @@
+package actors
+
+// Changing a running tunnel's settings in place (engine.Tunnel.Update, a reload of engine run):
+//
+//	any state but Closing, Failed, Closed ──UpdateTunnel──▶ the same state, with the new settings
+//	   for what follows: connections accepted from then on (limits, timeouts, proxy
+//	   authentication and handshake limits), legs started from then on (handshake timeout,
+//	   UDP bind, keepalive, trust and pins, certificate), the next reconnection (failover list,
+//	   backoff, reconnect wait) and the next drain (drain timeout)
+//	a changed name, exit, proxy address or health policy ──▶ ErrNotInPlace, nothing changed
+//
+// Nothing running is touched: connections keep the limits they were accepted with, the current
+// leg its session; a reconnection under way keeps the order of exits it started with.
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/asynkron/protoactor-go/actor"
+)
+
+// ErrNotInPlace: an update changes a setting that only a new tunnel applies (its name, exit, proxy
+// addresses or health policy); nothing was changed.
+var ErrNotInPlace = errors.New("only a new tunnel applies this change")
+
+// UpdateTunnel gives a tunnel new settings; the reply is *TunnelUpdated.
+type UpdateTunnel struct{ Config TunnelConfig }
+
+// TunnelUpdated answers UpdateTunnel.
+type TunnelUpdated struct{ Err error }
+
+func (t *tunnelActor) update(ctx actor.Context, m *UpdateTunnel) {
+	if t.over() {
+		ctx.Respond(&TunnelUpdated{Err: ErrTunnelClosed})
+		return
+	}
+	c := m.Config
+	var fixed []string
+	for _, f := range []struct {
+		name string
+		diff bool
+	}{
+		{"name", c.ID != t.cfg.ID}, {"exit", c.ExitID != t.cfg.ExitID}, {"socks", c.SOCKSAddr != t.cfg.SOCKSAddr},
+		{"http", c.HTTPAddr != t.cfg.HTTPAddr}, {"health", c.Health != t.cfg.Health},
+	} {
+		if f.diff {
+			fixed = append(fixed, f.name)
+		}
+	}
+	if len(fixed) > 0 {
+		ctx.Respond(&TunnelUpdated{Err: fmt.Errorf("%w: %s", ErrNotInPlace, strings.Join(fixed, ", "))})
+		return
+	}
+	t.cfg.UDPBind, t.cfg.HandshakeTimeout, t.cfg.DrainTimeout = c.UDPBind, c.HandshakeTimeout, c.DrainTimeout
+	t.cfg.Conn, t.cfg.MaxConns, t.cfg.MaxConnsPerSource, t.cfg.MaxHandshakes = c.Conn, c.MaxConns, c.MaxConnsPerSource, c.MaxHandshakes
+	t.cfg.ProxyOpts, t.cfg.Keepalive, t.cfg.Exits = c.ProxyOpts, c.Keepalive, c.Exits
+	t.cfg.Backoff, t.cfg.ReconnectWait = c.Backoff, c.ReconnectWait
+	t.cfg.Trust, t.cfg.Certificate = c.Trust, c.Certificate
+	t.cfg.Logger.Info("tunnel settings changed in place")
+	ctx.Respond(&TunnelUpdated{})
+}
