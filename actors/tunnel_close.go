@@ -41,8 +41,8 @@ func (t *tunnelActor) drain(ctx actor.Context, m *messages.CloseTunnel) {
 	default:
 		t.drainWhy = messages.EndDrainTimeout
 	}
+	t.closeListeners() // before the event: whoever hears Draining finds the proxies closed
 	t.enter(ctx, messages.StateDraining, reasonOr(m.Reason))
-	t.closeListeners()
 	for _, l := range t.legs {
 		if l != t.current && !l.draining {
 			t.releaseLeg(ctx, l) // a leg still coming up is not wanted any more
