@@ -7,20 +7,25 @@ package actors
 //	   authentication and handshake limits), legs started from then on (handshake timeout,
 //	   UDP bind, keepalive, trust and pins, certificate), the next reconnection (failover list,
 //	   backoff, reconnect wait) and the next drain (drain timeout)
-//	a changed name, exit, proxy address or health policy ──▶ ErrNotInPlace, nothing changed
+//	a changed name, proxy address or health policy ──▶ ErrNotInPlace, nothing changed
 //
-// Nothing running is touched: connections keep the limits they were accepted with, the current
-// leg its session; a reconnection under way keeps the order of exits it started with.
+// The exit is not an update's: Switch moves the tunnel (the configured exit stays the first of the
+// failover list). Nothing running is touched: connections keep the limits they were accepted
+// with, the current leg its session; a reconnection under way goes on over the new failover list,
+// from the exit it was about to try.
 
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/asynkron/protoactor-go/actor"
+
+	"github.com/warren-tunnel/warren/messages"
 )
 
-// ErrNotInPlace: an update changes a setting that only a new tunnel applies (its name, exit, proxy
+// ErrNotInPlace: an update changes a setting that only a new tunnel applies (its name, proxy
 // addresses or health policy); nothing was changed.
 var ErrNotInPlace = errors.New("only a new tunnel applies this change")
 
@@ -41,7 +46,7 @@ func (t *tunnelActor) update(ctx actor.Context, m *UpdateTunnel) {
 		name string
 		diff bool
 	}{
-		{"name", c.ID != t.cfg.ID}, {"exit", c.ExitID != t.cfg.ExitID}, {"socks", c.SOCKSAddr != t.cfg.SOCKSAddr},
+		{"name", c.ID != t.cfg.ID}, {"socks", c.SOCKSAddr != t.cfg.SOCKSAddr},
 		{"http", c.HTTPAddr != t.cfg.HTTPAddr}, {"health", c.Health != t.cfg.Health},
 	} {
 		if f.diff {
@@ -57,6 +62,21 @@ func (t *tunnelActor) update(ctx actor.Context, m *UpdateTunnel) {
 	t.cfg.ProxyOpts, t.cfg.Keepalive, t.cfg.Exits = c.ProxyOpts, c.Keepalive, c.Exits
 	t.cfg.Backoff, t.cfg.ReconnectWait = c.Backoff, c.ReconnectWait
 	t.cfg.Trust, t.cfg.Certificate = c.Trust, c.Certificate
+	if t.state == messages.StateReconnecting && len(t.recon.order) > 0 {
+		t.reorder()
+	}
 	t.cfg.Logger.Info("tunnel settings changed in place")
 	ctx.Respond(&TunnelUpdated{})
+}
+
+// reorder makes a reconnection under way go on over the new failover list: from the exit it was
+// about to try (if the list still has it), keeping the attempt count its backoff grows with.
+func (t *tunnelActor) reorder() {
+	next := t.recon.order[t.recon.attempt%len(t.recon.order)]
+	order := t.exits()
+	if i := slices.Index(order, next); i >= 0 {
+		order = slices.Concat(order[i:], order[:i])
+	}
+	k := t.recon.attempt % len(order) // so that order[attempt % len] is where it goes on
+	t.recon.order = slices.Concat(order[len(order)-k:], order[:len(order)-k])
 }

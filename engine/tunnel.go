@@ -211,16 +211,17 @@ func (t *Tunnel) Stats(ctx context.Context) (messages.ConnectionStats, error) {
 // ExitAddr is the exit's WireGuard endpoint as the exit announced it.
 func (t *Tunnel) ExitAddr() netip.AddrPort { return t.info.ExitEndpoint }
 
-// ErrNotInPlace: Update was asked to change what only a new tunnel applies (its name, exit, proxy
-// addresses or health policy); nothing was changed. Switch changes the exit.
+// ErrNotInPlace: Update was asked to change what only a new tunnel applies (its name, proxy
+// addresses or health policy); nothing was changed.
 var ErrNotInPlace = actors.ErrNotInPlace
 
 // Update gives the tunnel the settings of spec for what follows, without touching what runs:
 // connections accepted from then on get its limits, timeouts and proxy authentication; legs
 // started from then on its handshake timeout, UDP bind, keepalive and pins; the next reconnection
-// its failover list and backoff; the next drain its drain timeout. spec is checked as OpenTunnel
-// checks it (errors name the field under "tunnel"); its name may be empty (the tunnel's). A change
-// of name, exit, proxy addresses or health policy is refused with ErrNotInPlace and changes
+// its failover list and backoff (a reconnection under way goes on over the new list); the next
+// drain its drain timeout. spec is checked as OpenTunnel checks it (errors name the field under
+// "tunnel"); its name may be empty (the tunnel's). Its exit does not move the tunnel: Switch does.
+// A change of name, proxy addresses or health policy is refused with ErrNotInPlace and changes
 // nothing. A closed tunnel answers ErrTunnelClosed.
 func (t *Tunnel) Update(ctx context.Context, spec TunnelSpec) error {
 	if spec.Name == "" {

@@ -54,7 +54,8 @@ func (n *node) applyConfig(ctx context.Context, next runConfig) reloadResult {
 
 	// Tunnels, by name (an unnamed one is tunnel-<its index>, as the engine names it).
 	curT, nextT := tunnelsByName(cur.Tunnels), tunnelsByName(next.Tunnels)
-	keepOld := map[string]bool{} // tunnels whose old spec still describes what runs (an update, close or switch failed)
+	keepOld := map[string]bool{}  // tunnels whose old spec still describes what runs (an update, close or switch failed)
+	keepExit := map[string]bool{} // tunnels updated in place whose switch failed: the new spec, on the old exit
 	var closeFirst, open, replace []string
 	switches := map[string]string{}
 	for _, name := range sortedKeys(curT) {
@@ -137,7 +138,14 @@ func (n *node) applyConfig(ctx context.Context, next runConfig) reloadResult {
 				err = t.Switch(ctx, exit)
 			}
 			if err != nil {
-				fail(name, "tunnels %s: switch to %s: %v (it stays where it was)", name, exit, err)
+				keep := name
+				if slices.Contains(res.Updated, name) { // its new settings are live: only the exit stays
+					mu.Lock()
+					keepExit[name] = true
+					mu.Unlock()
+					keep = ""
+				}
+				fail(keep, "tunnels %s: switch to %s: %v (it stays where it was)", name, exit, err)
 				return
 			}
 			done(&res.Switched, name)
@@ -150,6 +158,9 @@ func (n *node) applyConfig(ctx context.Context, next runConfig) reloadResult {
 	case running && next.Pool == nil:
 		wg.Go(func() {
 			if err := n.closePool(ctx); err != nil {
+				mu.Lock()
+				poolKeep = true
+				mu.Unlock()
 				fail("", "pool: close: %v", err)
 				return
 			}
@@ -161,10 +172,11 @@ func (n *node) applyConfig(ctx context.Context, next runConfig) reloadResult {
 		changed, err := n.pool.Load().Update(ctx, *next.Pool)
 		switch {
 		case errors.Is(err, pool.ErrFixed):
-			res.Pool = append(res.Pool, "replaced")
 			if err := n.closePool(ctx); err != nil {
-				fail("", "pool: close: %v", err)
+				fail("", "pool: close (to replace it): %v", err)
+				poolKeep = true
 			} else {
+				res.Pool = append(res.Pool, "replaced")
 				poolOpen = true
 			}
 		case err != nil:
@@ -212,14 +224,19 @@ func (n *node) applyConfig(ctx context.Context, next runConfig) reloadResult {
 	kept := next
 	// What needs a restart keeps its running value, so that the next reload reports it again.
 	kept.NATS, kept.Identity, kept.Trust, kept.Exit, kept.LogFormat, kept.Admin = cur.NATS, cur.Identity, cur.Trust, cur.Exit, cur.LogFormat, cur.Admin
-	kept.Tunnels = keptTunnels(curT, next.Tunnels, keepOld)
+	kept.Tunnels = keptTunnels(curT, next.Tunnels, keepOld, keepExit)
 	if poolKeep {
 		kept.Pool = cur.Pool
 	}
 	n.cur = kept
 	names := n.configuredNames()
 	n.configured.Store(&names)
+	n.poolWanted.Store(kept.Pool != nil)
 	n.grace.Store(int64(graceFor(kept)))
+	select { // the ready line's check looks again
+	case n.reloaded <- struct{}{}:
+	default:
+	}
 	n.logger.Info("config reloaded", "opened", res.Opened, "closed", res.Closed, "switched", res.Switched,
 		"updated", res.Updated, "replaced", res.Replaced, "pool", res.Pool, "unchanged", res.Unchanged, "needs_restart", res.NeedsRestart, "errors", res.Errors)
 	return res
@@ -258,16 +275,20 @@ func serving(s messages.TunnelState) bool {
 	return s == messages.StateUp || s == messages.StateDegraded || s == messages.StateSwitching
 }
 
-// keptTunnels is the tunnel list that now runs: next's, except those whose close or switch
-// failed, which still run as cur describes them (a later reload tries again).
-func keptTunnels(curT map[string]engine.TunnelSpec, next []engine.TunnelSpec, keepOld map[string]bool) []engine.TunnelSpec {
+// keptTunnels is the tunnel list that now runs: next's, except those whose update, close or switch
+// failed, which still run as cur describes them, and those updated in place whose switch failed,
+// which run next's settings on cur's exit (a later reload tries again).
+func keptTunnels(curT map[string]engine.TunnelSpec, next []engine.TunnelSpec, keepOld, keepExit map[string]bool) []engine.TunnelSpec {
 	out := make([]engine.TunnelSpec, 0, len(next))
 	seen := map[string]bool{}
 	for i, s := range next {
 		s.Name = tunnelName(s, i) // explicit from now on: positions may shift, names do not
 		seen[s.Name] = true
-		if keepOld[s.Name] {
+		switch {
+		case keepOld[s.Name]:
 			s = curT[s.Name]
+		case keepExit[s.Name]:
+			s.Exit = curT[s.Name].Exit
 		}
 		out = append(out, s)
 	}

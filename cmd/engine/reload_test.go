@@ -85,7 +85,8 @@ func (env *reloadEnv) start(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := &node{path: env.path, eng: eng, logger: logger, level: level, cur: rc, changed: make(chan struct{}, 1)}
+	n := &node{path: env.path, eng: eng, logger: logger, level: level, cur: rc, changed: make(chan struct{}, 1),
+		reloaded: make(chan struct{}, 1)}
 	names := n.configuredNames()
 	n.configured.Store(&names)
 	go n.logEvents()
@@ -270,6 +271,18 @@ func TestReloadAppliesEachKindOfChange(t *testing.T) {
 		t.Errorf("reload of the same file: %+v, %v", res, err)
 	}
 
+	// a, switched by the last reload, takes a new limit in place: not replaced, same session.
+	aInfo := env.tunnelUp(t, "a", "rb")
+	env.write(t, "log_level: debug\nlog_format: json\ntunnels:\n"+tunnel("a", "rb", sa, ", max_connections: 9")+tunnel("c", "rb", sc, "")+
+		tunnel("d", "ra", sd, fmt.Sprintf(", http: %q", hd))+tunnel("e", "rb", se, "")+
+		tunnel("f", "ra", sf, ", max_connections: 1, drain_timeout: 2s")+poolYAML(3))
+	if res, err := env.reload(t); err != nil || !slices.Equal(res.Updated, []string{"a"}) || len(res.Replaced)+len(res.Switched) != 0 {
+		t.Fatalf("a new limit for a switched tunnel: %+v, %v; want a updated in place", res, err)
+	}
+	if a := env.tunnelUp(t, "a", "rb"); a.SessionID != aInfo.SessionID {
+		t.Errorf("a was updated in place but its session changed")
+	}
+
 	// An invalid file changes nothing and names its field.
 	env.write(t, "tunnels:\n"+tunnel("a", "bad id!", sa, ""))
 	if _, err := env.reload(t); err == nil {
@@ -361,6 +374,32 @@ func TestReloadPool(t *testing.T) {
 			slotsUp(r1)
 		}
 	}
+}
+
+// TestReloadGivesAWaitingTunnelAFailoverExit: a tunnel that keeps trying an exit that does not
+// exist takes a failover list in place, and its reconnection goes on over it: Up on the new exit.
+func TestReloadGivesAWaitingTunnelAFailoverExit(t *testing.T) {
+	env := newReloadEnv(t)
+	sa := freeAddr(t)
+	tunnel := func(extra string) string {
+		return fmt.Sprintf("tunnels: [{name: a, exit: rx, socks: %q, udp_bind: 127.0.0.1, handshake_timeout: 1s, "+
+			"health: {backoff_min: 100ms, backoff_max: 300ms}%s}]\n", sa, extra)
+	}
+	env.write(t, tunnel(""))
+	env.start(t)
+	testutil.Poll(t, 10*time.Second, "a reconnecting", func(ctx context.Context) (engine.TunnelInfo, error) {
+		tun, err := env.node.eng.Tunnel(ctx, "a")
+		if err != nil {
+			return engine.TunnelInfo{}, err
+		}
+		return tun.Info(ctx)
+	}, func(i engine.TunnelInfo) bool { return i.State == messages.StateReconnecting })
+	env.write(t, tunnel(", exits: [ra]"))
+	res, err := env.reload(t)
+	if err != nil || !slices.Equal(res.Updated, []string{"a"}) || len(res.Replaced)+len(res.Errors) != 0 {
+		t.Fatalf("reload adding a failover exit: %+v, %v; want a updated in place", res, err)
+	}
+	env.tunnelUp(t, "a", "ra")
 }
 
 // TestReloadFixesAMistypedExit: a tunnel that keeps trying an exit that does not exist cannot

@@ -44,6 +44,11 @@ type node struct {
 	// changed is signalled (coalesced) on every tunnel state change, for the ready line.
 	changed chan struct{}
 	grace   atomic.Int64 // graceFor(cur), as a time.Duration: kept by the reload goroutine
+	// reloaded is signalled (coalesced) after each reload has stored what is configured, so that
+	// the ready line's check looks again (no tunnel event may follow a tunnel's removal).
+	reloaded chan struct{}
+	// poolWanted: the current config has a pool (set at start and by each reload).
+	poolWanted atomic.Bool
 	// configured names the configured tunnels, for /readyz: set at start and by each reload.
 	configured atomic.Pointer[[]string]
 	// adminCfg is the admin listener to serve (nil: none); adminOptional: a listener that cannot
@@ -53,7 +58,7 @@ type node struct {
 	// override applies the command line to a config read from the file (at start and at each
 	// reload): --log-level, and nats.wait_on_start for engine run.
 	override func(*runConfig)
-	admin    *admin.Server // set by start; closed after the engine
+	admin    atomic.Pointer[admin.Server] // set by start; closed after the engine
 }
 
 // errNoConfigFile: a reload of a node that runs without a config file (the demo).
@@ -99,10 +104,11 @@ func serve(rc runConfig, path string, override func(*runConfig), adminCfg *admin
 		return exitUsage
 	}
 	n := &node{path: path, eng: eng, logger: logger, level: level, cur: rc, reloads: make(chan reloadReq), hup: make(chan struct{}, 1),
-		changed: make(chan struct{}, 1), adminCfg: adminCfg, adminOptional: adminOptional, override: override}
+		changed: make(chan struct{}, 1), reloaded: make(chan struct{}, 1), adminCfg: adminCfg, adminOptional: adminOptional, override: override}
 	names := n.configuredNames()
 	n.configured.Store(&names)
-	defer func() { closeAdmin(n.admin) }()
+	n.poolWanted.Store(rc.Pool != nil)
+	defer func() { closeAdmin(n.admin.Load()) }()
 	go n.logEvents()
 	started, stopReloads := make(chan struct{}), make(chan struct{})
 	defer close(stopReloads)
@@ -141,7 +147,7 @@ func serve(rc runConfig, path string, override func(*runConfig), adminCfg *admin
 			}
 		}
 	}
-	go n.awaitReady(n.readyLine())
+	go n.awaitReady()
 	n.grace.Store(int64(graceFor(n.cur)))
 	close(started)
 	for {
@@ -168,7 +174,7 @@ func (n *node) start(ctx context.Context) error {
 	case err != nil:
 		return err
 	}
-	n.admin = srv
+	n.admin.Store(srv)
 	if x, ok := n.eng.Exit(); ok {
 		natsURL := n.eng.NATSURL()
 		if u, err := url.Parse(natsURL); err == nil && u.User != nil {
@@ -201,12 +207,13 @@ func (n *node) readyLine() string {
 	line := "ready"
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	for i, spec := range n.cur.Tunnels {
-		t, err := n.eng.Tunnel(ctx, tunnelName(spec, i))
+	names := *n.configured.Load()
+	for _, name := range names {
+		t, err := n.eng.Tunnel(ctx, name)
 		if err != nil {
 			continue
 		}
-		if len(n.cur.Tunnels) > 1 {
+		if len(names) > 1 {
 			line += " tunnel=" + t.ID()
 		}
 		if a := t.SOCKSAddr(); a != "" {
@@ -232,10 +239,11 @@ func (n *node) readyLine() string {
 // of its slots up (checked at every tunnel and slot transition); until then /readyz says what is
 // missing. A tunnel that cannot come up
 // is logged by the engine as it retries.
-func (n *node) awaitReady(line string) {
+func (n *node) awaitReady() {
 	for {
 		if n.allUp(*n.configured.Load()) {
 			if up, size, ok := n.poolReady(); ok {
+				line := n.readyLine() // as it is now: a reload may have changed what runs
 				if size >= 0 {
 					line += fmt.Sprintf(" slots=%d up=%d", size, up)
 				}
@@ -243,8 +251,12 @@ func (n *node) awaitReady(line string) {
 				return
 			}
 		}
-		if _, ok := <-n.changed; !ok {
-			return
+		select {
+		case _, ok := <-n.changed:
+			if !ok {
+				return
+			}
+		case <-n.reloaded:
 		}
 	}
 }
@@ -254,7 +266,9 @@ func (n *node) awaitReady(line string) {
 func (n *node) poolReady() (up, size int, ok bool) {
 	p := n.pool.Load()
 	if p == nil {
-		return 0, -1, true
+		// None runs: none is configured, or one is between its close and its opening (a reload
+		// replaces it, or it failed to open and the next reload opens it).
+		return 0, -1, !n.poolWanted.Load()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -322,6 +336,11 @@ func (n *node) reloadLoop(started, stop <-chan struct{}) {
 	}
 	for {
 		select {
+		case <-stop: // first: a reload never starts once the node is done
+			return
+		default:
+		}
+		select {
 		case <-stop:
 			return
 		case <-n.hup:
@@ -387,12 +406,21 @@ func (n *node) openPool(ctx context.Context, cfg pool.Config) error {
 	return nil
 }
 
+// closePool closes the running pool and forgets it; one whose close failed and that still runs is
+// kept (a later reload tries again).
 func (n *node) closePool(ctx context.Context) error {
-	p := n.pool.Swap(nil)
+	p := n.pool.Load()
 	if p == nil {
 		return nil
 	}
-	return p.Close(ctx, 0)
+	err := p.Close(ctx, 0)
+	if err != nil {
+		if _, serr := p.Slots(ctx); !errors.Is(serr, pool.ErrClosed) {
+			return err // still there
+		}
+	}
+	n.pool.Store(nil)
+	return err
 }
 
 func (n *node) closeTunnel(ctx context.Context, name string) error {
