@@ -89,17 +89,6 @@ type Shutdown struct{ Force bool }
 // ShutdownResponse answers Shutdown.
 type ShutdownResponse struct{}
 
-// DrainExit drains the engine's exit: it admits no session, tells its clients, lets its flows
-// run until nothing is left or its drain timeout, then ends and stops (it is not replaced). The
-// reply is *DrainExitResponse once the exit has stopped.
-type DrainExit struct{}
-
-// DrainExitResponse answers DrainExit: Err is ErrNoExit for an engine that serves no exit.
-type DrainExitResponse struct{ Err error }
-
-// ErrNoExit: the engine serves no exit (none configured, or it was given up).
-var ErrNoExit = errors.New("engine serves no exit")
-
 type engineActor struct {
 	cfg       EngineConfig
 	behavior  actor.Behavior

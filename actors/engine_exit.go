@@ -5,10 +5,22 @@ package actors
 // that stops once told to drain (or to end) is gone for good, not lost.
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/asynkron/protoactor-go/actor"
 )
+
+// DrainExit drains the engine's exit: it admits no session, tells its clients, lets its flows
+// run until nothing is left or its drain timeout, then ends and stops (it is not replaced). The
+// reply is *DrainExitResponse once the exit has stopped.
+type DrainExit struct{}
+
+// DrainExitResponse answers DrainExit: Err is ErrNoExit for an engine that serves no exit.
+type DrainExitResponse struct{ Err error }
+
+// ErrNoExit: the engine serves no exit (none configured, or it was given up).
+var ErrNoExit = errors.New("engine serves no exit")
 
 // spawnExit starts the exit role; it reports ExitReady to the engine.
 func (e *engineActor) spawnExit(ctx actor.Context) {

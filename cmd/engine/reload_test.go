@@ -376,16 +376,16 @@ func TestReloadPool(t *testing.T) {
 	}
 }
 
-// TestReloadGivesAWaitingTunnelAFailoverExit: a tunnel that keeps trying an exit that does not
-// exist takes a failover list in place, and its reconnection goes on over it: Up on the new exit.
-func TestReloadGivesAWaitingTunnelAFailoverExit(t *testing.T) {
-	env := newReloadEnv(t)
+// waitingTunnel starts the node with tunnel a on the exit rx, which does not exist, and waits until
+// a keeps trying (Reconnecting). The returned function writes a's line with another exit and extra
+// settings.
+func waitingTunnel(t *testing.T, env *reloadEnv) func(exit, extra string) {
 	sa := freeAddr(t)
-	tunnel := func(extra string) string {
-		return fmt.Sprintf("tunnels: [{name: a, exit: rx, socks: %q, udp_bind: 127.0.0.1, handshake_timeout: 1s, "+
-			"health: {backoff_min: 100ms, backoff_max: 300ms}%s}]\n", sa, extra)
+	write := func(exit, extra string) {
+		env.write(t, fmt.Sprintf("tunnels: [{name: a, exit: %s, socks: %q, udp_bind: 127.0.0.1, handshake_timeout: 1s, "+
+			"health: {backoff_min: 100ms, backoff_max: 300ms}%s}]\n", exit, sa, extra))
 	}
-	env.write(t, tunnel(""))
+	write("rx", "")
 	env.start(t)
 	testutil.Poll(t, 10*time.Second, "a reconnecting", func(ctx context.Context) (engine.TunnelInfo, error) {
 		tun, err := env.node.eng.Tunnel(ctx, "a")
@@ -394,7 +394,14 @@ func TestReloadGivesAWaitingTunnelAFailoverExit(t *testing.T) {
 		}
 		return tun.Info(ctx)
 	}, func(i engine.TunnelInfo) bool { return i.State == messages.StateReconnecting })
-	env.write(t, tunnel(", exits: [ra]"))
+	return write
+}
+
+// TestReloadGivesAWaitingTunnelAFailoverExit: a tunnel that keeps trying an exit that does not
+// exist takes a failover list in place, and its reconnection goes on over it: Up on the new exit.
+func TestReloadGivesAWaitingTunnelAFailoverExit(t *testing.T) {
+	env := newReloadEnv(t)
+	waitingTunnel(t, env)("rx", ", exits: [ra]")
 	res, err := env.reload(t)
 	if err != nil || !slices.Equal(res.Updated, []string{"a"}) || len(res.Replaced)+len(res.Errors) != 0 {
 		t.Fatalf("reload adding a failover exit: %+v, %v; want a updated in place", res, err)
@@ -406,21 +413,7 @@ func TestReloadGivesAWaitingTunnelAFailoverExit(t *testing.T) {
 // switch (it is not up); a reload that corrects its exit replaces it, and it comes up there.
 func TestReloadFixesAMistypedExit(t *testing.T) {
 	env := newReloadEnv(t)
-	sa := freeAddr(t)
-	tunnel := func(exit string) string {
-		return fmt.Sprintf("tunnels: [{name: a, exit: %s, socks: %q, udp_bind: 127.0.0.1, handshake_timeout: 1s, "+
-			"health: {backoff_min: 100ms, backoff_max: 300ms}}]\n", exit, sa)
-	}
-	env.write(t, tunnel("rx"))
-	env.start(t)
-	testutil.Poll(t, 10*time.Second, "a reconnecting", func(ctx context.Context) (engine.TunnelInfo, error) {
-		tun, err := env.node.eng.Tunnel(ctx, "a")
-		if err != nil {
-			return engine.TunnelInfo{}, err
-		}
-		return tun.Info(ctx)
-	}, func(i engine.TunnelInfo) bool { return i.State == messages.StateReconnecting })
-	env.write(t, tunnel("ra"))
+	waitingTunnel(t, env)("ra", "")
 	res, err := env.reload(t)
 	if err != nil || !slices.Equal(res.Replaced, []string{"a"}) || len(res.Switched)+len(res.Errors) != 0 {
 		t.Fatalf("reload correcting the exit: %+v, %v; want a replaced", res, err)
