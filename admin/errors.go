@@ -85,11 +85,11 @@ func classify(err error) *Error {
 	switch {
 	case errors.As(err, &fe), errors.Is(err, engine.ErrInvalidConfig), errors.Is(err, pool.ErrRange):
 		return newError(CodeBadRequest, msg)
-	case errors.Is(err, errTunnelNotFound), errors.Is(err, engine.ErrTunnelClosed), errors.Is(err, pool.ErrNoSlot):
+	case errors.Is(err, engine.ErrTunnelNotFound), errors.Is(err, engine.ErrTunnelClosed), errors.Is(err, pool.ErrNoSlot):
 		return newError(CodeNotFound, msg)
 	case errors.Is(err, engine.ErrNoExit):
 		return newError(CodeNotFound, errNoExit.Message)
-	case errors.Is(err, errTunnelExists), errors.Is(err, engine.ErrBusy), errors.Is(err, engine.ErrNotUp),
+	case errors.Is(err, engine.ErrTunnelExists), errors.Is(err, engine.ErrBusy), errors.Is(err, engine.ErrNotUp),
 		errors.Is(err, pool.ErrNotUp):
 		return newError(CodeConflict, msg)
 	case errors.Is(err, context.DeadlineExceeded):

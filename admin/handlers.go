@@ -38,7 +38,7 @@ func (s *Server) collectStatus(ctx context.Context) (Status, error) {
 		return st, err
 	}
 	st.Conns = ConnectionsNow{Client: stats.Client.Active, Exit: stats.Exit.Active}
-	ts, err := s.engineTunnels(ctx)
+	ts, err := s.eng.Tunnels(ctx)
 	if err != nil {
 		return st, err
 	}
@@ -233,7 +233,7 @@ func (s *Server) exitSessions(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	sessions, err := exitSessions(ctx, s.eng)
+	sessions, err := s.eng.ExitSessions(ctx)
 	if err != nil {
 		return err
 	}
@@ -309,7 +309,7 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request) error {
 	ctx, cancel := context.WithTimeout(r.Context(), healthzTimeout)
 	defer cancel()
 	var problems []string
-	if err := ping(ctx, s.eng); err != nil {
+	if err := s.eng.Ping(ctx); err != nil {
 		problems = append(problems, "engine: "+err.Error())
 	}
 	writeHealth(w, problems)
@@ -331,7 +331,7 @@ func serving(st messages.TunnelState) bool {
 }
 
 func (s *Server) readiness(ctx context.Context) []string {
-	if err := ping(ctx, s.eng); err != nil {
+	if err := s.eng.Ping(ctx); err != nil {
 		return []string{"engine: " + err.Error()}
 	}
 	var problems []string
@@ -339,7 +339,7 @@ func (s *Server) readiness(ctx context.Context) []string {
 	if s.opts.Configured != nil {
 		names = s.opts.Configured()
 	} else {
-		ts, err := s.engineTunnels(ctx)
+		ts, err := s.eng.Tunnels(ctx)
 		if err != nil {
 			return []string{"tunnels: " + err.Error()}
 		}
@@ -349,7 +349,7 @@ func (s *Server) readiness(ctx context.Context) []string {
 	}
 	states := make([]string, len(names))
 	each(len(names), func(i int) {
-		t, err := s.engineTunnel(ctx, names[i])
+		t, err := s.eng.Tunnel(ctx, names[i])
 		if err != nil {
 			states[i] = fmt.Sprintf("tunnel %s: not open", names[i])
 			return
@@ -360,7 +360,7 @@ func (s *Server) readiness(ctx context.Context) []string {
 			states[i] = fmt.Sprintf("tunnel %s: %v", names[i], err)
 		case !serving(info.State):
 			states[i] = fmt.Sprintf("tunnel %s: %s", names[i], info.State)
-			if c := extraOf(info).Cause; c != "" {
+			if c := info.Cause; c != "" {
 				states[i] += " (" + c + ")"
 			}
 		}

@@ -161,7 +161,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	// Tunnels: the engine's own and the pool slots'.
 	var infos []engine.TunnelInfo
 	tunnelsOK := true
-	if ts, err := s.engineTunnels(ctx); err != nil {
+	if ts, err := s.eng.Tunnels(ctx); err != nil {
 		m.failed("tunnels", err)
 		tunnelsOK = false
 	} else if snaps, err := snapTunnels(ctx, ts, false); err != nil {
@@ -204,9 +204,10 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 
-	if c := engineCounters(s.eng); c.ok {
+	{
+		c := s.eng.Counters()
 		for k, n := range c.Transitions {
-			counter(m.transitions, float64(n), k[0], k[1])
+			counter(m.transitions, float64(n), string(k.From), string(k.To))
 		}
 		for cause, n := range c.Reconnects {
 			counter(m.reconnects, float64(n), cause)
@@ -218,10 +219,10 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 
 // handshakeAges sends the distribution of the tunnels' handshake ages (tunnels with a handshake).
 func (m *metrics) handshakeAges(ch chan<- prometheus.Metric, infos []engine.TunnelInfo) {
-	h := histogram{Bounds: handshakeAgeBuckets, Counts: make([]uint64, len(handshakeAgeBuckets)+1)}
+	h := engine.Histogram{Bounds: handshakeAgeBuckets, Counts: make([]uint64, len(handshakeAgeBuckets)+1)}
 	now := time.Now()
 	for _, in := range infos {
-		last := extraOf(in).LastHandshake
+		last := in.LastHandshake
 		if last.IsZero() {
 			continue
 		}
@@ -238,7 +239,7 @@ func (m *metrics) handshakeAges(ch chan<- prometheus.Metric, infos []engine.Tunn
 }
 
 // constHistogram turns per-bucket counts into Prometheus' cumulative ones.
-func constHistogram(d *prometheus.Desc, h histogram) prometheus.Metric {
+func constHistogram(d *prometheus.Desc, h engine.Histogram) prometheus.Metric {
 	buckets := make(map[float64]uint64, len(h.Bounds))
 	var cum uint64
 	for i, b := range h.Bounds {

@@ -81,7 +81,7 @@ func (s *Server) pageData(ctx context.Context) pageData {
 	if problems := s.readiness(ctx); len(problems) > 0 {
 		d.Ready = Health{Problems: problems}
 	}
-	if ts, err := s.engineTunnels(ctx); err == nil {
+	if ts, err := s.eng.Tunnels(ctx); err == nil {
 		if snaps, err := snapTunnels(ctx, ts, true); err == nil {
 			for _, sn := range snaps {
 				v := tunnelView(sn.info, sn.stats, d.Now)

@@ -68,7 +68,7 @@ func snapTunnels(ctx context.Context, ts []*engine.Tunnel, withStats bool) ([]tu
 func (s *Server) listTunnels(w http.ResponseWriter, r *http.Request) error {
 	ctx, cancel := reading(r)
 	defer cancel()
-	ts, err := s.engineTunnels(ctx)
+	ts, err := s.eng.Tunnels(ctx)
 	if err != nil {
 		return err
 	}
@@ -88,8 +88,8 @@ func (s *Server) listTunnels(w http.ResponseWriter, r *http.Request) error {
 // tunnel finds the tunnel the path names.
 func (s *Server) tunnel(ctx context.Context, r *http.Request) (*engine.Tunnel, error) {
 	name := r.PathValue("name")
-	t, err := s.engineTunnel(ctx, name)
-	if errors.Is(err, errTunnelNotFound) {
+	t, err := s.eng.Tunnel(ctx, name)
+	if errors.Is(err, engine.ErrTunnelNotFound) {
 		return nil, newError(CodeNotFound, "no tunnel named "+cut(name))
 	}
 	return t, err
@@ -145,7 +145,7 @@ func (s *Server) createTunnel(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	defer cancel()
-	t, err := s.openTunnel(ctx, spec)
+	t, err := s.eng.OpenTunnel(ctx, spec)
 	if err != nil {
 		return err
 	}
@@ -274,7 +274,7 @@ func (s *Server) connections(w http.ResponseWriter, r *http.Request) error {
 	name := r.URL.Query().Get("tunnel")
 	now := time.Now()
 	out := []Connection{}
-	add := func(tunnel string, slot *int, cs []connInfo) {
+	add := func(tunnel string, slot *int, cs []engine.ConnInfo) {
 		for _, c := range cs {
 			out = append(out, Connection{Tunnel: tunnel, Slot: slot, ID: c.ID, Kind: c.Kind, Source: c.Source,
 				Target: c.Target, Exit: c.Exit, Since: c.Since, AgeSeconds: seconds(now.Sub(c.Since)),
@@ -283,21 +283,21 @@ func (s *Server) connections(w http.ResponseWriter, r *http.Request) error {
 	}
 	var ts []*engine.Tunnel
 	if name != "" {
-		t, err := s.engineTunnel(ctx, name)
+		t, err := s.eng.Tunnel(ctx, name)
 		switch {
 		case err == nil:
 			ts = []*engine.Tunnel{t}
-		case !errors.Is(err, errTunnelNotFound):
+		case !errors.Is(err, engine.ErrTunnelNotFound):
 			return err
 		}
 	} else {
 		var err error
-		if ts, err = s.engineTunnels(ctx); err != nil {
+		if ts, err = s.eng.Tunnels(ctx); err != nil {
 			return err
 		}
 	}
 	for _, t := range ts {
-		cs, err := tunnelConnections(ctx, t)
+		cs, err := t.Connections(ctx)
 		if errors.Is(err, engine.ErrTunnelClosed) && name == "" {
 			continue
 		}
@@ -317,7 +317,7 @@ func (s *Server) connections(w http.ResponseWriter, r *http.Request) error {
 				continue
 			}
 			found = true
-			cs, err := slotConnections(ctx, p, sl.Index)
+			cs, err := p.SlotConnections(ctx, sl.Index)
 			if err != nil {
 				return err
 			}

@@ -111,15 +111,14 @@ type Tunnel struct {
 }
 
 func tunnelView(info engine.TunnelInfo, st messages.ConnectionStats, now time.Time) Tunnel {
-	x := extraOf(info)
-	t := Tunnel{Name: info.ID, State: string(info.State), Cause: x.Cause, Exit: info.ExitID, Exits: x.Exits,
-		Session: info.SessionID, SOCKS: info.SOCKSAddr, HTTP: info.HTTPAddr, OpenedAt: x.OpenedAt,
-		UpSince: info.UpSince, LastHandshake: x.LastHandshake, Reconnects: info.Reconnects, Connections: connStats(st)}
+	t := Tunnel{Name: info.ID, State: string(info.State), Cause: info.Cause, Exit: info.ExitID, Exits: info.Exits,
+		Session: info.SessionID, SOCKS: info.SOCKSAddr, HTTP: info.HTTPAddr, OpenedAt: info.OpenedAt,
+		UpSince: info.UpSince, LastHandshake: info.LastHandshake, Reconnects: info.Reconnects, Connections: connStats(st)}
 	if info.ExitEndpoint.IsValid() {
 		t.ExitEndpoint = info.ExitEndpoint.String()
 	}
 	t.ClientAddresses = addrStrings(info.ClientAddresses)
-	since := x.OpenedAt
+	since := info.OpenedAt
 	if since.IsZero() {
 		since = info.UpSince
 	}
