@@ -81,6 +81,7 @@ type TunnelConfig struct {
 	MaxConns          int           // proxied connections at once; 0 unlimited
 	MaxConnsPerSource int           // from one source address at once; 0 unlimited
 	MaxHandshakes     int           // proxy connections in their handshake at once (apart from MaxConns); 0 unlimited
+	UDP               UDPLimits     // SOCKS5 UDP associations
 	ProxyOpts         proxy.Options // authentication and handshake limits of the proxies
 	Keepalive         int           // WireGuard persistent keepalive, seconds
 	Bytes             *ByteTotals   // the engine's byte totals of client connections (set by the engine actor); nil: none

@@ -149,7 +149,10 @@ type ExitConfig struct {
 	RequestsPerSecond float64    `yaml:"requests_per_second"`
 	RequestBurst      int        `yaml:"request_burst"`    // default 20
 	ConnectTimeout    Duration   `yaml:"connect_timeout"`  // per destination dial; default 10s
-	UDPIdleTimeout    Duration   `yaml:"udp_idle_timeout"` // default 60s
+	UDPIdleTimeout    Duration   `yaml:"udp_idle_timeout"` // default 60s; UDP flows and the exit's half of SOCKS5 UDP associations
+	// UDPMaxDestinations bounds the destinations one SOCKS5 UDP association sends to; datagrams to
+	// more are dropped (and the client told). Default 256, -1 unlimited.
+	UDPMaxDestinations int `yaml:"udp_max_destinations"`
 	Connections       ConnLimits `yaml:"connections"`      // forwarded TCP connections
 	// MaxConnectionsPerSession bounds a session's (or static peer's) flows at once; default 1024,
 	// -1 unlimited. Each flow holds a host socket on the exit.
@@ -235,6 +238,21 @@ type TunnelSpec struct {
 	Auth      ProxyAuth       `yaml:"auth"`
 	Handshake HandshakeLimits `yaml:"handshake"`
 	Health    HealthConfig    `yaml:"health"`
+	// UDP is the SOCKS5 proxy's UDP ASSOCIATE (docs/connections.md, "UDP").
+	UDP UDPConfig `yaml:"udp"`
+}
+
+// UDPConfig sets a tunnel's SOCKS5 UDP associations: each is a proxy connection (it counts against
+// max_connections) whose datagrams travel through the tunnel and are sent on by the exit.
+type UDPConfig struct {
+	// Disable refuses UDP ASSOCIATE (SOCKS5 reply 0x07, command not supported).
+	Disable bool `yaml:"disable"`
+	// IdleTimeout ends an association that carried no datagram either way for this long
+	// (inactivity); default 60s, 1s-24h.
+	IdleTimeout Duration `yaml:"idle_timeout"`
+	// MaxAssociations bounds the tunnel's associations at once; over it the request gets 0x01.
+	// Default 256, -1 unlimited.
+	MaxAssociations int `yaml:"max_associations"`
 }
 
 // HealthConfig is a tunnel's health policy (docs/health.md). Zero values take the defaults.
@@ -302,6 +320,8 @@ const (
 	DefaultHandshakeTimeout = 10 * time.Second
 	DefaultConnectTimeout   = 10 * time.Second
 	DefaultUDPIdleTimeout   = 60 * time.Second
+	DefaultMaxAssociations  = 256
+	DefaultUDPDestinations  = 256
 	DefaultKeepalive        = 25
 	DefaultIdleTimeout      = 5 * time.Minute
 	DefaultKeepaliveIdle    = 2 * time.Hour
@@ -425,6 +445,7 @@ type resolvedTunnel struct {
 	handshakeTimeout time.Duration
 	connectTimeout   time.Duration
 	keepalive        int
+	udp              actors.UDPLimits
 }
 
 func (t *TunnelSpec) resolve(path string, index int) (resolvedTunnel, error) {
@@ -486,6 +507,22 @@ func (t *TunnelSpec) resolve(path string, index int) (resolvedTunnel, error) {
 		return r, fieldErr(path+".max_connections_per_source", "%d not in [1, %d] (0: unlimited)", t.MaxConnectionsPerSource, maxConns)
 	}
 	if r.keepalive, err = countIn(path+".keepalive", t.Keepalive, DefaultKeepalive, 65535, "off"); err != nil {
+		return r, err
+	}
+	if r.udp, err = t.UDP.resolve(path + ".udp"); err != nil {
+		return r, err
+	}
+	return r, nil
+}
+
+func (u UDPConfig) resolve(path string) (actors.UDPLimits, error) {
+	var r actors.UDPLimits
+	var err error
+	r.Disabled = u.Disable
+	if r.Idle, err = durationIn(path+".idle_timeout", u.IdleTimeout, DefaultUDPIdleTimeout, time.Second, 24*time.Hour, false); err != nil {
+		return r, err
+	}
+	if r.MaxAssociations, err = countIn(path+".max_associations", u.MaxAssociations, DefaultMaxAssociations, maxConns, "unlimited"); err != nil {
 		return r, err
 	}
 	return r, nil

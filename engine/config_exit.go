@@ -25,6 +25,7 @@ type resolvedExit struct {
 	static   []staticPeer
 	// admission limits; 0 unlimited
 	maxFlows, maxSessions, burst int
+	udpDests                     int
 	rate                         float64
 	// timers (engine.exitConfig resolves them again with the same result)
 	connect, udpIdle, sessionIdle time.Duration
@@ -151,6 +152,9 @@ func (x *ExitConfig) resolve() (resolvedExit, error) {
 		return r, err
 	}
 	if r.limits, err = x.Connections.resolve("exit.connections"); err != nil {
+		return r, err
+	}
+	if r.udpDests, err = countIn("exit.udp_max_destinations", x.UDPMaxDestinations, DefaultUDPDestinations, maxConns, "unlimited"); err != nil {
 		return r, err
 	}
 	if r.maxFlows, err = countIn("exit.max_connections_per_session", x.MaxConnectionsPerSession, DefaultMaxConnectionsPerSession, maxConns, "unlimited"); err != nil {

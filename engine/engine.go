@@ -399,7 +399,7 @@ func (e *Engine) exitConfig(x *ExitConfig) (actors.ExitConfig, error) {
 		Operators: e.cfg.Trust.Operators, Certificate: x.Certificate, Stats: &e.sigStats,
 		MaxSessionsPerClient: r.maxSessions, RequestRate: r.rate, RequestBurst: r.burst,
 		Conn:    r.limits.timeouts(orDuration(x.ConnectTimeout, DefaultConnectTimeout)),
-		UDPIdle: orDuration(x.UDPIdleTimeout, DefaultUDPIdleTimeout), MaxConnsPerSession: r.maxFlows,
+		UDPIdle: orDuration(x.UDPIdleTimeout, DefaultUDPIdleTimeout), MaxConnsPerSession: r.maxFlows, UDPMaxDestinations: r.udpDests,
 		SessionIdle: sessionIdle(x.SessionIdleTimeout), Labels: maps.Clone(x.Labels),
 		AnnounceInterval: r.announce, DrainTimeout: r.drain,
 		Logger: e.logger, Identity: e.identity}

@@ -50,7 +50,7 @@ func (e *Engine) tunnelConfig(spec TunnelSpec, path string) (actors.TunnelConfig
 	}
 	return actors.TunnelConfig{ID: r.name, ExitID: spec.Exit, SOCKSAddr: spec.SOCKS, HTTPAddr: spec.HTTP,
 		UDPBind: r.udpBind, HandshakeTimeout: r.handshakeTimeout, Conn: r.limits.timeouts(r.connectTimeout), Keepalive: r.keepalive,
-		MaxConns: r.maxConns, MaxConnsPerSource: spec.MaxConnectionsPerSource,
+		MaxConns: r.maxConns, MaxConnsPerSource: spec.MaxConnectionsPerSource, UDP: r.udp,
 		MaxHandshakes: r.handshake.maxPending, ProxyOpts: r.handshake.options(),
 		DrainTimeout: orDuration(spec.DrainTimeout, DefaultDrainTimeout),
 		Exits:        spec.Exits, Health: r.health, Backoff: r.backoff, ReconnectWait: r.reconnectWait,

@@ -1,0 +1,228 @@
+package netstack
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+	"gvisor.dev/gvisor/pkg/waiter"
+
+	"github.com/warren-tunnel/warren/messages"
+)
+
+// A SOCKS5 UDP association's tunnel half is a connect-protocol request with ConnectCmdUDP and a
+// pair of UDP sockets on the two stacks:
+//
+//	request: 'W' 1 ConnectCmdUDP 0 port[2]   port: the client's UDP socket on its tunnel address
+//	reply:   'W' 1 code [port[2]]            port (when code is 0): the exit's UDP socket for it
+//	then, exit → client, until either side closes: notices  code hostlen host[hostlen] port[2]
+//
+// The TCP connection is the association's control channel and lives as long as it: the client
+// closes it when its SOCKS5 control connection ends; the exit closes it when its half ends (idle
+// timeout, session closed). Datagrams travel between the two UDP sockets, which are connected to
+// each other, so each accepts only the other's: every datagram is a SOCKS5 UDP request header
+// (RSV RSV FRAG ATYP DST.ADDR DST.PORT, RFC 1928 §7) and the payload, unchanged from what the
+// proxy client sent; the exit answers with the same header naming the source. A notice says why
+// the exit dropped datagrams to a destination (policy_denied, unresolvable, limit), once per
+// destination.
+
+// ConnectCmdUDP opens a UDP association (see above).
+const ConnectCmdUDP = 3
+
+// UDPSocket is a UDP socket on a stack, bound first and connected later: the association's side
+// learns its port before it can name its peer's.
+type UDPSocket struct {
+	*gonet.UDPConn // usable once Connect returned
+	ep             tcpip.Endpoint
+	port           uint16
+}
+
+// BindUDP binds a UDP socket on addr (an address of the stack; port 0 picks one). Connect it
+// before reading or writing.
+func (s *Stack) BindUDP(addr netip.AddrPort) (*UDPSocket, error) {
+	fa, proto := fullAddr(addr)
+	var wq waiter.Queue
+	ep, terr := s.stack.NewEndpoint(udp.ProtocolNumber, proto, &wq)
+	if terr != nil {
+		return nil, fmt.Errorf("netstack: bind udp %v: %w", addr, tcpipError(terr))
+	}
+	if terr := ep.Bind(fa); terr != nil {
+		ep.Close()
+		return nil, fmt.Errorf("netstack: bind udp %v: %w", addr, tcpipError(terr))
+	}
+	local, terr := ep.GetLocalAddress()
+	if terr != nil {
+		ep.Close()
+		return nil, fmt.Errorf("netstack: bind udp %v: %w", addr, tcpipError(terr))
+	}
+	c := gonet.NewUDPConn(&wq, ep)
+	return &UDPSocket{UDPConn: c, port: local.Port, ep: ep}, nil
+}
+
+// Port is the socket's bound port.
+func (u *UDPSocket) Port() uint16 { return u.port }
+
+// Connect fixes the socket's peer: it then sends there and receives only from there.
+func (u *UDPSocket) Connect(peer netip.AddrPort) error {
+	fa, _ := fullAddr(peer)
+	if terr := u.ep.Connect(fa); terr != nil {
+		return fmt.Errorf("netstack: connect udp %v: %w", peer, tcpipError(terr))
+	}
+	return nil
+}
+
+// UDPAssociation is the client's half of an association's tunnel side: the control connection to
+// the exit and the UDP socket whose datagrams the exit relays.
+type UDPAssociation struct {
+	Control net.Conn   // the control channel; closing it ends the association on the exit
+	Conn    *UDPSocket // connected to the exit's socket for this association
+}
+
+// Close releases both.
+func (a *UDPAssociation) Close() error {
+	err := a.Control.Close()
+	if cerr := a.Conn.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// AssociateUDP opens a UDP association with the exit: a client UDP socket on the stack's address,
+// and a control connection to the exit's connect service that asks for its exit half. A refusal by
+// the exit is a *DialError with its code.
+func (d Dialer) AssociateUDP(ctx context.Context) (*UDPAssociation, error) {
+	if d.Stack == nil {
+		return nil, &DialError{Code: messages.ReplyNetworkUnreachable, Err: errors.New("no tunnel device")}
+	}
+	any := netip.IPv4Unspecified()
+	if d.Service.Addr().Is6() && !d.Service.Addr().Is4In6() {
+		any = netip.IPv6Unspecified()
+	}
+	sock, err := d.Stack.BindUDP(netip.AddrPortFrom(any, 0))
+	if err != nil {
+		return nil, &DialError{Code: messages.ReplyGeneralFailure, Err: err}
+	}
+	c, err := d.Stack.DialContext(ctx, "tcp", d.Service)
+	if err != nil {
+		sock.Close()
+		return nil, &DialError{Code: ReplyCodeForDial(err), Err: fmt.Errorf("reach exit connect service %s: %w", d.Service, err)}
+	}
+	fail := func(code messages.ReplyCode, err error) (*UDPAssociation, error) {
+		c.Close()
+		sock.Close()
+		return nil, &DialError{Code: code, Err: err}
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		_ = c.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	if err := writeConnectRequest(c, ConnectRequest{Cmd: ConnectCmdUDP, Port: sock.Port()}); err != nil {
+		return fail(ReplyCodeForDial(err), fmt.Errorf("udp association request: %w", err))
+	}
+	code, err := readConnectReply(c)
+	if err != nil {
+		return fail(ReplyCodeForDial(err), fmt.Errorf("udp association: %w", err))
+	}
+	if code != messages.ReplySucceeded {
+		return fail(code, fmt.Errorf("udp association refused by exit: reply %d", code))
+	}
+	var port [2]byte
+	if _, err := io.ReadFull(c, port[:]); err != nil {
+		return fail(messages.ReplyGeneralFailure, fmt.Errorf("udp association reply: %w", err))
+	}
+	if !stop() {
+		return fail(ReplyCodeForDial(ctx.Err()), fmt.Errorf("udp association: %w", ctx.Err()))
+	}
+	_ = c.SetDeadline(time.Time{})
+	if err := sock.Connect(netip.AddrPortFrom(d.Service.Addr(), binary.BigEndian.Uint16(port[:]))); err != nil {
+		return fail(messages.ReplyGeneralFailure, err)
+	}
+	return &UDPAssociation{Control: c, Conn: sock}, nil
+}
+
+// AcceptUDP is the exit's answer to a ConnectCmdUDP request read from control (a connect-service
+// connection from peer's tunnel address): a UDP socket on local (the exit's tunnel address)
+// connected to the client's socket, and the reply naming it.
+func (s *Stack) AcceptUDP(control net.Conn, local netip.Addr, clientPort uint16) (*UDPSocket, error) {
+	remote, err := netip.ParseAddrPort(control.RemoteAddr().String())
+	if err != nil || clientPort == 0 {
+		_ = WriteConnectReply(control, messages.ReplyGeneralFailure)
+		return nil, fmt.Errorf("%w: udp association from %v port %d", ErrBadConnectRequest, control.RemoteAddr(), clientPort)
+	}
+	sock, err := s.BindUDP(netip.AddrPortFrom(local, 0))
+	if err == nil {
+		err = sock.Connect(netip.AddrPortFrom(remote.Addr().Unmap(), clientPort))
+		if err != nil {
+			sock.Close()
+		}
+	}
+	if err != nil {
+		_ = WriteConnectReply(control, messages.ReplyGeneralFailure)
+		return nil, err
+	}
+	rep := []byte{connectMagic, connectVersion, byte(messages.ReplySucceeded), 0, 0}
+	binary.BigEndian.PutUint16(rep[3:], sock.Port())
+	if _, err := control.Write(rep); err != nil {
+		sock.Close()
+		return nil, fmt.Errorf("udp association reply: %w", err)
+	}
+	return sock, nil
+}
+
+// UDPNotice is what an exit tells a client about datagrams it dropped: to Target, for Code.
+type UDPNotice struct {
+	Code   messages.ReplyCode // ReplyNotAllowed (egress policy), ReplyHostUnreachable (unresolvable), ReplyGeneralFailure (limit)
+	Target string             // host:port as the client named it
+}
+
+// maxNotice bounds a notice on the wire: code, length, host, port.
+const maxNotice = 1 + 1 + 255 + 2
+
+// WriteUDPNotice writes one notice on an association's control channel.
+func WriteUDPNotice(w io.Writer, n UDPNotice) error {
+	host, port, err := net.SplitHostPort(n.Target)
+	if err != nil || len(host) > maxConnectHost {
+		return fmt.Errorf("udp notice: bad target %q", n.Target)
+	}
+	var p uint64
+	if _, err := fmt.Sscan(port, &p); err != nil || p > 65535 {
+		return fmt.Errorf("udp notice: bad port %q", port)
+	}
+	b := make([]byte, 0, maxNotice)
+	b = append(b, byte(n.Code), byte(len(host)))
+	b = append(b, host...)
+	b = binary.BigEndian.AppendUint16(b, uint16(p))
+	_, err = w.Write(b)
+	return err
+}
+
+// ReadUDPNotice reads the next notice; io.EOF when the exit closed the control channel.
+func ReadUDPNotice(r io.Reader) (UDPNotice, error) {
+	var hdr [2]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return UDPNotice{}, err
+	}
+	rest := make([]byte, int(hdr[1])+2)
+	if _, err := io.ReadFull(r, rest); err != nil {
+		return UDPNotice{}, fmt.Errorf("udp notice: %w", truncatedEOF(err))
+	}
+	host := string(rest[:hdr[1]])
+	port := binary.BigEndian.Uint16(rest[hdr[1]:])
+	return UDPNotice{Code: messages.ReplyCode(hdr[0]), Target: net.JoinHostPort(host, fmt.Sprint(port))}, nil
+}
+
+func truncatedEOF(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
