@@ -74,6 +74,7 @@ type ExitConfig struct {
 	Conn                 ConnTimeouts // for forwarded connections (Setup is the destination dial)
 	UDPIdle              time.Duration
 	MaxConnsPerSession   int // flows at once per session or static peer; 0 unlimited
+	UDPMaxDestinations   int // destinations one SOCKS5 UDP association's exit half sends to; 0 unlimited
 	// SessionIdle releases a session whose client sent nothing for this long (it died without a
 	// goodbye: live tunnels send keepalives and health probes). 0: never.
 	SessionIdle time.Duration

@@ -54,6 +54,41 @@ type ConnectionEnded struct {
 	Outgoing  EndReason
 	Refused   bool // never relayed: refused at setup (limit, policy, dial failure, bad request)
 	Keepalive bool // the incoming side was seen sending TCP keep-alive probes
+	// UDP is set for a SOCKS5 UDP association (client) or its exit half: its datagram counts.
+	// BytesIn and BytesOut then count payload bytes (no SOCKS5 header).
+	UDP *UDPCounts
+}
+
+// DropReason says why a UDP association dropped a datagram.
+type DropReason string
+
+// Drop reasons (docs/connections.md, "UDP").
+const (
+	DropForeignSource DropReason = "foreign_source" // client: not from the associating client's address
+	DropFragmented    DropReason = "fragmented"     // FRAG ≠ 0: fragments are not reassembled
+	DropMalformed     DropReason = "malformed"      // a header that does not parse, an unknown address type, port 0
+	DropPolicyDenied  DropReason = "policy_denied"  // exit: the egress policy refuses the destination
+	DropUnresolvable  DropReason = "unresolvable"   // exit: the destination's name did not resolve
+	DropLimit         DropReason = "limit"          // exit: the association already sends to udp_max_destinations others
+	DropUnknownSource DropReason = "unknown_source" // exit: a datagram from an address the association never sent to
+	DropSendFailed    DropReason = "send_failed"    // the socket refused the datagram (unreachable, too large, no buffer)
+)
+
+// AllDropReasons lists the set, for documentation and exhaustive stats.
+var AllDropReasons = []DropReason{DropForeignSource, DropFragmented, DropMalformed, DropPolicyDenied, DropUnresolvable,
+	DropLimit, DropUnknownSource, DropSendFailed}
+
+// UDPCounts are one association's datagrams: In from the client towards destinations, Out back;
+// each counted when the next socket took it. Dropped counts the datagrams dropped, by reason.
+type UDPCounts struct {
+	DatagramsIn, DatagramsOut int64
+	Dropped                   map[DropReason]uint64
+}
+
+// UDPStats sums the UDP associations that ended (on a tunnel, also the active ones so far).
+type UDPStats struct {
+	Associations uint64 // ended
+	UDPCounts
 }
 
 // ConnectionOpened is emitted when a connection actor starts (refusals included).
@@ -72,6 +107,7 @@ type ConnectionStats struct {
 	// Bytes delivered by ended connections plus, on a tunnel's client side, those delivered so far
 	// by its active ones: it only grows.
 	Bytes struct{ In, Out int64 }
+	UDP   UDPStats // SOCKS5 UDP associations (client) and their exit halves (exit)
 }
 
 // ConnInfo describes an active proxied connection of a tunnel.
