@@ -146,14 +146,14 @@ type ExitConfig struct {
 	// RequestsPerSecond bounds one client identity's session requests (a token bucket of
 	// RequestBurst); over it the request is refused "unavailable" and the client retries. Default
 	// 10, -1 unlimited.
-	RequestsPerSecond float64    `yaml:"requests_per_second"`
-	RequestBurst      int        `yaml:"request_burst"`    // default 20
-	ConnectTimeout    Duration   `yaml:"connect_timeout"`  // per destination dial; default 10s
-	UDPIdleTimeout    Duration   `yaml:"udp_idle_timeout"` // default 60s; UDP flows and the exit's half of SOCKS5 UDP associations
+	RequestsPerSecond float64  `yaml:"requests_per_second"`
+	RequestBurst      int      `yaml:"request_burst"`    // default 20
+	ConnectTimeout    Duration `yaml:"connect_timeout"`  // per destination dial; default 10s
+	UDPIdleTimeout    Duration `yaml:"udp_idle_timeout"` // default 60s; UDP flows and the exit's half of SOCKS5 UDP associations
 	// UDPMaxDestinations bounds the destinations one SOCKS5 UDP association sends to; datagrams to
 	// more are dropped (and the client told). Default 256, -1 unlimited.
-	UDPMaxDestinations int `yaml:"udp_max_destinations"`
-	Connections       ConnLimits `yaml:"connections"`      // forwarded TCP connections
+	UDPMaxDestinations int        `yaml:"udp_max_destinations"`
+	Connections        ConnLimits `yaml:"connections"` // forwarded TCP connections
 	// MaxConnectionsPerSession bounds a session's (or static peer's) flows at once; default 1024,
 	// -1 unlimited. Each flow holds a host socket on the exit.
 	MaxConnectionsPerSession int `yaml:"max_connections_per_session"`
