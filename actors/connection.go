@@ -77,12 +77,16 @@ type connConfig struct {
 	proxyOpts proxy.Options // the proxy protocol's auth, handshake budget and header limit (from the tunnel's config)
 	client    net.Conn
 	dialer    netstack.Dialer
+	udp       UDPLimits // SOCKS5 UDP associations (connection_udp.go)
 
 	// exit
 	in      net.Conn // connect-service connection from the tunnel
 	tcpFlow *netstack.TCPFlow
 	udpFlow *netstack.UDPFlow
 	egress  *netstack.EgressPolicy
+	stack   *netstack.Stack // the exit's stack, alive while its device actor is: UDP associations' sockets
+	udpIdle time.Duration   // an association's exit half ends after this long without a datagram
+	udpMax  int             // destinations per association; 0 unlimited
 }
 
 // EndConnection asks a connection to end gracefully for a reason (a drain that ran out of time).
@@ -110,6 +114,8 @@ type connActor struct {
 	inWhy    messages.EndReason // set once
 	outWhy   messages.EndReason // set once
 	timers   connTimers         // idle check, lifetime and grace; stopped in Stopping
+	udp      *udpParts          // a UDP association's other sockets (connection_udp.go); nil otherwise
+	isUDP    bool
 
 	// idle checks
 	lastTotal   int64
@@ -129,6 +135,7 @@ type connSetupDone struct{}
 type connAdmit struct {
 	pid    *actor.PID
 	target string // where the client asked to go (the first request's, for plain HTTP)
+	udp    bool   // a UDP association: max_associations applies too
 }
 
 // connAdmitted answers connAdmit: err refuses (the connection was evicted, or the tunnel is full).
@@ -142,6 +149,7 @@ type connEstablished struct {
 	inReader interface{ Read([]byte) (int, error) }
 	target   string
 	forward  *proxy.Session // plain HTTP: served by proxy.ServeForward instead of the copy loops
+	udp      *udpParts      // a UDP association: datagram loops instead of the copy loops
 }
 
 // forwardDone reports the end of a plain-HTTP request loop (proxy.ServeForward).
@@ -196,6 +204,8 @@ func (c *connActor) Receive(ctx actor.Context) {
 		c.pumpEnded(ctx, m)
 	case *forwardDone:
 		c.forwardEnded(ctx, m)
+	case *udpPartDone:
+		c.udpPartEnded(ctx, m)
 	case *connIdleCheck:
 		c.idleCheck(ctx)
 	case *connLifetimeExpired:
@@ -213,12 +223,15 @@ func (c *connActor) Receive(ctx actor.Context) {
 		c.setBoth(messages.EndTunnelClosed) // stopped without being told why: its owner was stopped
 		c.timers.stopAll()
 		c.cancel()
-		if c.pumps > 0 { // stopped while relaying: the owner is going away, no grace
+		if c.pumps > 0 && !c.isUDP { // stopped while relaying: the owner is going away, no grace
 			abort(c.in)
 			abort(c.out)
 		} else {
 			closeQuietly(c.in)
 			closeQuietly(c.out)
+		}
+		if c.udp != nil {
+			c.udp.close()
 		}
 		c.wg.Wait()
 		select { // setup finished but its report was not handled: release what it opened
@@ -227,6 +240,9 @@ func (c *connActor) Receive(ctx actor.Context) {
 			case *connEstablished:
 				closeQuietly(r.in)
 				closeQuietly(r.out)
+				if r.udp != nil {
+					r.udp.close()
+				}
 			case *connSetupFailed:
 				c.ping = r.ping
 			}
@@ -273,7 +289,10 @@ func (c *connActor) adopt(ctx actor.Context, r any) {
 	case *connEstablished:
 		c.in, c.out, c.target = m.in, m.out, m.target
 		c.cancel()
-		if m.forward != nil {
+		if m.udp != nil {
+			c.runUDP(m.udp)
+			c.adoptUDPLimits()
+		} else if m.forward != nil {
 			c.out = nil // the request loop owns its upstream connections
 			c.serveForward(m.forward)
 		} else {
@@ -289,7 +308,9 @@ func (c *connActor) adopt(ctx actor.Context, r any) {
 		if c.cfg.limits.Idle > 0 {
 			c.exemptIdle = c.cfg.limits.IdleExempt != nil && c.cfg.limits.IdleExempt(c.target)
 			c.idleSince = time.Now()
-			c.lastSegsIn, c.lastSegsOut, _, _ = segments(c.in)
+			if !c.isUDP {
+				c.lastSegsIn, c.lastSegsOut, _, _ = segments(c.in)
+			}
 			if !c.exemptIdle {
 				c.armIdle(ctx)
 			}
@@ -354,6 +375,10 @@ func (c *connActor) endGracefully(ctx actor.Context, reason messages.EndReason) 
 		ctx.Stop(ctx.Self())
 		return
 	}
+	if c.isUDP { // datagrams have no half-close: everything closes now
+		c.closeUDP()
+		return
+	}
 	for _, s := range []net.Conn{c.in, c.out} {
 		if cw, ok := s.(closeWriter); ok {
 			_ = cw.CloseWrite()
@@ -383,6 +408,13 @@ func (c *connActor) report(ctx actor.Context) {
 	lvl := slog.LevelDebug
 	if ev.Incoming != messages.EndNormal || ev.Outgoing != messages.EndNormal {
 		lvl = slog.LevelInfo
+	}
+	if c.isUDP {
+		ev.UDP = c.live.udp.counts()
+		c.logUDP(lvl, ev)
+		ctx.Request(ctx.Parent(), ev)
+		emit(ctx, c.cfg.events, ev)
+		return
 	}
 	c.cfg.logger.Log(context.Background(), lvl, "connection ended", "conn", ev.ID, "role", ev.Role, "owner", ev.Owner,
 		"source", ev.Source, "target", ev.Target, "duration", ev.Duration.Round(logPrecision),

@@ -47,7 +47,11 @@ func (c *connActor) setupRecovered(ctx context.Context) (msg any) {
 	case connProxy:
 		msg = c.setupProxy(ctx)
 	case connRefuse:
-		err := proxy.RefuseWith(ctx, c.cfg.proxyKind, c.cfg.client, c.cfg.refusal, c.cfg.proxyOpts)
+		opts := c.cfg.proxyOpts
+		if c.cfg.proxyKind == proxy.SOCKS5 && !c.cfg.udp.Disabled {
+			opts.Associate = func(context.Context) error { return nil } // refused with the same reply
+		}
+		err := proxy.RefuseWith(ctx, c.cfg.proxyKind, c.cfg.client, c.cfg.refusal, opts)
 		reason := messages.EndLimit
 		if r, ok := c.cfg.refusal.(interface{ EndReason() messages.EndReason }); ok {
 			reason = r.EndReason()
@@ -68,6 +72,11 @@ func (c *connActor) setupRecovered(ctx context.Context) (msg any) {
 // admit asks the parent to establish this connection, whose handshake is done (the client said
 // where it goes, target, and authenticated). Runs on the setup goroutine; bounded by ctx and 5 s.
 func (c *connActor) admit(ctx context.Context, target string) error {
+	return c.admitAs(ctx, target, false)
+}
+
+// admitAs is admit for a connection or (udp) a UDP association, which max_associations bounds too.
+func (c *connActor) admitAs(ctx context.Context, target string, udp bool) error {
 	if c.parent == nil {
 		return nil
 	}
@@ -75,7 +84,7 @@ func (c *connActor) admit(ctx context.Context, target string) error {
 	if dl, ok := ctx.Deadline(); ok {
 		limit = min(limit, max(time.Until(dl), minWait))
 	}
-	res, err := c.system.Root.RequestFuture(c.parent, &connAdmit{pid: c.self, target: target}, limit).Result()
+	res, err := c.system.Root.RequestFuture(c.parent, &connAdmit{pid: c.self, target: target, udp: udp}, limit).Result()
 	if err != nil {
 		return fmt.Errorf("admission: %w", err)
 	}
@@ -94,7 +103,22 @@ func (c *connActor) setupProxy(ctx context.Context) any {
 		}
 		return c.cfg.dialer.DialTCP(ctx, t.Host, t.Port)
 	}
-	sess, err := proxy.HandshakeWith(ctx, c.cfg.proxyKind, c.cfg.client, dial, c.proxyOptions())
+	opts := c.proxyOptions()
+	var assoc *netstack.UDPAssociation
+	if c.cfg.proxyKind == proxy.SOCKS5 && !c.cfg.udp.Disabled {
+		opts.Associate = func(ctx context.Context) error {
+			target = "udp"
+			return c.associate(ctx, &assoc)
+		}
+	}
+	sess, err := proxy.HandshakeWith(ctx, c.cfg.proxyKind, c.cfg.client, dial, opts)
+	if err != nil && assoc != nil { // opened, then the reply failed
+		_ = assoc.Close()
+	}
+	if err == nil && sess.UDP != nil {
+		return &connEstablished{in: c.cfg.client, out: assoc.Control, target: "udp",
+			udp: &udpParts{sess: sess.UDP, assoc: assoc}}
+	}
 	if err != nil {
 		reason := messages.EndProtocolError
 		var own interface{ EndReason() messages.EndReason }
@@ -133,6 +157,9 @@ func (c *connActor) setupService(ctx context.Context) any {
 		return &connSetupFailed{reason: messages.EndProtocolError, err: err}
 	}
 	target := net.JoinHostPort(req.Host, itoa(req.Port))
+	if req.Cmd == netstack.ConnectCmdUDP {
+		return c.setupExitUDP(in, req.Port)
+	}
 	if req.Cmd == netstack.ConnectCmdPing {
 		_ = netstack.WriteConnectReply(in, messages.ReplySucceeded)
 		return &connSetupFailed{reason: messages.EndNormal, target: "ping", ping: true}

@@ -58,6 +58,7 @@ type deviceConfig struct {
 	allowLoopback bool
 	conn          ConnTimeouts
 	udpIdle       time.Duration
+	udpMax        int // destinations per UDP association
 	maxConns      int // per peer
 	events        *actor.PID
 	flows         *actor.PID // the exit: hears flowsChanged from every peer
@@ -332,6 +333,7 @@ func (d *deviceActor) addPeer(ctx actor.Context, m *addPeer) (*actor.PID, error)
 		dev: d.dev, publicKey: m.publicKey, sessionID: m.sessionID, owner: d.cfg.owner,
 		probe: m.probe, probeLimit: m.probeLimit, notify: m.notify, logger: d.cfg.logger,
 		egress: d.cfg.egress, conn: d.cfg.conn, udpIdle: d.cfg.udpIdle, maxConns: d.cfg.maxConns,
+		udpMax: d.cfg.udpMax, stack: d.stack,
 		events: d.cfg.events, flows: d.cfg.flows, goodbye: m.goodbye, bytes: d.cfg.bytes,
 	})))
 	ctx.Watch(pid)

@@ -52,6 +52,9 @@ func (e *engineActor) countConnection(m any) {
 		st.Ended++
 		st.ByEnd[messages.SideIncoming][m.Incoming]++
 		st.ByEnd[messages.SideOutgoing][m.Outgoing]++
+		if m.UDP != nil {
+			addUDP(&st.UDP, m.UDP)
+		}
 	}
 }
 
@@ -62,6 +65,8 @@ func (e *engineActor) engineStats() *EngineStatsResponse {
 	for role, st := range e.stats {
 		c := *st
 		c.ByEnd = cloneByEnd(st.ByEnd)
+		c.UDP.Dropped = nil
+		addUDPCounts(&c.UDP.UDPCounts, &messages.UDPCounts{Dropped: st.UDP.Dropped})
 		out[role] = c
 	}
 	for role, b := range map[string]*ByteTotals{"client": e.cfg.ClientBytes, "exit": e.cfg.ExitBytes} {

@@ -207,6 +207,7 @@ func (e *exitActor) starting(ctx actor.Context) {
 			addresses: []netip.Addr{e.addr}, mtu: e.cfg.MTU, logger: e.cfg.Logger,
 			conn: e.cfg.Conn, connectPort: e.cfg.ConnectPort, egress: &e.cfg.Egress,
 			allowLoopback: e.cfg.Egress.AllowLoopback, udpIdle: e.cfg.UDPIdle, maxConns: e.cfg.MaxConnsPerSession,
+			udpMax: e.cfg.UDPMaxDestinations,
 			events: e.cfg.Events, flows: ctx.Self(), bytes: e.cfg.Bytes,
 		})))
 		ctx.Watch(e.device)

@@ -43,7 +43,9 @@ type peerConfig struct {
 	egress   *netstack.EgressPolicy
 	conn     ConnTimeouts // for flows; UDP flows use udpIdle as their inactivity timeout
 	udpIdle  time.Duration
-	maxConns int // flows at once; 0 unlimited
+	udpMax   int             // destinations per UDP association; 0 unlimited
+	stack    *netstack.Stack // the exit's stack (UDP associations), alive while the device actor is
+	maxConns int             // flows at once; 0 unlimited
 	events   *actor.PID
 	flows    *actor.PID  // the exit: hears flowsChanged as connections open and end (nil on a client)
 	bytes    *ByteTotals // the engine's byte totals of forwarded flows (nil: none)
@@ -212,5 +214,6 @@ func (p *peerActor) spawnConn(ctx actor.Context, cfg connConfig) {
 		cfg.limits = p.cfg.conn
 	}
 	cfg.egress, cfg.events, cfg.totals = p.cfg.egress, p.cfg.events, p.cfg.bytes
+	cfg.stack, cfg.udpIdle, cfg.udpMax = p.cfg.stack, p.cfg.udpIdle, p.cfg.udpMax
 	ctx.Spawn(props(newConnActor(cfg)))
 }

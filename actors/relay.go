@@ -74,7 +74,10 @@ func (b *connBytes) Load() int64 { return b.n.Load() }
 
 // connLive is a connection's byte counts, shared with its owner: the tunnel reads them for
 // Connections and Stats while the connection runs (its copy loops write them).
-type connLive struct{ in, out connBytes }
+type connLive struct {
+	in, out connBytes
+	udp     udpLive // a UDP association's datagrams and drops
+}
 
 func newConnLive(totals *ByteTotals) *connLive {
 	l := &connLive{}

@@ -48,6 +48,7 @@ type connBook struct {
 	handshaking int    // proxy connections still in their handshake (counted in stats.Active too)
 	handshakeN  uint64 // order of acceptance, to evict the oldest handshake
 	evicting    int    // evicted handshakes not yet ended
+	assocs      int    // admitted UDP associations (max_associations)
 }
 
 type connEntry struct {
@@ -65,6 +66,7 @@ type connEntry struct {
 	exit   string // its leg's exit
 	since  time.Time
 	target string    // from its admission on
+	udp    bool      // a UDP association (admitted as one)
 	live   *connLive // its byte counts so far
 }
 
@@ -83,7 +85,7 @@ func (t *tunnelActor) accept(ctx actor.Context, m *connAccepted) {
 	t.book.stats.Opened++
 	cfg := connConfig{kind: connProxy, role: "client", id: t.book.nextConn, owner: t.cfg.ID, logger: t.cfg.Logger,
 		limits: t.cfg.Conn, proxyKind: m.kind, client: m.c, events: t.cfg.Events,
-		proxyOpts: t.cfg.ProxyOpts} // a refused client authenticates first, too
+		proxyOpts: t.cfg.ProxyOpts, udp: t.cfg.UDP} // a refused client authenticates first, too
 	var refusal error
 	switch {
 	case t.current == nil || t.current.state != legUp || t.current.ending():
@@ -141,7 +143,13 @@ func (t *tunnelActor) admit(ctx actor.Context, m *connAdmit) {
 		ctx.Respond(&connAdmitted{})
 	case t.cfg.MaxConns > 0 && t.established() >= t.cfg.MaxConns:
 		ctx.Respond(&connAdmitted{err: errLimit{fmt.Sprintf("tunnel has %d connections", t.established())}})
+	case m.udp && t.cfg.UDP.MaxAssociations > 0 && t.book.assocs >= t.cfg.UDP.MaxAssociations:
+		ctx.Respond(&connAdmitted{err: errLimit{fmt.Sprintf("tunnel has %d udp associations", t.book.assocs)}})
 	default:
+		if m.udp {
+			e.udp = true
+			t.book.assocs++
+		}
 		e.pending = 0
 		t.book.conns[m.pid.Id] = e
 		t.book.handshaking--
@@ -180,7 +188,7 @@ func (t *tunnelActor) refuse(ctx actor.Context, c net.Conn, kind proxy.Kind, err
 	t.book.stats.Opened++
 	t.spawnRefusal(ctx, connConfig{role: "client", id: t.book.nextConn, owner: t.cfg.ID, logger: t.cfg.Logger,
 		limits: t.cfg.Conn, proxyKind: kind, client: c, events: t.cfg.Events,
-		proxyOpts: t.cfg.ProxyOpts}, err)
+		proxyOpts: t.cfg.ProxyOpts, udp: t.cfg.UDP}, err)
 }
 
 func (t *tunnelActor) spawnRefusal(ctx actor.Context, cfg connConfig, refusal error) {
@@ -215,6 +223,9 @@ func (t *tunnelActor) ended(ctx actor.Context, m *messages.ConnectionEnded) {
 					t.book.evicting--
 				}
 				t.book.stats.Active--
+				if e.udp {
+					t.book.assocs--
+				}
 				if t.book.sources[e.source]--; t.book.sources[e.source] <= 0 {
 					delete(t.book.sources, e.source)
 				}
@@ -239,16 +250,41 @@ func (t *tunnelActor) count(m *messages.ConnectionEnded) {
 	t.book.stats.ByEnd[messages.SideOutgoing][m.Outgoing]++
 	t.book.stats.Bytes.In += m.BytesIn
 	t.book.stats.Bytes.Out += m.BytesOut
+	if m.UDP != nil {
+		addUDP(&t.book.stats.UDP, m.UDP)
+	}
+}
+
+// addUDP adds an ended association's counts to st.
+func addUDP(st *messages.UDPStats, c *messages.UDPCounts) {
+	st.Associations++
+	addUDPCounts(&st.UDPCounts, c)
+}
+
+func addUDPCounts(st *messages.UDPCounts, c *messages.UDPCounts) {
+	st.DatagramsIn += c.DatagramsIn
+	st.DatagramsOut += c.DatagramsOut
+	for r, n := range c.Dropped {
+		if st.Dropped == nil {
+			st.Dropped = map[messages.DropReason]uint64{}
+		}
+		st.Dropped[r] += n
+	}
 }
 
 // stats are the tunnel's counters; Bytes counts the ended connections' and, so far, the active ones'.
 func (t *tunnelActor) stats() messages.ConnectionStats {
 	st := t.book.stats
 	st.ByEnd = cloneByEnd(t.book.stats.ByEnd)
+	st.UDP.Dropped = nil
+	addUDPCounts(&st.UDP.UDPCounts, &messages.UDPCounts{Dropped: t.book.stats.UDP.Dropped})
 	for _, e := range t.book.conns {
 		if e.live != nil {
 			st.Bytes.In += e.live.in.Load()
 			st.Bytes.Out += e.live.out.Load()
+			if e.udp {
+				addUDPCounts(&st.UDP.UDPCounts, e.live.udp.counts())
+			}
 		}
 	}
 	return st
@@ -261,7 +297,11 @@ func (t *tunnelActor) connections() []messages.ConnInfo {
 		if e.refusal || e.live == nil {
 			continue
 		}
-		out = append(out, messages.ConnInfo{ID: e.id, Kind: e.kind.String(), Source: e.addr, Target: e.target, Since: e.since,
+		kind := e.kind.String()
+		if e.udp {
+			kind += "-udp"
+		}
+		out = append(out, messages.ConnInfo{ID: e.id, Kind: kind, Source: e.addr, Target: e.target, Since: e.since,
 			BytesIn: e.live.in.Load(), BytesOut: e.live.out.Load(), Exit: e.exit})
 	}
 	slices.SortFunc(out, func(a, b messages.ConnInfo) int { return cmp.Compare(a.ID, b.ID) })

@@ -63,6 +63,10 @@ func ReadConnectRequest(r io.Reader) (ConnectRequest, error) {
 			return req, fmt.Errorf("%w: empty host or port 0", ErrBadConnectRequest)
 		}
 	case ConnectCmdPing:
+	case ConnectCmdUDP:
+		if req.Host != "" || req.Port == 0 {
+			return req, fmt.Errorf("%w: udp association with a host or port 0", ErrBadConnectRequest)
+		}
 	default:
 		return req, fmt.Errorf("%w: command %d", ErrBadConnectRequest, req.Cmd)
 	}

@@ -32,6 +32,10 @@ type Options struct {
 	// OnRequest is called once per HTTP request served by ServeForward (from its goroutine),
 	// after the exchange; may be nil.
 	OnRequest func(RequestLog)
+	// Associate, when set, serves SOCKS5 UDP ASSOCIATE (docs/connections.md, "UDP"): it is called
+	// once the request is read and authenticated, to open the association's tunnel side. Nil: the
+	// request gets 0x07, command not supported.
+	Associate AssociateFunc
 }
 
 // DefaultHandshakeTimeout is Options.HandshakeTimeout's default.

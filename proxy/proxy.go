@@ -67,7 +67,11 @@ type Session struct {
 	// Instead of relaying bytes, the caller runs ServeForward, which forwards this request and
 	// every later one on the client connection.
 	Forward bool
-	Method  string // HTTP method ("CONNECT", "GET", …) or "CONNECT" for SOCKS5
+	Method  string // HTTP method ("CONNECT", "GET", …), or "CONNECT" or "UDP ASSOCIATE" for SOCKS5
+	// UDP is set for a SOCKS5 UDP ASSOCIATE (Options.Associate opened its tunnel side): the relay
+	// socket named in the reply, owned by the caller. Upstream is nil; Client is the control
+	// connection, whose end ends the association.
+	UDP *UDPSession
 
 	fwd *forwardState // Forward: what ServeForward continues from
 }
@@ -134,6 +138,9 @@ func Refuse(ctx context.Context, kind Kind, client net.Conn, err error) error {
 func RefuseWith(ctx context.Context, kind Kind, client net.Conn, err error, opts Options) error {
 	if err == nil {
 		err = errNoReason
+	}
+	if opts.Associate != nil { // a UDP ASSOCIATE is refused with err's reply too
+		opts.Associate = func(context.Context) error { return err }
 	}
 	s, herr := handshake(ctx, kind, client, func(context.Context, Target) (net.Conn, error) {
 		return nil, err

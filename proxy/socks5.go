@@ -87,6 +87,9 @@ func socks5Handshake(ctx context.Context, g *guard, client net.Conn, dial DialFu
 		return nil, budget(err)
 	}
 	g.limitRead(client, time.Time{})
+	if r.cmd == cmdUDPAssociate && opts.Associate != nil {
+		return socks5Associate(ctx, g, client, r, opts)
+	}
 	if r.cmd != cmdConnect {
 		writeSocks5Reply(client, messages.ReplyCommandNotSupported, nil)
 		return nil, fmt.Errorf("%w: socks5 command %d", ErrUnsupported, r.cmd)
