@@ -55,7 +55,7 @@ type metrics struct {
 
 	buildInfo, natsConnected, tunnels, connsActive, connsOpened, connsTotal, bytes, handshakeAge,
 	transitions, reconnects, signalingRTT, exitSessions, exitFlows, exitDraining, poolSlots,
-	refused, panics, childrenLost, eventsDropped, snapshotErrors *prometheus.Desc
+	refused, panics, childrenLost, eventsDropped, snapshotErrors, udpAssocs, udpDatagrams, udpDropped *prometheus.Desc
 }
 
 func newMetrics(s *Server) *metrics {
@@ -90,6 +90,11 @@ func newMetrics(s *Server) *metrics {
 		panics:        d("warren_actor_panics_total", "Actors that panicked and were stopped by their supervisors."),
 		childrenLost:  d("warren_children_lost_total", "Actors that stopped without their parent asking."),
 		eventsDropped: d("warren_events_dropped_total", "Engine events lost to a slow consumer."),
+		udpAssocs: d("warren_udp_associations_total",
+			"Ended SOCKS5 UDP associations, by role (client: the proxy's; exit: their exit halves); active ones are in warren_connections_active.", "role"),
+		udpDatagrams: d("warren_udp_datagrams_total",
+			"Datagrams moved by ended UDP associations, by role and direction (in: toward the destination; out: back).", "role", "direction"),
+		udpDropped: d("warren_udp_dropped_total", "Datagrams dropped by ended UDP associations, by role and reason.", "role", "reason"),
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), m)
@@ -111,7 +116,8 @@ func (m *metrics) serve(w http.ResponseWriter, r *http.Request) error {
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{m.buildInfo, m.natsConnected, m.tunnels, m.connsActive, m.connsOpened,
 		m.connsTotal, m.bytes, m.handshakeAge, m.transitions, m.reconnects, m.signalingRTT, m.exitSessions,
-		m.exitFlows, m.exitDraining, m.poolSlots, m.refused, m.panics, m.childrenLost, m.eventsDropped, m.snapshotErrors} {
+		m.exitFlows, m.exitDraining, m.poolSlots, m.refused, m.panics, m.childrenLost, m.eventsDropped, m.snapshotErrors,
+		m.udpAssocs, m.udpDatagrams, m.udpDropped} {
 		ch <- d
 	}
 }
@@ -155,6 +161,12 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 			}
 			counter(m.bytes, float64(st.Bytes.In), role, "in")
 			counter(m.bytes, float64(st.Bytes.Out), role, "out")
+			counter(m.udpAssocs, float64(st.UDP.Associations), role)
+			counter(m.udpDatagrams, float64(st.UDP.DatagramsIn), role, "in")
+			counter(m.udpDatagrams, float64(st.UDP.DatagramsOut), role, "out")
+			for _, reason := range messages.AllDropReasons {
+				counter(m.udpDropped, float64(st.UDP.Dropped[reason]), role, string(reason))
+			}
 		}
 	}
 

@@ -161,6 +161,9 @@ func TestMetrics(t *testing.T) {
 		{"warren_signed_messages_refused_total", []string{"type", "session_request", "reason", "refused"}, 0},
 		{"warren_signed_messages_refused_total", []string{"type", "announcement", "reason", "forged"}, 0},
 		{"warren_actor_panics_total", nil, 0},
+		{"warren_udp_associations_total", []string{"role", "client"}, 0},
+		{"warren_udp_datagrams_total", []string{"role", "exit", "direction", "in"}, 0},
+		{"warren_udp_dropped_total", []string{"role", "client", "reason", "foreign_source"}, 0},
 	} {
 		if got := after.must(t, c.name, c.labels...); got != c.want {
 			t.Errorf("%s%v: %v, want %v", c.name, c.labels, got, c.want)
