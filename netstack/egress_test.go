@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/netip"
 	"strings"
@@ -242,6 +243,8 @@ func TestConnectProtocolRoundTrip(t *testing.T) {
 		"empty host":  {'W', 1, ConnectCmdTCP, 0, 0, 80},
 		"port 0":      {'W', 1, ConnectCmdTCP, 1, 'a', 0, 0},
 		"truncated":   {'W', 1, ConnectCmdTCP, 10, 'a'},
+		"udp host":    {'W', 1, ConnectCmdUDP, 1, 'a', 0, 80},
+		"udp port 0":  {'W', 1, ConnectCmdUDP, 0, 0, 0},
 	} {
 		if _, err := ReadConnectRequest(bytes.NewReader(raw)); !errors.Is(err, ErrBadConnectRequest) {
 			t.Errorf("%s: %v", name, err)
@@ -252,12 +255,40 @@ func TestConnectProtocolRoundTrip(t *testing.T) {
 	}
 }
 
+func TestUDPNoticeRoundTrip(t *testing.T) {
+	var buf bytes.Buffer
+	want := []UDPNotice{{Code: messages.ReplyNotAllowed, Target: "192.0.2.1:53"}, {Code: messages.ReplyHostUnreachable, Target: "no.such.test:443"},
+		{Code: messages.ReplyGeneralFailure, Target: "[2001:db8::1]:123"}}
+	for _, n := range want {
+		if err := WriteUDPNotice(&buf, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, w := range want {
+		if got, err := ReadUDPNotice(&buf); err != nil || got != w {
+			t.Fatalf("got %+v (%v), want %+v", got, err, w)
+		}
+	}
+	if _, err := ReadUDPNotice(&buf); err != io.EOF {
+		t.Fatalf("after the last notice: %v, want EOF", err)
+	}
+	if _, err := ReadUDPNotice(bytes.NewReader([]byte{2, 5, 'a'})); !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("a cut notice: %v", err)
+	}
+	if err := WriteUDPNotice(&buf, UDPNotice{Target: "no-port"}); err == nil {
+		t.Fatal("a target without a port written")
+	}
+}
+
 func FuzzReadConnectRequest(f *testing.F) {
 	f.Add([]byte{'W', 1, ConnectCmdTCP, 3, 'a', '.', 'b', 0, 80})
 	f.Add([]byte{'W', 1, ConnectCmdPing, 0, 0, 0})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		req, err := ReadConnectRequest(bytes.NewReader(data))
 		if err == nil && req.Cmd == ConnectCmdTCP && (req.Host == "" || req.Port == 0) {
+			t.Fatalf("accepted %+v", req)
+		}
+		if err == nil && req.Cmd == ConnectCmdUDP && (req.Host != "" || req.Port == 0) {
 			t.Fatalf("accepted %+v", req)
 		}
 	})

@@ -95,6 +95,8 @@ type harness struct {
 	timeout  time.Duration
 	results  chan result
 	forwards chan error // ServeForward's outcomes
+	udpUp    net.Conn   // a UDP association's tunnel side (socks5_udp_test.go)
+	udpCount *udpCount
 	ctx      context.Context
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
@@ -163,6 +165,10 @@ func (h *harness) handle(c net.Conn) {
 	h.results <- r
 	if r.s == nil {
 		lingerClose(c)
+		return
+	}
+	if r.s.UDP != nil {
+		h.serveUDP(c, r.s.UDP)
 		return
 	}
 	if r.s.Forward {
