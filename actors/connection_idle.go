@@ -21,7 +21,7 @@ func (c *connActor) idleCheck(ctx actor.Context) {
 		return
 	}
 	now := time.Now()
-	total := c.live.in.Load() + c.live.out.Load()
+	total := c.live.in.Load() + c.live.out.Load() + c.live.udp.in.Load() + c.live.udp.out.Load() // empty datagrams count too
 	in, out, quiet, ok := segments(c.in)
 	switch {
 	case total != c.lastTotal:

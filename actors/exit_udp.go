@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/warren-tunnel/warren/messages"
@@ -58,6 +59,9 @@ func (x *exitUDP) toDestinations(c proxy.UDPCounter) error {
 	buf := *bp
 	for {
 		n, err := x.sock.Read(buf)
+		if errors.Is(err, syscall.ECONNREFUSED) { // an ICMP error from the client's side: not the end
+			continue
+		}
 		if err != nil {
 			return err
 		}

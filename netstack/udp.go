@@ -1,6 +1,7 @@
 package netstack
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -8,10 +9,10 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"sync"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 	"gvisor.dev/gvisor/pkg/waiter"
 
@@ -38,15 +39,27 @@ import (
 const ConnectCmdUDP = 3
 
 // UDPSocket is a UDP socket on a stack, bound first and connected later: the association's side
-// learns its port before it can name its peer's.
+// learns its port before it can name its peer's. Read and Write move one datagram each without
+// allocating (gonet's UDPConn allocates per datagram); one reader and one writer may run at once.
+// Close unblocks them. It has no deadlines: its owner closes it.
 type UDPSocket struct {
-	*gonet.UDPConn // usable once Connect returned
-	ep             tcpip.Endpoint
-	port           uint16
+	ep   tcpip.Endpoint // alive until Close
+	wq   *waiter.Queue
+	port uint16 // bound port
+
+	// readable and writable are notified by the endpoint (registered for the socket's life);
+	// closed is closed by Close.
+	readEntry, writeEntry waiter.Entry
+	readable, writable    chan struct{}
+	closed                chan struct{}
+	closeOnce             sync.Once
+
+	rw tcpip.SliceWriter // the reader's, reused per Read
+	wr bytes.Reader      // the writer's, reused per Write
 }
 
-// BindUDP binds a UDP socket on addr (an address of the stack; port 0 picks one). Connect it
-// before reading or writing.
+// BindUDP binds a UDP socket on addr (an address of the stack, or unspecified; port 0 picks one).
+// Connect it before reading or writing.
 func (s *Stack) BindUDP(addr netip.AddrPort) (*UDPSocket, error) {
 	fa, proto := fullAddr(addr)
 	var wq waiter.Queue
@@ -63,8 +76,12 @@ func (s *Stack) BindUDP(addr netip.AddrPort) (*UDPSocket, error) {
 		ep.Close()
 		return nil, fmt.Errorf("netstack: bind udp %v: %w", addr, tcpipError(terr))
 	}
-	c := gonet.NewUDPConn(&wq, ep)
-	return &UDPSocket{UDPConn: c, port: local.Port, ep: ep}, nil
+	u := &UDPSocket{ep: ep, wq: &wq, port: local.Port, closed: make(chan struct{})}
+	u.readEntry, u.readable = waiter.NewChannelEntry(waiter.ReadableEvents)
+	u.writeEntry, u.writable = waiter.NewChannelEntry(waiter.WritableEvents)
+	wq.EventRegister(&u.readEntry)
+	wq.EventRegister(&u.writeEntry)
+	return u, nil
 }
 
 // Port is the socket's bound port.
@@ -77,6 +94,64 @@ func (u *UDPSocket) Connect(peer netip.AddrPort) error {
 		return fmt.Errorf("netstack: connect udp %v: %w", peer, tcpipError(terr))
 	}
 	return nil
+}
+
+// Read reads one datagram into b (a longer one is cut to len(b)); net.ErrClosed once closed.
+func (u *UDPSocket) Read(b []byte) (int, error) {
+	for {
+		u.rw = b
+		res, terr := u.ep.Read(&u.rw, tcpip.ReadOptions{})
+		u.rw = nil
+		if terr == nil {
+			return res.Count, nil
+		}
+		if _, ok := terr.(*tcpip.ErrWouldBlock); !ok {
+			return 0, udpError("read", terr)
+		}
+		select {
+		case <-u.readable:
+		case <-u.closed:
+			return 0, net.ErrClosed
+		}
+	}
+}
+
+// Write sends b as one datagram to the connected peer; net.ErrClosed once closed.
+func (u *UDPSocket) Write(b []byte) (int, error) {
+	for {
+		u.wr.Reset(b)
+		n, terr := u.ep.Write(&u.wr, tcpip.WriteOptions{})
+		if terr == nil {
+			return int(n), nil
+		}
+		if _, ok := terr.(*tcpip.ErrWouldBlock); !ok {
+			return 0, udpError("write", terr)
+		}
+		select {
+		case <-u.writable:
+		case <-u.closed:
+			return 0, net.ErrClosed
+		}
+	}
+}
+
+// Close releases the endpoint and unblocks Read and Write; idempotent.
+func (u *UDPSocket) Close() error {
+	u.closeOnce.Do(func() {
+		close(u.closed)
+		u.wq.EventUnregister(&u.readEntry)
+		u.wq.EventUnregister(&u.writeEntry)
+		u.ep.Close()
+	})
+	return nil
+}
+
+func udpError(op string, terr tcpip.Error) error {
+	switch terr.(type) {
+	case *tcpip.ErrClosedForReceive, *tcpip.ErrClosedForSend, *tcpip.ErrInvalidEndpointState:
+		return net.ErrClosed
+	}
+	return fmt.Errorf("netstack: udp %s: %w", op, tcpipError(terr))
 }
 
 // UDPAssociation is the client's half of an association's tunnel side: the control connection to

@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 
 	"github.com/warren-tunnel/warren/messages"
 )
@@ -243,6 +244,9 @@ func (s *UDPSession) RelayToClient(up io.Reader, c UDPCounter) error {
 	buf := *bp
 	for {
 		n, err := up.Read(buf)
+		if errors.Is(err, syscall.ECONNREFUSED) { // an ICMP error from the exit's side: not the end
+			continue
+		}
 		if err != nil {
 			return err
 		}
