@@ -143,7 +143,17 @@ func SinkServer(t testing.TB) *Server {
 // the test's cleanup closes it (and waits for its goroutine). It returns its address.
 func UDPEchoServer(t testing.TB) netip.AddrPort {
 	t.Helper()
-	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	return UDPEchoServerOn(t, "127.0.0.1:0")
+}
+
+// UDPEchoServerOn is UDPEchoServer on addr ("[::1]:0" for IPv6 loopback, say).
+func UDPEchoServerOn(t testing.TB, addr string) netip.AddrPort {
+	t.Helper()
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(ap))
 	if err != nil {
 		t.Fatal(err)
 	}
