@@ -1,0 +1,93 @@
+package test
+
+import (
+	"context"
+	"io"
+	"testing"
+	"time"
+
+	"github.com/warren-tunnel/warren/engine"
+	"github.com/warren-tunnel/warren/internal/testutil"
+	"github.com/warren-tunnel/warren/messages"
+)
+
+// controlEnds waits for the proxy to close c's control connection and returns how long it took.
+func controlEnds(t testing.TB, c *testutil.SOCKS5UDP, within time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	_ = c.Control().SetReadDeadline(start.Add(within))
+	if _, err := io.Copy(io.Discard, c.Control()); err != nil {
+		t.Fatalf("the control connection did not end within %v: %v", within, err)
+	}
+	return time.Since(start)
+}
+
+// TestUDPSwitchAndDrain: an association on a tunnel that switches exits keeps working through the
+// old exit while the old leg drains, then ends with drain_timeout; one opened after the switch goes
+// through the new exit. A Close with a drain lets an association run until the drain ends.
+func TestUDPSwitchAndDrain(t *testing.T) {
+	a := startExitEngine(t, "exit-a", listenTCP)
+	b := startExitEngine(t, "exit-b", func(c *engine.Config) { c.NATS.URLs = []string{a.NATSURL()} })
+	tun := openTunnelSpec(t, a, engine.TunnelSpec{Exit: "exit-a"})
+	echo := testutil.UDPEchoServer(t)
+
+	old := associate(t, tun, "", "")
+	echoSmall(t, old, echo, 1, 20)
+	drain := 2 * time.Second
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := tun.Switch(ctx, "exit-b", engine.WithDrainTimeout(drain)); err != nil {
+		t.Fatalf("Switch: %v", err)
+	}
+	switched := time.Now()
+	echoSmall(t, old, echo, 2, 20) // the old leg drains: its association still carries datagrams
+	fresh := associate(t, tun, "", "")
+	echoSmall(t, fresh, echo, 3, 20)
+	if took := controlEnds(t, old, drain+10*time.Second); time.Since(switched) < drain*9/10 {
+		t.Fatalf("the old association ended %v after the switch, before its drain of %v (waited %v)", time.Since(switched), drain, took)
+	}
+	st := pollTunnelUDP(t, tun, "the old association to be counted", func(s messages.ConnectionStats) bool { return s.UDP.Associations == 1 })
+	if n := st.ByEnd[messages.SideIncoming][messages.EndDrainTimeout]; n != 1 {
+		t.Fatalf("ended associations by reason %v, want one drain_timeout", st.ByEnd)
+	}
+	sa := exitUDP(t, a, 1)
+	if sa.UDP.DatagramsIn != 40 || sa.UDP.DatagramsOut != 40 {
+		t.Fatalf("exit-a moved %d/%d datagrams, want the old association's 40/40", sa.UDP.DatagramsIn, sa.UDP.DatagramsOut)
+	}
+
+	// Close with a drain: the new association runs on until the drain ends.
+	closed := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		closed <- tun.Close(ctx, engine.WithDrainTimeout(drain))
+	}()
+	testutil.Eventually(t, 10*time.Second, "the tunnel to drain", func() bool {
+		info, err := tun.Info(context.Background())
+		return err != nil || info.State == messages.StateDraining
+	})
+	echoSmall(t, fresh, echo, 4, 20)
+	controlEnds(t, fresh, drain+10*time.Second)
+	if err := testutil.Await(t, closed, 30*time.Second, "Close"); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	sb := exitUDP(t, b, 1)
+	if sb.UDP.DatagramsIn != 40 || sb.UDP.DatagramsOut != 40 {
+		t.Fatalf("exit-b moved %d/%d datagrams, want the new association's 40/40", sb.UDP.DatagramsIn, sb.UDP.DatagramsOut)
+	}
+	cs, err := a.Stats(context.Background())
+	if err != nil || cs.Client.UDP.Associations != 2 || cs.Client.ByEnd[messages.SideIncoming][messages.EndDrainTimeout] != 2 {
+		t.Fatalf("client stats %+v (%v), want 2 associations ended by drain_timeout", cs.Client, err)
+	}
+}
+
+// exitUDP waits until e's exit has ended n association halves and returns its stats.
+func exitUDP(t testing.TB, e *engine.Engine, n uint64) messages.ConnectionStats {
+	t.Helper()
+	var st engine.Stats
+	testutil.Eventually(t, 10*time.Second*raceSlowdown, "the exit's association halves to end", func() bool {
+		st, _ = e.Stats(context.Background())
+		return st.Exit.UDP.Associations == n && st.Exit.Active == 0
+	})
+	return st.Exit
+}
