@@ -83,11 +83,14 @@ func (e *linkEndpoint) read(bufs [][]byte, sizes []int, offset int) (int, error)
 	e.readMu.Lock()
 	defer e.readMu.Unlock()
 	var n int
-	var idle <-chan time.Time
+	var idle <-chan time.Time // armed at most once per call; stopped before returning (no defer: it sits in a loop, and a deferred call there allocates per packet)
 	for {
 		e.mu.Lock()
 		if e.closed {
 			e.mu.Unlock()
+			if idle != nil {
+				e.idle.Stop()
+			}
 			return 0, os.ErrClosed
 		}
 		n = min(e.count, len(bufs), len(sizes), len(e.scratch))
@@ -103,7 +106,6 @@ func (e *linkEndpoint) read(bufs [][]byte, sizes []int, offset int) (int, error)
 		}
 		if idle == nil && len(bufs) > heldFloor {
 			idle = e.armIdle()
-			defer e.idle.Stop()
 		}
 		select {
 		case <-e.wake:
@@ -111,6 +113,9 @@ func (e *linkEndpoint) read(bufs [][]byte, sizes []int, offset int) (int, error)
 		case <-idle:
 			return 0, nil
 		}
+	}
+	if idle != nil {
+		e.idle.Stop()
 	}
 	for i := range n {
 		pkt := e.scratch[i]
