@@ -154,6 +154,8 @@ func (c *connActor) setupExitUDP(in net.Conn, clientPort uint16) any {
 		_ = netstack.WriteConnectReply(in, messages.ReplyGeneralFailure)
 		return &connSetupFailed{reason: messages.EndError, target: "udp", err: fmt.Errorf("udp association: host socket: %w", err)}
 	}
+	_ = host.SetReadBuffer(proxy.UDPSocketBuffer)
+	_ = host.SetWriteBuffer(proxy.UDPSocketBuffer)
 	sock, err := c.cfg.stack.AcceptUDP(in, local.Addr().Unmap(), clientPort)
 	if err != nil {
 		_ = host.Close()

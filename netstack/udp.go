@@ -38,6 +38,10 @@ import (
 // ConnectCmdUDP opens a UDP association (see above).
 const ConnectCmdUDP = 3
 
+// udpSocketBuffer is an association socket's receive and send buffer on the netstack; gVisor
+// charges it only as datagrams queue.
+const udpSocketBuffer = 1 << 20
+
 // UDPSocket is a UDP socket on a stack, bound first and connected later: the association's side
 // learns its port before it can name its peer's. Read and Write move one datagram each without
 // allocating (gonet's UDPConn allocates per datagram); one reader and one writer may run at once.
@@ -76,6 +80,9 @@ func (s *Stack) BindUDP(addr netip.AddrPort) (*UDPSocket, error) {
 		ep.Close()
 		return nil, fmt.Errorf("netstack: bind udp %v: %w", addr, tcpipError(terr))
 	}
+	// As the host sockets (proxy.UDPSocketBuffer): a burst must not overflow the default.
+	ep.SocketOptions().SetReceiveBufferSize(udpSocketBuffer, true)
+	ep.SocketOptions().SetSendBufferSize(udpSocketBuffer, true)
 	u := &UDPSocket{ep: ep, wq: &wq, port: local.Port, closed: make(chan struct{})}
 	u.readEntry, u.readable = waiter.NewChannelEntry(waiter.ReadableEvents)
 	u.writeEntry, u.writable = waiter.NewChannelEntry(waiter.WritableEvents)

@@ -24,6 +24,10 @@ const (
 	MaxUDPHeader = 4 + 1 + 255 + 2
 	// maxDatagram bounds a datagram on either side (the largest UDP payload).
 	maxDatagram = 65535
+	// UDPSocketBuffer is the receive and send buffer asked for an association's host sockets (the
+	// relay; the exit's socket towards destinations): memory the kernel takes only as datagrams
+	// queue, capped by net.core.rmem_max and wmem_max.
+	UDPSocketBuffer = 1 << 20
 )
 
 // ErrBadUDPHeader marks a datagram whose SOCKS5 UDP header does not parse.
@@ -97,6 +101,10 @@ func socks5Associate(ctx context.Context, g *guard, client net.Conn, r socks5Req
 		writeSocks5Reply(client, messages.ReplyGeneralFailure, nil)
 		return nil, fmt.Errorf("proxy: udp associate: bind relay on %s: %w", local.Addr(), err)
 	}
+	// A burst of datagrams (a QUIC flight) must not overflow the default buffer before the relay
+	// loop reads it: the kernel drops those unseen and uncounted. Capped by net.core.rmem_max.
+	_ = relay.SetReadBuffer(UDPSocketBuffer)
+	_ = relay.SetWriteBuffer(UDPSocketBuffer)
 	s.Relay = relay
 	if err := writeSocks5Reply(client, messages.ReplySucceeded, relay.LocalAddr()); err != nil {
 		relay.Close()

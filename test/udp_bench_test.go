@@ -25,11 +25,11 @@ const (
 	udpBenchSize   = 1200 // datagram payload: a QUIC-sized packet, well inside the tunnel's MTU
 	udpBenchHeader = 12   // run (4 bytes) and sequence number (8), big-endian, ahead of the payload
 	// udpBenchWindow bounds the datagrams in flight (sent, not yet seen by the sink): enough to
-	// keep the path busy, less than the socket buffers on the way hold. (At 128, 5-9 % were lost,
-	// at 256 about 20 %, all of them in the proxy's relay socket: the kernel's RcvbufErrors grew
-	// by exactly the datagrams the association never counted in, with the default 208 KiB
-	// receive buffer. At 64, none.)
-	udpBenchWindow = 64
+	// keep the path busy, less than the socket buffers on the way hold. (With the kernel's default
+	// 208 KiB receive buffer on the proxy's relay socket, 5-9 % were lost at 128 and about 20 % at
+	// 256: the kernel's RcvbufErrors grew by exactly the datagrams the association never counted
+	// in. With the association's sockets at proxy.UDPSocketBuffer, 256 loses none.)
+	udpBenchWindow = 256
 	// udpBenchStall: with the window full and nothing arriving at the sink for this long, the
 	// datagrams in flight are taken as lost and the window moves on.
 	udpBenchStall = 100 * time.Millisecond
