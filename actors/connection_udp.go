@@ -65,6 +65,9 @@ func (u *udpParts) close() {
 	if u.host != nil {
 		_ = u.host.Close()
 	}
+	if u.exit != nil {
+		u.exit.cancel()
+	}
 }
 
 // udpPart names an association's loops.

@@ -31,6 +31,10 @@ type exitUDP struct {
 	egress  *netstack.EgressPolicy
 	max     int // destinations; 0 unlimited
 	resolve time.Duration
+	// ctx ends when the association does (cancel, from udpParts.close): a name being resolved
+	// does not hold up the actor's Stopping.
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	// mu guards sent, which both loops use: toDestinations adds, fromDestinations looks up.
 	mu   sync.RWMutex
@@ -47,7 +51,8 @@ type nameResult struct {
 }
 
 func newExitUDP(sock *netstack.UDPSocket, host *net.UDPConn, control net.Conn, egress *netstack.EgressPolicy, maxDests int, resolve time.Duration) *exitUDP {
-	return &exitUDP{sock: sock, host: host, control: control, egress: egress, max: maxDests,
+	ctx, cancel := context.WithCancel(context.Background())
+	return &exitUDP{sock: sock, host: host, control: control, egress: egress, max: maxDests, ctx: ctx, cancel: cancel,
 		resolve: min(resolve, resolveLimit), sent: map[netip.AddrPort]struct{}{},
 		names: map[string]nameResult{}, refused: map[string]struct{}{}}
 }
@@ -126,7 +131,7 @@ func (x *exitUDP) destination(h proxy.UDPHeader) (netip.AddrPort, messages.DropR
 
 // lookup resolves a name on the exit, bounded, and checks its address against the policy.
 func (x *exitUDP) lookup(name string) nameResult {
-	ctx, cancel := context.WithTimeout(context.Background(), x.resolve)
+	ctx, cancel := context.WithTimeout(x.ctx, x.resolve)
 	defer cancel()
 	addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip", name)
 	if err != nil || len(addrs) == 0 {
