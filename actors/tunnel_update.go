@@ -61,7 +61,7 @@ func (t *tunnelActor) update(ctx actor.Context, m *UpdateTunnel) {
 	t.cfg.Conn, t.cfg.MaxConns, t.cfg.MaxConnsPerSource, t.cfg.MaxHandshakes = c.Conn, c.MaxConns, c.MaxConnsPerSource, c.MaxHandshakes
 	t.cfg.ProxyOpts, t.cfg.Keepalive, t.cfg.Exits = c.ProxyOpts, c.Keepalive, c.Exits
 	t.cfg.Backoff, t.cfg.ReconnectWait = c.Backoff, c.ReconnectWait
-	t.cfg.Trust, t.cfg.Certificate = c.Trust, c.Certificate
+	t.cfg.Trust, t.cfg.Certificate, t.cfg.UDP = c.Trust, c.Certificate, c.UDP
 	if t.state == messages.StateReconnecting && len(t.recon.order) > 0 {
 		t.reorder()
 	}

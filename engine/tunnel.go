@@ -216,9 +216,9 @@ func (t *Tunnel) ExitAddr() netip.AddrPort { return t.info.ExitEndpoint }
 var ErrNotInPlace = actors.ErrNotInPlace
 
 // Update gives the tunnel the settings of spec for what follows, without touching what runs:
-// connections accepted from then on get its limits, timeouts and proxy authentication; legs
-// started from then on its handshake timeout, UDP bind, keepalive and pins; the next reconnection
-// its failover list and backoff (a reconnection under way goes on over the new list); the next
+// connections accepted from then on get its limits, timeouts, proxy authentication and UDP
+// association settings; legs started from then on its handshake timeout, UDP bind, keepalive and
+// pins; the next reconnection its failover list and backoff (a reconnection under way goes on over the new list); the next
 // drain its drain timeout. spec is checked as OpenTunnel checks it (errors name the field under
 // "tunnel"); its name may be empty (the tunnel's). Its exit does not move the tunnel: Switch does.
 // A change of name, proxy addresses or health policy is refused with ErrNotInPlace and changes

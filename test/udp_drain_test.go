@@ -2,6 +2,7 @@ package test
 
 import (
 	"context"
+	"errors"
 	"io"
 	"testing"
 	"time"
@@ -90,4 +91,33 @@ func exitUDP(t testing.TB, e *engine.Engine, n uint64) messages.ConnectionStats 
 		return st.Exit.UDP.Associations == n && st.Exit.Active == 0
 	})
 	return st.Exit
+}
+
+// TestUDPUpdateInPlace: Tunnel.Update turns UDP ASSOCIATE off for associations that follow (0x07)
+// while one already running goes on, and on again.
+func TestUDPUpdateInPlace(t *testing.T) {
+	e := startExitEngine(t, "exit-u", nil)
+	spec := engine.TunnelSpec{Name: "u", Exit: "exit-u"}
+	tun := openTunnelSpec(t, e, spec)
+	echo := testutil.UDPEchoServer(t)
+	running := associate(t, tun, "", "")
+	update := func(disable bool) {
+		t.Helper()
+		s := spec
+		s.SOCKS, s.HTTP, s.UDPBind = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1" // as openTunnelSpec opened it
+		s.UDP.Disable = disable
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := tun.Update(ctx, s); err != nil {
+			t.Fatalf("Update(disable=%v): %v", disable, err)
+		}
+	}
+	update(true)
+	var rep testutil.SOCKS5ReplyError
+	if _, err := tryAssociate(tun, "", ""); !errors.As(err, &rep) || rep.Code != 0x07 {
+		t.Fatalf("UDP ASSOCIATE after Update(disable): %v, want reply 0x07", err)
+	}
+	echoSmall(t, running, echo, 1, 10) // the running association is not touched
+	update(false)
+	echoSmall(t, associate(t, tun, "", ""), echo, 2, 10)
 }
