@@ -151,6 +151,14 @@ func (p *poolActor) Receive(ctx actor.Context) {
 			p.sweepT.Stop()
 		}
 		return
+	case *actor.Stopped:
+		// Answered only now that the actor is out of the process registry: a pool opened again
+		// at once under the same name must not find the name taken.
+		if p.closer != nil {
+			ctx.Send(p.closer, &closed{})
+			p.closer = nil
+		}
+		return
 	case *sweep:
 		p.onSweep(ctx)
 		return
@@ -268,11 +276,7 @@ func (p *poolActor) stopIfEmpty(ctx actor.Context) {
 	if len(p.slots) > 0 {
 		return
 	}
-	if p.closer != nil {
-		ctx.Send(p.closer, &closed{})
-		p.closer = nil
-	}
-	ctx.Stop(ctx.Self())
+	ctx.Stop(ctx.Self()) // the closer is answered in Stopped
 }
 
 // answerAll answers every waiting request: the pool is closing.

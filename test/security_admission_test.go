@@ -44,6 +44,8 @@ func TestReplayedRequestsAreRefused(t *testing.T) {
 	before := exitStatus(t, x)
 	tun := openTunnelSpec(t, client, engine.TunnelSpec{Exit: "replay", Pins: map[string]string{"replay": x.ClientID()}})
 	captured := testutil.Await(t, capturedCh, 5*time.Second, "the attacker to see a request")
+	// The tunnel's first probe is a flow on the exit until its end reaches the session: wait for it.
+	waitFor(t, 5*time.Second, "the open probe to end on the exit", func() bool { return exitStatus(t, x).Flows == 0 })
 	open := exitStatus(t, x)
 	expectReplayed := func(when string) {
 		t.Helper()
