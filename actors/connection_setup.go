@@ -105,6 +105,14 @@ func (c *connActor) setupProxy(ctx context.Context) any {
 	}
 	opts := c.proxyOptions()
 	var assoc *netstack.UDPAssociation
+	defer func() { // a panic in the handshake after the association opened must not leak it
+		if r := recover(); r != nil {
+			if assoc != nil {
+				_ = assoc.Close()
+			}
+			panic(r) // setupRecovered reports it
+		}
+	}()
 	if c.cfg.proxyKind == proxy.SOCKS5 && !c.cfg.udp.Disabled {
 		opts.Associate = func(ctx context.Context) error {
 			target = "udp"

@@ -25,6 +25,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"runtime/debug"
 	"sync/atomic"
 	"time"
 
@@ -81,6 +82,9 @@ const (
 	partsPerAssoc  = 4
 	partsExitAssoc = 3
 )
+
+// errUDPPanic: an association's loop panicked (logged with its stack).
+var errUDPPanic = errors.New("udp association loop panicked")
 
 // udpPartDone reports the end of one of an association's loops.
 type udpPartDone struct {
@@ -150,7 +154,10 @@ func (c *connActor) setupExitUDP(in net.Conn, clientPort uint16) any {
 	local, err := netip.ParseAddrPort(in.LocalAddr().String())
 	if err != nil || c.cfg.stack == nil {
 		_ = netstack.WriteConnectReply(in, messages.ReplyGeneralFailure)
-		return &connSetupFailed{reason: messages.EndInternalError, target: "udp", err: fmt.Errorf("udp association: no stack or address (%v)", err)}
+		if err == nil {
+			err = errors.New("no stack")
+		}
+		return &connSetupFailed{reason: messages.EndInternalError, target: "udp", err: fmt.Errorf("udp association: %w", err)}
 	}
 	host, err := net.ListenUDP("udp", &net.UDPAddr{})
 	if err != nil {
@@ -159,11 +166,17 @@ func (c *connActor) setupExitUDP(in net.Conn, clientPort uint16) any {
 	}
 	_ = host.SetReadBuffer(proxy.UDPSocketBuffer)
 	_ = host.SetWriteBuffer(proxy.UDPSocketBuffer)
+	ok := false
+	defer func() { // a panic below must not leave the host socket open
+		if !ok {
+			_ = host.Close()
+		}
+	}()
 	sock, err := c.cfg.stack.AcceptUDP(in, local.Addr().Unmap(), clientPort)
 	if err != nil {
-		_ = host.Close()
 		return &connSetupFailed{reason: classify(err), target: "udp", err: err}
 	}
+	ok = true
 	x := newExitUDP(sock, host, in, c.cfg.egress, c.cfg.udpMax, c.cfg.limits.Setup)
 	return &connEstablished{in: in, target: "udp", udp: &udpParts{sock: sock, host: host, exit: x}}
 }
@@ -193,10 +206,22 @@ func (c *connActor) runUDP(u *udpParts) {
 	system, self := c.system, c.self
 	report := func(p udpPart, err error) { system.Root.Send(self, &udpPartDone{part: p, err: err}) }
 	count := udpCounter{c.live}
+	logger, id := c.cfg.logger, c.cfg.id
 	start := func(p udpPart, f func() error) {
 		c.wg.Add(1)
 		c.pumps++
-		go func() { defer c.wg.Done(); report(p, f()) }()
+		go func() {
+			defer c.wg.Done()
+			// The loops parse what the client (or the exit) sends: a panic ends this association
+			// with internal_error, not the process.
+			defer func() {
+				if r := recover(); r != nil {
+					logger.Error("udp association loop panicked", "conn", id, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+					report(p, errUDPPanic)
+				}
+			}()
+			report(p, f())
+		}()
 	}
 	// The incoming control connection carries nothing more: read it until its peer closes it.
 	in := c.in
@@ -215,10 +240,11 @@ func (c *connActor) runUDP(u *udpParts) {
 
 // readNotices counts the exit's notices of dropped datagrams until it closes the channel.
 func readNotices(ctl net.Conn, count udpCounter) error {
+	var buf netstack.NoticeBuffer
 	for {
-		n, err := netstack.ReadUDPNotice(ctl)
+		n, err := netstack.ReadUDPNotice(ctl, &buf)
 		if err != nil {
-			return err
+			return err // a bad notice ends the association: the exit does not speak the protocol
 		}
 		count.Drop(noticeDrop(n.Code))
 	}
@@ -243,19 +269,15 @@ func (c *connActor) udpPartEnded(ctx actor.Context, m *udpPartDone) {
 	c.pumps--
 	if !c.ending && !c.closedUs {
 		why := messages.EndNormal
-		if m.err != nil && !errors.Is(m.err, io.EOF) && !errors.Is(m.err, net.ErrClosed) {
+		switch {
+		case errors.Is(m.err, errUDPPanic):
+			why = messages.EndInternalError
+		case m.err != nil && !errors.Is(m.err, io.EOF) && !errors.Is(m.err, net.ErrClosed):
 			why = classify(m.err)
 		}
-		switch m.part {
-		case partControl:
-			c.setIn(why)
-			c.setOut(messages.EndNormal) // we end the other side
-		case partPeerCtl:
-			c.setOut(why)
-			c.setIn(messages.EndNormal)
-		case partToward, partBack: // a socket failed
-			c.setBoth(why)
-		}
+		// A clean end of one side's control connection ends the other side normally too (we
+		// close it); a failure anywhere is both sides' reason, as for a TCP connection.
+		c.setBoth(why)
 		c.closeUDP()
 	}
 	if c.pumps == 0 {

@@ -41,9 +41,14 @@ type exitUDP struct {
 	sent map[netip.AddrPort]struct{}
 
 	// used only by toDestinations
-	names   map[string]nameResult // names resolved so far (bounded by max, like sent)
-	refused map[string]struct{}   // destinations refused so far: one notice each
+	names   map[string]nameResult                  // names resolved so far (bounded by max, like sent)
+	denied  map[netip.AddrPort]messages.DropReason // destinations refused so far (at most maxRefused)
+	notices int                                    // notices sent (at most maxRefused)
 }
+
+// maxRefused bounds what an association remembers of refused destinations: the client is told of
+// the first ones, and a denied address is judged again after that (it stays denied).
+const maxRefused = 256
 
 type nameResult struct {
 	addr netip.Addr
@@ -54,7 +59,7 @@ func newExitUDP(sock *netstack.UDPSocket, host *net.UDPConn, control net.Conn, e
 	ctx, cancel := context.WithCancel(context.Background())
 	return &exitUDP{sock: sock, host: host, control: control, egress: egress, max: maxDests, ctx: ctx, cancel: cancel,
 		resolve: min(resolve, resolveLimit), sent: map[netip.AddrPort]struct{}{},
-		names: map[string]nameResult{}, refused: map[string]struct{}{}}
+		names: map[string]nameResult{}, denied: map[netip.AddrPort]messages.DropReason{}}
 }
 
 // toDestinations sends the client's datagrams on until the tunnel socket closes.
@@ -75,10 +80,12 @@ func (x *exitUDP) toDestinations(c proxy.UDPCounter) error {
 			c.Drop(messages.DropMalformed)
 			continue
 		}
-		dst, drop := x.destination(h)
+		dst, drop, news := x.destination(h)
 		if drop != "" {
 			c.Drop(drop)
-			x.notice(h, drop)
+			if news {
+				x.notice(h, drop)
+			}
 			continue
 		}
 		if _, err := x.host.WriteToUDPAddrPort(buf[h.Len:n], dst); err != nil {
@@ -92,20 +99,24 @@ func (x *exitUDP) toDestinations(c proxy.UDPCounter) error {
 	}
 }
 
-// destination resolves and judges a datagram's destination: the address to send to, or why not.
-func (x *exitUDP) destination(h proxy.UDPHeader) (netip.AddrPort, messages.DropReason) {
+// destination resolves and judges a datagram's destination: the address to send to, or why not,
+// and whether that refusal is news (decided now, not remembered from an earlier datagram).
+func (x *exitUDP) destination(h proxy.UDPHeader) (netip.AddrPort, messages.DropReason, bool) {
 	addr := h.Addr
 	if h.Domain != nil {
 		r, ok := x.names[string(h.Domain)]
 		if !ok {
 			if x.max > 0 && len(x.names) >= x.max {
-				return netip.AddrPort{}, messages.DropLimit
+				return netip.AddrPort{}, messages.DropLimit, true
 			}
 			r = x.lookup(string(h.Domain))
 			x.names[string(h.Domain)] = r
+			if r.drop != "" {
+				return netip.AddrPort{}, r.drop, true
+			}
 		}
 		if r.drop != "" {
-			return netip.AddrPort{}, r.drop
+			return netip.AddrPort{}, r.drop, false
 		}
 		addr = r.addr
 	}
@@ -115,18 +126,28 @@ func (x *exitUDP) destination(h proxy.UDPHeader) (netip.AddrPort, messages.DropR
 	n := len(x.sent)
 	x.mu.RUnlock()
 	if known {
-		return dst, ""
+		return dst, "", false
 	}
-	if err := x.egress.Check(dst.Addr()); err != nil {
-		return netip.AddrPort{}, messages.DropPolicyDenied
+	if why, ok := x.denied[dst]; ok {
+		return netip.AddrPort{}, why, false
 	}
-	if x.max > 0 && n >= x.max {
-		return netip.AddrPort{}, messages.DropLimit
+	why := messages.DropReason("")
+	switch {
+	case x.egress.Check(dst.Addr()) != nil:
+		why = messages.DropPolicyDenied
+	case x.max > 0 && n >= x.max:
+		why = messages.DropLimit
+	}
+	if why != "" {
+		if len(x.denied) < maxRefused {
+			x.denied[dst] = why
+		}
+		return netip.AddrPort{}, why, true
 	}
 	x.mu.Lock()
 	x.sent[dst] = struct{}{}
 	x.mu.Unlock()
-	return dst, ""
+	return dst, "", false
 }
 
 // lookup resolves a name on the exit, bounded, and checks its address against the policy.
@@ -158,19 +179,19 @@ func (x *exitUDP) lookup(name string) nameResult {
 	return nameResult{drop: messages.DropUnresolvable}
 }
 
-// notice tells the client, once per destination, why its datagrams to it are dropped.
+// notice tells the client why its datagrams to a destination are dropped: once per destination,
+// for the first maxRefused destinations.
 func (x *exitUDP) notice(h proxy.UDPHeader, drop messages.DropReason) {
+	if x.notices >= maxRefused {
+		return
+	}
+	x.notices++
 	var host string
 	if h.Domain != nil {
 		host = string(h.Domain)
 	} else {
 		host = h.Addr.String()
 	}
-	target := net.JoinHostPort(host, itoa(h.Port))
-	if _, done := x.refused[target]; done || len(x.refused) >= max(x.max, 256) {
-		return
-	}
-	x.refused[target] = struct{}{}
 	code := messages.ReplyGeneralFailure
 	switch drop {
 	case messages.DropPolicyDenied:
@@ -179,7 +200,7 @@ func (x *exitUDP) notice(h proxy.UDPHeader, drop messages.DropReason) {
 		code = messages.ReplyHostUnreachable
 	}
 	_ = x.control.SetWriteDeadline(time.Now().Add(time.Second)) // a client that reads nothing cannot stall the loop
-	_ = netstack.WriteUDPNotice(x.control, netstack.UDPNotice{Code: code, Target: target})
+	_ = netstack.WriteUDPNotice(x.control, netstack.UDPNotice{Code: code, Host: host, Port: h.Port})
 }
 
 // fromDestinations sends replies from the destinations back to the client until the host socket

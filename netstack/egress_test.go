@@ -257,26 +257,43 @@ func TestConnectProtocolRoundTrip(t *testing.T) {
 
 func TestUDPNoticeRoundTrip(t *testing.T) {
 	var buf bytes.Buffer
-	want := []UDPNotice{{Code: messages.ReplyNotAllowed, Target: "192.0.2.1:53"}, {Code: messages.ReplyHostUnreachable, Target: "no.such.test:443"},
-		{Code: messages.ReplyGeneralFailure, Target: "[2001:db8::1]:123"}}
+	want := []UDPNotice{{Code: messages.ReplyNotAllowed, Host: "192.0.2.1", Port: 53}, {Code: messages.ReplyHostUnreachable, Host: "no.such.test", Port: 443},
+		{Code: messages.ReplyGeneralFailure, Host: "2001:db8::1", Port: 123}}
 	for _, n := range want {
 		if err := WriteUDPNotice(&buf, n); err != nil {
 			t.Fatal(err)
 		}
 	}
+	var nb NoticeBuffer
 	for _, w := range want {
-		if got, err := ReadUDPNotice(&buf); err != nil || got != w {
+		got, err := ReadUDPNotice(&buf, &nb)
+		if got.Host = NoticeHost(&nb); err != nil || got != w {
 			t.Fatalf("got %+v (%v), want %+v", got, err, w)
 		}
 	}
-	if _, err := ReadUDPNotice(&buf); err != io.EOF {
+	if _, err := ReadUDPNotice(&buf, &nb); err != io.EOF {
 		t.Fatalf("after the last notice: %v, want EOF", err)
 	}
-	if _, err := ReadUDPNotice(bytes.NewReader([]byte{2, 5, 'a'})); !errors.Is(err, io.ErrUnexpectedEOF) {
+	if _, err := ReadUDPNotice(bytes.NewReader([]byte{2, 5, 'a'}), &nb); !errors.Is(err, io.ErrUnexpectedEOF) {
 		t.Fatalf("a cut notice: %v", err)
 	}
-	if err := WriteUDPNotice(&buf, UDPNotice{Target: "no-port"}); err == nil {
-		t.Fatal("a target without a port written")
+	for name, raw := range map[string][]byte{"unknown code": {9, 1, 'a', 0, 53}, "empty host": {2, 0, 0, 53}} {
+		if _, err := ReadUDPNotice(bytes.NewReader(raw), &nb); !errors.Is(err, ErrBadNotice) {
+			t.Errorf("%s: %v, want ErrBadNotice", name, err)
+		}
+	}
+	if err := WriteUDPNotice(&buf, UDPNotice{Code: messages.ReplyNotAllowed}); !errors.Is(err, ErrBadNotice) {
+		t.Fatalf("a notice without a host: %v", err)
+	}
+	raw := []byte{2, 3, 'a', '.', 'b', 0, 53}
+	r := bytes.NewReader(raw)
+	if n := testing.AllocsPerRun(100, func() {
+		r.Reset(raw)
+		if _, err := ReadUDPNotice(r, &nb); err != nil {
+			t.Fatal(err)
+		}
+	}); n != 0 {
+		t.Fatalf("ReadUDPNotice allocates %v times", n)
 	}
 }
 

@@ -260,47 +260,59 @@ func (s *Stack) AcceptUDP(control net.Conn, local netip.Addr, clientPort uint16)
 	return sock, nil
 }
 
-// UDPNotice is what an exit tells a client about datagrams it dropped: to Target, for Code.
+// UDPNotice is what an exit tells a client about datagrams it dropped: to Host:Port, for Code.
 type UDPNotice struct {
-	Code   messages.ReplyCode // ReplyNotAllowed (egress policy), ReplyHostUnreachable (unresolvable), ReplyGeneralFailure (limit)
-	Target string             // host:port as the client named it
+	Code messages.ReplyCode // ReplyNotAllowed (egress policy), ReplyHostUnreachable (unresolvable), ReplyGeneralFailure (limit)
+	Host string             // as the client named it: an IP literal or a name
+	Port uint16
 }
 
 // maxNotice bounds a notice on the wire: code, length, host, port.
 const maxNotice = 1 + 1 + 255 + 2
 
+// ErrBadNotice: a notice with a code no exit sends, or an empty or oversized host.
+var ErrBadNotice = errors.New("bad udp notice")
+
 // WriteUDPNotice writes one notice on an association's control channel.
 func WriteUDPNotice(w io.Writer, n UDPNotice) error {
-	host, port, err := net.SplitHostPort(n.Target)
-	if err != nil || len(host) > maxConnectHost {
-		return fmt.Errorf("udp notice: bad target %q", n.Target)
+	if n.Host == "" || len(n.Host) > maxConnectHost {
+		return fmt.Errorf("%w: host %q", ErrBadNotice, n.Host)
 	}
-	var p uint64
-	if _, err := fmt.Sscan(port, &p); err != nil || p > 65535 {
-		return fmt.Errorf("udp notice: bad port %q", port)
-	}
-	b := make([]byte, 0, maxNotice)
-	b = append(b, byte(n.Code), byte(len(host)))
-	b = append(b, host...)
-	b = binary.BigEndian.AppendUint16(b, uint16(p))
-	_, err = w.Write(b)
+	var b [maxNotice]byte
+	b[0], b[1] = byte(n.Code), byte(len(n.Host))
+	k := 2 + copy(b[2:], n.Host)
+	binary.BigEndian.PutUint16(b[k:], n.Port)
+	_, err := w.Write(b[:k+2])
 	return err
 }
 
-// ReadUDPNotice reads the next notice; io.EOF when the exit closed the control channel.
-func ReadUDPNotice(r io.Reader) (UDPNotice, error) {
-	var hdr [2]byte
-	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+// ReadUDPNotice reads the next notice into buf (reused by the caller: nothing is allocated; Host
+// is left empty) and returns its code; io.EOF when the exit closed the control channel, and
+// ErrBadNotice for a code no exit sends or an empty host.
+func ReadUDPNotice(r io.Reader, buf *[maxNotice]byte) (UDPNotice, error) {
+	if _, err := io.ReadFull(r, buf[:2]); err != nil {
 		return UDPNotice{}, err
 	}
-	rest := make([]byte, int(hdr[1])+2)
-	if _, err := io.ReadFull(r, rest); err != nil {
+	n := UDPNotice{Code: messages.ReplyCode(buf[0])}
+	hl := int(buf[1])
+	if _, err := io.ReadFull(r, buf[2:2+hl+2]); err != nil {
 		return UDPNotice{}, fmt.Errorf("udp notice: %w", truncatedEOF(err))
 	}
-	host := string(rest[:hdr[1]])
-	port := binary.BigEndian.Uint16(rest[hdr[1]:])
-	return UDPNotice{Code: messages.ReplyCode(hdr[0]), Target: net.JoinHostPort(host, fmt.Sprint(port))}, nil
+	n.Port = binary.BigEndian.Uint16(buf[2+hl:])
+	switch {
+	case hl == 0:
+		return n, fmt.Errorf("%w: empty host", ErrBadNotice)
+	case n.Code != messages.ReplyNotAllowed && n.Code != messages.ReplyHostUnreachable && n.Code != messages.ReplyGeneralFailure:
+		return n, fmt.Errorf("%w: code %d", ErrBadNotice, n.Code)
+	}
+	return n, nil
 }
+
+// NoticeHost is the host of the notice last read into buf.
+func NoticeHost(buf *[maxNotice]byte) string { return string(buf[2 : 2+int(buf[1])]) }
+
+// NoticeBuffer is a buffer for ReadUDPNotice.
+type NoticeBuffer = [maxNotice]byte
 
 func truncatedEOF(err error) error {
 	if err == io.EOF {

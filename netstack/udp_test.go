@@ -69,11 +69,13 @@ func TestUDPAssociation(t *testing.T) {
 			t.Fatalf("datagram %d lost five times", i)
 		}
 	}
-	n := UDPNotice{Code: messages.ReplyNotAllowed, Target: "192.0.2.1:53"}
+	n := UDPNotice{Code: messages.ReplyNotAllowed, Host: "192.0.2.1", Port: 53}
 	if err := WriteUDPNotice(ctl, n); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := ReadUDPNotice(a.Control); err != nil || got != n {
+	var nb NoticeBuffer
+	got, err := ReadUDPNotice(a.Control, &nb)
+	if got.Host = NoticeHost(&nb); err != nil || got != n {
 		t.Fatalf("notice %+v, %v", got, err)
 	}
 	read := make(chan error, 1)

@@ -55,7 +55,8 @@ func (s *UDPSession) Client() netip.AddrPort {
 }
 
 // accept reports whether a datagram from from is the client's; the first one from the client's
-// IP fixes its port when the request did not name one.
+// IP fixes its port when the request did not name one (called only for a datagram whose header
+// parsed: bad input fixes nothing).
 func (s *UDPSession) accept(from netip.AddrPort) bool {
 	if from.Addr().Unmap() != s.client {
 		return false
@@ -87,8 +88,10 @@ func socks5Associate(ctx context.Context, g *guard, client net.Conn, r socks5Req
 		return nil, fmt.Errorf("proxy: udp associate: control connection has no IP addresses")
 	}
 	s := &UDPSession{client: src.Addr()}
-	if hint.Addr().IsValid() && !hint.Addr().IsUnspecified() {
-		s.client = hint.Addr()
+	if hint.Addr().IsValid() && !hint.Addr().IsUnspecified() && hint.Addr().Unmap() != src.Addr().Unmap() {
+		// Another host's address: its datagrams would be taken and replies sent to it (a reflector).
+		writeSocks5Reply(client, messages.ReplyNotAllowed, nil)
+		return nil, fmt.Errorf("%w: udp associate for %s from %s", ErrUnsupported, hint.Addr(), src.Addr())
 	}
 	s.port.Store(uint32(hint.Port()))
 	if err := opts.Associate(ctx); err != nil {
@@ -156,7 +159,7 @@ func ParseUDPHeader(b []byte) (UDPHeader, error) {
 		}
 		h.Addr, n = netip.AddrFrom16([16]byte(b[4:20])).Unmap(), 4+16
 	case atypDomain:
-		if len(b) < 5 || b[4] == 0 || len(b) < 5+int(b[4])+2 {
+		if len(b) < 5 || b[4] == 0 || len(b) < 5+int(b[4])+2 || !hostName(b[5:5+int(b[4])]) {
 			return h, ErrBadUDPHeader
 		}
 		h.Domain, n = b[5:5+int(b[4])], 5+int(b[4])
@@ -169,6 +172,17 @@ func ParseUDPHeader(b []byte) (UDPHeader, error) {
 		return h, ErrBadUDPHeader
 	}
 	return h, nil
+}
+
+// hostName reports whether b is a host name the exit may resolve: the characters parseHost
+// allows for a CONNECT (letters, digits, '-', '.', '_').
+func hostName(b []byte) bool {
+	for _, c := range b {
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.' || c == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 // UDPHeaderLen is the length of the header PutUDPHeader writes for a.
@@ -220,7 +234,7 @@ func (s *UDPSession) RelayFromClient(up io.Writer, c UDPCounter) error {
 		if err != nil {
 			return err
 		}
-		if !s.accept(from) {
+		if from.Addr().Unmap() != s.client {
 			c.Drop(messages.DropForeignSource)
 			continue
 		}
@@ -228,6 +242,9 @@ func (s *UDPSession) RelayFromClient(up io.Writer, c UDPCounter) error {
 		switch {
 		case err != nil:
 			c.Drop(messages.DropMalformed)
+			continue
+		case !s.accept(from):
+			c.Drop(messages.DropForeignSource)
 			continue
 		case h.Frag != 0:
 			c.Drop(messages.DropFragmented)

@@ -43,6 +43,8 @@ func TestParseUDPHeader(t *testing.T) {
 		{"truncated-ipv6", v6[:21], "", "", 0, 0, 0, false},
 		{"truncated-domain", dom[:14], "", "", 0, 0, 0, false},
 		{"empty-domain", []byte{0, 0, 0, 3, 0, 0, 80}, "", "", 0, 0, 0, false},
+		{"domain-bracket", append(append([]byte{0, 0, 0, 3, 3}, "a]b"...), 0, 53), "", "", 0, 0, 0, false},
+		{"domain-space", append(append([]byte{0, 0, 0, 3, 3}, "a b"...), 0, 53), "", "", 0, 0, 0, false},
 		{"port-zero", []byte{0, 0, 0, 1, 192, 0, 2, 7, 0, 0}, "", "", 0, 0, 0, false},
 		{"atyp", []byte{0, 0, 0, 9, 192, 0, 2, 7, 0, 80}, "", "", 0, 0, 0, false},
 	} {
@@ -212,7 +214,8 @@ func TestSOCKS5UDPAssociate(t *testing.T) {
 	hdr := make([]byte, 10)
 	PutUDPHeader(hdr, dst)
 	msg := cat(hdr, []byte("query"))
-	client.WriteToUDPAddrPort(msg, relay) // fixes the client's port
+	foreign.WriteToUDPAddrPort([]byte{0, 0, 0, 9}, relay) // malformed, from the client's IP: fixes nothing
+	client.WriteToUDPAddrPort(msg, relay)                 // fixes the client's port
 	buf := make([]byte, 2048)
 	exit.SetReadDeadline(time.Now().Add(testTimeout))
 	n, from, err := exit.ReadFromUDPAddrPort(buf)
@@ -237,7 +240,7 @@ func TestSOCKS5UDPAssociate(t *testing.T) {
 	}
 	testutil.Eventually(t, testTimeout, "drops counted", func() bool {
 		return count.dropped(messages.DropForeignSource) == 1 && count.dropped(messages.DropFragmented) == 1 &&
-			count.dropped(messages.DropMalformed) == 1
+			count.dropped(messages.DropMalformed) == 2
 	})
 	if count.in.Load() != 2 || count.out.Load() != 1 {
 		t.Fatalf("counted %d in, %d out; want 2, 1", count.in.Load(), count.out.Load())
@@ -254,6 +257,12 @@ func TestSOCKS5UDPAssociateRefused(t *testing.T) {
 	got := socksExchange(t, h, cat(greetNoAuth, socksReq(cmdUDPAssociate, atypDomain, []byte("a.test"), 0)))
 	if want := cat([]byte{5, 0}, failReply(messages.ReplyAddressNotSupported)); !bytes.Equal(got, want) {
 		t.Fatalf("domain: % x, want % x", got, want)
+	}
+	h.result(t)
+	// Another host's address as the client's: its datagrams would be taken and answered.
+	got = socksExchange(t, h, cat(greetNoAuth, socksReq(cmdUDPAssociate, atypIPv4, []byte{192, 0, 2, 1}, 5000)))
+	if want := cat([]byte{5, 0}, failReply(messages.ReplyNotAllowed)); !bytes.Equal(got, want) {
+		t.Fatalf("another host's address: % x, want % x", got, want)
 	}
 	h.result(t)
 	got = socksExchange(t, h, cat(greetNoAuth, socksReq(cmdUDPAssociate, atypIPv4, []byte{0, 0, 0, 0}, 0)))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"testing"
 	"time"
 
@@ -120,4 +121,28 @@ func TestUDPUpdateInPlace(t *testing.T) {
 	echoSmall(t, running, echo, 1, 10) // the running association is not touched
 	update(false)
 	echoSmall(t, associate(t, tun, "", ""), echo, 2, 10)
+}
+
+// TestUDPControlReset: a SOCKS5 connection reset by its client ends the association with reset on
+// both of its sides (the other side's reason is the failing side's, as for TCP); the exit half
+// ends at once.
+func TestUDPControlReset(t *testing.T) {
+	e := startExitEngine(t, "exit-r", nil)
+	tun := openTunnel(t, e, "exit-r")
+	echo := testutil.UDPEchoServer(t)
+	c := associate(t, tun, "", "")
+	echoSmall(t, c, echo, 1, 10)
+	tcp, ok := c.Control().(*net.TCPConn)
+	if !ok {
+		t.Fatalf("control connection is a %T", c.Control())
+	}
+	_ = tcp.SetLinger(0)
+	_ = tcp.Close()
+	st := waitTunnelUDP(t, tun, 1)
+	if in, out := st.ByEnd[messages.SideIncoming], st.ByEnd[messages.SideOutgoing]; in[messages.EndReset] != 1 || out[messages.EndReset] != 1 {
+		t.Fatalf("ended by %v, want reset on both sides", st.ByEnd)
+	}
+	if x := exitUDP(t, e, 1); x.UDP.DatagramsIn != 10 || x.UDP.DatagramsOut != 10 {
+		t.Fatalf("exit half moved %d/%d datagrams, want 10/10", x.UDP.DatagramsIn, x.UDP.DatagramsOut)
+	}
 }
