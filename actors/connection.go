@@ -4,7 +4,8 @@ package actors
 // sockets, the goroutines that move its bytes, and its timers. Bytes never pass through a mailbox;
 // the actor hears only of setup, each direction's end, idle checks, timers and the end. Its setup
 // goroutine is in connection_setup.go, the plain-HTTP request loop in connection_forward.go, the
-// idle check in connection_idle.go.
+// idle check in connection_idle.go, end reasons and the report in connection_end.go, UDP associations
+// in connection_udp.go.
 //
 //	Setup ──established──▶ Relaying ──both directions at EOF──────────────────────▶ stop
 //	  │                       │  a side failed (reset, error) ── both reset at once ───▶ stop
@@ -19,6 +20,12 @@ package actors
 // proxy.ServeForward's request loop, which owns the upstream connections it dials and reports to
 // the actor once, when the client connection is over (forwardDone); each request is logged from
 // that goroutine, never through the mailbox.
+//
+// A SOCKS5 UDP association (client), or its exit half, relays datagrams in loops instead of the
+// copy loops (connection_udp.go): Relaying until the first loop ends (a control connection closed
+// or failed, a socket failed), then every socket is closed at once — datagrams have no half-close
+// and no grace — and the actor stops when the last loop has reported. Inactivity, max lifetime and
+// EndConnection close everything at once too.
 //
 // Each side's end reason is recorded once, by the first thing that ends it (endWith: what its owner
 // says). Stopping (after any of the above, or stopped from outside: tunnel_closed) closes both
@@ -253,36 +260,6 @@ func (c *connActor) Receive(ctx actor.Context) {
 	}
 }
 
-// setIn and setOut record a side's reason once.
-func (c *connActor) setIn(r messages.EndReason) {
-	if c.inWhy == "" {
-		c.inWhy = r
-	}
-}
-
-func (c *connActor) setOut(r messages.EndReason) {
-	if c.outWhy == "" {
-		c.outWhy = r
-	}
-}
-
-// failIn and failOut record an I/O failure seen on a side. The one exception to "once": a side
-// recorded "normal" (it finished sending) whose socket then fails (a write to it is reset) did not
-// get everything delivered, so the failure replaces "normal".
-func (c *connActor) failIn(r messages.EndReason) {
-	if c.inWhy == "" || c.inWhy == messages.EndNormal {
-		c.inWhy = r
-	}
-}
-
-func (c *connActor) failOut(r messages.EndReason) {
-	if c.outWhy == "" || c.outWhy == messages.EndNormal {
-		c.outWhy = r
-	}
-}
-
-func (c *connActor) setBoth(r messages.EndReason) { c.setIn(r); c.setOut(r) }
-
 // adopt takes over setup's outcome.
 func (c *connActor) adopt(ctx actor.Context, r any) {
 	switch m := r.(type) {
@@ -394,32 +371,4 @@ func (c *connActor) emitOpened(ctx actor.Context) {
 		c.opened = true
 		emit(ctx, c.cfg.events, &messages.ConnectionOpened{Owner: c.cfg.owner, Role: c.cfg.role, ID: c.cfg.id})
 	}
-}
-
-func (c *connActor) report(ctx actor.Context) {
-	if c.ping {
-		ctx.Request(ctx.Parent(), &pingServed{})
-		return
-	}
-	c.emitOpened(ctx) // stopped during setup: it was a connection all the same
-	ev := &messages.ConnectionEnded{Owner: c.cfg.owner, Role: c.cfg.role, ID: c.cfg.id, Source: c.source,
-		Target: c.target, Duration: time.Since(c.started), BytesIn: c.live.in.Load(), BytesOut: c.live.out.Load(),
-		Incoming: c.inWhy, Outgoing: c.outWhy, Refused: c.refused, Keepalive: c.keepalive}
-	lvl := slog.LevelDebug
-	if ev.Incoming != messages.EndNormal || ev.Outgoing != messages.EndNormal {
-		lvl = slog.LevelInfo
-	}
-	if c.isUDP {
-		ev.UDP = c.live.udp.counts()
-		c.logUDP(lvl, ev)
-		ctx.Request(ctx.Parent(), ev)
-		emit(ctx, c.cfg.events, ev)
-		return
-	}
-	c.cfg.logger.Log(context.Background(), lvl, "connection ended", "conn", ev.ID, "role", ev.Role, "owner", ev.Owner,
-		"source", ev.Source, "target", ev.Target, "duration", ev.Duration.Round(logPrecision),
-		"bytes_in", ev.BytesIn, "bytes_out", ev.BytesOut, "incoming", ev.Incoming, "outgoing", ev.Outgoing,
-		"keepalive", ev.Keepalive)
-	ctx.Request(ctx.Parent(), ev) // Request, not Send: the parent keys its bookkeeping by sender
-	emit(ctx, c.cfg.events, ev)
 }
