@@ -96,12 +96,7 @@ func socks5Handshake(ctx context.Context, g *guard, client net.Conn, dial DialFu
 	}
 	t, err := r.target()
 	if err != nil {
-		code := messages.ReplyGeneralFailure
-		if errors.Is(err, ErrUnsupported) {
-			code = messages.ReplyAddressNotSupported
-		}
-		writeSocks5Reply(client, code, nil)
-		return nil, err
+		return nil, refuseAddress(client, err)
 	}
 
 	up, err := dialTarget(ctx, dial, t)
@@ -115,6 +110,17 @@ func socks5Handshake(ctx context.Context, g *guard, client net.Conn, dial DialFu
 		return nil, fmt.Errorf("proxy: socks5 write reply: %w", err)
 	}
 	return &Session{Target: t, Upstream: up, Client: client, Method: "CONNECT"}, nil
+}
+
+// refuseAddress answers a request whose address was refused (err from target or hint): 0x08 for an
+// unsupported address type, else 0x01. It returns err.
+func refuseAddress(client net.Conn, err error) error {
+	code := messages.ReplyGeneralFailure
+	if errors.Is(err, ErrUnsupported) {
+		code = messages.ReplyAddressNotSupported
+	}
+	writeSocks5Reply(client, code, nil)
+	return err
 }
 
 // socks5Auth runs the RFC 1929 subnegotiation: VER ULEN UNAME PLEN PASSWD, answered VER STATUS;

@@ -74,12 +74,7 @@ func (s *UDPSession) accept(from netip.AddrPort) bool {
 func socks5Associate(ctx context.Context, g *guard, client net.Conn, r socks5Request, opts Options) (*Session, error) {
 	hint, err := r.hint()
 	if err != nil {
-		code := messages.ReplyGeneralFailure
-		if errors.Is(err, ErrUnsupported) {
-			code = messages.ReplyAddressNotSupported
-		}
-		writeSocks5Reply(client, code, nil)
-		return nil, err
+		return nil, refuseAddress(client, err)
 	}
 	src := boundAddr(client.RemoteAddr())
 	local := boundAddr(client.LocalAddr())

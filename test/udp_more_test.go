@@ -296,30 +296,43 @@ func TestUDPEgressDenied(t *testing.T) {
 	c := associate(t, env.tun, "", "")
 	res := echoSmall(t, c, echo, 600, 2)
 	payload := []byte("to a denied destination")
-	for range 3 {
-		if _, err := c.WriteTo(payload, net.UDPAddrFromAddrPort(denied.addr)); err != nil {
+	sendRefused(t, env.tun, c, denied.addr, payload, 3, &res, messages.DropPolicyDenied)
+	res.add(echoSmall(t, c, echo, 601, 5))
+	checkRefused(t, env, c, base, &res, denied, payload, 3, messages.DropPolicyDenied)
+}
+
+// sendRefused sends payload n times to dst, which the exit refuses for why, counting them in res,
+// and waits until the exit's notice reached the client.
+func sendRefused(t testing.TB, tun *engine.Tunnel, c *testutil.SOCKS5UDP, dst netip.AddrPort, payload []byte, n int,
+	res *exchangeResult, why messages.DropReason) {
+	t.Helper()
+	for range n {
+		if _, err := c.WriteTo(payload, net.UDPAddrFromAddrPort(dst)); err != nil {
 			t.Fatal(err)
 		}
 		res.sent++
 		res.bytesSent += int64(len(payload))
 	}
-	pollTunnelUDP(t, env.tun, "the exit's refusal told to the client", func(s messages.ConnectionStats) bool {
-		return s.UDP.Dropped[messages.DropPolicyDenied] >= 1
+	pollTunnelUDP(t, tun, "the exit's refusal told to the client", func(s messages.ConnectionStats) bool {
+		return s.UDP.Dropped[why] >= 1
 	})
-	res.add(echoSmall(t, c, echo, 601, 5))
+}
+
+// checkRefused closes c and checks the engine's counts since base: the exit dropped exactly n
+// datagrams for why, the client counted the destination once (the exit's notice) and everything
+// else exactly, and the destination received none.
+func checkRefused(t testing.TB, env *connEnv, c *testutil.SOCKS5UDP, base engine.Stats, res *exchangeResult,
+	dst *udpRecorder, payload []byte, n uint64, why messages.DropReason) {
+	t.Helper()
 	c.Control().Close()
 	d := udpEngineDelta(t, env.e, base, 1, 1)
-	drainLate(t, c, &res, d.Client.UDP.DatagramsOut)
-	k := d.Client.UDP.Dropped[messages.DropPolicyDenied]
-	if k < 1 || k > 3 {
-		t.Errorf("engine client: %s; want 1-3 policy_denied", fmtUDP(d.Client))
+	drainLate(t, c, res, d.Client.UDP.DatagramsOut)
+	wantUDPCounts(t, "engine client", d.Client, *res, drops{why: 1})
+	if got := nonZero(d.Exit.UDP.Dropped); !maps.Equal(got, drops{why: n}) {
+		t.Errorf("engine exit: %s; want exactly %d %s", fmtUDP(d.Exit), n, why)
 	}
-	wantUDPCounts(t, "engine client", d.Client, res, drops{messages.DropPolicyDenied: k})
-	if got := nonZero(d.Exit.UDP.Dropped); !maps.Equal(got, drops{messages.DropPolicyDenied: 3}) {
-		t.Errorf("engine exit: %s; want exactly 3 policy_denied", fmtUDP(d.Exit))
-	}
-	if n := denied.count(payload); n != 0 {
-		t.Errorf("the denied destination received %d datagrams", n)
+	if k := dst.count(payload); k != 0 {
+		t.Errorf("the refused destination received %d datagrams", k)
 	}
 }
 
@@ -333,32 +346,10 @@ func TestUDPDestinationLimit(t *testing.T) {
 	res := echoSmall(t, c, e1, 700, 2)
 	res.add(echoSmall(t, c, e2, 701, 2))
 	payload := []byte("one destination too many")
-	for range 2 {
-		if _, err := c.WriteTo(payload, net.UDPAddrFromAddrPort(third.addr)); err != nil {
-			t.Fatal(err)
-		}
-		res.sent++
-		res.bytesSent += int64(len(payload))
-	}
-	pollTunnelUDP(t, env.tun, "the exit's limit told to the client", func(s messages.ConnectionStats) bool {
-		return s.UDP.Dropped[messages.DropLimit] >= 1
-	})
+	sendRefused(t, env.tun, c, third.addr, payload, 2, &res, messages.DropLimit)
 	res.add(echoSmall(t, c, e1, 702, 3))
 	res.add(echoSmall(t, c, e2, 703, 3))
-	c.Control().Close()
-	d := udpEngineDelta(t, env.e, base, 1, 1)
-	drainLate(t, c, &res, d.Client.UDP.DatagramsOut)
-	k := d.Client.UDP.Dropped[messages.DropLimit]
-	if k < 1 || k > 2 {
-		t.Errorf("engine client: %s; want 1-2 limit", fmtUDP(d.Client))
-	}
-	wantUDPCounts(t, "engine client", d.Client, res, drops{messages.DropLimit: k})
-	if got := nonZero(d.Exit.UDP.Dropped); !maps.Equal(got, drops{messages.DropLimit: 2}) {
-		t.Errorf("engine exit: %s; want exactly 2 limit", fmtUDP(d.Exit))
-	}
-	if n := third.count(payload); n != 0 {
-		t.Errorf("the third destination received %d datagrams", n)
-	}
+	checkRefused(t, env, c, base, &res, third, payload, 2, messages.DropLimit)
 }
 
 // replyCode is the SOCKS5 reply code in err, or fails the test.
