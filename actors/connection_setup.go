@@ -192,6 +192,13 @@ func (c *connActor) setupFlow(ctx context.Context) any {
 	} else {
 		dst = c.cfg.tcpFlow.Dst
 	}
+	if c.cfg.stack != nil && c.cfg.stack.Owns(dst.Addr()) {
+		// The exit's own tunnel address is the exit host, as a WireGuard server's address is: its
+		// flows go to the host's loopback (when the egress policy allows loopback). A standard
+		// client cannot use 127.0.0.1 through a tunnel: its stack drops replies from a loopback
+		// source (a martian), as Linux and gVisor do.
+		dst = netip.AddrPortFrom(loopbackOf(dst.Addr()), dst.Port())
+	}
 	target := dst.String()
 	out, err := c.cfg.egress.DialEgress(ctx, network, dst.Addr().String(), dst.Port(), c.cfg.limits.Setup)
 	if err != nil {
@@ -213,6 +220,14 @@ func (c *connActor) setupFlow(ctx context.Context) any {
 		return &connSetupFailed{reason: classify(err), target: target, err: err}
 	}
 	return &connEstablished{in: in, out: out, inReader: in, target: target}
+}
+
+// loopbackOf is the loopback address of a's family.
+func loopbackOf(a netip.Addr) netip.Addr {
+	if a.Unmap().Is4() {
+		return netip.AddrFrom4([4]byte{127, 0, 0, 1})
+	}
+	return netip.IPv6Loopback()
 }
 
 func dialReason(code messages.ReplyCode) messages.EndReason {

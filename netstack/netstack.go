@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -101,6 +102,7 @@ type Stack struct {
 	mtu    int            // immutable after New
 	events chan tun.Event // holds EventUp until read; closed by Close
 	flows  *flowTable     // nil in the client role; immutable after New
+	own    []netip.Addr   // the stack's own addresses (Config.Addresses, unmapped); immutable after New
 
 	closeOnce sync.Once
 }
@@ -140,6 +142,9 @@ func New(cfg Config) (*Stack, error) {
 		mtu:    mtu,
 		events: make(chan tun.Event, 1),
 	}
+	for _, a := range cfg.Addresses {
+		s.own = append(s.own, a.Unmap())
+	}
 	if err := s.setup(cfg); err != nil {
 		s.link.close()
 		st.Close()
@@ -150,6 +155,9 @@ func New(cfg Config) (*Stack, error) {
 	liveStacks.Add(1)
 	return s, nil
 }
+
+// Owns reports whether a is one of the stack's own addresses.
+func (s *Stack) Owns(a netip.Addr) bool { return slices.Contains(s.own, a.Unmap()) }
 
 // liveStacks counts stacks made by New and not yet closed.
 var liveStacks atomic.Int64
