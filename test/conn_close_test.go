@@ -268,14 +268,14 @@ func TestConnExitStatsCountProbes(t *testing.T) {
 	})
 	isPing := func(r logRecord) bool { return r.str("target") == "ping" }
 	// Ten quiet health intervals: ten probes, each of which had to be answered.
-	base := relay.FromExit.Load()
-	waitFor(t, pollFor, "ten probe echoes from the exit", func() bool { return relay.FromExit.Load()-base >= 10 })
+	base := relay.FromTarget.Load()
+	waitFor(t, pollFor, "ten probe echoes from the exit", func() bool { return relay.FromTarget.Load()-base >= 10 })
 	info, err := env.tun.Info(context.Background())
 	if err != nil || info.State != messages.StateUp || info.Reconnects != 0 {
 		t.Fatalf("a quiet tunnel did not stay up on its probes: %+v, %v", info, err)
 	}
 	st := settled(t, env.e)
-	t.Logf("%d pings logged, %d datagrams from the exit; exit stats %s", len(logs.ended(isPing)), relay.FromExit.Load()-base, fmtStats(st.Exit))
+	t.Logf("%d pings logged, %d datagrams from the exit; exit stats %s", len(logs.ended(isPing)), relay.FromTarget.Load()-base, fmtStats(st.Exit))
 	if st.Exit.Opened != 0 {
 		t.Errorf("exit opened %d connections, want 0", st.Exit.Opened)
 	}

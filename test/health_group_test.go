@@ -35,10 +35,10 @@ func TestIdleTunnelsShareTheirExitsHealth(t *testing.T) {
 	dropReceived(ev) // the opens
 
 	// Idle: replies from the exit over 4 s. One probe per tunnel per second would be 32 echoes.
-	before := relay.FromExit.Load()
+	before := relay.FromTarget.Load()
 	window := 4 * time.Second
 	ev.quiet(t, window, messages.StateReconnecting, messages.StateDegraded)
-	idle := relay.FromExit.Load() - before
+	idle := relay.FromTarget.Load() - before
 	t.Logf("datagrams from the exit to %d idle tunnels in %v: %d", groupSize, window, idle)
 	if idle > 12 {
 		t.Errorf("%d datagrams from the exit to %d idle tunnels in %v; want about one probe a second for all (≤ 12)", idle, groupSize, window)

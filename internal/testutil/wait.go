@@ -1,4 +1,6 @@
-// Package testutil holds the helpers Warren's tests share: deadline-bounded waits, deterministic payloads, loopback servers and WireGuard keys.
+// Package testutil holds the helpers Warren's tests share: deadline-bounded waits, deterministic
+// payloads, loopback servers, WireGuard keys, a plain WireGuard server (WGServer) and a UDP relay
+// that can blackhole a path (UDPRelay).
 package testutil
 
 import (
