@@ -238,13 +238,11 @@ func TestSOCKS5UDPAssociate(t *testing.T) {
 	if err != nil || !bytes.Equal(buf[:n], back) {
 		t.Fatalf("client got % x (%v)", buf[:n], err)
 	}
-	testutil.Eventually(t, testTimeout, "drops counted", func() bool {
+	// The relay counts a datagram after its send returned: the receiver may see it first.
+	testutil.Eventually(t, testTimeout, "drops and datagrams counted", func() bool {
 		return count.dropped(messages.DropForeignSource) == 1 && count.dropped(messages.DropFragmented) == 1 &&
-			count.dropped(messages.DropMalformed) == 2
+			count.dropped(messages.DropMalformed) == 2 && count.in.Load() == 2 && count.out.Load() == 1
 	})
-	if count.in.Load() != 2 || count.out.Load() != 1 {
-		t.Fatalf("counted %d in, %d out; want 2, 1", count.in.Load(), count.out.Load())
-	}
 	c.Close()
 }
 
