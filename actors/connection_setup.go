@@ -172,7 +172,11 @@ func (c *connActor) setupService(ctx context.Context) any {
 		_ = netstack.WriteConnectReply(in, messages.ReplySucceeded)
 		return &connSetupFailed{reason: messages.EndNormal, target: "ping", ping: true}
 	}
-	out, err := c.cfg.egress.DialEgress(ctx, "tcp", req.Host, req.Port, c.cfg.limits.Setup)
+	host := req.Host
+	if a, err := netip.ParseAddr(host); err == nil && c.ownAddress(a) {
+		host = loopbackOf(a).String() // the exit's own tunnel address is the exit host (setupFlow)
+	}
+	out, err := c.cfg.egress.DialEgress(ctx, "tcp", host, req.Port, c.cfg.limits.Setup)
 	code := netstack.ReplyCodeForDial(err)
 	if werr := netstack.WriteConnectReply(in, code); werr != nil && err == nil {
 		closeQuietly(out)
@@ -192,7 +196,7 @@ func (c *connActor) setupFlow(ctx context.Context) any {
 	} else {
 		dst = c.cfg.tcpFlow.Dst
 	}
-	if c.cfg.stack != nil && c.cfg.stack.Owns(dst.Addr()) {
+	if c.ownAddress(dst.Addr()) {
 		// The exit's own tunnel address is the exit host, as a WireGuard server's address is: its
 		// flows go to the host's loopback (when the egress policy allows loopback). A standard
 		// client cannot use 127.0.0.1 through a tunnel: its stack drops replies from a loopback
@@ -221,6 +225,9 @@ func (c *connActor) setupFlow(ctx context.Context) any {
 	}
 	return &connEstablished{in: in, out: out, inReader: in, target: target}
 }
+
+// ownAddress reports whether a is one of the exit's own tunnel addresses.
+func (c *connActor) ownAddress(a netip.Addr) bool { return c.cfg.stack != nil && c.cfg.stack.Owns(a) }
 
 // loopbackOf is the loopback address of a's family.
 func loopbackOf(a netip.Addr) netip.Addr {

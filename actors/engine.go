@@ -99,6 +99,7 @@ type engineActor struct {
 	tunnels   map[string]*actor.PID
 	named     namedTunnels                         // the engine's own tunnels (OpenTunnel.Named), by name (engine_reads.go)
 	layered   map[string]*actor.PID                // children started with SpawnChild, by PID id; stopped first in shutdown
+	goneWait  map[string][]*actor.PID              // AwaitChildGone callers, by the PID id of the child they wait for
 	starter   *actor.PID                           // waiting for EngineStarted
 	stopper   *actor.PID                           // waiting for ShutdownResponse
 	stats     map[string]*messages.ConnectionStats // by role: "client", "exit"
@@ -236,14 +237,9 @@ func (e *engineActor) running(ctx actor.Context) {
 		}
 		ctx.Respond(&TunnelSpawned{PID: pid})
 	case *SpawnChild:
-		pid, err := ctx.SpawnNamed(m.Props, m.Name)
-		if err != nil {
-			ctx.Respond(&ChildSpawned{Err: fmt.Errorf("spawn %s: %w", m.Name, err)})
-			return
-		}
-		ctx.Watch(pid)
-		e.layered[pid.Id] = pid
-		ctx.Respond(&ChildSpawned{PID: pid})
+		e.spawnChild(ctx, m)
+	case *AwaitChildGone:
+		e.awaitChildGone(ctx, m)
 	case *EnsureDirectory:
 		ctx.Respond(e.ensureDirectory(ctx))
 	case *DrainExit:
@@ -251,8 +247,7 @@ func (e *engineActor) running(ctx actor.Context) {
 	case *actor.Terminated:
 		delete(e.tunnels, m.Who.Id)
 		e.named.terminated(m.Who)
-		if _, ok := e.layered[m.Who.Id]; ok {
-			delete(e.layered, m.Who.Id) // closed by its owner, or stopped by its supervisor (ActorPanicked says so)
+		if e.childGone(ctx, m.Who) { // closed by its owner, or stopped by its supervisor (ActorPanicked says so)
 			return
 		}
 		switch {
@@ -297,10 +292,12 @@ func (e *engineActor) running(ctx actor.Context) {
 
 func (e *engineActor) shuttingDown(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
+	case *AwaitChildGone:
+		e.awaitChildGone(ctx, m)
 	case *actor.Terminated:
 		delete(e.tunnels, m.Who.Id)
 		e.named.terminated(m.Who)
-		delete(e.layered, m.Who.Id)
+		e.childGone(ctx, m.Who)
 		switch {
 		case e.exit != nil && m.Who.Equal(e.exit):
 			e.exitEnded(ctx)

@@ -4,6 +4,7 @@ package actors
 // and the bookkeeping of children it lost.
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -18,6 +19,56 @@ import (
 type SpawnChild struct {
 	Props *actor.Props
 	Name  string // its role, for logs and ChildLost
+}
+
+// AwaitChildGone asks the engine to answer (*ChildGone) once it has seen a child started with
+// SpawnChild terminate — at once if it has already. Its owner waits for it after stopping the child,
+// so that a child spawned again under the same name cannot meet the old one's Terminated.
+type AwaitChildGone struct{ PID *actor.PID }
+
+// ChildGone answers AwaitChildGone.
+type ChildGone struct{}
+
+// spawnChild answers SpawnChild. A child whose name is still held by one that stopped but whose
+// Terminated the engine has not seen yet is refused like a name in use: both would have one PID id.
+func (e *engineActor) spawnChild(ctx actor.Context, m *SpawnChild) {
+	if _, busy := e.layered[ctx.Self().Id+"/"+m.Name]; busy {
+		ctx.Respond(&ChildSpawned{Err: fmt.Errorf("spawn %s: %w", m.Name, actor.ErrNameExists)})
+		return
+	}
+	pid, err := ctx.SpawnNamed(m.Props, m.Name)
+	if err != nil {
+		ctx.Respond(&ChildSpawned{Err: fmt.Errorf("spawn %s: %w", m.Name, err)})
+		return
+	}
+	ctx.Watch(pid)
+	e.layered[pid.Id] = pid
+	ctx.Respond(&ChildSpawned{PID: pid})
+}
+
+func (e *engineActor) awaitChildGone(ctx actor.Context, m *AwaitChildGone) {
+	if m.PID == nil || e.layered[m.PID.Id] == nil {
+		ctx.Respond(&ChildGone{})
+		return
+	}
+	if e.goneWait == nil {
+		e.goneWait = map[string][]*actor.PID{}
+	}
+	e.goneWait[m.PID.Id] = append(e.goneWait[m.PID.Id], ctx.Sender())
+}
+
+// childGone forgets a layered child that terminated and answers those waiting for it; it reports
+// whether who was one.
+func (e *engineActor) childGone(ctx actor.Context, who *actor.PID) bool {
+	if _, ok := e.layered[who.Id]; !ok {
+		return false
+	}
+	delete(e.layered, who.Id)
+	for _, w := range e.goneWait[who.Id] {
+		ctx.Send(w, &ChildGone{})
+	}
+	delete(e.goneWait, who.Id)
+	return true
 }
 
 // ReleaseTunnels tells a child started with SpawnChild that the engine shuts down and closes every

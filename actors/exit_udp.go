@@ -44,6 +44,8 @@ type exitUDP struct {
 	names   map[string]nameResult                  // names resolved so far (bounded by max, like sent)
 	denied  map[netip.AddrPort]messages.DropReason // destinations refused so far (at most maxRefused)
 	notices int                                    // notices sent (at most maxRefused)
+	// overNames: names refused for the destination limit (at most maxRefused): one notice each
+	overNames map[string]struct{}
 }
 
 // maxRefused bounds what an association remembers of refused destinations: the client is told of
@@ -59,7 +61,8 @@ func newExitUDP(sock *netstack.UDPSocket, host *net.UDPConn, control net.Conn, e
 	ctx, cancel := context.WithCancel(context.Background())
 	return &exitUDP{sock: sock, host: host, control: control, egress: egress, max: maxDests, ctx: ctx, cancel: cancel,
 		resolve: min(resolve, resolveLimit), sent: map[netip.AddrPort]struct{}{},
-		names: map[string]nameResult{}, denied: map[netip.AddrPort]messages.DropReason{}}
+		names: map[string]nameResult{}, denied: map[netip.AddrPort]messages.DropReason{},
+		overNames: map[string]struct{}{}}
 }
 
 // toDestinations sends the client's datagrams on until the tunnel socket closes.
@@ -107,7 +110,11 @@ func (x *exitUDP) destination(h proxy.UDPHeader) (netip.AddrPort, messages.DropR
 		r, ok := x.names[string(h.Domain)]
 		if !ok {
 			if x.max > 0 && len(x.names) >= x.max {
-				return netip.AddrPort{}, messages.DropLimit, true
+				_, told := x.overNames[string(h.Domain)]
+				if !told && len(x.overNames) < maxRefused {
+					x.overNames[string(h.Domain)] = struct{}{}
+				}
+				return netip.AddrPort{}, messages.DropLimit, !told
 			}
 			r = x.lookup(string(h.Domain))
 			x.names[string(h.Domain)] = r

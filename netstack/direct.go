@@ -6,6 +6,8 @@ package netstack
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -106,9 +108,12 @@ func (d DirectDialer) query(ctx context.Context, server netip.Addr, name dnsmess
 	_ = c.SetDeadline(dl)
 	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
-	id := uint16(time.Now().UnixNano())
+	var idb [2]byte
+	_, _ = rand.Read(idb[:]) // an unpredictable id: the resolver may sit behind the server's NAT
+	id := binary.BigEndian.Uint16(idb[:])
+	question := dnsmessage.Question{Name: name, Type: typ, Class: dnsmessage.ClassINET}
 	q := dnsmessage.Message{Header: dnsmessage.Header{ID: id, RecursionDesired: true},
-		Questions: []dnsmessage.Question{{Name: name, Type: typ, Class: dnsmessage.ClassINET}}}
+		Questions: []dnsmessage.Question{question}}
 	b, err := q.Pack()
 	if err != nil {
 		return netip.Addr{}, err
@@ -127,13 +132,19 @@ func (d DirectDialer) query(ctx context.Context, server netip.Addr, name dnsmess
 		if err != nil || h.ID != id || !h.Response {
 			continue // not the answer to this query
 		}
+		if got, err := p.Question(); err != nil || got != question {
+			continue // an answer to another question with the same id
+		}
+		if h.Truncated {
+			return netip.Addr{}, fmt.Errorf("DNS answer from %s truncated (no TCP fallback)", server)
+		}
 		if h.RCode == dnsmessage.RCodeNameError {
 			return netip.Addr{}, fmt.Errorf("%w (NXDOMAIN from %s)", errNoRecord, server)
 		}
 		if h.RCode != dnsmessage.RCodeSuccess {
 			return netip.Addr{}, fmt.Errorf("DNS server %s answered %s", server, h.RCode)
 		}
-		if err := p.SkipAllQuestions(); err != nil {
+		if err := p.SkipAllQuestions(); err != nil { // the rest of them (one was asked)
 			return netip.Addr{}, fmt.Errorf("DNS answer from %s: %w", server, err)
 		}
 		for {

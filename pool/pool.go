@@ -55,6 +55,7 @@ func (s SlotInfo) Age() time.Duration {
 type Pool struct {
 	system *actor.ActorSystem
 	pid    *actor.PID
+	engine *actor.PID // the engine actor, the pool actor's parent
 	cfg    resolved
 }
 
@@ -103,7 +104,7 @@ func Open(ctx context.Context, eng *engine.Engine, cfg Config) (*Pool, error) {
 		}
 		return nil, fmt.Errorf("pool: %w", sp.Err)
 	}
-	p := &Pool{system: system, pid: sp.PID, cfg: r}
+	p := &Pool{system: system, pid: sp.PID, engine: enginePID, cfg: r}
 	res, err = p.ask(ctx, &awaitPlaced{}, time.Hour)
 	if err == nil {
 		err = res.(*placed).err
@@ -235,12 +236,12 @@ func (p *Pool) Resize(ctx context.Context, size int) error {
 // Closing a closed pool is a no-op.
 func (p *Pool) Close(ctx context.Context, drain time.Duration) error {
 	_, err := p.ask(ctx, &closeAll{drain: drain}, time.Hour)
-	if errors.Is(err, ErrClosed) {
-		return nil
-	}
-	if err != nil {
+	if err != nil && !errors.Is(err, ErrClosed) {
 		_, _ = p.ask(context.Background(), &closeAll{drain: -1}, requestWait)
 		return fmt.Errorf("close pool %s: %w", p.cfg.name, err)
 	}
+	// Returned once the engine has seen the pool actor terminate: a pool opened again at once
+	// under the same name is then a new child, not one the old one's Terminated could unlist.
+	_, _ = future.Await(ctx, p.system.Root.RequestFuture(p.engine, &actors.AwaitChildGone{PID: p.pid}, requestWait))
 	return nil
 }

@@ -122,7 +122,7 @@ type poolActor struct {
 	rotations []*rotationWait
 	resizes   []*resizeWait
 	placers   []*actor.PID // awaiting placed
-	closer    *actor.PID
+	closers   []*actor.PID
 	target    int        // the size asked for: slots below it are kept (respawned if lost), those at or above it removed
 	dirPID    *actor.PID // the directory watched; a replaced one is asked again
 	ending    bool       // closing or releasing: nothing is placed any more
@@ -154,10 +154,10 @@ func (p *poolActor) Receive(ctx actor.Context) {
 	case *actor.Stopped:
 		// Answered only now that the actor is out of the process registry: a pool opened again
 		// at once under the same name must not find the name taken.
-		if p.closer != nil {
-			ctx.Send(p.closer, &closed{})
-			p.closer = nil
+		for _, c := range p.closers {
+			ctx.Send(c, &closed{})
 		}
+		p.closers = nil
 		return
 	case *sweep:
 		p.onSweep(ctx)
@@ -196,7 +196,7 @@ func (p *poolActor) running(ctx actor.Context) {
 	case *update:
 		p.reconfigure(ctx, m)
 	case *closeAll:
-		p.closer, p.ending = ctx.Sender(), true
+		p.closers, p.ending = append(p.closers, ctx.Sender()), true
 		p.behavior.Become(p.closing)
 		p.answerAll(ctx, ErrClosed)
 		for _, v := range p.slots {
@@ -247,11 +247,7 @@ func (p *poolActor) closing(ctx actor.Context) {
 		p.slotGone(ctx, m.Who)
 		p.stopIfEmpty(ctx)
 	case *closeAll:
-		if p.closer == nil {
-			p.closer = ctx.Sender()
-		} else {
-			ctx.Respond(&closed{})
-		}
+		p.closers = append(p.closers, ctx.Sender()) // every closer hears once the pool has stopped
 		for _, v := range p.slots {
 			ctx.Send(v.pid, &closeSlot{drain: m.drain}) // again, perhaps shorter: a slot already closing ignores it
 		}
@@ -276,7 +272,7 @@ func (p *poolActor) stopIfEmpty(ctx actor.Context) {
 	if len(p.slots) > 0 {
 		return
 	}
-	ctx.Stop(ctx.Self()) // the closer is answered in Stopped
+	ctx.Stop(ctx.Self()) // the closers are answered in Stopped
 }
 
 // answerAll answers every waiting request: the pool is closing.

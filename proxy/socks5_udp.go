@@ -238,11 +238,11 @@ func (s *UDPSession) RelayFromClient(up io.Writer, c UDPCounter) error {
 		case err != nil:
 			c.Drop(messages.DropMalformed)
 			continue
-		case !s.accept(from):
-			c.Drop(messages.DropForeignSource)
-			continue
 		case h.Frag != 0:
 			c.Drop(messages.DropFragmented)
+			continue
+		case !s.accept(from):
+			c.Drop(messages.DropForeignSource)
 			continue
 		}
 		if _, err := up.Write(buf[:n]); err != nil {
