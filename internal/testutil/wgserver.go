@@ -23,7 +23,6 @@ import (
 	"golang.org/x/crypto/curve25519"
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
-	"golang.zx2c4.com/wireguard/tun/netstack"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 )
 
@@ -40,7 +39,7 @@ type WGServer struct {
 	priv, pub  [32]byte
 	clientPriv [32]byte
 	dev        *device.Device
-	tnet       *netstack.Net
+	tun        *wgTun // closed by the device's Close
 	endpoint   netip.AddrPort
 	logf       func(string, ...any)
 
@@ -120,11 +119,11 @@ func StartWGServer(t testing.TB, cfg WGServerConfig) *WGServer {
 	clientPub := publicKey(t, s.clientPriv)
 	t.Cleanup(s.Close)
 
-	tdev, tnet, err := netstack.CreateNetTUN([]netip.Addr{cfg.Address}, nil, WGServerMTU)
+	tdev, err := newWGTun(cfg.Address, WGServerMTU)
 	if err != nil {
 		t.Fatalf("wgserver: netstack: %v", err)
 	}
-	s.tnet = tnet
+	s.tun = tdev
 	bind := &udpBind{addr: listen}
 	s.dev = device.NewDevice(tdev, bind, &device.Logger{Verbosef: device.DiscardLogf, Errorf: s.logf})
 	uapi := fmt.Sprintf("private_key=%s\npublic_key=%s\nallowed_ip=%s\n", hex.EncodeToString(s.priv[:]),
@@ -151,7 +150,8 @@ func StartWGServer(t testing.TB, cfg WGServerConfig) *WGServer {
 		if _, err := net.ResolveTCPAddr("tcp", origin); err != nil {
 			t.Fatalf("wgserver: TCP origin of port %d: %v", port, err)
 		}
-		ln, err := tnet.ListenTCPAddrPort(netip.AddrPortFrom(cfg.Address, port))
+		fa, proto := fullAddr(netip.AddrPortFrom(cfg.Address, port))
+		ln, err := gonet.ListenTCP(tdev.stack, fa, proto)
 		if err != nil {
 			t.Fatalf("wgserver: listen on TCP port %d: %v", port, err)
 		}
@@ -162,7 +162,8 @@ func StartWGServer(t testing.TB, cfg WGServerConfig) *WGServer {
 		if err != nil {
 			t.Fatalf("wgserver: UDP origin of port %d: %v", port, err)
 		}
-		pc, err := tnet.ListenUDPAddrPort(netip.AddrPortFrom(cfg.Address, port))
+		fa, proto := fullAddr(netip.AddrPortFrom(cfg.Address, port))
+		pc, err := gonet.DialUDP(tdev.stack, &fa, nil, proto)
 		if err != nil {
 			t.Fatalf("wgserver: listen on UDP port %d: %v", port, err)
 		}
@@ -173,7 +174,8 @@ func StartWGServer(t testing.TB, cfg WGServerConfig) *WGServer {
 		for name, addrs := range cfg.DNS {
 			zone[fqdn(name)] = addrs
 		}
-		pc, err := tnet.ListenUDPAddrPort(netip.AddrPortFrom(cfg.Address, 53))
+		fa, proto := fullAddr(netip.AddrPortFrom(cfg.Address, 53))
+		pc, err := gonet.DialUDP(tdev.stack, &fa, nil, proto)
 		if err != nil {
 			t.Fatalf("wgserver: listen on UDP port 53: %v", err)
 		}
