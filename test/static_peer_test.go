@@ -30,6 +30,17 @@ func plainWireGuardClient(t *testing.T, priv signaling.Key, addr netip.Addr, exi
 	}
 	dev := device.NewDevice(st, netstack.NewBind(netip.MustParseAddr("127.0.0.1")), &device.Logger{Verbosef: device.DiscardLogf, Errorf: t.Logf})
 	t.Cleanup(dev.Close)
+	configurePlainClient(t, dev, priv, exitPub, endpoint)
+	return st
+}
+
+// configurePlainClient configures a WireGuard device through its IPC as a wg-quick client of the
+// exit would be (every address routed to it) and brings it up.
+func configurePlainClient(t *testing.T, dev interface {
+	IpcSet(string) error
+	Up() error
+}, priv signaling.Key, exitPub string, endpoint netip.AddrPort) {
+	t.Helper()
 	pub, err := signaling.ParseKey(exitPub)
 	if err != nil {
 		t.Fatal(err)
@@ -41,7 +52,6 @@ func plainWireGuardClient(t *testing.T, priv signaling.Key, addr netip.Addr, exi
 	if err := dev.Up(); err != nil {
 		t.Fatal(err)
 	}
-	return st
 }
 
 func TestStaticPeerStandardWireGuard(t *testing.T) {

@@ -3,7 +3,6 @@ package test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -33,17 +32,7 @@ func stockWireGuardClient(t *testing.T, priv signaling.Key, addr netip.Addr, exi
 	}
 	dev := device.NewDevice(tdev, conn.NewDefaultBind(), &device.Logger{Verbosef: device.DiscardLogf, Errorf: t.Logf})
 	t.Cleanup(dev.Close)
-	pub, err := signaling.ParseKey(exitPub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	conf := fmt.Sprintf("private_key=%s\nlisten_port=0\npublic_key=%s\nendpoint=%s\nallowed_ip=0.0.0.0/0\nallowed_ip=::/0\n", priv.Hex(), pub.Hex(), endpoint)
-	if err := dev.IpcSet(conf); err != nil {
-		t.Fatal(err)
-	}
-	if err := dev.Up(); err != nil {
-		t.Fatal(err)
-	}
+	configurePlainClient(t, dev, priv, exitPub, endpoint)
 	return tnet
 }
 
