@@ -121,8 +121,7 @@ type connActor struct {
 	inWhy    messages.EndReason // set once
 	outWhy   messages.EndReason // set once
 	timers   connTimers         // idle check, lifetime and grace; stopped in Stopping
-	udp      *udpParts          // a UDP association's other sockets (connection_udp.go); nil otherwise
-	isUDP    bool
+	udp      *udpParts          // a UDP association's other sockets (connection_udp.go); nil for any other connection
 
 	// idle checks
 	lastTotal   int64
@@ -230,7 +229,7 @@ func (c *connActor) Receive(ctx actor.Context) {
 		c.setBoth(messages.EndTunnelClosed) // stopped without being told why: its owner was stopped
 		c.timers.stopAll()
 		c.cancel()
-		if c.pumps > 0 && !c.isUDP { // stopped while relaying: the owner is going away, no grace
+		if c.pumps > 0 && c.udp == nil { // stopped while relaying: the owner is going away, no grace
 			abort(c.in)
 			abort(c.out)
 		} else {
@@ -285,7 +284,7 @@ func (c *connActor) adopt(ctx actor.Context, r any) {
 		if c.cfg.limits.Idle > 0 {
 			c.exemptIdle = c.cfg.limits.IdleExempt != nil && c.cfg.limits.IdleExempt(c.target)
 			c.idleSince = time.Now()
-			if !c.isUDP {
+			if c.udp == nil {
 				c.lastSegsIn, c.lastSegsOut, _, _ = segments(c.in)
 			}
 			if !c.exemptIdle {
@@ -352,7 +351,7 @@ func (c *connActor) endGracefully(ctx actor.Context, reason messages.EndReason) 
 		ctx.Stop(ctx.Self())
 		return
 	}
-	if c.isUDP { // datagrams have no half-close: everything closes now
+	if c.udp != nil { // datagrams have no half-close: everything closes now
 		c.closeUDP()
 		return
 	}

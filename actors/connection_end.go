@@ -56,7 +56,7 @@ func (c *connActor) report(ctx actor.Context) {
 	if ev.Incoming != messages.EndNormal || ev.Outgoing != messages.EndNormal {
 		lvl = slog.LevelInfo
 	}
-	if c.isUDP {
+	if c.udp != nil {
 		ev.UDP = c.live.udp.counts()
 		c.logUDP(lvl, ev)
 		ctx.Request(ctx.Parent(), ev)

@@ -71,31 +71,18 @@ func (u *udpParts) close() {
 	}
 }
 
-// udpPart names an association's loops.
-type udpPart int
-
-const (
-	partControl    udpPart = iota + 1 // the incoming side's control connection (client: SOCKS5; exit: the tunnel's)
-	partPeerCtl                       // client: the exit's control channel (notices, then its end)
-	partToward                        // datagrams towards destinations
-	partBack                          // datagrams back towards the client
-	partsPerAssoc  = 4
-	partsExitAssoc = 3
-)
-
 // errUDPPanic: an association's loop panicked (logged with its stack).
 var errUDPPanic = errors.New("udp association loop panicked")
 
-// udpPartDone reports the end of one of an association's loops.
+// udpPartDone reports the end of one of an association's loops: whichever ends first decides.
 type udpPartDone struct {
-	part udpPart
-	err  error // nil or io.EOF: a clean end (a control connection closed by its peer)
+	err error // nil or io.EOF: a clean end (a control connection closed by its peer)
 }
 
 // udpLive counts an association's datagrams; its loops add, the owner and the actor read.
 type udpLive struct {
 	in, out atomic.Int64
-	drops   [8]atomic.Int64 // by messages.AllDropReasons' index
+	drops   [len(messages.AllDropReasons)]atomic.Int64 // by messages.AllDropReasons' index
 }
 
 // udpCounter is the proxy.UDPCounter of a connection: payload bytes into its byte counts (and its
@@ -202,12 +189,11 @@ func (c *connActor) logUDP(lvl slog.Level, ev *messages.ConnectionEnded) {
 // runUDP starts an established association's loops.
 func (c *connActor) runUDP(u *udpParts) {
 	c.udp = u
-	c.isUDP = true
 	system, self := c.system, c.self
-	report := func(p udpPart, err error) { system.Root.Send(self, &udpPartDone{part: p, err: err}) }
+	report := func(err error) { system.Root.Send(self, &udpPartDone{err: err}) }
 	count := udpCounter{c.live}
 	logger, id := c.cfg.logger, c.cfg.id
-	start := func(p udpPart, f func() error) {
+	start := func(loop string, f func() error) {
 		c.wg.Add(1)
 		c.pumps++
 		go func() {
@@ -216,26 +202,26 @@ func (c *connActor) runUDP(u *udpParts) {
 			// with internal_error, not the process.
 			defer func() {
 				if r := recover(); r != nil {
-					logger.Error("udp association loop panicked", "conn", id, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
-					report(p, errUDPPanic)
+					logger.Error("udp association loop panicked", "conn", id, "loop", loop, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+					report(errUDPPanic)
 				}
 			}()
-			report(p, f())
+			report(f())
 		}()
 	}
 	// The incoming control connection carries nothing more: read it until its peer closes it.
 	in := c.in
-	start(partControl, func() error { _, err := io.Copy(io.Discard, in); return err })
+	start("control", func() error { _, err := io.Copy(io.Discard, in); return err })
 	if u.sess != nil { // client
 		sess, assoc, ctl := u.sess, u.assoc, c.out
-		start(partPeerCtl, func() error { return readNotices(ctl, count) })
-		start(partToward, func() error { return sess.RelayFromClient(assoc.Conn, count) })
-		start(partBack, func() error { return sess.RelayToClient(assoc.Conn, count) })
+		start("notices", func() error { return readNotices(ctl, count) })
+		start("toward", func() error { return sess.RelayFromClient(assoc.Conn, count) })
+		start("back", func() error { return sess.RelayToClient(assoc.Conn, count) })
 		return
 	}
 	x := u.exit
-	start(partToward, func() error { return x.toDestinations(count) })
-	start(partBack, func() error { return x.fromDestinations(count) })
+	start("toward", func() error { return x.toDestinations(count) })
+	start("back", func() error { return x.fromDestinations(count) })
 }
 
 // readNotices counts the exit's notices of dropped datagrams until it closes the channel.
@@ -250,17 +236,34 @@ func readNotices(ctl net.Conn, count udpCounter) error {
 	}
 }
 
+// noticeCodes are the drops an exit tells its client of, and the code each travels as.
+var noticeCodes = [...]struct {
+	drop messages.DropReason
+	code messages.ReplyCode
+}{
+	{messages.DropPolicyDenied, messages.ReplyNotAllowed},
+	{messages.DropUnresolvable, messages.ReplyHostUnreachable},
+	{messages.DropLimit, messages.ReplyGeneralFailure},
+}
+
 // noticeDrop maps a notice's code to the drop reason the exit counted.
 func noticeDrop(code messages.ReplyCode) messages.DropReason {
-	switch code {
-	case messages.ReplyNotAllowed:
-		return messages.DropPolicyDenied
-	case messages.ReplyHostUnreachable:
-		return messages.DropUnresolvable
-	case messages.ReplyGeneralFailure:
-		return messages.DropLimit
+	for _, n := range noticeCodes {
+		if n.code == code {
+			return n.drop
+		}
 	}
 	return messages.DropSendFailed
+}
+
+// noticeCode is the code a drop's notice travels as.
+func noticeCode(drop messages.DropReason) messages.ReplyCode {
+	for _, n := range noticeCodes {
+		if n.drop == drop {
+			return n.code
+		}
+	}
+	return messages.ReplyGeneralFailure
 }
 
 // udpPartEnded: one loop ended. The first end decides the reasons and closes everything; the actor

@@ -199,13 +199,7 @@ func (x *exitUDP) notice(h proxy.UDPHeader, drop messages.DropReason) {
 	} else {
 		host = h.Addr.String()
 	}
-	code := messages.ReplyGeneralFailure
-	switch drop {
-	case messages.DropPolicyDenied:
-		code = messages.ReplyNotAllowed
-	case messages.DropUnresolvable:
-		code = messages.ReplyHostUnreachable
-	}
+	code := noticeCode(drop)
 	_ = x.control.SetWriteDeadline(time.Now().Add(time.Second)) // a client that reads nothing cannot stall the loop
 	_ = netstack.WriteUDPNotice(x.control, netstack.UDPNotice{Code: code, Host: host, Port: h.Port})
 }

@@ -75,7 +75,7 @@ const (
 )
 
 // AllDropReasons lists the set, for documentation and exhaustive stats.
-var AllDropReasons = []DropReason{DropForeignSource, DropFragmented, DropMalformed, DropPolicyDenied, DropUnresolvable,
+var AllDropReasons = [...]DropReason{DropForeignSource, DropFragmented, DropMalformed, DropPolicyDenied, DropUnresolvable,
 	DropLimit, DropUnknownSource, DropSendFailed}
 
 // UDPCounts are one association's datagrams: In from the client towards destinations, Out back;

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strconv"
 	"time"
 
 	"golang.org/x/net/dns/dnsmessage"
@@ -47,7 +48,7 @@ func (d DirectDialer) DialTCP(ctx context.Context, host string, port uint16) (ne
 		if ctx.Err() != nil {
 			code = messages.ReplyTTLExpired
 		}
-		return nil, &DialError{Code: code, Err: fmt.Errorf("dial %s through the tunnel: %w", net.JoinHostPort(host, itoa16(port)), err)}
+		return nil, &DialError{Code: code, Err: fmt.Errorf("dial %s through the tunnel: %w", net.JoinHostPort(host, strconv.Itoa(int(port))), err)}
 	}
 	return c, nil
 }
@@ -181,8 +182,6 @@ func dnsName(host string) string {
 	}
 	return host + "."
 }
-
-func itoa16(p uint16) string { return fmt.Sprint(p) }
 
 func (s *Stack) has4() bool {
 	for _, a := range s.own {
