@@ -4,70 +4,37 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net"
 	"net/netip"
+	"sync"
 	"testing"
-
-	"golang.org/x/net/dns/dnsmessage"
 
 	"github.com/warren-tunnel/warren/internal/testutil"
 	"github.com/warren-tunnel/warren/messages"
 )
-
-// serveDNS answers A and AAAA queries for records on pc (NXDOMAIN for other names) until pc closes.
-func serveDNS(pc net.PacketConn, records map[string][]netip.Addr) {
-	buf := make([]byte, 1500)
-	for {
-		n, from, err := pc.ReadFrom(buf)
-		if err != nil {
-			return
-		}
-		var m dnsmessage.Message
-		if m.Unpack(buf[:n]) != nil || len(m.Questions) != 1 {
-			continue
-		}
-		q := m.Questions[0]
-		m.Response, m.Authoritative = true, true
-		addrs, ok := records[q.Name.String()]
-		if !ok {
-			m.RCode = dnsmessage.RCodeNameError
-		}
-		for _, a := range addrs {
-			h := dnsmessage.ResourceHeader{Name: q.Name, Class: dnsmessage.ClassINET, TTL: 60}
-			switch {
-			case a.Is4() && q.Type == dnsmessage.TypeA:
-				h.Type = dnsmessage.TypeA
-				m.Answers = append(m.Answers, dnsmessage.Resource{Header: h, Body: &dnsmessage.AResource{A: a.As4()}})
-			case a.Is6() && q.Type == dnsmessage.TypeAAAA:
-				h.Type = dnsmessage.TypeAAAA
-				m.Answers = append(m.Answers, dnsmessage.Resource{Header: h, Body: &dnsmessage.AAAAResource{AAAA: a.As16()}})
-			}
-		}
-		out, err := m.Pack()
-		if err == nil {
-			_, _ = pc.WriteTo(out, from)
-		}
-	}
-}
 
 // TestDirectDialer: through a WireGuard pair whose far side is a plain stack (no connect service),
 // an IP literal and a name (resolved by a DNS server inside the tunnel) both reach a listener there,
 // and every refusal is a DialError with the code a proxy client gets.
 func TestDirectDialer(t *testing.T) {
 	client, server := newPair(t, Config{}, Config{})
+	var wg sync.WaitGroup // the servers' goroutines, ended by closing their sockets
+	defer wg.Wait()
 	for _, a := range []netip.Addr{exitAddr, exitAddr6} {
 		ln, err := server.stack.ListenTCP(netip.AddrPortFrom(a, 8080))
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer ln.Close()
+		wg.Add(1)
 		go func() {
+			defer wg.Done()
 			for {
 				c, err := ln.Accept()
 				if err != nil {
 					return
 				}
-				go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
+				wg.Add(1)
+				go func() { defer wg.Done(); defer c.Close(); _, _ = io.Copy(c, c) }()
 			}
 		}()
 	}
@@ -76,7 +43,11 @@ func TestDirectDialer(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer dns.Close()
-	go serveDNS(dns, map[string][]netip.Addr{"origin.test.": {exitAddr, exitAddr6}, "v6only.test.": {exitAddr6}})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		testutil.ServeDNS(dns, map[string][]netip.Addr{"origin.test": {exitAddr, exitAddr6}, "v6only.test": {exitAddr6}})
+	}()
 
 	d := DirectDialer{Stack: client.stack, DNS: []netip.Addr{exitAddr}}
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
@@ -86,8 +57,10 @@ func TestDirectDialer(t *testing.T) {
 		if err != nil {
 			t.Fatalf("dial %s: %v", host, err)
 		}
-		msg := testutil.PayloadBytes(7, 4096)
-		go func() { _, _ = c.Write(msg) }()
+		msg := testutil.PayloadBytes(7, 4096) // fits the socket buffers: written before it is read back
+		if _, err := c.Write(msg); err != nil {
+			t.Fatal(err)
+		}
 		got := make([]byte, len(msg))
 		if _, err := io.ReadFull(c, got); err != nil || string(got) != string(msg) {
 			t.Fatalf("echo through %s: %v", host, err)

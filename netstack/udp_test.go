@@ -89,27 +89,24 @@ func TestUDPAssociation(t *testing.T) {
 	}
 }
 
-// udpExchange sends msg from one socket and reads it on the other (UDP may drop: up to 5 tries).
+// udpExchange sends msg from one socket and reads it on the other (UDP may drop: up to 5 tries of
+// 2 s). UDPSocket has no deadlines, so one reader goroutine waits for the datagram throughout; a
+// loss ends the test, whose cleanup closes the socket and so the reader.
 func udpExchange(t testing.TB, from, to *UDPSocket, buf, msg []byte) bool {
 	t.Helper()
+	got := make(chan int, 1)
+	go func() { n, _ := to.Read(buf); got <- n }()
 	for range 5 {
 		if _, err := from.Write(msg); err != nil {
 			t.Fatal(err)
 		}
-		got := make(chan int, 1)
-		go func() { n, _ := to.Read(buf); got <- n }()
 		select {
 		case n := <-got:
 			if !bytes.Equal(buf[:n], msg) {
 				t.Fatalf("got %d bytes, want %d", n, len(msg))
 			}
 			return true
-		case <-time.After(2 * time.Second):
-			// the reader stays blocked; the next try's datagram ends it
-			n := <-got
-			if bytes.Equal(buf[:n], msg) {
-				return true
-			}
+		case <-time.After(2 * time.Second): // lost: send again; the reader still waits
 		}
 	}
 	return false

@@ -100,7 +100,7 @@ func TestStaticPeerStockClient(t *testing.T) {
 			}
 			exitAddr, tnet := stockExit(t, "stock-"+name, subnet, peer, egress)
 			srv := httptest.NewUnstartedServer(payloadHandler)
-			srv.Listener = listenOn(t, lo)
+			srv.Listener = testutil.ListenOn(t, lo)
 			srv.Start()
 			defer srv.Close()
 			port := netip.MustParseAddrPort(srv.Listener.Addr().String()).Port()
@@ -132,7 +132,7 @@ func TestStaticPeerStockClient(t *testing.T) {
 				return
 			}
 			hs := httptest.NewUnstartedServer(payloadHandler)
-			hs.Listener = listenOn(t, netip.AddrPortFrom(host, 0).String())
+			hs.Listener = testutil.ListenOn(t, netip.AddrPortFrom(host, 0).String())
 			hs.Start()
 			defer hs.Close()
 			if err := download(client, "http://"+hs.Listener.Addr().String(), 63, 4<<20); err != nil {
@@ -160,7 +160,7 @@ func stockUDPRoundTrip(c net.Conn, buf, msg []byte) bool {
 // refused (a reset, at once), not left to time out.
 func TestStaticPeerStockLoopbackRefused(t *testing.T) {
 	exitAddr, tnet := stockExit(t, "stock-deny", "10.77.0.0/16", netip.MustParseAddr("10.77.200.3"), engine.EgressConfig{})
-	ln := listenOn(t, "127.0.0.1:0")
+	ln := testutil.ListenOn(t, "127.0.0.1:0")
 	port := netip.MustParseAddrPort(ln.Addr().String()).Port()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -181,15 +181,4 @@ func TestStaticPeerStockLoopbackRefused(t *testing.T) {
 // isRefused: gonet reports a reset to a dial as "connection was refused" without an errno.
 func isRefused(err error) bool {
 	return err != nil && (errors.Is(err, syscall.ECONNREFUSED) || strings.Contains(err.Error(), "refused"))
-}
-
-// listenOn listens on addr (TCP) until the test's end.
-func listenOn(t testing.TB, addr string) net.Listener {
-	t.Helper()
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	return ln
 }

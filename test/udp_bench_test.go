@@ -10,7 +10,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"errors"
 	"net"
 	"slices"
 	"sync/atomic"
@@ -340,7 +339,7 @@ func udpPing(b *testing.B, pc net.PacketConn, dst *net.UDPAddr, n int) udpPingRe
 		}
 		for {
 			m, from, err := pc.ReadFrom(buf)
-			if isTimeout(err) {
+			if isTimeoutErr(err) {
 				r.lost++
 				break
 			}
@@ -357,11 +356,6 @@ func udpPing(b *testing.B, pc net.PacketConn, dst *net.UDPAddr, n int) udpPingRe
 		}
 	}
 	return r
-}
-
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // sameUDPAddr: from is dst (an IPv4 address in either form).

@@ -19,31 +19,34 @@ import (
 // as a query are ignored. It returns its address.
 func DNSServer(t testing.TB, records map[string][]netip.Addr) netip.AddrPort {
 	t.Helper()
-	zone := make(map[string][]netip.Addr, len(records))
-	for name, addrs := range records {
-		zone[fqdn(name)] = addrs
-	}
 	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		buf := make([]byte, 1500)
-		out := make([]byte, 0, 1500)
-		for {
-			n, from, err := c.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			if resp, ok := dnsAnswer(out[:0], buf[:n], zone); ok {
-				_, _ = c.WriteToUDPAddrPort(resp, from)
-			}
-		}
-	}()
+	go func() { defer close(done); ServeDNS(c, records) }()
 	t.Cleanup(func() { c.Close(); <-done })
 	return c.LocalAddr().(*net.UDPAddr).AddrPort()
+}
+
+// ServeDNS answers DNS queries on pc from records, as DNSServer does, until pc is closed (the
+// caller owns pc and the goroutine that runs this).
+func ServeDNS(pc net.PacketConn, records map[string][]netip.Addr) {
+	zone := make(map[string][]netip.Addr, len(records))
+	for name, addrs := range records {
+		zone[fqdn(name)] = addrs
+	}
+	buf := make([]byte, 1500)
+	out := make([]byte, 0, 1500)
+	for {
+		n, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			return
+		}
+		if resp, ok := dnsAnswer(out[:0], buf[:n], zone); ok {
+			_, _ = pc.WriteTo(resp, from)
+		}
+	}
 }
 
 func fqdn(name string) string {

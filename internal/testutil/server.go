@@ -177,7 +177,13 @@ func UDPEchoServerOn(t testing.TB, addr string) netip.AddrPort {
 // until the test's cleanup closes it: an address in use.
 func Listen(t testing.TB) net.Listener {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return ListenOn(t, "127.0.0.1:0")
+}
+
+// ListenOn is Listen on addr.
+func ListenOn(t testing.TB, addr string) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -170,16 +170,12 @@ func StartWGServer(t testing.TB, cfg WGServerConfig) *WGServer {
 		s.goTracked(pc, func() { s.serveUDP(pc, to) })
 	}
 	if cfg.DNS != nil {
-		zone := make(map[string][]netip.Addr, len(cfg.DNS))
-		for name, addrs := range cfg.DNS {
-			zone[fqdn(name)] = addrs
-		}
 		fa, proto := fullAddr(netip.AddrPortFrom(cfg.Address, 53))
 		pc, err := gonet.DialUDP(tdev.stack, &fa, nil, proto)
 		if err != nil {
 			t.Fatalf("wgserver: listen on UDP port 53: %v", err)
 		}
-		s.goTracked(pc, func() { s.serveDNS(pc, zone) })
+		s.goTracked(pc, func() { ServeDNS(pc, cfg.DNS) })
 	}
 	return s
 }
@@ -417,21 +413,6 @@ func udpReplies(pc *gonet.UDPConn, hc *net.UDPConn, to net.Addr) {
 		// error; the socket is still good.
 		if err != nil && !errors.Is(err, syscall.ECONNREFUSED) {
 			return
-		}
-	}
-}
-
-// serveDNS answers DNS queries on pc from zone (see DNSServer).
-func (s *WGServer) serveDNS(pc *gonet.UDPConn, zone map[string][]netip.Addr) {
-	buf := make([]byte, 1500)
-	out := make([]byte, 0, 1500)
-	for {
-		n, from, err := pc.ReadFrom(buf)
-		if err != nil {
-			return
-		}
-		if resp, ok := dnsAnswer(out[:0], buf[:n], zone); ok {
-			_, _ = pc.WriteTo(resp, from)
 		}
 	}
 }
