@@ -325,11 +325,7 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// serving: the states in which a tunnel's proxies accept and carry connections.
-func serving(st messages.TunnelState) bool {
-	return st == messages.StateUp || st == messages.StateSwitching || st == messages.StateDegraded
-}
-
+// readiness lists what keeps the engine from being ready (none: ready).
 func (s *Server) readiness(ctx context.Context) []string {
 	if err := s.eng.Ping(ctx); err != nil {
 		return []string{"engine: " + err.Error()}
@@ -358,7 +354,7 @@ func (s *Server) readiness(ctx context.Context) []string {
 		switch {
 		case err != nil:
 			states[i] = fmt.Sprintf("tunnel %s: %v", names[i], err)
-		case !serving(info.State):
+		case !info.State.Serving():
 			states[i] = fmt.Sprintf("tunnel %s: %s", names[i], info.State)
 			if c := info.Cause; c != "" {
 				states[i] += " (" + c + ")"

@@ -23,6 +23,12 @@ const (
 	StateFailed        TunnelState = "failed"        // could not come up; Cause says why
 )
 
+// Serving reports whether a tunnel in state s carries connections (and can switch): Up, Degraded,
+// Switching. /readyz, the ready line and reload judge tunnels by it.
+func (s TunnelState) Serving() bool {
+	return s == StateUp || s == StateDegraded || s == StateSwitching
+}
+
 // TunnelStateChanged is emitted on every transition of a tunnel.
 type TunnelStateChanged struct {
 	TunnelID string

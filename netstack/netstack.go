@@ -25,6 +25,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 	"gvisor.dev/gvisor/pkg/waiter"
 
+	"github.com/warren-tunnel/warren/third_party/wireguard/device"
 	"github.com/warren-tunnel/warren/third_party/wireguard/tun"
 )
 
@@ -59,7 +60,7 @@ const batchSize = 64
 // wakes once after a burst, never periodically.
 const (
 	idleRead  = 2 * time.Second
-	heldFloor = 2
+	heldFloor = device.MinActiveSlots // the device's smallest batch: a read of more is a burst's
 )
 
 // TCP tuning; see tuneTCP.

@@ -177,7 +177,9 @@ func Connect(o ConnectOptions) (*nats.Conn, error) {
 		// Keep trying after refused logins too: credentials may be fixed or rotated on the server.
 		nats.IgnoreAuthErrorAbort(),
 		nats.DisconnectErrHandler(func(nc *nats.Conn, err error) { report(nc, err) }),
-		// Each failed attempt while disconnected (a refused login, say), so that its error is known.
+		// Each failed dial while disconnected, so that its error is known. (A refused login during a
+		// first connect that retries is not reported here: nats.go handles it without this callback,
+		// which is why the signaling actor looks once at the connection's last error.)
 		nats.ReconnectErrHandler(func(nc *nats.Conn, err error) { report(nc, err) }),
 		nats.ReconnectHandler(func(nc *nats.Conn) { report(nc, nil) }),
 		nats.ConnectHandler(func(nc *nats.Conn) { report(nc, nil) }), // the first connect (after a retried one, too)

@@ -12,7 +12,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -307,7 +309,7 @@ func tunnelTable(tw *tabwriter.Writer, ts []admin.Tunnel) {
 }
 
 func endsTable(tw *tabwriter.Writer, c admin.ConnStats) {
-	for _, side := range sortedKeys(c.Ends) {
+	for _, side := range slices.Sorted(maps.Keys(c.Ends)) {
 		fmt.Fprintf(tw, "ended (%s)\t%s\n", side, countsU(c.Ends[side]))
 	}
 }
@@ -341,7 +343,7 @@ func reloadTable(tw *tabwriter.Writer, r admin.ReloadResult) {
 
 func counts(m map[string]int) string {
 	var parts []string
-	for _, k := range sortedKeys(m) {
+	for _, k := range slices.Sorted(maps.Keys(m)) {
 		if m[k] > 0 {
 			parts = append(parts, fmt.Sprintf("%s=%d", k, m[k]))
 		}
@@ -351,7 +353,7 @@ func counts(m map[string]int) string {
 
 func countsU(m map[string]uint64) string {
 	var parts []string
-	for _, k := range sortedKeys(m) {
+	for _, k := range slices.Sorted(maps.Keys(m)) {
 		parts = append(parts, fmt.Sprintf("%s=%d", k, m[k]))
 	}
 	return strings.Join(parts, " ")
@@ -359,7 +361,7 @@ func countsU(m map[string]uint64) string {
 
 func labels(m map[string]string) string {
 	var parts []string
-	for _, k := range sortedKeys(m) {
+	for _, k := range slices.Sorted(maps.Keys(m)) {
 		parts = append(parts, k+"="+m[k])
 	}
 	return dash(strings.Join(parts, ","))

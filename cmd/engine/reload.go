@@ -22,6 +22,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"reflect"
 	"slices"
 	"sync"
@@ -58,7 +59,7 @@ func (n *node) applyConfig(ctx context.Context, next runConfig) reloadResult {
 	keepExit := map[string]bool{} // tunnels updated in place whose switch failed: the new spec, on the old exit
 	var closeFirst, open, replace []string
 	switches := map[string]string{}
-	for _, name := range sortedKeys(curT) {
+	for _, name := range slices.Sorted(maps.Keys(curT)) {
 		spec, ok := nextT[name]
 		if !ok {
 			closeFirst = append(closeFirst, name)
@@ -71,9 +72,9 @@ func (n *node) applyConfig(ctx context.Context, next runConfig) reloadResult {
 			open = append(open, name)
 		case reflect.DeepEqual(spec, curT[name]):
 			res.Unchanged++
-		case onlyExitChanged(curT[name], spec) && serving(state):
+		case onlyExitChanged(curT[name], spec) && state.Serving():
 			switches[name] = spec.Exit
-		case spec.Exit != curT[name].Exit && !serving(state):
+		case spec.Exit != curT[name].Exit && !state.Serving():
 			// A tunnel that is not up (still trying a mistyped exit, say) cannot switch: it is
 			// replaced, and tries the new exit from the start.
 			replace = append(replace, name)
@@ -94,7 +95,7 @@ func (n *node) applyConfig(ctx context.Context, next runConfig) reloadResult {
 			}
 		}
 	}
-	for _, name := range sortedKeys(nextT) {
+	for _, name := range slices.Sorted(maps.Keys(nextT)) {
 		if _, ok := curT[name]; !ok {
 			open = append(open, name)
 		}
@@ -270,11 +271,6 @@ func (n *node) tunnelState(ctx context.Context, name string) (messages.TunnelSta
 	return info.State, true
 }
 
-// serving: the states in which a tunnel carries connections and can switch (as /readyz counts them).
-func serving(s messages.TunnelState) bool {
-	return s == messages.StateUp || s == messages.StateDegraded || s == messages.StateSwitching
-}
-
 // keptTunnels is the tunnel list that now runs: next's, except those whose update, close or switch
 // failed, which still run as cur describes them, and those updated in place whose switch failed,
 // which run next's settings on cur's exit (a later reload tries again).
@@ -292,7 +288,7 @@ func keptTunnels(curT map[string]engine.TunnelSpec, next []engine.TunnelSpec, ke
 		}
 		out = append(out, s)
 	}
-	for _, name := range sortedKeys(curT) {
+	for _, name := range slices.Sorted(maps.Keys(curT)) {
 		if keepOld[name] && !seen[name] { // removed from the file, but its close failed
 			out = append(out, curT[name])
 		}
@@ -337,13 +333,4 @@ func tunnelsByName(specs []engine.TunnelSpec) map[string]engine.TunnelSpec {
 func onlyExitChanged(a, b engine.TunnelSpec) bool {
 	a.Exit = b.Exit
 	return reflect.DeepEqual(a, b)
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }

@@ -298,7 +298,7 @@ func (n *node) allUp(names []string) bool {
 			return false
 		}
 		info, err := t.Info(ctx)
-		if err != nil || !serving(info.State) {
+		if err != nil || !info.State.Serving() {
 			return false
 		}
 	}

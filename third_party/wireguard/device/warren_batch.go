@@ -11,7 +11,7 @@ import "time"
 // (RoutineReadFromTUN) holds a 64 KiB message buffer for every slot of its batch, for as long as it
 // runs: 2 × 64 slots × 64 KiB = 8 MiB per device, nearly all of an idle tunnel's heap. With an
 // adaptive batch a loop holds buffers only for the slots its recent reads used: it starts with
-// minActiveSlots (two), doubles its active slots as soon as one read fills them all (up to the bind's or
+// MinActiveSlots (two), doubles its active slots as soon as one read fills them all (up to the bind's or
 // the TUN's batch size), and at most once per shrinkEvery gives back the slots the busiest read of
 // that span did not need (rounded up to a power of two). A busy tunnel reaches its full batch
 // within a few reads; an idle one holds two buffers per loop. The shrink needs a read: Warren's
@@ -19,7 +19,7 @@ import "time"
 // than two, so that a device nothing reaches after a burst shrinks too. The buffers go back to the
 // device's pool, a sync.Pool, so the GC frees what no loop takes again.
 const (
-	minActiveSlots = 2 // a read of one datagram (a probe, a keepalive) leaves the batch as it is: no buffer churn
+	MinActiveSlots = 2 // (netstack's reads bound their wait when handed more than this) a read of one datagram (a probe, a keepalive) leaves the batch as it is: no buffer churn
 	shrinkEvery    = time.Second
 )
 
@@ -37,7 +37,7 @@ func newAdaptiveBatch(max int, adaptive bool) adaptiveBatch {
 	if !adaptive {
 		return adaptiveBatch{max: max, active: max, fixed: true}
 	}
-	return adaptiveBatch{max: max, active: min(minActiveSlots, max), windowStart: now, last: now}
+	return adaptiveBatch{max: max, active: min(MinActiveSlots, max), windowStart: now, last: now}
 }
 
 // next returns the active slot count for the read after one that used count slots (a read that
@@ -59,12 +59,12 @@ func (b *adaptiveBatch) nextAt(count int, now time.Time) int {
 		return min(2*b.active, b.max)
 	}
 	if now.Sub(b.windowStart) >= shrinkEvery {
-		want := minActiveSlots
+		want := MinActiveSlots
 		for want < b.peak {
 			want *= 2
 		}
 		b.peak, b.windowStart = 0, now
-		return min(max(want, minActiveSlots), b.active)
+		return min(max(want, MinActiveSlots), b.active)
 	}
 	return b.active
 }
