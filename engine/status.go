@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"net/url"
 	"slices"
 	"sync"
 	"time"
@@ -118,7 +117,7 @@ func (e *Engine) natsStarted(nc *nats.Conn) {
 	e.nc.Store(nc)
 	st := &NATSStatus{Connected: nc.IsConnected(), URL: nc.ConnectedUrlRedacted(), Since: time.Now()}
 	if st.URL == "" {
-		st.URL = redactURL(e.natsURL)
+		st.URL = signaling.RedactURLs(e.natsURL)
 	}
 	e.nats.CompareAndSwap(nil, st)
 }
@@ -137,7 +136,7 @@ func (e *Engine) natsChanged(s signaling.ConnState) {
 		st.LastError = old.LastError
 	}
 	if st.URL == "" {
-		st.URL = redactURL(e.natsURL)
+		st.URL = signaling.RedactURLs(e.natsURL)
 	}
 	if s.Err != nil {
 		st.LastError = s.Err.Error()
@@ -146,13 +145,6 @@ func (e *Engine) natsChanged(s signaling.ConnState) {
 }
 
 // redactURL hides a password in a NATS URL.
-func redactURL(s string) string {
-	if u, err := url.Parse(s); err == nil && u.User != nil {
-		return u.Redacted()
-	}
-	return s
-}
-
 // StartedAt is when Start succeeded (zero before).
 func (e *Engine) StartedAt() time.Time {
 	if t := e.startedAt.Load(); t != nil {

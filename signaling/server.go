@@ -222,15 +222,15 @@ func Connect(o ConnectOptions) (*nats.Conn, error) {
 	if err != nil {
 		if errors.Is(err, nats.ErrAuthorization) || errors.Is(err, nats.ErrAuthExpired) ||
 			errors.Is(err, nats.ErrAuthRevoked) || errors.Is(err, nats.ErrAccountAuthExpired) {
-			return nil, fmt.Errorf("nats connect %s: %w: %w", redact(servers), ErrNATSAuth, err)
+			return nil, fmt.Errorf("nats connect %s: %w: %w", RedactURLs(servers), ErrNATSAuth, err)
 		}
-		return nil, fmt.Errorf("nats connect %s: %w: %w", redact(servers), ErrNATSUnavailable, err)
+		return nil, fmt.Errorf("nats connect %s: %w: %w", RedactURLs(servers), ErrNATSUnavailable, err)
 	}
 	return nc, nil
 }
 
-// redact hides passwords in a comma-separated list of server URLs.
-func redact(servers string) string {
+// RedactURLs is servers (comma-separated NATS URLs) with any password replaced by "xxxxx".
+func RedactURLs(servers string) string {
 	parts := strings.Split(servers, ",")
 	for i, p := range parts {
 		if u, err := url.Parse(p); err == nil && u.User != nil {

@@ -17,7 +17,6 @@ import (
 	"io"
 	"log/slog"
 	"math"
-	"net/url"
 	"os"
 	"os/signal"
 	"sync/atomic"
@@ -28,6 +27,7 @@ import (
 	"github.com/warren-tunnel/warren/engine"
 	"github.com/warren-tunnel/warren/messages"
 	"github.com/warren-tunnel/warren/pool"
+	"github.com/warren-tunnel/warren/signaling"
 )
 
 // node is what `engine run` (and `engine demo`) runs.
@@ -176,10 +176,7 @@ func (n *node) start(ctx context.Context) error {
 	}
 	n.admin.Store(srv)
 	if x, ok := n.eng.Exit(); ok {
-		natsURL := n.eng.NATSURL()
-		if u, err := url.Parse(natsURL); err == nil && u.User != nil {
-			natsURL = u.Redacted()
-		}
+		natsURL := signaling.RedactURLs(n.eng.NATSURL())
 		if natsURL == "" { // the embedded server without a listener
 			natsURL = "in-process"
 		}
