@@ -83,7 +83,7 @@ type connConfig struct {
 	proxyKind proxy.Kind
 	proxyOpts proxy.Options // the proxy protocol's auth, handshake budget and header limit (from the tunnel's config)
 	client    net.Conn
-	dialer    netstack.Dialer
+	dialer    connDialer
 	udp       UDPLimits // SOCKS5 UDP associations (connection_udp.go)
 
 	// exit

@@ -72,6 +72,7 @@ type deviceReady struct {
 	publicKey signaling.Key
 	traffic   func() (rx, tx uint64) // bytes received from all peers, packets of data sent to them (Device.Traffic); cheap, safe from any goroutine
 	handshake func() time.Time       // the last completed handshake with any peer (Device.LastHandshake): one atomic read, no lock
+	dev       *device.Device         // alive until the device actor stops (a WireGuard exit's probes force handshakes on it)
 }
 
 type deviceFailed struct{ err error }
@@ -81,9 +82,10 @@ type addPeer struct {
 	publicKey  signaling.Key
 	allowedIPs []netip.Prefix
 	endpoint   netip.AddrPort // client: the exit's endpoint; exit: unset (learned from handshakes)
+	psk        *signaling.Key // the peer's preshared key; nil: none
 	keepalive  int            // seconds; 0 off
 	sessionID  string
-	probe      *netstack.Dialer // client: prove the data plane and report HandshakeCompleted to notify
+	probe      func(context.Context) error // client: prove the data plane and report HandshakeCompleted to notify
 	notify     *actor.PID
 	probeLimit time.Duration
 	goodbye    bool // exit: the client hears of the peer's end by a signed goodbye (see peerConfig.goodbye)
@@ -155,7 +157,7 @@ func (d *deviceActor) running(ctx actor.Context) {
 		}
 		d.cfg.logger.Debug("device up", "role", d.cfg.role, "udp", d.bind.LocalAddrPort(), "addresses", d.cfg.addresses)
 		ctx.Request(ctx.Parent(), &deviceReady{stack: d.stack, endpoint: d.bind.LocalAddrPort(), publicKey: d.cfg.privateKey.Public(),
-			traffic: d.dev.Traffic, handshake: d.dev.LastHandshake})
+			traffic: d.dev.Traffic, handshake: d.dev.LastHandshake, dev: d.dev})
 	case *getPeerStats:
 		if d.stopping || d.dev == nil {
 			ctx.Respond(&peerStats{err: errors.New("device stopping")})
@@ -318,6 +320,9 @@ func (d *deviceActor) addPeer(ctx actor.Context, m *addPeer) (*actor.PID, error)
 	fmt.Fprintf(&b, "public_key=%s\nreplace_allowed_ips=true\n", m.publicKey.Hex())
 	if m.endpoint.IsValid() {
 		fmt.Fprintf(&b, "endpoint=%s\n", m.endpoint)
+	}
+	if m.psk != nil {
+		fmt.Fprintf(&b, "preshared_key=%s\n", m.psk.Hex())
 	}
 	if m.keepalive > 0 {
 		fmt.Fprintf(&b, "persistent_keepalive_interval=%d\n", m.keepalive)

@@ -41,8 +41,6 @@ import (
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
-
-	"github.com/warren-tunnel/warren/netstack"
 )
 
 // idleProbeSweep: every idle leg is probed on its own at least this often, whatever the group's
@@ -56,9 +54,10 @@ type watchLeg struct {
 	gen                             int
 	policy                          HealthPolicy
 	exitID, sessionID, exitIdentity string
-	traffic                         func() (rx, tx uint64) // the leg's device counters
-	dialer                          netstack.Dialer
-	sigOK                           bool // signaling's health as the tunnel has it now
+	traffic                         func() (rx, tx uint64)      // the leg's device counters
+	probe                           func(context.Context) error // one probe through the leg
+	direct                          bool                        // a WireGuard exit (see groupKey.direct)
+	sigOK                           bool                        // signaling's health as the tunnel has it now
 }
 
 // unwatchLeg drops the watcher's leg, if any.
@@ -77,6 +76,10 @@ type healthHubReplaced struct{ hub *actor.PID }
 type groupKey struct {
 	exitID, exitIdentity string
 	policy               HealthPolicy
+	// direct: the legs of a WireGuard exit. No signaling: no pings, and NATS's state is not
+	// theirs. Their probe is a forced handshake: an idle one is probed at most every
+	// wgIdleProbeGap, and a round in which none is due judges nobody.
+	direct bool
 }
 
 // watched is the hub's view of one leg.
@@ -188,7 +191,7 @@ func (h *healthHub) watch(ctx actor.Context, m *watchLeg) {
 	if w := h.watchers[m.watcher.Id]; w != nil {
 		h.drop(ctx, w)
 	}
-	key := groupKey{exitID: m.exitID, exitIdentity: m.exitIdentity, policy: m.policy}
+	key := groupKey{exitID: m.exitID, exitIdentity: m.exitIdentity, policy: m.policy, direct: m.direct}
 	if g := h.groups[key]; g != nil && g.legs[m.sessionID] != nil {
 		h.drop(ctx, g.legs[m.sessionID]) // another watcher's record of the session (it may take the group with it)
 	}
@@ -197,7 +200,9 @@ func (h *healthHub) watch(ctx actor.Context, m *watchLeg) {
 		g = &pathGroup{key: key, legs: map[string]*watched{}, judged: true}
 		h.groups[key] = g
 		g.tickT = sendAfter(ctx, m.policy.Interval, &hubTick{g: g})
-		g.pingT = sendAfter(ctx, m.policy.SignalingInterval, &hubPingTick{g: g})
+		if !key.direct {
+			g.pingT = sendAfter(ctx, m.policy.SignalingInterval, &hubPingTick{g: g})
+		}
 	}
 	// The leg's first handshake probe has just proved its path: it is the last one due.
 	w := &watched{watchLeg: m, group: g, lastProbe: time.Now(), sigOK: m.sigOK}
@@ -267,6 +272,9 @@ func (h *healthHub) round(ctx actor.Context, g *pathGroup) {
 			w.lastRx, w.failures, w.urgent, g.proven = rx, 0, false, true
 			continue
 		}
+		if g.key.direct && !w.urgent && time.Since(w.lastProbe) < wgIdleProbeGap {
+			continue // a handshake answered lately: neither probed nor judged this round
+		}
 		idle = append(idle, w)
 	}
 	// Suspects and legs in use first, then the longest unprobed.
@@ -332,12 +340,12 @@ func (h *healthHub) probe(ctx actor.Context, g *pathGroup, w *watched) {
 	g.out++
 	pctx, cancel := context.WithTimeout(h.ctx, g.key.policy.ProbeTimeout)
 	w.cancel = cancel
-	system, self, dialer := ctx.ActorSystem(), ctx.Self(), w.dialer
+	system, self, probe := ctx.ActorSystem(), ctx.Self(), w.probe
 	h.probes.Add(1)
 	go func() {
 		defer h.probes.Done()
 		defer cancel()
-		err := dialer.PingUDP(pctx)
+		err := probe(pctx)
 		system.Root.Send(self, &hubProbed{w: w, err: err})
 	}()
 }

@@ -148,6 +148,9 @@ func (h *healthHub) natsState(ctx actor.Context, m *NATSState) {
 		h.natsEpoch++
 	}
 	for _, g := range h.groups {
+		if g.key.direct {
+			continue // no signaling
+		}
 		if !m.Connected {
 			for _, w := range g.legs {
 				w.sigFails = w.policy.SignalingFailures

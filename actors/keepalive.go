@@ -19,11 +19,10 @@ package actors
 // being asked to, the tunnel spawns a fresh one (tunnel_health.go).
 
 import (
+	"context"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
-
-	"github.com/warren-tunnel/warren/netstack"
 )
 
 // HealthPolicy says how a tunnel judges its health. The defaults detect a dead data plane within
@@ -41,11 +40,12 @@ type HealthPolicy struct {
 
 // monitorLeg starts watching a leg (replacing any other).
 type monitorLeg struct {
-	hub                             *actor.PID             // the engine's health hub
-	traffic                         func() (rx, tx uint64) // the leg's device counters
-	dialer                          netstack.Dialer
-	exitID, sessionID, exitIdentity string // exitIdentity signs the pongs (verified when the session was granted)
-	sigOK                           bool   // signaling's health as the tunnel has it now
+	hub                             *actor.PID                  // the engine's health hub
+	traffic                         func() (rx, tx uint64)      // the leg's device counters
+	probe                           func(context.Context) error // one probe through the leg
+	direct                          bool                        // a WireGuard exit: no signaling; probed at most every wgIdleProbeGap while idle
+	exitID, sessionID, exitIdentity string                      // exitIdentity signs the pongs (verified when the session was granted)
+	sigOK                           bool                        // signaling's health as the tunnel has it now
 }
 
 // stopMonitoring stops watching (reconnecting, draining).
@@ -82,7 +82,7 @@ func (k *keepaliveActor) Receive(ctx actor.Context) {
 		k.idle(ctx)
 		k.hub = m.hub
 		ctx.Send(k.hub, &watchLeg{watcher: ctx.Self(), gen: k.gen, policy: k.policy, exitID: m.exitID,
-			sessionID: m.sessionID, exitIdentity: m.exitIdentity, traffic: m.traffic, dialer: m.dialer, sigOK: m.sigOK})
+			sessionID: m.sessionID, exitIdentity: m.exitIdentity, traffic: m.traffic, probe: m.probe, direct: m.direct, sigOK: m.sigOK})
 	case *stopMonitoring:
 		k.idle(ctx)
 	case *hubVerdict:

@@ -23,6 +23,7 @@ package actors
 // the Become, reports legChanged to the tunnel and logs, together.
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
@@ -67,6 +68,7 @@ type legConfig struct {
 	certificate string
 	signaling   *actor.PID
 	logger      *slog.Logger
+	wg          *WireGuardExit // set: the exit is a standard WireGuard server (wireguard.go); no signaling
 }
 
 // drainLeg tells an up leg that no new connection will use it; after d it reports legDrainExpired.
@@ -101,10 +103,12 @@ type legChanged struct {
 type legSession struct {
 	sessionID    string
 	exitIdentity string
-	device       *actor.PID             // the leg's child; alive until the leg terminates
-	dialer       netstack.Dialer        // valid from up on; its stack is alive while device is
-	traffic      func() (rx, tx uint64) // valid from up on: the device's counters (deviceReady)
-	handshake    func() time.Time       // from handshaking on, once the device is ready: its last completed handshake
+	device       *actor.PID                  // the leg's child; alive until the leg terminates
+	dialer       connDialer                  // valid from up on; its stack is alive while device is
+	probe        func(context.Context) error // valid from up on: one health probe through the leg
+	direct       bool                        // a WireGuard exit: no signaling, no echo service
+	traffic      func() (rx, tx uint64)      // valid from up on: the device's counters (deviceReady)
+	handshake    func() time.Time            // from handshaking on, once the device is ready: its last completed handshake
 	endpoint     netip.AddrPort
 	addrs        []netip.Addr
 }
@@ -122,6 +126,9 @@ type legActor struct {
 	saidBye   bool // the exit knows the session is over (we said goodbye, or it did)
 	requested bool // the session request went out: from then on a goodbye is owed
 	watched   bool // signaling routes the exit's goodbye for the session to us
+	// A WireGuard exit's endpoint resolution (leg_wireguard.go): cancel and done, nil once awaited.
+	resolving   context.CancelFunc
+	resolveDone chan struct{}
 }
 
 func newLegProps(cfg legConfig) *actor.Props {
@@ -139,6 +146,7 @@ func (l *legActor) Receive(ctx actor.Context) {
 		l.start(ctx)
 	case *actor.Stopping:
 		l.timers.stopAll()
+		l.stopResolving()
 		l.goodbye(ctx, "closed")
 	case *closeLeg:
 		if !l.state.final() {
@@ -203,6 +211,10 @@ func (l *legActor) fail(ctx actor.Context, err error) {
 // start asks the exit for a session under a fresh WireGuard key (a key reused across sessions
 // stalls the exit's handshake for seconds).
 func (l *legActor) start(ctx actor.Context) {
+	if l.cfg.wg != nil {
+		l.startWireGuard(ctx)
+		return
+	}
 	var id [16]byte
 	_, _ = rand.Read(id[:])
 	l.sess.sessionID = hex.EncodeToString(id[:])
@@ -223,6 +235,8 @@ func (l *legActor) start(ctx actor.Context) {
 
 func (l *legActor) negotiating(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
+	case *endpointResolved:
+		l.wgResolved(ctx, m)
 	case *sessionReply:
 		if m.err != nil {
 			l.fail(ctx, m.err)
@@ -244,24 +258,19 @@ func (l *legActor) negotiating(ctx actor.Context) {
 func (l *legActor) handshaking(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *deviceReady:
+		if l.cfg.wg != nil {
+			l.wgDeviceReady(ctx, m)
+			return
+		}
 		exitAddr, _ := netip.ParseAddr(l.resp.ExitAddresses[0])
-		l.sess.dialer = netstack.Dialer{Stack: m.stack, Service: netip.AddrPortFrom(exitAddr, l.resp.ConnectPort)}
+		d := netstack.Dialer{Stack: m.stack, Service: netip.AddrPortFrom(exitAddr, l.resp.ConnectPort)}
+		l.sess.dialer, l.sess.probe = d, d.PingUDP
 		l.sess.traffic, l.sess.handshake = m.traffic, m.handshake
 		exitKey, _ := signaling.ParseKey(l.resp.ExitWGPublicKey)
-		limit := max(time.Until(l.deadline), minWait)
-		f := ctx.RequestFuture(l.sess.device, &addPeer{
+		l.addPeer(ctx, &addPeer{
 			publicKey:  exitKey,
 			allowedIPs: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")},
-			endpoint:   l.sess.endpoint, keepalive: l.cfg.keepalive, sessionID: l.sess.sessionID,
-			probe: &l.sess.dialer, notify: ctx.Self(), probeLimit: limit,
-		}, limit)
-		reenter(ctx, f, func(res any, err error) {
-			if r, ok := res.(*addPeerResponse); ok && r.err != nil {
-				err = r.err
-			}
-			if err != nil && l.state == legHandshaking {
-				l.fail(ctx, fmt.Errorf("%w: %w", ErrDeviceFailed, err))
-			}
+			endpoint:   l.sess.endpoint, keepalive: l.cfg.keepalive, sessionID: l.sess.sessionID, probe: d.Ping,
 		})
 	case *probeFailed:
 		l.fail(ctx, fmt.Errorf("%w: first handshake and probe: %w", ErrHandshakeTimeout, m.err))

@@ -35,7 +35,7 @@ type peerConfig struct {
 	publicKey  signaling.Key
 	sessionID  string
 	owner      string
-	probe      *netstack.Dialer
+	probe      func(context.Context) error // client: the first probe through the leg
 	probeLimit time.Duration
 	notify     *actor.PID
 	logger     *slog.Logger
@@ -107,11 +107,11 @@ func (p *peerActor) running(ctx actor.Context) {
 			pctx, cancel := context.WithTimeout(context.Background(), p.cfg.probeLimit)
 			p.cancel = cancel
 			p.wg.Add(1)
-			system, self, dialer := ctx.ActorSystem(), ctx.Self(), *p.cfg.probe
+			system, self, probe := ctx.ActorSystem(), ctx.Self(), p.cfg.probe
 			go func() {
 				defer p.wg.Done()
 				start := time.Now()
-				err := dialer.Ping(pctx)
+				err := probe(pctx)
 				system.Root.Send(self, &probeDone{err: err, rtt: time.Since(start)})
 			}()
 		}

@@ -86,15 +86,18 @@ type TunnelConfig struct {
 	Keepalive         int           // WireGuard persistent keepalive, seconds
 	Bytes             *ByteTotals   // the engine's byte totals of client connections (set by the engine actor); nil: none
 	Exits             []string      // failover exits after ExitID
-	Health            HealthPolicy
-	Backoff           Backoff
-	ReconnectWait     time.Duration // how long a proxy connection waits for a reconnect
-	Identity          *signaling.Identity
-	Trust             signaling.ExitTrust // which identities may answer for this tunnel's exits
-	Certificate       string              // this client's operator certificate, sent with requests
-	Signaling         *actor.PID
-	Hub               *actor.PID // the engine's health hub (health_hub.go)
-	Events            *actor.PID
+	// WireGuard are the WireGuard exits (ids WireGuardPrefix + name) the tunnel may use, as its
+	// exit, failover exits or Switch targets; immutable maps, replaced whole by UpdateTunnel.
+	WireGuard     map[string]*WireGuardExit
+	Health        HealthPolicy
+	Backoff       Backoff
+	ReconnectWait time.Duration // how long a proxy connection waits for a reconnect
+	Identity      *signaling.Identity
+	Trust         signaling.ExitTrust // which identities may answer for this tunnel's exits
+	Certificate   string              // this client's operator certificate, sent with requests
+	Signaling     *actor.PID
+	Hub           *actor.PID // the engine's health hub (health_hub.go)
+	Events        *actor.PID
 	// Steer, if set, steers the tunnel (a pool slot): it hears every TunnelStateChanged of the
 	// tunnel and a messages.TunnelExitDraining when the current exit drains, and moves the tunnel
 	// itself (SwitchTunnel). Unset, a tunnel whose exit drains moves itself to its next exit.
@@ -261,7 +264,7 @@ func (t *tunnelActor) up(ctx actor.Context) {
 	case *messages.CloseTunnel:
 		t.drain(ctx, m)
 	case *messages.SwitchTunnel:
-		if err := signaling.ValidID(m.ExitID); err != nil {
+		if err := t.checkExit(m.ExitID); err != nil {
 			ctx.Respond(&messages.SwitchTunnelResponse{Err: err})
 			return
 		}

@@ -27,6 +27,7 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 
 	"github.com/warren-tunnel/warren/messages"
+	"github.com/warren-tunnel/warren/signaling"
 )
 
 type legPurpose int
@@ -67,10 +68,33 @@ func (t *tunnelActor) startLeg(ctx actor.Context, exitID string, purpose legPurp
 	l.pid = ctx.Spawn(newLegProps(legConfig{
 		id: l.id, tunnelID: t.cfg.ID, exitID: exitID, setup: setup, udpBind: t.cfg.UDPBind, keepalive: t.cfg.Keepalive,
 		identity: t.cfg.Identity, trust: t.cfg.Trust, certificate: t.cfg.Certificate, signaling: t.cfg.Signaling,
-		logger: t.cfg.Logger,
+		logger: t.cfg.Logger, wg: t.wireGuard(exitID),
 	}))
 	t.legs[l.id] = l
 	return l
+}
+
+// checkExit: exitID names a Warren exit validly, or a WireGuard exit the tunnel knows.
+func (t *tunnelActor) checkExit(exitID string) error {
+	if IsWireGuardExit(exitID) {
+		if t.cfg.WireGuard[exitID] == nil {
+			return fmt.Errorf("%w: %s", ErrUnknownExit, exitID)
+		}
+		return nil
+	}
+	return signaling.ValidID(exitID)
+}
+
+// wireGuard is exitID's WireGuard configuration, nil for a Warren exit. An id with the WireGuard
+// prefix that the tunnel does not know gets an empty one, whose leg fails at once (ErrUnknownExit).
+func (t *tunnelActor) wireGuard(exitID string) *WireGuardExit {
+	if !IsWireGuardExit(exitID) {
+		return nil
+	}
+	if w := t.cfg.WireGuard[exitID]; w != nil {
+		return w
+	}
+	return &WireGuardExit{ID: exitID}
 }
 
 func (t *tunnelActor) legByPID(pid *actor.PID) *leg {

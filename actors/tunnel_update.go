@@ -5,7 +5,8 @@ package actors
 //	any state but Closing, Failed, Closed ──UpdateTunnel──▶ the same state, with the new settings
 //	   for what follows: connections accepted from then on (limits, timeouts, proxy
 //	   authentication and handshake limits), legs started from then on (handshake timeout,
-//	   UDP bind, keepalive, trust and pins, certificate), the next reconnection (failover list,
+//	   UDP bind, keepalive, trust and pins, certificate, WireGuard exits' configurations), the
+//	   next reconnection (failover list,
 //	   backoff, reconnect wait) and the next drain (drain timeout)
 //	a changed name, proxy address or health policy ──▶ ErrNotInPlace, nothing changed
 //
@@ -59,7 +60,7 @@ func (t *tunnelActor) update(ctx actor.Context, m *UpdateTunnel) {
 	}
 	t.cfg.UDPBind, t.cfg.HandshakeTimeout, t.cfg.DrainTimeout = c.UDPBind, c.HandshakeTimeout, c.DrainTimeout
 	t.cfg.Conn, t.cfg.MaxConns, t.cfg.MaxConnsPerSource, t.cfg.MaxHandshakes = c.Conn, c.MaxConns, c.MaxConnsPerSource, c.MaxHandshakes
-	t.cfg.ProxyOpts, t.cfg.Keepalive, t.cfg.Exits = c.ProxyOpts, c.Keepalive, c.Exits
+	t.cfg.ProxyOpts, t.cfg.Keepalive, t.cfg.Exits, t.cfg.WireGuard = c.ProxyOpts, c.Keepalive, c.Exits, c.WireGuard
 	t.cfg.Backoff, t.cfg.ReconnectWait = c.Backoff, c.ReconnectWait
 	t.cfg.Trust, t.cfg.Certificate, t.cfg.UDP = c.Trust, c.Certificate, c.UDP
 	if t.state == messages.StateReconnecting && len(t.recon.order) > 0 {

@@ -56,6 +56,9 @@ type Config struct {
 	Identity string       `yaml:"identity"`
 	Exit     *ExitConfig  `yaml:"exit"`
 	Tunnels  []TunnelSpec `yaml:"tunnels"`
+	// WireGuardExits are standard WireGuard servers usable as exits, by the id "wg:" + name
+	// (docs/wireguard.md).
+	WireGuardExits []WireGuardExitSpec `yaml:"wireguard_exits"`
 	// Trust says which exits this engine's tunnels accept and which operators certify exits and
 	// clients (docs/security.md).
 	Trust    TrustConfig  `yaml:"trust"`
@@ -416,10 +419,17 @@ func (c *Config) Validate() error {
 			return fieldErr("exit.allowed_clients", "an exit on a shared NATS bus must name allowed_clients, trust operators that certify clients, or declare open: true")
 		}
 	}
+	wg, err := resolveWireGuardExits(c.WireGuardExits, "wireguard_exits")
+	if err != nil {
+		return err
+	}
 	names := map[string]bool{}
 	for i := range c.Tunnels {
 		t, err := c.Tunnels[i].resolve(fmt.Sprintf("tunnels[%d]", i), i)
 		if err != nil {
+			return err
+		}
+		if err := checkWireGuardRefs(&c.Tunnels[i], fmt.Sprintf("tunnels[%d]", i), wg); err != nil {
 			return err
 		}
 		if names[t.name] {
@@ -456,7 +466,7 @@ func (t *TunnelSpec) resolve(path string, index int) (resolvedTunnel, error) {
 	} else if err := signaling.ValidID(r.name); err != nil {
 		return r, fieldErr(path+".name", "%w", err)
 	}
-	if err := signaling.ValidID(t.Exit); err != nil {
+	if err := validExitRef(t.Exit); err != nil {
 		return r, fieldErr(path+".exit", "%w", err)
 	}
 	if err := t.checkProxyListens(path); err != nil {

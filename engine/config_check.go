@@ -227,7 +227,7 @@ func (t *TunnelSpec) checkExits(path string) error {
 	seen := map[string]string{t.Exit: path + ".exit"}
 	for i, x := range t.Exits {
 		field := fmt.Sprintf("%s.exits[%d]", path, i)
-		if err := signaling.ValidID(x); err != nil {
+		if err := validExitRef(x); err != nil {
 			return fieldErr(field, "%w", err)
 		}
 		if first, dup := seen[x]; dup {

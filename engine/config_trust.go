@@ -5,6 +5,7 @@ package engine
 
 import (
 	"fmt"
+	"github.com/warren-tunnel/warren/actors"
 	"time"
 
 	"github.com/warren-tunnel/warren/signaling"
@@ -78,7 +79,7 @@ func checkSpecTrust(n NATSConfig, tr TrustConfig, t *TunnelSpec, path string) er
 		return nil
 	}
 	for _, id := range append([]string{t.Exit}, t.Exits...) {
-		if _, ok := t.Pins[id]; !ok {
+		if _, ok := t.Pins[id]; !ok && !actors.IsWireGuardExit(id) { // a WireGuard exit is not on the bus
 			return fieldErr(path+".pins", "exit %q is not pinned: on a shared NATS bus name its identity here, trust an operator that certifies it (trust.operators), or set trust.any_exit", id)
 		}
 	}

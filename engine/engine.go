@@ -95,6 +95,9 @@ type Engine struct {
 	panics   atomic.Int64 // actor panics seen by supervisors (a statistic; no lifecycle state)
 	lost     atomic.Int64 // children lost and reacted to by their parents (a statistic)
 	sigStats actors.SignalingStats
+	// wg is the WireGuard exits by id (wireguard_exits): an immutable map, replaced whole by
+	// SetWireGuardExits (a reload); tunnels opened or updated afterwards get the new one.
+	wg       atomic.Pointer[map[string]*actors.WireGuardExit]
 	counters counters // tunnel transitions and reconnections, counted by sink (status.go)
 	// sinkMu orders the engine actor's sends on events with Close's close of it, for the case where
 	// a shutdown that ran out of time leaves the engine actor alive for a moment.
@@ -131,7 +134,11 @@ func New(cfg Config) (*Engine, error) {
 	if e.logger == nil {
 		e.logger = slog.New(slog.DiscardHandler)
 	}
-	var err error
+	wg, err := resolveWireGuardExits(cfg.WireGuardExits, "wireguard_exits")
+	if err != nil {
+		return nil, err
+	}
+	e.wg.Store(&wg)
 	if cfg.Identity != "" {
 		e.identity, err = signaling.ParseIdentity(cfg.Identity)
 	} else {

@@ -45,6 +45,10 @@ func (e *Engine) tunnelConfig(spec TunnelSpec, path string) (actors.TunnelConfig
 	if err := e.cfg.checkTunnelTrust(&spec, path); err != nil {
 		return actors.TunnelConfig{}, err
 	}
+	wg := e.WireGuardExits()
+	if err := checkWireGuardRefs(&spec, path, wg); err != nil {
+		return actors.TunnelConfig{}, err
+	}
 	if spec.Name == "" {
 		r.name = "tunnel-" + randomHex(4)
 	}
@@ -53,7 +57,7 @@ func (e *Engine) tunnelConfig(spec TunnelSpec, path string) (actors.TunnelConfig
 		MaxConns: r.maxConns, MaxConnsPerSource: spec.MaxConnectionsPerSource, UDP: r.udp,
 		MaxHandshakes: r.handshake.maxPending, ProxyOpts: r.handshake.options(),
 		DrainTimeout: orDuration(spec.DrainTimeout, DefaultDrainTimeout),
-		Exits:        spec.Exits, Health: r.health, Backoff: r.backoff, ReconnectWait: r.reconnectWait,
+		Exits:        spec.Exits, WireGuard: wg, Health: r.health, Backoff: r.backoff, ReconnectWait: r.reconnectWait,
 		Identity: e.identity, Certificate: e.cfg.Trust.Certificate,
 		Trust: signaling.ExitTrust{Pins: spec.Pins, Operators: e.cfg.Trust.Operators,
 			// On a private bus (embedded server, no listener) no one else can answer.

@@ -31,6 +31,9 @@ const dnsTry = 2 * time.Second
 type DirectDialer struct {
 	Stack *Stack       // the client's stack; alive while the device that owns it is
 	DNS   []netip.Addr // resolvers reached through the tunnel, tried in order
+	// Allowed is where the peer takes traffic (its AllowedIPs); empty: everywhere. A destination
+	// outside it is refused at once (network unreachable) rather than dropped by WireGuard.
+	Allowed []netip.Prefix
 }
 
 // DialTCP connects to host:port; a name resolves through d.DNS inside the tunnel.
@@ -42,6 +45,9 @@ func (d DirectDialer) DialTCP(ctx context.Context, host string, port uint16) (ne
 	if err != nil {
 		return nil, err
 	}
+	if !d.allows(addr) {
+		return nil, &DialError{Code: messages.ReplyNetworkUnreachable, Err: fmt.Errorf("%s is outside the peer's AllowedIPs", addr)}
+	}
 	c, err := d.Stack.DialContext(ctx, "tcp", netip.AddrPortFrom(addr, port))
 	if err != nil {
 		code := ReplyCodeForDial(err)
@@ -51,6 +57,27 @@ func (d DirectDialer) DialTCP(ctx context.Context, host string, port uint16) (ne
 		return nil, &DialError{Code: code, Err: fmt.Errorf("dial %s through the tunnel: %w", net.JoinHostPort(host, strconv.Itoa(int(port))), err)}
 	}
 	return c, nil
+}
+
+// AssociateUDP is refused (command not supported): a standard WireGuard server has no connect
+// service to carry a SOCKS5 UDP association's control channel.
+func (d DirectDialer) AssociateUDP(context.Context) (*UDPAssociation, error) {
+	return nil, &DialError{Code: messages.ReplyCommandNotSupported, Err: ErrNoUDPAssociate}
+}
+
+// ErrNoUDPAssociate: SOCKS5 UDP ASSOCIATE through a standard WireGuard server (not carried yet).
+var ErrNoUDPAssociate = errors.New("UDP associations are not carried through a WireGuard exit")
+
+func (d DirectDialer) allows(a netip.Addr) bool {
+	if len(d.Allowed) == 0 {
+		return true
+	}
+	for _, p := range d.Allowed {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
 }
 
 // Resolve returns host's address: an IP literal as it is, a name through d.DNS (A first when the

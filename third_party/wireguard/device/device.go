@@ -22,6 +22,7 @@ type Device struct {
 	// Warren: the most recent completed handshake with any peer, nanoseconds since the epoch
 	// (LastHandshake); 0 before the first.
 	lastHandshakeNano atomic.Int64
+	handshakeSignal   handshakeSignal // Warren: wakes AwaitHandshake (warren_handshake.go)
 	state             struct {
 		// state holds the device's state. It is accessed atomically.
 		// Use the device.deviceState method to read it.

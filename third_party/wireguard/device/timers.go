@@ -183,6 +183,7 @@ func (peer *Peer) timersHandshakeComplete() {
 	now := time.Now().UnixNano()
 	peer.lastHandshakeNano.Store(now)
 	peer.device.lastHandshakeNano.Store(now) // Warren: LastHandshake reads it without the peers' lock
+	peer.device.handshakeSignal.completed()  // Warren: AwaitHandshake
 }
 
 /* Should be called after an ephemeral key is created, which is before sending a handshake response or after receiving a handshake response. */

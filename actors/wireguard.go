@@ -1,0 +1,222 @@
+package actors
+
+// WireGuard exits: a standard WireGuard server (a VPN provider's wg-quick file, a home router, a
+// plain `wg` server) used as a tunnel's exit, with no signaling (docs/wireguard.md). A leg to one
+// does not negotiate: it resolves the server's endpoint (afresh on every leg, for DynDNS), brings
+// up a device with the configured key, and is up once the server has answered a handshake and the
+// configured check passed. Proxied connections are dialled straight through the leg's netstack
+// (netstack.DirectDialer): names resolve through the configuration's DNS servers inside the
+// tunnel. Health probes are forced handshakes (and the check): there is no echo service to ping.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/warren-tunnel/warren/netstack"
+	"github.com/warren-tunnel/warren/signaling"
+	"github.com/warren-tunnel/warren/third_party/wireguard/device"
+)
+
+// WireGuardPrefix starts the id of every WireGuard exit ("wg:" + its name). Warren exit ids cannot
+// contain ':', so the two never collide.
+const WireGuardPrefix = "wg:"
+
+// IsWireGuardExit reports whether id names a WireGuard exit.
+func IsWireGuardExit(id string) bool { return strings.HasPrefix(id, WireGuardPrefix) }
+
+// wgIdleProbeGap: an idle leg to a WireGuard exit is probed (a forced handshake) at most this
+// often, unless it is a suspect or sent data that nothing answered. WireGuard itself starts at most
+// one handshake per RekeyTimeout (5 s); a handshake every check interval on every idle tunnel
+// would load the server for nothing.
+const wgIdleProbeGap = 5 * time.Second
+
+// WireGuardExit is a standard WireGuard server as an exit. It is immutable once built (the engine
+// builds it from a wg-quick file or inline fields); tunnels share it.
+type WireGuardExit struct {
+	ID           string         // WireGuardPrefix + name
+	PrivateKey   signaling.Key  // [Interface] PrivateKey: the client's key, the same on every leg
+	Addresses    []netip.Addr   // [Interface] Address: the client's tunnel addresses
+	DNS          []netip.Addr   // [Interface] DNS: resolvers reached through the tunnel
+	MTU          int            // [Interface] MTU
+	PublicKey    signaling.Key  // [Peer] PublicKey: the server's
+	PresharedKey *signaling.Key // [Peer] PresharedKey; nil: none
+	Endpoint     string         // [Peer] Endpoint, host:port; a name resolves on every leg
+	AllowedIPs   []netip.Prefix // [Peer] AllowedIPs: destinations the server takes
+	Keepalive    int            // [Peer] PersistentKeepalive, seconds; 0: the tunnel's keepalive
+	Check        WireGuardCheck
+}
+
+// WireGuardCheck is what proves a WireGuard exit forwards, besides its handshake: at most one of
+// TCP (a host:port connected to through the tunnel) and HTTP (a URL fetched through it; any status
+// below 500 passes). Both empty: the handshake alone.
+type WireGuardCheck struct {
+	TCP  string
+	HTTP string
+}
+
+func (c WireGuardCheck) String() string {
+	switch {
+	case c.TCP != "":
+		return "tcp " + c.TCP
+	case c.HTTP != "":
+		return "http " + c.HTTP
+	}
+	return "handshake"
+}
+
+// String names the exit without its secrets.
+func (w *WireGuardExit) String() string {
+	return fmt.Sprintf("%s (server %s at %s)", w.ID, w.PublicKey, w.Endpoint)
+}
+
+// LogValue keeps the keys out of logs.
+func (w *WireGuardExit) LogValue() slog.Value { return slog.StringValue(w.String()) }
+
+// identity is what stands for the exit's identity in the health hub's groups and the status: the
+// server's public key.
+func (w *WireGuardExit) identity() string { return "wireguard:" + w.PublicKey.String() }
+
+// dialer dials through stack as this exit's configuration says.
+func (w *WireGuardExit) dialer(stack *netstack.Stack) netstack.DirectDialer {
+	return netstack.DirectDialer{Stack: stack, DNS: w.DNS, Allowed: w.AllowedIPs}
+}
+
+// resolveEndpoint resolves the server's endpoint with the host's resolver (the endpoint is outside
+// the tunnel); an IP literal is taken as it is. The first address the resolver gives is used.
+func resolveEndpoint(ctx context.Context, endpoint string) (netip.AddrPort, error) {
+	if ap, err := netip.ParseAddrPort(endpoint); err == nil {
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+	}
+	host, portStr, err := net.SplitHostPort(endpoint)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("endpoint %q: %w", endpoint, err)
+	}
+	port, err := strconv.ParseUint(portStr, 10, 16)
+	if err != nil || port == 0 {
+		return netip.AddrPort{}, fmt.Errorf("endpoint %q: bad port", endpoint)
+	}
+	addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("resolve endpoint %q: %w", host, err)
+	}
+	if len(addrs) == 0 {
+		return netip.AddrPort{}, fmt.Errorf("resolve endpoint %q: no address", host)
+	}
+	return netip.AddrPortFrom(addrs[0].Unmap(), uint16(port)), nil
+}
+
+// wgProbe proves the server answers now: it forces a handshake and waits for one completed after
+// the probe began (a handshake's age is what it proves), then runs the check, if any. It is the
+// first probe of a leg and every health probe after it.
+func wgProbe(dev *device.Device, d netstack.DirectDialer, check WireGuardCheck) func(context.Context) error {
+	return func(ctx context.Context) error {
+		start := time.Now()
+		dev.InitiateHandshakes()
+		if err := dev.AwaitHandshake(ctx, start); err != nil {
+			return fmt.Errorf("no handshake with the WireGuard server: %w", err)
+		}
+		return runCheck(ctx, d, check)
+	}
+}
+
+// runCheck runs a WireGuard exit's check through d.
+func runCheck(ctx context.Context, d netstack.DirectDialer, check WireGuardCheck) error {
+	switch {
+	case check.TCP != "":
+		host, port, err := splitHostPort(check.TCP)
+		if err != nil {
+			return err
+		}
+		c, err := d.DialTCP(ctx, host, port)
+		if err != nil {
+			return fmt.Errorf("check %s: %w", check, err)
+		}
+		return c.Close()
+	case check.HTTP != "":
+		return httpCheck(ctx, d, check.HTTP)
+	}
+	return nil
+}
+
+// httpCheck fetches u through d; a status below 500 passes. At most 4 KiB of the body is read;
+// the connection is not kept.
+func httpCheck(ctx context.Context, d netstack.DirectDialer, u string) error {
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+			host, port, err := splitHostPort(addr)
+			if err != nil {
+				return nil, err
+			}
+			return d.DialTCP(ctx, host, port)
+		},
+		DisableKeepAlives: true,
+		Proxy:             nil,
+	}
+	defer tr.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return fmt.Errorf("check %s: %w", u, err)
+	}
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		return fmt.Errorf("check %s: %w", u, err)
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4<<10))
+	_ = resp.Body.Close()
+	if resp.StatusCode >= 500 {
+		return fmt.Errorf("check %s: %w: status %d", u, errCheckFailed, resp.StatusCode)
+	}
+	return nil
+}
+
+var errCheckFailed = errors.New("check failed")
+
+// CheckWireGuardURL validates an HTTP check's URL (for the engine's config check).
+func CheckWireGuardURL(s string) error {
+	u, err := url.Parse(s)
+	if err != nil {
+		return err
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return fmt.Errorf("scheme %q: want http or https", u.Scheme)
+	}
+	if u.Host == "" {
+		return errors.New("no host")
+	}
+	return nil
+}
+
+func splitHostPort(s string) (string, uint16, error) {
+	host, p, err := net.SplitHostPort(s)
+	if err != nil {
+		return "", 0, err
+	}
+	port, err := strconv.ParseUint(p, 10, 16)
+	if err != nil || port == 0 {
+		return "", 0, fmt.Errorf("%q: bad port", s)
+	}
+	return host, uint16(port), nil
+}
+
+// connDialer is how a connection reaches its destination through its leg: the connect protocol to
+// a Warren exit (netstack.Dialer), or straight through the stack to a WireGuard exit
+// (netstack.DirectDialer).
+type connDialer interface {
+	DialTCP(ctx context.Context, host string, port uint16) (net.Conn, error)
+	AssociateUDP(ctx context.Context) (*netstack.UDPAssociation, error)
+}
+
+var (
+	_ connDialer = netstack.Dialer{}
+	_ connDialer = netstack.DirectDialer{}
+)
