@@ -20,7 +20,8 @@ package actors
 // Stopping and reports no closed); its device stops with it and releases netstack → device → bind. The
 // tunnel hears Terminated once all of that is released. A leg that stops without being told (it
 // panicked) is treated by its tunnel as failed. Every state is entered through enter, which does
-// the Become, reports legChanged to the tunnel and logs, together.
+// the Become, reports legChanged to the tunnel and logs, together. A leg to a WireGuard exit (a
+// standard WireGuard server) takes the same states for other causes: leg_wireguard.go.
 
 import (
 	"context"

@@ -268,6 +268,12 @@ func (t *tunnelActor) up(ctx actor.Context) {
 			ctx.Respond(&messages.SwitchTunnelResponse{Err: err})
 			return
 		}
+		if IsWireGuardExit(m.ExitID) && t.current != nil && t.current.exitID == m.ExitID {
+			// Already there: a second leg under the same key would take the server's replies
+			// from this one (Reconfigure renews the session instead).
+			ctx.Respond(&messages.SwitchTunnelResponse{Info: t.snapshot()})
+			return
+		}
 		t.waiter, t.waitReconf, t.drainFor, t.move = ctx.Sender(), false, t.drainTimeout(m.Drain), nil
 		t.enter(ctx, messages.StateSwitching, "switch to "+m.ExitID)
 		t.pending = t.startLeg(ctx, m.ExitID, legSwitch)

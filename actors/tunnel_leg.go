@@ -59,6 +59,15 @@ func (l *leg) ending() bool { return l.closing || l.state.final() }
 
 // startLeg spawns a leg that asks exitID for a session.
 func (t *tunnelActor) startLeg(ctx actor.Context, exitID string, purpose legPurpose) *leg {
+	if IsWireGuardExit(exitID) {
+		// A WireGuard server knows one endpoint per key: a leg still draining on this exit would
+		// lose its replies to the new one at its first handshake. It ends now.
+		for _, o := range t.legs {
+			if o.exitID == exitID && o != t.current {
+				t.releaseLeg(ctx, o)
+			}
+		}
+	}
 	t.nextLeg++
 	l := &leg{id: t.nextLeg, purpose: purpose, exitID: exitID, conns: map[string]*actor.PID{}}
 	setup := t.cfg.HandshakeTimeout
