@@ -87,6 +87,8 @@ func classify(err error) *Error {
 		return newError(CodeBadRequest, msg)
 	case errors.Is(err, engine.ErrTunnelNotFound), errors.Is(err, engine.ErrTunnelClosed), errors.Is(err, pool.ErrNoSlot):
 		return newError(CodeNotFound, msg)
+	case errors.Is(err, engine.ErrUnknownExit):
+		return newError(CodeNotFound, msg)
 	case errors.Is(err, engine.ErrNoExit):
 		return newError(CodeNotFound, errNoExit.Message)
 	case errors.Is(err, engine.ErrTunnelExists), errors.Is(err, engine.ErrBusy), errors.Is(err, engine.ErrNotUp),
@@ -102,7 +104,7 @@ func classify(err error) *Error {
 		return newError(CodeUnavailable, msg)
 	case errors.Is(err, engine.ErrExitUnreachable), errors.Is(err, engine.ErrSessionRefused),
 		errors.Is(err, engine.ErrHandshakeTimeout), errors.Is(err, engine.ErrExitGone), errors.Is(err, engine.ErrDeviceFailed),
-		errors.Is(err, engine.ErrNATSAuth):
+		errors.Is(err, engine.ErrNATSAuth), errors.Is(err, engine.ErrEndpointUnresolved):
 		return newError(CodeFailed, msg)
 	}
 	return newError(CodeInternal, msg)

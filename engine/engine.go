@@ -39,6 +39,10 @@ var (
 	ErrBusy             = actors.ErrBusy
 	ErrNotUp            = actors.ErrNotUp
 	ErrNoSignaling      = actors.ErrNoSignaling
+	// ErrUnknownExit: a "wg:" exit id that is not among the engine's (or the pool's) WireGuard exits.
+	ErrUnknownExit = actors.ErrUnknownExit
+	// ErrEndpointUnresolved: a WireGuard exit's endpoint name did not resolve.
+	ErrEndpointUnresolved = actors.ErrEndpointUnresolved
 )
 
 // EventKind names a kind of Event.
