@@ -125,7 +125,7 @@ func (t *tunnelActor) legChanged(ctx actor.Context, m *legChanged) {
 	switch m.to {
 	case legHandshaking:
 		if l.purpose == legOpen && l == t.current {
-			t.enter(ctx, messages.StateHandshaking, "session granted by "+l.exitID)
+			t.enter(ctx, messages.StateHandshaking, m.cause)
 		}
 	case legUp:
 		if l.closing {

@@ -49,10 +49,19 @@ func (device *Device) AwaitHandshake(ctx context.Context, after time.Time) error
 	}
 }
 
+// initiationSpacing: InitiateHandshakes leaves alone a peer whose last initiation went out less
+// than this ago. A responder drops a peer's initiations that come less than HandshakeInitationRate
+// (20 ms) after the last one it took, and those whose TAI64N timestamp (whitened to 2^24 ns, about
+// 17 ms) is not newer; and an initiator answers only its latest initiation. A second initiation
+// right after the first (the persistent keepalive's, when a peer is added) would be dropped by
+// the server and make the client ignore the answer to the first: no handshake for RekeyTimeout.
+const initiationSpacing = 50 * time.Millisecond
+
 // InitiateHandshakes sends every peer a handshake initiation now, even if one went out less than
-// RekeyTimeout ago (SendHandshakeInitiation would skip it): a probe that must see the server
-// answer within its own timeout cannot wait for WireGuard's next retry. The responder accepts it
-// (its timestamp is newer); the keys in use stay valid until the new ones are confirmed.
+// RekeyTimeout ago (SendHandshakeInitiation would skip it) — unless one went out less than
+// initiationSpacing ago, whose answer is awaited instead: a probe that must see the server answer
+// within its own timeout cannot wait for WireGuard's next retry. The responder accepts it (its
+// timestamp is newer); the keys in use stay valid until the new ones are confirmed.
 func (device *Device) InitiateHandshakes() {
 	device.peers.RLock()
 	peers := make([]*Peer, 0, len(device.peers.keyMap))
@@ -65,6 +74,10 @@ func (device *Device) InitiateHandshakes() {
 			continue
 		}
 		peer.handshake.mutex.Lock()
+		if time.Since(peer.handshake.lastSentHandshake) < initiationSpacing {
+			peer.handshake.mutex.Unlock()
+			continue
+		}
 		peer.handshake.lastSentHandshake = time.Time{}
 		peer.handshake.mutex.Unlock()
 		_ = peer.SendHandshakeInitiation(false)
