@@ -115,15 +115,28 @@ func resolveEndpoint(ctx context.Context, endpoint string) (netip.AddrPort, erro
 	return netip.AddrPortFrom(addrs[0].Unmap(), uint16(port)), nil
 }
 
+// wgInitiationRetry: a probe that has not seen the server answer sends a fresh initiation this
+// often (WireGuard itself retries every 5 s): a server that comes back during a leg's setup is
+// found within a second. A health probe (probe_timeout, 750 ms) sends one.
+const wgInitiationRetry = time.Second
+
 // wgProbe proves the server answers now: it forces a handshake and waits for one completed after
 // the probe began (a handshake's age is what it proves), then runs the check, if any. It is the
 // first probe of a leg and every health probe after it.
 func wgProbe(dev *device.Device, d netstack.DirectDialer, check WireGuardCheck) func(context.Context) error {
 	return func(ctx context.Context) error {
 		start := time.Now()
-		dev.InitiateHandshakes()
-		if err := dev.AwaitHandshake(ctx, start); err != nil {
-			return fmt.Errorf("no handshake with the WireGuard server: %w", err)
+		for {
+			tctx, cancel := context.WithTimeout(ctx, wgInitiationRetry)
+			dev.InitiateHandshakes()
+			err := dev.AwaitHandshake(tctx, start)
+			cancel()
+			if err == nil {
+				break
+			}
+			if ctx.Err() != nil {
+				return fmt.Errorf("no handshake with the WireGuard server: %w", ctx.Err())
+			}
 		}
 		return runCheck(ctx, d, check)
 	}
