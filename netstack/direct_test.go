@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/warren-tunnel/warren/internal/testutil"
 	"github.com/warren-tunnel/warren/messages"
@@ -77,6 +78,8 @@ func TestDirectDialer(t *testing.T) {
 		{"unknown name", d, "nowhere.test", 8080, messages.ReplyHostUnreachable},
 		{"no resolver", DirectDialer{Stack: client.stack}, "origin.test", 8080, messages.ReplyHostUnreachable},
 		{"refused port", d, exitAddr.String(), 8081, messages.ReplyConnectionRefused},
+		{"outside AllowedIPs", DirectDialer{Stack: client.stack, Allowed: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}},
+			exitAddr6.String(), 8080, messages.ReplyNetworkUnreachable},
 	} {
 		c, err := tc.d.DialTCP(ctx, tc.host, tc.port)
 		if err == nil {
@@ -91,5 +94,49 @@ func TestDirectDialer(t *testing.T) {
 	var de *DialError
 	if _, err := (DirectDialer{Stack: client.stack}).DialTCP(ctx, "origin.test", 80); !errors.As(err, &de) || !errors.Is(err, ErrNoResolver) {
 		t.Fatalf("no resolver: %v, want ErrNoResolver", err)
+	}
+	if _, err := d.AssociateUDP(ctx); !errors.As(err, &de) || de.Code != messages.ReplyCommandNotSupported || !errors.Is(err, ErrNoUDPAssociate) {
+		t.Fatalf("UDP association through a WireGuard exit: %v, want 0x07", err)
+	}
+	inside := DirectDialer{Stack: client.stack, Allowed: []netip.Prefix{netip.PrefixFrom(exitAddr, 32)}}
+	c, err := inside.DialTCP(ctx, exitAddr.String(), 8080)
+	if err != nil {
+		t.Fatalf("dial inside AllowedIPs: %v", err)
+	}
+	c.Close()
+}
+
+// TestHandshakeEvents: AwaitHandshake returns once a handshake completes after the time given
+// (not for an older one), InitiateHandshakes starts one at once even within RekeyTimeout of the
+// last, and a context that ends first is returned.
+func TestHandshakeEvents(t *testing.T) {
+	client, _ := newPair(t, Config{}, Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	before := time.Now()
+	client.dev.InitiateHandshakes()
+	if err := client.dev.AwaitHandshake(ctx, before); err != nil {
+		t.Fatalf("first handshake: %v", err)
+	}
+	first := client.dev.LastHandshake()
+	if !first.After(before) {
+		t.Fatalf("last handshake %v, want after %v", first, before)
+	}
+	// A handshake older than the time asked does not count: nothing new comes without an
+	// initiation, so the wait ends with its context.
+	short, cancelShort := context.WithTimeout(ctx, 200*time.Millisecond)
+	err := client.dev.AwaitHandshake(short, first)
+	cancelShort()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("await with no new handshake: %v, want deadline exceeded", err)
+	}
+	// Well within RekeyTimeout (5 s) of the last initiation: forced anyway.
+	second := time.Now()
+	client.dev.InitiateHandshakes()
+	if err := client.dev.AwaitHandshake(ctx, second); err != nil {
+		t.Fatalf("forced handshake: %v", err)
+	}
+	if time.Since(second) > 2*time.Second {
+		t.Fatalf("forced handshake took %v", time.Since(second))
 	}
 }
