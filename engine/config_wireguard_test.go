@@ -385,3 +385,29 @@ func TestLoadWireGuardDir(t *testing.T) {
 		t.Errorf("a missing directory: %v", err)
 	}
 }
+
+// TestWireGuardExampleIsValid: docs/examples/wireguard-exits.yaml decodes with no unknown key and,
+// with its file at docs/examples/provider-fra.conf, is a valid configuration with both exits.
+func TestWireGuardExampleIsValid(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("..", "docs", "examples", "wireguard-exits.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := decodeConfig(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.WireGuardExits) != 2 || cfg.WireGuardExits[0].File != "/etc/warren/wg/provider-fra.conf" {
+		t.Fatalf("the example's exits: %+v", cfg.WireGuardExits)
+	}
+	cfg.WireGuardExits[0].File = filepath.Join("..", "docs", "examples", "provider-fra.conf")
+	e, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fra, home := e.WireGuardExits()["wg:provider-fra"], e.WireGuardExits()["wg:home"]
+	if fra == nil || home == nil || fra.MTU != 1420 || fra.Endpoint != "203.0.113.10:51820" || len(fra.Addresses) != 2 ||
+		home.PresharedKey == nil || home.Keepalive != 25 || home.Check.TCP != "10.64.0.1:53" || fra.Check.HTTP == "" {
+		t.Fatalf("the example's exits: %v, %v", fra, home)
+	}
+}
