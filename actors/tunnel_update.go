@@ -58,23 +58,31 @@ func (t *tunnelActor) update(ctx actor.Context, m *UpdateTunnel) {
 		ctx.Respond(&TunnelUpdated{Err: fmt.Errorf("%w: %s", ErrNotInPlace, strings.Join(fixed, ", "))})
 		return
 	}
+	before := t.exits()
 	t.cfg.UDPBind, t.cfg.HandshakeTimeout, t.cfg.DrainTimeout = c.UDPBind, c.HandshakeTimeout, c.DrainTimeout
 	t.cfg.Conn, t.cfg.MaxConns, t.cfg.MaxConnsPerSource, t.cfg.MaxHandshakes = c.Conn, c.MaxConns, c.MaxConnsPerSource, c.MaxHandshakes
 	t.cfg.ProxyOpts, t.cfg.Keepalive, t.cfg.Exits, t.cfg.WireGuard = c.ProxyOpts, c.Keepalive, c.Exits, c.WireGuard
 	t.cfg.Backoff, t.cfg.ReconnectWait = c.Backoff, c.ReconnectWait
 	t.cfg.Trust, t.cfg.Certificate, t.cfg.UDP = c.Trust, c.Certificate, c.UDP
 	if t.state == messages.StateReconnecting && len(t.recon.order) > 0 {
-		t.reorder()
+		t.reorder(before)
 	}
 	t.cfg.Logger.Info("tunnel settings changed in place")
 	ctx.Respond(&TunnelUpdated{})
 }
 
 // reorder makes a reconnection under way go on over the new failover list: from the exit it was
-// about to try (if the list still has it), keeping the attempt count its backoff grows with.
-func (t *tunnelActor) reorder() {
+// about to try (if the list still has it), keeping the attempt count its backoff grows with. An
+// exit the reconnection tries that was not on the old list either (the exit a switch took the
+// tunnel to, which it lost: failoverOrder put it first) stays, first.
+func (t *tunnelActor) reorder(before []string) {
 	next := t.recon.order[t.recon.attempt%len(t.recon.order)]
 	order := t.exits()
+	for _, id := range t.recon.order {
+		if !slices.Contains(before, id) && !slices.Contains(order, id) {
+			order = append([]string{id}, order...)
+		}
+	}
 	if i := slices.Index(order, next); i >= 0 {
 		order = slices.Concat(order[i:], order[:i])
 	}

@@ -72,6 +72,9 @@ type ReloadResult struct {
 	Switched []string `json:"switched"` // tunnels moved to another exit, make-before-break
 	Updated  []string `json:"updated"`  // tunnels whose settings changed in place (Tunnel.Update): nothing running touched
 	Replaced []string `json:"replaced"` // tunnels closed (drained) and opened again: a change only a new tunnel applies
+	// WireGuard lists the WireGuard exits the reload added, removed or changed ("wg:a added",
+	// "wg:b changed": its YAML or its file); with any, every running tunnel was updated in place.
+	WireGuard []string `json:"wireguard_exits"`
 	// Pool is what changed in the pool: the settings changed in place ("pool.size", "pool.rotate",
 	// …), or "opened", "closed", "replaced".
 	Pool         []string `json:"pool"`

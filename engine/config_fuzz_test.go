@@ -101,6 +101,9 @@ func FuzzConfig(f *testing.F) {
 		"nats: {urls: ['tls://u:p@[::1]:4222'], tls: {server_name: x}}\ntrust: {any_exit: true}\ntunnels: [{exit: x, http: '[::]:0', pins: {x: y}}]",
 		"tunnels: [{exit: x, socks: '127.0.0.1:1', health: {interval: 5, backoff_min: 1h, backoff_max: 1s}}]",
 		"exit: {id: x, requests_per_second: 1e400, request_burst: -1, max_sessions_per_client: 99999999999}",
+		"wireguard_exits: [{name: a, interface: {private_key: dwdtCnMYpX08FsFyUbJmRd9ML4frwJkqsXf7pR25LCo=, address: [10.64.0.2/32], mtu: 1420}, " +
+			"peer: {public_key: JqdiTCD2Vj7oFLy5iK2zdXq5kSusVRynuCcxarLLKUg=, endpoint: 'vpn.example.net:51820', allowed_ips: ['0.0.0.0/0']}, " +
+			"check: {tcp: '10.64.0.1:80'}}]\ntunnels: [{exit: 'wg:a', exits: ['wg:b'], socks: '127.0.0.1:0'}]",
 	} {
 		f.Add([]byte(s))
 	}
@@ -115,6 +118,9 @@ func FuzzConfig(f *testing.F) {
 		n.NKeySeedFile, n.CredentialsFile, n.TLS.CAFile, n.TLS.CertFile, n.TLS.KeyFile = "", "", "", "", ""
 		for i := range cfg.Tunnels {
 			cfg.Tunnels[i].Auth.UsersFile = ""
+		}
+		for i := range cfg.WireGuardExits {
+			cfg.WireGuardExits[i].File = ""
 		}
 		err = cfg.Validate()
 		if err == nil {

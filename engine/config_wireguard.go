@@ -69,7 +69,7 @@ func resolveWireGuardExits(specs []WireGuardExitSpec, field string) (map[string]
 			return nil, err
 		}
 		if _, dup := out[w.ID]; dup {
-			return nil, fieldErr(path+".name", "%q used twice", specs[i].Name)
+			return nil, fieldErr(path+".name", "%w: %q used twice", ErrWireGuardConfig, specs[i].Name)
 		}
 		out[w.ID] = w
 	}
@@ -78,7 +78,7 @@ func resolveWireGuardExits(specs []WireGuardExitSpec, field string) (map[string]
 
 func (s *WireGuardExitSpec) resolve(path string) (*actors.WireGuardExit, error) {
 	if err := signaling.ValidID(s.Name); err != nil {
-		return nil, fieldErr(path+".name", "%w", err)
+		return nil, fieldErr(path+".name", "%w: %w", ErrWireGuardConfig, err)
 	}
 	inline := s.Interface.PrivateKey != "" || len(s.Interface.Address) > 0 || len(s.Interface.DNS) > 0 || s.Interface.MTU != 0 ||
 		s.Peer.PublicKey != "" || s.Peer.PresharedKey != "" || s.Peer.Endpoint != "" || len(s.Peer.AllowedIPs) > 0 || s.Peer.PersistentKeepalive != 0
@@ -99,13 +99,16 @@ func (s *WireGuardExitSpec) resolve(path string) (*actors.WireGuardExit, error) 
 	default:
 		return nil, fieldErr(path, "%w: give file, or interface and peer", ErrWireGuardConfig)
 	}
-	where := path + ".peer"
-	if s.File != "" {
-		where = path + ".file"
-	}
 	w, err := WireGuardExitFrom(s.Name, cfg)
-	if err != nil {
-		return nil, fieldErr(where, "%w", err)
+	switch {
+	case err != nil && s.File != "":
+		return nil, fieldErr(path+".file", "%s: %w", s.File, err)
+	case err != nil && s.Peer.Endpoint == "":
+		return nil, fieldErr(path+".peer.endpoint", "%w", err)
+	case err != nil && len(s.Peer.AllowedIPs) == 0:
+		return nil, fieldErr(path+".peer.allowed_ips", "%w", err)
+	case err != nil:
+		return nil, fieldErr(path+".peer", "%w", err)
 	}
 	if w.Check, err = s.Check.resolve(path + ".check"); err != nil {
 		return nil, err
@@ -115,7 +118,7 @@ func (s *WireGuardExitSpec) resolve(path string) (*actors.WireGuardExit, error) 
 
 // WireGuardExitFrom makes the exit named name ("wg:" + name) of a parsed wg-quick configuration:
 // exactly one [Peer], with an Endpoint and AllowedIPs. The check is left empty. Errors wrap
-// ErrWireGuardConfig and name the configuration's file.
+// ErrWireGuardConfig; the caller names the configuration's file (cfg does not know it).
 func WireGuardExitFrom(name string, cfg *wgquick.Config) (*actors.WireGuardExit, error) {
 	if len(cfg.Peers) != 1 {
 		return nil, fmt.Errorf("%w: %d [Peer] sections: a WireGuard exit is one server, one [Peer]", ErrWireGuardConfig, len(cfg.Peers))
@@ -146,11 +149,22 @@ func WireGuardExitFrom(name string, cfg *wgquick.Config) (*actors.WireGuardExit,
 }
 
 // parseInline writes the inline fields as a wg-quick text and parses it strictly; an error is
-// reported under the field its line came from.
+// reported under the field its line came from. A value must be one line without a comment, and a
+// list item one value (wg-quick would split it on commas, and addresses on spaces).
 func (s *WireGuardExitSpec) parseInline(path string) (*wgquick.Config, error) {
 	var b strings.Builder
 	fields := []string{""} // fields[line-1]: the field of that line
+	var bad error          // the first value that cannot be one line of its own
 	add := func(field, key, value string) {
+		item := strings.HasSuffix(field, "]")
+		switch {
+		case bad != nil:
+		case item && (strings.ContainsAny(value, "\r\n#,") || len(strings.Fields(value)) > 1):
+			bad = fieldErr(field, "%w: %q: one value per list item", ErrWireGuardConfig, echoValue(value))
+		case strings.ContainsAny(value, "\r\n#"):
+			// Not echoed: it may be a key.
+			bad = fieldErr(field, "%w: the value holds a line break or '#'", ErrWireGuardConfig)
+		}
 		b.WriteString(key + " = " + value + "\n")
 		fields = append(fields, field)
 	}
@@ -185,17 +199,8 @@ func (s *WireGuardExitSpec) parseInline(path string) (*wgquick.Config, error) {
 	if s.Peer.PersistentKeepalive != 0 {
 		add(pe+".persistent_keepalive", "PersistentKeepalive", fmt.Sprint(s.Peer.PersistentKeepalive))
 	}
-	for _, line := range []string{s.Interface.PrivateKey, s.Peer.PublicKey, s.Peer.PresharedKey, s.Peer.Endpoint} {
-		if strings.ContainsAny(line, "\r\n#") {
-			return nil, fieldErr(path, "%w: a value holds a line break or '#'", ErrWireGuardConfig)
-		}
-	}
-	for _, list := range [][]string{s.Interface.Address, s.Interface.DNS, s.Peer.AllowedIPs} {
-		for _, v := range list {
-			if strings.ContainsAny(v, "\r\n#,") {
-				return nil, fieldErr(path, "%w: %q: one value per list item", ErrWireGuardConfig, echoValue(v))
-			}
-		}
+	if bad != nil {
+		return nil, bad
 	}
 	cfg, err := wgquick.Parse(path, strings.NewReader(b.String()))
 	if err == nil {
@@ -231,16 +236,16 @@ func inlineField(key string) string {
 func (c WireGuardCheck) resolve(path string) (actors.WireGuardCheck, error) {
 	switch {
 	case c.TCP != "" && c.HTTP != "":
-		return actors.WireGuardCheck{}, fieldErr(path, "give tcp or http, not both")
+		return actors.WireGuardCheck{}, fieldErr(path, "%w: give tcp or http, not both", ErrWireGuardConfig)
 	case c.TCP != "":
 		ap, err := splitTarget(c.TCP)
 		if err != nil {
-			return actors.WireGuardCheck{}, fieldErr(path+".tcp", "%w", err)
+			return actors.WireGuardCheck{}, fieldErr(path+".tcp", "%w: %w", ErrWireGuardConfig, err)
 		}
 		return actors.WireGuardCheck{TCP: ap}, nil
 	case c.HTTP != "":
 		if err := actors.CheckWireGuardURL(c.HTTP); err != nil {
-			return actors.WireGuardCheck{}, fieldErr(path+".http", "%q: %w", echoValue(c.HTTP), err)
+			return actors.WireGuardCheck{}, fieldErr(path+".http", "%w: %q: %w", ErrWireGuardConfig, echoValue(c.HTTP), scrub(err, c.HTTP))
 		}
 	}
 	return actors.WireGuardCheck{HTTP: c.HTTP}, nil

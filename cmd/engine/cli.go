@@ -329,7 +329,7 @@ func reloadTable(tw *tabwriter.Writer, r admin.ReloadResult) {
 	for _, row := range []struct {
 		what string
 		list []string
-	}{{"opened", r.Opened}, {"closed", r.Closed}, {"switched", r.Switched}, {"updated", r.Updated}, {"replaced", r.Replaced},
+	}{{"wireguard exits", r.WireGuard}, {"opened", r.Opened}, {"closed", r.Closed}, {"switched", r.Switched}, {"updated", r.Updated}, {"replaced", r.Replaced},
 		{"pool", r.Pool}, {"needs restart", r.NeedsRestart}, {"errors", r.Errors}} {
 		if len(row.list) > 0 {
 			fmt.Fprintf(tw, "%s\t%s\n", row.what, clean(strings.Join(row.list, ", ")))

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"encoding/base64"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -87,5 +89,65 @@ func TestRunPoolConfig(t *testing.T) {
 	}
 	if _, err := loadConfig(path); err == nil || !strings.Contains(err.Error(), "sise") {
 		t.Errorf("unknown pool key: %v", err)
+	}
+}
+
+// TestRunRefusesBadWireGuardExits: `engine run` checks wireguard_exits before it starts anything:
+// an error names the field (for a file, with file:line: key inside) and exits 2; an unknown key
+// is refused; no error shows the private key.
+func TestRunRefusesBadWireGuardExits(t *testing.T) {
+	dir := t.TempDir()
+	priv, _ := testutil.KeyPair(t)
+	_, pub := testutil.KeyPair(t)
+	b64 := func(k [32]byte) string { return base64.StdEncoding.EncodeToString(k[:]) }
+	file := filepath.Join(dir, "wg0.conf")
+	conf := "[Interface]\nPrivateKey = " + b64(priv) + "\nAddress = 10.64.0.2/32\n[Peer]\nPublicKey = " + b64(pub) +
+		"\nEndpoint = vpn.example.net:51820\nAllowedIPs = 0.0.0.0/0\n"
+	if err := os.WriteFile(file, []byte(strings.Replace(conf, "Address", "Adress", 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	inline := func(pubKey, extra string) string {
+		return fmt.Sprintf("wireguard_exits:\n  - name: one\n    interface: {private_key: %q, address: [10.64.0.2/32]}\n"+
+			"    peer: {public_key: %q, endpoint: \"vpn.example.net:51820\", allowed_ips: [0.0.0.0/0]%s}\n"+
+			"tunnels: [{exit: \"wg:one\", socks: \"127.0.0.1:0\"}]\n", b64(priv), pubKey, extra)
+	}
+	good := filepath.Join(dir, "good.yaml")
+	if err := os.WriteFile(good, []byte(inline(b64(pub), "")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if cfg, err := loadConfig(good); err != nil || len(cfg.WireGuardExits) != 1 {
+		t.Fatalf("a good WireGuard exit: %+v, %v", cfg.WireGuardExits, err)
+	}
+	for name, tc := range map[string]struct {
+		yaml, field string
+		also        []string
+	}{
+		"public key": {inline(b64(pub)[:43], ""), "wireguard_exits[0].peer.public_key", []string{"invalid key"}},
+		"file":       {fmt.Sprintf("wireguard_exits: [{name: one, file: %q}]\n", file), "wireguard_exits[0].file", []string{file + ":3: Adress: unknown key"}},
+		"no file":    {fmt.Sprintf("wireguard_exits: [{name: one, file: %q}]\n", file+".gone"), "wireguard_exits[0].file", nil},
+		"tunnel":     {strings.Replace(inline(b64(pub), ""), `exit: "wg:one"`, `exit: "wg:two"`, 1), "tunnels[0].exit", []string{`"wg:two" is not among wireguard_exits`}},
+		"unknown":    {inline(b64(pub), ", weight: 1"), "", []string{"weight"}},
+	} {
+		path := filepath.Join(dir, name+".yaml")
+		if err := os.WriteFile(path, []byte(tc.yaml), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, err := loadConfig(path)
+		var fe *engine.FieldError
+		if err == nil || tc.field != "" && (!errors.As(err, &fe) || fe.Field != tc.field) {
+			t.Errorf("%s: %v, want a field error for %q", name, err, tc.field)
+			continue
+		}
+		for _, s := range tc.also {
+			if !strings.Contains(err.Error(), s) {
+				t.Errorf("%s: %q does not say %q", name, err, s)
+			}
+		}
+		if strings.Contains(err.Error(), b64(priv)) {
+			t.Errorf("%s: %q shows the private key", name, err)
+		}
+		if code := run([]string{"--config", path}); code != exitUsage {
+			t.Errorf("%s: engine run exited %d, want %d", name, code, exitUsage)
+		}
 	}
 }

@@ -5,6 +5,11 @@ package main
 // that cannot is applied by replacing that tunnel or pool; what only a restart applies (nats,
 // identity, trust, exit, log_format, admin) is reported and left as it runs.
 //
+//	wireguard_exits              first (SetWireGuardExits; a file is read again): what follows uses
+//	                             the new set; if any exit was added, removed or changed (in the
+//	                             YAML or in its file), every running tunnel is updated in place so
+//	                             that it knows the new set: its session keeps its leg, the next
+//	                             one (reconnection, Switch, failover) uses the new configuration
 //	tunnel added, or not open    opened (StartTunnel: it keeps trying until its exit answers);
 //	                             a configured tunnel closed through the admin API opens again
 //	tunnel removed               closed with its drain
@@ -28,6 +33,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/warren-tunnel/warren/actors"
 	"github.com/warren-tunnel/warren/admin"
 	"github.com/warren-tunnel/warren/engine"
 	"github.com/warren-tunnel/warren/messages"
@@ -52,6 +58,15 @@ func (n *node) applyConfig(ctx context.Context, next runConfig) reloadResult {
 		n.level.Set(parseLevel(next.LogLevel))
 		res.LogLevel = parseLevel(next.LogLevel).String()
 	}
+	// WireGuard exits first: the updates, switches and opens below check against the new set and
+	// give it to the tunnels. Refused, the engine keeps its set and no tunnel is updated for it.
+	wgBefore, wgKeep := n.eng.WireGuardExits(), false
+	if err := n.eng.SetWireGuardExits(next.WireGuardExits); err != nil {
+		res.Errors = append(res.Errors, fmt.Sprintf("wireguard_exits: %v", err))
+		wgKeep = true
+	}
+	res.WireGuard = wireGuardChanges(wgBefore, n.eng.WireGuardExits())
+	wgChanged := len(res.WireGuard) > 0
 
 	// Tunnels, by name (an unnamed one is tunnel-<its index>, as the engine names it).
 	curT, nextT := tunnelsByName(cur.Tunnels), tunnelsByName(next.Tunnels)
@@ -70,17 +85,17 @@ func (n *node) applyConfig(ctx context.Context, next runConfig) reloadResult {
 		case !running:
 			// Closed meanwhile (through the admin API), or never opened: the file says it runs.
 			open = append(open, name)
-		case reflect.DeepEqual(spec, curT[name]):
+		case reflect.DeepEqual(spec, curT[name]) && !wgChanged:
 			res.Unchanged++
-		case onlyExitChanged(curT[name], spec) && state.Serving():
+		case onlyExitChanged(curT[name], spec) && state.Serving() && !wgChanged:
 			switches[name] = spec.Exit
 		case spec.Exit != curT[name].Exit && !state.Serving():
 			// A tunnel that is not up (still trying a mistyped exit, say) cannot switch: it is
 			// replaced, and tries the new exit from the start.
 			replace = append(replace, name)
 		default:
-			// Settings other than the exit: in place if the tunnel takes them (then a changed
-			// exit is a switch), else replaced.
+			// Settings other than the exit, or the WireGuard exits: in place if the tunnel takes
+			// them (then a changed exit is a switch), else replaced.
 			switch err := n.updateInPlace(ctx, name, spec, curT[name].Exit); {
 			case err == nil:
 				res.Updated = append(res.Updated, name)
@@ -226,6 +241,9 @@ func (n *node) applyConfig(ctx context.Context, next runConfig) reloadResult {
 	// What needs a restart keeps its running value, so that the next reload reports it again.
 	kept.NATS, kept.Identity, kept.Trust, kept.Exit, kept.LogFormat, kept.Admin = cur.NATS, cur.Identity, cur.Trust, cur.Exit, cur.LogFormat, cur.Admin
 	kept.Tunnels = keptTunnels(curT, next.Tunnels, keepOld, keepExit)
+	if wgKeep {
+		kept.WireGuardExits = cur.WireGuardExits
+	}
 	if poolKeep {
 		kept.Pool = cur.Pool
 	}
@@ -238,20 +256,45 @@ func (n *node) applyConfig(ctx context.Context, next runConfig) reloadResult {
 	case n.reloaded <- struct{}{}:
 	default:
 	}
-	n.logger.Info("config reloaded", "opened", res.Opened, "closed", res.Closed, "switched", res.Switched,
+	n.logger.Info("config reloaded", "wireguard_exits", res.WireGuard, "opened", res.Opened, "closed", res.Closed, "switched", res.Switched,
 		"updated", res.Updated, "replaced", res.Replaced, "pool", res.Pool, "unchanged", res.Unchanged, "needs_restart", res.NeedsRestart, "errors", res.Errors)
 	return res
 }
 
 // updateInPlace gives tunnel name the settings of spec, on its current exit (a changed exit is a
-// switch after it); engine.ErrNotInPlace if only a new tunnel applies them.
+// switch after it); engine.ErrNotInPlace if only a new tunnel applies them. (An update never moves
+// a tunnel: the exit only has to pass the checks. A WireGuard exit this reload removed would not:
+// then the spec is checked with the exit it moves to.)
 func (n *node) updateInPlace(ctx context.Context, name string, spec engine.TunnelSpec, exit string) error {
 	t, err := n.eng.Tunnel(ctx, name)
 	if err != nil {
 		return err
 	}
-	spec.Exit = exit
+	if !actors.IsWireGuardExit(exit) || n.eng.WireGuardExits()[exit] != nil {
+		spec.Exit = exit
+	}
 	return t.Update(ctx, spec)
+}
+
+// wireGuardChanges lists the WireGuard exits added, removed or changed from before to after
+// ("wg:a added"), by id.
+func wireGuardChanges(before, after map[string]*actors.WireGuardExit) []string {
+	var out []string
+	for _, id := range slices.Sorted(maps.Keys(before)) {
+		switch w, ok := after[id]; {
+		case !ok:
+			out = append(out, id+" removed")
+		case !reflect.DeepEqual(w, before[id]):
+			out = append(out, id+" changed")
+		}
+	}
+	for _, id := range slices.Sorted(maps.Keys(after)) {
+		if _, ok := before[id]; !ok {
+			out = append(out, id+" added")
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // tunnelState is the state of the engine's tunnel name, and whether it runs at all (an error other
