@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -71,6 +72,34 @@ func run(args []string) int {
 	}
 	override(&cfg)
 	return serve(cfg, *path, override, adminConfigOf(cfg.Admin), false)
+}
+
+// check validates a config file as run does, and starts nothing.
+func check(args []string) int {
+	fs := flag.NewFlagSet("check", flag.ContinueOnError)
+	path := fs.String("config", "", "YAML config file")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	if *path == "" || fs.NArg() > 0 {
+		fmt.Fprintln(os.Stderr, "engine check: --config FILE is required (and nothing else)")
+		return exitUsage
+	}
+	cfg, err := loadConfig(*path)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "engine check: %v\n", err)
+		return exitUsage
+	}
+	var parts []string
+	if cfg.Exit != nil {
+		parts = append(parts, "exit "+cfg.Exit.ID)
+	}
+	parts = append(parts, fmt.Sprintf("%d tunnel(s)", len(cfg.Tunnels)), fmt.Sprintf("%d WireGuard exit(s)", len(cfg.WireGuardExits)))
+	if cfg.Pool != nil {
+		parts = append(parts, fmt.Sprintf("pool of %d slot(s)", cfg.Pool.Size))
+	}
+	fmt.Printf("%s: ok: %s\n", *path, strings.Join(parts, ", "))
+	return exitOK
 }
 
 // runConfig is the file `engine run` reads: the engine's configuration and, optionally, a pool.

@@ -49,6 +49,9 @@ tunnels:
 		if code := run([]string{"--config", path}); code != exitUsage {
 			t.Errorf("%s: engine run exited %d, want %d", name, code, exitUsage)
 		}
+		if code := check([]string{"--config", path}); code != exitUsage {
+			t.Errorf("%s: engine check exited %d, want %d", name, code, exitUsage)
+		}
 	}
 }
 
@@ -117,6 +120,9 @@ func TestRunRefusesBadWireGuardExits(t *testing.T) {
 	}
 	if cfg, err := loadConfig(good); err != nil || len(cfg.WireGuardExits) != 1 {
 		t.Fatalf("a good WireGuard exit: %+v, %v", cfg.WireGuardExits, err)
+	}
+	if code := check([]string{"--config", good}); code != exitOK {
+		t.Fatalf("engine check of a good config exited %d", code)
 	}
 	for name, tc := range map[string]struct {
 		yaml, field string

@@ -25,6 +25,8 @@ func main() {
 		code = demo(os.Args[2:])
 	case "run":
 		code = run(os.Args[2:])
+	case "check":
+		code = check(os.Args[2:])
 	case "keygen":
 		code = keygen(os.Args[2:])
 	case "certify":
@@ -53,6 +55,9 @@ func usage() {
   engine run --config FILE [--log-level LEVEL]
       an exit, client tunnels and/or a pool as FILE (YAML) says, against the configured NATS;
       admin API on 127.0.0.1:9090 (admin.listen); SIGHUP reloads FILE
+  engine check --config FILE
+      check FILE as engine run would (every wg-quick file it names included), start nothing:
+      exit 0 and say what it holds, or exit 2 naming the field at fault
   engine keygen [--identity | --operator]
       print a WireGuard key pair (or, with --identity, an engine identity; with --operator, an
       operator key that signs certificates)

@@ -1,0 +1,83 @@
+package test
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+	"net/netip"
+	"testing"
+	"time"
+
+	"golang.org/x/net/proxy"
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/device"
+	"golang.zx2c4.com/wireguard/tun/netstack"
+
+	"github.com/warren-tunnel/warren/engine"
+	"github.com/warren-tunnel/warren/internal/testutil"
+)
+
+// BenchmarkWireGuardExit: bulk TCP upload to a sink on 127.0.0.1 through a standard WireGuard
+// server (testutil.WGServer: upstream wireguard-go, no Warren code, forwarding a port of its
+// address to the sink), from
+//
+//   - warren: a Warren tunnel whose exit is that server (wireguard_exits), through its SOCKS5 proxy;
+//   - stock: a standard userspace client, upstream wireguard-go on upstream tun/netstack (what
+//     wireproxy runs), dialling the server's forwarded port directly (no proxy in front).
+//
+// Both at MTU 1420 on loopback UDP, one stream, the sink's byte count checked after EOF.
+func BenchmarkWireGuardExit(b *testing.B) {
+	const port = 9000
+	chunk := make([]byte, 1<<20)
+	for i := range chunk {
+		chunk[i] = byte(i * 13)
+	}
+	b.Run("warren", func(b *testing.B) {
+		sink := testutil.SinkServer(b)
+		srv := testutil.StartWGServer(b, testutil.WGServerConfig{Forward: map[uint16]string{port: sink.Addr()}})
+		client := startEngine(b, engine.Config{WireGuardExits: []engine.WireGuardExitSpec{{Name: "bench", File: srv.WriteClientConfig(b)}}})
+		tun := openTunnel(b, client, "wg:bench")
+		d, err := proxy.SOCKS5("tcp", tun.SOCKSAddr(), nil, proxy.Direct)
+		if err != nil {
+			b.Fatal(err)
+		}
+		c, err := d.Dial("tcp", netip.AddrPortFrom(srv.Address(), port).String())
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+		b.SetBytes(int64(len(chunk)))
+		b.ReportAllocs()
+		b.ResetTimer()
+		pushThrough(b, c, b.N, chunk)
+	})
+	b.Run("stock", func(b *testing.B) {
+		sink := testutil.SinkServer(b)
+		srv := testutil.StartWGServer(b, testutil.WGServerConfig{Forward: map[uint16]string{port: sink.Addr()}})
+		tdev, tnet, err := netstack.CreateNetTUN([]netip.Addr{srv.Peer()}, nil, testutil.WGServerMTU)
+		if err != nil {
+			b.Fatal(err)
+		}
+		dev := device.NewDevice(tdev, conn.NewDefaultBind(), &device.Logger{Verbosef: device.DiscardLogf, Errorf: b.Logf})
+		defer dev.Close()
+		ck, pub := srv.ClientKey(), srv.PublicKey()
+		if err := dev.IpcSet(fmt.Sprintf("private_key=%s\nlisten_port=0\npublic_key=%s\nendpoint=%s\nallowed_ip=%s/32\n",
+			hex.EncodeToString(ck[:]), hex.EncodeToString(pub[:]), srv.Endpoint(), srv.Address())); err != nil {
+			b.Fatal(err)
+		}
+		if err := dev.Up(); err != nil {
+			b.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		c, err := tnet.DialContextTCPAddrPort(ctx, netip.AddrPortFrom(srv.Address(), port))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+		b.SetBytes(int64(len(chunk)))
+		b.ReportAllocs()
+		b.ResetTimer()
+		pushThrough(b, c, b.N, chunk)
+	})
+}
