@@ -120,9 +120,8 @@ func resolveEndpoint(ctx context.Context, endpoint string) (netip.AddrPort, erro
 // first probe of a leg and every health probe after it.
 func wgProbe(dev *device.Device, d netstack.DirectDialer, check WireGuardCheck) func(context.Context) error {
 	return func(ctx context.Context) error {
-		start := time.Now()
-		dev.InitiateHandshakes()
-		if err := dev.AwaitHandshake(ctx, start); err != nil {
+		since := dev.InitiateHandshakes() // now, or an initiation sent just before (one of the peer's start)
+		if err := dev.AwaitHandshake(ctx, since); err != nil {
 			return fmt.Errorf("no handshake with the WireGuard server: %w", err)
 		}
 		return runCheck(ctx, d, check)
