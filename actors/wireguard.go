@@ -125,11 +125,14 @@ const wgInitiationRetry = time.Second
 // first probe of a leg and every health probe after it.
 func wgProbe(dev *device.Device, d netstack.DirectDialer, check WireGuardCheck) func(context.Context) error {
 	return func(ctx context.Context) error {
-		start := time.Now()
+		since := time.Time{} // the first initiation's: a handshake after it answers this probe
 		for {
 			tctx, cancel := context.WithTimeout(ctx, wgInitiationRetry)
-			dev.InitiateHandshakes()
-			err := dev.AwaitHandshake(tctx, start)
+			sent := dev.InitiateHandshakes() // now, or an initiation sent just before (the peer's own at start)
+			if since.IsZero() {
+				since = sent
+			}
+			err := dev.AwaitHandshake(tctx, since)
 			cancel()
 			if err == nil {
 				break

@@ -4,10 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/warren-tunnel/warren/actors"
 	"github.com/warren-tunnel/warren/engine"
 	"github.com/warren-tunnel/warren/signaling"
 )
@@ -51,12 +53,26 @@ type Config struct {
 	Tunnel engine.TunnelSpec `yaml:"tunnel"`
 }
 
-// ExitFilter picks the exits a pool may use. Empty: every exit in the directory (which holds only
-// exits the engine trusts).
+// ExitFilter picks the exits a pool may use: those of the engine's NATS exit directory (which holds
+// only exits the engine trusts) unless NATS is false, together with its WireGuard exits (the files
+// of WireGuardDir and the engine's wireguard_exits named in WireGuard). Empty: every exit in the
+// directory.
 type ExitFilter struct {
-	Labels map[string]string `yaml:"labels"` // every one must match the exit's announced label
-	IDs    []string          `yaml:"ids"`    // if set, only these exits
+	Labels map[string]string `yaml:"labels"` // directory exits: every one must match the exit's announced label
+	IDs    []string          `yaml:"ids"`    // if set, only these exits (directory ids, or "wg:" + name)
+	// NATS: whether the pool uses the exits of the NATS exit directory; nil: true. false: only its
+	// WireGuard exits (then WireGuardDir or WireGuard must name some, and Labels must be empty).
+	NATS *bool `yaml:"nats"`
+	// WireGuardDir is a directory of wg-quick files: each *.conf is a WireGuard exit whose id is
+	// "wg:" + the file name without .conf (engine.LoadWireGuardDir). Read when the pool opens and at
+	// every Update (engine run: every reload), not watched.
+	WireGuardDir string `yaml:"wireguard_dir"`
+	// WireGuard are ids ("wg:" + name) of the engine's own wireguard_exits that the pool may use.
+	WireGuard []string `yaml:"wireguard"`
 }
+
+// UsesNATS reports whether the pool takes exits from the NATS exit directory (NATS unset or true).
+func (f ExitFilter) UsesNATS() bool { return f.NATS == nil || *f.NATS }
 
 // Rotation moves each slot to a fresh exit when its tunnel has been on one exit for MaxAge (give or
 // take Jitter, a fraction of MaxAge: "10%").
@@ -129,6 +145,9 @@ type resolved struct {
 	jitter      float64 // fraction of maxAge
 	labels      map[string]string
 	ids         map[string]bool
+	nats        bool                             // exits of the NATS directory too
+	wgDir       map[string]*actors.WireGuardExit // the files of wireguard_dir, by id, as last read
+	wgNamed     []string                         // ids of the engine's wireguard_exits (exits.wireguard), sorted
 }
 
 func fieldErr(field, format string, args ...any) error {
@@ -143,7 +162,8 @@ func (c *Config) Validate() error {
 }
 
 func (c *Config) resolve() (resolved, error) {
-	r := resolved{name: c.Name, size: c.Size, strategy: c.Strategy, maxPerExit: c.MaxPerExit, maxMoves: c.MaxMoves, labels: c.Exits.Labels}
+	r := resolved{name: c.Name, size: c.Size, strategy: c.Strategy, maxPerExit: c.MaxPerExit, maxMoves: c.MaxMoves, labels: c.Exits.Labels,
+		nats: c.Exits.UsesNATS()}
 	if r.name == "" {
 		r.name = DefaultName
 	} else if err := signaling.ValidID(r.name); err != nil || len(r.name) > 32 {
@@ -192,17 +212,8 @@ func (c *Config) resolve() (resolved, error) {
 	case r.maxMoves < 0 || r.maxMoves > 1024:
 		return r, fieldErr("pool.max_moves", "%d not in [1, 1024]", r.maxMoves)
 	}
-	if err := signaling.ValidLabels(c.Exits.Labels); err != nil {
-		return r, fieldErr("pool.exits.labels", "%v", err)
-	}
-	if len(c.Exits.IDs) > 0 {
-		r.ids = map[string]bool{}
-		for i, id := range c.Exits.IDs {
-			if err := signaling.ValidID(id); err != nil {
-				return r, fieldErr(fmt.Sprintf("pool.exits.ids[%d]", i), "%v", err)
-			}
-			r.ids[id] = true
-		}
+	if err := c.Exits.resolve(&r); err != nil {
+		return r, err
 	}
 	r.maxAge = time.Duration(c.Rotate.MaxAge)
 	if r.maxAge < 0 || (r.maxAge > 0 && r.maxAge < time.Second) {
@@ -229,4 +240,62 @@ func (c *Config) resolve() (resolved, error) {
 		return r, err
 	}
 	return r, nil
+}
+
+// resolve checks the filter into r, reading wireguard_dir. Errors name the field under
+// "pool.exits"; a file of wireguard_dir that does not parse is named with its line and key.
+func (f ExitFilter) resolve(r *resolved) error {
+	if err := signaling.ValidLabels(f.Labels); err != nil {
+		return fieldErr("pool.exits.labels", "%v", err)
+	}
+	if f.WireGuardDir != "" {
+		wg, err := engine.LoadWireGuardDir(f.WireGuardDir)
+		if err != nil {
+			return fieldErr("pool.exits.wireguard_dir", "%w", err)
+		}
+		r.wgDir = wg
+	}
+	for i, id := range f.WireGuard {
+		field := fmt.Sprintf("pool.exits.wireguard[%d]", i)
+		name, ok := strings.CutPrefix(id, actors.WireGuardPrefix)
+		if !ok {
+			return fieldErr(field, "%q: the id of a WireGuard exit, \"wg:\" + its name", cut(id))
+		}
+		if err := signaling.ValidID(name); err != nil {
+			return fieldErr(field, "%v", err)
+		}
+		if r.wgDir[id] != nil {
+			return fieldErr(field, "%s is also a file of wireguard_dir: name it once", id)
+		}
+		if !slices.Contains(r.wgNamed, id) {
+			r.wgNamed = append(r.wgNamed, id)
+		}
+	}
+	slices.Sort(r.wgNamed)
+	if len(f.IDs) > 0 {
+		r.ids = map[string]bool{}
+		for i, id := range f.IDs {
+			field := fmt.Sprintf("pool.exits.ids[%d]", i)
+			if name, ok := strings.CutPrefix(id, actors.WireGuardPrefix); ok {
+				if err := signaling.ValidID(name); err != nil {
+					return fieldErr(field, "%v", err)
+				}
+				if r.wgDir[id] == nil && !slices.Contains(r.wgNamed, id) {
+					return fieldErr(field, "%s is neither a file of wireguard_dir nor in exits.wireguard", id)
+				}
+			} else if err := signaling.ValidID(id); err != nil {
+				return fieldErr(field, "%v", err)
+			}
+			r.ids[id] = true
+		}
+	}
+	if !r.nats {
+		if f.WireGuardDir == "" && len(f.WireGuard) == 0 {
+			return fieldErr("pool.exits.nats", "false leaves the pool no exits: set wireguard_dir or wireguard")
+		}
+		if len(f.Labels) > 0 {
+			return fieldErr("pool.exits.labels", "labels filter the NATS directory's exits, which nats: false leaves out")
+		}
+	}
+	return nil
 }

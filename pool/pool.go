@@ -56,6 +56,7 @@ type Pool struct {
 	system *actor.ActorSystem
 	pid    *actor.PID
 	engine *actor.PID // the engine actor, the pool actor's parent
+	eng    *engine.Engine
 	cfg    resolved
 }
 
@@ -81,7 +82,7 @@ func Open(ctx context.Context, eng *engine.Engine, cfg Config) (*Pool, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pool: %w", err)
 	}
-	if !eng.DirectoryTrustsExits() {
+	if r.nats && !eng.DirectoryTrustsExits() {
 		return nil, fmt.Errorf("pool: %w", engine.ErrNoTrustedExits)
 	}
 	spec := cfg.Tunnel
@@ -90,9 +91,13 @@ func Open(ctx context.Context, eng *engine.Engine, cfg Config) (*Pool, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pool: %w", err)
 	}
-	tmpl.SOCKSAddr, tmpl.HTTPAddr, tmpl.ExitID = "", "", ""
+	wg, all, err := wireGuardExits(eng.WireGuardExits(), r)
+	if err != nil {
+		return nil, err
+	}
+	tmpl.SOCKSAddr, tmpl.HTTPAddr, tmpl.ExitID, tmpl.WireGuard = "", "", "", all
 	pc := poolConfig{r: r, template: tmpl, spec: cfg.Tunnel, engine: enginePID, openWait: 30 * time.Second,
-		switchCap: 2*tmpl.HandshakeTimeout + 5*time.Second, logger: eng.Logger().With("pool", r.name)}
+		switchCap: 2*tmpl.HandshakeTimeout + 5*time.Second, logger: eng.Logger().With("pool", r.name), wg: wg}
 	res, err := system.Root.RequestFuture(enginePID, &actors.SpawnChild{Props: actors.NewProps(newPool(pc)), Name: "pool-" + r.name}, requestWait).Result()
 	if err != nil {
 		return nil, fmt.Errorf("pool: %w", err)
@@ -104,7 +109,7 @@ func Open(ctx context.Context, eng *engine.Engine, cfg Config) (*Pool, error) {
 		}
 		return nil, fmt.Errorf("pool: %w", sp.Err)
 	}
-	p := &Pool{system: system, pid: sp.PID, engine: enginePID, cfg: r}
+	p := &Pool{system: system, pid: sp.PID, engine: enginePID, eng: eng, cfg: r}
 	res, err = p.ask(ctx, &awaitPlaced{}, time.Hour)
 	if err == nil {
 		err = res.(*placed).err
@@ -219,6 +224,16 @@ func (p *Pool) RotateAll(ctx context.Context, concurrency int) (moved, failed in
 	}
 	r := res.(*rotated)
 	return r.moved, r.failed, r.err
+}
+
+// DownExits lists the WireGuard exits the pool holds down (their data plane failed a slot), each
+// with the end of its cool-off: none of its slots is placed on them until then.
+func (p *Pool) DownExits(ctx context.Context) (map[string]time.Time, error) {
+	res, err := p.ask(ctx, &getDown{}, requestWait)
+	if err != nil {
+		return nil, err
+	}
+	return res.(*downReply).until, nil
 }
 
 // Resize grows the pool (new slots are placed before it returns) or shrinks it (the slots with the

@@ -6,14 +6,16 @@ package pool
 // their request gave). It is a child of the engine actor (actors.SpawnChild); its slots are its
 // children.
 //
-//	starting ──directory watched──▶ running (placements wait for the directory's first round)
-//	running: a slot needs an exit (new, its exit failed, was lost, drains, or left the filter; a
-//	         rotation is due or asked) ──queued──▶ place(exit) when a move is free ──slot reports──▶ done
+//	starting ──directory watched (exits.nats)──▶ running (placements wait for the directory's first round)
+//	running: a slot needs an exit (new, its exit failed, was lost, drains, or left the filter; its
+//	         WireGuard exit is down; a rotation is due or asked) ──queued──▶ place(exit) when a move
+//	         is free ──slot reports──▶ done
 //	running ──closePool──▶ closing: closeSlot to every slot (their tunnels drain) ──all stopped──▶ stop
 //	running ──actors.ReleaseTunnels (engine shutdown)──▶ releasing: release to every slot ──all stopped──▶ stop
 //
 // A slot whose exit leaves the directory, drains or no longer passes the filter is moved; with no
-// other exit to go to it stays where it is (a draining exit keeps it until it goes).
+// other exit to go to it stays where it is (a draining exit keeps it until it goes). The pool's
+// WireGuard exits (wireguard.go) are eligible beside the directory's unless they are down.
 
 import (
 	"errors"
@@ -48,6 +50,7 @@ type poolConfig struct {
 	openWait  time.Duration // an OpenTunnel request to the engine actor
 	switchCap time.Duration // a SwitchTunnel
 	logger    *slog.Logger
+	wg        map[string]*actors.WireGuardExit // the pool's WireGuard exits, by id (wireguard.go)
 }
 
 // Requests of the API (pool.go); each is answered once.
@@ -78,6 +81,7 @@ type slotView struct {
 	index    int
 	state    messages.SlotState
 	exit     string // the exit it is on, or opening or moving to
+	from     string // while a placement of a slot that was up runs: the exit it was up on
 	tunnel   *actor.PID
 	upSince  time.Time
 	rotateAt time.Time
@@ -125,8 +129,14 @@ type poolActor struct {
 	closers   []*actor.PID
 	target    int        // the size asked for: slots below it are kept (respawned if lost), those at or above it removed
 	dirPID    *actor.PID // the directory watched; a replaced one is asked again
+	asking    bool       // the engine is asked for its directory
 	ending    bool       // closing or releasing: nothing is placed any more
 	dirErr    error      // the engine gave no directory: Open fails with it
+	// WireGuard exits (wireguard.go)
+	wgEntries map[string]*messages.ExitEntry // the pool's, as directory entries (capacity 1)
+	wgMap     *wgMap                         // what slots' tunnels get
+	down      map[string]*downExit           // down, or failed lately
+	held      map[string]time.Time           // a slot moved off it: no other until then
 }
 
 type resizeWait struct {
@@ -138,7 +148,8 @@ func newPool(cfg poolConfig) actor.Producer {
 	return func() actor.Actor {
 		p := &poolActor{cfg: cfg, behavior: actor.NewBehavior(), slots: map[int]*slotView{}, byPID: map[string]int{},
 			eligible: map[string]*messages.ExitEntry{}, placedNew: map[string]int{}, announced: map[string]time.Time{},
-			rng: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))}
+			rng: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())), down: map[string]*downExit{}, held: map[string]time.Time{}}
+		p.setWireGuard(cfg.wg, cfg.template.WireGuard)
 		p.behavior.Become(p.running)
 		return p
 	}
@@ -162,6 +173,9 @@ func (p *poolActor) Receive(ctx actor.Context) {
 	case *sweep:
 		p.onSweep(ctx)
 		return
+	case *getDown:
+		ctx.Respond(&downReply{until: p.downExits()})
+		return
 	}
 	p.behavior.Receive(ctx)
 }
@@ -170,8 +184,11 @@ func (p *poolActor) running(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *actor.Started:
 		p.startSweep(ctx)
-		p.watchDirectory(ctx)
+		if p.cfg.r.nats {
+			p.watchDirectory(ctx)
+		}
 		p.target = p.cfg.r.size
+		p.refresh(ctx) // the WireGuard exits are eligible at once
 		p.fill(ctx)
 	case *messages.ExitDirectory:
 		p.directory(ctx, m)
@@ -217,9 +234,14 @@ func (p *poolActor) running(ctx actor.Context) {
 // watchDirectory asks the engine for its exit directory and watches it (and its PID: a lost
 // directory is replaced by the engine, and asked again).
 func (p *poolActor) watchDirectory(ctx actor.Context) {
+	if p.asking {
+		return
+	}
+	p.asking = true
 	{
 		f := ctx.RequestFuture(p.cfg.engine, &actors.EnsureDirectory{}, p.cfg.openWait)
 		actors.Reenter(ctx, f, func(res any, err error) {
+			p.asking = false
 			d, _ := res.(*actors.DirectoryReady)
 			if err == nil && d != nil && d.Err != nil {
 				err = d.Err
@@ -300,8 +322,11 @@ func (p *poolActor) onSweep(ctx actor.Context) {
 		return
 	}
 	now := time.Now()
+	if p.expireDown(now) {
+		p.refresh(ctx) // a WireGuard exit's cool-off ended: eligible again
+	}
 	for _, v := range p.slots {
-		if v.state == messages.SlotUp && v.inflight == 0 && v.want == "" && !v.removing && p.dir != nil && p.dir.Ready && p.eligible[v.exit] == nil {
+		if v.state == messages.SlotUp && v.inflight == 0 && v.want == "" && !v.removing && p.ready() && p.eligible[v.exit] == nil {
 			v.want, v.rotation = p.whyIneligible(v.exit), false // it came up on an exit that left meanwhile
 		}
 		for e, until := range v.avoid {

@@ -1,7 +1,8 @@
 package pool
 
 // The pool actor's placements: which slots want an exit, which exit each gets (the strategy over
-// the directory's eligible exits), and what the slots report back.
+// the eligible exits: the directory's and the pool's WireGuard exits), and what the slots report
+// back.
 
 import (
 	"maps"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/asynkron/protoactor-go/actor"
 
+	"github.com/warren-tunnel/warren/actors"
 	"github.com/warren-tunnel/warren/messages"
 )
 
@@ -19,26 +21,39 @@ func (p *poolActor) enqueue(v *slotView) {
 	}
 }
 
-// directory takes a new snapshot: slots on exits no longer eligible want to move.
+// directory takes a new snapshot of the NATS exit directory.
 func (p *poolActor) directory(ctx actor.Context, d *messages.ExitDirectory) {
 	p.dir = d
+	p.refresh(ctx)
+}
+
+// ready: placements may start — the directory has finished its first round, or the pool does not
+// use it.
+func (p *poolActor) ready() bool { return !p.cfg.r.nats || (p.dir != nil && p.dir.Ready) }
+
+// refresh judges every exit's eligibility again (a directory snapshot, a WireGuard exit down or
+// back, an Update): slots on exits no longer eligible want to move.
+func (p *poolActor) refresh(ctx actor.Context) {
 	clear(p.eligible)
-	listed := map[string]bool{}
-	for _, e := range d.Exits {
-		listed[e.ID] = true
-	}
-	maps.DeleteFunc(p.placedNew, func(id string, _ int) bool { return !listed[id] })
-	maps.DeleteFunc(p.announced, func(id string, _ time.Time) bool { return !listed[id] })
-	for _, e := range d.Exits {
-		if p.passes(e) {
-			p.eligible[e.ID] = e
-			if !e.Announced.Equal(p.announced[e.ID]) {
-				p.announced[e.ID], p.placedNew[e.ID] = e.Announced, 0
+	if d := p.dir; d != nil && p.cfg.r.nats {
+		listed := map[string]bool{}
+		for _, e := range d.Exits {
+			listed[e.ID] = true
+		}
+		maps.DeleteFunc(p.placedNew, func(id string, _ int) bool { return !listed[id] })
+		maps.DeleteFunc(p.announced, func(id string, _ time.Time) bool { return !listed[id] })
+		for _, e := range d.Exits {
+			if p.passes(e) {
+				p.eligible[e.ID] = e
+				if !e.Announced.Equal(p.announced[e.ID]) {
+					p.announced[e.ID], p.placedNew[e.ID] = e.Announced, 0
+				}
 			}
 		}
 	}
+	p.eligibleWireGuard(time.Now())
 	for _, v := range p.slots {
-		if v.removing || v.inflight != 0 || v.want != "" {
+		if v.removing || v.inflight != 0 || v.want != "" || !p.ready() { // before the directory's first round nothing is judged
 			continue
 		}
 		if v.state == messages.SlotUp && p.eligible[v.exit] == nil {
@@ -56,6 +71,12 @@ func (p *poolActor) directory(ctx actor.Context, d *messages.ExitDirectory) {
 }
 
 func (p *poolActor) whyIneligible(exit string) string {
+	if actors.IsWireGuardExit(exit) {
+		return p.whyWireGuard(exit)
+	}
+	if !p.cfg.r.nats {
+		return "exit " + exit + ": the pool no longer uses the NATS directory's exits"
+	}
 	if p.dir != nil {
 		for _, e := range p.dir.Exits {
 			if e.ID == exit {
@@ -87,7 +108,7 @@ func (p *poolActor) passes(e *messages.ExitEntry) bool {
 
 // pump starts queued placements while moves are free.
 func (p *poolActor) pump(ctx actor.Context) {
-	if p.dir == nil || !p.dir.Ready {
+	if !p.ready() {
 		return
 	}
 	rest := p.queue[:0]
@@ -106,13 +127,19 @@ func (p *poolActor) pump(ctx actor.Context) {
 			continue // retried on the next directory change or sweep
 		}
 		p.gen++
+		v.from = ""
+		if v.state == messages.SlotUp {
+			v.from = v.exit
+		}
 		v.inflight, v.exit, v.inflightRot = p.gen, exit, v.rotation
 		p.inflight++
 		if v.inflightRot {
 			p.rotating++
 		}
-		p.placedNew[exit]++
-		ctx.Send(v.pid, &place{exit: exit, why: v.want, gen: p.gen})
+		if !actors.IsWireGuardExit(exit) {
+			p.placedNew[exit]++
+		}
+		ctx.Send(v.pid, &place{exit: exit, why: v.want, gen: p.gen, wg: p.wgMap})
 	}
 	p.queue = rest
 }
@@ -148,10 +175,13 @@ func (p *poolActor) rotationLimit() int {
 
 // pick chooses an exit for v by the pool's strategy.
 func (p *poolActor) pick(v *slotView) string {
-	counts := map[string]int{}
+	counts, leaving := map[string]int{}, map[string]bool{}
 	for _, o := range p.slots {
 		if o.exit != "" && o.index != v.index {
 			counts[o.exit]++
+		}
+		if o.from != "" && o.inflight != 0 && o.index != v.index {
+			leaving[o.from] = true
 		}
 	}
 	var cands []placement
@@ -164,6 +194,13 @@ func (p *poolActor) pick(v *slotView) string {
 			continue // it wants to leave this exit
 		}
 		if p.cfg.r.maxPerExit > 0 && counts[id] >= p.cfg.r.maxPerExit {
+			continue
+		}
+		if actors.IsWireGuardExit(id) {
+			if p.wgBusy(id, v, counts, leaving, now) {
+				continue // one key, one tunnel
+			}
+			cands = append(cands, placement{exit: e}) // free: load 0 of its capacity of 1
 			continue
 		}
 		cands = append(cands, placement{exit: e, count: counts[id], placed: p.placedNew[id]})
@@ -200,9 +237,13 @@ func (p *poolActor) report(ctx actor.Context, r *slotReport) {
 	default:
 		v.exit = r.exit
 	}
+	now := time.Now()
 	if r.gen != 0 && r.gen == v.inflight { // the placement under way ended
 		ok := !r.need
-		v.inflight = 0
+		if ok && v.from != "" && v.from != v.exit && actors.IsWireGuardExit(v.from) {
+			p.held[v.from] = now.Add(p.cfg.template.DrainTimeout + wgHoldExtra) // its old leg drains there
+		}
+		v.inflight, v.from = 0, ""
 		p.inflight--
 		if v.inflightRot {
 			p.rotating--
@@ -224,18 +265,29 @@ func (p *poolActor) report(ctx actor.Context, r *slotReport) {
 		v.upSince = r.upSince
 		p.scheduleRotation(v)
 	}
+	down := false
 	if r.need && !v.removing {
 		if r.avoid != "" {
-			v.avoid[r.avoid] = time.Now().Add(avoidFor)
+			v.avoid[r.avoid] = now.Add(avoidFor)
 		}
 		v.want, v.rotation = r.cause, false
 		p.enqueue(v)
+	}
+	if r.need && r.exitFailed && p.cfg.wg[r.avoid] != nil {
+		if cool := p.markDown(r.avoid, r.upFor, now); cool > 0 {
+			p.cfg.logger.Warn("WireGuard exit down: its slots move", "exit", r.avoid, "cool_off", cool, "cause", r.cause)
+			down = true
+		}
 	}
 	if !v.settled && (r.state == messages.SlotUp || (r.state == messages.SlotWaiting && r.need)) {
 		v.settled = true
 		p.checkPlaced(ctx)
 	}
 	p.checkResizes(ctx)
+	if down {
+		p.refresh(ctx) // no longer eligible: the slots on it move (refresh pumps)
+		return
+	}
 	p.pump(ctx)
 }
 

@@ -152,7 +152,11 @@ func (p *poolActor) checkResizes(ctx actor.Context) {
 func (p *poolActor) infos() []SlotInfo {
 	out := make([]SlotInfo, 0, len(p.slots))
 	for _, v := range p.slots {
-		in := SlotInfo{Index: v.index, State: v.state, Exit: v.exit, UpSince: v.upSince, Moves: v.moves, Cause: v.cause,
+		exit := v.exit
+		if v.state == messages.SlotUp && v.inflight != 0 && v.from != "" {
+			exit = v.from // told to move, it has not said so yet: still up where it was
+		}
+		in := SlotInfo{Index: v.index, State: v.state, Exit: exit, UpSince: v.upSince, Moves: v.moves, Cause: v.cause,
 			RotateAt: v.rotateAt, tunnel: v.tunnel}
 		if p.cfg.r.socks.Count > 0 {
 			in.SOCKSAddr = p.cfg.r.socks.AddrOf(v.index)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/asynkron/protoactor-go/actor"
 
+	"github.com/warren-tunnel/warren/actors"
 	"github.com/warren-tunnel/warren/engine"
 	"github.com/warren-tunnel/warren/messages"
 )
@@ -23,8 +24,9 @@ var ErrFixed = errors.New("fixed for the pool's life")
 // update carries a checked configuration to the pool actor; answered with updated.
 type (
 	update struct {
-		r    resolved
-		spec engine.TunnelSpec
+		r       resolved
+		spec    engine.TunnelSpec
+		wg, all map[string]*actors.WireGuardExit // as wireGuardExits built them
 	}
 	updated struct {
 		changed []string // besides the size
@@ -36,7 +38,9 @@ type (
 // Update applies cfg to the running pool and returns the names of the settings it changed
 // (pool.exits, pool.max_moves, pool.max_per_exit, pool.rotate, pool.size, pool.strategy): the
 // strategy, cap and filter apply to the placements that follow, and a slot whose exit no longer
-// passes the filter moves (make-before-break) as when its exit leaves the directory; a new rotation
+// passes the filter moves (make-before-break) as when its exit leaves the directory. Update reads
+// exits.wireguard_dir again (and the engine's wireguard_exits), changed or not: a file added is an
+// exit from then on, a slot on a file removed or changed moves ("pool.exits" if any did); a new rotation
 // age reschedules every slot's next rotation from when it came up on its exit; a new size resizes
 // as Resize does, and Update returns once that is done. An invalid cfg, or one that changes a
 // setting fixed for the pool's life (name, socks_ports, http_ports, tunnel: an *engine.FieldError
@@ -46,7 +50,11 @@ func (p *Pool) Update(ctx context.Context, cfg Config) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	res, err := p.ask(ctx, &update{r: r, spec: cfg.Tunnel}, requestWait)
+	wg, all, err := wireGuardExits(p.eng.WireGuardExits(), r)
+	if err != nil {
+		return nil, err
+	}
+	res, err := p.ask(ctx, &update{r: r, spec: cfg.Tunnel, wg: wg, all: all}, requestWait)
 	if err != nil {
 		return nil, err
 	}
@@ -92,7 +100,8 @@ func (p *poolActor) reconfigure(ctx actor.Context, m *update) {
 		{"pool.strategy", r.strategy != old.strategy},
 		{"pool.max_per_exit", r.maxPerExit != old.maxPerExit},
 		{"pool.max_moves", r.maxMoves != old.maxMoves},
-		{"pool.exits", !maps.Equal(r.labels, old.labels) || !maps.Equal(r.ids, old.ids)},
+		{"pool.exits", !maps.Equal(r.labels, old.labels) || !maps.Equal(r.ids, old.ids) || r.nats != old.nats ||
+			!sameWireGuard(m.wg, p.cfg.wg)},
 		{"pool.rotate", r.maxAge != old.maxAge || r.jitter != old.jitter},
 	} {
 		if c.diff {
@@ -101,6 +110,10 @@ func (p *poolActor) reconfigure(ctx actor.Context, m *update) {
 	}
 	r.size = old.size
 	p.cfg.r = r
+	p.setWireGuard(m.wg, m.all)    // the tunnels' map may change with the engine's alone: nothing to report
+	if r.nats && p.dirPID == nil { // it did not use the directory: it does now
+		p.watchDirectory(ctx)
+	}
 	if len(changed) > 0 {
 		p.cfg.logger.Info("pool settings changed", "changed", changed)
 	}
@@ -114,8 +127,6 @@ func (p *poolActor) reconfigure(ctx actor.Context, m *update) {
 			p.scheduleRotation(v)
 		}
 	}
-	if p.dir != nil {
-		p.directory(ctx, p.dir) // slots on exits that no longer pass the filter want to move
-	}
+	p.refresh(ctx) // slots on exits that no longer pass the filter want to move
 	p.onSweep(ctx) // rotations now due
 }

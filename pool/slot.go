@@ -37,6 +37,7 @@ type place struct {
 	exit string
 	why  string
 	gen  uint64 // the pool's placement number, echoed in the report that ends it
+	wg   *wgMap // the WireGuard exits' configurations the tunnel must know (nil: the template's)
 }
 
 // closeSlot drains the slot's tunnel (drain; 0: its configured drain timeout; negative: none) and
@@ -58,6 +59,17 @@ type slotReport struct {
 	avoid   string
 	cause   string
 	gen     uint64 // the placement this report ends, if any
+	// exitFailed: avoid's data plane failed (the tunnel reconnects for data_plane or start, or a
+	// leg to it did not come up: exitFailed), not this side; upFor is how long the tunnel had been
+	// up on it (0 if it never was).
+	exitFailed bool
+	upFor      time.Duration
+}
+
+// exitFailed reports whether a leg's error says that its exit did not answer (no handshake in
+// time, or an endpoint that does not resolve) rather than that this side failed.
+func exitFailed(err error) bool {
+	return errors.Is(err, actors.ErrHandshakeTimeout) || errors.Is(err, actors.ErrEndpointUnresolved)
 }
 
 type slotConfig struct {
@@ -82,7 +94,10 @@ type slotActor struct {
 	target   string // while moving or replacing: the exit it goes to
 	gen      uint64 // the placement under way
 	upSince  time.Time
-	opened   int // tunnels opened, for their ids
+	opened   int                 // tunnels opened, for their ids
+	tc       actors.TunnelConfig // the current tunnel's configuration, as opened or last updated
+	tunnelWG *wgMap              // the WireGuard exits tc has
+	targetWG *wgMap              // while replacing: those the new tunnel gets
 	next     *place
 	closing  *closeSlot
 	released bool
@@ -128,9 +143,14 @@ func (s *slotActor) tunnelID() string {
 
 // enter records a transition and reports it to the pool (the slot's parent) and the engine.
 func (s *slotActor) enter(ctx actor.Context, to messages.SlotState, exit, cause string, need bool, avoid string, ended uint64) {
-	from := s.state
+	s.enterReport(ctx, &slotReport{state: to, exit: exit, need: need, avoid: avoid, cause: cause, gen: ended})
+}
+
+// enterReport is enter with the whole report (index, tunnel and upSince are filled in).
+func (s *slotActor) enterReport(ctx actor.Context, r *slotReport) {
+	from, to, exit, cause, need := s.state, r.state, r.exit, r.cause, r.need
 	s.state = to
-	r := &slotReport{index: s.cfg.index, state: to, exit: exit, tunnel: s.tunnel, upSince: s.upSince, need: need, avoid: avoid, cause: cause, gen: ended}
+	r.index, r.tunnel, r.upSince = s.cfg.index, s.tunnel, s.upSince
 	ctx.Send(ctx.Parent(), r)
 	if from != to || need {
 		ctx.Send(s.cfg.engine, &messages.SlotStateChanged{Pool: s.cfg.pool, Slot: s.cfg.index, TunnelID: s.tunnelID(),
@@ -170,6 +190,10 @@ func (s *slotActor) open(ctx actor.Context, p *place) {
 	tc := s.cfg.template
 	tc.ID, tc.ExitID, tc.SOCKSAddr, tc.HTTPAddr = s.tunnelID(), p.exit, s.cfg.socks, s.cfg.http
 	tc.ReplyTo, tc.Steer = ctx.Self(), ctx.Self()
+	if p.wg != nil {
+		tc.WireGuard = p.wg.m
+	}
+	s.tc, s.tunnelWG = tc, p.wg
 	s.behavior.Become(s.opening)
 	s.enter(ctx, messages.SlotOpening, p.exit, p.why, false, "", 0)
 	f := ctx.RequestFuture(s.cfg.engine, &actors.OpenTunnel{Config: tc}, s.cfg.openWait)
@@ -197,10 +221,15 @@ func (s *slotActor) open(ctx actor.Context, p *place) {
 	})
 }
 
+// openGone: the tunnel of open seq stopped. Its Terminated (a system message) overtakes the
+// OpenTunnelResponse it sent as it stopped, whose error says why; the open fails once that answer
+// has had its turn.
+type openGone struct{ seq int }
+
 func (s *slotActor) opening(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *messages.OpenTunnelResponse:
-		if m.Err == nil && m.Info.ID != s.tunnelID() {
+		if m.Info.ID != s.tunnelID() && (m.Err == nil || m.Info.ID != "") {
 			return // an earlier open's, answered late
 		}
 		if m.Err != nil {
@@ -212,7 +241,11 @@ func (s *slotActor) opening(ctx actor.Context) {
 		s.enter(ctx, messages.SlotUp, s.exit, "tunnel up", false, "", s.gen)
 		s.settled(ctx)
 	case *actor.Terminated:
-		s.failed(ctx, fmt.Errorf("tunnel stopped while opening"))
+		ctx.Send(ctx.Self(), &openGone{seq: s.opened})
+	case *openGone:
+		if m.seq == s.opened {
+			s.failed(ctx, fmt.Errorf("tunnel stopped while opening"))
+		}
 	case *place:
 		s.next = m
 	case *closeSlot:
@@ -229,7 +262,8 @@ func (s *slotActor) failed(ctx actor.Context, err error) {
 	bad := s.exit
 	s.exit = ""
 	s.behavior.Become(s.waiting)
-	s.enter(ctx, messages.SlotWaiting, bad, err.Error(), true, bad, s.gen)
+	s.enterReport(ctx, &slotReport{state: messages.SlotWaiting, exit: bad, cause: err.Error(), need: true, avoid: bad, gen: s.gen,
+		exitFailed: exitFailed(err)})
 	s.settled(ctx)
 }
 
@@ -241,7 +275,8 @@ func (s *slotActor) up(ctx actor.Context) {
 		s.close(ctx, m)
 	case *messages.TunnelStateChanged:
 		if m.To == messages.StateReconnecting && m.From != messages.StateReconnecting {
-			s.enter(ctx, messages.SlotUp, s.exit, "tunnel reconnecting: "+m.Cause, true, s.exit, 0)
+			s.enterReport(ctx, &slotReport{state: messages.SlotUp, exit: s.exit, cause: "tunnel reconnecting: " + m.Cause, need: true, avoid: s.exit,
+				exitFailed: m.Reconnect == messages.ReconnectDataPlane || m.Reconnect == messages.ReconnectStart, upFor: time.Since(s.upSince)})
 		}
 	case *messages.TunnelExitDraining:
 		if m.ExitID == s.exit {
@@ -263,6 +298,10 @@ func (s *slotActor) move(ctx actor.Context, p *place) {
 		s.replace(ctx, p)
 		return
 	}
+	if p.wg != nil && p.wg != s.tunnelWG { // the tunnel must know the exit's configuration before it switches
+		s.tc.WireGuard, s.tunnelWG = p.wg.m, p.wg
+		ctx.Request(s.tunnel, &actors.UpdateTunnel{Config: s.tc}) // taken before the switch (one sender, in order); its answer is ignored
+	}
 	s.behavior.Become(s.moving)
 	s.enter(ctx, messages.SlotMoving, p.exit, p.why, false, "", 0)
 	f := ctx.RequestFuture(s.tunnel, &messages.SwitchTunnel{ExitID: p.exit}, s.cfg.switchCap)
@@ -282,7 +321,8 @@ func (s *slotActor) move(ctx actor.Context, p *place) {
 				return
 			}
 			s.behavior.Become(s.up)
-			s.enter(ctx, messages.SlotUp, s.exit, fmt.Sprintf("switch to %s: %v", p.exit, err), true, p.exit, s.gen)
+			s.enterReport(ctx, &slotReport{state: messages.SlotUp, exit: s.exit, cause: fmt.Sprintf("switch to %s: %v", p.exit, err),
+				need: true, avoid: p.exit, gen: s.gen, exitFailed: exitFailed(err)})
 			s.settled(ctx)
 			return
 		}
@@ -313,7 +353,7 @@ func (s *slotActor) replace(ctx actor.Context, p *place) {
 	s.behavior.Become(s.replacing)
 	s.enter(ctx, messages.SlotReplacing, p.exit, p.why, false, "", 0)
 	ctx.Request(s.tunnel, &messages.CloseTunnel{Reason: "pool: replaced (" + p.why + ")", Drain: -1, Why: messages.EndTunnelClosed})
-	s.target = p.exit
+	s.target, s.targetWG = p.exit, p.wg
 }
 
 func (s *slotActor) replacing(ctx actor.Context) {
@@ -323,9 +363,9 @@ func (s *slotActor) replacing(ctx actor.Context) {
 			ctx.Stop(ctx.Self())
 			return
 		}
-		s.open(ctx, &place{exit: s.target, why: "replaced", gen: s.gen})
+		s.open(ctx, &place{exit: s.target, why: "replaced", gen: s.gen, wg: s.targetWG})
 	case *place:
-		s.target = m.exit // not opened yet: go there instead
+		s.target, s.targetWG = m.exit, m.wg // not opened yet: go there instead
 		s.gen = m.gen
 	case *closeSlot:
 		s.closing = m

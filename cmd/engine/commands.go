@@ -122,7 +122,7 @@ func (c *runConfig) validate() error {
 		if err := c.Pool.Validate(); err != nil {
 			return err
 		}
-		if c.NATS.Shared() && !c.Trust.AnyExit && len(c.Trust.Operators) == 0 {
+		if c.Pool.Exits.UsesNATS() && c.NATS.Shared() && !c.Trust.AnyExit && len(c.Trust.Operators) == 0 {
 			return engine.ErrNoTrustedExits
 		}
 	}

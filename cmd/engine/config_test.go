@@ -86,6 +86,28 @@ func TestRunPoolConfig(t *testing.T) {
 			t.Errorf("%s: engine run exited %d, want %d", name, code, exitUsage)
 		}
 	}
+	// A pool of WireGuard exits only needs no trust on a shared bus; a file of its directory that
+	// does not parse is refused, naming the field and the file's line.
+	wgDir := t.TempDir()
+	wgPool := fmt.Sprintf("nats: {urls: [\"nats://127.0.0.1:4222\"]}\npool: {size: 1, socks_ports: \"127.0.0.1:20000\", exits: {nats: false, wireguard_dir: %q}}\n", wgDir)
+	path = filepath.Join(t.TempDir(), "wg.yaml")
+	if err := os.WriteFile(path, []byte(wgPool), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := loadConfig(path); err != nil {
+		t.Errorf("a pool of WireGuard exits only on a shared bus: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(wgDir, "bad.conf"), []byte("[Interface]\nMTU = 9\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = loadConfig(path)
+	var fe *engine.FieldError
+	if !errors.As(err, &fe) || fe.Field != "pool.exits.wireguard_dir" || !strings.Contains(err.Error(), filepath.Join(wgDir, "bad.conf")+":2: MTU") {
+		t.Errorf("a bad file in wireguard_dir: %v", err)
+	}
+	if code := run([]string{"--config", path}); code != exitUsage {
+		t.Errorf("a bad file in wireguard_dir: engine run exited %d, want %d", code, exitUsage)
+	}
 	path = filepath.Join(t.TempDir(), "unknown.yaml")
 	if err := os.WriteFile(path, []byte("pool: {size: 1, socks_ports: \"127.0.0.1:20000\", sise: 2}\n"), 0o600); err != nil {
 		t.Fatal(err)

@@ -19,7 +19,8 @@ package main
 //	tunnel's proxies or health   replaced: the old one closes with its drain, then the new one opens
 //	pool added / removed         opened / closed with its drain
 //	pool size, strategy, cap,    changed in place (Pool.Update)
-//	  filter, max_moves, rotate
+//	  filter, max_moves, rotate,
+//	  exits.wireguard_dir files  (read again at every reload)
 //	pool name, ports, tunnel     replaced: the old pool closes with its drain, then the new one opens
 //	log_level                    changed at once
 
@@ -184,7 +185,9 @@ func (n *node) applyConfig(ctx context.Context, next runConfig) reloadResult {
 		})
 	case !running && next.Pool != nil:
 		poolOpen = true
-	case running && !reflect.DeepEqual(*cur.Pool, *next.Pool):
+	case running && (!reflect.DeepEqual(*cur.Pool, *next.Pool) || next.Pool.Exits.WireGuardDir != ""):
+		// Update reads exits.wireguard_dir again: a reload picks up its files even when the
+		// configuration is the same.
 		changed, err := n.pool.Load().Update(ctx, *next.Pool)
 		switch {
 		case errors.Is(err, pool.ErrFixed):

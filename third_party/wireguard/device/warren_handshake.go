@@ -49,20 +49,24 @@ func (device *Device) AwaitHandshake(ctx context.Context, after time.Time) error
 	}
 }
 
-// initiationSpacing: InitiateHandshakes leaves alone a peer whose last initiation went out less
-// than this ago. A responder drops a peer's initiations that come less than HandshakeInitationRate
-// (20 ms) after the last one it took, and those whose TAI64N timestamp (whitened to 2^24 ns, about
-// 17 ms) is not newer; and an initiator answers only its latest initiation. A second initiation
-// right after the first (the persistent keepalive's, when a peer is added) would be dropped by
-// the server and make the client ignore the answer to the first: no handshake for RekeyTimeout.
+// initiationSpacing: an initiation that went out less than this ago is not followed by another.
+// The responder would drop the second — as a flood (within HandshakeInitationRate, 20 ms, of the
+// first) or a replay (its TAI64N timestamp, whitened to 2^24 ns, no newer) — and the initiator's
+// handshake state has moved on to it, so that the answer to the first is discarded too ("invalid
+// response message"): the handshake would wait for WireGuard's retry, RekeyTimeout (5 s) later.
+// A peer with persistent keepalive sends its first initiation as it starts, just before a leg's
+// first probe.
 const initiationSpacing = 50 * time.Millisecond
 
 // InitiateHandshakes sends every peer a handshake initiation now, even if one went out less than
-// RekeyTimeout ago (SendHandshakeInitiation would skip it) — unless one went out less than
-// initiationSpacing ago, whose answer is awaited instead: a probe that must see the server answer
-// within its own timeout cannot wait for WireGuard's next retry. The responder accepts it (its
-// timestamp is newer); the keys in use stay valid until the new ones are confirmed.
-func (device *Device) InitiateHandshakes() {
+// RekeyTimeout ago (SendHandshakeInitiation would skip it): a probe that must see the server
+// answer within its own timeout cannot wait for WireGuard's next retry. The responder accepts it
+// (its timestamp is newer); the keys in use stay valid until the new ones are confirmed. A peer
+// whose last initiation went out less than initiationSpacing ago gets none. It returns the time
+// after which a completed handshake answers an initiation of this call or that one: the caller's
+// AwaitHandshake waits from it.
+func (device *Device) InitiateHandshakes() time.Time {
+	since := time.Now()
 	device.peers.RLock()
 	peers := make([]*Peer, 0, len(device.peers.keyMap))
 	for _, peer := range device.peers.keyMap {
@@ -74,12 +78,16 @@ func (device *Device) InitiateHandshakes() {
 			continue
 		}
 		peer.handshake.mutex.Lock()
-		if time.Since(peer.handshake.lastSentHandshake) < initiationSpacing {
+		if sent := peer.handshake.lastSentHandshake; time.Since(sent) < initiationSpacing {
 			peer.handshake.mutex.Unlock()
+			if sent.Before(since) { // answered already, or soon: a second would be dropped
+				since = sent
+			}
 			continue
 		}
 		peer.handshake.lastSentHandshake = time.Time{}
 		peer.handshake.mutex.Unlock()
 		_ = peer.SendHandshakeInitiation(false)
 	}
+	return since
 }
