@@ -423,7 +423,7 @@ func (c *Config) Validate() error {
 	if err != nil {
 		return err
 	}
-	names := map[string]bool{}
+	names, onWG := map[string]bool{}, map[string]int{}
 	for i := range c.Tunnels {
 		t, err := c.Tunnels[i].resolve(fmt.Sprintf("tunnels[%d]", i), i)
 		if err != nil {
@@ -431,6 +431,13 @@ func (c *Config) Validate() error {
 		}
 		if err := checkWireGuardRefs(&c.Tunnels[i], fmt.Sprintf("tunnels[%d]", i), wg); err != nil {
 			return err
+		}
+		if x := c.Tunnels[i].Exit; actors.IsWireGuardExit(x) {
+			// One key is one peer at one endpoint: two tunnels on it take each other's replies.
+			if first, dup := onWG[x]; dup {
+				return fieldErr(fmt.Sprintf("tunnels[%d].exit", i), "%q is already tunnels[%d]'s exit: a WireGuard exit carries one tunnel at a time (one key, one peer)", x, first)
+			}
+			onWG[x] = i
 		}
 		if names[t.name] {
 			return fieldErr(fmt.Sprintf("tunnels[%d].name", i), "%q used twice", t.name)

@@ -274,6 +274,9 @@ func TestWireGuardExitErrors(t *testing.T) {
 		{"tunnel failover exit unknown", func(c *Config) { c.Tunnels[0].Exits = []string{"wg:a", "wg:x"}; c.Tunnels[0].Exit = "ra" },
 			"tunnels[0].exits[1]", []string{`"wg:x"`}, actors.ErrUnknownExit},
 		{"tunnel exit wg: alone", func(c *Config) { c.Tunnels[0].Exit = "wg:" }, "tunnels[0].exit", nil, signaling.ErrInvalid},
+		{"two tunnels on one WireGuard exit", func(c *Config) {
+			c.Tunnels = append(c.Tunnels, TunnelSpec{Name: "second", Exit: "wg:a", SOCKS: "127.0.0.1:0"})
+		}, "tunnels[1].exit", []string{`"wg:a" is already tunnels[0]'s exit`}, nil},
 	}
 	for _, tc := range cases {
 		c := Config{WireGuardExits: []WireGuardExitSpec{k.inlineFull("a")}, Tunnels: []TunnelSpec{{Exit: "wg:a", SOCKS: "127.0.0.1:0"}}}
