@@ -117,11 +117,18 @@ func resolveEndpoint(ctx context.Context, endpoint string) (netip.AddrPort, erro
 
 // wgProbe proves the server answers now: it forces a handshake and waits for one completed after
 // the probe began (a handshake's age is what it proves), then runs the check, if any. It is the
-// first probe of a leg and every health probe after it.
+// first probe of a leg and every health probe after it. An initiation that went out less than the
+// probe's own timeout ago and is not answered yet (the one adding the peer sent, before a first
+// probe) is awaited rather than replaced, and a new one is spaced from the last: a server drops
+// one that follows another too closely (Device.InitiateHandshakes).
 func wgProbe(dev *device.Device, d netstack.DirectDialer, check WireGuardCheck) func(context.Context) error {
 	return func(ctx context.Context) error {
 		start := time.Now()
-		dev.InitiateHandshakes()
+		pending := time.Duration(0)
+		if dl, ok := ctx.Deadline(); ok {
+			pending = dl.Sub(start)
+		}
+		dev.InitiateHandshakes(ctx, pending)
 		if err := dev.AwaitHandshake(ctx, start); err != nil {
 			return fmt.Errorf("no handshake with the WireGuard server: %w", err)
 		}
