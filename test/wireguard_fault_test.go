@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -49,82 +48,6 @@ const wgDetectBound = wgRequest + wgFailures*wgInterval + wgProbeTimeout + wgSla
 func proxyClient(tun *engine.Tunnel, limit time.Duration) *http.Client {
 	u, _ := url.Parse("socks5h://" + tun.SOCKSAddr())
 	return &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(u), DisableKeepAlives: true}, Timeout: limit}
-}
-
-// answer is one request of a load loop: when it started and ended, and who answered or its error.
-type answer struct {
-	start, end time.Time
-	who        string
-	err        error
-}
-
-// whoLoop runs workers loops of /who requests at base through c until stop is closed (or each has
-// made maxRequests); wait returns every answer.
-type whoLoop struct {
-	stop    chan struct{}
-	once    sync.Once
-	wg      sync.WaitGroup
-	mu      sync.Mutex
-	answers []answer
-}
-
-const maxRequests = 5000
-
-func startWhoLoop(c *http.Client, base string, workers int) *whoLoop {
-	l := &whoLoop{stop: make(chan struct{})}
-	for range workers {
-		l.wg.Add(1)
-		go func() {
-			defer l.wg.Done()
-			for range maxRequests {
-				select {
-				case <-l.stop:
-					return
-				default:
-				}
-				a := answer{start: time.Now()}
-				a.who, a.err = who(c, base)
-				a.end = time.Now()
-				l.mu.Lock()
-				l.answers = append(l.answers, a)
-				l.mu.Unlock()
-			}
-		}()
-	}
-	return l
-}
-
-// since returns the answers of requests that started at or after t.
-func (l *whoLoop) since(t time.Time) []answer {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var out []answer
-	for _, a := range l.answers {
-		if !a.start.Before(t) {
-			out = append(out, a)
-		}
-	}
-	return out
-}
-
-// awaitAnswers waits until n requests started at or after t were answered by want.
-func (l *whoLoop) awaitAnswers(t testing.TB, from time.Time, n int, want string) {
-	t.Helper()
-	waitFor(t, pollFor, "answers from "+want, func() bool {
-		got := 0
-		for _, a := range l.since(from) {
-			if a.err == nil && a.who == want {
-				got++
-			}
-		}
-		return got >= n
-	})
-}
-
-func (l *whoLoop) wait() []answer {
-	l.once.Do(func() { close(l.stop) })
-	l.wg.Wait()
-	return l.since(time.Time{})
 }
 
 // TestWireGuardExitServerRestart: the server restarts with the same key on the same port.

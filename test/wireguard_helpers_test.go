@@ -14,7 +14,9 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -80,10 +82,12 @@ func wgClient(t testing.TB, specs ...engine.WireGuardExitSpec) *engine.Engine {
 func hostOf(srv *httptest.Server) string { return strings.TrimPrefix(srv.URL, "http://") }
 
 // namedOrigin is an HTTP origin that answers GET /who with its name, and serves the payload
-// server's /data and /sum otherwise: a request's answer says which WireGuard server forwarded it.
+// server's /data and /sum otherwise, every answer with its name in the header X-Origin: a
+// request's answer says which origin, so which exit or WireGuard server, served it.
 func namedOrigin(t testing.TB, name string) *httptest.Server {
 	t.Helper()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Origin", name)
 		if r.URL.Path == "/who" {
 			_, _ = io.WriteString(w, name)
 			return
@@ -92,6 +96,21 @@ func namedOrigin(t testing.TB, name string) *httptest.Server {
 	}))
 	t.Cleanup(srv.Close)
 	return srv
+}
+
+// fetchNamed downloads Payload(seed, n) from a namedOrigin at base through c, checks it, and
+// returns the origin's name.
+func fetchNamed(c *http.Client, base string, seed uint64, n int64) (string, error) {
+	resp, err := c.Get(fmt.Sprintf("%s/data?seed=%d&n=%d", base, seed, n))
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	name := resp.Header.Get("X-Origin")
+	if resp.StatusCode != http.StatusOK {
+		return name, fmt.Errorf("status %s from %q", resp.Status, name)
+	}
+	return name, testutil.CheckPayload(resp.Body, seed, n)
 }
 
 // who asks base's /who through c and returns the answer.
@@ -193,4 +212,105 @@ func wantSocksReply(t testing.TB, proxyAddr string, cmd byte, host string, port 
 	if code != want {
 		t.Errorf("socks5 command %d for %s: reply %#02x, want %#02x", cmd, net.JoinHostPort(host, fmt.Sprint(port)), code, want)
 	}
+}
+
+// answer is one request of a load loop: which worker made it, when it started and ended, and who
+// answered or its error.
+type answer struct {
+	worker     int
+	start, end time.Time
+	who        string
+	err        error
+}
+
+// reqLoop runs request loops, each on its own goroutine, until wait (each makes at most
+// maxRequests) and records every answer.
+type reqLoop struct {
+	workers int
+	stop    chan struct{}
+	once    sync.Once
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	answers []answer
+}
+
+const maxRequests = 5000
+
+// startLoop starts workers loops; request makes request i of worker w.
+func startLoop(workers int, request func(w, i int) (string, error)) *reqLoop {
+	l := &reqLoop{workers: workers, stop: make(chan struct{})}
+	for w := range workers {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			for i := range maxRequests {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				a := answer{worker: w, start: time.Now()}
+				a.who, a.err = request(w, i)
+				a.end = time.Now()
+				l.mu.Lock()
+				l.answers = append(l.answers, a)
+				l.mu.Unlock()
+			}
+		}()
+	}
+	return l
+}
+
+// startWhoLoop runs workers loops of /who requests at base through c.
+func startWhoLoop(c *http.Client, base string, workers int) *reqLoop {
+	return startLoop(workers, func(int, int) (string, error) { return who(c, base) })
+}
+
+// since returns the answers of requests that started at or after t.
+func (l *reqLoop) since(t time.Time) []answer {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []answer
+	for _, a := range l.answers {
+		if !a.start.Before(t) {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// awaitAnswers waits until n requests started at or after from were answered by want.
+func (l *reqLoop) awaitAnswers(t testing.TB, from time.Time, n int, want string) {
+	t.Helper()
+	waitFor(t, pollFor, fmt.Sprintf("%d answers from %q", n, want), func() bool {
+		got := 0
+		for _, a := range l.since(from) {
+			if a.err == nil && a.who == want {
+				got++
+			}
+		}
+		return got >= n
+	})
+}
+
+// awaitEach waits until every worker has n requests started at or after from answered without
+// error.
+func (l *reqLoop) awaitEach(t testing.TB, from time.Time, n int) {
+	t.Helper()
+	waitFor(t, pollFor, fmt.Sprintf("%d answers from each of %d workers", n, l.workers), func() bool {
+		got := make([]int, l.workers)
+		for _, a := range l.since(from) {
+			if a.err == nil {
+				got[a.worker]++
+			}
+		}
+		return slices.Min(got) >= n
+	})
+}
+
+// wait stops the loops, waits for them and returns every answer.
+func (l *reqLoop) wait() []answer {
+	l.once.Do(func() { close(l.stop) })
+	l.wg.Wait()
+	return l.since(time.Time{})
 }
