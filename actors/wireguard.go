@@ -117,24 +117,40 @@ func resolveEndpoint(ctx context.Context, endpoint string) (netip.AddrPort, erro
 
 // wgProbe proves the server answers now: it forces a handshake and waits for one completed after
 // the probe began (a handshake's age is what it proves), then runs the check, if any. It is the
-// first probe of a leg and every health probe after it. An initiation that went out less than the
-// probe's own timeout ago and is not answered yet (the one adding the peer sent, before a first
-// probe) is awaited rather than replaced, and a new one is spaced from the last: a server drops
-// one that follows another too closely (Device.InitiateHandshakes).
+// first probe of a leg and every health probe after it.
+//
+// A server drops an initiation that follows another too closely (Device.InitiateHandshakes), so
+// an unanswered one younger than a resend period (the probe's timeout, at most wgResend) is
+// awaited rather than replaced (adding the peer sends one, right before a first probe), and a new
+// one goes out no sooner than 50 ms after the last. A probe longer than wgResend (a first probe,
+// bounded by the leg's setup) sends a new initiation after each wgResend without an answer, rather
+// than wait for WireGuard's retry after RekeyTimeout (5 s): the one it waited for may have been
+// dropped (one from a leg closed just before, with the same key, came within 20 ms of it).
 func wgProbe(dev *device.Device, d netstack.DirectDialer, check WireGuardCheck) func(context.Context) error {
 	return func(ctx context.Context) error {
 		start := time.Now()
-		pending := time.Duration(0)
+		period := wgResend
 		if dl, ok := ctx.Deadline(); ok {
-			pending = dl.Sub(start)
+			period = min(period, dl.Sub(start))
 		}
-		dev.InitiateHandshakes(ctx, pending)
-		if err := dev.AwaitHandshake(ctx, start); err != nil {
-			return fmt.Errorf("no handshake with the WireGuard server: %w", err)
+		for {
+			dev.InitiateHandshakes(ctx, period)
+			wait, cancel := context.WithTimeout(ctx, period)
+			err := dev.AwaitHandshake(wait, start)
+			cancel()
+			if err == nil {
+				break
+			}
+			if ctx.Err() != nil {
+				return fmt.Errorf("no handshake with the WireGuard server: %w", ctx.Err())
+			}
 		}
 		return runCheck(ctx, d, check)
 	}
 }
+
+// wgResend is how long a probe waits for an answer to an initiation before it sends another.
+const wgResend = time.Second
 
 // runCheck runs a WireGuard exit's check through d.
 func runCheck(ctx context.Context, d netstack.DirectDialer, check WireGuardCheck) error {
