@@ -36,12 +36,14 @@ func wgFaultSpec(exit string, exits ...string) engine.TunnelSpec {
 			BackoffMin: engine.Duration(wgBackoffMin), BackoffMax: engine.Duration(wgBackoffMax), ReconnectWait: engine.Duration(wgRequest)}}
 }
 
-// wgDetectBound is how long after its path is cut a tunnel in use finds its WireGuard exit dead:
-// the first round that cannot count progress from before the cut comes at most an interval after
-// it, and a request of the loop sends something at least every wgRequest; that round probes (a
-// forced handshake) and fails after the probe timeout; every following round probes the suspect
-// again, and the Failures-th failure reconnects.
-const wgDetectBound = wgRequest + wgFailures*wgInterval + wgProbeTimeout + wgSlack
+// wgDetectBound is how long after its path is cut a tunnel in use finds its WireGuard exit dead.
+// The first round after the cut may still count progress from before it (and take what was sent
+// meanwhile as answered); the loop sends something (a new request's DNS query) at least every
+// wgRequest, and the first round after such a send with nothing received probes the leg (a forced
+// handshake), failing after the probe timeout; every following round probes the suspect again,
+// and the Failures-th failure reconnects: at most an interval, a request, an interval, then
+// Failures-1 intervals and a probe timeout.
+const wgDetectBound = wgRequest + (wgFailures+1)*wgInterval + wgProbeTimeout + wgSlack
 
 // proxyClient is an HTTP client through the tunnel's SOCKS5 proxy (socks5h: names resolve through
 // the tunnel) whose requests each get at most limit.
