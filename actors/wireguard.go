@@ -115,24 +115,28 @@ func resolveEndpoint(ctx context.Context, endpoint string) (netip.AddrPort, erro
 	return netip.AddrPortFrom(addrs[0].Unmap(), uint16(port)), nil
 }
 
-// wgInitiationRetry: a probe that has not seen the server answer sends a fresh initiation this
-// often (WireGuard itself retries every 5 s): a server that comes back during a leg's setup is
-// found within a second. A health probe (probe_timeout, 750 ms) sends one.
-const wgInitiationRetry = time.Second
-
 // wgProbe proves the server answers now: it forces a handshake and waits for one completed after
 // the probe began (a handshake's age is what it proves), then runs the check, if any. It is the
 // first probe of a leg and every health probe after it.
+//
+// A server drops an initiation that follows another too closely (Device.InitiateHandshakes), so
+// an unanswered one younger than a resend period (the probe's timeout, at most wgResend) is
+// awaited rather than replaced (adding the peer sends one, right before a first probe), and a new
+// one goes out no sooner than 50 ms after the last. A probe longer than wgResend (a first probe,
+// bounded by the leg's setup) sends a new initiation after each wgResend without an answer, rather
+// than wait for WireGuard's retry after RekeyTimeout (5 s): the one it waited for may have been
+// dropped (one from a leg closed just before, with the same key, came within 20 ms of it).
 func wgProbe(dev *device.Device, d netstack.DirectDialer, check WireGuardCheck) func(context.Context) error {
 	return func(ctx context.Context) error {
-		since := time.Time{} // the first initiation's: a handshake after it answers this probe
+		start := time.Now()
+		period := wgResend
+		if dl, ok := ctx.Deadline(); ok {
+			period = min(period, dl.Sub(start))
+		}
 		for {
-			tctx, cancel := context.WithTimeout(ctx, wgInitiationRetry)
-			sent := dev.InitiateHandshakes() // now, or an initiation sent just before (the peer's own at start)
-			if since.IsZero() {
-				since = sent
-			}
-			err := dev.AwaitHandshake(tctx, since)
+			dev.InitiateHandshakes(ctx, period)
+			wait, cancel := context.WithTimeout(ctx, period)
+			err := dev.AwaitHandshake(wait, start)
 			cancel()
 			if err == nil {
 				break
@@ -144,6 +148,9 @@ func wgProbe(dev *device.Device, d netstack.DirectDialer, check WireGuardCheck) 
 		return runCheck(ctx, d, check)
 	}
 }
+
+// wgResend is how long a probe waits for an answer to an initiation before it sends another.
+const wgResend = time.Second
 
 // runCheck runs a WireGuard exit's check through d.
 func runCheck(ctx context.Context, d netstack.DirectDialer, check WireGuardCheck) error {

@@ -114,7 +114,7 @@ func TestHandshakeEvents(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
 	before := time.Now()
-	client.dev.InitiateHandshakes()
+	client.dev.InitiateHandshakes(ctx, 0)
 	if err := client.dev.AwaitHandshake(ctx, before); err != nil {
 		t.Fatalf("first handshake: %v", err)
 	}
@@ -132,7 +132,7 @@ func TestHandshakeEvents(t *testing.T) {
 	}
 	// Well within RekeyTimeout (5 s) of the last initiation: forced anyway.
 	second := time.Now()
-	client.dev.InitiateHandshakes()
+	client.dev.InitiateHandshakes(ctx, 0)
 	if err := client.dev.AwaitHandshake(ctx, second); err != nil {
 		t.Fatalf("forced handshake: %v", err)
 	}

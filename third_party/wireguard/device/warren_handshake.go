@@ -49,24 +49,20 @@ func (device *Device) AwaitHandshake(ctx context.Context, after time.Time) error
 	}
 }
 
-// initiationSpacing: an initiation that went out less than this ago is not followed by another.
-// The responder would drop the second — as a flood (within HandshakeInitationRate, 20 ms, of the
-// first) or a replay (its TAI64N timestamp, whitened to 2^24 ns, no newer) — and the initiator's
-// handshake state has moved on to it, so that the answer to the first is discarded too ("invalid
-// response message"): the handshake would wait for WireGuard's retry, RekeyTimeout (5 s) later.
-// A peer with persistent keepalive sends its first initiation as it starts, just before a leg's
-// first probe.
-const initiationSpacing = 50 * time.Millisecond
-
-// InitiateHandshakes sends every peer a handshake initiation now, even if one went out less than
+// InitiateHandshakes sends every peer a handshake initiation, even if one went out less than
 // RekeyTimeout ago (SendHandshakeInitiation would skip it): a probe that must see the server
-// answer within its own timeout cannot wait for WireGuard's next retry. The responder accepts it
-// (its timestamp is newer); the keys in use stay valid until the new ones are confirmed. A peer
-// whose last initiation went out less than initiationSpacing ago gets none. It returns the time
-// after which a completed handshake answers an initiation of this call or that one: the caller's
-// AwaitHandshake waits from it.
-func (device *Device) InitiateHandshakes() time.Time {
-	since := time.Now()
+// answer within its own timeout cannot wait for WireGuard's next retry. The keys in use stay valid
+// until the new ones are confirmed.
+//
+// The responder drops an initiation that follows the previous one too closely: its timestamp,
+// whitened to 2^24 ns, is no newer (a "replay"), or it is consumed within HandshakeInitationRate of
+// the previous one (a flood); and once a new one is sent, this side discards the answer to the
+// one before. The handshake would then wait for the retry after RekeyTimeout. So a peer whose
+// initiation went out less than pending ago and is not answered yet is left to it (its answer
+// proves as much), and otherwise the new one goes out no sooner than minInitiationGap after the
+// last (waiting for that within ctx). Adding a peer with a persistent keepalive sends an initiation
+// at once, right before a first probe.
+func (device *Device) InitiateHandshakes(ctx context.Context, pending time.Duration) {
 	device.peers.RLock()
 	peers := make([]*Peer, 0, len(device.peers.keyMap))
 	for _, peer := range device.peers.keyMap {
@@ -77,17 +73,29 @@ func (device *Device) InitiateHandshakes() time.Time {
 		if !peer.isRunning.Load() {
 			continue
 		}
-		peer.handshake.mutex.Lock()
-		if sent := peer.handshake.lastSentHandshake; time.Since(sent) < initiationSpacing {
-			peer.handshake.mutex.Unlock()
-			if sent.Before(since) { // answered already, or soon: a second would be dropped
-				since = sent
-			}
+		peer.handshake.mutex.RLock()
+		last, state := peer.handshake.lastSentHandshake, peer.handshake.state
+		peer.handshake.mutex.RUnlock()
+		if state == handshakeInitiationCreated && time.Since(last) < pending {
 			continue
 		}
+		if wait := minInitiationGap - time.Since(last); wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return
+			}
+		}
+		peer.handshake.mutex.Lock()
 		peer.handshake.lastSentHandshake = time.Time{}
 		peer.handshake.mutex.Unlock()
 		_ = peer.SendHandshakeInitiation(false)
 	}
-	return since
 }
+
+// minInitiationGap spaces a forced initiation from the one before: more than the timestamp's
+// whitening (2^24 ns) and HandshakeInitationRate (20 ms), with room for the responder's
+// scheduling.
+const minInitiationGap = 50 * time.Millisecond
