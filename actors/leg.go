@@ -27,6 +27,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -274,6 +275,10 @@ func (l *legActor) handshaking(ctx actor.Context) {
 			endpoint:   l.sess.endpoint, keepalive: l.cfg.keepalive, sessionID: l.sess.sessionID, probe: d.Ping,
 		})
 	case *probeFailed:
+		if errors.Is(m.err, ErrCheckFailed) { // a WireGuard exit answered, and its check failed
+			l.fail(ctx, m.err)
+			return
+		}
 		l.fail(ctx, fmt.Errorf("%w: first handshake and probe: %w", ErrHandshakeTimeout, m.err))
 	case *messages.HandshakeCompleted:
 		l.timers.setup.Stop()

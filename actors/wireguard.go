@@ -152,21 +152,28 @@ func wgProbe(dev *device.Device, d netstack.DirectDialer, check WireGuardCheck) 
 // wgResend is how long a probe waits for an answer to an initiation before it sends another.
 const wgResend = time.Second
 
-// runCheck runs a WireGuard exit's check through d.
+// ErrCheckFailed: a WireGuard exit answered its handshake, but its check (check.tcp, check.http)
+// failed: the server holds the key and does not forward.
+var ErrCheckFailed = errors.New("exit check failed")
+
+// runCheck runs a WireGuard exit's check through d; a failure wraps ErrCheckFailed.
 func runCheck(ctx context.Context, d netstack.DirectDialer, check WireGuardCheck) error {
+	var err error
 	switch {
 	case check.TCP != "":
-		host, port, err := splitHostPort(check.TCP)
-		if err != nil {
-			return err
+		var host string
+		var port uint16
+		if host, port, err = splitHostPort(check.TCP); err == nil {
+			var c net.Conn
+			if c, err = d.DialTCP(ctx, host, port); err == nil {
+				_ = c.Close()
+			}
 		}
-		c, err := d.DialTCP(ctx, host, port)
-		if err != nil {
-			return fmt.Errorf("check %s: %w", check, err)
-		}
-		return c.Close()
 	case check.HTTP != "":
-		return httpCheck(ctx, d, check.HTTP)
+		err = httpCheck(ctx, d, check.HTTP)
+	}
+	if err != nil {
+		return fmt.Errorf("%w: %s: %w", ErrCheckFailed, check, err)
 	}
 	return nil
 }
@@ -188,21 +195,19 @@ func httpCheck(ctx context.Context, d netstack.DirectDialer, u string) error {
 	defer tr.CloseIdleConnections()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
-		return fmt.Errorf("check %s: %w", u, err)
+		return err
 	}
 	resp, err := tr.RoundTrip(req)
 	if err != nil {
-		return fmt.Errorf("check %s: %w", u, err)
+		return err
 	}
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4<<10))
 	_ = resp.Body.Close()
 	if resp.StatusCode >= 500 {
-		return fmt.Errorf("check %s: %w: status %d", u, errCheckFailed, resp.StatusCode)
+		return fmt.Errorf("status %d", resp.StatusCode)
 	}
 	return nil
 }
-
-var errCheckFailed = errors.New("check failed")
 
 // CheckWireGuardURL validates an HTTP check's URL (for the engine's config check).
 func CheckWireGuardURL(s string) error {

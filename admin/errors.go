@@ -104,7 +104,8 @@ func classify(err error) *Error {
 		return newError(CodeUnavailable, msg)
 	case errors.Is(err, engine.ErrExitUnreachable), errors.Is(err, engine.ErrSessionRefused),
 		errors.Is(err, engine.ErrHandshakeTimeout), errors.Is(err, engine.ErrExitGone), errors.Is(err, engine.ErrDeviceFailed),
-		errors.Is(err, engine.ErrNATSAuth), errors.Is(err, engine.ErrEndpointUnresolved):
+		errors.Is(err, engine.ErrNATSAuth), errors.Is(err, engine.ErrEndpointUnresolved),
+		errors.Is(err, engine.ErrCheckFailed):
 		return newError(CodeFailed, msg)
 	}
 	return newError(CodeInternal, msg)

@@ -43,6 +43,8 @@ var (
 	ErrUnknownExit = actors.ErrUnknownExit
 	// ErrEndpointUnresolved: a WireGuard exit's endpoint name did not resolve.
 	ErrEndpointUnresolved = actors.ErrEndpointUnresolved
+	// ErrCheckFailed: a WireGuard exit answered its handshake but failed its check.
+	ErrCheckFailed = actors.ErrCheckFailed
 )
 
 // EventKind names a kind of Event.

@@ -67,9 +67,10 @@ type slotReport struct {
 }
 
 // exitFailed reports whether a leg's error says that its exit did not answer (no handshake in
-// time, or an endpoint that does not resolve) rather than that this side failed.
+// time, or an endpoint that does not resolve) or does not forward (its check failed) rather
+// than that this side failed.
 func exitFailed(err error) bool {
-	return errors.Is(err, actors.ErrHandshakeTimeout) || errors.Is(err, actors.ErrEndpointUnresolved)
+	return errors.Is(err, actors.ErrHandshakeTimeout) || errors.Is(err, actors.ErrEndpointUnresolved) || errors.Is(err, actors.ErrCheckFailed)
 }
 
 type slotConfig struct {

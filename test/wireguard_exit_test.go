@@ -190,7 +190,7 @@ func TestWireGuardExitCheck(t *testing.T) {
 		t.Fatal("OpenTunnel succeeded although the check's port is not forwarded")
 	}
 	t.Logf("OpenTunnel with a failing check: %v after %v", err, ms(took))
-	if !strings.Contains(err.Error(), "check tcp 10.99.0.1:9") || !strings.Contains(err.Error(), "refused") {
+	if !strings.Contains(err.Error(), "exit check failed: tcp 10.99.0.1:9") || !strings.Contains(err.Error(), "refused") {
 		t.Errorf("OpenTunnel: %q, want it to say the check tcp 10.99.0.1:9 was refused", err)
 	}
 	// The good tunnel, with the same key, closed just before: the server may drop the new leg's
