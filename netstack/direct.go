@@ -23,8 +23,13 @@ import (
 // ErrNoResolver: a name was given and the WireGuard exit's configuration names no DNS server.
 var ErrNoResolver = errors.New("no DNS server configured for this tunnel")
 
-// dnsTry bounds one query to one server; the context bounds the whole resolution.
-const dnsTry = 2 * time.Second
+// dnsTry bounds one query to one server, during which the question is sent again every
+// dnsResend that goes unanswered (a datagram lost in the tunnel costs that, not the whole try);
+// the context bounds the whole resolution.
+const (
+	dnsTry    = 2 * time.Second
+	dnsResend = 500 * time.Millisecond
+)
 
 // DirectDialer dials destinations straight through Stack, whose peer forwards its traffic (a
 // standard WireGuard server). Refusals are *DialError with the reply code a proxy client gets.
@@ -98,6 +103,7 @@ func (d DirectDialer) Resolve(ctx context.Context, host string) (netip.Addr, err
 		types = []dnsmessage.Type{dnsmessage.TypeAAAA, dnsmessage.TypeA}
 	}
 	var last error
+	timedOut := false // some query went unanswered: the failure is a timeout, not a missing name
 	for _, typ := range types {
 		for _, server := range d.DNS {
 			a, err := d.query(ctx, server, name, typ)
@@ -105,6 +111,7 @@ func (d DirectDialer) Resolve(ctx context.Context, host string) (netip.Addr, err
 				return a, nil
 			}
 			last = err
+			timedOut = timedOut || isTimeout(err)
 			if ctx.Err() != nil {
 				return netip.Addr{}, &DialError{Code: messages.ReplyTTLExpired, Err: fmt.Errorf("resolve %q: %w", host, ctx.Err())}
 			}
@@ -114,7 +121,7 @@ func (d DirectDialer) Resolve(ctx context.Context, host string) (netip.Addr, err
 		}
 	}
 	code := messages.ReplyHostUnreachable
-	if isTimeout(last) {
+	if timedOut {
 		code = messages.ReplyTTLExpired
 	}
 	return netip.Addr{}, &DialError{Code: code, Err: fmt.Errorf("resolve %q: %w", host, last)}
@@ -132,8 +139,7 @@ func (d DirectDialer) query(ctx context.Context, server netip.Addr, name dnsmess
 		return netip.Addr{}, err
 	}
 	defer c.Close()
-	dl, _ := ctx.Deadline()
-	_ = c.SetDeadline(dl)
+	dl, _ := ctx.Deadline() // set: dnsTry at most
 	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 	var idb [2]byte
@@ -146,12 +152,31 @@ func (d DirectDialer) query(ctx context.Context, server netip.Addr, name dnsmess
 	if err != nil {
 		return netip.Addr{}, err
 	}
-	if _, err := c.Write(b); err != nil {
+	send := func() error {
+		if _, err := c.Write(b); err != nil {
+			return err
+		}
+		if ctx.Err() == nil { // else AfterFunc has set the deadline in the past, for good
+			next := time.Now().Add(dnsResend)
+			if dl.Before(next) {
+				next = dl
+			}
+			_ = c.SetReadDeadline(next)
+		}
+		return nil
+	}
+	if err := send(); err != nil {
 		return netip.Addr{}, err
 	}
 	buf := make([]byte, 1500)
 	for {
 		n, err := c.Read(buf)
+		if err != nil && isTimeout(err) && ctx.Err() == nil && time.Now().Before(dl) {
+			if err := send(); err != nil { // unanswered for dnsResend: ask again
+				return netip.Addr{}, err
+			}
+			continue
+		}
 		if err != nil {
 			return netip.Addr{}, err
 		}

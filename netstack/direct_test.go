@@ -140,3 +140,35 @@ func TestHandshakeEvents(t *testing.T) {
 		t.Fatalf("forced handshake took %v", time.Since(second))
 	}
 }
+
+// TestDirectDialerResendsDNS: a DNS query whose datagram is lost is asked again after dnsResend,
+// not given up for the next record type after dnsTry (the first A query here is dropped).
+func TestDirectDialerResendsDNS(t *testing.T) {
+	client, server := newPair(t, Config{}, Config{})
+	dns, err := server.stack.ListenUDP(netip.AddrPortFrom(exitAddr, 53))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dns.Close()
+	done := make(chan struct{})
+	defer func() { <-done }()
+	defer dns.Close()
+	go func() {
+		defer close(done)
+		buf := make([]byte, 1500)
+		if _, _, err := dns.ReadFrom(buf); err != nil { // the first query: lost
+			return
+		}
+		testutil.ServeDNS(dns, map[string][]netip.Addr{"origin.test": {exitAddr, exitAddr6}})
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	start := time.Now()
+	a, err := DirectDialer{Stack: client.stack, DNS: []netip.Addr{exitAddr}}.Resolve(ctx, "origin.test")
+	if err != nil || a != exitAddr {
+		t.Fatalf("resolve after a lost query: %v, %v; want %v (the A record)", a, err, exitAddr)
+	}
+	if took := time.Since(start); took > dnsTry-dnsResend {
+		t.Fatalf("resolve after a lost query took %v: the query was not asked again", took)
+	}
+}
