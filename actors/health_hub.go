@@ -56,6 +56,7 @@ type watchLeg struct {
 	exitID, sessionID, exitIdentity string
 	traffic                         func() (rx, tx uint64)      // the leg's device counters
 	probe                           func(context.Context) error // one probe through the leg
+	probeBudget                     time.Duration               // its bound when longer than policy.ProbeTimeout (a WireGuard exit's check)
 	direct                          bool                        // a WireGuard exit (see groupKey.direct)
 	sigOK                           bool                        // signaling's health as the tunnel has it now
 }
@@ -338,7 +339,7 @@ func (h *healthHub) judge(ctx actor.Context, g *pathGroup) {
 func (h *healthHub) probe(ctx actor.Context, g *pathGroup, w *watched) {
 	w.probing, w.round = true, g.round
 	g.out++
-	pctx, cancel := context.WithTimeout(h.ctx, g.key.policy.ProbeTimeout)
+	pctx, cancel := context.WithTimeout(h.ctx, max(g.key.policy.ProbeTimeout, w.probeBudget))
 	w.cancel = cancel
 	system, self, probe := ctx.ActorSystem(), ctx.Self(), w.probe
 	h.probes.Add(1)

@@ -59,18 +59,19 @@ func (s legState) String() string { return legStateNames[s] }
 func (s legState) final() bool { return s == legClosed || s == legFailed }
 
 type legConfig struct {
-	id          int
-	tunnelID    string
-	exitID      string
-	setup       time.Duration // session request and first handshake together
-	udpBind     netip.Addr    // invalid: the local address routed to the exit
-	keepalive   int           // WireGuard persistent keepalive, seconds
-	identity    *signaling.Identity
-	trust       signaling.ExitTrust
-	certificate string
-	signaling   *actor.PID
-	logger      *slog.Logger
-	wg          *WireGuardExit // set: the exit is a standard WireGuard server (wireguard.go); no signaling
+	id           int
+	tunnelID     string
+	exitID       string
+	setup        time.Duration // session request and first handshake together
+	udpBind      netip.Addr    // invalid: the local address routed to the exit
+	keepalive    int           // WireGuard persistent keepalive, seconds
+	identity     *signaling.Identity
+	trust        signaling.ExitTrust
+	certificate  string
+	signaling    *actor.PID
+	logger       *slog.Logger
+	wg           *WireGuardExit // set: the exit is a standard WireGuard server (wireguard.go); no signaling
+	probeTimeout time.Duration  // the tunnel's health probe_timeout: a WireGuard exit's health probe's handshake part
 }
 
 // drainLeg tells an up leg that no new connection will use it; after d it reports legDrainExpired.
@@ -108,6 +109,7 @@ type legSession struct {
 	device       *actor.PID                  // the leg's child; alive until the leg terminates
 	dialer       connDialer                  // valid from up on; its stack is alive while device is
 	probe        func(context.Context) error // valid from up on: one health probe through the leg
+	probeBudget  time.Duration               // a health probe's bound when longer than probe_timeout (a WireGuard exit's check)
 	direct       bool                        // a WireGuard exit: no signaling, no echo service
 	traffic      func() (rx, tx uint64)      // valid from up on: the device's counters (deviceReady)
 	handshake    func() time.Time            // from handshaking on, once the device is ready: its last completed handshake

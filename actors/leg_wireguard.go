@@ -50,11 +50,11 @@ func (l *legActor) startWireGuard(ctx actor.Context) {
 	l.timers.setup = sendAfter(ctx, l.cfg.setup, &legSetupExpired{})
 	rctx, cancel := context.WithDeadline(context.Background(), l.deadline)
 	l.resolving, l.resolveDone = cancel, make(chan struct{})
-	system, self, endpoint, done := ctx.ActorSystem(), ctx.Self(), l.cfg.wg.Endpoint, l.resolveDone
+	system, self, endpoint, bind, done := ctx.ActorSystem(), ctx.Self(), l.cfg.wg.Endpoint, l.cfg.udpBind, l.resolveDone
 	go func() {
 		defer close(done)
 		defer cancel()
-		ap, err := resolveEndpoint(rctx, endpoint)
+		ap, err := resolveEndpoint(rctx, endpoint, bind)
 		system.Root.Send(self, &endpointResolved{ap: ap, err: err})
 	}()
 }
@@ -101,14 +101,19 @@ func (l *legActor) wgResolved(ctx actor.Context, m *endpointResolved) {
 func (l *legActor) wgDeviceReady(ctx actor.Context, m *deviceReady) {
 	w := l.cfg.wg
 	d := w.dialer(m.stack)
-	l.sess.dialer, l.sess.probe = d, wgProbe(m.dev, d, w.Check)
+	l.sess.dialer, l.sess.probe = d, wgProbe(m.dev, d, w.Check, l.cfg.probeTimeout)
+	if w.Check != (WireGuardCheck{}) {
+		// A health probe is a handshake within probe_timeout, then the check, which may take
+		// several round trips (DNS, TCP, TLS, HTTP): it gets as long as a leg's setup.
+		l.sess.probeBudget = l.cfg.probeTimeout + l.cfg.setup
+	}
 	l.sess.traffic, l.sess.handshake = m.traffic, m.handshake
 	keepalive := l.cfg.keepalive
 	if w.Keepalive > 0 {
 		keepalive = w.Keepalive
 	}
 	l.addPeer(ctx, &addPeer{publicKey: w.PublicKey, psk: w.PresharedKey, allowedIPs: w.AllowedIPs,
-		endpoint: l.sess.endpoint, keepalive: keepalive, sessionID: l.sess.sessionID, probe: l.sess.probe})
+		endpoint: l.sess.endpoint, keepalive: keepalive, sessionID: l.sess.sessionID, probe: wgProbe(m.dev, d, w.Check, 0)})
 }
 
 // addPeer adds the exit's peer to the leg's device, with the first probe (fills in the notify and

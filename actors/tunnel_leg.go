@@ -77,7 +77,7 @@ func (t *tunnelActor) startLeg(ctx actor.Context, exitID string, purpose legPurp
 	l.pid = ctx.Spawn(newLegProps(legConfig{
 		id: l.id, tunnelID: t.cfg.ID, exitID: exitID, setup: setup, udpBind: t.cfg.UDPBind, keepalive: t.cfg.Keepalive,
 		identity: t.cfg.Identity, trust: t.cfg.Trust, certificate: t.cfg.Certificate, signaling: t.cfg.Signaling,
-		logger: t.cfg.Logger, wg: t.wireGuard(exitID),
+		logger: t.cfg.Logger, wg: t.wireGuard(exitID), probeTimeout: t.cfg.Health.ProbeTimeout,
 	}))
 	t.legs[l.id] = l
 	return l

@@ -69,18 +69,25 @@ func (c WireGuardCheck) String() string {
 	case c.TCP != "":
 		return "tcp " + c.TCP
 	case c.HTTP != "":
-		return "http " + c.HTTP
+		if u, err := url.Parse(c.HTTP); err == nil {
+			return "http " + u.Redacted() // no password in errors and logs
+		}
+		return "http (unparsable URL)"
 	}
 	return "handshake"
 }
 
-// String names the exit without its secrets.
-func (w *WireGuardExit) String() string {
+// String names the exit without its secrets (value receivers: a WireGuardExit printed by value
+// or by pointer, with any verb, shows no key).
+func (w WireGuardExit) String() string {
 	return fmt.Sprintf("%s (server %s at %s)", w.ID, w.PublicKey, w.Endpoint)
 }
 
+// GoString is String, for %#v.
+func (w WireGuardExit) GoString() string { return w.String() }
+
 // LogValue keeps the keys out of logs.
-func (w *WireGuardExit) LogValue() slog.Value { return slog.StringValue(w.String()) }
+func (w WireGuardExit) LogValue() slog.Value { return slog.StringValue(w.String()) }
 
 // identity is what stands for the exit's identity in the health hub's groups and the status: the
 // server's public key.
@@ -92,8 +99,9 @@ func (w *WireGuardExit) dialer(stack *netstack.Stack) netstack.DirectDialer {
 }
 
 // resolveEndpoint resolves the server's endpoint with the host's resolver (the endpoint is outside
-// the tunnel); an IP literal is taken as it is. The first address the resolver gives is used.
-func resolveEndpoint(ctx context.Context, endpoint string) (netip.AddrPort, error) {
+// the tunnel); an IP literal is taken as it is. The first address the resolver gives is used — of
+// bind's family when bind is set (the tunnel's udp_bind: a socket of one family reaches only it).
+func resolveEndpoint(ctx context.Context, endpoint string, bind netip.Addr) (netip.AddrPort, error) {
 	if ap, err := netip.ParseAddrPort(endpoint); err == nil {
 		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
 	}
@@ -109,10 +117,15 @@ func resolveEndpoint(ctx context.Context, endpoint string) (netip.AddrPort, erro
 	if err != nil {
 		return netip.AddrPort{}, fmt.Errorf("resolve endpoint %q: %w", host, err)
 	}
+	for _, a := range addrs {
+		if a = a.Unmap(); !bind.IsValid() || a.Is4() == bind.Is4() {
+			return netip.AddrPortFrom(a, uint16(port)), nil
+		}
+	}
 	if len(addrs) == 0 {
 		return netip.AddrPort{}, fmt.Errorf("resolve endpoint %q: no address", host)
 	}
-	return netip.AddrPortFrom(addrs[0].Unmap(), uint16(port)), nil
+	return netip.AddrPort{}, fmt.Errorf("resolve endpoint %q: no address of udp_bind %s's family", host, bind)
 }
 
 // wgProbe proves the server answers now: it forces a handshake and waits for one completed after
@@ -126,8 +139,18 @@ func resolveEndpoint(ctx context.Context, endpoint string) (netip.AddrPort, erro
 // bounded by the leg's setup) sends a new initiation after each wgResend without an answer, rather
 // than wait for WireGuard's retry after RekeyTimeout (5 s): the one it waited for may have been
 // dropped (one from a leg closed just before, with the same key, came within 20 ms of it).
-func wgProbe(dev *device.Device, d netstack.DirectDialer, check WireGuardCheck) func(context.Context) error {
-	return func(ctx context.Context) error {
+//
+// handshakeLimit, if not zero, bounds the handshake part alone (a health probe's probe_timeout),
+// so that a server that does not answer is judged as fast with a check as without; the check then
+// has the rest of ctx.
+func wgProbe(dev *device.Device, d netstack.DirectDialer, check WireGuardCheck, handshakeLimit time.Duration) func(context.Context) error {
+	return func(pctx context.Context) error {
+		ctx := pctx
+		if handshakeLimit > 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(pctx, handshakeLimit)
+			defer cancel()
+		}
 		start := time.Now()
 		period := wgResend
 		if dl, ok := ctx.Deadline(); ok {
@@ -145,7 +168,7 @@ func wgProbe(dev *device.Device, d netstack.DirectDialer, check WireGuardCheck) 
 				return fmt.Errorf("no handshake with the WireGuard server: %w", ctx.Err())
 			}
 		}
-		return runCheck(ctx, d, check)
+		return runCheck(pctx, d, check)
 	}
 }
 

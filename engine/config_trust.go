@@ -5,9 +5,9 @@ package engine
 
 import (
 	"fmt"
-	"github.com/warren-tunnel/warren/actors"
 	"time"
 
+	"github.com/warren-tunnel/warren/actors"
 	"github.com/warren-tunnel/warren/signaling"
 )
 

@@ -8,7 +8,9 @@ package engine
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -113,6 +115,9 @@ func (s *WireGuardExitSpec) resolve(path string) (*actors.WireGuardExit, error) 
 	if w.Check, err = s.Check.resolve(path + ".check"); err != nil {
 		return nil, err
 	}
+	if a, ok := checkTargetAddr(w.Check); ok && !slices.ContainsFunc(w.AllowedIPs, func(p netip.Prefix) bool { return p.Contains(a) }) {
+		return nil, fieldErr(path+".check", "%w: %s is outside the server's AllowedIPs", ErrWireGuardConfig, a)
+	}
 	return w, nil
 }
 
@@ -129,6 +134,11 @@ func WireGuardExitFrom(name string, cfg *wgquick.Config) (*actors.WireGuardExit,
 	}
 	if len(p.AllowedIPs) == 0 {
 		return nil, fmt.Errorf("%w: the [Peer] has no AllowedIPs: nothing would go through it", ErrWireGuardConfig)
+	}
+	for _, a := range cfg.Interface.DNS {
+		if !slices.ContainsFunc(p.AllowedIPs, func(pr netip.Prefix) bool { return pr.Contains(a) }) {
+			return nil, fmt.Errorf("%w: DNS %s is outside the [Peer]'s AllowedIPs: names are resolved inside the tunnel", ErrWireGuardConfig, a)
+		}
 	}
 	w := &actors.WireGuardExit{ID: actors.WireGuardPrefix + name, PrivateKey: signaling.Key(cfg.Interface.PrivateKey),
 		DNS: cfg.Interface.DNS, MTU: cfg.Interface.MTU, PublicKey: signaling.Key(p.PublicKey), Endpoint: p.Endpoint,
@@ -338,4 +348,21 @@ func (e *Engine) SetWireGuardExits(specs []WireGuardExitSpec) error {
 	}
 	e.wg.Store(&wg)
 	return nil
+}
+
+// checkTargetAddr is the IP address a check names literally, if it does.
+func checkTargetAddr(c actors.WireGuardCheck) (netip.Addr, bool) {
+	host := ""
+	switch {
+	case c.TCP != "":
+		if h, _, err := net.SplitHostPort(c.TCP); err == nil {
+			host = h
+		}
+	case c.HTTP != "":
+		if u, err := url.Parse(c.HTTP); err == nil {
+			host = u.Hostname()
+		}
+	}
+	a, err := netip.ParseAddr(host)
+	return a.Unmap(), err == nil
 }

@@ -274,6 +274,11 @@ func TestWireGuardExitErrors(t *testing.T) {
 		{"tunnel failover exit unknown", func(c *Config) { c.Tunnels[0].Exits = []string{"wg:a", "wg:x"}; c.Tunnels[0].Exit = "ra" },
 			"tunnels[0].exits[1]", []string{`"wg:x"`}, actors.ErrUnknownExit},
 		{"tunnel exit wg: alone", func(c *Config) { c.Tunnels[0].Exit = "wg:" }, "tunnels[0].exit", nil, signaling.ErrInvalid},
+		{"DNS outside AllowedIPs", ex(func(s *WireGuardExitSpec) { s.Peer.AllowedIPs = []string{"10.64.0.0/16"} }),
+			"wireguard_exits[0].peer", []string{"DNS fd00::1 is outside"}, ErrWireGuardConfig},
+		{"check outside AllowedIPs", ex(func(s *WireGuardExitSpec) {
+			s.Interface.DNS, s.Peer.AllowedIPs, s.Check.TCP = nil, []string{"10.64.0.0/16"}, "192.0.2.1:80"
+		}), "wireguard_exits[0].check", []string{"192.0.2.1 is outside"}, ErrWireGuardConfig},
 		{"two tunnels on one WireGuard exit", func(c *Config) {
 			c.Tunnels = append(c.Tunnels, TunnelSpec{Name: "second", Exit: "wg:a", SOCKS: "127.0.0.1:0"})
 		}, "tunnels[1].exit", []string{`"wg:a" is already tunnels[0]'s exit`}, nil},

@@ -162,6 +162,9 @@ func (d DirectDialer) query(ctx context.Context, server netip.Addr, name dnsmess
 				next = dl
 			}
 			_ = c.SetReadDeadline(next)
+			if ctx.Err() != nil { // cancelled meanwhile: AfterFunc's past deadline may have been overwritten
+				_ = c.SetDeadline(time.Unix(1, 0))
+			}
 		}
 		return nil
 	}

@@ -44,8 +44,8 @@ func TestWireGuardExitSmoke(t *testing.T) {
 	}
 }
 
-// TestWireGuardExitBulk moves 64 MiB down and 64 MiB up through one WireGuard exit through each
-// proxy — SOCKS5 by name (socks5h: the name resolves through the server's DNS inside the tunnel)
+// TestWireGuardExitBulk moves 64 MiB down and 64 MiB up through one WireGuard exit through SOCKS5
+// (16 MiB each way through the HTTP proxy) — SOCKS5 by name (socks5h: the name resolves through the server's DNS inside the tunnel)
 // and the HTTP proxy (absolute-URI requests) — and 8 MiB down over a CONNECT to a TLS origin,
 // comparing sha256 at both ends. The server's own counter shows both uploads went through it.
 func TestWireGuardExitBulk(t *testing.T) {
@@ -58,25 +58,28 @@ func TestWireGuardExitBulk(t *testing.T) {
 		wgOrigin: hostOf(origin), tlsPort: strings.TrimPrefix(originTLS.URL, "https://")}})
 	client := wgClient(t, wgSpec(t, "bulk", srv))
 	tun := openTunnel(t, client, "wg:bulk")
-	const n = 64 << 20
-	received := srv.Received()
+	// 64 MiB each way through SOCKS5; 16 MiB each way through the HTTP proxy, whose data path
+	// after the request is the same (the suite's time is counted).
+	received, uploaded := srv.Received(), int64(0)
 	for _, c := range []struct {
 		name   string
 		client *http.Client
-	}{{"socks5", socksClient(t, tun)}, {"http", httpProxyClient(t, tun)}} {
+		n      int64
+	}{{"socks5", socksClient(t, tun), 64 << 20}, {"http", httpProxyClient(t, tun), 16 << 20}} {
+		uploaded += c.n
 		t.Run(c.name+"/download", func(t *testing.T) {
 			start := time.Now()
-			if err := download(c.client, wgBase, 1, n); err != nil {
+			if err := download(c.client, wgBase, 1, c.n); err != nil {
 				t.Fatal(err)
 			}
-			t.Logf("64 MiB down in %v", ms(time.Since(start)))
+			t.Logf("%d MiB down in %v", c.n>>20, ms(time.Since(start)))
 		})
 		t.Run(c.name+"/upload", func(t *testing.T) {
 			start := time.Now()
-			if err := upload(c.client, wgBase, 2, n); err != nil {
+			if err := upload(c.client, wgBase, 2, c.n); err != nil {
 				t.Fatal(err)
 			}
-			t.Logf("64 MiB up in %v", ms(time.Since(start)))
+			t.Logf("%d MiB up in %v", c.n>>20, ms(time.Since(start)))
 		})
 	}
 	t.Run("http-connect", func(t *testing.T) {
@@ -89,8 +92,8 @@ func TestWireGuardExitBulk(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
-	if got := srv.Received() - received; got < 2*n {
-		t.Errorf("the WireGuard server received %d bytes from the client, want at least the two uploads (%d)", got, 2*n)
+	if got := srv.Received() - received; got < uint64(uploaded) {
+		t.Errorf("the WireGuard server received %d bytes from the client, want at least the two uploads (%d)", got, uploaded)
 	}
 	st := poll(t, "the tunnel's connections to end", tun.Stats, func(s messages.ConnectionStats) bool { return s.Active == 0 && s.Ended >= 5 })
 	wantEnds(t, "tunnel", st, 5, ec{rNormal: 5}, ec{rNormal: 5})

@@ -13,6 +13,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/warren-tunnel/warren/actors"
 	"github.com/warren-tunnel/warren/admin"
 	"github.com/warren-tunnel/warren/engine"
 	"github.com/warren-tunnel/warren/pool"
@@ -121,6 +122,16 @@ func (c *runConfig) validate() error {
 	if c.Pool != nil {
 		if err := c.Pool.Validate(); err != nil {
 			return err
+		}
+		known := map[string]bool{}
+		for _, w := range c.WireGuardExits {
+			known[actors.WireGuardPrefix+w.Name] = true
+		}
+		for i, id := range c.Pool.Exits.WireGuard {
+			if !known[id] {
+				return &engine.FieldError{Field: fmt.Sprintf("pool.exits.wireguard[%d]", i),
+					Err: fmt.Errorf("%w: %q is not among wireguard_exits", engine.ErrUnknownExit, id)}
+			}
 		}
 		if c.Pool.Exits.UsesNATS() && c.NATS.Shared() && !c.Trust.AnyExit && len(c.Trust.Operators) == 0 {
 			return engine.ErrNoTrustedExits

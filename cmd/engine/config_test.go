@@ -179,3 +179,21 @@ func TestRunRefusesBadWireGuardExits(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckPoolWireGuardRefs: engine check refuses a pool naming a WireGuard exit that
+// wireguard_exits does not have, as engine run would when it opens the pool.
+func TestCheckPoolWireGuardRefs(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "pool.yaml")
+	yaml := "pool:\n  size: 1\n  socks_ports: 127.0.0.1:20000-20000\n  exits: {nats: false, wireguard: [\"wg:nope\"]}\n"
+	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := loadConfig(path)
+	var fe *engine.FieldError
+	if !errors.As(err, &fe) || fe.Field != "pool.exits.wireguard[0]" || !errors.Is(err, engine.ErrUnknownExit) {
+		t.Fatalf("a pool naming wg:nope: %v, want a field error for pool.exits.wireguard[0]", err)
+	}
+	if code := check([]string{"--config", path}); code != exitUsage {
+		t.Fatalf("engine check exited %d, want %d", code, exitUsage)
+	}
+}

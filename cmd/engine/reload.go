@@ -185,8 +185,9 @@ func (n *node) applyConfig(ctx context.Context, next runConfig) reloadResult {
 		})
 	case !running && next.Pool != nil:
 		poolOpen = true
-	case running && (!reflect.DeepEqual(*cur.Pool, *next.Pool) || next.Pool.Exits.WireGuardDir != ""):
-		// Update reads exits.wireguard_dir again: a reload picks up its files even when the
+	case running && (!reflect.DeepEqual(*cur.Pool, *next.Pool) || next.Pool.Exits.WireGuardDir != "" || wgChanged):
+		// Update reads exits.wireguard_dir again, and the engine's wireguard_exits (which this
+		// reload may have changed): a reload picks up their files even when the pool's
 		// configuration is the same.
 		changed, err := n.pool.Load().Update(ctx, *next.Pool)
 		switch {
