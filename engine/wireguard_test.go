@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/hex"
-	"io"
 	"log/slog"
 	"net"
 	"strconv"
@@ -14,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/net/proxy"
 
 	"github.com/warren-tunnel/warren/internal/testutil"
 	"github.com/warren-tunnel/warren/messages"
@@ -114,26 +112,5 @@ func TestWireGuardExitLogsNoSecret(t *testing.T) {
 
 // echoThrough sends a message to target through the SOCKS5 proxy at socks and wants it back.
 func echoThrough(socks, target string) error {
-	d, err := proxy.SOCKS5("tcp", socks, nil, &net.Dialer{Timeout: 5 * time.Second})
-	if err != nil {
-		return err
-	}
-	c, err := d.Dial("tcp", target)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	msg := []byte("through a WireGuard exit " + strconv.Itoa(len(socks)))
-	if _, err := c.Write(msg); err != nil {
-		return err
-	}
-	got := make([]byte, len(msg))
-	if _, err := io.ReadFull(c, got); err != nil {
-		return err
-	}
-	if !bytes.Equal(got, msg) {
-		return io.ErrUnexpectedEOF
-	}
-	return nil
+	return testutil.SOCKS5Echo(socks, target, []byte("through a WireGuard exit " + strconv.Itoa(len(socks))))
 }

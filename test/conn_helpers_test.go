@@ -5,7 +5,6 @@ package test
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -159,50 +158,13 @@ const (
 
 // socksConnect speaks SOCKS5 (no auth, CONNECT to an IPv4 host:port) to proxyAddr and returns the
 // connection and the reply code; on a failure reply the connection is returned too (caller closes).
-// The handshake is bounded by a 10 s deadline, cleared on return.
+// The handshake is bounded by a 10 s deadline, cleared on return (socksRequest).
 func socksConnect(proxyAddr, target string) (*net.TCPConn, byte, error) {
 	ap, err := netip.ParseAddrPort(target)
 	if err != nil || !ap.Addr().Is4() {
 		return nil, 0, fmt.Errorf("target %q: want an IPv4 host:port", target)
 	}
-	c, err := net.DialTimeout("tcp", proxyAddr, 10*time.Second)
-	if err != nil {
-		return nil, 0, err
-	}
-	tc := c.(*net.TCPConn)
-	fail := func(err error) (*net.TCPConn, byte, error) { tc.Close(); return nil, 0, err }
-	_ = tc.SetDeadline(time.Now().Add(10 * time.Second))
-	a := ap.Addr().As4()
-	req := []byte{5, 1, 0, 5, 1, 0, 1, a[0], a[1], a[2], a[3], 0, 0}
-	binary.BigEndian.PutUint16(req[11:], ap.Port())
-	if _, err := tc.Write(req); err != nil { // greeting and request at once
-		return fail(err)
-	}
-	var rep [4 + 16 + 2]byte
-	if _, err := io.ReadFull(tc, rep[:2]); err != nil {
-		return fail(fmt.Errorf("socks5 method reply: %w", err))
-	}
-	if rep[0] != 5 || rep[1] != 0 {
-		return fail(fmt.Errorf("socks5 method reply %x", rep[:2]))
-	}
-	if _, err := io.ReadFull(tc, rep[:4]); err != nil {
-		return fail(fmt.Errorf("socks5 reply: %w", err))
-	}
-	n := 4 + 2
-	switch rep[3] {
-	case 1:
-		n = 4 + 2
-	case 4:
-		n = 16 + 2
-	default:
-		return fail(fmt.Errorf("socks5 reply address type %d", rep[3]))
-	}
-	code := rep[1]
-	if _, err := io.ReadFull(tc, rep[4:4+n]); err != nil {
-		return fail(fmt.Errorf("socks5 reply address: %w", err))
-	}
-	_ = tc.SetDeadline(time.Time{})
-	return tc, code, nil
+	return socksRequest(proxyAddr, socksCmdConnect, ap.Addr().String(), ap.Port())
 }
 
 // mustSocks is socksConnect that expects success.

@@ -150,28 +150,7 @@ func dialVia(socks, target string) (net.Conn, error) {
 }
 
 func echoVia(socks, target string) error {
-	d, err := proxy.SOCKS5("tcp", socks, nil, &net.Dialer{Timeout: 5 * time.Second})
-	if err != nil {
-		return err
-	}
-	c, err := d.Dial("tcp", target)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	msg := []byte("reload echo")
-	if _, err := c.Write(msg); err != nil {
-		return err
-	}
-	got := make([]byte, len(msg))
-	if _, err := io.ReadFull(c, got); err != nil {
-		return err
-	}
-	if string(got) != string(msg) {
-		return fmt.Errorf("echo %q, want %q", got, msg)
-	}
-	return nil
+	return testutil.SOCKS5Echo(socks, target, []byte("reload echo"))
 }
 
 func freeAddr(t *testing.T) string {
