@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/warren-tunnel/warren/internal/testutil"
 	"github.com/warren-tunnel/warren/messages"
 )
@@ -112,5 +111,5 @@ func TestWireGuardExitLogsNoSecret(t *testing.T) {
 
 // echoThrough sends a message to target through the SOCKS5 proxy at socks and wants it back.
 func echoThrough(socks, target string) error {
-	return testutil.SOCKS5Echo(socks, target, []byte("through a WireGuard exit " + strconv.Itoa(len(socks))))
+	return testutil.SOCKS5Echo(socks, target, []byte("through a WireGuard exit "+strconv.Itoa(len(socks))))
 }
