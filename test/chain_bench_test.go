@@ -1,0 +1,269 @@
+package test
+
+// Side by side (issue 17, first step): the same bulk upload through Warren's chain and through a
+// chain built only from stock parts, in one `go test -bench` invocation, so that their ratio is
+// measured in one run on one machine:
+//
+//	go test ./test -run '^$' -bench BenchmarkChain -benchtime 5x -count 3
+//
+// warren: SOCKS5 client → Warren tunnel (proxy, netstack, WireGuard) → Warren exit → sink.
+// stock:  SOCKS5 client → a minimal SOCKS5 front → upstream wireguard-go on upstream tun/netstack
+//         (conn.NewDefaultBind: its Linux batching and offloads) → the same at the far end → a
+//         plain forwarder (io.Copy) → sink. No Warren code on the path.
+//
+// Each op uploads 32 MiB in all over 1 or 16 streams at once; the sink's count of each stream is
+// checked. Besides MB/s: jain (Jain's fairness index of the streams' rates; 1 is perfectly fair)
+// and slowest-MB/s, fastest-MB/s (per stream).
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/net/proxy"
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/device"
+	"golang.zx2c4.com/wireguard/tun/netstack"
+
+	"github.com/warren-tunnel/warren/internal/testutil"
+)
+
+const chainBytes = 32 << 20 // per op, over all streams
+
+func BenchmarkChain(b *testing.B) {
+	for _, streams := range []int{1, 16} {
+		b.Run(fmt.Sprintf("warren/streams=%d", streams), func(b *testing.B) {
+			sink := testutil.SinkServer(b)
+			e := startExitEngine(b, "chain", nil)
+			tun := openTunnel(b, e, "chain")
+			runChain(b, streams, func() (net.Conn, error) {
+				d, err := proxy.SOCKS5("tcp", tun.SOCKSAddr(), nil, proxy.Direct)
+				if err != nil {
+					return nil, err
+				}
+				return d.Dial("tcp", sink.Addr())
+			})
+		})
+		b.Run(fmt.Sprintf("stock/streams=%d", streams), func(b *testing.B) {
+			sink := testutil.SinkServer(b)
+			front := stockChain(b, sink.Addr())
+			runChain(b, streams, func() (net.Conn, error) {
+				d, err := proxy.SOCKS5("tcp", front, nil, proxy.Direct)
+				if err != nil {
+					return nil, err
+				}
+				return d.Dial("tcp", sink.Addr())
+			})
+		})
+	}
+}
+
+// runChain uploads chainBytes per op over streams connections at once and reports the rates.
+func runChain(b *testing.B, streams int, dial func() (net.Conn, error)) {
+	per := chainBytes / streams
+	chunk := make([]byte, 256<<10)
+	for i := range chunk {
+		chunk[i] = byte(i * 31)
+	}
+	rates := make([]float64, 0, streams*b.N)
+	b.SetBytes(chainBytes)
+	b.ResetTimer()
+	for range b.N {
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		errs := make(chan error, streams)
+		for range streams {
+			wg.Go(func() {
+				c, err := dial()
+				if err != nil {
+					errs <- err
+					return
+				}
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(benchStall))
+				start := time.Now()
+				if err := pushCounted(c, per, chunk); err != nil {
+					errs <- err
+					return
+				}
+				mu.Lock()
+				rates = append(rates, float64(per)/time.Since(start).Seconds()/1e6)
+				mu.Unlock()
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	var sum, sq, lo, hi float64
+	lo = rates[0]
+	for _, r := range rates {
+		sum, sq, lo, hi = sum+r, sq+r*r, min(lo, r), max(hi, r)
+	}
+	b.ReportMetric(sum*sum/(float64(len(rates))*sq), "jain")
+	b.ReportMetric(lo, "slowest-MB/s")
+	b.ReportMetric(hi, "fastest-MB/s")
+}
+
+// pushCounted writes n bytes of chunk on c, half-closes, and checks the sink's count.
+func pushCounted(c net.Conn, n int, chunk []byte) error {
+	for left := n; left > 0; {
+		k := min(left, len(chunk))
+		if _, err := c.Write(chunk[:k]); err != nil {
+			return err
+		}
+		left -= k
+	}
+	if err := c.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
+		return err
+	}
+	var got int64
+	if err := binary.Read(c, binary.BigEndian, &got); err != nil {
+		return err
+	}
+	if got != int64(n) {
+		return fmt.Errorf("sink got %d bytes, want %d", got, n)
+	}
+	return nil
+}
+
+// stockChain builds the stock chain to sink and returns its SOCKS5 front's address; everything is
+// closed at the benchmark's cleanup.
+func stockChain(b *testing.B, sink string) string {
+	b.Helper()
+	srvAddr, cliAddr := netip.MustParseAddr("10.97.0.1"), netip.MustParseAddr("10.97.0.2")
+	srvPriv, srvPub := testutil.KeyPair(b)
+	cliPriv, cliPub := testutil.KeyPair(b)
+	logger := &device.Logger{Verbosef: device.DiscardLogf, Errorf: device.DiscardLogf}
+	stdev, stnet, err := netstack.CreateNetTUN([]netip.Addr{srvAddr}, nil, 1420)
+	if err != nil {
+		b.Fatal(err)
+	}
+	sdev := device.NewDevice(stdev, conn.NewDefaultBind(), logger)
+	b.Cleanup(sdev.Close)
+	if err := sdev.IpcSet(fmt.Sprintf("private_key=%s\nlisten_port=0\npublic_key=%s\nallowed_ip=%s/32\n",
+		hex.EncodeToString(srvPriv[:]), hex.EncodeToString(cliPub[:]), cliAddr)); err != nil {
+		b.Fatal(err)
+	}
+	if err := sdev.Up(); err != nil {
+		b.Fatal(err)
+	}
+	state, err := sdev.IpcGet()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var port string
+	for _, l := range strings.Split(state, "\n") {
+		if v, ok := strings.CutPrefix(l, "listen_port="); ok {
+			port = v
+		}
+	}
+	ctdev, ctnet, err := netstack.CreateNetTUN([]netip.Addr{cliAddr}, nil, 1420)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cdev := device.NewDevice(ctdev, conn.NewDefaultBind(), logger)
+	b.Cleanup(cdev.Close)
+	if err := cdev.IpcSet(fmt.Sprintf("private_key=%s\nlisten_port=0\npublic_key=%s\nendpoint=127.0.0.1:%s\nallowed_ip=%s/32\n",
+		hex.EncodeToString(cliPriv[:]), hex.EncodeToString(srvPub[:]), port, srvAddr)); err != nil {
+		b.Fatal(err)
+	}
+	if err := cdev.Up(); err != nil {
+		b.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	b.Cleanup(wg.Wait)
+	// The far end: a forwarder from the server's tunnel address to the sink.
+	fwd, err := stnet.ListenTCPAddrPort(netip.AddrPortFrom(srvAddr, 9000))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { fwd.Close() })
+	wg.Go(func() {
+		for {
+			in, err := fwd.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				out, err := net.Dial("tcp", sink)
+				if err != nil {
+					in.Close()
+					return
+				}
+				pipeStock(in, out)
+			})
+		}
+	})
+	// The front: SOCKS5 CONNECT (no auth), every target carried to the forwarder.
+	front := testutil.ListenOn(b, "127.0.0.1:0")
+	wg.Go(func() {
+		for {
+			in, err := front.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				if err := socksAccept(in); err != nil {
+					in.Close()
+					return
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				out, err := ctnet.DialContextTCPAddrPort(ctx, netip.AddrPortFrom(srvAddr, 9000))
+				cancel()
+				if err != nil {
+					in.Close()
+					return
+				}
+				pipeStock(in, out)
+			})
+		}
+	})
+	return front.Addr().String()
+}
+
+// socksAccept reads a SOCKS5 greeting and an IPv4 CONNECT and answers success.
+func socksAccept(c net.Conn) error {
+	var req [3 + 10]byte
+	if _, err := io.ReadFull(c, req[:3]); err != nil || req[0] != 5 {
+		return fmt.Errorf("greeting: %v", err)
+	}
+	if _, err := c.Write([]byte{5, 0}); err != nil {
+		return err
+	}
+	if _, err := io.ReadFull(c, req[3:]); err != nil || req[3] != 5 || req[4] != 1 || req[6] != 1 {
+		return fmt.Errorf("request: %v", err)
+	}
+	_, err := c.Write([]byte{5, 0, 0, 1, 0, 0, 0, 0, 0, 0})
+	return err
+}
+
+// pipeStock copies both ways until both directions end, passing a half-close on.
+func pipeStock(a, b net.Conn) {
+	defer a.Close()
+	defer b.Close()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, _ = io.Copy(b, a)
+		if cw, ok := b.(interface{ CloseWrite() error }); ok {
+			_ = cw.CloseWrite()
+		}
+	}()
+	_, _ = io.Copy(a, b)
+	if cw, ok := a.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+	}
+	<-done
+}
