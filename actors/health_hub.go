@@ -57,7 +57,6 @@ type watchLeg struct {
 	traffic                         func() (rx, tx uint64)      // the leg's device counters
 	probe                           func(context.Context) error // one probe through the leg
 	probeBudget                     time.Duration               // its bound when longer than policy.ProbeTimeout (a WireGuard exit's check)
-	direct                          bool                        // a WireGuard exit (see groupKey.direct)
 	sigOK                           bool                        // signaling's health as the tunnel has it now
 }
 
@@ -77,11 +76,12 @@ type healthHubReplaced struct{ hub *actor.PID }
 type groupKey struct {
 	exitID, exitIdentity string
 	policy               HealthPolicy
-	// direct: the legs of a WireGuard exit. No signaling: no pings, and NATS's state is not
-	// theirs. Their probe is a forced handshake: an idle one is probed at most every
-	// wgIdleProbeGap, and a round in which none is due judges nobody.
-	direct bool
 }
+
+// direct: the group is a WireGuard exit's legs. No signaling: no pings, and NATS's state is not
+// theirs. Their probe is a forced handshake: an idle one is probed at most every wgIdleProbeGap,
+// and a round in which none is due judges nobody.
+func (k groupKey) direct() bool { return IsWireGuardExit(k.exitID) }
 
 // watched is the hub's view of one leg.
 type watched struct {
@@ -192,7 +192,7 @@ func (h *healthHub) watch(ctx actor.Context, m *watchLeg) {
 	if w := h.watchers[m.watcher.Id]; w != nil {
 		h.drop(ctx, w)
 	}
-	key := groupKey{exitID: m.exitID, exitIdentity: m.exitIdentity, policy: m.policy, direct: m.direct}
+	key := groupKey{exitID: m.exitID, exitIdentity: m.exitIdentity, policy: m.policy}
 	if g := h.groups[key]; g != nil && g.legs[m.sessionID] != nil {
 		h.drop(ctx, g.legs[m.sessionID]) // another watcher's record of the session (it may take the group with it)
 	}
@@ -201,7 +201,7 @@ func (h *healthHub) watch(ctx actor.Context, m *watchLeg) {
 		g = &pathGroup{key: key, legs: map[string]*watched{}, judged: true}
 		h.groups[key] = g
 		g.tickT = sendAfter(ctx, m.policy.Interval, &hubTick{g: g})
-		if !key.direct {
+		if !key.direct() {
 			g.pingT = sendAfter(ctx, m.policy.SignalingInterval, &hubPingTick{g: g})
 		}
 	}
@@ -273,7 +273,7 @@ func (h *healthHub) round(ctx actor.Context, g *pathGroup) {
 			w.lastRx, w.failures, w.urgent, g.proven = rx, 0, false, true
 			continue
 		}
-		if g.key.direct && !w.urgent && time.Since(w.lastProbe) < wgIdleProbeGap {
+		if g.key.direct() && !w.urgent && time.Since(w.lastProbe) < wgIdleProbeGap {
 			continue // a handshake answered lately: neither probed nor judged this round
 		}
 		idle = append(idle, w)

@@ -148,7 +148,7 @@ func (h *healthHub) natsState(ctx actor.Context, m *NATSState) {
 		h.natsEpoch++
 	}
 	for _, g := range h.groups {
-		if g.key.direct {
+		if g.key.direct() {
 			continue // no signaling
 		}
 		if !m.Connected {

@@ -44,7 +44,6 @@ type monitorLeg struct {
 	traffic                         func() (rx, tx uint64)      // the leg's device counters
 	probe                           func(context.Context) error // one probe through the leg
 	probeBudget                     time.Duration               // a probe's bound when longer than the policy's (a WireGuard exit's check)
-	direct                          bool                        // a WireGuard exit: no signaling; probed at most every wgIdleProbeGap while idle
 	exitID, sessionID, exitIdentity string                      // exitIdentity signs the pongs (verified when the session was granted)
 	sigOK                           bool                        // signaling's health as the tunnel has it now
 }
@@ -83,7 +82,7 @@ func (k *keepaliveActor) Receive(ctx actor.Context) {
 		k.idle(ctx)
 		k.hub = m.hub
 		ctx.Send(k.hub, &watchLeg{watcher: ctx.Self(), gen: k.gen, policy: k.policy, exitID: m.exitID,
-			sessionID: m.sessionID, exitIdentity: m.exitIdentity, traffic: m.traffic, probe: m.probe, probeBudget: m.probeBudget, direct: m.direct, sigOK: m.sigOK})
+			sessionID: m.sessionID, exitIdentity: m.exitIdentity, traffic: m.traffic, probe: m.probe, probeBudget: m.probeBudget, sigOK: m.sigOK})
 	case *stopMonitoring:
 		k.idle(ctx)
 	case *hubVerdict:

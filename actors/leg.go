@@ -110,7 +110,6 @@ type legSession struct {
 	dialer       connDialer                  // valid from up on; its stack is alive while device is
 	probe        func(context.Context) error // valid from up on: one health probe through the leg
 	probeBudget  time.Duration               // a health probe's bound when longer than probe_timeout (a WireGuard exit's check)
-	direct       bool                        // a WireGuard exit: no signaling, no echo service
 	traffic      func() (rx, tx uint64)      // valid from up on: the device's counters (deviceReady)
 	handshake    func() time.Time            // from handshaking on, once the device is ready: its last completed handshake
 	endpoint     netip.AddrPort

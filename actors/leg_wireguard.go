@@ -45,7 +45,7 @@ func (l *legActor) startWireGuard(ctx actor.Context) {
 	var id [16]byte
 	_, _ = rand.Read(id[:])
 	l.sess.sessionID = "wg-" + hex.EncodeToString(id[:]) // names the leg in logs and the health hub
-	l.sess.exitIdentity, l.sess.direct = l.cfg.wg.identity(), true
+	l.sess.exitIdentity = l.cfg.wg.identity()
 	l.deadline = time.Now().Add(l.cfg.setup)
 	l.timers.setup = sendAfter(ctx, l.cfg.setup, &legSetupExpired{})
 	rctx, cancel := context.WithDeadline(context.Background(), l.deadline)

@@ -74,7 +74,7 @@ func (t *tunnelActor) restoreDegraded(ctx actor.Context) {
 
 // monitor points the keepalive actor at the current leg; signaling's health stays as last heard.
 func (t *tunnelActor) monitor(ctx actor.Context, l *leg) {
-	ctx.Send(t.keepalive, &monitorLeg{hub: t.cfg.Hub, traffic: l.traffic, probe: l.probe, probeBudget: l.probeBudget, direct: l.direct, exitID: l.exitID, sessionID: l.sessionID,
+	ctx.Send(t.keepalive, &monitorLeg{hub: t.cfg.Hub, traffic: l.traffic, probe: l.probe, probeBudget: l.probeBudget, exitID: l.exitID, sessionID: l.sessionID,
 		exitIdentity: l.exitIdentity, sigOK: t.sigOK})
 }
 

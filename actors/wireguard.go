@@ -105,13 +105,9 @@ func resolveEndpoint(ctx context.Context, endpoint string, bind netip.Addr) (net
 	if ap, err := netip.ParseAddrPort(endpoint); err == nil {
 		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
 	}
-	host, portStr, err := net.SplitHostPort(endpoint)
+	host, port, err := SplitTarget(endpoint)
 	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("endpoint %q: %w", endpoint, err)
-	}
-	port, err := strconv.ParseUint(portStr, 10, 16)
-	if err != nil || port == 0 {
-		return netip.AddrPort{}, fmt.Errorf("endpoint %q: bad port", endpoint)
+		return netip.AddrPort{}, fmt.Errorf("endpoint: %w", err)
 	}
 	addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
 	if err != nil {
@@ -119,7 +115,7 @@ func resolveEndpoint(ctx context.Context, endpoint string, bind netip.Addr) (net
 	}
 	for _, a := range addrs {
 		if a = a.Unmap(); !bind.IsValid() || a.Is4() == bind.Is4() {
-			return netip.AddrPortFrom(a, uint16(port)), nil
+			return netip.AddrPortFrom(a, port), nil
 		}
 	}
 	if len(addrs) == 0 {
@@ -186,7 +182,7 @@ func runCheck(ctx context.Context, d netstack.DirectDialer, check WireGuardCheck
 	case check.TCP != "":
 		var host string
 		var port uint16
-		if host, port, err = splitHostPort(check.TCP); err == nil {
+		if host, port, err = SplitTarget(check.TCP); err == nil {
 			var c net.Conn
 			if c, err = d.DialTCP(ctx, host, port); err == nil {
 				_ = c.Close()
@@ -206,7 +202,7 @@ func runCheck(ctx context.Context, d netstack.DirectDialer, check WireGuardCheck
 func httpCheck(ctx context.Context, d netstack.DirectDialer, u string) error {
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
-			host, port, err := splitHostPort(addr)
+			host, port, err := SplitTarget(addr)
 			if err != nil {
 				return nil, err
 			}
@@ -247,14 +243,16 @@ func CheckWireGuardURL(s string) error {
 	return nil
 }
 
-func splitHostPort(s string) (string, uint16, error) {
+// SplitTarget splits a host:port (a name, an IPv4 address or a bracketed IPv6 one; a port
+// 1-65535): an endpoint, a check's target, an HTTP check's dial address.
+func SplitTarget(s string) (string, uint16, error) {
 	host, p, err := net.SplitHostPort(s)
-	if err != nil {
-		return "", 0, err
+	if err != nil || host == "" {
+		return "", 0, fmt.Errorf("%q: want host:port", s)
 	}
 	port, err := strconv.ParseUint(p, 10, 16)
 	if err != nil || port == 0 {
-		return "", 0, fmt.Errorf("%q: bad port", s)
+		return "", 0, fmt.Errorf("%q: want a port 1-65535", s)
 	}
 	return host, uint16(port), nil
 }

@@ -248,33 +248,16 @@ func (c WireGuardCheck) resolve(path string) (actors.WireGuardCheck, error) {
 	case c.TCP != "" && c.HTTP != "":
 		return actors.WireGuardCheck{}, fieldErr(path, "%w: give tcp or http, not both", ErrWireGuardConfig)
 	case c.TCP != "":
-		ap, err := splitTarget(c.TCP)
-		if err != nil {
-			return actors.WireGuardCheck{}, fieldErr(path+".tcp", "%w: %w", ErrWireGuardConfig, err)
+		if _, _, err := actors.SplitTarget(c.TCP); err != nil {
+			return actors.WireGuardCheck{}, fieldErr(path+".tcp", "%w: %w", ErrWireGuardConfig, scrub(err, c.TCP))
 		}
-		return actors.WireGuardCheck{TCP: ap}, nil
+		return actors.WireGuardCheck{TCP: c.TCP}, nil
 	case c.HTTP != "":
 		if err := actors.CheckWireGuardURL(c.HTTP); err != nil {
 			return actors.WireGuardCheck{}, fieldErr(path+".http", "%w: %q: %w", ErrWireGuardConfig, echoValue(c.HTTP), scrub(err, c.HTTP))
 		}
 	}
 	return actors.WireGuardCheck{HTTP: c.HTTP}, nil
-}
-
-// splitTarget checks a host:port (a name or an IP, port 1-65535).
-func splitTarget(s string) (string, error) {
-	if ap, err := netip.ParseAddrPort(s); err == nil && ap.Port() != 0 {
-		return s, nil
-	}
-	i := strings.LastIndexByte(s, ':')
-	if i <= 0 || strings.ContainsAny(s[:i], ":[] /") {
-		return "", fmt.Errorf("%q: want host:port", echoValue(s))
-	}
-	var port int
-	if _, err := fmt.Sscanf(s[i+1:], "%d", &port); err != nil || port < 1 || port > 65535 || fmt.Sprint(port) != s[i+1:] {
-		return "", fmt.Errorf("%q: want a port 1-65535", echoValue(s))
-	}
-	return s, nil
 }
 
 // LoadWireGuardDir reads every *.conf file of dir as a WireGuard exit named after the file

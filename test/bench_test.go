@@ -1,7 +1,6 @@
 package test
 
 import (
-	"encoding/binary"
 	"net"
 	"testing"
 
@@ -10,22 +9,11 @@ import (
 	"github.com/warren-tunnel/warren/internal/testutil"
 )
 
-// pushThrough writes chunks×chunk bytes on c, half-closes, and checks the sink's count.
+// pushThrough writes chunks×chunk bytes on c, half-closes, and checks the sink's count
+// (pushCounted, on the test's goroutine).
 func pushThrough(tb testing.TB, c net.Conn, chunks int, chunk []byte) {
-	for range chunks {
-		if _, err := c.Write(chunk); err != nil {
-			tb.Fatal(err)
-		}
-	}
-	if err := c.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
+	if err := pushCounted(c, chunks*len(chunk), chunk); err != nil {
 		tb.Fatal(err)
-	}
-	var got int64
-	if err := binary.Read(c, binary.BigEndian, &got); err != nil {
-		tb.Fatal(err)
-	}
-	if want := int64(chunks) * int64(len(chunk)); got != want {
-		tb.Fatalf("sink got %d bytes, want %d", got, want)
 	}
 }
 

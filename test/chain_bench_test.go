@@ -145,20 +145,7 @@ func stockChain(b *testing.B, sink string) string {
 	srvAddr, cliAddr := netip.MustParseAddr("10.97.0.1"), netip.MustParseAddr("10.97.0.2")
 	srvPriv, srvPub := testutil.KeyPair(b)
 	cliPriv, cliPub := testutil.KeyPair(b)
-	logger := &device.Logger{Verbosef: device.DiscardLogf, Errorf: device.DiscardLogf}
-	stdev, stnet, err := netstack.CreateNetTUN([]netip.Addr{srvAddr}, nil, 1420)
-	if err != nil {
-		b.Fatal(err)
-	}
-	sdev := device.NewDevice(stdev, conn.NewDefaultBind(), logger)
-	b.Cleanup(sdev.Close)
-	if err := sdev.IpcSet(fmt.Sprintf("private_key=%s\nlisten_port=0\npublic_key=%s\nallowed_ip=%s/32\n",
-		hex.EncodeToString(srvPriv[:]), hex.EncodeToString(cliPub[:]), cliAddr)); err != nil {
-		b.Fatal(err)
-	}
-	if err := sdev.Up(); err != nil {
-		b.Fatal(err)
-	}
+	sdev, stnet := stockDevice(b, srvAddr, srvPriv, cliPub, "", netip.PrefixFrom(cliAddr, 32))
 	state, err := sdev.IpcGet()
 	if err != nil {
 		b.Fatal(err)
@@ -169,19 +156,7 @@ func stockChain(b *testing.B, sink string) string {
 			port = v
 		}
 	}
-	ctdev, ctnet, err := netstack.CreateNetTUN([]netip.Addr{cliAddr}, nil, 1420)
-	if err != nil {
-		b.Fatal(err)
-	}
-	cdev := device.NewDevice(ctdev, conn.NewDefaultBind(), logger)
-	b.Cleanup(cdev.Close)
-	if err := cdev.IpcSet(fmt.Sprintf("private_key=%s\nlisten_port=0\npublic_key=%s\nendpoint=127.0.0.1:%s\nallowed_ip=%s/32\n",
-		hex.EncodeToString(cliPriv[:]), hex.EncodeToString(srvPub[:]), port, srvAddr)); err != nil {
-		b.Fatal(err)
-	}
-	if err := cdev.Up(); err != nil {
-		b.Fatal(err)
-	}
+	_, ctnet := stockDevice(b, cliAddr, cliPriv, srvPub, "127.0.0.1:"+port, netip.PrefixFrom(srvAddr, 32))
 	var wg sync.WaitGroup
 	b.Cleanup(wg.Wait)
 	// The far end: a forwarder from the server's tunnel address to the sink.
@@ -266,4 +241,28 @@ func pipeStock(a, b net.Conn) {
 		_ = cw.CloseWrite()
 	}
 	<-done
+}
+
+// stockDevice starts upstream wireguard-go with its default bind on upstream tun/netstack, at addr
+// (MTU 1420) with key priv and one peer: peerPub, routed allowed, at endpoint unless it is empty.
+// It is closed at the benchmark's cleanup.
+func stockDevice(tb testing.TB, addr netip.Addr, priv, peerPub [32]byte, endpoint string, allowed netip.Prefix) (*device.Device, *netstack.Net) {
+	tb.Helper()
+	tdev, tnet, err := netstack.CreateNetTUN([]netip.Addr{addr}, nil, 1420)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	dev := device.NewDevice(tdev, conn.NewDefaultBind(), &device.Logger{Verbosef: device.DiscardLogf, Errorf: tb.Logf})
+	tb.Cleanup(dev.Close)
+	cfg := fmt.Sprintf("private_key=%s\nlisten_port=0\npublic_key=%s\nallowed_ip=%s\n", hex.EncodeToString(priv[:]), hex.EncodeToString(peerPub[:]), allowed)
+	if endpoint != "" {
+		cfg += "endpoint=" + endpoint + "\n"
+	}
+	if err := dev.IpcSet(cfg); err != nil {
+		tb.Fatal(err)
+	}
+	if err := dev.Up(); err != nil {
+		tb.Fatal(err)
+	}
+	return dev, tnet
 }

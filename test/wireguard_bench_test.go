@@ -2,16 +2,11 @@ package test
 
 import (
 	"context"
-	"encoding/hex"
-	"fmt"
 	"net/netip"
 	"testing"
 	"time"
 
 	"golang.org/x/net/proxy"
-	"golang.zx2c4.com/wireguard/conn"
-	"golang.zx2c4.com/wireguard/device"
-	"golang.zx2c4.com/wireguard/tun/netstack"
 
 	"github.com/warren-tunnel/warren/engine"
 	"github.com/warren-tunnel/warren/internal/testutil"
@@ -57,20 +52,7 @@ func BenchmarkWireGuardExit(b *testing.B) {
 	b.Run("stock", func(b *testing.B) {
 		sink := testutil.SinkServer(b)
 		srv := testutil.StartWGServer(b, testutil.WGServerConfig{Forward: map[uint16]string{port: sink.Addr()}})
-		tdev, tnet, err := netstack.CreateNetTUN([]netip.Addr{srv.Peer()}, nil, testutil.WGServerMTU)
-		if err != nil {
-			b.Fatal(err)
-		}
-		dev := device.NewDevice(tdev, conn.NewDefaultBind(), &device.Logger{Verbosef: device.DiscardLogf, Errorf: b.Logf})
-		defer dev.Close()
-		ck, pub := srv.ClientKey(), srv.PublicKey()
-		if err := dev.IpcSet(fmt.Sprintf("private_key=%s\nlisten_port=0\npublic_key=%s\nendpoint=%s\nallowed_ip=%s/32\n",
-			hex.EncodeToString(ck[:]), hex.EncodeToString(pub[:]), srv.Endpoint(), srv.Address())); err != nil {
-			b.Fatal(err)
-		}
-		if err := dev.Up(); err != nil {
-			b.Fatal(err)
-		}
+		_, tnet := stockDevice(b, srv.Peer(), srv.ClientKey(), srv.PublicKey(), srv.Endpoint().String(), netip.PrefixFrom(srv.Address(), 32))
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
 		c, err := tnet.DialContextTCPAddrPort(ctx, netip.AddrPortFrom(srv.Address(), port))
