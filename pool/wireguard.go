@@ -13,7 +13,7 @@ package pool
 //   - Load: a WireGuard exit announces none. Its capacity is that one slot, so a free one scores
 //     0 (least_loaded and spread both prefer it to an exit that holds slots).
 //   - Down: when its data plane fails a slot (the tunnel goes Reconnecting for data_plane or
-//     start, or a leg to it does not come up: handshake timeout, endpoint unresolved), the pool
+//     start, or a leg to it does not come up: handshake timeout, endpoint unresolved, check failed), the pool
 //     holds it down for a cool-off — 30 s, doubled (60 s, 2 min, 4 min, 5 min) each time it fails
 //     again without having served a slot for 30 s, back to 30 s once its last cool-off ended 5 min
 //     before — and moves its slots as from an exit that left the directory.
