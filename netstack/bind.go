@@ -35,6 +35,8 @@ type Bind struct {
 	// while closed.
 	udp *net.UDPConn
 	pc  batchConn
+	// gso sends with UDP segmentation offload (64-bit Linux that has it); nil otherwise.
+	gso *gsoWriter
 	// port is the bound port while open, 0 while closed.
 	port uint16
 
@@ -131,7 +133,11 @@ func (b *Bind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 			pc = ipv4.NewPacketConn(c)
 		}
 	}
-	b.udp, b.pc = c, pc
+	var gso *gsoWriter
+	if pc != nil && supportsGSO(c) {
+		gso = newGSOWriter(c)
+	}
+	b.udp, b.pc, b.gso = c, pc, gso
 	b.port = c.LocalAddr().(*net.UDPAddr).AddrPort().Port()
 	return []conn.ReceiveFunc{newReceiver(c, pc).receive}, b.port, nil
 }
@@ -140,8 +146,9 @@ func (b *Bind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 // single goroutine.
 type receiver struct {
 	udp      *net.UDPConn     // immutable
-	mm       *mmsgReader      // immutable; nil where raw recvmmsg is not implemented
-	from     []netip.AddrPort // len batchSize; mm's sender scratch
+	gro      *groReader       // immutable; nil where UDP_GRO is not available
+	mm       *mmsgReader      // immutable; nil where raw recvmmsg is not implemented (or gro is set)
+	from     []netip.AddrPort // len batchSize; gro's or mm's sender scratch
 	pc       batchConn        // immutable; nil where batching is unsupported
 	msgs     []ipv4.Message   // len batchSize, each with one buffer slot (pc only)
 	last     *Endpoint        // most recent sender, reused while it repeats
@@ -152,6 +159,12 @@ func newReceiver(c *net.UDPConn, pc batchConn) *receiver {
 	r := &receiver{udp: c}
 	if pc == nil {
 		return r
+	}
+	if enableGRO(c) {
+		if r.gro = newGROReader(c); r.gro != nil {
+			r.from = make([]netip.AddrPort, batchSize)
+			return r
+		}
 	}
 	if r.mm = newMMsgReader(c); r.mm != nil {
 		r.from = make([]netip.AddrPort, batchSize)
@@ -171,8 +184,14 @@ func (r *receiver) receive(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int
 	if err := r.boundIdle(len(bufs) > heldFloor); err != nil {
 		return 0, recvError(err)
 	}
-	if r.mm != nil {
-		n, err := r.mm.read(bufs, sizes, r.from)
+	if r.gro != nil || r.mm != nil {
+		var n int
+		var err error
+		if r.gro != nil {
+			n, err = r.gro.read(bufs, sizes, r.from)
+		} else {
+			n, err = r.mm.read(bufs, sizes, r.from)
+		}
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			return 0, nil
 		}
@@ -270,7 +289,7 @@ func (b *Bind) Close() error {
 		return nil
 	}
 	err := b.udp.Close()
-	b.udp, b.pc, b.port = nil, nil, 0
+	b.udp, b.pc, b.gso, b.port = nil, nil, nil, 0
 	if err != nil {
 		return fmt.Errorf("netstack: bind close: %w", err)
 	}
@@ -299,13 +318,19 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 		return conn.ErrWrongEndpointType
 	}
 	b.mu.Lock()
-	c, pc := b.udp, b.pc
+	c, pc, gso := b.udp, b.pc, b.gso
 	b.mu.Unlock()
 	if c == nil {
 		return net.ErrClosed
 	}
 	if e.Addr().Is6() != b.addr.Is6() {
 		return fmt.Errorf("netstack: send to %v from %v: %w", e.AddrPort, b.addr, syscall.EAFNOSUPPORT)
+	}
+	if gso != nil {
+		if err := gso.send(bufs, e.AddrPort); err != nil {
+			return fmt.Errorf("netstack: bind send: %w", err)
+		}
+		return nil
 	}
 	if pc == nil || len(bufs) == 1 {
 		for _, buf := range bufs {

@@ -14,3 +14,16 @@ type mmsgReader struct{}
 func newMMsgReader(*net.UDPConn) *mmsgReader { return nil }
 
 func (*mmsgReader) read([][]byte, []int, []netip.AddrPort) (int, error) { return 0, net.ErrClosed }
+
+// groReader and gsoWriter (UDP segmentation offload) are only implemented for 64-bit Linux.
+type groReader struct{}
+
+func enableGRO(*net.UDPConn) bool                                      { return false }
+func supportsGSO(*net.UDPConn) bool                                    { return false }
+func newGROReader(*net.UDPConn) *groReader                             { return nil }
+func (*groReader) read([][]byte, []int, []netip.AddrPort) (int, error) { return 0, net.ErrClosed }
+
+type gsoWriter struct{}
+
+func newGSOWriter(*net.UDPConn) *gsoWriter             { return nil }
+func (*gsoWriter) send([][]byte, netip.AddrPort) error { return net.ErrClosed }
