@@ -17,6 +17,14 @@ import (
 // costs little memory and avoids tail drops when a large window is released.
 const outQueueLen = 4096
 
+// fullWait bounds how long a writer waits for room in a full ring before it drops what does not
+// fit. The device's reader takes up to batchSize packets at a time, so while it runs, room comes
+// within a read; only a device that has stopped reading (being closed) lets the bound expire.
+// Waiting rather than dropping is what keeps many TCP streams at once out of loss recovery: their
+// windows together outgrow any fixed queue, and a dropped packet is a retransmission and a halved
+// window, while a wait only holds the sender back as a slower NIC would.
+const fullWait = 50 * time.Millisecond
+
 // groFlushRounds bounds the gro.GRO.Flush calls after each inbound batch.
 // gVisor's Flush hands up only the first packet of each bucket per call (the
 // list cursor is reset while iterating), and a bucket holds at most 8 packets,
@@ -47,6 +55,10 @@ type linkEndpoint struct {
 	wake chan struct{}
 	// done is closed by close.
 	done chan struct{}
+	// room is closed, and replaced, by read when it takes packets while writers wait for room in
+	// the full ring (waiting > 0); waiting counts them until then.
+	room    chan struct{}
+	waiting int
 
 	// readMu serialises read; scratch is read's batch buffer (len batchSize); idle bounds the
 	// wait of a read handed more than heldFloor buffers (idleRead; made by the first such wait).
@@ -68,6 +80,7 @@ func newLinkEndpoint(mtu int) *linkEndpoint {
 		ring:    make([]*stack.PacketBuffer, outQueueLen),
 		wake:    make(chan struct{}, 1),
 		done:    make(chan struct{}),
+		room:    make(chan struct{}),
 		scratch: make([]*stack.PacketBuffer, batchSize), // a Read moves at most BatchSize packets
 	}
 	e.gro.Init(true)
@@ -100,6 +113,10 @@ func (e *linkEndpoint) read(bufs [][]byte, sizes []int, offset int) (int, error)
 			e.head = (e.head + 1) % len(e.ring)
 		}
 		e.count -= n
+		if n > 0 && e.waiting > 0 {
+			close(e.room)
+			e.room, e.waiting = make(chan struct{}), 0
+		}
 		e.mu.Unlock()
 		if n > 0 {
 			break
@@ -226,41 +243,72 @@ func (e *linkEndpoint) close() {
 	e.mu.Unlock()
 }
 
-// WritePackets implements stack.LinkWriter. Packets beyond the free space of
-// the ring are dropped (as a full NIC queue would); TCP recovers them.
+// WritePackets implements stack.LinkWriter. A writer that finds the ring full waits for room, at
+// most fullWait, and then drops what does not fit (as a full NIC queue would; TCP recovers them).
 func (e *linkEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 	return e.enqueue(pkts.AsSlice())
 }
 
-// enqueue appends pkts to the ring, taking a reference to each, and wakes a
-// waiting read.
+// enqueue appends pkts to the ring, taking a reference to each, and wakes a waiting read; when the
+// ring is full it waits for room (fullWait).
 func (e *linkEndpoint) enqueue(pkts []*stack.PacketBuffer) (int, tcpip.Error) {
-	e.mu.Lock()
-	if e.closed {
-		e.mu.Unlock()
-		return 0, &tcpip.ErrClosedForSend{}
-	}
-	wasEmpty := e.count == 0
 	n := 0
-	for _, pkt := range pkts {
-		if e.count == len(e.ring) {
-			break
+	var bound *time.Timer // armed at the first wait of this call
+	expired := false      // bound fired: what does not fit now is dropped
+	for {
+		e.mu.Lock()
+		if e.closed {
+			e.mu.Unlock()
+			stopTimer(bound)
+			if n == 0 {
+				return 0, &tcpip.ErrClosedForSend{}
+			}
+			return n, nil
 		}
-		e.ring[(e.head+e.count)%len(e.ring)] = pkt.IncRef()
-		e.count++
-		n++
-	}
-	e.mu.Unlock()
-	if wasEmpty && n > 0 {
+		wasEmpty := e.count == 0
+		k := 0
+		for n < len(pkts) && e.count < len(e.ring) {
+			e.ring[(e.head+e.count)%len(e.ring)] = pkts[n].IncRef()
+			e.count++
+			n++
+			k++
+		}
+		full := n < len(pkts) && !expired
+		var room chan struct{}
+		if full {
+			e.waiting++
+			room = e.room
+		}
+		e.mu.Unlock()
+		if wasEmpty && k > 0 {
+			select {
+			case e.wake <- struct{}{}:
+			default:
+			}
+		}
+		if !full {
+			stopTimer(bound)
+			if n == 0 {
+				return 0, &tcpip.ErrNoBufferSpace{}
+			}
+			return n, nil
+		}
+		if bound == nil {
+			bound = time.NewTimer(fullWait)
+		}
 		select {
-		case e.wake <- struct{}{}:
-		default:
+		case <-room:
+		case <-e.done:
+		case <-bound.C:
+			expired = true
 		}
 	}
-	if n == 0 {
-		return 0, &tcpip.ErrNoBufferSpace{}
+}
+
+func stopTimer(t *time.Timer) {
+	if t != nil {
+		t.Stop()
 	}
-	return n, nil
 }
 
 // qdisc is the NIC's queueing discipline. It puts each outbound packet
