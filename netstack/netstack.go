@@ -136,6 +136,7 @@ func New(cfg Config) (*Stack, error) {
 		// source address counts as "own", and gVisor then drops every
 		// inbound packet as a spoofed local source.
 		HandleLocal: cfg.Handler == nil,
+		Stats:       sharedStats(), // the process-wide TCP counters (stats.go)
 	})
 	s := &Stack{
 		stack:  st,

@@ -1,0 +1,87 @@
+package netstack
+
+// Process-wide TCP counters of every Stack: New hands gVisor the shared counters below in
+// stack.Options.Stats. stack.New keeps opts.Stats.FillIn(), and FillIn (tcpip.InitStatCounters)
+// replaces only the counters left nil, so each stack counts into these pointers; the TCP endpoints
+// reach them through stack.Stats() (the sender's retransmissions and recoveries) or
+// Route.Stats(), which is the outgoing NIC's stack's (segments sent). Everything else in the
+// stack's Stats stays the stack's own.
+
+import "gvisor.dev/gvisor/pkg/tcpip"
+
+// tcpCounters are shared by every Stack made by New in this process. A statistic counter carries no
+// lifecycle state (nothing is opened, closed or waited for through it), so unlike the stacks
+// themselves it may be process-wide: the counters only grow, from the process's start.
+//
+// SegmentsAckedWithDSACK is deliberately not among them: gVisor's sender reads that stack-wide
+// counter in detectSpuriousRecovery (RFC 3522 step 5: "has this connection seen a DSACK?"), so a
+// process-wide one would let one stack's DSACKs change another's loss recovery. Counters that only
+// count are safe to share; that one is an input to a decision.
+var tcpCounters struct {
+	segmentsSent, retransmits, fastRetransmits, slowStartRetransmits, timeouts,
+	fastRecoveries, sackRecoveries, tlpRecoveries, spuriousRecoveries tcpip.StatCounter
+}
+
+// sharedStats is the stack.Options.Stats New passes: the TCP counters above, every other counter
+// nil (so each stack gets its own from FillIn).
+func sharedStats() tcpip.Stats {
+	var s tcpip.Stats
+	t := &s.TCP
+	t.SegmentsSent = &tcpCounters.segmentsSent
+	t.Retransmits = &tcpCounters.retransmits
+	t.FastRetransmit = &tcpCounters.fastRetransmits
+	t.SlowStartRetransmits = &tcpCounters.slowStartRetransmits
+	t.Timeouts = &tcpCounters.timeouts
+	t.FastRecovery = &tcpCounters.fastRecoveries
+	t.SACKRecovery = &tcpCounters.sackRecoveries
+	t.TLPRecovery = &tcpCounters.tlpRecoveries
+	t.SpuriousRecovery = &tcpCounters.spuriousRecoveries
+	return s
+}
+
+// TCPStats are the TCP counters of all the stacks New made in this process, closed ones included,
+// since the process started. Every field only grows.
+type TCPStats struct {
+	// SegmentsSent counts TCP segments sent, data and pure ACKs alike. gVisor's software GSO, which
+	// Warren's link offers, cuts a large write into MSS-sized segments before counting: each counts.
+	SegmentsSent uint64
+	// Retransmits counts segments sent again, whatever the cause (fast retransmit, SACK recovery,
+	// timeout); FastRetransmits and SlowStartRetransmits are parts of it.
+	Retransmits uint64
+	// FastRetransmits counts resends of the first unacknowledged segment on duplicate ACKs: on
+	// entering recovery, and (Reno, without SACK) on each partial ACK during it.
+	FastRetransmits uint64
+	// SlowStartRetransmits counts retransmissions sent while the window was below ssthresh (after
+	// a timeout, mostly).
+	SlowStartRetransmits uint64
+	// Timeouts counts retransmission timer expiries (RTOs) with data outstanding.
+	Timeouts uint64
+	// FastRecoveries counts entries into Reno fast recovery (a connection without SACK).
+	FastRecoveries uint64
+	// SACKRecoveries counts entries into SACK loss recovery (RFC 6675); Warren's stacks enable
+	// SACK, so this is their usual recovery.
+	SACKRecoveries uint64
+	// TLPRecoveries counts SACK recoveries a tail loss probe started (a part of SACKRecoveries).
+	// Tail loss probes belong to RACK, which tuneTCP turns off, so it stays 0 while RACK is off.
+	TLPRecoveries uint64
+	// SpuriousRecoveries counts recoveries found, afterwards, to have been entered needlessly
+	// (RFC 3522: the ACK's timestamp echo predates the retransmission).
+	SpuriousRecoveries uint64
+}
+
+// ReadTCPStats returns the process-wide TCP counters of Warren's stacks. Each field is read
+// atomically, the fields one after another: under traffic they are not one instant's snapshot.
+func ReadTCPStats() TCPStats {
+	c := &tcpCounters
+	return TCPStats{
+		SegmentsSent:         c.segmentsSent.Value(),
+		Retransmits:          c.retransmits.Value(),
+		FastRetransmits:      c.fastRetransmits.Value(),
+		SlowStartRetransmits: c.slowStartRetransmits.Value(),
+		Timeouts:             c.timeouts.Value(),
+		FastRecoveries:       c.fastRecoveries.Value(),
+		SACKRecoveries:       c.sackRecoveries.Value(),
+		TLPRecoveries:        c.tlpRecoveries.Value(),
+		SpuriousRecoveries:   c.spuriousRecoveries.Value(),
+	}
+}
