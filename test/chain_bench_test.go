@@ -13,12 +13,27 @@ package test
 //
 // Each op uploads 32 MiB in all over 1 or 16 streams at once; the sink's count of each stream is
 // checked. Besides MB/s: jain (Jain's fairness index of the streams' rates; 1 is perfectly fair)
-// and slowest-MB/s, fastest-MB/s (per stream).
+// and slowest-MB/s, fastest-MB/s (per stream). Over the timed ops, also:
+//
+//   - cpu-ms/MB: the process's CPU time (user and system, getrusage) per MB (10^6 bytes)
+//     uploaded. It is the whole process's: the benchmark's own SOCKS5 clients and sink run in it
+//     too, as does everything of the other chain still closing; so it compares the two chains'
+//     costs on the path, not a Warren figure on its own.
+//   - retransmits/op (warren only): TCP segments Warren's netstacks sent again
+//     (netstack.ReadTCPStats, process-wide: the client's and the exit's stacks, both directions).
+//     The stock chain's stacks are upstream's and are not counted.
+//   - udp-rcvbuf-drops/op: the kernel's Udp RcvbufErrors (/proc/net/snmp; left out where it
+//     cannot be read): IPv4 datagrams dropped because a socket's receive buffer was full. The
+//     count is the network namespace's, not the process's: anything else running on the machine
+//     adds to it.
 
 import (
 	"encoding/binary"
 	"fmt"
 	"net"
+	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -26,6 +41,7 @@ import (
 	"golang.org/x/net/proxy"
 
 	"github.com/warren-tunnel/warren/internal/testutil"
+	"github.com/warren-tunnel/warren/netstack"
 )
 
 const chainBytes = 32 << 20 // per op, over all streams
@@ -36,7 +52,7 @@ func BenchmarkChain(b *testing.B) {
 			sink := testutil.SinkServer(b)
 			e := startExitEngine(b, "chain", nil)
 			tun := openTunnel(b, e, "chain")
-			runChain(b, streams, func() (net.Conn, error) {
+			runChain(b, streams, true, func() (net.Conn, error) {
 				d, err := proxy.SOCKS5("tcp", tun.SOCKSAddr(), nil, proxy.Direct)
 				if err != nil {
 					return nil, err
@@ -47,7 +63,7 @@ func BenchmarkChain(b *testing.B) {
 		b.Run(fmt.Sprintf("stock/streams=%d", streams), func(b *testing.B) {
 			sink := testutil.SinkServer(b)
 			front := stockChain(b, sink.Addr())
-			runChain(b, streams, func() (net.Conn, error) {
+			runChain(b, streams, false, func() (net.Conn, error) {
 				d, err := proxy.SOCKS5("tcp", front, nil, proxy.Direct)
 				if err != nil {
 					return nil, err
@@ -58,8 +74,10 @@ func BenchmarkChain(b *testing.B) {
 	}
 }
 
-// runChain uploads chainBytes per op over streams connections at once and reports the rates.
-func runChain(b *testing.B, streams int, dial func() (net.Conn, error)) {
+// runChain uploads chainBytes per op over streams connections at once and reports the rates, the
+// CPU time per MB, the kernel's UDP receive-buffer drops and, for Warren's chain (warren), its
+// netstacks' retransmissions.
+func runChain(b *testing.B, streams int, warren bool, dial func() (net.Conn, error)) {
 	per := chainBytes / streams
 	chunk := make([]byte, 256<<10)
 	for i := range chunk {
@@ -67,6 +85,9 @@ func runChain(b *testing.B, streams int, dial func() (net.Conn, error)) {
 	}
 	rates := make([]float64, 0, streams*b.N)
 	b.SetBytes(chainBytes)
+	tcp0 := netstack.ReadTCPStats()
+	drops0, dropsOK := udpRcvbufErrors()
+	cpu0 := cpuTime()
 	b.ResetTimer()
 	for range b.N {
 		var wg sync.WaitGroup
@@ -98,6 +119,17 @@ func runChain(b *testing.B, streams int, dial func() (net.Conn, error)) {
 		}
 	}
 	b.StopTimer()
+	cpu := cpuTime() - cpu0
+	drops1, drops1OK := udpRcvbufErrors()
+	tcp1 := netstack.ReadTCPStats()
+	ops := float64(b.N)
+	b.ReportMetric(float64(cpu.Nanoseconds())/1e6/(ops*chainBytes/1e6), "cpu-ms/MB")
+	if warren {
+		b.ReportMetric(float64(tcp1.Retransmits-tcp0.Retransmits)/ops, "retransmits/op")
+	}
+	if dropsOK && drops1OK {
+		b.ReportMetric(float64(drops1-drops0)/ops, "udp-rcvbuf-drops/op")
+	}
 	var sum, sq, lo, hi float64
 	lo = rates[0]
 	for _, r := range rates {
@@ -128,4 +160,33 @@ func pushCounted(c net.Conn, n int, chunk []byte) error {
 		return fmt.Errorf("sink got %d bytes, want %d", got, n)
 	}
 	return nil
+}
+
+// udpRcvbufErrors reads the kernel's Udp RcvbufErrors from /proc/net/snmp: IPv4 UDP datagrams
+// dropped because a socket's receive buffer was full, in this network namespace, since boot. ok is
+// false where the file or the field cannot be read.
+func udpRcvbufErrors() (n uint64, ok bool) {
+	data, err := os.ReadFile("/proc/net/snmp")
+	if err != nil {
+		return 0, false
+	}
+	var names []string // the "Udp:" header line; the next "Udp:" line holds the values
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || f[0] != "Udp:" {
+			continue
+		}
+		if names == nil {
+			names = f
+			continue
+		}
+		for i, name := range names {
+			if name == "RcvbufErrors" && i < len(f) {
+				n, err := strconv.ParseUint(f[i], 10, 64)
+				return n, err == nil
+			}
+		}
+		return 0, false
+	}
+	return 0, false
 }
