@@ -3,8 +3,10 @@ package admin
 // Prometheus metrics at /metrics: a registry of the server's own (not the global one) with the Go
 // and process collectors and a collector that takes one snapshot of the engine per scrape, bounded
 // by scrapeTimeout. Every label comes from a closed set (states, roles, sides, end reasons,
-// directions, refusal kinds, reconnection causes): none names a tunnel, a slot or an exit, so the
-// number of series does not grow with the number of tunnels (docs/operations.md).
+// directions, refusal kinds, reconnection causes, TCP loss-recovery kinds): none names a tunnel, a
+// slot or an exit, so the number of series does not grow with the number of tunnels
+// (docs/operations.md). The warren_netstack_tcp_* series are the process's (netstack.ReadTCPStats):
+// every WireGuard device's stack in the process, whichever engine runs it.
 
 import (
 	"context"
@@ -19,6 +21,7 @@ import (
 
 	"github.com/warren-tunnel/warren/engine"
 	"github.com/warren-tunnel/warren/messages"
+	"github.com/warren-tunnel/warren/netstack"
 )
 
 // scrapeTimeout bounds one scrape's snapshot of the engine.
@@ -55,7 +58,8 @@ type metrics struct {
 
 	buildInfo, natsConnected, tunnels, connsActive, connsOpened, connsTotal, bytes, handshakeAge,
 	transitions, reconnects, signalingRTT, exitSessions, exitFlows, exitDraining, poolSlots,
-	refused, panics, childrenLost, eventsDropped, snapshotErrors, udpAssocs, udpDatagrams, udpDropped *prometheus.Desc
+	refused, panics, childrenLost, eventsDropped, snapshotErrors, udpAssocs, udpDatagrams, udpDropped,
+	tcpSegments, tcpRetransmits, tcpRecoveries, tcpSpurious *prometheus.Desc
 }
 
 func newMetrics(s *Server) *metrics {
@@ -95,6 +99,15 @@ func newMetrics(s *Server) *metrics {
 		udpDatagrams: d("warren_udp_datagrams_total",
 			"Datagrams moved by ended UDP associations, by role and direction (in: toward the destination; out: back).", "role", "direction"),
 		udpDropped: d("warren_udp_dropped_total", "Datagrams dropped by ended UDP associations, by role and reason.", "role", "reason"),
+		tcpSegments: d("warren_netstack_tcp_segments_sent_total",
+			"TCP segments sent by the process's WireGuard netstacks (clients' and exits'), data and ACKs."),
+		tcpRetransmits: d("warren_netstack_tcp_retransmits_total",
+			"TCP segments the process's WireGuard netstacks sent again, whatever the cause."),
+		tcpRecoveries: d("warren_netstack_tcp_recoveries_total",
+			"TCP loss episodes in the process's WireGuard netstacks, by kind (sack, reno: recovery entered on duplicate ACKs; timeout: retransmission timer expired).",
+			"kind"),
+		tcpSpurious: d("warren_netstack_tcp_spurious_recoveries_total",
+			"TCP loss recoveries in the process's WireGuard netstacks found afterwards to have been needless (RFC 3522)."),
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), m)
@@ -117,7 +130,7 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{m.buildInfo, m.natsConnected, m.tunnels, m.connsActive, m.connsOpened,
 		m.connsTotal, m.bytes, m.handshakeAge, m.transitions, m.reconnects, m.signalingRTT, m.exitSessions,
 		m.exitFlows, m.exitDraining, m.poolSlots, m.refused, m.panics, m.childrenLost, m.eventsDropped, m.snapshotErrors,
-		m.udpAssocs, m.udpDatagrams, m.udpDropped} {
+		m.udpAssocs, m.udpDatagrams, m.udpDropped, m.tcpSegments, m.tcpRetransmits, m.tcpRecoveries, m.tcpSpurious} {
 		ch <- d
 	}
 }
@@ -143,6 +156,13 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	counter(m.panics, float64(s.eng.ActorPanics()))
 	counter(m.childrenLost, float64(s.eng.ChildrenLost()))
 	counter(m.eventsDropped, float64(s.eng.DroppedEvents()))
+	tcp := netstack.ReadTCPStats()
+	counter(m.tcpSegments, float64(tcp.SegmentsSent))
+	counter(m.tcpRetransmits, float64(tcp.Retransmits))
+	counter(m.tcpRecoveries, float64(tcp.SACKRecoveries), "sack")
+	counter(m.tcpRecoveries, float64(tcp.FastRecoveries), "reno")
+	counter(m.tcpRecoveries, float64(tcp.Timeouts), "timeout")
+	counter(m.tcpSpurious, float64(tcp.SpuriousRecoveries))
 	sig := s.eng.SignalingStats()
 	for _, r := range refusals {
 		counter(m.refused, float64(r.get(sig)), r.typ, r.reason)

@@ -189,6 +189,18 @@ func TestMetrics(t *testing.T) {
 	if f := after["warren_signed_messages_refused_total"]; f == nil || len(f.Metric) != 13 {
 		t.Errorf("refusal series: %v", f)
 	}
+	// The netstacks' TCP counters: the echoes crossed the tunnel's stacks, so segments were sent.
+	if d := after.must(t, "warren_netstack_tcp_segments_sent_total") - before.must(t, "warren_netstack_tcp_segments_sent_total"); d <= 0 {
+		t.Errorf("netstack TCP segments sent: %v more, want some", d)
+	}
+	after.must(t, "warren_netstack_tcp_retransmits_total")
+	after.must(t, "warren_netstack_tcp_spurious_recoveries_total")
+	for _, kind := range []string{"sack", "reno", "timeout"} {
+		after.must(t, "warren_netstack_tcp_recoveries_total", "kind", kind)
+	}
+	if f := after["warren_netstack_tcp_recoveries_total"]; f == nil || len(f.Metric) != 3 {
+		t.Errorf("recovery series: %v", f)
+	}
 	if _, ok := after["warren_pool_slots"]; ok {
 		t.Error("warren_pool_slots without a pool")
 	}

@@ -13,27 +13,35 @@ package test
 //
 // Each op uploads 32 MiB in all over 1 or 16 streams at once; the sink's count of each stream is
 // checked. Besides MB/s: jain (Jain's fairness index of the streams' rates; 1 is perfectly fair)
-// and slowest-MB/s, fastest-MB/s (per stream).
+// and slowest-MB/s, fastest-MB/s (per stream). Over the timed ops, also:
+//
+//   - cpu-ms/MB: the process's CPU time (user and system, getrusage) per MB (10^6 bytes)
+//     uploaded. It is the whole process's: the benchmark's own SOCKS5 clients and sink run in it
+//     too, as does everything of the other chain still closing; so it compares the two chains'
+//     costs on the path, not a Warren figure on its own.
+//   - retransmits/op (warren only): TCP segments Warren's netstacks sent again
+//     (netstack.ReadTCPStats, process-wide: the client's and the exit's stacks, both directions).
+//     The stock chain's stacks are upstream's and are not counted.
+//   - udp-rcvbuf-drops/op: the kernel's Udp RcvbufErrors (/proc/net/snmp; left out where it
+//     cannot be read): IPv4 datagrams dropped because a socket's receive buffer was full. The
+//     count is the network namespace's, not the process's: anything else running on the machine
+//     adds to it.
 
 import (
-	"context"
 	"encoding/binary"
-	"encoding/hex"
 	"fmt"
-	"io"
 	"net"
-	"net/netip"
+	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/net/proxy"
-	"golang.zx2c4.com/wireguard/conn"
-	"golang.zx2c4.com/wireguard/device"
-	"golang.zx2c4.com/wireguard/tun/netstack"
 
 	"github.com/warren-tunnel/warren/internal/testutil"
+	"github.com/warren-tunnel/warren/netstack"
 )
 
 const chainBytes = 32 << 20 // per op, over all streams
@@ -44,7 +52,7 @@ func BenchmarkChain(b *testing.B) {
 			sink := testutil.SinkServer(b)
 			e := startExitEngine(b, "chain", nil)
 			tun := openTunnel(b, e, "chain")
-			runChain(b, streams, func() (net.Conn, error) {
+			runChain(b, streams, true, func() (net.Conn, error) {
 				d, err := proxy.SOCKS5("tcp", tun.SOCKSAddr(), nil, proxy.Direct)
 				if err != nil {
 					return nil, err
@@ -55,7 +63,7 @@ func BenchmarkChain(b *testing.B) {
 		b.Run(fmt.Sprintf("stock/streams=%d", streams), func(b *testing.B) {
 			sink := testutil.SinkServer(b)
 			front := stockChain(b, sink.Addr())
-			runChain(b, streams, func() (net.Conn, error) {
+			runChain(b, streams, false, func() (net.Conn, error) {
 				d, err := proxy.SOCKS5("tcp", front, nil, proxy.Direct)
 				if err != nil {
 					return nil, err
@@ -66,8 +74,10 @@ func BenchmarkChain(b *testing.B) {
 	}
 }
 
-// runChain uploads chainBytes per op over streams connections at once and reports the rates.
-func runChain(b *testing.B, streams int, dial func() (net.Conn, error)) {
+// runChain uploads chainBytes per op over streams connections at once and reports the rates, the
+// CPU time per MB, the kernel's UDP receive-buffer drops and, for Warren's chain (warren), its
+// netstacks' retransmissions.
+func runChain(b *testing.B, streams int, warren bool, dial func() (net.Conn, error)) {
 	per := chainBytes / streams
 	chunk := make([]byte, 256<<10)
 	for i := range chunk {
@@ -75,6 +85,9 @@ func runChain(b *testing.B, streams int, dial func() (net.Conn, error)) {
 	}
 	rates := make([]float64, 0, streams*b.N)
 	b.SetBytes(chainBytes)
+	tcp0 := netstack.ReadTCPStats()
+	drops0, dropsOK := udpRcvbufErrors()
+	cpu0 := cpuTime()
 	b.ResetTimer()
 	for range b.N {
 		var wg sync.WaitGroup
@@ -106,6 +119,17 @@ func runChain(b *testing.B, streams int, dial func() (net.Conn, error)) {
 		}
 	}
 	b.StopTimer()
+	cpu := cpuTime() - cpu0
+	drops1, drops1OK := udpRcvbufErrors()
+	tcp1 := netstack.ReadTCPStats()
+	ops := float64(b.N)
+	b.ReportMetric(float64(cpu.Nanoseconds())/1e6/(ops*chainBytes/1e6), "cpu-ms/MB")
+	if warren {
+		b.ReportMetric(float64(tcp1.Retransmits-tcp0.Retransmits)/ops, "retransmits/op")
+	}
+	if dropsOK && drops1OK {
+		b.ReportMetric(float64(drops1-drops0)/ops, "udp-rcvbuf-drops/op")
+	}
 	var sum, sq, lo, hi float64
 	lo = rates[0]
 	for _, r := range rates {
@@ -138,131 +162,31 @@ func pushCounted(c net.Conn, n int, chunk []byte) error {
 	return nil
 }
 
-// stockChain builds the stock chain to sink and returns its SOCKS5 front's address; everything is
-// closed at the benchmark's cleanup.
-func stockChain(b *testing.B, sink string) string {
-	b.Helper()
-	srvAddr, cliAddr := netip.MustParseAddr("10.97.0.1"), netip.MustParseAddr("10.97.0.2")
-	srvPriv, srvPub := testutil.KeyPair(b)
-	cliPriv, cliPub := testutil.KeyPair(b)
-	sdev, stnet := stockDevice(b, srvAddr, srvPriv, cliPub, "", netip.PrefixFrom(cliAddr, 32))
-	state, err := sdev.IpcGet()
+// udpRcvbufErrors reads the kernel's Udp RcvbufErrors from /proc/net/snmp: IPv4 UDP datagrams
+// dropped because a socket's receive buffer was full, in this network namespace, since boot. ok is
+// false where the file or the field cannot be read.
+func udpRcvbufErrors() (n uint64, ok bool) {
+	data, err := os.ReadFile("/proc/net/snmp")
 	if err != nil {
-		b.Fatal(err)
+		return 0, false
 	}
-	var port string
-	for _, l := range strings.Split(state, "\n") {
-		if v, ok := strings.CutPrefix(l, "listen_port="); ok {
-			port = v
+	var names []string // the "Udp:" header line; the next "Udp:" line holds the values
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || f[0] != "Udp:" {
+			continue
 		}
-	}
-	_, ctnet := stockDevice(b, cliAddr, cliPriv, srvPub, "127.0.0.1:"+port, netip.PrefixFrom(srvAddr, 32))
-	var wg sync.WaitGroup
-	b.Cleanup(wg.Wait)
-	// The far end: a forwarder from the server's tunnel address to the sink.
-	fwd, err := stnet.ListenTCPAddrPort(netip.AddrPortFrom(srvAddr, 9000))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { fwd.Close() })
-	wg.Go(func() {
-		for {
-			in, err := fwd.Accept()
-			if err != nil {
-				return
+		if names == nil {
+			names = f
+			continue
+		}
+		for i, name := range names {
+			if name == "RcvbufErrors" && i < len(f) {
+				n, err := strconv.ParseUint(f[i], 10, 64)
+				return n, err == nil
 			}
-			wg.Go(func() {
-				out, err := net.Dial("tcp", sink)
-				if err != nil {
-					in.Close()
-					return
-				}
-				pipeStock(in, out)
-			})
 		}
-	})
-	// The front: SOCKS5 CONNECT (no auth), every target carried to the forwarder.
-	front := testutil.ListenOn(b, "127.0.0.1:0")
-	wg.Go(func() {
-		for {
-			in, err := front.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() {
-				if err := socksAccept(in); err != nil {
-					in.Close()
-					return
-				}
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				out, err := ctnet.DialContextTCPAddrPort(ctx, netip.AddrPortFrom(srvAddr, 9000))
-				cancel()
-				if err != nil {
-					in.Close()
-					return
-				}
-				pipeStock(in, out)
-			})
-		}
-	})
-	return front.Addr().String()
-}
-
-// socksAccept reads a SOCKS5 greeting and an IPv4 CONNECT and answers success.
-func socksAccept(c net.Conn) error {
-	var req [3 + 10]byte
-	if _, err := io.ReadFull(c, req[:3]); err != nil || req[0] != 5 {
-		return fmt.Errorf("greeting: %v", err)
+		return 0, false
 	}
-	if _, err := c.Write([]byte{5, 0}); err != nil {
-		return err
-	}
-	if _, err := io.ReadFull(c, req[3:]); err != nil || req[3] != 5 || req[4] != 1 || req[6] != 1 {
-		return fmt.Errorf("request: %v", err)
-	}
-	_, err := c.Write([]byte{5, 0, 0, 1, 0, 0, 0, 0, 0, 0})
-	return err
-}
-
-// pipeStock copies both ways until both directions end, passing a half-close on.
-func pipeStock(a, b net.Conn) {
-	defer a.Close()
-	defer b.Close()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_, _ = io.Copy(b, a)
-		if cw, ok := b.(interface{ CloseWrite() error }); ok {
-			_ = cw.CloseWrite()
-		}
-	}()
-	_, _ = io.Copy(a, b)
-	if cw, ok := a.(interface{ CloseWrite() error }); ok {
-		_ = cw.CloseWrite()
-	}
-	<-done
-}
-
-// stockDevice starts upstream wireguard-go with its default bind on upstream tun/netstack, at addr
-// (MTU 1420) with key priv and one peer: peerPub, routed allowed, at endpoint unless it is empty.
-// It is closed at the benchmark's cleanup.
-func stockDevice(tb testing.TB, addr netip.Addr, priv, peerPub [32]byte, endpoint string, allowed netip.Prefix) (*device.Device, *netstack.Net) {
-	tb.Helper()
-	tdev, tnet, err := netstack.CreateNetTUN([]netip.Addr{addr}, nil, 1420)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	dev := device.NewDevice(tdev, conn.NewDefaultBind(), &device.Logger{Verbosef: device.DiscardLogf, Errorf: tb.Logf})
-	tb.Cleanup(dev.Close)
-	cfg := fmt.Sprintf("private_key=%s\nlisten_port=0\npublic_key=%s\nallowed_ip=%s\n", hex.EncodeToString(priv[:]), hex.EncodeToString(peerPub[:]), allowed)
-	if endpoint != "" {
-		cfg += "endpoint=" + endpoint + "\n"
-	}
-	if err := dev.IpcSet(cfg); err != nil {
-		tb.Fatal(err)
-	}
-	if err := dev.Up(); err != nil {
-		tb.Fatal(err)
-	}
-	return dev, tnet
+	return 0, false
 }

@@ -1,0 +1,104 @@
+package test
+
+// Connection latency through a chain (issue 17), the same two chains as BenchmarkChain (warren:
+// Warren's tunnel and exit; stock: stock parts only, stock_chain_test.go):
+//
+//	go test ./test -run '^$' -bench BenchmarkConnectLatency -benchtime 2000x
+//
+// Each op, one at a time: dial the SOCKS5 proxy, CONNECT to an echo server on 127.0.0.1, write 1
+// byte, read it back, close. It is timed from before the dial to after the byte is read (the close
+// is not in it): the SOCKS5 exchange, the TCP handshake inside the tunnel, the exit's dial of the
+// echo server and one round trip of data. p50-µs, p99-µs and mean-µs are over the timed ops; a few
+// connections first warm both chains up (the tunnel's handshake is done by then anyway).
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"slices"
+	"testing"
+	"time"
+
+	"golang.org/x/net/proxy"
+
+	"github.com/warren-tunnel/warren/internal/testutil"
+)
+
+const (
+	latencyWarmup = 10               // untimed connections before the timed ones
+	latencyBound  = 10 * time.Second // bounds each connection: dial, exchange and all
+)
+
+func BenchmarkConnectLatency(b *testing.B) {
+	b.Run("warren", func(b *testing.B) {
+		echo := testutil.EchoServer(b)
+		e := startExitEngine(b, "latency", nil)
+		tun := openTunnel(b, e, "latency")
+		runLatency(b, tun.SOCKSAddr(), echo.Addr())
+	})
+	b.Run("stock", func(b *testing.B) {
+		echo := testutil.EchoServer(b)
+		runLatency(b, stockChain(b, echo.Addr()), echo.Addr())
+	})
+}
+
+// runLatency times b.N connections through the SOCKS5 proxy at socks to target, an echo server,
+// one after another, and reports their quantiles and mean.
+func runLatency(b *testing.B, socks, target string) {
+	d, err := proxy.SOCKS5("tcp", socks, nil, &net.Dialer{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	cd := d.(proxy.ContextDialer)
+	for i := range latencyWarmup {
+		if _, err := echoOnce(cd, target, byte(i)); err != nil {
+			b.Fatalf("warm-up %d: %v", i, err)
+		}
+	}
+	took := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := range b.N {
+		t, err := echoOnce(cd, target, byte(i))
+		if err != nil {
+			b.Fatalf("connection %d: %v", i, err)
+		}
+		took = append(took, t)
+	}
+	b.StopTimer()
+	slices.Sort(took)
+	var sum time.Duration
+	for _, t := range took {
+		sum += t
+	}
+	us := func(t time.Duration) float64 { return float64(t.Nanoseconds()) / 1e3 }
+	b.ReportMetric(us(quantile(took, 0.5)), "p50-µs")
+	b.ReportMetric(us(quantile(took, 0.99)), "p99-µs")
+	b.ReportMetric(us(sum)/float64(len(took)), "mean-µs")
+}
+
+// echoOnce opens a connection to target through d, writes v, reads it back and closes; it returns
+// the time from before the dial to after the read. Everything is bounded by latencyBound.
+func echoOnce(d proxy.ContextDialer, target string, v byte) (time.Duration, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), latencyBound)
+	defer cancel()
+	start := time.Now()
+	c, err := d.DialContext(ctx, "tcp", target)
+	if err != nil {
+		return 0, fmt.Errorf("dial: %w", err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(start.Add(latencyBound))
+	if _, err := c.Write([]byte{v}); err != nil {
+		return 0, fmt.Errorf("write: %w", err)
+	}
+	var got [1]byte
+	if _, err := io.ReadFull(c, got[:]); err != nil {
+		return 0, fmt.Errorf("read: %w", err)
+	}
+	took := time.Since(start)
+	if got[0] != v {
+		return 0, fmt.Errorf("echo: got %d, want %d", got[0], v)
+	}
+	return took, nil
+}
