@@ -59,7 +59,7 @@ type metrics struct {
 	buildInfo, natsConnected, tunnels, connsActive, connsOpened, connsTotal, bytes, handshakeAge,
 	transitions, reconnects, signalingRTT, exitSessions, exitFlows, exitDraining, poolSlots,
 	refused, panics, childrenLost, eventsDropped, snapshotErrors, udpAssocs, udpDatagrams, udpDropped,
-	tcpSegments, tcpRetransmits, tcpRecoveries, tcpSpurious *prometheus.Desc
+	tcpSegments, tcpRetransmits, tcpRecoveries, tcpSpurious, stackDrops *prometheus.Desc
 }
 
 func newMetrics(s *Server) *metrics {
@@ -108,6 +108,9 @@ func newMetrics(s *Server) *metrics {
 			"kind"),
 		tcpSpurious: d("warren_netstack_tcp_spurious_recoveries_total",
 			"TCP loss recoveries in the process's WireGuard netstacks found afterwards to have been needless (RFC 3522)."),
+		stackDrops: d("warren_netstack_dropped_packets_total",
+			"Packets the process's WireGuard netstacks dropped themselves, by layer (transport: a connection's full segment queue, a listener's full backlog; link: the queue to the WireGuard device full for 50 ms).",
+			"layer"),
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), m)
@@ -130,7 +133,7 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{m.buildInfo, m.natsConnected, m.tunnels, m.connsActive, m.connsOpened,
 		m.connsTotal, m.bytes, m.handshakeAge, m.transitions, m.reconnects, m.signalingRTT, m.exitSessions,
 		m.exitFlows, m.exitDraining, m.poolSlots, m.refused, m.panics, m.childrenLost, m.eventsDropped, m.snapshotErrors,
-		m.udpAssocs, m.udpDatagrams, m.udpDropped, m.tcpSegments, m.tcpRetransmits, m.tcpRecoveries, m.tcpSpurious} {
+		m.udpAssocs, m.udpDatagrams, m.udpDropped, m.tcpSegments, m.tcpRetransmits, m.tcpRecoveries, m.tcpSpurious, m.stackDrops} {
 		ch <- d
 	}
 }
@@ -163,6 +166,8 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	counter(m.tcpRecoveries, float64(tcp.FastRecoveries), "reno")
 	counter(m.tcpRecoveries, float64(tcp.Timeouts), "timeout")
 	counter(m.tcpSpurious, float64(tcp.SpuriousRecoveries))
+	counter(m.stackDrops, float64(tcp.TransportDrops), "transport")
+	counter(m.stackDrops, float64(tcp.LinkDrops), "link")
 	sig := s.eng.SignalingStats()
 	for _, r := range refusals {
 		counter(m.refused, float64(r.get(sig)), r.typ, r.reason)

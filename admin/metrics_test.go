@@ -198,6 +198,9 @@ func TestMetrics(t *testing.T) {
 	for _, kind := range []string{"sack", "reno", "timeout"} {
 		after.must(t, "warren_netstack_tcp_recoveries_total", "kind", kind)
 	}
+	for _, layer := range []string{"transport", "link"} {
+		after.must(t, "warren_netstack_dropped_packets_total", "layer", layer)
+	}
 	if f := after["warren_netstack_tcp_recoveries_total"]; f == nil || len(f.Metric) != 3 {
 		t.Errorf("recovery series: %v", f)
 	}

@@ -287,6 +287,9 @@ func (e *linkEndpoint) enqueue(pkts []*stack.PacketBuffer) (int, tcpip.Error) {
 			}
 		}
 		if !full {
+			if n < len(pkts) {
+				tcpCounters.linkDrops.IncrementBy(uint64(len(pkts) - n))
+			}
 			stopTimer(bound)
 			if n == 0 {
 				return 0, &tcpip.ErrNoBufferSpace{}

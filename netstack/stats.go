@@ -20,6 +20,9 @@ import "gvisor.dev/gvisor/pkg/tcpip"
 var tcpCounters struct {
 	segmentsSent, retransmits, fastRetransmits, slowStartRetransmits, timeouts,
 	fastRecoveries, sackRecoveries, tlpRecoveries, spuriousRecoveries tcpip.StatCounter
+	// transportDrops is gVisor's stack-wide DroppedPackets (only ever incremented); linkDrops is
+	// counted by the link endpoint (link.go).
+	transportDrops, linkDrops tcpip.StatCounter
 }
 
 // sharedStats is the stack.Options.Stats New passes: the TCP counters above, every other counter
@@ -36,6 +39,7 @@ func sharedStats() tcpip.Stats {
 	t.SACKRecovery = &tcpCounters.sackRecoveries
 	t.TLPRecovery = &tcpCounters.tlpRecoveries
 	t.SpuriousRecovery = &tcpCounters.spuriousRecoveries
+	s.DroppedPackets = &tcpCounters.transportDrops
 	return s
 }
 
@@ -67,6 +71,13 @@ type TCPStats struct {
 	// SpuriousRecoveries counts recoveries found, afterwards, to have been entered needlessly
 	// (RFC 3522: the ACK's timestamp echo predates the retransmission).
 	SpuriousRecoveries uint64
+	// TransportDrops counts packets the stacks dropped at the transport layer (gVisor's
+	// DroppedPackets): above all a TCP segment that found its connection's queue of unprocessed
+	// segments full, and a SYN that found a listener's backlog full.
+	TransportDrops uint64
+	// LinkDrops counts outbound packets dropped because the link's queue to the WireGuard device
+	// stayed full for fullWait (a device that stopped reading); 0 while devices keep up.
+	LinkDrops uint64
 }
 
 // ReadTCPStats returns the process-wide TCP counters of Warren's stacks. Each field is read
@@ -83,5 +94,7 @@ func ReadTCPStats() TCPStats {
 		SACKRecoveries:       c.sackRecoveries.Value(),
 		TLPRecoveries:        c.tlpRecoveries.Value(),
 		SpuriousRecoveries:   c.spuriousRecoveries.Value(),
+		TransportDrops:       c.transportDrops.Value(),
+		LinkDrops:            c.linkDrops.Value(),
 	}
 }

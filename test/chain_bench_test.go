@@ -22,6 +22,9 @@ package test
 //   - retransmits/op (warren only): TCP segments Warren's netstacks sent again
 //     (netstack.ReadTCPStats, process-wide: the client's and the exit's stacks, both directions).
 //     The stock chain's stacks are upstream's and are not counted.
+//   - stack-drops/op (warren only): packets Warren's netstacks dropped themselves, at the
+//     transport layer (a connection's full segment queue) or at the link (its queue to the device
+//     full for fullWait): netstack.TCPStats TransportDrops + LinkDrops.
 //   - udp-rcvbuf-drops/op: the kernel's Udp RcvbufErrors (/proc/net/snmp; left out where it
 //     cannot be read): IPv4 datagrams dropped because a socket's receive buffer was full. The
 //     count is the network namespace's, not the process's: anything else running on the machine
@@ -126,6 +129,7 @@ func runChain(b *testing.B, streams int, warren bool, dial func() (net.Conn, err
 	b.ReportMetric(float64(cpu.Nanoseconds())/1e6/(ops*chainBytes/1e6), "cpu-ms/MB")
 	if warren {
 		b.ReportMetric(float64(tcp1.Retransmits-tcp0.Retransmits)/ops, "retransmits/op")
+		b.ReportMetric(float64(tcp1.TransportDrops+tcp1.LinkDrops-tcp0.TransportDrops-tcp0.LinkDrops)/ops, "stack-drops/op")
 	}
 	if dropsOK && drops1OK {
 		b.ReportMetric(float64(drops1-drops0)/ops, "udp-rcvbuf-drops/op")

@@ -223,8 +223,16 @@ func (device *Device) RoutineReceiveIncoming(maxBatchSize int, recv conn.Receive
 		}
 		for peer, elemsContainer := range elemsByPeer {
 			if peer.isRunning.Load() {
-				peer.queue.inbound.c <- elemsContainer
-				device.queue.decryption.c <- elemsContainer
+				if len(elemsContainer.elems) <= inlineCryptoMax {
+					// Warren: a small batch is opened here and skips the workers (warren_inline.go).
+					var nonce [chacha20poly1305.NonceSize]byte
+					openElems(elemsContainer, &nonce)
+					elemsContainer.Unlock()
+					peer.queue.inbound.c <- elemsContainer
+				} else {
+					peer.queue.inbound.c <- elemsContainer
+					device.queue.decryption.c <- elemsContainer
+				}
 			} else {
 				for _, elem := range elemsContainer.elems {
 					device.PutMessageBuffer(elem.buffer)
@@ -257,26 +265,7 @@ func (device *Device) RoutineDecryption(id int) {
 	device.log.Verbosef("Routine: decryption worker %d - started", id)
 
 	for elemsContainer := range device.queue.decryption.c {
-		for _, elem := range elemsContainer.elems {
-			// split message into fields
-			counter := elem.packet[MessageTransportOffsetCounter:MessageTransportOffsetContent]
-			content := elem.packet[MessageTransportOffsetContent:]
-
-			// decrypt and release to consumer
-			var err error
-			elem.counter = binary.LittleEndian.Uint64(counter)
-			// copy counter to nonce
-			binary.LittleEndian.PutUint64(nonce[0x4:0xc], elem.counter)
-			elem.packet, err = elem.keypair.receive.Open(
-				content[:0],
-				nonce[:],
-				content,
-				nil,
-			)
-			if err != nil {
-				elem.packet = nil
-			}
-		}
+		openElems(elemsContainer, &nonce) // Warren: the loop's body, shared with inline opening (warren_inline.go)
 		elemsContainer.Unlock()
 	}
 }
