@@ -3,6 +3,8 @@ package actors
 import (
 	"fmt"
 	"log/slog"
+	"math"
+	"runtime"
 	"runtime/debug"
 	"strings"
 	"time"
@@ -24,8 +26,12 @@ import (
 // Waiting there stalls only this tunnel, whose one peer is its own exit; should packets staged for
 // a handshake that never completes hold them all, the health hub finds the data plane dead and the
 // tunnel reconnects, and Device.Close lifts the cap before it waits for the readers.
+//
+// Its one worker of each kind only ever stood between a reader and the peer's sequential sender or
+// receiver: every batch is sealed or opened by the goroutine that read it (InlineCrypto,
+// third_party/wireguard/README.md change 10), one goroutine wake-up fewer per batch each way.
 var clientDevice = device.DeviceOptions{Workers: 1, HandshakeQueue: 64, AdaptiveBatch: true, NoTUNEvents: true,
-	MaxBuffers: clientMaxBuffers}
+	MaxBuffers: clientMaxBuffers, InlineCrypto: math.MaxInt}
 
 // clientMaxBuffers: message buffers a tunnel's device may hold at once, 9 MiB.
 const clientMaxBuffers = 1024
@@ -35,7 +41,23 @@ const clientMaxBuffers = 1024
 // are not capped: one device serves every client, and a client that let its session's keys expire
 // while a flood through the exit is staged for it could otherwise hold the whole budget and stall
 // every other session.
-var exitDevice = device.DeviceOptions{AdaptiveBatch: true, NoTUNEvents: true}
+//
+// Its bind's one receive loop reads every client's packets. On a machine of one or two CPUs it
+// opens them itself, as a client's device does: there the workers add wake-ups, not parallelism
+// (BenchmarkChain, docs/performance.md). With more CPUs only batches of up to inlineSmall packets
+// (a handshake, a request, a quiet connection's ACKs) are: the workers open bulk traffic in
+// parallel, many clients' at once.
+var exitDevice = device.DeviceOptions{AdaptiveBatch: true, NoTUNEvents: true, InlineCrypto: exitInline()}
+
+// inlineSmall is the largest batch an exit's device on more than two CPUs seals or opens inline.
+const inlineSmall = 4
+
+func exitInline() int {
+	if runtime.GOMAXPROCS(0) <= 2 {
+		return math.MaxInt
+	}
+	return inlineSmall
+}
 
 // stopOnFailure stops a child that panicked; it never restarts one (see package doc).
 var stopOnFailure = actor.NewOneForOneStrategy(0, 0, func(reason interface{}) actor.Directive {

@@ -316,6 +316,10 @@ type DeviceOptions struct {
 	// once; a reader that would take one more waits for one to come back. 0: no cap, as upstream
 	// on Linux, macOS and Windows (PreallocatedBuffersPerPool).
 	MaxBuffers uint32
+	// InlineCrypto: a batch of at most this many packets is sealed or opened by the goroutine that
+	// read it, skipping the encryption and decryption workers (warren_inline.go). 0: never, as
+	// upstream.
+	InlineCrypto int
 }
 
 // NewDeviceWith is NewDevice sized by opts (Warren).

@@ -223,7 +223,7 @@ func (device *Device) RoutineReceiveIncoming(maxBatchSize int, recv conn.Receive
 		}
 		for peer, elemsContainer := range elemsByPeer {
 			if peer.isRunning.Load() {
-				if len(elemsContainer.elems) <= inlineCryptoMax {
+				if len(elemsContainer.elems) <= peer.device.opts.InlineCrypto {
 					// Warren: a small batch is opened here and skips the workers (warren_inline.go).
 					var nonce [chacha20poly1305.NonceSize]byte
 					openElems(elemsContainer, &nonce)

@@ -399,7 +399,7 @@ top:
 
 			// add to parallel and sequential queue
 			if peer.isRunning.Load() {
-				if len(elemsContainer.elems) <= inlineCryptoMax {
+				if len(elemsContainer.elems) <= peer.device.opts.InlineCrypto {
 					// Warren: a small batch is sealed here and skips the workers (warren_inline.go).
 					var nonce [chacha20poly1305.NonceSize]byte
 					peer.device.sealElems(elemsContainer, &nonce)

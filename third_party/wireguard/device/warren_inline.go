@@ -22,9 +22,6 @@ import (
 	"golang.org/x/crypto/chacha20poly1305"
 )
 
-// inlineCryptoMax is the largest batch sealed or opened by the goroutine that read it.
-const inlineCryptoMax = 4
-
 // sealElems encrypts the packets of elemsContainer in place (the work of RoutineEncryption).
 func (device *Device) sealElems(elemsContainer *QueueOutboundElementsContainer, nonce *[chacha20poly1305.NonceSize]byte) {
 	var paddingZeros [PaddingMultiple]byte
