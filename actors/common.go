@@ -31,7 +31,7 @@ import (
 // receiver: every batch is sealed or opened by the goroutine that read it (InlineCrypto,
 // third_party/wireguard/README.md change 10), one goroutine wake-up fewer per batch each way.
 var clientDevice = device.DeviceOptions{Workers: 1, HandshakeQueue: 64, AdaptiveBatch: true, NoTUNEvents: true,
-	MaxBuffers: clientMaxBuffers, InlineCrypto: math.MaxInt}
+	MaxBuffers: clientMaxBuffers, InlineCrypto: math.MaxInt, InlineSend: true, InlineReceive: true}
 
 // clientMaxBuffers: message buffers a tunnel's device may hold at once, 9 MiB.
 const clientMaxBuffers = 1024
@@ -47,7 +47,7 @@ const clientMaxBuffers = 1024
 // (BenchmarkChain, docs/performance.md). With more CPUs only batches of up to inlineSmall packets
 // (a handshake, a request, a quiet connection's ACKs) are: the workers open bulk traffic in
 // parallel, many clients' at once.
-var exitDevice = device.DeviceOptions{AdaptiveBatch: true, NoTUNEvents: true, InlineCrypto: exitInline()}
+var exitDevice = device.DeviceOptions{AdaptiveBatch: true, NoTUNEvents: true, InlineCrypto: exitInline(), InlineSend: true, InlineReceive: true}
 
 // inlineSmall is the largest batch an exit's device on more than two CPUs seals or opens inline.
 const inlineSmall = 4

@@ -320,6 +320,13 @@ type DeviceOptions struct {
 	// read it, skipping the encryption and decryption workers (warren_inline.go). 0: never, as
 	// upstream.
 	InlineCrypto int
+	// InlineSend: a batch sealed inline is also handed to the bind by the goroutine that sealed it
+	// when no batch waits for the peer's sequential sender (warren_inline.go). false: as upstream.
+	InlineSend bool
+	// InlineReceive: a batch opened inline is also checked and written to the TUN by the goroutine
+	// that opened it when no batch waits for the peer's sequential receiver (warren_inline.go).
+	// false: as upstream.
+	InlineReceive bool
 }
 
 // NewDeviceWith is NewDevice sized by opts (Warren).

@@ -54,6 +54,18 @@ type Peer struct {
 		inbound  *autodrainingInboundQueue            // sequential ordering of tun writing
 	}
 
+	// Warren: inline sending (warren_inline.go). sendOrder is held while a batch is handed to the
+	// bind, by the sequential sender or an inline sender; sendBufs is their scratch (guarded by
+	// sendOrder); queuedOut counts batches pushed to queue.outbound and not yet handed on.
+	sendOrder sync.Mutex
+	sendBufs  [][]byte
+	queuedOut atomic.Int64
+	// recvOrder, recvBufs and queuedIn are the same for receiving (the sequential receiver and
+	// inline receivers; batches pushed to queue.inbound).
+	recvOrder sync.Mutex
+	recvBufs  [][]byte
+	queuedIn  atomic.Int64
+
 	cookieGenerator             CookieGenerator
 	trieEntries                 list.List
 	persistentKeepaliveInterval atomic.Uint32

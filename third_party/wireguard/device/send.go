@@ -400,12 +400,17 @@ top:
 			// add to parallel and sequential queue
 			if peer.isRunning.Load() {
 				if len(elemsContainer.elems) <= peer.device.opts.InlineCrypto {
-					// Warren: a small batch is sealed here and skips the workers (warren_inline.go).
+					// Warren: a small batch is sealed here and skips the workers, and is sent
+					// here too when nothing is queued before it (warren_inline.go).
 					var nonce [chacha20poly1305.NonceSize]byte
 					peer.device.sealElems(elemsContainer, &nonce)
 					elemsContainer.Unlock()
-					peer.queue.outbound.c <- elemsContainer
+					if !peer.sendInline(elemsContainer) {
+						peer.queuedOut.Add(1)
+						peer.queue.outbound.c <- elemsContainer
+					}
 				} else {
+					peer.queuedOut.Add(1) // Warren: see sendInline
 					peer.queue.outbound.c <- elemsContainer
 					peer.device.queue.encryption.c <- elemsContainer
 				}
@@ -481,61 +486,75 @@ func (peer *Peer) RoutineSequentialSender(maxBatchSize int) {
 	}()
 	device.log.Verbosef("%v - Routine: sequential sender - started", peer)
 
-	bufs := make([][]byte, 0, maxBatchSize)
-
 	for elemsContainer := range peer.queue.outbound.c {
-		bufs = bufs[:0]
 		if elemsContainer == nil {
 			return
 		}
-		if !peer.isRunning.Load() {
-			// peer has been stopped; return re-usable elems to the shared pool.
-			// This is an optimization only. It is possible for the peer to be stopped
-			// immediately after this check, in which case, elem will get processed.
-			// The timers and SendBuffers code are resilient to a few stragglers.
-			// TODO: rework peer shutdown order to ensure
-			// that we never accidentally keep timers alive longer than necessary.
-			elemsContainer.Lock()
-			for _, elem := range elemsContainer.elems {
-				device.PutMessageBuffer(elem.buffer)
-				device.PutOutboundElement(elem)
-			}
-			device.PutOutboundElementsContainer(elemsContainer)
-			continue
-		}
-		dataSent := false
+		// Warren: the loop's body is sendElems, shared with inline sending (warren_inline.go).
+		peer.sendOrder.Lock()
+		peer.sendElems(elemsContainer, maxBatchSize)
+		peer.queuedOut.Add(-1)
+		peer.sendOrder.Unlock()
+	}
+}
+
+// sendElems hands one sealed batch to the bind and returns its elements to the pools. Warren:
+// upstream's body of RoutineSequentialSender's loop, unchanged but for the scratch (peer.sendBufs),
+// so that inline sending (warren_inline.go) runs it too. The caller holds peer.sendOrder.
+func (peer *Peer) sendElems(elemsContainer *QueueOutboundElementsContainer, maxBatchSize int) {
+	device := peer.device
+	if cap(peer.sendBufs) < maxBatchSize {
+		peer.sendBufs = make([][]byte, 0, maxBatchSize)
+	}
+	bufs := peer.sendBufs[:0]
+	defer func() { clear(bufs); peer.sendBufs = bufs[:0] }()
+	if !peer.isRunning.Load() {
+		// peer has been stopped; return re-usable elems to the shared pool.
+		// This is an optimization only. It is possible for the peer to be stopped
+		// immediately after this check, in which case, elem will get processed.
+		// The timers and SendBuffers code are resilient to a few stragglers.
+		// TODO: rework peer shutdown order to ensure
+		// that we never accidentally keep timers alive longer than necessary.
 		elemsContainer.Lock()
-		for _, elem := range elemsContainer.elems {
-			if len(elem.packet) != MessageKeepaliveSize {
-				dataSent = true
-			}
-			bufs = append(bufs, elem.packet)
-		}
-
-		peer.timersAnyAuthenticatedPacketTraversal()
-		peer.timersAnyAuthenticatedPacketSent()
-
-		err := peer.SendBuffers(bufs)
-		if dataSent {
-			peer.timersDataSent()
-		}
 		for _, elem := range elemsContainer.elems {
 			device.PutMessageBuffer(elem.buffer)
 			device.PutOutboundElement(elem)
 		}
 		device.PutOutboundElementsContainer(elemsContainer)
-		if err != nil {
-			var errGSO conn.ErrUDPGSODisabled
-			if errors.As(err, &errGSO) {
-				device.log.Verbosef(err.Error())
-				err = errGSO.RetryErr
-			}
-		}
-		if err != nil {
-			device.log.Errorf("%v - Failed to send data packets: %v", peer, err)
-			continue
-		}
-
-		peer.keepKeyFreshSending()
+		return
 	}
+	dataSent := false
+	elemsContainer.Lock()
+	for _, elem := range elemsContainer.elems {
+		if len(elem.packet) != MessageKeepaliveSize {
+			dataSent = true
+		}
+		bufs = append(bufs, elem.packet)
+	}
+
+	peer.timersAnyAuthenticatedPacketTraversal()
+	peer.timersAnyAuthenticatedPacketSent()
+
+	err := peer.SendBuffers(bufs)
+	if dataSent {
+		peer.timersDataSent()
+	}
+	for _, elem := range elemsContainer.elems {
+		device.PutMessageBuffer(elem.buffer)
+		device.PutOutboundElement(elem)
+	}
+	device.PutOutboundElementsContainer(elemsContainer)
+	if err != nil {
+		var errGSO conn.ErrUDPGSODisabled
+		if errors.As(err, &errGSO) {
+			device.log.Verbosef(err.Error())
+			err = errGSO.RetryErr
+		}
+	}
+	if err != nil {
+		device.log.Errorf("%v - Failed to send data packets: %v", peer, err)
+		return
+	}
+
+	peer.keepKeyFreshSending()
 }

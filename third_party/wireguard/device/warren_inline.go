@@ -77,3 +77,35 @@ func openElems(elemsContainer *QueueInboundElementsContainer, nonce *[chacha20po
 		}
 	}
 }
+
+// sendInline hands a sealed batch to the bind from the calling goroutine when no batch is queued
+// for the sequential sender before it (so the peer's packets still leave in the order they were
+// staged), and reports whether it did. Only with DeviceOptions.InlineSend.
+func (peer *Peer) sendInline(elemsContainer *QueueOutboundElementsContainer) bool {
+	if !peer.device.opts.InlineSend {
+		return false
+	}
+	peer.sendOrder.Lock()
+	defer peer.sendOrder.Unlock()
+	if peer.queuedOut.Load() != 0 {
+		return false
+	}
+	peer.sendElems(elemsContainer, peer.device.BatchSize())
+	return true
+}
+
+// receiveInline hands an opened batch to the TUN from the calling goroutine (the bind's receive
+// loop) when no batch is queued for the sequential receiver before it, and reports whether it did.
+// Only with DeviceOptions.InlineReceive.
+func (peer *Peer) receiveInline(elemsContainer *QueueInboundElementsContainer) bool {
+	if !peer.device.opts.InlineReceive {
+		return false
+	}
+	peer.recvOrder.Lock()
+	defer peer.recvOrder.Unlock()
+	if peer.queuedIn.Load() != 0 {
+		return false
+	}
+	peer.receiveElems(elemsContainer, peer.device.BatchSize())
+	return true
+}
