@@ -17,9 +17,9 @@ import (
 	"github.com/warren-tunnel/warren/third_party/wireguard/conn"
 )
 
-// bindSocketBuffer is the requested SO_RCVBUF/SO_SNDBUF; the kernel caps it
-// at net.core.{r,w}mem_max. Bursts of a whole TCP window arrive at once, so a
-// small buffer turns into tunnel packet loss.
+// bindSocketBuffer is the requested SO_RCVBUF/SO_SNDBUF. Bursts of a whole TCP window arrive at
+// once, so a small buffer turns into tunnel packet loss. The kernel caps it at
+// net.core.{r,w}mem_max, except on Linux for a process allowed CAP_NET_ADMIN (setSocketBuffers).
 const bindSocketBuffer = 7 << 20
 
 // Bind is a conn.Bind with a single UDP socket on one address (IPv4 or IPv6),
@@ -123,8 +123,7 @@ func (b *Bind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 	if err != nil {
 		return nil, 0, fmt.Errorf("netstack: bind %v:%d: %w", b.addr, port, err)
 	}
-	_ = c.SetReadBuffer(bindSocketBuffer)
-	_ = c.SetWriteBuffer(bindSocketBuffer)
+	setSocketBuffers(c, bindSocketBuffer)
 	var pc batchConn
 	if runtime.GOOS == "linux" || runtime.GOOS == "android" {
 		if b.addr.Is6() {

@@ -49,6 +49,26 @@ const (
 // holds none.
 var groBufs = sync.Pool{New: func() any { return new([groBufSize]byte) }}
 
+// setSocketBuffers asks for n bytes of receive and send buffer on c: with SO_RCVBUFFORCE and
+// SO_SNDBUFFORCE, which pass net.core.{r,w}mem_max for a process with CAP_NET_ADMIN, and else
+// within those limits.
+func setSocketBuffers(c *net.UDPConn, n int) {
+	rc, err := c.SyscallConn()
+	forced := [2]bool{}
+	if err == nil {
+		_ = rc.Control(func(fd uintptr) {
+			forced[0] = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, n) == nil
+			forced[1] = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, n) == nil
+		})
+	}
+	if !forced[0] {
+		_ = c.SetReadBuffer(n)
+	}
+	if !forced[1] {
+		_ = c.SetWriteBuffer(n)
+	}
+}
+
 // enableGRO turns UDP_GRO on for c and reports whether the kernel took it.
 func enableGRO(c *net.UDPConn) bool {
 	rc, err := c.SyscallConn()

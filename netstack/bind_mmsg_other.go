@@ -27,3 +27,9 @@ type gsoWriter struct{}
 
 func newGSOWriter(*net.UDPConn) *gsoWriter             { return nil }
 func (*gsoWriter) send([][]byte, netip.AddrPort) error { return net.ErrClosed }
+
+// setSocketBuffers asks for n bytes of receive and send buffer on c, within the system's limits.
+func setSocketBuffers(c *net.UDPConn, n int) {
+	_ = c.SetReadBuffer(n)
+	_ = c.SetWriteBuffer(n)
+}
