@@ -67,7 +67,7 @@ const (
 const (
 	tcpBufMin     = 4 << 10
 	tcpBufDefault = 1 << 20
-	tcpBufMax     = 8 << 20
+	tcpBufMax     = 4 << 20
 	// fwdRcvWnd is the receive window of flows accepted by the forwarder
 	// before auto-tuning takes over.
 	fwdRcvWnd = 1 << 20
@@ -221,12 +221,16 @@ func (s *Stack) setup(cfg Config) error {
 
 // tuneTCP sets the stack-wide TCP options. SACK lets loss recovery resend only
 // what was lost. Receive-buffer moderation (auto-tuning) with a 1 MiB default
-// and an 8 MiB cap lets one flow open the window it needs without promising
+// and a 4 MiB cap lets one flow open the window it needs without promising
 // every idle connection that much (gVisor buffers are limits, not
 // reservations); turning moderation off cost ~20% in
 // BenchmarkNetstackBaseline, 4 MiB defaults or a 16 MiB cap gained nothing
-// measurable. Cubic measured the same as reno on loopback and copes better
-// with real long paths.
+// measurable. The cap was 8 MiB until the link stopped dropping (issue 17):
+// without loss, windows grow to the cap, and sixteen downloads to a slow reader
+// then held 16 × 8 MiB in the client's receive buffers (peak RSS 250–380 MiB
+// in BenchmarkSixteenStreams; 211–231 MiB, and faster, with 4 MiB). 4 MiB
+// still covers a 300 Mbit/s path with 100 ms of round trip. Cubic measured the
+// same as reno on loopback and copes better with real long paths.
 func tuneTCP(st *stack.Stack) error {
 	opts := []tcpip.SettableTransportProtocolOption{
 		ptr(tcpip.TCPSACKEnabled(true)),
