@@ -36,6 +36,7 @@ type QueueInboundElement struct {
 type QueueInboundElementsContainer struct {
 	sync.Mutex
 	elems []*QueueInboundElement
+	nonce [chacha20poly1305.NonceSize]byte // Warren: inline opening's scratch (a local one escapes to the heap)
 }
 
 // clearPointers clears elem fields that contain pointers.
@@ -226,8 +227,7 @@ func (device *Device) RoutineReceiveIncoming(maxBatchSize int, recv conn.Receive
 				if len(elemsContainer.elems) <= peer.device.opts.InlineCrypto {
 					// Warren: a small batch is opened here and skips the workers, and is handed on
 					// here too when nothing is queued before it (warren_inline.go).
-					var nonce [chacha20poly1305.NonceSize]byte
-					openElems(elemsContainer, &nonce)
+					openElems(elemsContainer, &elemsContainer.nonce)
 					elemsContainer.Unlock()
 					if !peer.receiveInline(elemsContainer) {
 						peer.queuedIn.Add(1)

@@ -55,6 +55,7 @@ type QueueOutboundElement struct {
 type QueueOutboundElementsContainer struct {
 	sync.Mutex
 	elems []*QueueOutboundElement
+	nonce [chacha20poly1305.NonceSize]byte // Warren: inline sealing's scratch (a local one escapes to the heap)
 }
 
 func (device *Device) NewOutboundElement() *QueueOutboundElement {
@@ -402,8 +403,7 @@ top:
 				if len(elemsContainer.elems) <= peer.device.opts.InlineCrypto {
 					// Warren: a small batch is sealed here and skips the workers, and is sent
 					// here too when nothing is queued before it (warren_inline.go).
-					var nonce [chacha20poly1305.NonceSize]byte
-					peer.device.sealElems(elemsContainer, &nonce)
+					peer.device.sealElems(elemsContainer, &elemsContainer.nonce)
 					elemsContainer.Unlock()
 					if !peer.sendInline(elemsContainer) {
 						peer.queuedOut.Add(1)
