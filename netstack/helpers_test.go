@@ -48,13 +48,23 @@ func testLogger(t testing.TB) *device.Logger {
 // newWGNode starts a device on a new Stack; Close runs at cleanup.
 func newWGNode(t testing.TB, cfg Config) *wgNode {
 	t.Helper()
+	return newWGNodeWith(t, cfg, nil)
+}
+
+// newWGNodeWith is newWGNode with device options (nil: device.NewDevice, upstream's).
+func newWGNodeWith(t testing.TB, cfg Config, opts *device.DeviceOptions) *wgNode {
+	t.Helper()
 	s, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	n := &wgNode{stack: s, bind: NewBind(netip.MustParseAddr("127.0.0.1"))}
 	n.priv, n.pub = testutil.KeyPair(t)
-	n.dev = device.NewDevice(s, n.bind, testLogger(t))
+	if opts != nil {
+		n.dev = device.NewDeviceWith(s, n.bind, testLogger(t), *opts)
+	} else {
+		n.dev = device.NewDevice(s, n.bind, testLogger(t))
+	}
 	t.Cleanup(n.dev.Close)
 	if err := n.dev.IpcSet(fmt.Sprintf("private_key=%s\nlisten_port=0\n", hex.EncodeToString(n.priv[:]))); err != nil {
 		t.Fatal(err)
