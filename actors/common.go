@@ -46,7 +46,7 @@ const clientMaxBuffers = 1024
 // opens them itself, as a client's device does: there the workers add wake-ups, not parallelism
 // (BenchmarkChain, docs/performance.md). With more CPUs only batches of up to inlineSmall packets
 // (a handshake, a request, a quiet connection's ACKs) are: the workers open bulk traffic in
-// parallel, many clients' at once.
+// parallel, many clients' at once. The CPUs are GOMAXPROCS when the package is initialised.
 var exitDevice = device.DeviceOptions{AdaptiveBatch: true, NoTUNEvents: true, InlineCrypto: exitInline(), InlineSend: true, InlineReceive: true}
 
 // inlineSmall is the largest batch an exit's device on more than two CPUs seals or opens inline.

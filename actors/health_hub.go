@@ -288,7 +288,7 @@ func (h *healthHub) round(ctx actor.Context, g *pathGroup) {
 		}
 		return a.lastProbe.Compare(b.lastProbe)
 	})
-	due := (len(idle)*int(p.Interval) + int(idleProbeSweep) - 1) / int(idleProbeSweep)
+	due := int((int64(len(idle))*int64(p.Interval) + int64(idleProbeSweep) - 1) / int64(idleProbeSweep)) // int64: a Duration overflows a 32-bit int
 	if !g.proven {
 		due = max(due, 1) // a witness for the whole path
 	}

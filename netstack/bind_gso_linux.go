@@ -104,7 +104,7 @@ type groReader struct {
 	hdrs  [groMsgs]mmsghdr
 	iovs  [groMsgs]syscall.Iovec
 	names [groMsgs]syscall.RawSockaddrInet6
-	ctrl  [groMsgs][ctrlLen]byte
+	ctrl  [groMsgs][ctrlLen / 8]uint64 // control messages, 8-byte aligned as cmsghdr needs
 	readF func(fd uintptr) (done bool) // r.recv, bound once so read does not allocate
 
 	// bufs[:got] hold the datagrams of the last recvmmsg until they are all handed on (nil
@@ -144,7 +144,7 @@ func (r *groReader) recv(fd uintptr) bool {
 			Namelen: uint32(unsafe.Sizeof(r.names[i])),
 			Iov:     &r.iovs[i],
 			Iovlen:  1,
-			Control: &r.ctrl[i][0],
+			Control: (*byte)(unsafe.Pointer(&r.ctrl[i][0])),
 		}}
 		r.hdrs[i].hdr.SetControllen(ctrlLen)
 	}
@@ -176,8 +176,11 @@ func (r *groReader) read(bufs [][]byte, sizes []int, from []netip.AddrPort) (int
 		return 0, err
 	}
 	for i := range r.got {
-		r.seg[i] = groSegment(&r.hdrs[i].hdr, &r.ctrl[i])
+		r.seg[i] = groSegment(&r.hdrs[i].hdr, (*[ctrlLen]byte)(unsafe.Pointer(&r.ctrl[i])))
 		r.from[i] = sockaddrToAddrPort(&r.names[i])
+		if r.hdrs[i].hdr.Flags&syscall.MSG_TRUNC != 0 {
+			r.hdrs[i].n = 0 // cut short (larger than groBufSize, which UDP cannot be): dropped
+		}
 	}
 	return r.drain(bufs, sizes, from), nil
 }
@@ -223,7 +226,7 @@ func (r *groReader) release() {
 }
 
 // groSegment returns the segment size of a received datagram from its UDP_GRO control message,
-// or 0 when it carries none (a single packet).
+// or 0 when it carries none (a single packet). ctrl is 8-byte aligned.
 func groSegment(h *syscall.Msghdr, ctrl *[ctrlLen]byte) int {
 	n := min(int(h.Controllen), ctrlLen)
 	for off := 0; off+cmsgHdrLen <= n; {
@@ -232,8 +235,8 @@ func groSegment(h *syscall.Msghdr, ctrl *[ctrlLen]byte) int {
 		if l < cmsgHdrLen || off+l > n {
 			return 0
 		}
-		if c.Level == unix.SOL_UDP && c.Type == unix.UDP_GRO && l >= cmsgHdrLen+2 {
-			return int(*(*uint16)(unsafe.Pointer(&ctrl[off+cmsgHdrLen])))
+		if c.Level == unix.SOL_UDP && c.Type == unix.UDP_GRO && l >= cmsgHdrLen+4 {
+			return int(*(*int32)(unsafe.Pointer(&ctrl[off+cmsgHdrLen]))) // the kernel puts an int
 		}
 		off += (l + 7) &^ 7
 	}
@@ -245,8 +248,8 @@ func groSegment(h *syscall.Msghdr, ctrl *[ctrlLen]byte) int {
 // copied before the kernel's own copy. Safe for concurrent use: each send takes a gsoBatch.
 type gsoWriter struct {
 	rc syscall.RawConn
-	// off is set when the kernel refused a segmented send with EIO (a device without transmit
-	// checksum offload on the route); every later send goes one message per packet.
+	// off is set when the kernel refused a segmented send (send: EIO, EMSGSIZE or EINVAL);
+	// every later send goes one message per packet.
 	off     atomic.Bool
 	batches sync.Pool // *gsoBatch
 }
@@ -255,8 +258,8 @@ type gsoWriter struct {
 type gsoBatch struct {
 	hdrs   [batchSize]mmsghdr
 	iovs   [batchSize]syscall.Iovec
-	ctrl   [batchSize][ctrlLen]byte
-	first  [batchSize]int // the index in bufs of each message's first packet
+	ctrl   [batchSize][ctrlLen / 8]uint64 // control messages, 8-byte aligned as cmsghdr needs
+	first  [batchSize]int                 // the index in bufs of each message's first packet
 	name   syscall.RawSockaddrInet6
 	namlen uint32
 	rc     syscall.RawConn
@@ -290,8 +293,12 @@ func (w *gsoWriter) send(bufs [][]byte, ap netip.AddrPort) error {
 		k := min(len(bufs), batchSize)
 		gso := !w.off.Load()
 		done, err := b.write(bufs[:k], gso)
-		if err == syscall.EIO && gso {
-			// UDP_SEGMENT needs transmit checksum offload; without it, one message per packet.
+		if gso && (err == syscall.EIO || err == syscall.EMSGSIZE || err == syscall.EINVAL) {
+			// The kernel refused a segmented message: EIO without transmit checksum offload on
+			// the route, EMSGSIZE when a segment and its headers exceed the route's MTU (a plain
+			// datagram would be fragmented instead), EINVAL for a segmentation it cannot do. From
+			// here on this bind sends one message per packet, as it did before offload; the
+			// message that failed, and what follows it, go again that way.
 			w.off.Store(true)
 			bufs = bufs[done:]
 			continue
@@ -376,13 +383,14 @@ func (b *gsoBatch) write(bufs [][]byte, gso bool) (int, error) {
 
 // setSegment marks message m as a run of seg-byte datagrams (UDP_SEGMENT).
 func (b *gsoBatch) setSegment(m, seg int) {
-	c := (*unix.Cmsghdr)(unsafe.Pointer(&b.ctrl[m][0]))
+	ctrl := (*[ctrlLen]byte)(unsafe.Pointer(&b.ctrl[m]))
+	c := (*unix.Cmsghdr)(unsafe.Pointer(&ctrl[0]))
 	c.Level = unix.SOL_UDP
 	c.Type = unix.UDP_SEGMENT
 	c.SetLen(unix.CmsgLen(2))
-	*(*uint16)(unsafe.Pointer(&b.ctrl[m][cmsgHdrLen])) = uint16(seg)
+	*(*uint16)(unsafe.Pointer(&ctrl[cmsgHdrLen])) = uint16(seg) // the kernel reads a u16
 	h := &b.hdrs[m].hdr
-	h.Control = &b.ctrl[m][0]
+	h.Control = &ctrl[0]
 	h.SetControllen(unix.CmsgSpace(2))
 }
 

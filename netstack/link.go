@@ -18,8 +18,9 @@ import (
 const outQueueLen = 4096
 
 // fullWait bounds how long a writer waits for room in a full ring before it drops what does not
-// fit. The device's reader takes up to batchSize packets at a time, so while it runs, room comes
-// within a read; only a device that has stopped reading (being closed) lets the bound expire.
+// fit; the bound starts again whenever the writer finds room. The device's reader takes up to
+// batchSize packets at a time, so while it runs, room comes within a read; only a device that has
+// stopped reading (being closed), or one starved of CPU for that long, lets the bound expire.
 // Waiting rather than dropping is what keeps many TCP streams at once out of loss recovery: their
 // windows together outgrow any fixed queue, and a dropped packet is a retransmission and a halved
 // window, while a wait only holds the sender back as a slower NIC would.
@@ -56,9 +57,12 @@ type linkEndpoint struct {
 	// done is closed by close.
 	done chan struct{}
 	// room is closed, and replaced, by read when it takes packets while writers wait for room in
-	// the full ring (waiting > 0); waiting counts them until then.
+	// the full ring (waiting > 0); waiting counts them until then (a writer whose bound expires
+	// first takes itself off).
 	room    chan struct{}
 	waiting int
+	// fullWait bounds a writer's wait for room (the constant; tests shorten or lengthen it).
+	fullWait time.Duration
 
 	// readMu serialises read; scratch is read's batch buffer (len batchSize); idle bounds the
 	// wait of a read handed more than heldFloor buffers (idleRead; made by the first such wait).
@@ -76,12 +80,13 @@ var _ stack.GSOEndpoint = (*linkEndpoint)(nil)
 
 func newLinkEndpoint(mtu int) *linkEndpoint {
 	e := &linkEndpoint{
-		mtu:     uint32(mtu),
-		ring:    make([]*stack.PacketBuffer, outQueueLen),
-		wake:    make(chan struct{}, 1),
-		done:    make(chan struct{}),
-		room:    make(chan struct{}),
-		scratch: make([]*stack.PacketBuffer, batchSize), // a Read moves at most BatchSize packets
+		mtu:      uint32(mtu),
+		ring:     make([]*stack.PacketBuffer, outQueueLen),
+		wake:     make(chan struct{}, 1),
+		done:     make(chan struct{}),
+		room:     make(chan struct{}),
+		fullWait: fullWait,
+		scratch:  make([]*stack.PacketBuffer, batchSize), // a Read moves at most BatchSize packets
 	}
 	e.gro.Init(true)
 	return e
@@ -253,8 +258,8 @@ func (e *linkEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Err
 // ring is full it waits for room (fullWait).
 func (e *linkEndpoint) enqueue(pkts []*stack.PacketBuffer) (int, tcpip.Error) {
 	n := 0
-	var bound *time.Timer // armed at the first wait of this call
-	expired := false      // bound fired: what does not fit now is dropped
+	var bound *time.Timer // armed at the first wait of this call; re-armed whenever room is found
+	expired := false      // bound fired with no room found since: what does not fit is dropped
 	for {
 		e.mu.Lock()
 		if e.closed {
@@ -296,14 +301,22 @@ func (e *linkEndpoint) enqueue(pkts []*stack.PacketBuffer) (int, tcpip.Error) {
 			}
 			return n, nil
 		}
-		if bound == nil {
-			bound = time.NewTimer(fullWait)
+		switch {
+		case bound == nil:
+			bound = time.NewTimer(e.fullWait)
+		case k > 0:
+			bound.Reset(e.fullWait) // the reader is moving: the bound counts from its last read
 		}
 		select {
 		case <-room:
 		case <-e.done:
 		case <-bound.C:
 			expired = true
+			e.mu.Lock()
+			if e.room == room && e.waiting > 0 {
+				e.waiting-- // no read since this writer counted itself
+			}
+			e.mu.Unlock()
 		}
 	}
 }

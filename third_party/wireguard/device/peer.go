@@ -214,6 +214,10 @@ func (peer *Peer) Start() {
 
 	device.flushInboundQueue(peer.queue.inbound)
 	device.flushOutboundQueue(peer.queue.outbound)
+	// Warren: batches flushed, or pushed after the last Stop's sentinel, were never handed on;
+	// the sequential routines start with nothing queued (warren_inline.go).
+	peer.queuedOut.Store(0)
+	peer.queuedIn.Store(0)
 
 	// Use the device batch size, not the bind batch size, as the device size is
 	// the size of the batch pools.

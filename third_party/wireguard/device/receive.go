@@ -449,7 +449,7 @@ func (peer *Peer) RoutineSequentialReceiver(maxBatchSize int) {
 		}
 		// Warren: the loop's body is receiveElems, shared with inline receiving (warren_inline.go).
 		peer.recvOrder.Lock()
-		peer.receiveElems(elemsContainer, maxBatchSize)
+		peer.receiveElems(elemsContainer, maxBatchSize, false)
 		peer.queuedIn.Add(-1)
 		peer.recvOrder.Unlock()
 	}
@@ -457,10 +457,11 @@ func (peer *Peer) RoutineSequentialReceiver(maxBatchSize int) {
 
 // receiveElems checks one opened batch (replay window, source addresses), updates the peer's
 // endpoint and timers, writes its packets to the TUN and returns its elements to the pools.
-// Warren: upstream's body of RoutineSequentialReceiver's loop, unchanged but for the scratch
-// (peer.recvBufs), so that inline receiving (warren_inline.go) runs it too. The caller holds
-// peer.recvOrder.
-func (peer *Peer) receiveElems(elemsContainer *QueueInboundElementsContainer, maxBatchSize int) {
+// Warren: upstream's body of RoutineSequentialReceiver's loop, so that inline receiving
+// (warren_inline.go) runs it too; changed only in its scratch (peer.recvBufs) and, inline, in
+// leaving out what sends (confirming the next keypair, keepKeyFreshReceiving), which
+// receiveInline leaves to the sequential receiver. The caller holds peer.recvOrder.
+func (peer *Peer) receiveElems(elemsContainer *QueueInboundElementsContainer, maxBatchSize int, inline bool) {
 	device := peer.device
 	if cap(peer.recvBufs) < maxBatchSize {
 		peer.recvBufs = make([][]byte, 0, maxBatchSize)
@@ -481,7 +482,7 @@ func (peer *Peer) receiveElems(elemsContainer *QueueInboundElementsContainer, ma
 		}
 
 		validTailPacket = i
-		if peer.ReceivedWithKeypair(elem.keypair) {
+		if !inline && peer.ReceivedWithKeypair(elem.keypair) { // Warren: inline, never (receiveInline)
 			peer.SetEndpointFromPacket(elem.endpoint)
 			peer.timersHandshakeComplete()
 			peer.SendStagedPackets()
@@ -539,7 +540,9 @@ func (peer *Peer) receiveElems(elemsContainer *QueueInboundElementsContainer, ma
 	peer.rxBytes.Add(rxBytesLen)
 	if validTailPacket >= 0 {
 		peer.SetEndpointFromPacket(elemsContainer.elems[validTailPacket].endpoint)
-		peer.keepKeyFreshReceiving()
+		if !inline { // Warren: inline, a later batch that goes to the sequential receiver does it (receiveInline)
+			peer.keepKeyFreshReceiving()
+		}
 		peer.timersAnyAuthenticatedPacketTraversal()
 		peer.timersAnyAuthenticatedPacketReceived()
 	}

@@ -18,6 +18,7 @@ package device
 
 import (
 	"encoding/binary"
+	"time"
 
 	"golang.org/x/crypto/chacha20poly1305"
 )
@@ -79,13 +80,15 @@ func openElems(elemsContainer *QueueInboundElementsContainer, nonce *[chacha20po
 }
 
 // sendInline hands a sealed batch to the bind from the calling goroutine when no batch is queued
-// for the sequential sender before it (so the peer's packets still leave in the order they were
-// staged), and reports whether it did. Only with DeviceOptions.InlineSend.
+// for the sequential sender before it and no one else is sending for the peer (so the peer's
+// packets still leave in the order they were staged), and reports whether it did. It never waits
+// for sendOrder: a holder may be the sequential sender waiting for the shared encryption workers,
+// and the caller may be the device's only TUN reader, which serves every peer. Only with
+// DeviceOptions.InlineSend.
 func (peer *Peer) sendInline(elemsContainer *QueueOutboundElementsContainer) bool {
-	if !peer.device.opts.InlineSend {
+	if !peer.device.opts.InlineSend || !peer.sendOrder.TryLock() {
 		return false
 	}
-	peer.sendOrder.Lock()
 	defer peer.sendOrder.Unlock()
 	if peer.queuedOut.Load() != 0 {
 		return false
@@ -95,17 +98,35 @@ func (peer *Peer) sendInline(elemsContainer *QueueOutboundElementsContainer) boo
 }
 
 // receiveInline hands an opened batch to the TUN from the calling goroutine (the bind's receive
-// loop) when no batch is queued for the sequential receiver before it, and reports whether it did.
-// Only with DeviceOptions.InlineReceive.
+// loop) when no batch is queued for the sequential receiver before it and the batch cannot make the
+// receiver send, and reports whether it did. The bind's receive loop must never wait for the bind:
+// closing or updating the bind holds device.net while it waits for that loop to end, and every send
+// takes device.net (SendBuffers). So a batch that may confirm a new keypair (and send the packets
+// staged for it) or renew an old one (a handshake initiation) goes to the sequential receiver, and
+// recvOrder is never waited for (its holder may be the sequential receiver, sending). Only with
+// DeviceOptions.InlineReceive.
 func (peer *Peer) receiveInline(elemsContainer *QueueInboundElementsContainer) bool {
-	if !peer.device.opts.InlineReceive {
+	if !peer.device.opts.InlineReceive || peer.mayReplyTo(elemsContainer) || !peer.recvOrder.TryLock() {
 		return false
 	}
-	peer.recvOrder.Lock()
 	defer peer.recvOrder.Unlock()
 	if peer.queuedIn.Load() != 0 {
 		return false
 	}
-	peer.receiveElems(elemsContainer, peer.device.BatchSize())
+	peer.receiveElems(elemsContainer, peer.device.BatchSize(), true)
 	return true
+}
+
+// mayReplyTo reports whether receiving elemsContainer could make the peer send: a packet under a
+// keypair other than the current one (the next one, which it confirms: the staged packets go out),
+// or a current keypair old enough for keepKeyFreshReceiving to start a handshake.
+func (peer *Peer) mayReplyTo(elemsContainer *QueueInboundElementsContainer) bool {
+	current := peer.keypairs.Current()
+	for _, elem := range elemsContainer.elems {
+		if elem.keypair != current {
+			return true
+		}
+	}
+	return current == nil || !peer.timers.sentLastMinuteHandshake.Load() && current.isInitiator &&
+		time.Since(current.created) > RejectAfterTime-KeepaliveTimeout-RekeyTimeout
 }
