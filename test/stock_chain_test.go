@@ -67,30 +67,19 @@ func stockChain(b *testing.B, sink string) string {
 		}
 	})
 	// The front: SOCKS5 CONNECT (no auth), every target carried to the forwarder.
-	front := testutil.ListenOn(b, "127.0.0.1:0")
-	wg.Go(func() {
-		for {
-			in, err := front.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() {
-				if err := socksAccept(in); err != nil {
-					in.Close()
-					return
-				}
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				out, err := ctnet.DialContextTCPAddrPort(ctx, netip.AddrPortFrom(srvAddr, 9000))
-				cancel()
-				if err != nil {
-					in.Close()
-					return
-				}
-				pipeStock(in, out)
-			})
+	front := testutil.Serve(b, func(in *net.TCPConn, _ <-chan struct{}) {
+		if err := socksAccept(in); err != nil {
+			return
 		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		out, err := ctnet.DialContextTCPAddrPort(ctx, netip.AddrPortFrom(srvAddr, 9000))
+		cancel()
+		if err != nil {
+			return
+		}
+		pipeStock(in, out)
 	})
-	return front.Addr().String()
+	return front.Addr()
 }
 
 // socksAccept reads a SOCKS5 greeting and an IPv4 CONNECT and answers success.
