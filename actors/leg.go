@@ -214,7 +214,7 @@ func (l *legActor) fail(ctx actor.Context, err error) {
 // start asks the exit for a session under a fresh WireGuard key (a key reused across sessions
 // stalls the exit's handshake for seconds).
 func (l *legActor) start(ctx actor.Context) {
-	if l.cfg.wg != nil {
+	if IsWireGuardExit(l.cfg.exitID) {
 		l.startWireGuard(ctx)
 		return
 	}

@@ -38,7 +38,7 @@ type endpointResolved struct {
 
 // startWireGuard begins a leg to a WireGuard exit: the endpoint resolves off the actor.
 func (l *legActor) startWireGuard(ctx actor.Context) {
-	if l.cfg.wg.Endpoint == "" {
+	if l.cfg.wg == nil { // an id the tunnel has no configuration for
 		l.fail(ctx, fmt.Errorf("%w: %s", ErrUnknownExit, l.cfg.exitID))
 		return
 	}

@@ -94,16 +94,13 @@ func (t *tunnelActor) checkExit(exitID string) error {
 	return signaling.ValidID(exitID)
 }
 
-// wireGuard is exitID's WireGuard configuration, nil for a Warren exit. An id with the WireGuard
-// prefix that the tunnel does not know gets an empty one, whose leg fails at once (ErrUnknownExit).
+// wireGuard is exitID's WireGuard configuration: nil for a Warren exit, and for a WireGuard id the
+// tunnel does not know, whose leg fails at once (ErrUnknownExit).
 func (t *tunnelActor) wireGuard(exitID string) *WireGuardExit {
 	if !IsWireGuardExit(exitID) {
 		return nil
 	}
-	if w := t.cfg.WireGuard[exitID]; w != nil {
-		return w
-	}
-	return &WireGuardExit{ID: exitID}
+	return t.cfg.WireGuard[exitID]
 }
 
 func (t *tunnelActor) legByPID(pid *actor.PID) *leg {

@@ -8,7 +8,6 @@ package engine
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"net/url"
 	"os"
@@ -338,7 +337,7 @@ func checkTargetAddr(c actors.WireGuardCheck) (netip.Addr, bool) {
 	host := ""
 	switch {
 	case c.TCP != "":
-		if h, _, err := net.SplitHostPort(c.TCP); err == nil {
+		if h, _, err := actors.SplitTarget(c.TCP); err == nil {
 			host = h
 		}
 	case c.HTTP != "":
