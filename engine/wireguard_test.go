@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/hex"
@@ -9,31 +8,12 @@ import (
 	"net"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/warren-tunnel/warren/internal/testutil"
 	"github.com/warren-tunnel/warren/messages"
 )
-
-// lockedBuffer is a log sink that the engine's goroutines may write at once.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // TestWireGuardExitLogsNoSecret: an engine logging at debug level through a tunnel's life on a
 // WireGuard exit (up, a connection through it, a failed switch to a server that does not answer,
@@ -45,7 +25,7 @@ func TestWireGuardExitLogsNoSecret(t *testing.T) {
 	k := newWGKeys(t) // the second exit's: a server that does not answer, with a preshared key
 	silent := k.inlineFull("silent")
 	silent.Peer.Endpoint = testutil.FreeUDPAddr(t).String()
-	var logs lockedBuffer
+	var logs testutil.SyncBuffer
 	e := startTestEngine(t, Config{Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		WireGuardExits: []WireGuardExitSpec{{Name: "up", File: srv.WriteClientConfig(t)}, silent}})
 	secrets := k.secrets()

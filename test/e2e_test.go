@@ -22,8 +22,7 @@ import (
 )
 
 func socksClient(t testing.TB, tun *engine.Tunnel) *http.Client {
-	u, _ := url.Parse("socks5h://" + tun.SOCKSAddr())
-	return &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(u), DisableKeepAlives: true}, Timeout: 2 * time.Minute}
+	return proxyClient(tun, 2*time.Minute)
 }
 
 func httpProxyClient(t testing.TB, tun *engine.Tunnel) *http.Client {

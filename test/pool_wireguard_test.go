@@ -63,14 +63,6 @@ func fetchName(socks, target string, seeds map[string]uint64) (string, error) {
 	return name, testutil.CheckPayload(r, seed, nameSize)
 }
 
-// writeWGConf writes s's client file into dir as stem.conf: the WireGuard exit "wg:"+stem.
-func writeWGConf(t testing.TB, dir, stem string, s *testutil.WGServer) {
-	t.Helper()
-	if err := os.WriteFile(filepath.Join(dir, stem+".conf"), []byte(s.ClientConfig()), 0o600); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // slotLog records a client engine's slot transitions.
 type slotLog struct {
 	mu  sync.Mutex
@@ -169,8 +161,8 @@ func TestPoolWireGuardExits(t *testing.T) {
 	srvA := startWGServerFor(t, originA.Addr(), testutil.WGServerConfig{})
 	srvB := startWGServerFor(t, originB.Addr(), testutil.WGServerConfig{})
 	dir := t.TempDir()
-	writeWGConf(t, dir, "a", srvA)
-	writeWGConf(t, dir, "b", srvB)
+	srvA.WriteClientConfigIn(t, dir, "a")
+	srvB.WriteClientConfigIn(t, dir, "b")
 	client := startEngine(t, natsClient(ns))
 	trail := recordSlots(client)
 	cfg := pool.Config{Name: "wgp", Size: 4, SOCKSPorts: testutil.FreePortRange(t, 4), Exits: pool.ExitFilter{WireGuardDir: dir}, Tunnel: wgPoolSpec()}
@@ -264,8 +256,8 @@ func TestPoolWireGuardUpdate(t *testing.T) {
 		srv[name] = startWGServerFor(t, nameServer(t, name, seed).Addr(), testutil.WGServerConfig{})
 	}
 	dir1, dir2 := t.TempDir(), t.TempDir()
-	writeWGConf(t, dir1, "a", srv["A"])
-	writeWGConf(t, dir2, "b", srv["B"])
+	srv["A"].WriteClientConfigIn(t, dir1, "a")
+	srv["B"].WriteClientConfigIn(t, dir2, "b")
 	client := startEngine(t, engine.Config{WireGuardExits: []engine.WireGuardExitSpec{{Name: "home", File: srv["C"].WriteClientConfig(t)}}})
 	trail := recordSlots(client)
 	no := false
@@ -301,7 +293,7 @@ func TestPoolWireGuardUpdate(t *testing.T) {
 	if changed, err := p.Update(ctx, next); err != nil || len(changed) != 0 {
 		t.Errorf("Update with nothing changed: %v, %v; want no change", changed, err)
 	}
-	writeWGConf(t, dir2, "d", srv["D"])
+	srv["D"].WriteClientConfigIn(t, dir2, "d")
 	if changed, err := p.Update(ctx, next); err != nil || !equalStrings(changed, []string{"pool.exits"}) {
 		t.Fatalf("Update after a file was added: %v, %v; want [pool.exits]", changed, err)
 	}
@@ -324,7 +316,7 @@ func TestPoolWireGuardUpdate(t *testing.T) {
 func TestPoolWireGuardDirErrors(t *testing.T) {
 	srvA := startWGServerFor(t, "127.0.0.1:1", testutil.WGServerConfig{})
 	dir := t.TempDir()
-	writeWGConf(t, dir, "a", srvA)
+	srvA.WriteClientConfigIn(t, dir, "a")
 	bad := filepath.Join(dir, "bad.conf")
 	if err := os.WriteFile(bad, []byte("[Interface]\nPrivateKey = nope\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -363,8 +355,8 @@ func TestPoolWireGuardDeadAtOpen(t *testing.T) {
 	live := startWGServerFor(t, nameServer(t, "A", 21).Addr(), testutil.WGServerConfig{})
 	dead := startWGServerFor(t, "127.0.0.1:1", testutil.WGServerConfig{})
 	dir := t.TempDir()
-	writeWGConf(t, dir, "a", live)
-	writeWGConf(t, dir, "z", dead)
+	live.WriteClientConfigIn(t, dir, "a")
+	dead.WriteClientConfigIn(t, dir, "z")
 	dead.Close()
 	client := startEngine(t, engine.Config{})
 	no := false

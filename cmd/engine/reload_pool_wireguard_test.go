@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -25,12 +23,7 @@ func TestReloadPoolWireGuardDir(t *testing.T) {
 	for range 2 {
 		servers = append(servers, testutil.StartWGServer(t, testutil.WGServerConfig{Forward: map[uint16]string{8080: env.echo}}))
 	}
-	writeConf := func(stem string, s *testutil.WGServer) {
-		if err := os.WriteFile(filepath.Join(wgDir, stem+".conf"), []byte(s.ClientConfig()), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	writeConf("a", servers[0])
+	servers[0].WriteClientConfigIn(t, wgDir, "a")
 	ports := testutil.FreePortRange(t, 2)
 	env.write(t, fmt.Sprintf("pool: {name: wgr, size: 2, socks_ports: %q, exits: {nats: false, wireguard_dir: %q}, "+
 		"tunnel: {udp_bind: 127.0.0.1, drain_timeout: 1s}}\n", ports, wgDir))
@@ -63,7 +56,7 @@ func TestReloadPoolWireGuardDir(t *testing.T) {
 		})
 	}
 	slotsOn("wg:a") // one key, one slot: the other waits
-	writeConf("b", servers[1])
+	servers[1].WriteClientConfigIn(t, wgDir, "b")
 	res, err := env.reload(t)
 	if err != nil || !slices.Equal(res.Pool, []string{"pool.exits"}) || len(res.Errors) != 0 {
 		t.Fatalf("reload with a file added: pool %v (%+v), %v; want [pool.exits]", res.Pool, res, err)

@@ -233,7 +233,14 @@ func (s *WGServer) ClientConfig() string {
 // and returns its path.
 func (s *WGServer) WriteClientConfig(t testing.TB) string {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "wg0.conf")
+	return s.WriteClientConfigIn(t, t.TempDir(), "wg0")
+}
+
+// WriteClientConfigIn writes ClientConfig to dir/stem.conf (mode 0600) and returns its path: a
+// directory of such files is what a pool's wireguard_dir reads.
+func (s *WGServer) WriteClientConfigIn(t testing.TB, dir, stem string) string {
+	t.Helper()
+	path := filepath.Join(dir, stem+".conf")
 	if err := os.WriteFile(path, []byte(s.ClientConfig()), 0o600); err != nil {
 		t.Fatal(err)
 	}
