@@ -385,69 +385,79 @@ func orDuration(d Duration, def time.Duration) time.Duration {
 
 // Validate checks the whole configuration; the error names the first bad field.
 func (c *Config) Validate() error {
+	_, err := c.validate()
+	return err
+}
+
+// validate is Validate, returning the WireGuard exits it resolved (read from their files) so that
+// New uses what was checked rather than reading the files again.
+func (c *Config) validate() (map[string]*actors.WireGuardExit, error) {
 	if c.Identity != "" {
 		if _, err := signaling.ParseIdentity(c.Identity); err != nil {
-			return fieldErr("identity", "%v", err)
+			return nil, fieldErr("identity", "%v", err)
 		}
 	}
 	if _, err := c.NATS.resolve(); err != nil {
-		return err
+		return nil, err
 	}
 	switch c.LogLevel {
 	case "", "debug", "info", "warn", "error":
 	default:
-		return fieldErr("log_level", "%q is not one of debug, info, warn, error", echoValue(c.LogLevel))
+		return nil, fieldErr("log_level", "%q is not one of debug, info, warn, error", echoValue(c.LogLevel))
 	}
 	switch c.LogFormat {
 	case "", "text", "json":
 	default:
-		return fieldErr("log_format", "%q is not one of text, json", echoValue(c.LogFormat))
+		return nil, fieldErr("log_format", "%q is not one of text, json", echoValue(c.LogFormat))
 	}
 	if err := c.Trust.validate(c.Identity); err != nil {
-		return err
+		return nil, err
 	}
 	if c.Exit != nil {
 		if _, err := c.Exit.resolve(); err != nil {
-			return err
+			return nil, err
 		}
 		if c.Exit.Certificate != "" {
 			if err := checkExitCert(c.Exit.Certificate, c.Exit.ID, c.Identity); err != nil {
-				return err
+				return nil, err
 			}
 		}
 		if c.NATS.shared() && !c.Exit.Open && len(c.Exit.AllowedClients) == 0 && len(c.Trust.Operators) == 0 {
-			return fieldErr("exit.allowed_clients", "an exit on a shared NATS bus must name allowed_clients, trust operators that certify clients, or declare open: true")
+			return nil, fieldErr("exit.allowed_clients", "an exit on a shared NATS bus must name allowed_clients, trust operators that certify clients, or declare open: true")
 		}
 	}
 	wg, err := resolveWireGuardExits(c.WireGuardExits, "wireguard_exits")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	names, onWG := map[string]bool{}, map[string]int{}
 	for i := range c.Tunnels {
 		t, err := c.Tunnels[i].resolve(fmt.Sprintf("tunnels[%d]", i), i)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if err := checkWireGuardRefs(&c.Tunnels[i], fmt.Sprintf("tunnels[%d]", i), wg); err != nil {
-			return err
+			return nil, err
 		}
 		if x := c.Tunnels[i].Exit; actors.IsWireGuardExit(x) {
 			// One key is one peer at one endpoint: two tunnels on it take each other's replies.
 			if first, dup := onWG[x]; dup {
-				return fieldErr(fmt.Sprintf("tunnels[%d].exit", i), "%q is already tunnels[%d]'s exit: a WireGuard exit carries one tunnel at a time (one key, one peer)", x, first)
+				return nil, fieldErr(fmt.Sprintf("tunnels[%d].exit", i), "%q is already tunnels[%d]'s exit: a WireGuard exit carries one tunnel at a time (one key, one peer)", x, first)
 			}
 			onWG[x] = i
 		}
 		if names[t.name] {
-			return fieldErr(fmt.Sprintf("tunnels[%d].name", i), "%q used twice", t.name)
+			return nil, fieldErr(fmt.Sprintf("tunnels[%d].name", i), "%q used twice", t.name)
 		}
 		if err := c.checkTunnelTrust(&c.Tunnels[i], fmt.Sprintf("tunnels[%d]", i)); err != nil {
-			return err
+			return nil, err
 		}
 		names[t.name] = true
 	}
-	return c.checkListens() // clashing listeners are found here, before anything binds
+	if err := c.checkListens(); err != nil { // clashing listeners are found here, before anything binds
+		return nil, err
+	}
+	return wg, nil
 }
 
 type resolvedTunnel struct {

@@ -133,16 +133,13 @@ type Engine struct {
 
 // New checks cfg and makes an engine; it opens nothing.
 func New(cfg Config) (*Engine, error) {
-	if err := cfg.Validate(); err != nil {
+	wg, err := cfg.validate()
+	if err != nil {
 		return nil, err
 	}
 	e := &Engine{cfg: cfg, logger: cfg.Logger, events: make(chan Event, 1024), closed: make(chan struct{})}
 	if e.logger == nil {
 		e.logger = slog.New(slog.DiscardHandler)
-	}
-	wg, err := resolveWireGuardExits(cfg.WireGuardExits, "wireguard_exits")
-	if err != nil {
-		return nil, err
 	}
 	e.wg.Store(&wg)
 	if cfg.Identity != "" {
