@@ -317,17 +317,34 @@ func (l *legActor) startDevice(ctx actor.Context) error {
 		}
 		l.sess.addrs = append(l.sess.addrs, addr)
 	}
-	bindAddr := l.cfg.udpBind
-	if !bindAddr.IsValid() {
-		if bindAddr, err = localAddrTowards(endpoint); err != nil {
-			return fmt.Errorf("%w: %w", ErrDeviceFailed, err)
-		}
+	bindAddr, err := l.bindAddrFor(endpoint)
+	if err != nil {
+		return err
 	}
-	l.sess.device = ctx.Spawn(props(newDeviceActor(deviceConfig{
-		role: roleClient, owner: l.cfg.tunnelID, privateKey: l.wgKey, listen: netip.AddrPortFrom(bindAddr, 0),
-		addresses: l.sess.addrs, mtu: l.resp.MTU, logger: l.cfg.logger,
-	})))
+	l.spawnDevice(ctx, l.wgKey, bindAddr, l.resp.MTU)
 	return nil
+}
+
+// bindAddrFor is the address the leg's UDP bind listens on: udp_bind, else the local address
+// routed towards endpoint.
+func (l *legActor) bindAddrFor(endpoint netip.AddrPort) (netip.Addr, error) {
+	if l.cfg.udpBind.IsValid() {
+		return l.cfg.udpBind, nil
+	}
+	a, err := localAddrTowards(endpoint)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("%w: %w", ErrDeviceFailed, err)
+	}
+	return a, nil
+}
+
+// spawnDevice starts the leg's device (its child) with key, on bindAddr, at the session's
+// addresses (l.sess.addrs).
+func (l *legActor) spawnDevice(ctx actor.Context, key signaling.Key, bindAddr netip.Addr, mtu int) {
+	l.sess.device = ctx.Spawn(props(newDeviceActor(deviceConfig{
+		role: roleClient, owner: l.cfg.tunnelID, privateKey: key, listen: netip.AddrPortFrom(bindAddr, 0),
+		addresses: l.sess.addrs, mtu: mtu, logger: l.cfg.logger,
+	})))
 }
 
 // goodbye tells the exit the session is over, so it releases the peer now rather than on a

@@ -78,22 +78,16 @@ func (l *legActor) wgResolved(ctx actor.Context, m *endpointResolved) {
 	}
 	w := l.cfg.wg
 	l.sess.endpoint, l.sess.addrs = m.ap, w.Addresses
-	bindAddr := l.cfg.udpBind
-	if !bindAddr.IsValid() {
-		var err error
-		if bindAddr, err = localAddrTowards(m.ap); err != nil {
-			l.fail(ctx, fmt.Errorf("%w: %w", ErrDeviceFailed, err))
-			return
-		}
+	bindAddr, err := l.bindAddrFor(m.ap)
+	if err != nil {
+		l.fail(ctx, err)
+		return
 	}
 	if bindAddr.Is4() != m.ap.Addr().Is4() {
 		l.fail(ctx, fmt.Errorf("%w: udp_bind %s cannot reach endpoint %s", ErrDeviceFailed, bindAddr, m.ap))
 		return
 	}
-	l.sess.device = ctx.Spawn(props(newDeviceActor(deviceConfig{
-		role: roleClient, owner: l.cfg.tunnelID, privateKey: w.PrivateKey, listen: netip.AddrPortFrom(bindAddr, 0),
-		addresses: w.Addresses, mtu: w.MTU, logger: l.cfg.logger,
-	})))
+	l.spawnDevice(ctx, w.PrivateKey, bindAddr, w.MTU)
 	l.enter(ctx, legHandshaking, fmt.Sprintf("endpoint %s resolved to %s", w.Endpoint, m.ap), nil, 0)
 }
 
