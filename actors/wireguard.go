@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -54,6 +55,11 @@ type WireGuardExit struct {
 	AllowedIPs   []netip.Prefix // [Peer] AllowedIPs: destinations the server takes
 	Keepalive    int            // [Peer] PersistentKeepalive, seconds; 0: the tunnel's keepalive
 	Check        WireGuardCheck
+}
+
+// Equal reports whether w and o configure the same exit the same way (both nil counts as equal).
+func (w *WireGuardExit) Equal(o *WireGuardExit) bool {
+	return w == o || (w != nil && o != nil && reflect.DeepEqual(*w, *o))
 }
 
 // WireGuardCheck is what proves a WireGuard exit forwards, besides its handshake: at most one of

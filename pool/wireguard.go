@@ -21,7 +21,6 @@ package pool
 import (
 	"fmt"
 	"maps"
-	"reflect"
 	"time"
 
 	"github.com/warren-tunnel/warren/actors"
@@ -64,10 +63,8 @@ func wireGuardExits(engineWG map[string]*actors.WireGuardExit, r resolved) (own,
 }
 
 // sameWireGuard reports whether two sets of WireGuard exits hold the same configurations.
-func sameWireGuard(a, b map[string]*actors.WireGuardExit) bool { return maps.EqualFunc(a, b, sameExit) }
-
-func sameExit(x, y *actors.WireGuardExit) bool {
-	return x == y || (x != nil && y != nil && reflect.DeepEqual(*x, *y))
+func sameWireGuard(a, b map[string]*actors.WireGuardExit) bool {
+	return maps.EqualFunc(a, b, (*actors.WireGuardExit).Equal)
 }
 
 // downExit is a WireGuard exit whose data plane failed a slot.
@@ -140,7 +137,7 @@ func (p *poolActor) setWireGuard(own, all map[string]*actors.WireGuardExit) {
 	maps.DeleteFunc(p.held, func(id string, _ time.Time) bool { return own[id] == nil })
 	for _, v := range p.slots {
 		was, now := old[v.exit], own[v.exit]
-		if v.state == messages.SlotUp && !v.removing && v.inflight == 0 && v.want == "" && was != nil && now != nil && !sameExit(was, now) {
+		if v.state == messages.SlotUp && !v.removing && v.inflight == 0 && v.want == "" && was != nil && now != nil && !was.Equal(now) {
 			v.want, v.rotation = "exit "+v.exit+"'s configuration changed", false
 			p.enqueue(v)
 		}

@@ -288,7 +288,7 @@ func wireGuardChanges(before, after map[string]*actors.WireGuardExit) []string {
 		switch w, ok := after[id]; {
 		case !ok:
 			out = append(out, id+" removed")
-		case !reflect.DeepEqual(w, before[id]):
+		case !w.Equal(before[id]):
 			out = append(out, id+" changed")
 		}
 	}
