@@ -293,7 +293,7 @@ func (e *linkEndpoint) enqueue(pkts []*stack.PacketBuffer) (int, tcpip.Error) {
 		}
 		if !full {
 			if n < len(pkts) {
-				tcpCounters.linkDrops.IncrementBy(uint64(len(pkts) - n))
+				stackCounters.linkDrops.IncrementBy(uint64(len(pkts) - n))
 			}
 			stopTimer(bound)
 			if n == 0 {

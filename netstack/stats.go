@@ -9,7 +9,7 @@ package netstack
 
 import "gvisor.dev/gvisor/pkg/tcpip"
 
-// tcpCounters are shared by every Stack made by New in this process. A statistic counter carries no
+// stackCounters are shared by every Stack made by New in this process. A statistic counter carries no
 // lifecycle state (nothing is opened, closed or waited for through it), so unlike the stacks
 // themselves it may be process-wide: the counters only grow, from the process's start.
 //
@@ -17,7 +17,7 @@ import "gvisor.dev/gvisor/pkg/tcpip"
 // counter in detectSpuriousRecovery (RFC 3522 step 5: "has this connection seen a DSACK?"), so a
 // process-wide one would let one stack's DSACKs change another's loss recovery. Counters that only
 // count are safe to share; that one is an input to a decision.
-var tcpCounters struct {
+var stackCounters struct {
 	segmentsSent, retransmits, fastRetransmits, slowStartRetransmits, timeouts,
 	fastRecoveries, sackRecoveries, tlpRecoveries, spuriousRecoveries tcpip.StatCounter
 	// transportDrops is gVisor's stack-wide DroppedPackets (only ever incremented); linkDrops is
@@ -30,16 +30,16 @@ var tcpCounters struct {
 func sharedStats() tcpip.Stats {
 	var s tcpip.Stats
 	t := &s.TCP
-	t.SegmentsSent = &tcpCounters.segmentsSent
-	t.Retransmits = &tcpCounters.retransmits
-	t.FastRetransmit = &tcpCounters.fastRetransmits
-	t.SlowStartRetransmits = &tcpCounters.slowStartRetransmits
-	t.Timeouts = &tcpCounters.timeouts
-	t.FastRecovery = &tcpCounters.fastRecoveries
-	t.SACKRecovery = &tcpCounters.sackRecoveries
-	t.TLPRecovery = &tcpCounters.tlpRecoveries
-	t.SpuriousRecovery = &tcpCounters.spuriousRecoveries
-	s.DroppedPackets = &tcpCounters.transportDrops
+	t.SegmentsSent = &stackCounters.segmentsSent
+	t.Retransmits = &stackCounters.retransmits
+	t.FastRetransmit = &stackCounters.fastRetransmits
+	t.SlowStartRetransmits = &stackCounters.slowStartRetransmits
+	t.Timeouts = &stackCounters.timeouts
+	t.FastRecovery = &stackCounters.fastRecoveries
+	t.SACKRecovery = &stackCounters.sackRecoveries
+	t.TLPRecovery = &stackCounters.tlpRecoveries
+	t.SpuriousRecovery = &stackCounters.spuriousRecoveries
+	s.DroppedPackets = &stackCounters.transportDrops
 	return s
 }
 
@@ -83,7 +83,7 @@ type TCPStats struct {
 // ReadTCPStats returns the process-wide TCP counters of Warren's stacks. Each field is read
 // atomically, the fields one after another: under traffic they are not one instant's snapshot.
 func ReadTCPStats() TCPStats {
-	c := &tcpCounters
+	c := &stackCounters
 	return TCPStats{
 		SegmentsSent:         c.segmentsSent.Value(),
 		Retransmits:          c.retransmits.Value(),

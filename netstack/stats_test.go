@@ -18,7 +18,7 @@ import (
 // own, and a 4 MiB upload grows SegmentsSent by at least its data segments.
 func TestTCPStatsShared(t *testing.T) {
 	client, exit := newPair(t, Config{}, Config{})
-	c := &tcpCounters
+	c := &stackCounters
 	for _, n := range []*wgNode{client, exit} {
 		st := n.stack.stack.Stats().TCP
 		for _, f := range []struct {
@@ -106,7 +106,7 @@ func TestTCPStatsShared(t *testing.T) {
 // earlier tests are closed at their cleanup, and this package's parallel tests start only after
 // every sequential one.
 func TestReadTCPStatsFields(t *testing.T) {
-	c := &tcpCounters
+	c := &stackCounters
 	counters := []*tcpip.StatCounter{&c.segmentsSent, &c.retransmits, &c.fastRetransmits, &c.slowStartRetransmits,
 		&c.timeouts, &c.fastRecoveries, &c.sackRecoveries, &c.tlpRecoveries, &c.spuriousRecoveries}
 	fields := func(s TCPStats) []uint64 {
