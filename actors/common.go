@@ -66,7 +66,7 @@ var stopOnFailure = actor.NewOneForOneStrategy(0, 0, func(reason interface{}) ac
 
 func props(producer actor.Producer) *actor.Props {
 	return actor.PropsFromProducer(producer, actor.WithSupervisor(stopOnFailure),
-		actor.WithReceiverMiddleware(recoverPanics, forgetEndedChildren))
+		actor.WithReceiverMiddleware(recoverPanics, forgetEndedChildren), actor.WithSpawnFunc(spawnWith))
 }
 
 // forgetEndedChildren clears a parent's last reference to its children that have ended.

@@ -193,7 +193,7 @@ func (c *connActor) Receive(ctx actor.Context) {
 		setupCtx, c.cancel = context.WithTimeout(context.Background(), c.cfg.handshake+c.cfg.limits.Setup)
 		c.result = make(chan any, 1)
 		c.wg.Add(1)
-		go c.setup(setupCtx)
+		goOn(c.system, func() { c.setup(setupCtx) })
 		if c.cfg.limits.MaxLifetime > 0 {
 			c.timers.lifetime = sendAfter(ctx, c.cfg.limits.MaxLifetime, &connLifetimeExpired{})
 		}
@@ -275,11 +275,11 @@ func (c *connActor) adopt(ctx actor.Context, r any) {
 			c.pumps = 2
 			c.wg.Add(2)
 			report := func(d *pumpDone) { c.system.Root.Send(c.self, d) }
-			go func() {
+			goOn(c.system, func() {
 				defer c.wg.Done()
 				pump(c.out, m.inReader, &c.live.in, func(d *pumpDone) { d.toOut = true; report(d) })
-			}()
-			go func() { defer c.wg.Done(); pump(c.in, c.out, &c.live.out, report) }()
+			})
+			goOn(c.system, func() { defer c.wg.Done(); pump(c.in, c.out, &c.live.out, report) })
 		}
 		if c.cfg.limits.Idle > 0 {
 			c.exemptIdle = c.cfg.limits.IdleExempt != nil && c.cfg.limits.IdleExempt(c.target)

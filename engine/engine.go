@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"maps"
 	"net/netip"
 	"sync"
@@ -112,6 +113,7 @@ type Engine struct {
 
 	// set by Start, read-only afterwards
 	system  *actor.ActorSystem
+	workers *actors.Workers // run the system's mailboxes; closed after system.Shutdown
 	pid     *actor.PID
 	natsURL string
 	exit    *ExitInfo
@@ -335,6 +337,8 @@ func (e *Engine) Start(ctx context.Context) error {
 		// throttle goroutine that lives one interval: keep it short so Close leaves nothing behind.
 		actor.WithDeadLetterThrottleInterval(50*time.Millisecond))
 	compactRegistry(e.system)
+	e.workers = actors.NewWorkers(max(8, 4*runtime.GOMAXPROCS(0)))
+	e.workers.Register(e.system)
 	// Every supervisor directive (here always a stop after a panic) is counted and reported as an
 	// event through the engine actor, whose name is fixed, so the PID is known before it exists.
 	enginePID := actor.NewPID(e.system.Address(), "engine")
@@ -367,6 +371,7 @@ func (e *Engine) Start(ctx context.Context) error {
 		}
 		e.unsubscribe()
 		e.system.Shutdown()
+		e.workers.Close()
 		e.system = nil
 		return fmt.Errorf("spawn engine: %w", err)
 	}
@@ -515,6 +520,7 @@ func (e *Engine) Kill() {
 		}
 		e.unsubscribe()
 		e.system.Shutdown()
+		e.workers.Close()
 	})
 	<-e.closed
 }
@@ -556,6 +562,7 @@ func (e *Engine) Close(ctx context.Context) error {
 		}
 		e.unsubscribe()
 		e.system.Shutdown()
+		e.workers.Close()
 	})
 	<-e.closed
 	return e.closeErr
