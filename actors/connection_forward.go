@@ -24,11 +24,11 @@ func (c *connActor) serveForward(s *proxy.Session) {
 	c.pumps = 1
 	c.wg.Add(1)
 	system, self := c.system, c.self
-	go func() {
+	goOn(system, func() {
 		defer c.wg.Done()
 		err := proxy.ServeForward(loopCtx, s, c.dialForward, &c.live.in, &c.live.out)
 		system.Root.Send(self, &forwardDone{err: err})
-	}()
+	})
 }
 
 // dialForward dials a later request's origin through the tunnel, bounded like the first dial.

@@ -196,7 +196,7 @@ func (c *connActor) runUDP(u *udpParts) {
 	start := func(loop string, f func() error) {
 		c.wg.Add(1)
 		c.pumps++
-		go func() {
+		goOn(system, func() {
 			defer c.wg.Done()
 			// The loops parse what the client (or the exit) sends: a panic ends this association
 			// with internal_error, not the process.
@@ -207,7 +207,7 @@ func (c *connActor) runUDP(u *udpParts) {
 				}
 			}()
 			report(f())
-		}()
+		})
 	}
 	// The incoming control connection carries nothing more: read it until its peer closes it.
 	in := c.in

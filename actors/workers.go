@@ -8,8 +8,10 @@ package actors
 // copy each time, at nearly every message. That was about a tenth of the CPU a proxied connection
 // costs (BenchmarkConnectLatency's profile, docs/performance.md). Workers keep their grown stacks:
 // a mailbox run goes to a worker that waits for one, or to a new goroutine that becomes a worker
-// when it is done, while fewer than maxIdle wait.
+// when it is done, while fewer than maxIdle wait. An engine keeps max(8, 4 × GOMAXPROCS) waiting,
+// started with it: a fixed number at rest, which the tests that count goroutines rely on.
 //
+//	NewWorkers ──▶ maxIdle workers wait
 //	Schedule ──a worker waits──▶ that worker runs it
 //	   └── none waits ──▶ a new goroutine runs it, then waits for the next (or exits: maxIdle wait)
 //	Close ──▶ the waiting workers exit; a running one exits after its run; Close waits for them all
@@ -46,9 +48,15 @@ var _ actor.Dispatcher = (*Workers)(nil)
 
 var workersID = extensions.NextExtensionID()
 
-// NewWorkers returns Workers that keep up to maxIdle goroutines waiting (at least 1).
+// NewWorkers returns Workers that keep maxIdle goroutines waiting (at least 1), started here: at
+// rest an engine has exactly maxIdle of them, however many a burst needed.
 func NewWorkers(maxIdle int) *Workers {
-	return &Workers{tasks: make(chan func()), done: make(chan struct{}), maxIdle: int32(max(maxIdle, 1))}
+	w := &Workers{tasks: make(chan func()), done: make(chan struct{}), maxIdle: int32(max(maxIdle, 1))}
+	w.wg.Add(int(w.maxIdle))
+	for range w.maxIdle {
+		go w.work(nil)
+	}
+	return w
 }
 
 // ExtensionID makes Workers an extension of the actor system they serve (Register).
@@ -80,11 +88,14 @@ func (w *Workers) Schedule(fn func()) {
 	go w.work(fn)
 }
 
-// work runs fn, then each task it is given, until Close or until maxIdle others already wait.
+// work runs fn (if any), then each task it is given, until Close or until maxIdle others already
+// wait.
 func (w *Workers) work(fn func()) {
 	defer w.wg.Done()
 	for {
-		fn()
+		if fn != nil {
+			fn()
+		}
 		if w.idle.Add(1) > w.maxIdle {
 			w.idle.Add(-1)
 			return

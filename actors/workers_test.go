@@ -19,13 +19,17 @@ func workersOf(t *testing.T) int {
 	return strings.Count(string(buf[:n]), "actors.(*Workers).work")
 }
 
-// TestWorkersKeepAtMostMaxIdle: a burst of tasks that all wait at once needs one goroutine each;
+// TestWorkersKeepAtMostMaxIdle: maxIdle workers wait from the start; a burst of tasks that all
+// wait at once needs one goroutine each;
 // once they are done, maxIdle of them stay for later tasks and the rest exit; Close lets those go
 // and waits for them; a task scheduled after Close still runs.
 func TestWorkersKeepAtMostMaxIdle(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	const burst, maxIdle = 12, 3
 	w := NewWorkers(maxIdle)
+	if got := workersOf(t); got != maxIdle {
+		t.Fatalf("%d workers wait once made, want %d", got, maxIdle)
+	}
 	release := make(chan struct{})
 	var started, done sync.WaitGroup
 	started.Add(burst)
