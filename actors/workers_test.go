@@ -19,6 +19,18 @@ func workersOf(t *testing.T) int {
 	return strings.Count(string(buf[:n]), "actors.(*Workers).work")
 }
 
+// waitIdle waits until w has exactly n workers, all of them waiting, or fails the test after 5 s.
+func waitIdle(t *testing.T, w *Workers, n int, when string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for workersOf(t) != n || w.idle.Load() != int32(n) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %d workers, %d waiting; want %d of each", when, workersOf(t), w.idle.Load(), n)
+		}
+		runtime.Gosched()
+	}
+}
+
 // TestWorkersKeepAtMostMaxIdle: maxIdle workers wait from the start; a burst of tasks that all
 // wait at once needs one goroutine each;
 // once they are done, maxIdle of them stay for later tasks and the rest exit; Close lets those go
@@ -27,9 +39,8 @@ func TestWorkersKeepAtMostMaxIdle(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	const burst, maxIdle = 12, 3
 	w := NewWorkers(maxIdle)
-	if got := workersOf(t); got != maxIdle {
-		t.Fatalf("%d workers wait once made, want %d", got, maxIdle)
-	}
+	defer w.Close() // before goleak's check, should the test fail early
+	waitIdle(t, w, maxIdle, "once made")
 	release := make(chan struct{})
 	var started, done sync.WaitGroup
 	started.Add(burst)
@@ -43,13 +54,7 @@ func TestWorkersKeepAtMostMaxIdle(t *testing.T) {
 	}
 	close(release)
 	done.Wait()
-	deadline := time.Now().Add(5 * time.Second)
-	for workersOf(t) != maxIdle || w.idle.Load() != maxIdle {
-		if time.Now().After(deadline) {
-			t.Fatalf("after the burst: %d workers, %d idle; want %d of each", workersOf(t), w.idle.Load(), maxIdle)
-		}
-		runtime.Gosched()
-	}
+	waitIdle(t, w, maxIdle, "after the burst")
 
 	// An idle worker takes the next task: no goroutine is added.
 	ran := make(chan int, 1)
