@@ -22,6 +22,7 @@ import (
 	"github.com/warren-tunnel/warren/engine"
 	"github.com/warren-tunnel/warren/messages"
 	"github.com/warren-tunnel/warren/netstack"
+	"github.com/warren-tunnel/warren/third_party/wireguard/device"
 )
 
 // scrapeTimeout bounds one scrape's snapshot of the engine.
@@ -59,7 +60,7 @@ type metrics struct {
 	buildInfo, natsConnected, tunnels, connsActive, connsOpened, connsTotal, bytes, handshakeAge,
 	transitions, reconnects, signalingRTT, exitSessions, exitFlows, exitDraining, poolSlots,
 	refused, panics, childrenLost, eventsDropped, snapshotErrors, udpAssocs, udpDatagrams, udpDropped,
-	tcpSegments, tcpRetransmits, tcpRecoveries, tcpSpurious, stackDrops *prometheus.Desc
+	tcpSegments, tcpRetransmits, tcpRecoveries, tcpSpurious, stackDrops, cookieReplies *prometheus.Desc
 }
 
 func newMetrics(s *Server) *metrics {
@@ -108,6 +109,8 @@ func newMetrics(s *Server) *metrics {
 			"kind"),
 		tcpSpurious: d("warren_netstack_tcp_spurious_recoveries_total",
 			"TCP loss recoveries in the process's WireGuard netstacks found afterwards to have been needless (RFC 3522)."),
+		cookieReplies: d("warren_wireguard_cookie_replies_total",
+			"Handshake initiations the process's WireGuard devices answered with a cookie reply, under load (an exit's handshake queue more than an eighth full); each such client initiates again only 5 s later."),
 		stackDrops: d("warren_netstack_dropped_packets_total",
 			"Packets the process's WireGuard netstacks dropped themselves, by layer (transport: a connection's full segment queue, a listener's full backlog; link: the queue to the WireGuard device full for 50 ms).",
 			"layer"),
@@ -168,6 +171,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	counter(m.tcpSpurious, float64(tcp.SpuriousRecoveries))
 	counter(m.stackDrops, float64(tcp.TransportDrops), "transport")
 	counter(m.stackDrops, float64(tcp.LinkDrops), "link")
+	counter(m.cookieReplies, float64(device.CookieRepliesSent()))
 	sig := s.eng.SignalingStats()
 	for _, r := range refusals {
 		counter(m.refused, float64(r.get(sig)), r.typ, r.reason)

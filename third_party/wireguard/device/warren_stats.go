@@ -4,7 +4,19 @@ package device
 // the IPC dump, for health checks that run every second on every tunnel, an exit's sweep of silent
 // sessions, and a tunnel's status.
 
-import "time"
+import (
+	"sync/atomic"
+	"time"
+)
+
+// cookieReplies counts the cookie replies every device of the process sent (SendHandshakeCookie).
+var cookieReplies atomic.Uint64
+
+// CookieRepliesSent is the number of handshake initiations the process's devices answered with a
+// cookie reply instead of a response: under load (a device's handshake queue more than an eighth
+// full, and for a second after), an initiation without a valid cookie MAC gets one, and its
+// sender initiates again only when its retransmission timer fires (REKEY_TIMEOUT, 5 s).
+func CookieRepliesSent() uint64 { return cookieReplies.Load() }
 
 // Traffic is the number of bytes received from all peers (rx_bytes in IpcGet, summed) and the
 // number of packets read from the TUN for them: data the device had to send, as opposed to its
