@@ -10,6 +10,14 @@ package test
 // is not in it): the SOCKS5 exchange, the TCP handshake inside the tunnel, the exit's dial of the
 // echo server and one round trip of data. p50-µs, p99-µs and mean-µs are over the timed ops; a few
 // connections first warm both chains up (the tunnel's handshake is done by then anyway).
+//
+// Two ways to close, each a sub-benchmark of both chains:
+//   - back-to-back: the client closes and dials the next at once, so the previous connection's
+//     teardown (its FINs through the chain, its sockets' and actors' ends) runs during the next
+//     one's setup: latency under a steady churn of about a thousand connections a second, which
+//     keeps two cores busy;
+//   - idle: the client half-closes and reads until the chain's FIN comes back from the echo
+//     server (untimed) before it dials the next: a connection opened on an otherwise idle tunnel.
 
 import (
 	"context"
@@ -32,26 +40,36 @@ const (
 )
 
 func BenchmarkConnectLatency(b *testing.B) {
-	b.Run("warren", func(b *testing.B) {
-		echo := testutil.EchoServer(b)
-		e := startExitEngine(b, "latency", nil)
-		tun := openTunnel(b, e, "latency")
-		runLatency(b, tun.SOCKSAddr(), echo.Addr())
-	})
-	b.Run("stock", func(b *testing.B) {
-		echo := testutil.EchoServer(b)
-		runLatency(b, stockChain(b, echo.Addr()), echo.Addr())
-	})
+	for _, idle := range []bool{false, true} {
+		mode := "back-to-back"
+		if idle {
+			mode = "idle"
+		}
+		b.Run("warren/"+mode, func(b *testing.B) {
+			echo := testutil.EchoServer(b)
+			e := startExitEngine(b, "latency", nil)
+			tun := openTunnel(b, e, "latency")
+			runLatency(b, tun.SOCKSAddr(), echo.Addr(), idle)
+		})
+		b.Run("stock/"+mode, func(b *testing.B) {
+			echo := testutil.EchoServer(b)
+			runLatency(b, stockChain(b, echo.Addr()), echo.Addr(), idle)
+		})
+	}
 }
 
 // runLatency times b.N connections through the SOCKS5 proxy at socks to target, an echo server,
-// one after another, and reports their quantiles and mean.
-func runLatency(b *testing.B, socks, target string) {
-	d, err := proxy.SOCKS5("tcp", socks, nil, &net.Dialer{})
+// one after another, and reports their quantiles and mean; idle: each closed gracefully first.
+func runLatency(b *testing.B, socks, target string, idle bool) {
+	raw := &lastConn{}
+	d, err := proxy.SOCKS5("tcp", socks, nil, raw)
 	if err != nil {
 		b.Fatal(err)
 	}
 	cd := d.(proxy.ContextDialer)
+	echoOnce := func(cd proxy.ContextDialer, target string, v byte) (time.Duration, error) {
+		return echoOnce(cd, raw, target, v, idle)
+	}
 	for i := range latencyWarmup {
 		if _, err := echoOnce(cd, target, byte(i)); err != nil {
 			b.Fatalf("warm-up %d: %v", i, err)
@@ -83,9 +101,29 @@ func runLatency(b *testing.B, socks, target string) {
 	}
 }
 
+// lastConn dials TCP and keeps the last connection it made: the SOCKS5 client's own socket, which
+// the connection it returns wraps (for CloseWrite). Connections are made one at a time.
+type lastConn struct {
+	net.Dialer
+	c *net.TCPConn
+}
+
+func (l *lastConn) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	c, err := l.Dialer.DialContext(ctx, network, addr)
+	if err == nil {
+		l.c = c.(*net.TCPConn)
+	}
+	return c, err
+}
+
+func (l *lastConn) Dial(network, addr string) (net.Conn, error) {
+	return l.DialContext(context.Background(), network, addr)
+}
+
 // echoOnce opens a connection to target through d, writes v, reads it back and closes; it returns
-// the time from before the dial to after the read. Everything is bounded by latencyBound.
-func echoOnce(d proxy.ContextDialer, target string, v byte) (time.Duration, error) {
+// the time from before the dial to after the byte was read. idle: before closing, it half-closes
+// raw's socket and reads until the end of the stream comes back through the chain.
+func echoOnce(d proxy.ContextDialer, raw *lastConn, target string, v byte, idle bool) (time.Duration, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), latencyBound)
 	defer cancel()
 	start := time.Now()
@@ -105,6 +143,14 @@ func echoOnce(d proxy.ContextDialer, target string, v byte) (time.Duration, erro
 	took := time.Since(start)
 	if got[0] != v {
 		return 0, fmt.Errorf("echo: got %d, want %d", got[0], v)
+	}
+	if idle {
+		if err := raw.c.CloseWrite(); err != nil {
+			return 0, fmt.Errorf("half-close: %w", err)
+		}
+		if n, err := io.Copy(io.Discard, c); err != nil || n != 0 {
+			return 0, fmt.Errorf("after the half-close: %d bytes, %v; want the end of the stream", n, err)
+		}
 	}
 	return took, nil
 }
