@@ -51,9 +51,10 @@ const clientMaxBuffers = 1024
 // Its handshake queue holds exitHandshakeQueue messages (upstream: 1,024). wireguard-go is under
 // load once an eighth of it waits: it then answers initiations with cookie replies, and a client
 // that gets one initiates again only 5 s later. A pool bringing up hundreds of tunnels at once is
-// such a burst, from one address: with upstream's 128, 400 tunnels opened at once made up to 731
-// cookie replies and took 7–12 s to come Up instead of 2 (BenchmarkIdleTunnels, `cookies`). At 512
-// they made none. A flood of initiations can hold the whole queue, each with a 9 KiB buffer: 36 MiB.
+// such a burst, from one address: at upstream's threshold of 128 (1,024 / 8), 400 tunnels opened
+// at once made up to 731 cookie replies and took 7–12 s to come Up instead of 2
+// (BenchmarkIdleTunnels, `cookies`). At 512 they made none. A flood of initiations can hold the
+// whole queue, each with a 9 KiB buffer: 36 MiB.
 var exitDevice = device.DeviceOptions{AdaptiveBatch: true, NoTUNEvents: true, InlineCrypto: exitInline(), InlineSend: true, InlineReceive: true, HandshakeQueue: exitHandshakeQueue}
 
 // exitHandshakeQueue: handshake messages an exit's device queues for its workers (see exitDevice).

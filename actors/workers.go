@@ -14,7 +14,8 @@ package actors
 //	NewWorkers ──▶ maxIdle workers wait
 //	Schedule ──a worker waits──▶ that worker runs it
 //	   └── none waits ──▶ a new goroutine runs it, then waits for the next (or exits: maxIdle wait)
-//	Close ──▶ the waiting workers exit; a running one exits after its run; Close waits for them all
+//	Close ──▶ the waiting workers exit; a running one exits after its task; Close waits for them all
+//	          (bounded by its ctx: ErrWorkersBusy if a task outlives it)
 //	Schedule after Close ──▶ a plain goroutine, as protoactor's own dispatcher
 //
 // The engine owns its Workers (one per actor system, registered as its extension): it closes them
@@ -22,6 +23,9 @@ package actors
 // made by an embedder) use protoactor's dispatcher.
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 
@@ -110,23 +114,38 @@ func (w *Workers) work(fn func()) {
 	}
 }
 
-// Close lets the waiting workers go and waits for every worker, including one finishing a run
-// (a mailbox run is short: an actor never blocks in Receive). Later Schedules start plain
-// goroutines. Idempotent.
-func (w *Workers) Close() {
+// ErrWorkersBusy: Close's wait ended with a task still running.
+var ErrWorkersBusy = errors.New("actors: workers still running a task")
+
+// Close lets the waiting workers go and waits for every worker, including one finishing its task,
+// until ctx ends. Once the actor system has stopped, every actor has waited for the goroutines it
+// started (a connection for its copy loops), so what is left is a mailbox run ending: short, as an
+// actor never blocks in Receive. Only an actor system that did not stop in time leaves a task that
+// outlives ctx; then Close returns ErrWorkersBusy and that worker exits when its task ends. Later
+// Schedules start plain goroutines. Idempotent.
+func (w *Workers) Close(ctx context.Context) error {
 	w.mu.Lock()
 	if !w.closed {
 		w.closed = true
 		close(w.done)
 	}
 	w.mu.Unlock()
-	w.wg.Wait()
+	all := make(chan struct{})
+	go func() { w.wg.Wait(); close(all) }()
+	select {
+	case <-all:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("%w: %w", ErrWorkersBusy, ctx.Err())
+	}
 }
 
 // spawnWith is the spawner of this package's props: an actor of a system with Workers runs on them.
+// It spawns a copy of p with the system's dispatcher, never p itself: an embedder may spawn the
+// same Props in several systems, at once.
 func spawnWith(sys *actor.ActorSystem, id string, p *actor.Props, parent actor.SpawnerContext) (*actor.PID, error) {
 	if w, ok := sys.Extensions.Get(workersID).(*Workers); ok {
-		p.Configure(actor.WithDispatcher(w))
+		p = p.Clone(actor.WithDispatcher(w))
 	}
 	return actor.DefaultSpawner(sys, id, p, parent)
 }

@@ -110,7 +110,7 @@ func newMetrics(s *Server) *metrics {
 		tcpSpurious: d("warren_netstack_tcp_spurious_recoveries_total",
 			"TCP loss recoveries in the process's WireGuard netstacks found afterwards to have been needless (RFC 3522)."),
 		cookieReplies: d("warren_wireguard_cookie_replies_total",
-			"Handshake initiations the process's WireGuard devices answered with a cookie reply, under load (an exit's handshake queue more than an eighth full); each such client initiates again only 5 s later."),
+			"Handshake messages the process's WireGuard devices answered with a cookie reply instead of processing them, under load (an exit's handshake queue more than an eighth full); each such sender tries again only 5 s later."),
 		stackDrops: d("warren_netstack_dropped_packets_total",
 			"Packets the process's WireGuard netstacks dropped themselves, by layer (transport: a connection's full segment queue, a listener's full backlog; link: the queue to the WireGuard device full for 50 ms).",
 			"layer"),

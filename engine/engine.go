@@ -371,7 +371,7 @@ func (e *Engine) Start(ctx context.Context) error {
 		}
 		e.unsubscribe()
 		e.system.Shutdown()
-		e.workers.Close()
+		e.closeWorkers()
 		e.system = nil
 		return fmt.Errorf("spawn engine: %w", err)
 	}
@@ -520,9 +520,23 @@ func (e *Engine) Kill() {
 		}
 		e.unsubscribe()
 		e.system.Shutdown()
-		e.workers.Close()
+		e.closeWorkers()
 	})
 	<-e.closed
+}
+
+// workersWait bounds the wait for the actor system's workers once it has stopped: each actor has
+// waited for its own goroutines by then, so only a system that did not stop in time (its stop
+// future gave up) leaves one running.
+const workersWait = 5 * time.Second
+
+// closeWorkers closes the actor system's workers after system.Shutdown, waiting up to workersWait.
+func (e *Engine) closeWorkers() {
+	ctx, cancel := context.WithTimeout(context.Background(), workersWait)
+	defer cancel()
+	if err := e.workers.Close(ctx); err != nil {
+		e.logger.Warn("engine closed with an actor's goroutine still running", "err", err)
+	}
 }
 
 func (e *Engine) closeEvents() {
@@ -562,7 +576,7 @@ func (e *Engine) Close(ctx context.Context) error {
 		}
 		e.unsubscribe()
 		e.system.Shutdown()
-		e.workers.Close()
+		e.closeWorkers()
 	})
 	<-e.closed
 	return e.closeErr

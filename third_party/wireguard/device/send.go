@@ -176,7 +176,6 @@ func (peer *Peer) SendHandshakeResponse() error {
 }
 
 func (device *Device) SendHandshakeCookie(initiatingElem *QueueHandshakeElement) error {
-	cookieReplies.Add(1) // Warren: CookieRepliesSent (warren_stats.go)
 	device.log.Verbosef("Sending cookie response for denied handshake message for %v", initiatingElem.endpoint.DstToString())
 
 	sender := binary.LittleEndian.Uint32(initiatingElem.packet[4:8])
@@ -185,6 +184,7 @@ func (device *Device) SendHandshakeCookie(initiatingElem *QueueHandshakeElement)
 		device.log.Errorf("Failed to create cookie reply: %v", err)
 		return err
 	}
+	cookieReplies.Add(1) // Warren: CookieRepliesSent (warren_stats.go)
 
 	packet := make([]byte, MessageCookieReplySize)
 	_ = reply.marshal(packet)

@@ -12,10 +12,11 @@ import (
 // cookieReplies counts the cookie replies every device of the process sent (SendHandshakeCookie).
 var cookieReplies atomic.Uint64
 
-// CookieRepliesSent is the number of handshake initiations the process's devices answered with a
-// cookie reply instead of a response: under load (a device's handshake queue more than an eighth
-// full, and for a second after), an initiation without a valid cookie MAC gets one, and its
-// sender initiates again only when its retransmission timer fires (REKEY_TIMEOUT, 5 s).
+// CookieRepliesSent is the number of handshake messages (initiations, and responses) the process's
+// devices answered with a cookie reply instead of processing them: under load (a device's handshake
+// queue more than an eighth full, and for a second after), a message without a valid cookie MAC
+// gets one, and its sender tries again only when its retransmission timer fires (REKEY_TIMEOUT,
+// 5 s).
 func CookieRepliesSent() uint64 { return cookieReplies.Load() }
 
 // Traffic is the number of bytes received from all peers (rx_bytes in IpcGet, summed) and the
