@@ -144,17 +144,23 @@ func (w *Workers) Close(ctx context.Context) error {
 // It spawns a copy of p with the system's dispatcher, never p itself: an embedder may spawn the
 // same Props in several systems, at once.
 func spawnWith(sys *actor.ActorSystem, id string, p *actor.Props, parent actor.SpawnerContext) (*actor.PID, error) {
-	if w, ok := sys.Extensions.Get(workersID).(*Workers); ok {
+	if w := workersIn(sys); w != nil {
 		p = p.Clone(actor.WithDispatcher(w))
 	}
 	return actor.DefaultSpawner(sys, id, p, parent)
+}
+
+// workersIn is sys's Workers, or nil if it has none.
+func workersIn(sys *actor.ActorSystem) *Workers {
+	w, _ := sys.Extensions.Get(workersID).(*Workers)
+	return w
 }
 
 // goOn runs fn on sys's Workers (a goroutine whose stack has grown already), or on a new goroutine
 // if sys has none: a connection's setup and copy loops, whose dials, handshakes and relays are as
 // deep as a Receive. Never blocks.
 func goOn(sys *actor.ActorSystem, fn func()) {
-	if w, ok := sys.Extensions.Get(workersID).(*Workers); ok {
+	if w := workersIn(sys); w != nil {
 		w.Schedule(fn)
 		return
 	}

@@ -113,7 +113,7 @@ type Engine struct {
 
 	// set by Start, read-only afterwards
 	system  *actor.ActorSystem
-	workers *actors.Workers // run the system's mailboxes; closed after system.Shutdown
+	workers *actors.Workers // run the system's mailboxes and its connections' goroutines; closed after system.Shutdown
 	pid     *actor.PID
 	natsURL string
 	exit    *ExitInfo

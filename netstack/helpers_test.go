@@ -2,6 +2,7 @@ package netstack
 
 import (
 	"bytes"
+	"context"
 	"encoding/hex"
 	"fmt"
 	"net"
@@ -88,6 +89,19 @@ func (n *wgNode) addPeer(t testing.TB, other *wgNode, allowed ...string) {
 	if err := n.dev.IpcSet(cfg); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// dial connects from n's stack to dst over network within testTimeout, failing the test if it
+// cannot; the caller closes the connection.
+func (n *wgNode) dial(t testing.TB, network string, dst netip.AddrPort) net.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	c, err := n.stack.DialContext(ctx, network, dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
 
 // newPair returns a client (routing everything to the exit) and an exit node.

@@ -1,7 +1,6 @@
 package netstack
 
 import (
-	"context"
 	"encoding/binary"
 	"fmt"
 	"math"
@@ -31,12 +30,7 @@ func TestInlineKeepsOrder(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer srv.Close()
-			ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-			defer cancel()
-			c, err := client.stack.DialContext(ctx, "udp", netip.AddrPortFrom(exitAddr, 6000))
-			if err != nil {
-				t.Fatal(err)
-			}
+			c := client.dial(t, "udp", netip.AddrPortFrom(exitAddr, 6000))
 			defer c.Close()
 			// The first datagram waits for the handshake; resend it until it is through.
 			buf := make([]byte, 2048)

@@ -1,7 +1,6 @@
 package netstack
 
 import (
-	"context"
 	"encoding/binary"
 	"io"
 	"net/netip"
@@ -66,12 +65,7 @@ func TestTCPStatsShared(t *testing.T) {
 	}()
 
 	before := ReadTCPStats()
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	defer cancel()
-	conn, err := client.stack.DialContext(ctx, "tcp", netip.AddrPortFrom(exitAddr, 8080))
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := client.dial(t, "tcp", netip.AddrPortFrom(exitAddr, 8080))
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(testTimeout))
 	if _, err := io.Copy(conn, testutil.Payload(3, size)); err != nil {

@@ -74,12 +74,7 @@ func testTCPBothWays(t *testing.T, client, exit *wgNode, server netip.Addr, size
 		srvDone <- r
 	}()
 
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	defer cancel()
-	c, err := client.stack.DialContext(ctx, "tcp", netip.AddrPortFrom(server, 8080))
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := client.dial(t, "tcp", netip.AddrPortFrom(server, 8080))
 	defer c.Close()
 	if got := c.RemoteAddr().String(); got != netip.AddrPortFrom(server, 8080).String() {
 		t.Errorf("RemoteAddr = %s", got)
@@ -154,12 +149,7 @@ func TestUDPBothWays(t *testing.T) {
 	}()
 	defer pc.Close()
 
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	defer cancel()
-	c, err := client.stack.DialContext(ctx, "udp", srvAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := client.dial(t, "udp", srvAddr)
 	defer c.Close()
 	got := 0
 	buf := make([]byte, 2048)

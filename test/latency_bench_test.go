@@ -67,11 +67,8 @@ func runLatency(b *testing.B, socks, target string, idle bool) {
 		b.Fatal(err)
 	}
 	cd := d.(proxy.ContextDialer)
-	echoOnce := func(cd proxy.ContextDialer, target string, v byte) (time.Duration, error) {
-		return echoOnce(cd, raw, target, v, idle)
-	}
 	for i := range latencyWarmup {
-		if _, err := echoOnce(cd, target, byte(i)); err != nil {
+		if _, err := echoOnce(cd, raw, target, byte(i), idle); err != nil {
 			b.Fatalf("warm-up %d: %v", i, err)
 		}
 	}
@@ -79,7 +76,7 @@ func runLatency(b *testing.B, socks, target string, idle bool) {
 	segs0 := netstack.ReadTCPStats().SegmentsSent
 	b.ResetTimer()
 	for i := range b.N {
-		t, err := echoOnce(cd, target, byte(i))
+		t, err := echoOnce(cd, raw, target, byte(i), idle)
 		if err != nil {
 			b.Fatalf("connection %d: %v", i, err)
 		}

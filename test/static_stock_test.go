@@ -12,8 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.zx2c4.com/wireguard/conn"
-	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun/netstack"
 
 	"github.com/warren-tunnel/warren/engine"
@@ -26,13 +24,11 @@ import (
 // through wireguard-go's IPC as a wg-quick [Interface]/[Peer] pair would be.
 func stockWireGuardClient(t *testing.T, priv signaling.Key, addr netip.Addr, exitPub string, endpoint netip.AddrPort) *netstack.Net {
 	t.Helper()
-	tdev, tnet, err := netstack.CreateNetTUN([]netip.Addr{addr}, nil, 1420)
+	pub, err := signaling.ParseKey(exitPub)
 	if err != nil {
 		t.Fatal(err)
 	}
-	dev := device.NewDevice(tdev, conn.NewDefaultBind(), &device.Logger{Verbosef: device.DiscardLogf, Errorf: t.Logf})
-	t.Cleanup(dev.Close)
-	configurePlainClient(t, dev, priv, exitPub, endpoint)
+	_, tnet := stockDevice(t, addr, priv, pub, endpoint.String(), netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0"))
 	return tnet
 }
 

@@ -119,8 +119,8 @@ func pipeStock(a, b net.Conn) {
 
 // stockDevice starts upstream wireguard-go with its default bind on upstream tun/netstack, at addr
 // (MTU 1420) with key priv and one peer: peerPub, routed allowed, at endpoint unless it is empty.
-// It is closed at the benchmark's cleanup.
-func stockDevice(tb testing.TB, addr netip.Addr, priv, peerPub [32]byte, endpoint string, allowed netip.Prefix) (*device.Device, *netstack.Net) {
+// It is closed at the test's or benchmark's cleanup.
+func stockDevice(tb testing.TB, addr netip.Addr, priv, peerPub [32]byte, endpoint string, allowed ...netip.Prefix) (*device.Device, *netstack.Net) {
 	tb.Helper()
 	tdev, tnet, err := netstack.CreateNetTUN([]netip.Addr{addr}, nil, 1420)
 	if err != nil {
@@ -128,7 +128,10 @@ func stockDevice(tb testing.TB, addr netip.Addr, priv, peerPub [32]byte, endpoin
 	}
 	dev := device.NewDevice(tdev, conn.NewDefaultBind(), &device.Logger{Verbosef: device.DiscardLogf, Errorf: tb.Logf})
 	tb.Cleanup(dev.Close)
-	cfg := fmt.Sprintf("private_key=%s\nlisten_port=0\npublic_key=%s\nallowed_ip=%s\n", hex.EncodeToString(priv[:]), hex.EncodeToString(peerPub[:]), allowed)
+	cfg := fmt.Sprintf("private_key=%s\nlisten_port=0\npublic_key=%s\n", hex.EncodeToString(priv[:]), hex.EncodeToString(peerPub[:]))
+	for _, p := range allowed {
+		cfg += "allowed_ip=" + p.String() + "\n"
+	}
 	if endpoint != "" {
 		cfg += "endpoint=" + endpoint + "\n"
 	}
