@@ -87,13 +87,14 @@ type connConfig struct {
 	udp       UDPLimits // SOCKS5 UDP associations (connection_udp.go)
 
 	// exit
-	in      net.Conn // connect-service connection from the tunnel
-	tcpFlow *netstack.TCPFlow
-	udpFlow *netstack.UDPFlow
-	egress  *netstack.EgressPolicy
-	stack   *netstack.Stack // the exit's stack, alive while its device actor is: UDP associations' sockets
-	udpIdle time.Duration   // an association's exit half ends after this long without a datagram
-	udpMax  int             // destinations per association; 0 unlimited
+	in        net.Conn // connect-service connection from the tunnel
+	overLimit bool     // in came over the session's limit: it may ask a refusal query, nothing else
+	tcpFlow   *netstack.TCPFlow
+	udpFlow   *netstack.UDPFlow
+	egress    *netstack.EgressPolicy
+	stack     *netstack.Stack // the exit's stack, alive while its device actor is: UDP associations' sockets
+	udpIdle   time.Duration   // an association's exit half ends after this long without a datagram
+	udpMax    int             // destinations per association; 0 unlimited
 }
 
 // EndConnection asks a connection to end gracefully for a reason (a drain that ran out of time).

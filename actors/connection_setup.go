@@ -165,12 +165,19 @@ func (c *connActor) setupService(ctx context.Context) any {
 		return &connSetupFailed{reason: messages.EndProtocolError, err: err}
 	}
 	target := net.JoinHostPort(req.Host, itoa(req.Port))
+	if c.cfg.overLimit && req.Cmd != netstack.ConnectCmdRefusal { // closed unanswered, as the limit always did
+		return &connSetupFailed{reason: messages.EndLimit, target: target, err: errSessionFull}
+	}
 	if req.Cmd == netstack.ConnectCmdUDP {
 		return c.setupExitUDP(in, req.Port)
 	}
 	if req.Cmd == netstack.ConnectCmdPing {
 		_ = netstack.WriteConnectReply(in, messages.ReplySucceeded)
 		return &connSetupFailed{reason: messages.EndNormal, target: "ping", ping: true}
+	}
+	if req.Cmd == netstack.ConnectCmdRefusal { // like a ping, no connection: an answer from the peer's memory
+		_ = netstack.WriteConnectReply(in, c.refusalOf(ctx, req))
+		return &connSetupFailed{reason: messages.EndNormal, target: "refusal", ping: true}
 	}
 	host := req.Host
 	if a, err := netip.ParseAddr(host); err == nil && c.ownAddress(a) {
@@ -206,12 +213,15 @@ func (c *connActor) setupFlow(ctx context.Context) any {
 	target := dst.String()
 	out, err := c.cfg.egress.DialEgress(ctx, network, dst.Addr().String(), dst.Port(), c.cfg.limits.Setup)
 	if err != nil {
+		code := netstack.ReplyCodeForDial(err)
 		if c.cfg.kind == connFlowUDP {
 			c.cfg.udpFlow.Reject()
 		} else {
+			// The peer hears why before the reset goes out, so it can answer the client's query.
+			c.system.Root.Send(c.parent, &flowRefused{dst: c.cfg.tcpFlow.Dst, code: code})
 			c.cfg.tcpFlow.Reject()
 		}
-		return &connSetupFailed{reason: dialReason(netstack.ReplyCodeForDial(err)), target: target, err: err}
+		return &connSetupFailed{reason: dialReason(code), target: target, err: err}
 	}
 	var in net.Conn
 	if c.cfg.kind == connFlowUDP {
@@ -224,6 +234,27 @@ func (c *connActor) setupFlow(ctx context.Context) any {
 		return &connSetupFailed{reason: classify(err), target: target, err: err}
 	}
 	return &connEstablished{in: in, out: out, inReader: in, target: target}
+}
+
+// errSessionFull: a connect request over the session's max_connections_per_session.
+var errSessionFull = errors.New("the session's connection limit is reached")
+
+// refusalOf asks the peer why it refused the flow the query names (netstack.ConnectCmdRefusal);
+// connection refused, what the client saw, when the peer does not answer in time.
+func (c *connActor) refusalOf(ctx context.Context, req netstack.ConnectRequest) messages.ReplyCode {
+	a, err := netip.ParseAddr(req.Host) // ReadConnectRequest checked it
+	if err != nil || c.parent == nil {
+		return messages.ReplyConnectionRefused
+	}
+	limit := admitWait
+	if dl, ok := ctx.Deadline(); ok {
+		limit = min(limit, max(time.Until(dl), minWait))
+	}
+	res, err := c.system.Root.RequestFuture(c.parent, &refusalQuery{dst: netip.AddrPortFrom(a.Unmap(), req.Port)}, limit).Result()
+	if r, ok := res.(*refusalAnswer); ok && err == nil {
+		return r.code
+	}
+	return messages.ReplyConnectionRefused
 }
 
 // ownAddress reports whether a is one of the exit's own tunnel addresses.

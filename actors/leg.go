@@ -265,8 +265,13 @@ func (l *legActor) handshaking(ctx actor.Context) {
 			l.wgDeviceReady(ctx, m)
 			return
 		}
-		exitAddr, _ := netip.ParseAddr(l.resp.ExitAddresses[0])
-		d := netstack.Dialer{Stack: m.stack, Service: netip.AddrPortFrom(exitAddr, l.resp.ConnectPort)}
+		var exitAddrs []netip.Addr
+		for _, s := range l.resp.ExitAddresses { // validated: addresses, at least one
+			if a, err := netip.ParseAddr(s); err == nil {
+				exitAddrs = append(exitAddrs, a.Unmap())
+			}
+		}
+		d := netstack.Dialer{Stack: m.stack, Service: netip.AddrPortFrom(exitAddrs[0], l.resp.ConnectPort), Exit: exitAddrs, Direct: true}
 		l.sess.dialer, l.sess.probe = d, d.PingUDP
 		l.sess.traffic, l.sess.handshake = m.traffic, m.handshake
 		exitKey, _ := signaling.ParseKey(l.resp.ExitWGPublicKey)

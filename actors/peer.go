@@ -77,10 +77,11 @@ type peerActor struct {
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 	nextConn uint64
-	active   int  // connection children
-	stopping bool // set on endWith or in Stopping: flows that still arrive are refused, not spawned
-	counted  bool // Stopping reported the connections still open to cfg.flows: nothing more is reported
-	removed  bool // the WireGuard peer is gone from the device (goodbye on endWith, or Stopping)
+	active   int      // connection children
+	stopping bool     // set on endWith or in Stopping: flows that still arrive are refused, not spawned
+	counted  bool     // Stopping reported the connections still open to cfg.flows: nothing more is reported
+	removed  bool     // the WireGuard peer is gone from the device (goodbye on endWith, or Stopping)
+	refused  refusals // flows refused lately, for the client's refusal queries (peer_refusals.go)
 }
 
 func newPeerActor(cfg peerConfig) actor.Producer {
@@ -124,6 +125,7 @@ func (p *peerActor) running(ctx actor.Context) {
 		ctx.Send(p.cfg.notify, &messages.HandshakeCompleted{SessionID: p.cfg.sessionID, RTT: m.rtt})
 	case *flowTCP:
 		if p.stopping || p.full() {
+			p.refused.add(m.f.Dst, messages.ReplyGeneralFailure, time.Now()) // as the connect service's close reads
 			m.f.Reject()
 			p.refusedForLimit(ctx)
 			return
@@ -139,13 +141,19 @@ func (p *peerActor) running(ctx actor.Context) {
 		cfg.limits = p.cfg.conn
 		cfg.limits.Idle, cfg.limits.KeepaliveIdle = p.cfg.udpIdle, p.cfg.udpIdle
 		p.spawnConn(ctx, cfg)
+	case *flowRefused:
+		p.refused.add(m.dst, m.code, time.Now())
+	case *refusalQuery:
+		ctx.Respond(&refusalAnswer{code: p.refused.code(m.dst, time.Now())})
 	case *serviceConn:
-		if p.stopping || p.full() {
+		// Over the limit, a few connections are still read: a refusal query is answered (the
+		// client's direct flow was refused for that limit), anything else refused as before.
+		if p.stopping || p.cfg.maxConns > 0 && p.active >= p.cfg.maxConns+refusalOverdraft {
 			_ = m.c.Close()
 			p.refusedForLimit(ctx)
 			return
 		}
-		p.spawnConn(ctx, connConfig{kind: connService, in: m.c})
+		p.spawnConn(ctx, connConfig{kind: connService, in: m.c, overLimit: p.full()})
 	case *messages.ConnectionEnded, *pingServed:
 		p.active--
 		if !p.counted {

@@ -19,9 +19,10 @@ import (
 //	request: 'W' version cmd hostlen host[hostlen] port[2, big endian]
 //	reply:   'W' version code
 //
-// cmd is ConnectCmdTCP (then the stream carries the connection's bytes) or ConnectCmdPing (a
-// liveness probe; host is empty, port 0; the exit replies and closes). The host is an IP literal or a
-// name the exit resolves, so names never leak to the client's network. code is a messages.ReplyCode.
+// cmd is ConnectCmdTCP (then the stream carries the connection's bytes), ConnectCmdPing (a
+// liveness probe; host is empty, port 0; the exit replies and closes), ConnectCmdUDP (udp.go) or
+// ConnectCmdRefusal (connect_direct.go). The host is an IP literal or a name the exit resolves, so
+// names never leak to the client's network. code is a messages.ReplyCode.
 const (
 	connectMagic    = 'W'
 	connectVersion  = 1
@@ -67,6 +68,10 @@ func ReadConnectRequest(r io.Reader) (ConnectRequest, error) {
 		if req.Host != "" || req.Port == 0 {
 			return req, fmt.Errorf("%w: udp association with a host or port 0", ErrBadConnectRequest)
 		}
+	case ConnectCmdRefusal:
+		if _, err := netip.ParseAddr(req.Host); err != nil || req.Port == 0 {
+			return req, fmt.Errorf("%w: refusal query for %q port %d: not an address and port", ErrBadConnectRequest, req.Host, req.Port)
+		}
 	default:
 		return req, fmt.Errorf("%w: command %d", ErrBadConnectRequest, req.Cmd)
 	}
@@ -102,14 +107,26 @@ func readConnectReply(r io.Reader) (messages.ReplyCode, error) {
 	return messages.ReplyCode(rep[2]), nil
 }
 
-// Dialer opens connections through a tunnel by asking the exit's connect service.
+// Dialer opens connections through a tunnel to a Warren exit: by asking the exit's connect
+// service, or, with Direct, as direct flows to destinations given as addresses (connect_direct.go).
 type Dialer struct {
 	Stack   *Stack         // the client's stack; alive while the device that owns it is
 	Service netip.AddrPort // the exit's connect service
+	Exit    []netip.Addr   // the exit's tunnel addresses (the service's among them)
+	// Direct dials destinations given as IP addresses as direct flows, which a Warren exit serves
+	// and whose refusals it explains (ConnectCmdRefusal); names still go through the service.
+	Direct bool
 }
 
 // DialTCP connects to host:port via the exit. A refusal by the exit is a *DialError with its code.
 func (d Dialer) DialTCP(ctx context.Context, host string, port uint16) (net.Conn, error) {
+	if dst, ok := d.directTo(host, port); ok {
+		c, err := d.dialDirect(ctx, dst)
+		if err != nil {
+			return nil, fmt.Errorf("dial %s via exit: %w", net.JoinHostPort(host, fmt.Sprint(port)), err)
+		}
+		return c, nil
+	}
 	c, err := d.exchange(ctx, ConnectRequest{Cmd: ConnectCmdTCP, Host: host, Port: port})
 	if err != nil {
 		return nil, fmt.Errorf("dial %s via exit: %w", net.JoinHostPort(host, fmt.Sprint(port)), err)

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strings"
 	"syscall"
@@ -321,6 +322,35 @@ func TestConnReasonLimit(t *testing.T) {
 			wantEnds(t, "exit", d.Exit, n, ec{rNormal: n}, ec{rNormal: n})
 		})
 	}
+}
+
+// TestConnReasonExitSessionLimit: over the exit's max_connections_per_session a SOCKS5 client
+// gets reply 0x01 whether its connection went as a direct flow (an address: the exit resets it
+// and answers the client's query from past the limit) or through the connect service (a name).
+func TestConnReasonExitSessionLimit(t *testing.T) {
+	echo := startServer(t, echoHandler)
+	env := newConnEnv(t, "xlimit", func(c *engine.Config) { c.Exit.MaxConnectionsPerSession = 1 }, nil)
+	base := settled(t, env.e)
+	held := mustSocks(t, env.tun.SOCKSAddr(), echo.Addr())
+	defer held.Close()
+	if err := roundTrip(held, "held"); err != nil {
+		t.Fatal(err)
+	}
+	port := netip.MustParseAddrPort(echo.Addr()).Port()
+	for _, host := range []string{"127.0.0.1", "localhost"} {
+		c, code, err := socksRequest(env.tun.SOCKSAddr(), socksCmdConnect, host, port)
+		if err != nil {
+			t.Fatalf("%s over the exit's limit: %v", host, err)
+		}
+		c.Close()
+		if code != socksGeneralFailure {
+			t.Errorf("%s over the exit's limit: reply %#x, want %#x", host, code, socksGeneralFailure)
+		}
+	}
+	held.Close()
+	d := engineDelta(t, env.e, base, 3, 3)
+	wantEnds(t, "engine client", d.Client, 3, ec{rDialFailed: 2, rNormal: 1}, ec{rDialFailed: 2, rNormal: 1})
+	wantEnds(t, "exit", d.Exit, 3, ec{rLimit: 2, rNormal: 1}, ec{rLimit: 2, rNormal: 1})
 }
 
 // TestConnReasonPolicyDenied: an exit with the default egress policy refuses loopback.

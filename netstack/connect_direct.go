@@ -1,0 +1,113 @@
+package netstack
+
+// Direct flows to a Warren exit: a destination given as an IP address is dialled straight through
+// the stack, as a standard WireGuard server's clients do, and the exit's stack takes the flow, dials
+// the destination, and only then completes the handshake (netstack/flow.go). That is the
+// handshake's three segments instead of the connect service's seven (its handshake, request,
+// reply, and the ACK of each), and one round trip through the tunnel less per connection.
+//
+// An exit that cannot reach the destination resets the SYN. A reset says only "refused", so the
+// client asks the exit's connect service why (ConnectCmdRefusal): the exit remembers the code of
+// each flow it refused for a while (actors/peer_refusals.go) and replies with it. The exit dials
+// once either way; the exact code (not allowed, host unreachable, TTL expired …) reaches the proxy
+// client as it does through the connect service. An exit that does not know the command closes
+// the query: the client then reports what it saw, connection refused.
+//
+// Names still go through the connect service, so that they resolve on the exit and never on the
+// client's network, and so do the destinations the exit alone can judge: its loopback beyond
+// 127.0.0.1 and ::1, unspecified, multicast and broadcast addresses, and the client's own.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"syscall"
+
+	"github.com/warren-tunnel/warren/messages"
+)
+
+// ConnectCmdRefusal asks the exit why it reset a direct flow: host is the flow's destination
+// address (an IP literal) and port its port. The reply's code is the exit's reason, and the exit
+// closes; ReplyConnectionRefused when it refused no flow to there lately.
+const ConnectCmdRefusal = 4
+
+var broadcast4 = netip.AddrFrom4([4]byte{255, 255, 255, 255})
+
+// directTo reports whether a connection to host:port goes as a direct flow, and to where: 127.0.0.1
+// and ::1 are the exit's host, which its own tunnel address stands for on the exit.
+func (d Dialer) directTo(host string, port uint16) (netip.AddrPort, bool) {
+	if !d.Direct || d.Stack == nil || port == 0 {
+		return netip.AddrPort{}, false
+	}
+	a, err := netip.ParseAddr(host)
+	if err != nil || a.Zone() != "" {
+		return netip.AddrPort{}, false // a name: the exit resolves it
+	}
+	a = a.Unmap()
+	if a == loopbackOf(a) {
+		if a = d.exitAddr(a.Is4()); !a.IsValid() {
+			return netip.AddrPort{}, false
+		}
+	}
+	switch {
+	case a.IsLoopback(), a.IsUnspecified(), a.IsMulticast(), a == broadcast4, d.Stack.Owns(a):
+		return netip.AddrPort{}, false
+	case a.Is4() && !d.Stack.has4(), a.Is6() && !d.Stack.has6():
+		return netip.AddrPort{}, false // the stack has no route of that family: the exit dials it
+	case port == d.Service.Port() && (a == d.Service.Addr() || slices.Contains(d.Exit, a)):
+		return netip.AddrPort{}, false // the connect service itself listens there
+	}
+	return netip.AddrPortFrom(a, port), true
+}
+
+// exitAddr is the exit's tunnel address of the family asked for, if it has one.
+func (d Dialer) exitAddr(v4 bool) netip.Addr {
+	for _, a := range append([]netip.Addr{d.Service.Addr()}, d.Exit...) {
+		if a = a.Unmap(); a.IsValid() && a.Is4() == v4 {
+			return a
+		}
+	}
+	return netip.Addr{}
+}
+
+// loopbackOf is the loopback address of a's family (127.0.0.1 or ::1).
+func loopbackOf(a netip.Addr) netip.Addr {
+	if a.Is4() {
+		return netip.AddrFrom4([4]byte{127, 0, 0, 1})
+	}
+	return netip.IPv6Loopback()
+}
+
+// dialDirect opens a direct flow to dst; a reset is asked about (ConnectCmdRefusal).
+func (d Dialer) dialDirect(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {
+	c, err := d.Stack.DialContext(ctx, "tcp", dst)
+	switch {
+	case err == nil:
+		return c, nil
+	case ctx.Err() != nil:
+		return nil, &DialError{Code: messages.ReplyTTLExpired, Err: fmt.Errorf("%w: %w", ctx.Err(), err)}
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return nil, &DialError{Code: d.refusal(ctx, dst), Err: fmt.Errorf("the exit refused the flow: %w", err)}
+	}
+	return nil, &DialError{Code: ReplyCodeForDial(err), Err: err}
+}
+
+// refusal asks the exit why it refused a flow to dst: its code, or connection refused when the
+// exit does not say.
+func (d Dialer) refusal(ctx context.Context, dst netip.AddrPort) messages.ReplyCode {
+	c, err := d.exchange(ctx, ConnectRequest{Cmd: ConnectCmdRefusal, Host: dst.Addr().String(), Port: dst.Port()})
+	if c != nil {
+		_ = c.Close()
+	}
+	var de *DialError
+	switch {
+	case ctx.Err() != nil:
+		return messages.ReplyTTLExpired
+	case errors.As(err, &de) && de.Err == nil: // a code other than succeeded, from the exit
+		return de.Code
+	}
+	return messages.ReplyConnectionRefused
+}
