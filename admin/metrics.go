@@ -112,7 +112,7 @@ func newMetrics(s *Server) *metrics {
 		cookieReplies: d("warren_wireguard_cookie_replies_total",
 			"Handshake messages the process's WireGuard devices answered with a cookie reply instead of processing them, under load (an exit's handshake queue more than an eighth full); each such sender tries again only 5 s later."),
 		stackDrops: d("warren_netstack_dropped_packets_total",
-			"Packets the process's WireGuard netstacks dropped themselves, by layer (transport: a connection's full segment queue, a listener's full backlog; link: the queue to the WireGuard device full for 50 ms).",
+			"Packets the process's WireGuard netstacks dropped themselves, by layer (transport: a connection's full segment queue, a listener's full backlog; link: the queue to the WireGuard device full for 50 ms; forwarder: a new flow's SYN while an exit had 16,384 flows waiting for their dial).",
 			"layer"),
 	}
 	reg := prometheus.NewRegistry()
@@ -171,6 +171,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	counter(m.tcpSpurious, float64(tcp.SpuriousRecoveries))
 	counter(m.stackDrops, float64(tcp.TransportDrops), "transport")
 	counter(m.stackDrops, float64(tcp.LinkDrops), "link")
+	counter(m.stackDrops, float64(tcp.ForwarderDrops), "forwarder")
 	counter(m.cookieReplies, float64(device.CookieRepliesSent()))
 	sig := s.eng.SignalingStats()
 	for _, r := range refusals {

@@ -201,6 +201,10 @@ func TestMetrics(t *testing.T) {
 	for _, layer := range []string{"transport", "link"} {
 		after.must(t, "warren_netstack_dropped_packets_total", "layer", layer)
 	}
+	// This test's few flows never fill an exit's forwarder.
+	if got := after.must(t, "warren_netstack_dropped_packets_total", "layer", "forwarder"); got != 0 {
+		t.Errorf("forwarder drops: %v, want 0", got)
+	}
 	// This test's few handshakes never put the exit under load.
 	if got := after.must(t, "warren_wireguard_cookie_replies_total"); got != 0 {
 		t.Errorf("cookie replies: %v, want 0", got)

@@ -23,6 +23,8 @@ var stackCounters struct {
 	// transportDrops is gVisor's stack-wide DroppedPackets (only ever incremented); linkDrops is
 	// counted by the link endpoint (link.go).
 	transportDrops, linkDrops tcpip.StatCounter
+	// forwarderDrops is gVisor's TCP.ForwardMaxInFlightDrop: SYNs an exit's forwarder ignored.
+	forwarderDrops tcpip.StatCounter
 }
 
 // sharedStats is the stack.Options.Stats New passes: the TCP counters above, every other counter
@@ -39,6 +41,7 @@ func sharedStats() tcpip.Stats {
 	t.SACKRecovery = &stackCounters.sackRecoveries
 	t.TLPRecovery = &stackCounters.tlpRecoveries
 	t.SpuriousRecovery = &stackCounters.spuriousRecoveries
+	t.ForwardMaxInFlightDrop = &stackCounters.forwarderDrops
 	s.DroppedPackets = &stackCounters.transportDrops
 	return s
 }
@@ -78,6 +81,10 @@ type TCPStats struct {
 	// LinkDrops counts outbound packets dropped because the link's queue to the WireGuard device
 	// stayed full for fullWait (a device that stopped reading); 0 while devices keep up.
 	LinkDrops uint64
+	// ForwarderDrops counts SYNs of new flows that an exit's stack ignored because fwdMaxInFlight
+	// flows were already waiting for their dial; the client sends its SYN again after a second.
+	// 0 unless a flood or a great many slow destinations.
+	ForwarderDrops uint64
 }
 
 // ReadTCPStats returns the process-wide TCP counters of Warren's stacks. Each field is read
@@ -96,5 +103,6 @@ func ReadTCPStats() TCPStats {
 		SpuriousRecoveries:   c.spuriousRecoveries.Value(),
 		TransportDrops:       c.transportDrops.Value(),
 		LinkDrops:            c.linkDrops.Value(),
+		ForwarderDrops:       c.forwarderDrops.Value(),
 	}
 }
