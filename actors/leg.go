@@ -62,7 +62,8 @@ type legConfig struct {
 	id           int
 	tunnelID     string
 	exitID       string
-	setup        time.Duration // session request and first handshake together
+	setup        time.Duration // session request and first handshake together (OpenTunnel's context may shorten it)
+	handshake    time.Duration // the tunnel's handshake_timeout: setup as configured, whatever the context
 	udpBind      netip.Addr    // invalid: the local address routed to the exit
 	keepalive    int           // WireGuard persistent keepalive, seconds
 	identity     *signaling.Identity

@@ -98,8 +98,9 @@ func (l *legActor) wgDeviceReady(ctx actor.Context, m *deviceReady) {
 	l.sess.dialer, l.sess.probe = d, wgProbe(m.dev, d, w.Check, l.cfg.probeTimeout)
 	if w.Check != (WireGuardCheck{}) {
 		// A health probe is a handshake within probe_timeout, then the check, which may take
-		// several round trips (DNS, TCP, TLS, HTTP): it gets as long as a leg's setup.
-		l.sess.probeBudget = l.cfg.probeTimeout + l.cfg.setup
+		// several round trips (DNS, TCP, TLS, HTTP): it gets as long as a leg's setup as
+		// configured (handshake_timeout), not this leg's, which a short OpenTunnel context cut.
+		l.sess.probeBudget = l.cfg.probeTimeout + l.cfg.handshake
 	}
 	l.sess.traffic, l.sess.handshake = m.traffic, m.handshake
 	keepalive := l.cfg.keepalive

@@ -75,7 +75,7 @@ func (t *tunnelActor) startLeg(ctx actor.Context, exitID string, purpose legPurp
 		setup = min(setup, max(time.Until(t.cfg.OpenDeadline), minWait)) // OpenTunnel's context
 	}
 	l.pid = ctx.Spawn(newLegProps(legConfig{
-		id: l.id, tunnelID: t.cfg.ID, exitID: exitID, setup: setup, udpBind: t.cfg.UDPBind, keepalive: t.cfg.Keepalive,
+		id: l.id, tunnelID: t.cfg.ID, exitID: exitID, setup: setup, handshake: t.cfg.HandshakeTimeout, udpBind: t.cfg.UDPBind, keepalive: t.cfg.Keepalive,
 		identity: t.cfg.Identity, trust: t.cfg.Trust, certificate: t.cfg.Certificate, signaling: t.cfg.Signaling,
 		logger: t.cfg.Logger, wg: t.wireGuard(exitID), probeTimeout: t.cfg.Health.ProbeTimeout,
 	}))
