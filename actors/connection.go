@@ -187,8 +187,13 @@ func (c *connActor) Receive(ctx actor.Context) {
 		if c.cfg.in != nil {
 			c.in = c.cfg.in
 		}
-		if c.in != nil && c.in.RemoteAddr() != nil {
+		switch {
+		case c.in != nil && c.in.RemoteAddr() != nil:
 			c.source = c.in.RemoteAddr().String()
+		case c.cfg.tcpFlow != nil: // a flow's connection is accepted in setup: its source is known now
+			c.source = c.cfg.tcpFlow.Src.String()
+		case c.cfg.udpFlow != nil:
+			c.source = c.cfg.udpFlow.Src.String()
 		}
 		var setupCtx context.Context
 		setupCtx, c.cancel = context.WithTimeout(context.Background(), c.cfg.handshake+c.cfg.limits.Setup)

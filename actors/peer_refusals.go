@@ -46,6 +46,7 @@ type refusal struct {
 type refusals []refusal
 
 func (r *refusals) add(dst netip.AddrPort, code messages.ReplyCode, now time.Time) {
+	dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port()) // as queries name it
 	*r = (*r).without(dst)
 	if len(*r) >= refusalsKept {
 		*r = append((*r)[:0], (*r)[1:]...)
@@ -62,7 +63,9 @@ func (r refusals) without(dst netip.AddrPort) refusals {
 	return r
 }
 
-// code is why the latest flow to dst was refused: connection refused when nothing recent says.
+// code is why the latest flow to dst (unmapped) was refused: connection refused when nothing
+// recent says. Keyed by destination alone: of two flows to one destination refused at once for
+// different reasons, each may be told the later reason.
 func (r refusals) code(dst netip.AddrPort, now time.Time) messages.ReplyCode {
 	for _, x := range r {
 		if x.dst == dst && now.Sub(x.at) <= refusalAge {

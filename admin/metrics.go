@@ -112,7 +112,7 @@ func newMetrics(s *Server) *metrics {
 		cookieReplies: d("warren_wireguard_cookie_replies_total",
 			"Handshake messages the process's WireGuard devices answered with a cookie reply instead of processing them, under load (an exit's handshake queue more than an eighth full); each such sender tries again only 5 s later."),
 		stackDrops: d("warren_netstack_dropped_packets_total",
-			"Packets the process's WireGuard netstacks dropped themselves, by layer (transport: a connection's full segment queue, a listener's full backlog; link: the queue to the WireGuard device full for 50 ms; forwarder: a new flow's SYN while an exit had 16,384 flows waiting for their dial).",
+			"Packets the process's WireGuard netstacks dropped themselves, by layer (transport: a connection's full segment queue, a listener's full backlog; link: the queue to the WireGuard device full for 50 ms; forwarder: a new flow's SYN while an exit had 2,048 flows of its source, or 65,536 in all, waiting for their dial).",
 			"layer"),
 	}
 	reg := prometheus.NewRegistry()

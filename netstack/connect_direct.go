@@ -10,12 +10,17 @@ package netstack
 // client asks the exit's connect service why (ConnectCmdRefusal): the exit remembers the code of
 // each flow it refused for a while (actors/peer_refusals.go) and replies with it. The exit dials
 // once either way; the exact code (not allowed, host unreachable, TTL expired …) reaches the proxy
-// client as it does through the connect service. An exit that does not know the command closes
-// the query: the client then reports what it saw, connection refused.
+// client as it does through the connect service. An exit that cannot answer closes the query
+// unanswered (over its session limit, stopping, or older than the command): the client then
+// reports general failure, as a connect request closed unanswered always read. The refusals are
+// remembered by destination: two flows to one destination refused at once for different reasons
+// may each be told the later reason.
 //
 // Names still go through the connect service, so that they resolve on the exit and never on the
 // client's network, and so do the destinations the exit alone can judge: its loopback beyond
-// 127.0.0.1 and ::1, unspecified, multicast and broadcast addresses, and the client's own.
+// 127.0.0.1 and ::1 (and those two when the exit has no tunnel address of their family),
+// unspecified, multicast and broadcast addresses, the client's own, addresses of a family the
+// client's stack has no address of, and the connect service's own address and port.
 
 import (
 	"context"
@@ -88,26 +93,29 @@ func (d Dialer) dialDirect(ctx context.Context, dst netip.AddrPort) (net.Conn, e
 	case err == nil:
 		return c, nil
 	case ctx.Err() != nil:
-		return nil, &DialError{Code: messages.ReplyTTLExpired, Err: fmt.Errorf("%w: %w", ctx.Err(), err)}
+		return nil, &DialError{Code: ReplyCodeForDial(ctx.Err()), Err: fmt.Errorf("%w: %w", ctx.Err(), err)}
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return nil, &DialError{Code: d.refusal(ctx, dst), Err: fmt.Errorf("the exit refused the flow: %w", err)}
 	}
 	return nil, &DialError{Code: ReplyCodeForDial(err), Err: err}
 }
 
-// refusal asks the exit why it refused a flow to dst: its code, or connection refused when the
-// exit does not say.
+// refusal asks the exit why it refused a flow to dst. Its code; connection refused when it
+// answers that it refused none lately; general failure when it closes the query unanswered (it is
+// over its session limit or stopping, or older than the query), as a connect request closed
+// unanswered reads.
 func (d Dialer) refusal(ctx context.Context, dst netip.AddrPort) messages.ReplyCode {
 	c, err := d.exchange(ctx, ConnectRequest{Cmd: ConnectCmdRefusal, Host: dst.Addr().String(), Port: dst.Port()})
-	if c != nil {
+	if c != nil { // "succeeded": not a refusal the exit knows of
 		_ = c.Close()
+		return messages.ReplyConnectionRefused
 	}
 	var de *DialError
 	switch {
 	case ctx.Err() != nil:
-		return messages.ReplyTTLExpired
+		return ReplyCodeForDial(ctx.Err())
 	case errors.As(err, &de) && de.Err == nil: // a code other than succeeded, from the exit
 		return de.Code
 	}
-	return messages.ReplyConnectionRefused
+	return messages.ReplyGeneralFailure
 }

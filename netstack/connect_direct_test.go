@@ -158,12 +158,12 @@ func TestDialerDirectFlows(t *testing.T) {
 		t.Errorf("without Direct: service got %+v", req)
 	}
 
-	// A refused flow: the exit's code, asked of the service; an exit that does not answer the
-	// query leaves the client with what it saw, connection refused.
+	// A refused flow: the exit's code, asked of the service; an exit that closes the query
+	// unanswered leaves the client with general failure.
 	for _, tc := range []struct {
 		dst  netip.Addr
 		want messages.ReplyCode
-	}{{refuseFlow, refusalCode}, {silentFor, messages.ReplyConnectionRefused}} {
+	}{{refuseFlow, refusalCode}, {silentFor, messages.ReplyGeneralFailure}} {
 		_, err := d.DialTCP(ctx, tc.dst.String(), 80)
 		var de *DialError
 		if !errors.As(err, &de) || de.Code != tc.want {

@@ -392,3 +392,55 @@ func TestLocalListenerWins(t *testing.T) {
 	default:
 	}
 }
+
+// TestForwarderSourceShare: one source address with fwdMaxInFlightPerSource flows waiting for
+// their decision gets no more (its next SYN is ignored and counted, not reset), while another
+// source's flow still arrives at once.
+func TestForwarderSourceShare(t *testing.T) {
+	h := &chanHandler{tcp: make(chan *TCPFlow, fwdMaxInFlightPerSource+8), udp: make(chan *UDPFlow, 1)}
+	client, _ := newPair(t, Config{}, Config{Handler: h})
+	ctx, cancel := context.WithCancel(context.Background())
+	var dials sync.WaitGroup
+	defer func() {
+		cancel()
+		dials.Wait()
+	}()
+	dial := func(dst netip.AddrPort) {
+		dials.Go(func() {
+			if c, err := client.stack.DialContext(ctx, "tcp", dst); err == nil {
+				c.Close()
+			}
+		})
+	}
+	var held []*TCPFlow
+	defer func() {
+		for _, f := range held {
+			f.Reject()
+		}
+	}()
+	for i := range fwdMaxInFlightPerSource {
+		dial(netip.AddrPortFrom(netip.MustParseAddr("192.0.2.20"), uint16(1000+i)))
+	}
+	for len(held) < fwdMaxInFlightPerSource {
+		f, ok := testutil.Recv(h.tcp, testTimeout)
+		if !ok {
+			t.Fatalf("%d of %d flows arrived", len(held), fwdMaxInFlightPerSource)
+		}
+		held = append(held, f)
+	}
+	drops := ReadTCPStats().ForwarderDrops
+	dial(netip.MustParseAddrPort("192.0.2.21:80")) // the same source, over its share
+	testutil.Eventually(t, testTimeout, "the SYN over the share counted", func() bool { return ReadTCPStats().ForwarderDrops > drops })
+	dial(netip.MustParseAddrPort("[2001:db8::21]:80")) // the client's other address: its own share
+	f, ok := testutil.Recv(h.tcp, testTimeout)
+	if !ok || f.Src.Addr() != clientAddr6 {
+		t.Fatalf("flow %+v (%v), want one from %v", f, ok, clientAddr6)
+	}
+	held = append(held, f)
+	select {
+	case f := <-h.tcp:
+		held = append(held, f)
+		t.Errorf("a flow from %v over its share", f.Src)
+	default:
+	}
+}

@@ -71,6 +71,9 @@ type flowTable struct {
 	closed bool
 	// tcpPending holds every TCPFlow whose req is non-nil.
 	tcpPending map[*TCPFlow]struct{}
+	// tcpBySource counts tcpPending's flows per source address; an address without any has no
+	// entry.
+	tcpBySource map[netip.Addr]int
 	// udpPending holds the undecided UDPFlow of each 4-tuple; an entry
 	// stays until its endpoint exists so that datagrams are stashed.
 	udpPending map[stack.TransportEndpointID]*UDPFlow
@@ -89,11 +92,12 @@ type flowTable struct {
 
 func newFlowTable(h FlowHandler) *flowTable {
 	return &flowTable{
-		handler:    h,
-		tcpPending: make(map[*TCPFlow]struct{}),
-		udpPending: make(map[stack.TransportEndpointID]*UDPFlow),
-		accepting:  make(map[*waiter.Queue]struct{}),
-		acceptDone: make(chan struct{}, 1),
+		handler:     h,
+		tcpPending:  make(map[*TCPFlow]struct{}),
+		tcpBySource: make(map[netip.Addr]int),
+		udpPending:  make(map[stack.TransportEndpointID]*UDPFlow),
+		accepting:   make(map[*waiter.Queue]struct{}),
+		acceptDone:  make(chan struct{}, 1),
 	}
 }
 
@@ -117,11 +121,30 @@ func (t *flowTable) handleTCP(r *tcp.ForwarderRequest) {
 		r.Complete(false)
 		return
 	}
+	src := f.Src.Addr()
+	if t.tcpBySource[src] >= fwdMaxInFlightPerSource {
+		// Ignored, not reset: the peer sends the SYN again (after a second, then longer) and gets
+		// in once its own flows waiting for their dial are fewer. The others' are not held up.
+		t.mu.Unlock()
+		stackCounters.forwarderDrops.Increment()
+		r.Complete(false)
+		return
+	}
+	t.tcpBySource[src]++
 	t.tcpPending[f] = struct{}{}
 	t.handlers.Add(1)
 	t.mu.Unlock()
 	defer t.handlers.Done()
 	t.handler.HandleTCP(f)
+}
+
+// forget removes f from the pending flows; under t.mu, f.req non-nil.
+func (t *flowTable) forget(f *TCPFlow) {
+	delete(t.tcpPending, f)
+	src := f.Src.Addr()
+	if t.tcpBySource[src]--; t.tcpBySource[src] <= 0 {
+		delete(t.tcpBySource, src)
+	}
 }
 
 func (f *TCPFlow) take() *tcp.ForwarderRequest {
@@ -131,8 +154,10 @@ func (f *TCPFlow) take() *tcp.ForwarderRequest {
 	f.table.mu.Lock()
 	defer f.table.mu.Unlock()
 	r := f.req
+	if r != nil {
+		f.table.forget(f)
+	}
 	f.req = nil
-	delete(f.table.tcpPending, f)
 	return r
 }
 
@@ -334,6 +359,7 @@ func (t *flowTable) close() {
 		f.req = nil
 	}
 	clear(t.tcpPending)
+	clear(t.tcpBySource)
 	var stash []*stack.PacketBuffer
 	for _, f := range t.udpPending {
 		f.req = nil

@@ -71,13 +71,17 @@ const (
 	// fwdRcvWnd is the receive window of flows accepted by the forwarder
 	// before auto-tuning takes over.
 	fwdRcvWnd = 1 << 20
-	// fwdMaxInFlight bounds the SYNs waiting for Accept/Reject, across all of an exit's sessions:
-	// since direct flows, every connection of a Warren client to an address waits here while the
-	// exit dials, up to connect_timeout for a silent destination. Each session's flows are bounded
-	// by max_connections_per_session (default 1,024), so this shared bound is set well above it:
-	// one session dialling silent destinations must not make the others' SYNs wait for a resend.
-	// A SYN past it is ignored and counted (TCPStats.ForwarderDrops).
-	fwdMaxInFlight = 16384
+	// fwdMaxInFlight bounds the SYNs waiting for Accept/Reject, across all of an exit's sessions,
+	// and fwdMaxInFlightPerSource those of one source address (one session or static peer).
+	// Since direct flows, every connection of a Warren client to an address waits here while the
+	// exit dials, up to connect_timeout for a silent destination. One source's share is twice the
+	// default max_connections_per_session, and the whole bound 32 shares, so that a client that
+	// dials silent destinations from all of its sessions (16 by default) does not make the other
+	// clients' SYNs wait for a resend; the memory held is that of the SYNs (some 100 MiB at
+	// worst). A SYN past either bound is ignored, not reset (the peer sends it again), and
+	// counted (TCPStats.ForwarderDrops).
+	fwdMaxInFlight          = 32 * fwdMaxInFlightPerSource
+	fwdMaxInFlightPerSource = 2048
 	// tcpTimeWait bounds TIME_WAIT and FIN_WAIT_2 (gVisor: 60 s each). Inside a tunnel every
 	// session has addresses and keys of its own, so a late segment of an old connection cannot
 	// reach a new one from another session; an exit's stack, which outlives its sessions, would

@@ -23,7 +23,8 @@ var stackCounters struct {
 	// transportDrops is gVisor's stack-wide DroppedPackets (only ever incremented); linkDrops is
 	// counted by the link endpoint (link.go).
 	transportDrops, linkDrops tcpip.StatCounter
-	// forwarderDrops is gVisor's TCP.ForwardMaxInFlightDrop: SYNs an exit's forwarder ignored.
+	// forwarderDrops is gVisor's TCP.ForwardMaxInFlightDrop (SYNs an exit's forwarder ignored),
+	// and the flow table's own count of SYNs over a source's share (flow.go).
 	forwarderDrops tcpip.StatCounter
 }
 
@@ -82,8 +83,9 @@ type TCPStats struct {
 	// stayed full for fullWait (a device that stopped reading); 0 while devices keep up.
 	LinkDrops uint64
 	// ForwarderDrops counts SYNs of new flows that an exit's stack ignored because fwdMaxInFlight
-	// flows were already waiting for their dial; the client sends its SYN again after a second.
-	// 0 unless a flood or a great many slow destinations.
+	// flows, or fwdMaxInFlightPerSource of the same source, were already waiting for their dial;
+	// the peer sends its SYN again after a second. 0 unless a flood or a great many slow
+	// destinations.
 	ForwarderDrops uint64
 }
 

@@ -6,6 +6,8 @@ import (
 	"context"
 	"io"
 	"net"
+	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -153,6 +155,12 @@ func TestConnLogByteCounts(t *testing.T) {
 		}
 		if want := dst.Addr(); l.str("target") != want {
 			t.Errorf("%s log line target %q, want %q", r, l.str("target"), want)
+		}
+		// The client's source is the proxy client's address; the exit's, the client's tunnel
+		// address (the connection came as a direct flow, whose source its SYN named).
+		if src, err := netip.ParseAddrPort(l.str("source")); err != nil || (r == "client") != (src.String() == c.LocalAddr().String()) ||
+			(r == "exit" && !strings.HasPrefix(src.Addr().String(), "10.77.")) {
+			t.Errorf("%s log line source %q: want the proxy client's %s (client) or a tunnel address (exit)", r, l.str("source"), c.LocalAddr())
 		}
 	}
 	if st := env.tunnelStats(t, 1); st.Bytes.In != up || st.Bytes.Out != down {

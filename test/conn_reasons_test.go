@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"net/url"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -351,6 +352,37 @@ func TestConnReasonExitSessionLimit(t *testing.T) {
 	d := engineDelta(t, env.e, base, 3, 3)
 	wantEnds(t, "engine client", d.Client, 3, ec{rDialFailed: 2, rNormal: 1}, ec{rDialFailed: 2, rNormal: 1})
 	wantEnds(t, "exit", d.Exit, 3, ec{rLimit: 2, rNormal: 1}, ec{rLimit: 2, rNormal: 1})
+
+	// A burst over the limit: more refusal queries at once than the exit reads past its limit
+	// (16); those it closes unanswered read 0x01 too.
+	held = mustSocks(t, env.tun.SOCKSAddr(), echo.Addr())
+	defer held.Close()
+	if err := roundTrip(held, "held again"); err != nil {
+		t.Fatal(err)
+	}
+	const burst = 48
+	codes := make(chan byte, burst)
+	var wg sync.WaitGroup
+	for range burst {
+		wg.Go(func() {
+			c, code, err := socksConnect(env.tun.SOCKSAddr(), echo.Addr())
+			if err != nil {
+				t.Errorf("burst: %v", err)
+				return
+			}
+			c.Close()
+			codes <- code
+		})
+	}
+	wg.Wait()
+	close(codes)
+	got := map[byte]int{}
+	for c := range codes {
+		got[c]++
+	}
+	if got[socksGeneralFailure] != burst {
+		t.Errorf("burst of %d over the exit's limit: replies %v, want all %#x", burst, got, socksGeneralFailure)
+	}
 }
 
 // TestConnReasonPolicyDenied: an exit with the default egress policy refuses loopback.
