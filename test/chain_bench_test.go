@@ -19,6 +19,8 @@ package test
 //     uploaded. It is the whole process's: the benchmark's own SOCKS5 clients and sink run in it
 //     too, as does everything of the other chain still closing; so it compares the two chains'
 //     costs on the path, not a Warren figure on its own.
+//   - segments/op (warren only): TCP segments Warren's netstacks sent, data (MSS-sized: gVisor
+//     cuts a large write into them before counting) and pure ACKs alike.
 //   - retransmits/op (warren only): TCP segments Warren's netstacks sent again
 //     (netstack.ReadTCPStats, process-wide: the client's and the exit's stacks, both directions).
 //     The stock chain's stacks are upstream's and are not counted.
@@ -129,6 +131,7 @@ func runChain(b *testing.B, streams int, warren bool, dial func() (net.Conn, err
 	b.ReportMetric(float64(cpu.Nanoseconds())/1e6/(ops*chainBytes/1e6), "cpu-ms/MB")
 	if warren {
 		b.ReportMetric(float64(tcp1.Retransmits-tcp0.Retransmits)/ops, "retransmits/op")
+		b.ReportMetric(float64(tcp1.SegmentsSent-tcp0.SegmentsSent)/ops, "segments/op")
 		b.ReportMetric(float64(tcp1.TransportDrops+tcp1.LinkDrops-tcp0.TransportDrops-tcp0.LinkDrops)/ops, "stack-drops/op")
 	}
 	if dropsOK && drops1OK {
