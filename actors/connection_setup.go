@@ -218,7 +218,8 @@ func (c *connActor) setupFlow(ctx context.Context) any {
 			c.cfg.udpFlow.Reject()
 		} else {
 			// The peer hears why before the reset goes out, so it can answer the client's query.
-			c.system.Root.Send(c.parent, &flowRefused{dst: c.cfg.tcpFlow.Dst, code: code})
+			f := c.cfg.tcpFlow
+			c.system.Root.Send(c.parent, &flowRefused{flow: keyOf(f.Src.Port(), f.Dst), code: code})
 			c.cfg.tcpFlow.Reject()
 		}
 		return &connSetupFailed{reason: dialReason(code), target: target, err: err}
@@ -240,21 +241,22 @@ func (c *connActor) setupFlow(ctx context.Context) any {
 var errSessionFull = errors.New("the session's connection limit is reached")
 
 // refusalOf asks the peer why it refused the flow the query names (netstack.ConnectCmdRefusal);
-// connection refused, what the client saw, when the peer does not answer in time.
+// general failure when the peer cannot say in time.
 func (c *connActor) refusalOf(ctx context.Context, req netstack.ConnectRequest) messages.ReplyCode {
 	a, err := netip.ParseAddr(req.Host) // ReadConnectRequest checked it
 	if err != nil || c.parent == nil {
-		return messages.ReplyConnectionRefused
+		return messages.ReplyGeneralFailure
 	}
 	limit := admitWait
 	if dl, ok := ctx.Deadline(); ok {
 		limit = min(limit, max(time.Until(dl), minWait))
 	}
-	res, err := c.system.Root.RequestFuture(c.parent, &refusalQuery{dst: netip.AddrPortFrom(a.Unmap(), req.Port)}, limit).Result()
+	q := &refusalQuery{flow: keyOf(req.From, netip.AddrPortFrom(a, req.Port))}
+	res, err := c.system.Root.RequestFuture(c.parent, q, limit).Result()
 	if r, ok := res.(*refusalAnswer); ok && err == nil {
 		return r.code
 	}
-	return messages.ReplyConnectionRefused
+	return messages.ReplyGeneralFailure
 }
 
 // ownAddress reports whether a is one of the exit's own tunnel addresses.

@@ -125,7 +125,7 @@ func (p *peerActor) running(ctx actor.Context) {
 		ctx.Send(p.cfg.notify, &messages.HandshakeCompleted{SessionID: p.cfg.sessionID, RTT: m.rtt})
 	case *flowTCP:
 		if p.stopping || p.full() {
-			p.refused.add(m.f.Dst, messages.ReplyGeneralFailure, time.Now()) // as the connect service's close reads
+			p.refused.add(keyOf(m.f.Src.Port(), m.f.Dst), messages.ReplyGeneralFailure, time.Now()) // as the connect service's close reads
 			m.f.Reject()
 			p.refusedForLimit(ctx)
 			return
@@ -142,9 +142,9 @@ func (p *peerActor) running(ctx actor.Context) {
 		cfg.limits.Idle, cfg.limits.KeepaliveIdle = p.cfg.udpIdle, p.cfg.udpIdle
 		p.spawnConn(ctx, cfg)
 	case *flowRefused:
-		p.refused.add(m.dst, m.code, time.Now())
+		p.refused.add(m.flow, m.code, time.Now())
 	case *refusalQuery:
-		ctx.Respond(&refusalAnswer{code: p.refused.code(m.dst, time.Now())})
+		ctx.Respond(&refusalAnswer{code: p.refused.code(m.flow, time.Now())})
 	case *serviceConn:
 		// Over the limit, a few connections are still read: a refusal query is answered (the
 		// client's direct flow was refused for that limit), anything else refused as before.

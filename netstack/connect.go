@@ -16,7 +16,7 @@ import (
 // The connect protocol runs inside the tunnel, from a client to its exit's connect service, at the
 // start of each TCP connection:
 //
-//	request: 'W' version cmd hostlen host[hostlen] port[2, big endian]
+//	request: 'W' version cmd hostlen host[hostlen] port[2, big endian] (from[2]: ConnectCmdRefusal)
 //	reply:   'W' version code
 //
 // cmd is ConnectCmdTCP (then the stream carries the connection's bytes), ConnectCmdPing (a
@@ -40,6 +40,7 @@ type ConnectRequest struct {
 	Cmd  byte
 	Host string
 	Port uint16
+	From uint16 // ConnectCmdRefusal only: the refused flow's source port, after Port on the wire
 }
 
 // ReadConnectRequest reads one request header from r.
@@ -52,12 +53,19 @@ func ReadConnectRequest(r io.Reader) (ConnectRequest, error) {
 		return ConnectRequest{}, fmt.Errorf("%w: magic/version %#x %d", ErrBadConnectRequest, hdr[0], hdr[1])
 	}
 	req := ConnectRequest{Cmd: hdr[2]}
-	buf := make([]byte, int(hdr[3])+2)
+	n := int(hdr[3]) + 2
+	if req.Cmd == ConnectCmdRefusal {
+		n += 2 // From
+	}
+	buf := make([]byte, n)
 	if _, err := io.ReadFull(r, buf); err != nil {
 		return ConnectRequest{}, fmt.Errorf("%w: host/port: %w", ErrBadConnectRequest, err)
 	}
 	req.Host = string(buf[:hdr[3]])
 	req.Port = binary.BigEndian.Uint16(buf[hdr[3]:])
+	if req.Cmd == ConnectCmdRefusal {
+		req.From = binary.BigEndian.Uint16(buf[int(hdr[3])+2:])
+	}
 	switch req.Cmd {
 	case ConnectCmdTCP:
 		if req.Host == "" || req.Port == 0 {
@@ -69,8 +77,8 @@ func ReadConnectRequest(r io.Reader) (ConnectRequest, error) {
 			return req, fmt.Errorf("%w: udp association with a host or port 0", ErrBadConnectRequest)
 		}
 	case ConnectCmdRefusal:
-		if _, err := netip.ParseAddr(req.Host); err != nil || req.Port == 0 {
-			return req, fmt.Errorf("%w: refusal query for %q port %d: not an address and port", ErrBadConnectRequest, req.Host, req.Port)
+		if _, err := netip.ParseAddr(req.Host); err != nil || req.Port == 0 || req.From == 0 {
+			return req, fmt.Errorf("%w: refusal query for %q port %d from port %d: not an address and ports", ErrBadConnectRequest, req.Host, req.Port, req.From)
 		}
 	default:
 		return req, fmt.Errorf("%w: command %d", ErrBadConnectRequest, req.Cmd)
@@ -88,10 +96,13 @@ func writeConnectRequest(w io.Writer, req ConnectRequest) error {
 	if len(req.Host) > maxConnectHost {
 		return fmt.Errorf("%w: host longer than %d", ErrBadConnectRequest, maxConnectHost)
 	}
-	buf := make([]byte, 0, 6+len(req.Host))
+	buf := make([]byte, 0, 8+len(req.Host))
 	buf = append(buf, connectMagic, connectVersion, req.Cmd, byte(len(req.Host)))
 	buf = append(buf, req.Host...)
 	buf = binary.BigEndian.AppendUint16(buf, req.Port)
+	if req.Cmd == ConnectCmdRefusal {
+		buf = binary.BigEndian.AppendUint16(buf, req.From)
+	}
 	_, err := w.Write(buf)
 	return err
 }

@@ -12,9 +12,7 @@ package netstack
 // once either way; the exact code (not allowed, host unreachable, TTL expired …) reaches the proxy
 // client as it does through the connect service. An exit that cannot answer closes the query
 // unanswered (over its session limit, stopping, or older than the command): the client then
-// reports general failure, as a connect request closed unanswered always read. The refusals are
-// remembered by destination: two flows to one destination refused at once for different reasons
-// may each be told the later reason.
+// reports general failure, as a connect request closed unanswered always read.
 //
 // Names still go through the connect service, so that they resolve on the exit and never on the
 // client's network, and so do the destinations the exit alone can judge: its loopback beyond
@@ -35,8 +33,10 @@ import (
 )
 
 // ConnectCmdRefusal asks the exit why it reset a direct flow: host is the flow's destination
-// address (an IP literal) and port its port. The reply's code is the exit's reason, and the exit
-// closes; ReplyConnectionRefused when it refused no flow to there lately.
+// address (an IP literal) and port its port, and the request goes on with the flow's source port
+// (2 bytes, big endian; ConnectRequest.From), so that of several flows to one destination each
+// learns its own reason. The reply's code is the exit's reason, and the exit closes;
+// ReplyConnectionRefused when it refused no such flow lately.
 const ConnectCmdRefusal = 4
 
 var broadcast4 = netip.AddrFrom4([4]byte{255, 255, 255, 255})
@@ -88,24 +88,25 @@ func loopbackOf(a netip.Addr) netip.Addr {
 
 // dialDirect opens a direct flow to dst; a reset is asked about (ConnectCmdRefusal).
 func (d Dialer) dialDirect(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {
-	c, err := d.Stack.DialContext(ctx, "tcp", dst)
+	fa, proto := fullAddr(dst)
+	c, local, err := d.Stack.dialTCP(ctx, fa, proto)
 	switch {
 	case err == nil:
 		return c, nil
 	case ctx.Err() != nil:
 		return nil, &DialError{Code: ReplyCodeForDial(ctx.Err()), Err: fmt.Errorf("%w: %w", ctx.Err(), err)}
 	case errors.Is(err, syscall.ECONNREFUSED):
-		return nil, &DialError{Code: d.refusal(ctx, dst), Err: fmt.Errorf("the exit refused the flow: %w", err)}
+		return nil, &DialError{Code: d.refusal(ctx, dst, local), Err: fmt.Errorf("the exit refused the flow: %w", err)}
 	}
 	return nil, &DialError{Code: ReplyCodeForDial(err), Err: err}
 }
 
-// refusal asks the exit why it refused a flow to dst. Its code; connection refused when it
-// answers that it refused none lately; general failure when it closes the query unanswered (it is
-// over its session limit or stopping, or older than the query), as a connect request closed
-// unanswered reads.
-func (d Dialer) refusal(ctx context.Context, dst netip.AddrPort) messages.ReplyCode {
-	c, err := d.exchange(ctx, ConnectRequest{Cmd: ConnectCmdRefusal, Host: dst.Addr().String(), Port: dst.Port()})
+// refusal asks the exit why it refused the flow from local (the client's port) to dst. Its code;
+// connection refused when it answers that it refused no such flow lately; general failure when it
+// closes the query unanswered (it is over its session limit or stopping, or older than the query),
+// as a connect request closed unanswered reads.
+func (d Dialer) refusal(ctx context.Context, dst netip.AddrPort, local uint16) messages.ReplyCode {
+	c, err := d.exchange(ctx, ConnectRequest{Cmd: ConnectCmdRefusal, Host: dst.Addr().String(), Port: dst.Port(), From: local})
 	if c != nil { // "succeeded": not a refusal the exit knows of
 		_ = c.Close()
 		return messages.ReplyConnectionRefused

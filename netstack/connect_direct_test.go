@@ -15,8 +15,9 @@ import (
 // each reporting what reached it. Flows to refuse are reset; the service answers a refusal query
 // with refusalCode, or, for silentFor, closes without a word (an exit without the command).
 type directExit struct {
-	flows    chan netip.AddrPort
-	requests chan ConnectRequest
+	flows       chan netip.AddrPort
+	requests    chan ConnectRequest
+	refusedFrom chan uint16 // the source port of each flow reset
 }
 
 const refusalCode = messages.ReplyNotAllowed
@@ -30,7 +31,7 @@ func startDirectExit(t *testing.T) (*directExit, Dialer) {
 	t.Helper()
 	h := newChanHandler()
 	client, exit := newPair(t, Config{}, Config{Handler: h})
-	x := &directExit{flows: make(chan netip.AddrPort, 1), requests: make(chan ConnectRequest, 1)}
+	x := &directExit{flows: make(chan netip.AddrPort, 1), requests: make(chan ConnectRequest, 1), refusedFrom: make(chan uint16, 2)}
 	svc := netip.AddrPortFrom(exitAddr, DefaultConnPort)
 	ln, err := exit.stack.ListenTCP(svc)
 	if err != nil {
@@ -51,6 +52,7 @@ func startDirectExit(t *testing.T) (*directExit, Dialer) {
 			select {
 			case f := <-h.tcp:
 				if a := f.Dst.Addr(); a == refuseFlow || a == silentFor {
+					x.refusedFrom <- f.Src.Port()
 					f.Reject()
 					continue
 				}
@@ -169,27 +171,33 @@ func TestDialerDirectFlows(t *testing.T) {
 		if !errors.As(err, &de) || de.Code != tc.want {
 			t.Errorf("refused flow to %v: %v, want a DialError with code %v", tc.dst, err, tc.want)
 		}
-		want := ConnectRequest{Cmd: ConnectCmdRefusal, Host: tc.dst.String(), Port: 80}
-		if req, ok := testutil.Recv(x.requests, testTimeout); !ok || req != want {
+		want := ConnectRequest{Cmd: ConnectCmdRefusal, Host: tc.dst.String(), Port: 80, From: <-x.refusedFrom}
+		if req, ok := testutil.Recv(x.requests, testTimeout); !ok || req != want || want.From == 0 {
 			t.Errorf("refused flow to %v: service got %+v, want %+v", tc.dst, req, want)
 		}
 	}
 }
 
-// TestRefusalQueryParse: a refusal query names an address and a port, nothing else.
+// TestRefusalQueryParse: a refusal query names an address, a port and the flow's source port,
+// and reads back as written, to its last byte.
 func TestRefusalQueryParse(t *testing.T) {
 	for _, tc := range []struct {
 		host string
 		port uint16
+		from uint16
 		ok   bool
-	}{{"192.0.2.1", 80, true}, {"2001:db8::1", 443, true}, {"example.com", 80, false}, {"192.0.2.1", 0, false}, {"", 80, false}} {
+	}{
+		{"192.0.2.1", 80, 40000, true}, {"2001:db8::1", 443, 1, true}, {"example.com", 80, 40000, false},
+		{"192.0.2.1", 0, 40000, false}, {"192.0.2.1", 80, 0, false}, {"", 80, 40000, false},
+	} {
 		w := &bytes.Buffer{}
-		if err := writeConnectRequest(w, ConnectRequest{Cmd: ConnectCmdRefusal, Host: tc.host, Port: tc.port}); err != nil {
+		sent := ConnectRequest{Cmd: ConnectCmdRefusal, Host: tc.host, Port: tc.port, From: tc.from}
+		if err := writeConnectRequest(w, sent); err != nil {
 			t.Fatal(err)
 		}
-		_, err := ReadConnectRequest(w)
-		if (err == nil) != tc.ok || (err != nil && !errors.Is(err, ErrBadConnectRequest)) {
-			t.Errorf("refusal query %q port %d: %v, want ok=%v", tc.host, tc.port, err, tc.ok)
+		got, err := ReadConnectRequest(w)
+		if (err == nil) != tc.ok || (err != nil && !errors.Is(err, ErrBadConnectRequest)) || (tc.ok && got != sent) || w.Len() != 0 {
+			t.Errorf("refusal query %+v: read %+v, %v, %d bytes left; want ok=%v", sent, got, err, w.Len(), tc.ok)
 		}
 	}
 }

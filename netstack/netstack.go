@@ -344,7 +344,11 @@ func (s *Stack) DialContext(ctx context.Context, network string, addr netip.Addr
 	fa, proto := fullAddr(addr)
 	switch network {
 	case "tcp", "tcp4", "tcp6":
-		return s.dialTCP(ctx, fa, proto)
+		c, _, err := s.dialTCP(ctx, fa, proto)
+		if err != nil { // a nil *TCPConn must not become a non-nil net.Conn
+			return nil, err
+		}
+		return c, nil
 	case "udp", "udp4", "udp6":
 		if err := ctx.Err(); err != nil {
 			return nil, fmt.Errorf("netstack: dial udp %v: %w", addr, err)
@@ -360,37 +364,42 @@ func (s *Stack) DialContext(ctx context.Context, network string, addr netip.Addr
 }
 
 // dialTCP is gonet.DialContextTCP with errors that wrap syscall errnos, so
-// callers can test errors.Is(err, syscall.ECONNREFUSED).
-func (s *Stack) dialTCP(ctx context.Context, fa tcpip.FullAddress, proto tcpip.NetworkProtocolNumber) (*TCPConn, error) {
+// callers can test errors.Is(err, syscall.ECONNREFUSED). It also returns the
+// local port the attempt used (0 if it never started), failed or not.
+func (s *Stack) dialTCP(ctx context.Context, fa tcpip.FullAddress, proto tcpip.NetworkProtocolNumber) (*TCPConn, uint16, error) {
 	opErr := func(err error) error {
 		return fmt.Errorf("netstack: %w", &net.OpError{Op: "dial", Net: "tcp", Addr: fullToTCPAddr(fa), Err: err})
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, opErr(err)
+		return nil, 0, opErr(err)
 	}
 	var wq waiter.Queue
 	ep, terr := s.stack.NewEndpoint(tcp.ProtocolNumber, proto, &wq)
 	if terr != nil {
-		return nil, opErr(tcpipError(terr))
+		return nil, 0, opErr(tcpipError(terr))
 	}
 	entry, notify := waiter.NewChannelEntry(waiter.WritableEvents)
 	wq.EventRegister(&entry)
 	defer wq.EventUnregister(&entry)
 	terr = ep.Connect(fa)
+	var local uint16
+	if la, err := ep.GetLocalAddress(); err == nil { // bound by Connect
+		local = la.Port
+	}
 	if _, ok := terr.(*tcpip.ErrConnectStarted); ok {
 		select {
 		case <-ctx.Done():
 			ep.Close()
-			return nil, opErr(ctx.Err())
+			return nil, local, opErr(ctx.Err())
 		case <-notify:
 		}
 		terr = ep.LastError()
 	}
 	if terr != nil {
 		ep.Close()
-		return nil, opErr(tcpipError(terr))
+		return nil, local, opErr(tcpipError(terr))
 	}
-	return newTCPConn(&wq, ep), nil
+	return newTCPConn(&wq, ep), local, nil
 }
 
 func fullToTCPAddr(fa tcpip.FullAddress) *net.TCPAddr {
