@@ -75,16 +75,21 @@ func (c *connActor) admit(ctx context.Context, target string) error {
 	return c.admitAs(ctx, target, false)
 }
 
+// parentWait bounds a setup goroutine's request to its parent: admitWait, or less when the
+// setup's own deadline is nearer.
+func parentWait(ctx context.Context) time.Duration {
+	if dl, ok := ctx.Deadline(); ok {
+		return min(admitWait, max(time.Until(dl), minWait))
+	}
+	return admitWait
+}
+
 // admitAs is admit for a connection or (udp) a UDP association, which max_associations bounds too.
 func (c *connActor) admitAs(ctx context.Context, target string, udp bool) error {
 	if c.parent == nil {
 		return nil
 	}
-	limit := admitWait
-	if dl, ok := ctx.Deadline(); ok {
-		limit = min(limit, max(time.Until(dl), minWait))
-	}
-	res, err := c.system.Root.RequestFuture(c.parent, &connAdmit{pid: c.self, target: target, udp: udp}, limit).Result()
+	res, err := c.system.Root.RequestFuture(c.parent, &connAdmit{pid: c.self, target: target, udp: udp}, parentWait(ctx)).Result()
 	if err != nil {
 		return fmt.Errorf("admission: %w", err)
 	}
@@ -181,7 +186,7 @@ func (c *connActor) setupService(ctx context.Context) any {
 	}
 	host := req.Host
 	if a, err := netip.ParseAddr(host); err == nil && c.ownAddress(a) {
-		host = loopbackOf(a).String() // the exit's own tunnel address is the exit host (setupFlow)
+		host = netstack.LoopbackOf(a).String() // the exit's own tunnel address is the exit host (setupFlow)
 	}
 	out, err := c.cfg.egress.DialEgress(ctx, "tcp", host, req.Port, c.cfg.limits.Setup)
 	code := netstack.ReplyCodeForDial(err)
@@ -208,7 +213,7 @@ func (c *connActor) setupFlow(ctx context.Context) any {
 		// flows go to the host's loopback (when the egress policy allows loopback). A standard
 		// client cannot use 127.0.0.1 through a tunnel: its stack drops replies from a loopback
 		// source (a martian), as Linux and gVisor do.
-		dst = netip.AddrPortFrom(loopbackOf(dst.Addr()), dst.Port())
+		dst = netip.AddrPortFrom(netstack.LoopbackOf(dst.Addr()), dst.Port())
 	}
 	target := dst.String()
 	out, err := c.cfg.egress.DialEgress(ctx, network, dst.Addr().String(), dst.Port(), c.cfg.limits.Setup)
@@ -247,12 +252,8 @@ func (c *connActor) refusalOf(ctx context.Context, req netstack.ConnectRequest) 
 	if err != nil || c.parent == nil {
 		return messages.ReplyGeneralFailure
 	}
-	limit := admitWait
-	if dl, ok := ctx.Deadline(); ok {
-		limit = min(limit, max(time.Until(dl), minWait))
-	}
 	q := &refusalQuery{flow: keyOf(req.From, netip.AddrPortFrom(a, req.Port))}
-	res, err := c.system.Root.RequestFuture(c.parent, q, limit).Result()
+	res, err := c.system.Root.RequestFuture(c.parent, q, parentWait(ctx)).Result()
 	if r, ok := res.(*refusalAnswer); ok && err == nil {
 		return r.code
 	}
@@ -261,14 +262,6 @@ func (c *connActor) refusalOf(ctx context.Context, req netstack.ConnectRequest) 
 
 // ownAddress reports whether a is one of the exit's own tunnel addresses.
 func (c *connActor) ownAddress(a netip.Addr) bool { return c.cfg.stack != nil && c.cfg.stack.Owns(a) }
-
-// loopbackOf is the loopback address of a's family.
-func loopbackOf(a netip.Addr) netip.Addr {
-	if a.Unmap().Is4() {
-		return netip.AddrFrom4([4]byte{127, 0, 0, 1})
-	}
-	return netip.IPv6Loopback()
-}
 
 func dialReason(code messages.ReplyCode) messages.EndReason {
 	switch code {

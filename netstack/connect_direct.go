@@ -52,7 +52,7 @@ func (d Dialer) directTo(host string, port uint16) (netip.AddrPort, bool) {
 		return netip.AddrPort{}, false // a name: the exit resolves it
 	}
 	a = a.Unmap()
-	if a == loopbackOf(a) {
+	if a == LoopbackOf(a) {
 		if a = d.exitAddr(a.Is4()); !a.IsValid() {
 			return netip.AddrPort{}, false
 		}
@@ -70,7 +70,10 @@ func (d Dialer) directTo(host string, port uint16) (netip.AddrPort, bool) {
 
 // exitAddr is the exit's tunnel address of the family asked for, if it has one.
 func (d Dialer) exitAddr(v4 bool) netip.Addr {
-	for _, a := range append([]netip.Addr{d.Service.Addr()}, d.Exit...) {
+	if a := d.Service.Addr().Unmap(); a.IsValid() && a.Is4() == v4 {
+		return a
+	}
+	for _, a := range d.Exit {
 		if a = a.Unmap(); a.IsValid() && a.Is4() == v4 {
 			return a
 		}
@@ -78,9 +81,10 @@ func (d Dialer) exitAddr(v4 bool) netip.Addr {
 	return netip.Addr{}
 }
 
-// loopbackOf is the loopback address of a's family (127.0.0.1 or ::1).
-func loopbackOf(a netip.Addr) netip.Addr {
-	if a.Is4() {
+// LoopbackOf is the loopback address of a's family (127.0.0.1 or ::1): what an exit's own tunnel
+// address stands for.
+func LoopbackOf(a netip.Addr) netip.Addr {
+	if a.Unmap().Is4() {
 		return netip.AddrFrom4([4]byte{127, 0, 0, 1})
 	}
 	return netip.IPv6Loopback()

@@ -39,21 +39,23 @@ const (
 	latencyBound  = 10 * time.Second // bounds each connection: dial, exchange and all
 )
 
+// latencyModes are runLatency's two ways of closing, as sub-benchmark names.
+var latencyModes = []struct {
+	name string
+	idle bool
+}{{"back-to-back", false}, {"idle", true}}
+
 func BenchmarkConnectLatency(b *testing.B) {
-	for _, idle := range []bool{false, true} {
-		mode := "back-to-back"
-		if idle {
-			mode = "idle"
-		}
-		b.Run("warren/"+mode, func(b *testing.B) {
+	for _, m := range latencyModes {
+		b.Run("warren/"+m.name, func(b *testing.B) {
 			echo := testutil.EchoServer(b)
 			e := startExitEngine(b, "latency", nil)
 			tun := openTunnel(b, e, "latency")
-			runLatency(b, tun.SOCKSAddr(), echo.Addr(), idle)
+			runLatency(b, tun.SOCKSAddr(), echo.Addr(), m.idle)
 		})
-		b.Run("stock/"+mode, func(b *testing.B) {
+		b.Run("stock/"+m.name, func(b *testing.B) {
 			echo := testutil.EchoServer(b)
-			runLatency(b, stockChain(b, echo.Addr()), echo.Addr(), idle)
+			runLatency(b, stockChain(b, echo.Addr()), echo.Addr(), m.idle)
 		})
 	}
 }

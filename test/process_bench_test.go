@@ -35,7 +35,7 @@ import (
 
 func BenchmarkProcesses(b *testing.B) {
 	bin := buildEngine(b)
-	natsPort := freePort(b)
+	natsPort := testutil.ClosedAddr(b).Port() // the client's config names it before the exit starts
 	dir := b.TempDir()
 	exitCfg := fmt.Sprintf(`nats:
   embedded_listen: 127.0.0.1:%d
@@ -81,14 +81,10 @@ tunnels:
 			b.ReportMetric(float64((procCPU(b, exit.pid)-x0).Milliseconds())/mb, "exit-cpu-ms/MB")
 		})
 	}
-	for _, idle := range []bool{false, true} {
-		mode := "back-to-back"
-		if idle {
-			mode = "idle"
-		}
-		b.Run("connect/"+mode, func(b *testing.B) {
+	for _, m := range latencyModes {
+		b.Run("connect/"+m.name, func(b *testing.B) {
 			echo := testutil.EchoServer(b)
-			runLatency(b, socks, echo.Addr(), idle)
+			runLatency(b, socks, echo.Addr(), m.idle)
 		})
 	}
 }
@@ -103,18 +99,6 @@ func buildEngine(b *testing.B) string {
 		b.Fatalf("go build: %v\n%s", err, out)
 	}
 	return bin
-}
-
-// freePort is a TCP port on 127.0.0.1 that was free a moment ago (the embedded NATS server's,
-// which the client's config must name before the exit starts).
-func freePort(b *testing.B) int {
-	b.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
 
 type engineProcess struct {
